@@ -1,0 +1,398 @@
+"""Typed configuration for the whole notebook series, with named profiles.
+
+One dataclass tree holds every value of the seed recipe so that a notebook's
+`parameters` cell, a YAML file and the command line all override the same
+fields. Values are checked when set, so a bad `-p` reaches the user as an error
+naming the field before any model loads.
+
+    python -m r1helpers.pipeline --profile seed --set train.max_steps=30
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+SEED_MODEL = "unsloth/DeepSeek-R1-Distill-Llama-8B"
+SEED_DATASET = "FreedomIntelligence/medical-o1-reasoning-SFT"
+# Built locally (r1helpers.tinymodel) for the CPU profile: no Hub needed.
+TINY_MODEL = "r1helpers/tiny-llama"
+# The bundled sample dataset (r1helpers/assets/sample_medical_o1.jsonl).
+SAMPLE_DATASET = "r1helpers/sample"
+# The tutorial's example question, asked before and after fine-tuning.
+EXAMPLE_QUESTION = (
+    "A 61-year-old woman with a long history of involuntary urine loss during activities like "
+    "coughing or sneezing but no leakage at night undergoes a gynecological exam and Q-tip test. "
+    "Based on these findings, what would cystometry most likely reveal about her residual volume "
+    "and detrusor contractions?"
+)
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, of the wrong type or out of range."""
+
+
+def _check(cond: bool, name: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"{name}: {msg}")
+
+
+def _one_of(value: Any, name: str, allowed: tuple) -> None:
+    _check(value in allowed, name, f"must be one of {allowed}, got {value!r}")
+
+
+@dataclass
+class ModelConfig:
+    name: str = field(default=SEED_MODEL, metadata={"help": "Hub id or local folder of the base model"})
+    max_seq_length: int = field(default=2048, metadata={"help": "tokens per training example"})
+    load_in_4bit: bool = field(default=True, metadata={"help": "QLoRA: 4-bit base weights (CUDA only)"})
+    dtype: str = field(default="auto", metadata={"help": "auto | bfloat16 | float16 | float32"})
+    backend: str = field(default="auto", metadata={"help": "auto | unsloth | transformers"})
+    revision: str | None = field(default=None, metadata={"help": "Hub revision (branch, tag or commit)"})
+
+    def __post_init__(self) -> None:
+        _check(bool(self.name), "model.name", "must not be empty")
+        _check(16 <= self.max_seq_length <= 131072, "model.max_seq_length", "must be in [16, 131072]")
+        _one_of(self.dtype, "model.dtype", ("auto", "bfloat16", "float16", "float32"))
+        _one_of(self.backend, "model.backend", ("auto", "unsloth", "transformers"))
+
+
+@dataclass
+class DataConfig:
+    source: str = field(default=SEED_DATASET, metadata={"help": "Hub id, local .jsonl/.json/.csv/.parquet file, or a saved datasets folder"})
+    config_name: str | None = field(default="en", metadata={"help": "Hub dataset config"})
+    split: str = field(default="train", metadata={"help": "split to read from the source"})
+    train_rows: int = field(default=500, metadata={"help": "the first N rows train the model"})
+    eval_rows: int = field(default=50, metadata={"help": "held-out rows taken after the training rows; never trained on"})
+    question_column: str = field(default="Question", metadata={"help": "column with the question"})
+    cot_column: str = field(default="Complex_CoT", metadata={"help": "column with the chain of thought"})
+    response_column: str = field(default="Response", metadata={"help": "column with the final answer"})
+    overlong: str = field(default="drop", metadata={"help": "rows longer than max_seq_length: drop | truncate | error"})
+    lenient: bool = field(default=False, metadata={"help": "drop rows with empty fields or duplicates instead of failing"})
+
+    def __post_init__(self) -> None:
+        _check(bool(self.source), "data.source", "must not be empty")
+        _check(self.train_rows >= 1, "data.train_rows", "must be >= 1")
+        _check(self.eval_rows >= 0, "data.eval_rows", "must be >= 0")
+        _one_of(self.overlong, "data.overlong", ("drop", "truncate", "error"))
+
+
+@dataclass
+class LoraConfig:
+    r: int = field(default=16, metadata={"help": "LoRA rank"})
+    alpha: int = field(default=16, metadata={"help": "LoRA alpha (scale = alpha / r)"})
+    dropout: float = field(default=0.0, metadata={"help": "LoRA dropout"})
+    bias: str = field(default="none", metadata={"help": "none | all | lora_only"})
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        metadata={"help": "modules that get adapters"},
+    )
+    gradient_checkpointing: str = field(default="unsloth", metadata={"help": "unsloth | true | false"})
+    random_state: int = field(default=3407, metadata={"help": "seed of the adapter's initialisation"})
+
+    def __post_init__(self) -> None:
+        _check(self.r >= 1, "lora.r", "must be >= 1")
+        _check(self.alpha > 0, "lora.alpha", "must be > 0")
+        _check(0.0 <= self.dropout < 1.0, "lora.dropout", "must be in [0, 1)")
+        _one_of(self.bias, "lora.bias", ("none", "all", "lora_only"))
+        _check(len(self.target_modules) > 0, "lora.target_modules", "must name at least one module")
+        _one_of(str(self.gradient_checkpointing).lower(), "lora.gradient_checkpointing", ("unsloth", "true", "false"))
+
+
+@dataclass
+class TrainConfig:
+    per_device_train_batch_size: int = field(default=2, metadata={"help": "examples per micro-batch"})
+    gradient_accumulation_steps: int = field(default=4, metadata={"help": "micro-batches per optimizer step"})
+    warmup_steps: int = field(default=5, metadata={"help": "linear warm-up steps"})
+    max_steps: int = field(default=60, metadata={"help": "optimizer steps"})
+    learning_rate: float = field(default=2e-4, metadata={"help": "peak learning rate"})
+    optim: str = field(default="adamw_8bit", metadata={"help": "transformers optimizer name"})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
+    lr_scheduler_type: str = field(default="linear", metadata={"help": "learning-rate schedule"})
+    seed: int = field(default=3407, metadata={"help": "trainer seed"})
+    logging_steps: int = field(default=10, metadata={"help": "log the loss every N steps"})
+    eval_steps: int = field(default=20, metadata={"help": "held-out loss every N steps (0: off)"})
+    save_steps: int = field(default=20, metadata={"help": "checkpoint every N steps (0: off)"})
+    wandb: str = field(default="auto", metadata={"help": "auto (online with a key, else offline) | online | offline | off"})
+    wandb_project: str = field(default="r1-medical-reasoning", metadata={"help": "W&B project"})
+
+    def __post_init__(self) -> None:
+        for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "max_steps", "logging_steps"):
+            _check(getattr(self, name) >= 1, f"train.{name}", "must be >= 1")
+        for name in ("warmup_steps", "eval_steps", "save_steps"):
+            _check(getattr(self, name) >= 0, f"train.{name}", "must be >= 0")
+        _check(0.0 < self.learning_rate < 1.0, "train.learning_rate", "must be in (0, 1)")
+        _check(self.weight_decay >= 0.0, "train.weight_decay", "must be >= 0")
+        _one_of(self.wandb, "train.wandb", ("auto", "online", "offline", "off"))
+
+
+@dataclass
+class InferConfig:
+    max_new_tokens: int = field(default=1200, metadata={"help": "tokens generated per answer at most"})
+    batch_size: int = field(default=8, metadata={"help": "questions generated together"})
+    do_sample: bool = field(default=False, metadata={"help": "sample (True) or greedy (False)"})
+    temperature: float = field(default=0.6, metadata={"help": "sampling temperature when do_sample"})
+    top_p: float = field(default=0.95, metadata={"help": "nucleus sampling when do_sample"})
+    seed: int = field(default=3407, metadata={"help": "generation seed"})
+    num_eval_questions: int = field(default=8, metadata={"help": "held-out questions generated besides the examples"})
+    example_questions: list[str] = field(default_factory=lambda: [EXAMPLE_QUESTION], metadata={"help": "always asked"})
+
+    def __post_init__(self) -> None:
+        _check(self.max_new_tokens >= 1, "infer.max_new_tokens", "must be >= 1")
+        _check(self.batch_size >= 1, "infer.batch_size", "must be >= 1")
+        _check(self.temperature > 0.0, "infer.temperature", "must be > 0")
+        _check(0.0 < self.top_p <= 1.0, "infer.top_p", "must be in (0, 1]")
+        _check(self.num_eval_questions >= 0, "infer.num_eval_questions", "must be >= 0")
+
+
+@dataclass
+class ExportConfig:
+    save_merged_16bit: bool = field(default=True, metadata={"help": "merge the adapter into 16-bit base weights"})
+    gguf: list[str] = field(default_factory=lambda: ["q8_0"], metadata={"help": "GGUF types to write: f16, bf16, q8_0, q4_k_m"})
+    hub_repo: str | None = field(default=None, metadata={"help": "Hub repo id to push to (None: no push)"})
+    hub_private: bool = field(default=True, metadata={"help": "create the Hub repo private"})
+    push: list[str] = field(default_factory=lambda: ["adapter", "merged"], metadata={"help": "what to push: adapter, merged, gguf"})
+
+
+@dataclass
+class Config:
+    profile: str = field(default="seed", metadata={"help": "profile the defaults came from"})
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    infer: InferConfig = field(default_factory=InferConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def section(self, *names: str) -> dict[str, Any]:
+        return {n: asdict(getattr(self, n)) for n in names}
+
+
+# Profiles: overrides applied on top of the dataclass defaults (the seed recipe).
+PROFILES: dict[str, dict[str, Any]] = {
+    "seed": {},
+    # A pipeline check, not a model: same code paths, tiny model, sample data, a few steps.
+    "cpu": {
+        "model.name": TINY_MODEL,
+        "model.max_seq_length": 512,
+        "model.load_in_4bit": False,
+        "data.source": SAMPLE_DATASET,
+        "data.config_name": None,
+        "data.train_rows": 56,
+        "data.eval_rows": 16,
+        "train.per_device_train_batch_size": 4,
+        "train.gradient_accumulation_steps": 1,
+        "train.warmup_steps": 2,
+        "train.max_steps": 24,
+        "train.learning_rate": 3e-3,
+        "train.optim": "adamw_torch",
+        "train.logging_steps": 2,
+        "train.eval_steps": 8,
+        "train.save_steps": 8,
+        "lora.r": 8,
+        "lora.alpha": 16,
+        "lora.gradient_checkpointing": "false",
+        "infer.max_new_tokens": 48,
+        "infer.batch_size": 4,
+        "infer.num_eval_questions": 3,
+        "export.gguf": ["f16", "q8_0"],
+    },
+}
+
+
+def _field_map(cls: type, prefix: str = "") -> dict[str, tuple[type, Any]]:
+    """Flatten a dataclass tree into {"train.max_steps": (owner_class, field)}."""
+    out: dict[str, tuple[type, Any]] = {}
+    hints = typing.get_type_hints(cls)
+    for f in fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            out.update(_field_map(tp, f"{prefix}{f.name}."))
+        else:
+            out[f"{prefix}{f.name}"] = (tp, f)
+    return out
+
+
+FIELDS = _field_map(Config)
+
+
+def resolve_key(key: str) -> str:
+    """Accept a dotted key ("train.max_steps") or a unique leaf name ("max_steps")."""
+    if key in FIELDS:
+        return key
+    matches = [k for k in FIELDS if k.split(".")[-1] == key]
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        raise ConfigError(f"{key}: ambiguous, say one of {matches}")
+    raise ConfigError(f"{key}: no such config field (fields: {', '.join(sorted(FIELDS))})")
+
+
+def _coerce(key: str, tp: Any, value: Any) -> Any:
+    """Check and convert one override; strings from the command line are parsed as YAML scalars."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null", "")):
+            if type(None) in args:
+                return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(key, inner[0], value)
+    if isinstance(value, str) and tp is not str:
+        try:
+            value = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{key}: cannot parse {value!r}: {e}") from None
+    if origin is list:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(key, args[0], v) for v in value]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if value is None or isinstance(value, (dict, list)):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        full = f"{prefix}{k}"
+        if isinstance(v, Mapping) and full in {"model", "data", "lora", "train", "infer", "export"}:
+            out.update(_flatten(v, f"{full}."))
+        else:
+            out[full] = v
+    return out
+
+
+def apply_overrides(cfg: Config, overrides: Mapping[str, Any] | None) -> Config:
+    """Return a new Config with overrides applied; nested dicts and dotted keys both work."""
+    if not overrides:
+        return cfg
+    data = cfg.to_dict()
+    for key, value in _flatten(overrides).items():
+        full = resolve_key(key)
+        tp, _ = FIELDS[full]
+        section, _, leaf = full.rpartition(".")
+        target = data[section] if section else data
+        target[leaf] = _coerce(full, tp, value)
+    return from_dict(data)
+
+
+def from_dict(data: Mapping[str, Any]) -> Config:
+    """Build a Config from a (possibly partial) nested dict, as saved in a run folder."""
+    hints = typing.get_type_hints(Config)
+    kwargs: dict[str, Any] = {}
+    for f in fields(Config):
+        if f.name not in data:
+            continue
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            sub = dict(data[f.name] or {})
+            known = {x.name for x in fields(tp)}
+            unknown = set(sub) - known
+            if unknown:
+                raise ConfigError(f"{f.name}: unknown fields {sorted(unknown)}")
+            sub_hints = typing.get_type_hints(tp)
+            kwargs[f.name] = tp(**{k: _coerce(f"{f.name}.{k}", sub_hints[k], v) for k, v in sub.items()})
+        else:
+            kwargs[f.name] = data[f.name]
+    return Config(**kwargs)
+
+
+def has_cuda() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """True when the Hugging Face Hub answers; HF_HUB_OFFLINE=1 short-circuits to False."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False
+    import urllib.request
+
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    try:
+        urllib.request.urlopen(f"{endpoint}/api/whoami-v2", timeout=timeout)
+    except urllib.error.HTTPError:
+        return True  # it answered (401 without a token)
+    except Exception:
+        return False
+    return True
+
+
+def auto_profile() -> tuple[str, str]:
+    """The profile `auto` resolves to, with the reason a person reads in the setup notebook."""
+    if not has_cuda():
+        return "cpu", "no CUDA GPU: the CPU profile (tiny model, sample data) checks the pipeline"
+    if not hub_reachable():
+        return "cpu", "the Hugging Face Hub is unreachable: the CPU profile's locally built model and sample data"
+    return "seed", "CUDA GPU and Hub reachable: the seed recipe"
+
+
+def load_config(
+    profile: str = "auto",
+    overrides: Mapping[str, Any] | None = None,
+    config_file: str | os.PathLike | None = None,
+) -> Config:
+    """Profile defaults, then a YAML/JSON file, then explicit overrides (last wins)."""
+    if profile == "auto":
+        profile, _ = auto_profile()
+    if profile not in PROFILES:
+        raise ConfigError(f"profile: must be one of {['auto', *PROFILES]}, got {profile!r}")
+    cfg = apply_overrides(Config(profile=profile), PROFILES[profile])
+    if config_file:
+        path = Path(config_file)
+        if not path.is_file():
+            raise ConfigError(f"config_file: {path} does not exist")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config_file: {path} is not valid YAML: {e}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config_file: {path} must hold a mapping of fields")
+        loaded.pop("profile", None)
+        cfg = apply_overrides(cfg, loaded)
+    return apply_overrides(cfg, overrides)
+
+
+def dump(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+def fingerprint(data: Any) -> str:
+    """Stable short hash of JSON-able settings: a stage's outputs are tagged with it."""
+    import hashlib
+
+    blob = json.dumps(data, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]

@@ -1,0 +1,314 @@
+"""Data preparation: load, check, split, tokenize, measure and save.
+
+The recipe trains on the first `train_rows` rows; the held-out rows come right
+after them, so training data stays exactly the recipe's and evaluation data is
+never trained on. Examples are tokenized here, once, with the prompt and EOS as
+ids (see `prompts.encode_example`), so the EOS check and the count of rows that
+exceed max_seq_length are made on exactly what the trainer sees.
+
+    python -m r1helpers.pipeline --stages 02
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from . import prompts
+from .config import SAMPLE_DATASET, Config, DataConfig
+from .runs import Run, atomic_dir, write_json_atomic
+
+COLUMNS = ("Question", "Complex_CoT", "Response")
+LOCAL_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+
+
+class DataError(ValueError):
+    """The dataset cannot be used as given; the message names the file, column or row."""
+
+
+def sample_path() -> Path:
+    return Path(str(resources.files("r1helpers") / "assets" / "sample_medical_o1.jsonl"))
+
+
+def load_sample_rows() -> list[dict[str, str]]:
+    return _read_jsonl(sample_path())
+
+
+def _read_text(path: Path) -> str:
+    raw = path.read_bytes()
+    if not raw.strip():
+        raise DataError(f"{path}: the file is empty")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise DataError(f"{path}: not UTF-8 (byte {e.start}, line {line}); re-save the file as UTF-8") from None
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    rows = []
+    for n, line in enumerate(_read_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}: line {n} is not valid JSON ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{path}: line {n} is not a JSON object")
+        rows.append(row)
+    return rows
+
+
+def _read_json(path: Path) -> list[dict[str, Any]]:
+    text = _read_text(path)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        return _read_jsonl(path)  # many ".json" files are JSON lines
+    if isinstance(data, dict):
+        lists = [v for v in data.values() if isinstance(v, list)]
+        if len(lists) != 1:
+            raise DataError(f"{path}: expected a list of rows (or an object holding one list)")
+        data = lists[0]
+    if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+        raise DataError(f"{path}: expected a list of JSON objects")
+    return data
+
+
+def load_raw(dcfg: DataConfig):
+    """The source as a `datasets.Dataset`, whatever form it comes in."""
+    import datasets
+
+    source = dcfg.source
+    if source == SAMPLE_DATASET:
+        return datasets.Dataset.from_list(load_sample_rows()), str(sample_path())
+    path = Path(source).expanduser()
+    if path.is_dir():
+        try:
+            loaded = datasets.load_from_disk(str(path))
+        except Exception as e:
+            raise DataError(f"{path}: not a saved datasets folder ({e})") from None
+        if isinstance(loaded, datasets.DatasetDict):
+            if dcfg.split not in loaded:
+                raise DataError(f"{path}: no split {dcfg.split!r} (has {list(loaded)}); set data.split")
+            loaded = loaded[dcfg.split]
+        return loaded, str(path)
+    if path.suffix.lower() in LOCAL_SUFFIXES or path.exists():
+        if not path.is_file():
+            raise DataError(f"{path}: no such file")
+        suffix = path.suffix.lower()
+        if suffix == ".jsonl":
+            rows = _read_jsonl(path)
+        elif suffix == ".json":
+            rows = _read_json(path)
+        elif suffix == ".csv":
+            _read_text(path)
+            rows = datasets.load_dataset("csv", data_files=str(path), split="train")
+            return rows, str(path)
+        elif suffix == ".parquet":
+            if path.stat().st_size == 0:
+                raise DataError(f"{path}: the file is empty")
+            return datasets.load_dataset("parquet", data_files=str(path), split="train"), str(path)
+        else:
+            raise DataError(f"{path}: unsupported file type; use one of {LOCAL_SUFFIXES}")
+        if not rows:
+            raise DataError(f"{path}: holds no rows")
+        return datasets.Dataset.from_list(rows), str(path)
+    try:
+        ds = datasets.load_dataset(source, dcfg.config_name, split=dcfg.split)
+    except Exception as e:
+        raise DataError(
+            f"{source}: could not load from the Hub ({type(e).__name__}: {str(e)[:300]}). "
+            "Offline? Use a local file or folder, or the CPU profile's bundled sample."
+        ) from None
+    return ds, f"hub:{source}/{dcfg.config_name or ''}:{dcfg.split}"
+
+
+@dataclass
+class Report:
+    """Counted changes made to the data; shown in the notebook and saved in stats.json."""
+
+    source: str = ""
+    rows_in_source: int = 0
+    dropped_empty: list[int] = field(default_factory=list)
+    dropped_duplicate: list[int] = field(default_factory=list)
+    eval_dropped_overlap: list[int] = field(default_factory=list)
+    overlong: dict[str, list[int]] = field(default_factory=lambda: {"train": [], "eval": []})
+    overlong_action: str = "drop"
+
+    def lines(self) -> list[str]:
+        out = [f"source: {self.source} ({self.rows_in_source} rows)"]
+        if self.dropped_empty:
+            out.append(f"dropped {len(self.dropped_empty)} rows with an empty field: rows {self.dropped_empty[:10]}")
+        if self.dropped_duplicate:
+            out.append(f"dropped {len(self.dropped_duplicate)} duplicate rows: rows {self.dropped_duplicate[:10]}")
+        if self.eval_dropped_overlap:
+            out.append(f"removed {len(self.eval_dropped_overlap)} held-out rows whose question is also in training")
+        for split, rows in self.overlong.items():
+            if rows:
+                out.append(f"{split}: {len(rows)} rows longer than max_seq_length ({self.overlong_action}): rows {rows[:10]}")
+        return out
+
+
+def _norm(text: str) -> str:
+    return " ".join(str(text).split()).lower()
+
+
+def select_rows(ds, dcfg: DataConfig, origin: str, report: Report) -> tuple[list[dict], list[dict]]:
+    """Check the columns and fields, then cut the training rows and the held-out rows."""
+    cols = {"Question": dcfg.question_column, "Complex_CoT": dcfg.cot_column, "Response": dcfg.response_column}
+    missing = [c for c in cols.values() if c not in ds.column_names]
+    if missing:
+        hints = []
+        for m in missing:
+            close = [c for c in ds.column_names if c.lower().replace("_", "") == m.lower().replace("_", "")]
+            hints.append(f"{m!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise DataError(
+            f"{origin}: missing column {', '.join(hints)}; the file has {ds.column_names}. "
+            "Rename it or set data.question_column / data.cot_column / data.response_column."
+        )
+    report.source, report.rows_in_source = origin, len(ds)
+    need = dcfg.train_rows + dcfg.eval_rows
+    rows: list[dict] = []
+    seen: set[tuple[str, str, str]] = set()
+    for i, raw in enumerate(ds):
+        row = {k: raw[v] for k, v in cols.items()}
+        empty = [k for k, v in row.items() if v is None or not str(v).strip()]
+        if empty:
+            if not dcfg.lenient:
+                raise DataError(
+                    f"{origin}: row {i} has an empty {cols[empty[0]]!r}; fix the row or set data.lenient=true to drop such rows"
+                )
+            report.dropped_empty.append(i)
+            continue
+        key = tuple(_norm(row[k]) for k in COLUMNS)
+        if key in seen:
+            report.dropped_duplicate.append(i)
+            continue
+        seen.add(key)
+        rows.append({**{k: str(v) for k, v in row.items()}, "source_row": i})
+        if len(rows) >= need:
+            break
+    if len(rows) <= dcfg.train_rows and dcfg.eval_rows > 0:
+        raise DataError(
+            f"{origin}: {len(rows)} usable rows, but data.train_rows={dcfg.train_rows} leaves none for the "
+            f"held-out split (data.eval_rows={dcfg.eval_rows}); lower data.train_rows"
+        )
+    train, held = rows[: dcfg.train_rows], rows[dcfg.train_rows : need]
+    train_q = {_norm(r["Question"]) for r in train}
+    eval_rows = []
+    for r in held:
+        if _norm(r["Question"]) in train_q:
+            report.eval_dropped_overlap.append(r["source_row"])
+        else:
+            eval_rows.append(r)
+    return train, eval_rows
+
+
+def tokenize_rows(rows: list[dict], tokenizer, max_len: int, action: str, split: str, report: Report) -> list[dict]:
+    """Add input_ids; drop, truncate or refuse rows longer than max_len; check EOS ends each kept row."""
+    out = []
+    for r in rows:
+        ids, prompt_len = prompts.encode_example(tokenizer, r["Question"], r["Complex_CoT"], r["Response"])
+        n = len(ids)
+        if n > max_len:
+            report.overlong[split].append(r["source_row"])
+            if action == "error":
+                raise DataError(
+                    f"{split} row {r['source_row']} is {n} tokens, over model.max_seq_length={max_len}; raise "
+                    "model.max_seq_length or set data.overlong=drop"
+                )
+            if action == "drop":
+                continue
+            ids = ids[:max_len]
+        elif ids[-1] != tokenizer.eos_token_id:
+            raise AssertionError(f"{split} row {r['source_row']}: EOS does not end the tokenized example")
+        text = prompts.build_training_text(r["Question"], r["Complex_CoT"], r["Response"], tokenizer.eos_token)
+        out.append({**r, "text": text, "input_ids": ids, "prompt_length": prompt_len, "num_tokens": n})
+    return out
+
+
+def length_stats(lengths: list[int], max_len: int) -> dict[str, Any]:
+    if not lengths:
+        return {"count": 0}
+    s = sorted(lengths)
+    return {
+        "count": len(s), "min": s[0], "mean": round(statistics.fmean(s), 1), "median": statistics.median(s),
+        "p95": s[min(len(s) - 1, int(0.95 * len(s)))], "max": s[-1], "over_max_seq_length": sum(x > max_len for x in s),
+        "max_seq_length": max_len,
+    }
+
+
+@dataclass
+class Prepared:
+    train: Any  # datasets.Dataset
+    eval: Any
+    stats: dict[str, Any]
+    path: Path
+
+    def trainer_columns(self, split: str = "train"):
+        """Only the token ids go to the trainer; text columns would break its collator."""
+        return getattr(self, split).select_columns(["input_ids"])
+
+
+def build(cfg: Config, tokenizer) -> tuple[Any, dict[str, Any]]:
+    """Load, check, split and tokenize; returns a DatasetDict and the statistics."""
+    import datasets
+
+    report = Report(overlong_action=cfg.data.overlong)
+    ds, origin = load_raw(cfg.data)
+    train_rows, eval_rows = select_rows(ds, cfg.data, origin, report)
+    # Lengths before any drop, so the histogram shows what max_seq_length cuts off.
+    max_len = cfg.model.max_seq_length
+    all_lengths = {}
+    for split, rows in (("train", train_rows), ("eval", eval_rows)):
+        all_lengths[split] = [len(prompts.encode_example(tokenizer, r["Question"], r["Complex_CoT"], r["Response"])[0]) for r in rows]
+    train = tokenize_rows(train_rows, tokenizer, max_len, cfg.data.overlong, "train", report)
+    held = tokenize_rows(eval_rows, tokenizer, max_len, cfg.data.overlong, "eval", report)
+    if not train:
+        raise DataError(f"{origin}: no training rows left after the checks: {report.lines()}")
+    dd = datasets.DatasetDict({"train": datasets.Dataset.from_list(train), "eval": datasets.Dataset.from_list(held)})
+    stats = {
+        "report": report.lines(),
+        "counts": {"train": len(train), "eval": len(held)},
+        "token_lengths": {k: length_stats(v, max_len) for k, v in all_lengths.items()},
+        "all_lengths": all_lengths,
+        "eos_ends_every_example": all(r["input_ids"][-1] == tokenizer.eos_token_id for r in train + held),
+        "raw": {"dropped_empty": report.dropped_empty, "dropped_duplicate": report.dropped_duplicate,
+                "eval_dropped_overlap": report.eval_dropped_overlap, "overlong": report.overlong},
+    }
+    return dd, stats
+
+
+def prepare(cfg: Config, run: Run, tokenizer=None, force: bool = False) -> Prepared:
+    """Reuse the run folder's prepared splits when made with these settings, else rebuild them."""
+    import datasets
+
+    out = run.stage_dir("data")
+    if not force and run.is_current(cfg, "data"):
+        dd = datasets.load_from_disk(str(out / "dataset"))
+        stats = json.loads((out / "stats.json").read_text())
+        return Prepared(dd["train"], dd["eval"], stats, out)
+    if tokenizer is None:
+        from .modeling import load_tokenizer
+
+        tokenizer = load_tokenizer(cfg)
+    dd, stats = build(cfg, tokenizer)
+    with atomic_dir(out / "dataset") as tmp:
+        dd.save_to_disk(str(tmp))
+    write_json_atomic(out / "stats.json", stats)
+    run.write_manifest(cfg, "data", counts=stats["counts"])
+    return Prepared(dd["train"], dd["eval"], stats, out)
+
+
+def eval_questions(prepared: Prepared, n: int) -> list[dict[str, str]]:
+    """The first n held-out rows: always the same ones for base and fine-tuned models."""
+    rows = prepared.eval.select(range(min(n, len(prepared.eval))))
+    return [{"id": f"eval-{r['source_row']}", "question": r["Question"], "reference_cot": r["Complex_CoT"],
+             "reference_answer": r["Response"]} for r in rows]
+

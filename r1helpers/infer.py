@@ -1,0 +1,144 @@
+"""Batched generation for a list of questions, split into reasoning and answer.
+
+Questions are sorted by prompt length and left-padded so one batch wastes little;
+each sequence stops at EOS and records whether it did (or was cut at
+max_new_tokens), which the comparison needs to be honest about unfinished answers.
+
+    python -m r1helpers.pipeline --stages 01
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from . import prompts
+from .config import Config
+from .modeling import Loaded
+from .runs import Run, read_jsonl, write_jsonl_atomic
+
+
+def _is_oom(e: BaseException) -> bool:
+    return "out of memory" in str(e).lower()
+
+
+def generate(loaded: Loaded, questions: list[str], cfg: Config, progress: bool = True) -> list[dict[str, Any]]:
+    """Generate for each question; results come back in the input order."""
+    import torch
+
+    icfg = cfg.infer
+    tok, model = loaded.tokenizer, loaded.model
+    tok.padding_side = "left"
+    order = sorted(range(len(questions)), key=lambda i: len(questions[i]), reverse=True)
+    results: dict[int, dict[str, Any]] = {}
+    batch_size = icfg.batch_size
+    gen_kwargs: dict[str, Any] = dict(
+        max_new_tokens=icfg.max_new_tokens, do_sample=icfg.do_sample, use_cache=True,
+        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+    )
+    if icfg.do_sample:
+        gen_kwargs.update(temperature=icfg.temperature, top_p=icfg.top_p)
+    else:
+        gen_kwargs.update(temperature=None, top_p=None, top_k=None)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(questions), desc="generating", unit="q")
+    pos = 0
+    while pos < len(order):
+        idx = order[pos : pos + batch_size]
+        batch_prompts = [prompts.build_prompt(questions[i]) for i in idx]
+        enc = tok(batch_prompts, return_tensors="pt", padding=True, add_special_tokens=True).to(loaded.device)
+        torch.manual_seed(icfg.seed)
+        t0 = time.perf_counter()
+        try:
+            with torch.inference_mode():
+                out = model.generate(**enc, **gen_kwargs)
+        except torch.OutOfMemoryError as e:
+            if batch_size == 1 or not _is_oom(e):
+                raise RuntimeError(
+                    "CUDA out of memory while generating one question at a time: lower infer.max_new_tokens "
+                    "or model.max_seq_length, or load the model in 4-bit (model.load_in_4bit=true)"
+                ) from e
+            torch.cuda.empty_cache()
+            batch_size = max(1, batch_size // 2)
+            print(f"out of memory at batch {len(idx)}: retrying with infer.batch_size={batch_size}")
+            continue
+        seconds = time.perf_counter() - t0
+        new = out[:, enc["input_ids"].shape[1] :]
+        for row, i in enumerate(idx):
+            ids = new[row].tolist()
+            finished = tok.eos_token_id in ids
+            if finished:
+                ids = ids[: ids.index(tok.eos_token_id)]
+            else:
+                while ids and ids[-1] == tok.pad_token_id:
+                    ids.pop()
+            text = tok.decode(ids, skip_special_tokens=True)
+            parsed = prompts.split_output(text)
+            results[i] = {
+                "question": questions[i], "generated": text, "reasoning": parsed.reasoning, "answer": parsed.answer,
+                "think_closed": parsed.think_closed, "finished": finished, "new_tokens": len(ids) + int(finished),
+                "batch_seconds": round(seconds, 3),
+            }
+        pos += len(idx)
+        if bar:
+            bar.update(len(idx))
+    if bar:
+        bar.close()
+    return [results[i] for i in range(len(questions))]
+
+
+def question_set(cfg: Config, prepared) -> list[dict[str, Any]]:
+    """The recipe's example questions plus the first held-out questions, with references where known."""
+    from .data import eval_questions
+
+    items = [{"id": f"example-{k}", "question": q, "reference_cot": None, "reference_answer": None}
+             for k, q in enumerate(cfg.infer.example_questions)]
+    return items + eval_questions(prepared, cfg.infer.num_eval_questions)
+
+
+def generate_stage(cfg: Config, run: Run, stage: str, loaded: Loaded, prepared, force: bool = False) -> list[dict]:
+    """Write `<stage>/generations.jsonl` ("baseline" or "finetuned"), one record per question."""
+    path = run.stage_dir(stage) / "generations.jsonl"
+    if not force and run.is_current(cfg, stage) and path.is_file():
+        return read_jsonl(path)
+    items = question_set(cfg, prepared)
+    t0 = time.perf_counter()
+    outputs = generate(loaded, [it["question"] for it in items], cfg)
+    seconds = time.perf_counter() - t0
+    records = [{**it, **out, "model": stage} for it, out in zip(items, outputs)]
+    write_jsonl_atomic(path, records)
+    new_tokens = sum(r["new_tokens"] for r in records)
+    run.write_manifest(cfg, stage, questions=len(records), seconds=round(seconds, 2),
+                       generated_tokens=new_tokens, tokens_per_second=round(new_tokens / max(seconds, 1e-9), 1),
+                       backend=loaded.backend.name)
+    return records
+
+
+def load_generations(run: Run, stage: str) -> list[dict[str, Any]]:
+    return read_jsonl(run.stage_dir(stage) / "generations.jsonl")
+
+
+def baseline(cfg: Config, run: Run, prepared, force: bool = False) -> list[dict[str, Any]]:
+    """Generations of the base model (stage 01), reused when current."""
+    path = run.stage_dir("baseline") / "generations.jsonl"
+    if not force and run.is_current(cfg, "baseline") and path.is_file():
+        return read_jsonl(path)
+    from .modeling import for_inference, load_base
+
+    return generate_stage(cfg, run, "baseline", for_inference(load_base(cfg)), prepared, force=True)
+
+
+def finetuned(cfg: Config, run: Run, prepared, force: bool = False) -> list[dict[str, Any]]:
+    """Generations of base + adapter (stage 04); trains first if the adapter is missing or stale."""
+    path = run.stage_dir("finetuned") / "generations.jsonl"
+    if not force and run.is_current(cfg, "finetuned") and path.is_file():
+        return read_jsonl(path)
+    from .modeling import for_inference, load_finetuned
+    from .train import ensure_trained
+
+    result = ensure_trained(cfg, run, prepared)
+    loaded = for_inference(load_finetuned(cfg, result.adapter_dir))
+    return generate_stage(cfg, run, "finetuned", loaded, prepared, force=True)

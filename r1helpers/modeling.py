@@ -1,0 +1,165 @@
+"""Load the model and tokenizer through one interface over two backends.
+
+Unsloth where it imports and the GPU supports it (its fused kernels are the fast
+path); otherwise transformers + peft, with bitsandbytes 4-bit on CUDA and full
+precision on CPU. Both give a peft model with the same LoRA settings, so the
+trainer, generation and export code does not care which one ran.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import Config
+from .env import BackendChoice, choose_backend
+from .tinymodel import resolve_model_path
+
+# Llama-3 tokenizers carry reserved tokens that make a pad distinct from EOS
+# without resizing embeddings (which 4-bit weights cannot do cheaply).
+PAD_CANDIDATES = ("<|finetune_right_pad_id|>", "<｜▁pad▁｜>", "<|reserved_special_token_0|>", "<|pad|>", "<pad>")
+
+
+class ModelError(RuntimeError):
+    """The model or tokenizer cannot be used as configured."""
+
+
+def _torch_dtype(name: str):
+    import torch
+
+    return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[name]
+
+
+def ensure_pad_token(tokenizer) -> str:
+    """Make pad differ from EOS; otherwise EOS is masked out of the loss and generation never stops."""
+    if tokenizer.pad_token is not None and tokenizer.pad_token_id != tokenizer.eos_token_id:
+        return f"pad token {tokenizer.pad_token!r} differs from EOS"
+    vocab = tokenizer.get_vocab()
+    for cand in PAD_CANDIDATES:
+        if cand in vocab and vocab[cand] != tokenizer.eos_token_id:
+            tokenizer.pad_token = cand
+            return f"pad token set to {cand!r} (was EOS or unset)"
+    raise ModelError(
+        "the tokenizer has no pad token distinct from EOS and none of "
+        f"{PAD_CANDIDATES} exists; add one and resize the embeddings"
+    )
+
+
+def load_tokenizer(cfg: Config):
+    from transformers import AutoTokenizer
+
+    path = resolve_model_path(cfg.model.name)
+    try:
+        tok = AutoTokenizer.from_pretrained(path, revision=cfg.model.revision)
+    except OSError as e:
+        raise ModelError(f"model.name={cfg.model.name!r}: tokenizer not found locally or on the Hub ({e})") from None
+    ensure_pad_token(tok)
+    tok.padding_side = "left"  # generation pads on the left; the trainer's collator pads itself
+    return tok
+
+
+@dataclass
+class Loaded:
+    model: Any
+    tokenizer: Any
+    backend: BackendChoice
+
+    @property
+    def device(self):
+        return next(self.model.parameters()).device
+
+
+def load_base(cfg: Config, backend: BackendChoice | None = None) -> Loaded:
+    """The base model, quantized per the config, ready for LoRA or inference."""
+    backend = backend or choose_backend(cfg)
+    path = resolve_model_path(cfg.model.name)
+    if backend.name == "unsloth":
+        from unsloth import FastLanguageModel
+
+        model, tok = FastLanguageModel.from_pretrained(
+            model_name=path, max_seq_length=cfg.model.max_seq_length, dtype=_torch_dtype(backend.dtype),
+            load_in_4bit=backend.load_in_4bit, revision=cfg.model.revision,
+        )
+    else:
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        kwargs: dict[str, Any] = {"dtype": _torch_dtype(backend.dtype), "revision": cfg.model.revision}
+        if backend.load_in_4bit:
+            from transformers import BitsAndBytesConfig
+
+            kwargs["quantization_config"] = BitsAndBytesConfig(
+                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                bnb_4bit_compute_dtype=_torch_dtype(backend.dtype),
+            )
+        if torch.cuda.is_available():
+            kwargs["device_map"] = {"": torch.cuda.current_device()}
+        try:
+            model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        except OSError as e:
+            raise ModelError(f"model.name={cfg.model.name!r}: not found locally or on the Hub ({e})") from None
+        tok = None
+    tok = tok if tok is not None else load_tokenizer(cfg)
+    ensure_pad_token(tok)
+    tok.padding_side = "left"
+    model.generation_config.pad_token_id = tok.pad_token_id
+    return Loaded(model, tok, backend)
+
+
+def add_lora(loaded: Loaded, cfg: Config) -> Loaded:
+    """Wrap the base model with trainable LoRA adapters (the recipe's settings)."""
+    lc = cfg.lora
+    gc = str(lc.gradient_checkpointing).lower()
+    if loaded.backend.name == "unsloth":
+        from unsloth import FastLanguageModel
+
+        model = FastLanguageModel.get_peft_model(
+            loaded.model, r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout, bias=lc.bias,
+            target_modules=list(lc.target_modules), random_state=lc.random_state,
+            use_gradient_checkpointing={"unsloth": "unsloth", "true": True, "false": False}[gc],
+            use_rslora=False, loftq_config=None, max_seq_length=cfg.model.max_seq_length,
+        )
+        return Loaded(model, loaded.tokenizer, loaded.backend)
+    import torch
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    model = loaded.model
+    checkpointing = gc != "false"  # "unsloth" means its offloaded variant; plain checkpointing here
+    if loaded.backend.load_in_4bit:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing)
+    elif checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    torch.manual_seed(lc.random_state)
+    peft_cfg = LoraConfig(
+        r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout, bias=lc.bias,
+        target_modules=list(lc.target_modules), task_type="CAUSAL_LM",
+    )
+    return Loaded(get_peft_model(model, peft_cfg), loaded.tokenizer, loaded.backend)
+
+
+def load_finetuned(cfg: Config, adapter_dir: Path, backend: BackendChoice | None = None) -> Loaded:
+    """Base model plus a saved adapter, for inference."""
+    from peft import PeftModel
+
+    base = load_base(cfg, backend)
+    model = PeftModel.from_pretrained(base.model, str(adapter_dir))
+    return Loaded(model, base.tokenizer, base.backend)
+
+
+def for_inference(loaded: Loaded) -> Loaded:
+    """Switch to inference: Unsloth's fast generation path, eval mode and the KV cache."""
+    if loaded.backend.name == "unsloth":
+        from unsloth import FastLanguageModel
+
+        FastLanguageModel.for_inference(loaded.model)
+    loaded.model.eval()
+    loaded.model.config.use_cache = True
+    return loaded
+
+
+def trainable_parameters(model) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total

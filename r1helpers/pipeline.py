@@ -1,0 +1,121 @@
+"""Run the numbered notebooks headless with papermill, sharing one run folder.
+
+    python -m r1helpers.pipeline                       # all six, profile auto
+    python -m r1helpers.pipeline --profile cpu --set train.max_steps=8 --stages 02,03
+
+Executed notebooks land in `<run_dir>/notebooks/`; a notebook that fails is kept
+there as `*.failed.ipynb` next to the last good one, which it never replaces.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from .config import ConfigError, load_config
+
+NOTEBOOKS = {
+    "00": "00_setup.ipynb",
+    "01": "01_baseline_inference.ipynb",
+    "02": "02_data_preparation.ipynb",
+    "03": "03_lora_training.ipynb",
+    "04": "04_before_after_comparison.ipynb",
+    "05": "05_export.ipynb",
+}
+
+
+def repo_root() -> Path:
+    return Path(__file__).resolve().parents[1]
+
+
+def notebooks_dir() -> Path:
+    return repo_root() / "notebooks"
+
+
+def parse_sets(items: list[str]) -> dict[str, Any]:
+    """`--set train.max_steps=30` pairs; values are read as YAML scalars (30, true, null, [a, b])."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected FIELD=VALUE")
+        out[key.strip()] = value
+    return out
+
+
+def run_notebooks(
+    run_dir: str | os.PathLike,
+    profile: str = "auto",
+    overrides: Mapping[str, Any] | None = None,
+    config_file: str | None = None,
+    stages: list[str] | None = None,
+    kernel_name: str | None = None,
+    log_output: bool = True,
+) -> dict[str, float]:
+    """Execute the notebooks in order; returns seconds per stage."""
+    import papermill as pm
+
+    from .runs import Run
+
+    overrides = dict(overrides or {})
+    load_config("cpu" if profile == "auto" else profile, overrides, config_file)  # fail before any kernel starts
+    run = Run.open(run_dir)
+    run.notebooks_dir.mkdir(parents=True, exist_ok=True)
+    params = {"run_dir": str(run.root), "profile": profile, "config_file": config_file, "overrides": overrides}
+    os.environ["R1HELPERS_HEADLESS"] = "1"
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    timings: dict[str, float] = {}
+    for stage in stages or list(NOTEBOOKS):
+        if stage not in NOTEBOOKS:
+            raise ConfigError(f"--stages: unknown stage {stage!r}; choose from {list(NOTEBOOKS)}")
+        src = notebooks_dir() / NOTEBOOKS[stage]
+        final = run.notebooks_dir / NOTEBOOKS[stage]
+        partial = final.with_suffix(".running.ipynb")
+        print(f"== {stage}: {src.name}", flush=True)
+        t0 = time.perf_counter()
+        try:
+            pm.execute_notebook(
+                str(src), str(partial), parameters=params, cwd=str(notebooks_dir()), kernel_name=kernel_name,
+                log_output=log_output, progress_bar=False,
+            )
+        except BaseException:
+            if partial.exists():
+                os.replace(partial, final.with_suffix(".failed.ipynb"))
+            raise
+        os.replace(partial, final)
+        timings[stage] = round(time.perf_counter() - t0, 1)
+        print(f"== {stage} done in {timings[stage]} s", flush=True)
+    from .runs import write_json_atomic
+
+    write_json_atomic(run.root / "pipeline_timings.json", timings)
+    return timings
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run-dir", default=os.environ.get("R1HELPERS_RUN_DIR", "runs/default"))
+    p.add_argument("--profile", default="auto", help="auto | seed | cpu")
+    p.add_argument("--config", default=None, help="YAML file of field overrides")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override one field")
+    p.add_argument("--stages", default=None, help="comma-separated, e.g. 00,02,03 (default: all)")
+    p.add_argument("--kernel", default=None, help="Jupyter kernel name (default: the notebook's)")
+    args = p.parse_args(argv)
+    try:
+        overrides = {k: yaml.safe_load(v) if v.strip() else v for k, v in parse_sets(args.set).items()}
+        stages = args.stages.split(",") if args.stages else None
+        timings = run_notebooks(args.run_dir, args.profile, overrides, args.config, stages, args.kernel)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print("stage timings (s):", timings)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

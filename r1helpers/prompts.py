@@ -1,0 +1,105 @@
+"""The one source of truth for the prompt used in training, inference and export.
+
+The tutorial this project follows used two different templates for training and
+inference; here the inference prompt is, by construction, the exact prefix of the
+training text, both as a string and as token ids (see `encode_example`).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+THINK_OPEN = "<think>"
+THINK_CLOSE = "</think>"
+
+PREAMBLE = (
+    "Below is an instruction that describes a task, paired with an input that provides further context.\n"
+    "Write a response that appropriately completes the request.\n"
+    "Before answering, think carefully about the question and create a step-by-step chain of thoughts "
+    "to ensure a logical and accurate response."
+)
+INSTRUCTION = (
+    "You are a medical expert with advanced knowledge in clinical reasoning, diagnostics, and treatment planning.\n"
+    "Please answer the following medical question."
+)
+
+
+def build_prompt(question: str) -> str:
+    """Everything up to and including the opening <think>: what the model sees at inference."""
+    return (
+        f"{PREAMBLE}\n\n### Instruction:\n{INSTRUCTION}\n\n### Question:\n{question.strip()}\n\n"
+        f"### Response:\n{THINK_OPEN}"
+    )
+
+
+def build_completion(cot: str, response: str) -> str:
+    """What follows the prompt in a training example (without EOS, which is a token, not text)."""
+    return f"\n{cot.strip()}\n{THINK_CLOSE}\n{response.strip()}"
+
+
+def build_training_text(question: str, cot: str, response: str, eos_token: str) -> str:
+    return build_prompt(question) + build_completion(cot, response) + eos_token
+
+
+def encode_example(tokenizer, question: str, cot: str, response: str) -> tuple[list[int], int]:
+    """Token ids of one training example and the length of its prompt part.
+
+    Prompt and completion are tokenized separately and concatenated so that the
+    inference prompt's ids are a prefix of the training ids whatever the
+    tokenizer's merges; EOS is appended as an id so no text form can drift.
+    """
+    prompt_ids = tokenizer(build_prompt(question), add_special_tokens=True)["input_ids"]
+    completion_ids = tokenizer(build_completion(cot, response), add_special_tokens=False)["input_ids"]
+    return prompt_ids + completion_ids + [tokenizer.eos_token_id], len(prompt_ids)
+
+
+def encode_prompt(tokenizer, question: str) -> list[int]:
+    return tokenizer(build_prompt(question), add_special_tokens=True)["input_ids"]
+
+
+@dataclass
+class ParsedOutput:
+    reasoning: str
+    answer: str
+    think_closed: bool
+
+
+_CLOSE_RE = re.compile(re.escape(THINK_CLOSE))
+
+
+def split_output(generated: str) -> ParsedOutput:
+    """Split generated text (what follows the prompt's <think>) into reasoning and answer.
+
+    A model may repeat the opening tag; it is dropped. Without a closing tag the whole
+    text is reasoning and the answer is empty: the model never finished thinking.
+    """
+    text = generated
+    if text.lstrip().startswith(THINK_OPEN):
+        text = text.lstrip()[len(THINK_OPEN):]
+    m = _CLOSE_RE.search(text)
+    if not m:
+        return ParsedOutput(reasoning=text.strip(), answer="", think_closed=False)
+    return ParsedOutput(reasoning=text[: m.start()].strip(), answer=text[m.end():].strip(), think_closed=True)
+
+
+# A chat template that renders exactly `build_prompt` for one user turn with
+# add_generation_prompt=True, and the training text for a user + assistant pair.
+# The R1-distill tokenizer's own template differs (it strips reasoning from
+# assistant turns), so exports ship this one to keep every runtime consistent.
+CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{%- for message in messages %}"
+    "{%- if message['role'] == 'user' %}"
+    + "{{ '"
+    + PREAMBLE.replace("\n", "\\n").replace("'", "\\'")
+    + "\\n\\n### Instruction:\\n"
+    + INSTRUCTION.replace("\n", "\\n").replace("'", "\\'")
+    + "\\n\\n### Question:\\n' + message['content'] | trim + '\\n\\n### Response:\\n"
+    + THINK_OPEN
+    + "' }}"
+    "{%- elif message['role'] == 'assistant' %}"
+    "{{ '\\n' + message['content'] | trim + eos_token }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+)

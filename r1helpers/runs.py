@@ -1,0 +1,177 @@
+"""The run folder every notebook shares, and the manifests that stop stale reuse.
+
+Each stage writes its outputs under `runs/<name>/<stage>/` with a `manifest.json`
+holding a fingerprint of exactly the settings that produced them. A later stage
+(or the same notebook opened alone) reuses an output only when the fingerprint
+matches the current config; otherwise it rebuilds, so nothing made with other
+settings is silently reused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from . import config as config_mod
+from .config import Config
+
+# Which config sections each stage's outputs depend on (upstream stages included).
+STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
+    "data": ("model.name", "model.max_seq_length", "data"),
+    "baseline": ("model", "data", "infer"),
+    "train": ("model", "data", "lora", "train"),
+    "finetuned": ("model", "data", "lora", "train", "infer"),
+    "compare": ("model", "data", "lora", "train", "infer"),
+    "export": ("model", "data", "lora", "train", "export"),
+}
+
+
+def stage_settings(cfg: Config, stage: str) -> dict[str, Any]:
+    full = cfg.to_dict()
+    out: dict[str, Any] = {}
+    for key in STAGE_SECTIONS[stage]:
+        section, _, leaf = key.partition(".")
+        out[key] = full[section][leaf] if leaf else full[section]
+    return out
+
+
+def stage_fingerprint(cfg: Config, stage: str) -> str:
+    return config_mod.fingerprint(stage_settings(cfg, stage))
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write to a temporary file beside `path` and rename: a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
+def write_jsonl_atomic(path: Path, rows: list[dict[str, Any]]) -> None:
+    write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+@contextlib.contextmanager
+def atomic_dir(final: Path) -> Iterator[Path]:
+    """Yield a temporary folder beside `final`; on success it replaces `final` in one rename.
+
+    The previous good output stays in place until the new one is complete.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+        old = None
+        if final.exists():
+            old = final.with_name(f".{final.name}.old-{os.getpid()}-{time.time_ns()}")
+            os.replace(final, old)
+        os.replace(tmp, final)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+class StaleOutputError(RuntimeError):
+    """An output exists but was made with other settings."""
+
+
+@dataclass
+class Run:
+    """Paths of one run folder. Create with `Run.open(run_dir)`."""
+
+    root: Path
+
+    @classmethod
+    def open(cls, root: str | os.PathLike) -> "Run":
+        run = cls(Path(root).expanduser().resolve())
+        run.root.mkdir(parents=True, exist_ok=True)
+        return run
+
+    def stage_dir(self, stage: str) -> Path:
+        return self.root / stage
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def notebooks_dir(self) -> Path:
+        return self.root / "notebooks"
+
+    def save_config(self, cfg: Config) -> None:
+        write_text_atomic(self.config_path, config_mod.dump(cfg))
+
+    def manifest_path(self, stage: str) -> Path:
+        return self.stage_dir(stage) / "manifest.json"
+
+    def read_manifest(self, stage: str) -> dict[str, Any] | None:
+        path = self.manifest_path(stage)
+        if not path.is_file():
+            return None
+        return json.loads(path.read_text())
+
+    def is_current(self, cfg: Config, stage: str) -> bool:
+        """True when the stage finished with the same settings as `cfg`."""
+        manifest = self.read_manifest(stage)
+        return bool(manifest) and manifest.get("fingerprint") == stage_fingerprint(cfg, stage)
+
+    def why_stale(self, cfg: Config, stage: str) -> str:
+        manifest = self.read_manifest(stage)
+        if manifest is None:
+            return f"{stage}: no finished output in {self.stage_dir(stage)}"
+        old, new = manifest.get("settings", {}), stage_settings(cfg, stage)
+        changed = _diff(old, new)
+        return f"{stage}: made with other settings ({', '.join(changed[:6]) or 'unknown'})"
+
+    def write_manifest(self, cfg: Config, stage: str, **extra: Any) -> dict[str, Any]:
+        from .env import package_versions
+
+        manifest = {
+            "stage": stage,
+            "fingerprint": stage_fingerprint(cfg, stage),
+            "settings": stage_settings(cfg, stage),
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "versions": package_versions(),
+            **extra,
+        }
+        write_json_atomic(self.manifest_path(stage), manifest)
+        return manifest
+
+
+def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: list[str] = []
+        for k in sorted(set(old) | set(new)):
+            out += _diff(old.get(k), new.get(k), f"{prefix}{k}.")
+        return out
+    return [] if old == new else [prefix.rstrip(".")]

@@ -1,0 +1,211 @@
+"""LoRA supervised fine-tuning with TRL's SFTTrainer and the recipe's settings.
+
+Checkpoints go to the run folder every `train.save_steps`; a rerun resumes from the
+latest complete one made with the same settings (other settings: they are cleared,
+never resumed). W&B logs online with a key, offline without one, and its absence
+never stops training.
+
+    python -m r1helpers.pipeline --stages 03
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import Config
+from .modeling import Loaded, trainable_parameters
+from .runs import Run, atomic_dir, stage_fingerprint, write_json_atomic, write_text_atomic
+
+
+def wandb_setup(cfg: Config, run: Run) -> tuple[list[str], str]:
+    """Decide W&B's mode from the config and the presence of a key; returns (report_to, note)."""
+    mode = cfg.train.wandb
+    if mode == "off":
+        return [], "W&B off (train.wandb=off)"
+    try:
+        import wandb  # noqa: F401
+    except ImportError:
+        return [], "W&B not installed: logging to the run folder only (pip install wandb to add it)"
+    if mode == "auto":
+        mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
+    os.environ["WANDB_MODE"] = mode
+    os.environ["WANDB_DIR"] = str(run.stage_dir("train"))
+    os.environ.setdefault("WANDB_PROJECT", cfg.train.wandb_project)
+    os.environ.setdefault("WANDB_NAME", run.root.name)
+    os.environ.setdefault("WANDB_SILENT", "true")
+    run.stage_dir("train").mkdir(parents=True, exist_ok=True)
+    why = "a W&B key is set" if mode == "online" and cfg.train.wandb == "auto" else f"train.wandb={cfg.train.wandb}"
+    if mode == "offline":
+        why += "; sync later with `wandb sync` on the offline run folder"
+    return ["wandb"], f"W&B {mode} ({why})"
+
+
+def latest_checkpoint(ckpt_dir: Path) -> Path | None:
+    """The newest checkpoint whose trainer state and adapter were fully written."""
+    if not ckpt_dir.is_dir():
+        return None
+    done = []
+    for p in ckpt_dir.glob("checkpoint-*"):
+        step = p.name.rsplit("-", 1)[-1]
+        if step.isdigit() and (p / "trainer_state.json").is_file() and any(p.glob("adapter_model.*")):
+            done.append((int(step), p))
+    return max(done)[1] if done else None
+
+
+def _checkpoint_dir(cfg: Config, run: Run, resume: bool) -> tuple[Path, Path | None]:
+    ckpt = run.stage_dir("train") / "checkpoints"
+    stamp = ckpt / "fingerprint.txt"
+    fp = stage_fingerprint(cfg, "train")
+    if ckpt.exists() and (not resume or not stamp.is_file() or stamp.read_text().strip() != fp):
+        shutil.rmtree(ckpt)
+    ckpt.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(stamp, fp + "\n")
+    return ckpt, latest_checkpoint(ckpt) if resume else None
+
+
+def _print_logs_callback():
+    from transformers import TrainerCallback
+
+    class PrintLogs(TrainerCallback):
+        """Plain lines for headless runs, where progress bars are noise."""
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and state.is_world_process_zero:
+                shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in logs.items()}
+                print(f"step {state.global_step}/{state.max_steps}: {shown}", flush=True)
+
+    return PrintLogs()
+
+
+def sft_config(cfg: Config, loaded: Loaded, output_dir: Path, report_to: list[str], has_eval: bool):
+    from trl import SFTConfig
+
+    t = cfg.train
+    dtype = loaded.backend.dtype
+    on_gpu = loaded.device.type == "cuda"
+    eval_on = has_eval and t.eval_steps > 0
+    return SFTConfig(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=t.per_device_train_batch_size,
+        per_device_eval_batch_size=t.per_device_train_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        warmup_steps=t.warmup_steps,
+        max_steps=t.max_steps,
+        learning_rate=t.learning_rate,
+        optim=t.optim,
+        weight_decay=t.weight_decay,
+        lr_scheduler_type=t.lr_scheduler_type,
+        seed=t.seed,
+        data_seed=t.seed,
+        logging_steps=t.logging_steps,
+        eval_strategy="steps" if eval_on else "no",
+        eval_steps=t.eval_steps if eval_on else None,
+        save_strategy="steps" if t.save_steps > 0 else "no",
+        save_steps=t.save_steps if t.save_steps > 0 else 500,
+        save_total_limit=2,
+        bf16=on_gpu and dtype == "bfloat16",
+        fp16=on_gpu and dtype == "float16",
+        max_length=cfg.model.max_seq_length,
+        packing=False,
+        report_to=report_to or "none",
+        run_name=run_name_from(output_dir),
+        disable_tqdm=os.environ.get("R1HELPERS_HEADLESS") == "1",
+        dataloader_num_workers=0,
+        remove_unused_columns=True,
+    )
+
+
+def run_name_from(output_dir: Path) -> str:
+    return Path(output_dir).parents[1].name
+
+
+@dataclass
+class TrainResult:
+    adapter_dir: Path
+    log_history: list[dict[str, Any]]
+    metrics: dict[str, Any]
+
+    def losses(self, key: str = "loss") -> list[tuple[int, float]]:
+        return [(r["step"], r[key]) for r in self.log_history if key in r]
+
+
+def train(cfg: Config, run: Run, loaded: Loaded, prepared, resume: bool = True) -> TrainResult:
+    """Fine-tune `loaded` (a peft model) and save the adapter and tokenizer in the run folder."""
+    import torch
+    from trl import SFTTrainer
+
+    out = run.stage_dir("train")
+    ckpt_dir, resume_from = _checkpoint_dir(cfg, run, resume)
+    report_to, wandb_note = wandb_setup(cfg, run)
+    print(wandb_note)
+    if resume_from:
+        print(f"resuming from {resume_from.name}")
+    has_eval = len(prepared.eval) > 0
+    args = sft_config(cfg, loaded, ckpt_dir, report_to, has_eval)
+    loaded.model.config.use_cache = False
+    trainer = SFTTrainer(
+        model=loaded.model, processing_class=loaded.tokenizer, args=args,
+        train_dataset=prepared.trainer_columns("train"),
+        eval_dataset=prepared.trainer_columns("eval") if has_eval and cfg.train.eval_steps > 0 else None,
+        callbacks=[_print_logs_callback()],
+    )
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    try:
+        result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    except torch.OutOfMemoryError as e:
+        raise RuntimeError(
+            "CUDA out of memory in training: lower train.per_device_train_batch_size (raise "
+            "train.gradient_accumulation_steps to keep the effective batch), lower model.max_seq_length, "
+            "keep lora.gradient_checkpointing=unsloth, or load in 4-bit (model.load_in_4bit=true)"
+        ) from e
+    finally:
+        if "wandb" in report_to:
+            import wandb
+
+            wandb.finish()
+    seconds = time.perf_counter() - t0
+    trainable, total = trainable_parameters(loaded.model)
+    metrics = {
+        **{k: v for k, v in result.metrics.items() if isinstance(v, (int, float))},
+        "seconds": round(seconds, 2),
+        "resumed_from": resume_from.name if resume_from else None,
+        "trainable_parameters": trainable,
+        "total_parameters": total,
+        "backend": loaded.backend.name,
+        "wandb": wandb_note,
+        "peak_gpu_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None,
+    }
+    history = trainer.state.log_history
+    adapter_dir = out / "adapter"
+    with atomic_dir(adapter_dir) as tmp:
+        loaded.model.save_pretrained(str(tmp))
+        loaded.tokenizer.save_pretrained(str(tmp))
+    write_json_atomic(out / "log_history.json", history)
+    write_json_atomic(out / "metrics.json", metrics)
+    run.write_manifest(cfg, "train", metrics=metrics)
+    return TrainResult(adapter_dir, history, metrics)
+
+
+def load_result(run: Run) -> TrainResult:
+    out = run.stage_dir("train")
+    return TrainResult(out / "adapter", json.loads((out / "log_history.json").read_text()),
+                       json.loads((out / "metrics.json").read_text()))
+
+
+def ensure_trained(cfg: Config, run: Run, prepared, force: bool = False, resume: bool = True) -> TrainResult:
+    """Reuse the run folder's adapter when trained with these settings; otherwise train it."""
+    if not force and run.is_current(cfg, "train") and (run.stage_dir("train") / "adapter").is_dir():
+        return load_result(run)
+    from .modeling import add_lora, load_base
+
+    print(run.why_stale(cfg, "train") if not force else "train: retraining (force=True)")
+    loaded = add_lora(load_base(cfg), cfg)
+    return train(cfg, run, loaded, prepared, resume=resume)

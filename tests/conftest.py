@@ -1,0 +1,43 @@
+"""Shared fixtures: everything offline, one tiny model built per test session."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cache(tmp_path_factory):
+    """A private cache so tests never depend on what a previous run left in ~/.cache."""
+    if "R1HELPERS_TEST_CACHE" in os.environ:
+        os.environ["R1HELPERS_CACHE"] = os.environ["R1HELPERS_TEST_CACHE"]
+    else:
+        os.environ["R1HELPERS_CACHE"] = str(tmp_path_factory.mktemp("r1cache"))
+    yield
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(_cache):
+    from r1helpers.tinymodel import ensure_tiny_model
+
+    return ensure_tiny_model()
+
+
+@pytest.fixture(scope="session")
+def cpu_cfg():
+    from r1helpers.config import load_config
+
+    return load_config("cpu")
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tiny_model_dir, cpu_cfg):
+    from r1helpers.modeling import load_tokenizer
+
+    return load_tokenizer(cpu_cfg)
