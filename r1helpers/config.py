@@ -154,6 +154,18 @@ class InferConfig:
 
 
 @dataclass
+class CompareConfig:
+    nll_rows: int = field(default=50, metadata={"help": "held-out rows scored teacher-forced (0: all)"})
+    embedding_model: str | None = field(default="sentence-transformers/all-MiniLM-L6-v2", metadata={"help": "sentence-embedding model for semantic similarity (None: skip)"})
+    bootstrap_samples: int = field(default=1000, metadata={"help": "resamples for confidence intervals"})
+    seed: int = field(default=3407, metadata={"help": "bootstrap seed"})
+
+    def __post_init__(self) -> None:
+        _check(self.nll_rows >= 0, "compare.nll_rows", "must be >= 0")
+        _check(self.bootstrap_samples >= 100, "compare.bootstrap_samples", "must be >= 100")
+
+
+@dataclass
 class ExportConfig:
     save_merged_16bit: bool = field(default=True, metadata={"help": "merge the adapter into 16-bit base weights"})
     gguf: list[str] = field(default_factory=lambda: ["q8_0"], metadata={"help": "GGUF types to write: f16, bf16, q8_0, q4_k_m"})
@@ -170,6 +182,7 @@ class Config:
     lora: LoraConfig = field(default_factory=LoraConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     infer: InferConfig = field(default_factory=InferConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -185,7 +198,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     # A pipeline check, not a model: same code paths, tiny model, sample data, a few steps.
     "cpu": {
         "model.name": TINY_MODEL,
-        "model.max_seq_length": 512,
+        "model.max_seq_length": 1024,
         "model.load_in_4bit": False,
         "data.source": SAMPLE_DATASET,
         "data.config_name": None,
@@ -285,7 +298,7 @@ def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in d.items():
         full = f"{prefix}{k}"
-        if isinstance(v, Mapping) and full in {"model", "data", "lora", "train", "infer", "export"}:
+        if isinstance(v, Mapping) and full in {"model", "data", "lora", "train", "infer", "compare", "export"}:
             out.update(_flatten(v, f"{full}."))
         else:
             out[full] = v

@@ -28,7 +28,7 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "baseline": ("model", "data", "infer"),
     "train": ("model", "data", "lora", "train"),
     "finetuned": ("model", "data", "lora", "train", "infer"),
-    "compare": ("model", "data", "lora", "train", "infer"),
+    "compare": ("model", "data", "lora", "train", "infer", "compare"),
     "export": ("model", "data", "lora", "train", "export"),
 }
 

@@ -33,17 +33,35 @@ def wandb_setup(cfg: Config, run: Run) -> tuple[list[str], str]:
     except ImportError:
         return [], "W&B not installed: logging to the run folder only (pip install wandb to add it)"
     if mode == "auto":
-        mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
+        mode = "online" if os.environ.get("WANDB_API_KEY") and wandb_reachable() else "offline"
     os.environ["WANDB_MODE"] = mode
     os.environ["WANDB_DIR"] = str(run.stage_dir("train"))
     os.environ.setdefault("WANDB_PROJECT", cfg.train.wandb_project)
     os.environ.setdefault("WANDB_NAME", run.root.name)
     os.environ.setdefault("WANDB_SILENT", "true")
     run.stage_dir("train").mkdir(parents=True, exist_ok=True)
-    why = "a W&B key is set" if mode == "online" and cfg.train.wandb == "auto" else f"train.wandb={cfg.train.wandb}"
+    if cfg.train.wandb != "auto":
+        why = f"train.wandb={cfg.train.wandb}"
+    elif mode == "online":
+        why = "a W&B key is set"
+    else:
+        why = "no W&B key" if not os.environ.get("WANDB_API_KEY") else "a key is set but W&B is unreachable"
     if mode == "offline":
         why += "; sync later with `wandb sync` on the offline run folder"
     return ["wandb"], f"W&B {mode} ({why})"
+
+
+def wandb_reachable(timeout: float = 3.0) -> bool:
+    """An online run without network hangs in retries; check the API host answers first."""
+    import socket
+    from urllib.parse import urlparse
+
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or "api.wandb.ai"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
 
 
 def latest_checkpoint(ckpt_dir: Path) -> Path | None:

@@ -1,0 +1,150 @@
+import json
+
+import pytest
+
+from r1helpers.config import load_config
+from r1helpers.data import DataError, build, load_raw, load_sample_rows, prepare, sample_path
+from r1helpers.runs import Run
+
+
+def rows(n, long_from=None):
+    out = []
+    for i in range(n):
+        cot = f"step {i} " * (400 if long_from is not None and i >= long_from else 5)
+        out.append({"Question": f"Question number {i}?", "Complex_CoT": cot, "Response": f"Answer {i}."})
+    return out
+
+
+def cfg_for(source, **over):
+    return load_config("cpu", {"data.source": str(source), "data.train_rows": 8, "data.eval_rows": 4, **over})
+
+
+def write_jsonl(path, items):
+    path.write_text("".join(json.dumps(r) + "\n" for r in items), encoding="utf-8")
+    return path
+
+
+def test_sample_dataset_schema():
+    data = load_sample_rows()
+    assert len(data) >= 60
+    assert all(set(r) == {"Question", "Complex_CoT", "Response"} and all(v.strip() for v in r.values()) for r in data)
+    assert len({r["Question"] for r in data}) == len(data)
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "json", "csv", "parquet", "folder"])
+def test_local_formats(tmp_path, fmt, tokenizer):
+    import datasets
+
+    items = rows(14)
+    ds = datasets.Dataset.from_list(items)
+    path = tmp_path / f"d.{fmt}"
+    if fmt == "jsonl":
+        write_jsonl(path, items)
+    elif fmt == "json":
+        path.write_text(json.dumps(items))
+    elif fmt == "csv":
+        ds.to_csv(str(path), index=False)
+    elif fmt == "parquet":
+        ds.to_parquet(str(path))
+    else:
+        path = tmp_path / "saved"
+        datasets.DatasetDict({"train": ds}).save_to_disk(str(path))
+    dd, stats = build(cfg_for(path), tokenizer)
+    assert stats["counts"] == {"train": 8, "eval": 4}
+    assert set(dd["train"]["Question"]).isdisjoint(dd["eval"]["Question"])
+    assert stats["eos_ends_every_example"]
+
+
+def test_missing_column_names_file_and_column(tmp_path, tokenizer):
+    items = [{"Question": r["Question"], "Complex_COT": r["Complex_CoT"], "Response": r["Response"]} for r in rows(3)]
+    path = write_jsonl(tmp_path / "bad.jsonl", items)
+    with pytest.raises(DataError, match=r"bad\.jsonl.*'Complex_CoT'.*did you mean 'Complex_COT'"):
+        build(cfg_for(path), tokenizer)
+
+
+def test_renamed_columns_are_accepted(tmp_path, tokenizer):
+    items = [{"q": r["Question"], "c": r["Complex_CoT"], "a": r["Response"]} for r in rows(14)]
+    path = write_jsonl(tmp_path / "renamed.jsonl", items)
+    dd, _ = build(cfg_for(path, **{"data.question_column": "q", "data.cot_column": "c", "data.response_column": "a"}), tokenizer)
+    assert dd["train"][0]["Question"] == "Question number 0?"
+
+
+def test_bad_files(tmp_path, tokenizer):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(DataError, match="empty.jsonl: the file is empty"):
+        build(cfg_for(empty), tokenizer)
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text(json.dumps(rows(1)[0]) + "\n{not json\n")
+    with pytest.raises(DataError, match="broken.jsonl: line 2 is not valid JSON"):
+        build(cfg_for(broken), tokenizer)
+    latin = tmp_path / "latin.jsonl"
+    latin.write_bytes(json.dumps(rows(1)[0]).encode() + b"\n" + '{"Question": "caf\xe9"}'.encode("latin-1"))
+    with pytest.raises(DataError, match="latin.jsonl: not UTF-8.*line 2"):
+        build(cfg_for(latin), tokenizer)
+    with pytest.raises(DataError, match="no such file"):
+        build(cfg_for(tmp_path / "missing.jsonl"), tokenizer)
+
+
+def test_empty_field_error_or_lenient_drop(tmp_path, tokenizer):
+    items = rows(14)
+    items[3]["Response"] = "  "
+    path = write_jsonl(tmp_path / "gaps.jsonl", items)
+    with pytest.raises(DataError, match="row 3 has an empty 'Response'"):
+        build(cfg_for(path), tokenizer)
+    dd, stats = build(cfg_for(path, **{"data.lenient": True}), tokenizer)
+    assert stats["raw"]["dropped_empty"] == [3] and 3 not in dd["train"]["source_row"]
+
+
+def test_duplicates_dropped_and_held_out_never_overlaps(tmp_path, tokenizer):
+    items = rows(14)
+    items[5] = dict(items[1])  # exact duplicate inside training
+    items[9] = {**items[2], "Response": "another answer"}  # held-out question also in training
+    path = write_jsonl(tmp_path / "dups.jsonl", items)
+    dd, stats = build(cfg_for(path), tokenizer)
+    assert stats["raw"]["dropped_duplicate"] == [5]
+    assert set(dd["train"]["Question"]).isdisjoint(dd["eval"]["Question"])
+    assert stats["raw"]["eval_dropped_overlap"]
+
+
+@pytest.mark.parametrize("action", ["drop", "truncate", "error"])
+def test_overlong_rows(tmp_path, tokenizer, action):
+    path = write_jsonl(tmp_path / "long.jsonl", rows(14, long_from=6))
+    cfg = cfg_for(path, **{"data.overlong": action, "model.max_seq_length": 256})
+    if action == "error":
+        with pytest.raises(DataError, match="train row 6 is .* tokens, over model.max_seq_length=256"):
+            build(cfg, tokenizer)
+        return
+    dd, stats = build(cfg, tokenizer)
+    assert stats["raw"]["overlong"]["train"] == [6, 7]
+    assert stats["token_lengths"]["train"]["over_max_seq_length"] == 2
+    if action == "drop":
+        assert len(dd["train"]) == 6
+        assert all(ids[-1] == tokenizer.eos_token_id for ids in dd["train"]["input_ids"])
+    else:
+        assert len(dd["train"]) == 8 and max(len(i) for i in dd["train"]["input_ids"]) == 256
+
+
+def test_too_few_rows_for_held_out(tmp_path, tokenizer):
+    path = write_jsonl(tmp_path / "few.jsonl", rows(8))
+    with pytest.raises(DataError, match="lower data.train_rows"):
+        build(cfg_for(path), tokenizer)
+
+
+def test_hub_failure_is_clear():
+    with pytest.raises(DataError, match="could not load from the Hub"):
+        load_raw(load_config("seed").data)
+
+
+def test_prepare_saves_and_reuses(tmp_path, tokenizer):
+    import datasets
+
+    run = Run.open(tmp_path / "run")
+    cfg = load_config("cpu")
+    prepared = prepare(cfg, run, tokenizer)
+    dd = datasets.load_from_disk(str(run.stage_dir("data") / "dataset"))
+    assert len(dd["train"]) == len(prepared.train) == cfg.data.train_rows
+    assert run.is_current(cfg, "data")
+    again = prepare(cfg, run)  # reused: no tokenizer needed
+    assert again.stats == json.loads((run.stage_dir("data") / "stats.json").read_text())
+    assert sample_path().is_file()

@@ -1,0 +1,36 @@
+import pytest
+
+from r1helpers.config import load_config
+from r1helpers.runs import Run, atomic_dir, write_json_atomic, read_json
+
+
+def test_atomic_dir_keeps_old_output_on_failure(tmp_path):
+    final = tmp_path / "adapter"
+    with atomic_dir(final) as tmp:
+        (tmp / "weights").write_text("good")
+    with pytest.raises(RuntimeError):
+        with atomic_dir(final) as tmp:
+            (tmp / "weights").write_text("half")
+            raise RuntimeError("killed mid-save")
+    assert (final / "weights").read_text() == "good"
+    assert [p.name for p in tmp_path.iterdir()] == ["adapter"]
+
+
+def test_write_json_atomic(tmp_path):
+    write_json_atomic(tmp_path / "a.json", {"x": 1})
+    assert read_json(tmp_path / "a.json") == {"x": 1}
+    assert len(list(tmp_path.iterdir())) == 1
+
+
+def test_manifest_detects_changed_settings(tmp_path):
+    run = Run.open(tmp_path / "run")
+    cfg = load_config("cpu")
+    assert not run.is_current(cfg, "train")
+    run.write_manifest(cfg, "train")
+    assert run.is_current(cfg, "train")
+    changed = load_config("cpu", {"train.learning_rate": 1e-4})
+    assert not run.is_current(changed, "train")
+    assert "train.learning_rate" in run.why_stale(changed, "train")
+    # Settings the stage does not depend on do not make it stale.
+    assert run.is_current(load_config("cpu", {"infer.max_new_tokens": 7}), "train")
+    assert not run.is_current(load_config("cpu", {"infer.max_new_tokens": 7}), "baseline")
