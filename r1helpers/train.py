@@ -87,20 +87,6 @@ def _checkpoint_dir(cfg: Config, run: Run, resume: bool) -> tuple[Path, Path | N
     return ckpt, latest_checkpoint(ckpt) if resume else None
 
 
-def _print_logs_callback():
-    from transformers import TrainerCallback
-
-    class PrintLogs(TrainerCallback):
-        """Plain lines for headless runs, where progress bars are noise."""
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if logs and state.is_world_process_zero:
-                shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in logs.items()}
-                print(f"step {state.global_step}/{state.max_steps}: {shown}", flush=True)
-
-    return PrintLogs()
-
-
 def sft_config(cfg: Config, loaded: Loaded, output_dir: Path, report_to: list[str], has_eval: bool):
     from trl import SFTConfig
 
@@ -133,6 +119,7 @@ def sft_config(cfg: Config, loaded: Loaded, output_dir: Path, report_to: list[st
         packing=False,
         report_to=report_to or "none",
         run_name=run_name_from(output_dir),
+        # Headless (papermill): plain log lines from transformers' printer instead of bars.
         disable_tqdm=os.environ.get("R1HELPERS_HEADLESS") == "1",
         dataloader_num_workers=0,
         remove_unused_columns=True,
@@ -171,7 +158,6 @@ def train(cfg: Config, run: Run, loaded: Loaded, prepared, resume: bool = True) 
         model=loaded.model, processing_class=loaded.tokenizer, args=args,
         train_dataset=prepared.trainer_columns("train"),
         eval_dataset=prepared.trainer_columns("eval") if has_eval and cfg.train.eval_steps > 0 else None,
-        callbacks=[_print_logs_callback()],
     )
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
