@@ -39,5 +39,8 @@ notebooks: setup
 strip: setup
 	$(VENV)/bin/nbstripout --keep-id notebooks/*.ipynb
 
+bench: setup
+	$(PY) -m r1helpers.bench --out $(RUN_DIR)-bench.json $(ARGS)
+
 clean:
 	rm -rf runs .pytest_cache

@@ -123,6 +123,8 @@ class TrainConfig:
     save_steps: int = field(default=20, metadata={"help": "checkpoint every N steps (0: off)"})
     wandb: str = field(default="auto", metadata={"help": "auto (online with a key, else offline) | online | offline | off"})
     wandb_project: str = field(default="r1-medical-reasoning", metadata={"help": "W&B project"})
+    padding_free: str = field(default="auto", metadata={"help": "auto (Unsloth: yes; transformers: no) | true | false: batches without pad tokens, examples never attend to each other"})
+    batch_plan: str = field(default="auto", metadata={"help": "auto: same effective batch, micro-batch sized to GPU memory | as_set: exactly the batch and accumulation above"})
 
     def __post_init__(self) -> None:
         for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "max_steps", "logging_steps"):
@@ -132,6 +134,8 @@ class TrainConfig:
         _check(0.0 < self.learning_rate < 1.0, "train.learning_rate", "must be in (0, 1)")
         _check(self.weight_decay >= 0.0, "train.weight_decay", "must be >= 0")
         _one_of(self.wandb, "train.wandb", ("auto", "online", "offline", "off"))
+        _one_of(str(self.padding_free).lower(), "train.padding_free", ("auto", "true", "false"))
+        _one_of(self.batch_plan, "train.batch_plan", ("auto", "as_set"))
 
 
 @dataclass

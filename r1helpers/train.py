@@ -14,7 +14,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -87,18 +87,54 @@ def _checkpoint_dir(cfg: Config, run: Run, resume: bool) -> tuple[Path, Path | N
     return ckpt, latest_checkpoint(ckpt) if resume else None
 
 
-def sft_config(cfg: Config, loaded: Loaded, output_dir: Path, report_to: list[str], has_eval: bool):
+# GPUs with at least this much memory fold gradient accumulation into one larger
+# micro-batch (same effective batch, fewer and fuller kernel launches).
+LARGE_GPU_GIB = 40.0
+MAX_MICRO_BATCH = 8
+
+
+@dataclass
+class BatchPlan:
+    micro_batch: int
+    accumulation: int
+    padding_free: bool
+    reason: str
+
+
+def plan_batches(cfg: Config, backend: str, gpu_memory_gib: float | None) -> BatchPlan:
+    """The micro-batch, accumulation and padding mode to train with, keeping the effective batch.
+
+    Padding-free batches drop pad tokens and keep examples apart (Unsloth's varlen
+    attention); the transformers path has no such kernel here, so it stays padded.
+    """
+    t = cfg.train
+    pf = {"true": True, "false": False}.get(str(t.padding_free).lower(), backend == "unsloth")
+    effective = t.per_device_train_batch_size * t.gradient_accumulation_steps
+    if t.batch_plan == "as_set" or gpu_memory_gib is None or gpu_memory_gib < LARGE_GPU_GIB:
+        why = "as set" if t.batch_plan == "as_set" else (
+            "no GPU" if gpu_memory_gib is None else f"{gpu_memory_gib:.0f} GiB GPU keeps the recipe's micro-batch")
+        return BatchPlan(t.per_device_train_batch_size, t.gradient_accumulation_steps, pf, why)
+    micro = max(d for d in range(1, min(effective, MAX_MICRO_BATCH) + 1) if effective % d == 0)
+    return BatchPlan(micro, effective // micro, pf,
+                     f"{gpu_memory_gib:.0f} GiB GPU: micro-batch {micro} x accumulation {effective // micro} "
+                     f"(effective batch {effective}, as the recipe)")
+
+
+def sft_config(cfg: Config, loaded: Loaded, output_dir: Path, report_to: list[str], has_eval: bool,
+               plan: BatchPlan | None = None):
     from trl import SFTConfig
 
     t = cfg.train
     dtype = loaded.backend.dtype
     on_gpu = loaded.device.type == "cuda"
     eval_on = has_eval and t.eval_steps > 0
+    plan = plan or plan_batches(cfg, loaded.backend.name, gpu_memory_gib())
     return SFTConfig(
         output_dir=str(output_dir),
-        per_device_train_batch_size=t.per_device_train_batch_size,
-        per_device_eval_batch_size=t.per_device_train_batch_size,
-        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        per_device_train_batch_size=plan.micro_batch,
+        per_device_eval_batch_size=plan.micro_batch,
+        gradient_accumulation_steps=plan.accumulation,
+        padding_free=plan.padding_free,
         warmup_steps=t.warmup_steps,
         max_steps=t.max_steps,
         learning_rate=t.learning_rate,
@@ -124,6 +160,14 @@ def sft_config(cfg: Config, loaded: Loaded, output_dir: Path, report_to: list[st
         dataloader_num_workers=0,
         remove_unused_columns=True,
     )
+
+
+def gpu_memory_gib() -> float | None:
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    return torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory / 2**30
 
 
 def run_name_from(output_dir: Path) -> str:
@@ -152,7 +196,10 @@ def train(cfg: Config, run: Run, loaded: Loaded, prepared, resume: bool = True) 
     if resume_from:
         print(f"resuming from {resume_from.name}")
     has_eval = len(prepared.eval) > 0
-    args = sft_config(cfg, loaded, ckpt_dir, report_to, has_eval)
+    plan = plan_batches(cfg, loaded.backend.name, gpu_memory_gib())
+    print(f"batches: micro-batch {plan.micro_batch} x accumulation {plan.accumulation}, "
+          f"padding-free {plan.padding_free} ({plan.reason})")
+    args = sft_config(cfg, loaded, ckpt_dir, report_to, has_eval, plan)
     loaded.model.config.use_cache = False
     trainer = SFTTrainer(
         model=loaded.model, processing_class=loaded.tokenizer, args=args,
@@ -184,6 +231,7 @@ def train(cfg: Config, run: Run, loaded: Loaded, prepared, resume: bool = True) 
         "trainable_parameters": trainable,
         "total_parameters": total,
         "backend": loaded.backend.name,
+        "batch_plan": asdict(plan),
         "wandb": wandb_note,
         "peak_gpu_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None,
     }

@@ -1,0 +1,326 @@
+"""Training and generation throughput on the 8B shape, for each backend and batch plan.
+
+    python -m r1helpers.bench --out bench.json                    # random 8B weights, built on the fly
+    python -m r1helpers.bench --model /path/to/model --lengths-from runs/default
+
+Weights do not change throughput, so a randomly initialised model in the
+Llama-3.1-8B shape stands in for the real one (no download). Batches are drawn
+from a realistic length distribution: the prepared dataset's own token lengths
+when a run folder is given, else `DEFAULT_LENGTHS` below. Each configuration
+runs in its own process, because importing Unsloth patches transformers for the
+whole process and would contaminate the transformers + peft measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+# Llama-3.1-8B dimensions.
+LLAMA_8B = dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                num_key_value_heads=8, vocab_size=128256, max_position_embeddings=131072, rope_theta=500000.0)
+
+# Token lengths of a training example (prompt + reasoning + answer + EOS) when no
+# prepared dataset is given: a log-normal with median 700 and sigma 0.45, clipped
+# to [150, 2048]. This is an estimate, not a measurement: the medical-o1 rows are
+# a ~100-token question, a few hundred tokens of reasoning and a ~200-token answer
+# plus the ~90-token prompt. Pass --lengths-from with a prepared run folder of
+# the seed recipe to measure on the real lengths instead.
+DEFAULT_LENGTHS = {"kind": "lognormal", "median": 700, "sigma": 0.45, "min": 150, "max": 2048}
+
+
+@dataclass
+class BenchConfig:
+    name: str
+    backend: str  # unsloth | transformers
+    micro_batch: int
+    accumulation: int
+    padding_free: bool
+    note: str = ""
+
+
+CONFIGS = {
+    "seed-recipe": BenchConfig("seed-recipe", "unsloth", 2, 4, False, "Unsloth, padded micro-batches of 2, accumulation 4"),
+    "fallback": BenchConfig("fallback", "transformers", 2, 4, False, "transformers + peft + bitsandbytes, padded 2 x 4"),
+    "fast-16gb": BenchConfig("fast-16gb", "unsloth", 2, 4, True, "default on 16 GB GPUs (T4, P100 with Unsloth): padding-free 2 x 4"),
+    "fast-default": BenchConfig("fast-default", "unsloth", 8, 1, True, "default on >= 40 GB GPUs: padding-free 8 x 1"),
+}
+
+
+def sample_lengths(n: int, seed: int, lengths_from: str | None, max_len: int) -> tuple[list[int], str]:
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    if lengths_from:
+        stats = json.loads((Path(lengths_from) / "data" / "stats.json").read_text())
+        pool = [min(x, max_len) for x in stats["all_lengths"]["train"]]
+        return [int(x) for x in rng.choice(pool, size=n)], f"prepared dataset {lengths_from} ({len(pool)} rows)"
+    d = DEFAULT_LENGTHS
+    xs = rng.lognormal(math.log(d["median"]), d["sigma"], size=n).clip(d["min"], min(d["max"], max_len))
+    return [int(x) for x in xs], f"log-normal estimate {d}"
+
+
+def build_random_model(out: Path, layers: int | None = None) -> Path:
+    """A random model in the 8B shape, saved in bf16 with a small tokenizer (ids are drawn directly)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from .tinymodel import build_tokenizer
+
+    if (out / "config.json").is_file():
+        return out
+    dims = {**LLAMA_8B, **({"num_hidden_layers": layers} if layers else {})}
+    tok = build_tokenizer(["a b c d e f g h i j k l m n o p q r s t u v w x y z"] * 10, vocab_size=300)
+    config = LlamaConfig(**dims, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                         pad_token_id=tok.pad_token_id, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        torch.set_default_dtype(torch.bfloat16)
+        model = LlamaForCausalLM(config)
+        torch.set_default_dtype(torch.float32)
+    model.save_pretrained(str(out), max_shard_size="5GB")
+    tok.save_pretrained(str(out))
+    del model
+    return out
+
+
+def matmul_peak_tflops(n: int = 8192, iters: int = 20) -> float:
+    import torch
+
+    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        a @ b
+    torch.cuda.synchronize()
+    return 2 * n**3 * iters / (time.perf_counter() - t0) / 1e12
+
+
+def train_flops_per_token(dims: dict[str, int], seq_len: float) -> float:
+    """LoRA with a frozen base: forward (2N) and the input-gradient backward (2N) per token,
+    plus causal attention scores and values (forward + backward); recomputation not counted."""
+    h, inter, layers, heads, kv = (dims[k] for k in ("hidden_size", "intermediate_size", "num_hidden_layers",
+                                                       "num_attention_heads", "num_key_value_heads"))
+    head_dim = h // heads
+    per_layer = h * h * 2 + 2 * h * kv * head_dim + 3 * h * inter  # q,o + k,v + gate,up,down
+    n = layers * per_layer + h * dims["vocab_size"]  # + lm_head
+    attn = 2 * 2 * layers * h * seq_len / 2  # QK^T and AV, causal half, per token
+    return 4 * n + 2 * attn
+
+
+@dataclass
+class TrainMeasure:
+    config: dict[str, Any]
+    steps: int = 0
+    seconds_per_step: float = 0.0
+    useful_tokens_per_s: float = 0.0
+    padded_tokens_per_s: float = 0.0
+    epoch_500_rows_minutes: float = 0.0
+    peak_allocated_gib: float = 0.0
+    peak_reserved_gib: float = 0.0
+    mfu: float = 0.0
+    losses: list[float] = field(default_factory=list)
+    generation: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+
+
+class _CountingCollator:
+    """Counts useful (attended) and padded tokens of every batch the trainer builds."""
+
+    def __init__(self, inner):
+        self.inner, self.useful, self.padded = inner, 0, 0
+
+    def __call__(self, features):
+        batch = self.inner(features)
+        ids = batch["input_ids"]
+        self.padded += ids.numel()
+        self.useful += int(batch["attention_mask"].sum()) if "attention_mask" in batch else ids.numel()
+        return batch
+
+
+def run_one(name: str, model_dir: str, lengths_from: str | None, steps: int, warmup: int, seq: int,
+            gen_tokens: int, gen_batches: list[int], peak: float) -> TrainMeasure:
+    """One configuration in this process: load, train `warmup + steps` optimizer steps, generate."""
+    bc = CONFIGS[name]
+    if bc.backend == "unsloth":
+        import unsloth  # noqa: F401  (must come before transformers)
+    import datasets
+    import torch
+    from transformers import TrainerCallback
+    from trl import SFTTrainer
+
+    from .config import load_config
+    from .modeling import add_lora, for_inference, load_base
+    from .train import BatchPlan, sft_config
+
+    m = TrainMeasure(config=asdict(bc))
+    cfg = load_config("seed", {"model.name": model_dir, "model.backend": bc.backend, "model.max_seq_length": seq,
+                               "train.max_steps": warmup + steps, "train.logging_steps": 1, "train.save_steps": 0,
+                               "train.eval_steps": 0, "train.wandb": "off"})
+    loaded = add_lora(load_base(cfg), cfg)
+    eff = bc.micro_batch * bc.accumulation
+    n_rows = eff * (warmup + steps)
+    lengths, _ = sample_lengths(n_rows, 3407, lengths_from, seq)
+    g = torch.Generator().manual_seed(0)
+    vocab = loaded.model.config.vocab_size
+    rows = [{"input_ids": torch.randint(10, vocab - 10, (n,), generator=g).tolist()} for n in lengths]
+    ds = datasets.Dataset.from_list(rows)
+    plan = BatchPlan(bc.micro_batch, bc.accumulation, bc.padding_free, bc.note)
+    args = sft_config(cfg, loaded, Path("/tmp/bench-out") / name / "x", [], False, plan)
+    args.dataloader_drop_last = True
+    trainer = SFTTrainer(model=loaded.model, processing_class=loaded.tokenizer, args=args, train_dataset=ds)
+    counter = _CountingCollator(trainer.data_collator)
+    trainer.data_collator = counter
+    marks: dict[str, Any] = {}
+
+    class Timer(TrainerCallback):
+        def on_step_end(self, a, state, control, **kw):
+            if state.global_step == warmup:
+                torch.cuda.synchronize()
+                marks["t0"], marks["u0"], marks["p0"] = time.perf_counter(), counter.useful, counter.padded
+                torch.cuda.reset_peak_memory_stats()
+            if state.global_step == warmup + steps:
+                torch.cuda.synchronize()
+                marks["t1"], marks["u1"], marks["p1"] = time.perf_counter(), counter.useful, counter.padded
+
+        def on_log(self, a, state, control, logs=None, **kw):
+            if logs and "loss" in logs:
+                m.losses.append(round(float(logs["loss"]), 4))
+
+    trainer.add_callback(Timer())
+    trainer.train()
+    dt = marks["t1"] - marks["t0"]
+    useful, padded = marks["u1"] - marks["u0"], marks["p1"] - marks["p0"]
+    m.steps = steps
+    m.seconds_per_step = round(dt / steps, 3)
+    m.useful_tokens_per_s = round(useful / dt, 1)
+    m.padded_tokens_per_s = round(padded / dt, 1)
+    m.epoch_500_rows_minutes = round(500 / (eff * steps / dt) / 60, 2)
+    m.peak_allocated_gib = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    m.peak_reserved_gib = round(torch.cuda.max_memory_reserved() / 2**30, 2)
+    mean_len = sum(lengths) / len(lengths)
+    flops = train_flops_per_token(LLAMA_8B, mean_len) * useful
+    m.mfu = round(flops / dt / (peak * 1e12), 4)
+    m.generation = generate_throughput(for_inference(loaded), gen_tokens, gen_batches)
+    return m
+
+
+def generate_throughput(loaded, new_tokens: int, batches: list[int]) -> dict[str, float]:
+    """Generated tokens/s at each batch size, forcing `new_tokens` so random weights cannot stop early."""
+    import torch
+
+    out: dict[str, float] = {}
+    vocab = loaded.model.config.vocab_size
+    for b in batches:
+        g = torch.Generator().manual_seed(b)
+        ids = torch.randint(10, vocab - 10, (b, 200), generator=g).to(loaded.device)
+        kw = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, use_cache=True,
+                  pad_token_id=loaded.tokenizer.pad_token_id)
+        try:
+            with torch.inference_mode():
+                loaded.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=4,
+                                      min_new_tokens=4, do_sample=False, pad_token_id=kw["pad_token_id"])
+                torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                loaded.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **kw)
+                torch.cuda.synchronize()
+            out[f"batch_{b}"] = round(b * new_tokens / (time.perf_counter() - t0), 1)
+        except Exception as e:  # report, keep the other measurements
+            out[f"batch_{b}_error"] = f"{type(e).__name__}: {str(e)[:200]}"
+    return out
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    cols = ["config", "useful tok/s", "padded tok/s", "s/step", "epoch of 500 rows (min)", "peak alloc GiB",
+            "peak reserved GiB", "MFU", "gen tok/s b1", "b8", "b32"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in results:
+        if r.get("error"):
+            lines.append(f"| {r['config']['name']} | error: {r['error'][:80]} |" + " |" * (len(cols) - 2))
+            continue
+        g = r["generation"]
+        lines.append("| " + " | ".join(str(x) for x in [
+            r["config"]["name"], r["useful_tokens_per_s"], r["padded_tokens_per_s"], r["seconds_per_step"],
+            r["epoch_500_rows_minutes"], r["peak_allocated_gib"], r["peak_reserved_gib"], f"{r['mfu']:.1%}",
+            g.get("batch_1", "-"), g.get("batch_8", "-"), g.get("batch_32", "-")]) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=None, help="local model folder (default: random 8B shape in --work)")
+    p.add_argument("--work", default="/tmp/r1bench", help="where the random model is built")
+    p.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated from {list(CONFIGS)}")
+    p.add_argument("--lengths-from", default=None, help="a prepared run folder whose token lengths to use")
+    p.add_argument("--steps", type=int, default=5, help="measured optimizer steps")
+    p.add_argument("--warmup", type=int, default=2, help="optimizer steps before measuring")
+    p.add_argument("--seq", type=int, default=2048, help="max_seq_length")
+    p.add_argument("--gen-tokens", type=int, default=128, help="tokens generated per sequence")
+    p.add_argument("--gen-batches", default="1,8,32")
+    p.add_argument("--layers", type=int, default=None, help="fewer layers for a quick check")
+    p.add_argument("--out", default=None, help="JSON results file")
+    p.add_argument("--one", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--peak", type=float, default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    gen_batches = [int(x) for x in args.gen_batches.split(",") if x]
+    if args.one:
+        try:
+            m = asdict(run_one(args.one, args.model, args.lengths_from, args.steps, args.warmup, args.seq,
+                               args.gen_tokens, gen_batches, args.peak))
+        except Exception as e:
+            import traceback
+
+            traceback.print_exc()
+            m = {"config": asdict(CONFIGS[args.one]), "error": f"{type(e).__name__}: {e}"}
+        print("BENCH_RESULT " + json.dumps(m), flush=True)
+        return 0
+    import torch
+
+    if not torch.cuda.is_available():
+        print("the benchmark needs a CUDA GPU", file=sys.stderr)
+        return 2
+    t0 = time.perf_counter()
+    model = args.model or str(build_random_model(Path(args.work) / ("llama8b-random" + (f"-{args.layers}l" if args.layers else "")), args.layers))
+    build_s = time.perf_counter() - t0
+    peak = matmul_peak_tflops()
+    _, dist = sample_lengths(1, 0, args.lengths_from, args.seq)
+    print(f"GPU {torch.cuda.get_device_name()}; bf16 matmul peak {peak:.0f} TFLOP/s; model {model} "
+          f"(ready in {build_s:.0f} s); lengths: {dist}", flush=True)
+    results = []
+    for name in args.configs.split(","):
+        cmd = [sys.executable, "-m", "r1helpers.bench", "--one", name, "--model", model, "--steps", str(args.steps),
+               "--warmup", str(args.warmup), "--seq", str(args.seq), "--gen-tokens", str(args.gen_tokens),
+               "--gen-batches", args.gen_batches, "--peak", str(peak)]
+        if args.lengths_from:
+            cmd += ["--lengths-from", args.lengths_from]
+        t1 = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "R1HELPERS_HEADLESS": "1"})
+        line = next((x for x in proc.stdout.splitlines() if x.startswith("BENCH_RESULT ")), None)
+        r = json.loads(line[len("BENCH_RESULT "):]) if line else {
+            "config": asdict(CONFIGS[name]), "error": (proc.stderr or proc.stdout)[-600:]}
+        r["wall_seconds"] = round(time.perf_counter() - t1, 1)
+        if r.get("error"):
+            print(proc.stderr[-3000:], file=sys.stderr)
+        results.append(r)
+        print(json.dumps(r), flush=True)
+    report = {"gpu": torch.cuda.get_device_name(), "bf16_peak_tflops": round(peak, 1), "model": model,
+              "lengths": dist, "seq": args.seq, "steps": args.steps, "warmup": args.warmup, "results": results}
+    print(table(results))
+    if args.out:
+        Path(args.out).write_text(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
