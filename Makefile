@@ -9,13 +9,13 @@ RUN_DIR ?= runs/default
 PROFILE ?= auto
 ARGS ?=
 
-.PHONY: setup run test test-fast test-slow notebooks strip quality bench clean
+.PHONY: setup run test test-fast test-slow notebooks strip quality bench clean kaggle
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[notebooks,tracking,export,dev]"
+	$(PY) -m pip install -q -e ".[notebooks,tracking,export,eval,dev]"
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $@
 
@@ -41,6 +41,11 @@ strip: setup
 
 bench: setup
 	$(PY) -m r1helpers.bench --out $(RUN_DIR)-bench.json $(ARGS)
+
+# build/kaggle/: the r1helpers dataset and one kernel folder per notebook; pushed with the kaggle
+# CLI when credentials are set (else it prints what it would push). ARGS="--run 03" runs stages there.
+kaggle: setup
+	$(PY) -m r1helpers.kaggle push --out build/kaggle $(ARGS)
 
 clean:
 	rm -rf runs .pytest_cache

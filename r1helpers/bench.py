@@ -45,6 +45,7 @@ class BenchConfig:
     accumulation: int
     padding_free: bool
     note: str = ""
+    gradient_checkpointing: str = "unsloth"
 
 
 CONFIGS = {
@@ -52,6 +53,10 @@ CONFIGS = {
     "fallback": BenchConfig("fallback", "transformers", 2, 4, False, "transformers + peft + bitsandbytes, padded 2 x 4"),
     "fast-16gb": BenchConfig("fast-16gb", "unsloth", 2, 4, True, "default on 16 GB GPUs (T4, P100 with Unsloth): padding-free 2 x 4"),
     "fast-default": BenchConfig("fast-default", "unsloth", 8, 1, True, "default on >= 40 GB GPUs: padding-free 8 x 1"),
+    "fast-8x1-ckpt": BenchConfig("fast-8x1-ckpt", "unsloth", 8, 1, True, "padding-free 8 x 1, plain checkpointing (no offload)", "true"),
+    "fast-8x1-nockpt": BenchConfig("fast-8x1-nockpt", "unsloth", 8, 1, True, "padding-free 8 x 1, no checkpointing", "false"),
+    "fast-2x4-nockpt": BenchConfig("fast-2x4-nockpt", "unsloth", 2, 4, True, "padding-free 2 x 4, no checkpointing", "false"),
+    "seed-nockpt": BenchConfig("seed-nockpt", "unsloth", 2, 4, False, "padded 2 x 4, no checkpointing", "false"),
 }
 
 
@@ -59,6 +64,9 @@ def sample_lengths(n: int, seed: int, lengths_from: str | None, max_len: int) ->
     import numpy as np
 
     rng = np.random.default_rng(seed)
+    if lengths_from and lengths_from.startswith("fixed:"):
+        n_tok = min(int(lengths_from.split(":", 1)[1]), max_len)
+        return [n_tok] * n, f"fixed {n_tok} tokens (overstates throughput: no padding, no length spread)"
     if lengths_from:
         stats = json.loads((Path(lengths_from) / "data" / "stats.json").read_text())
         pool = [min(x, max_len) for x in stats["all_lengths"]["train"]]
@@ -167,7 +175,8 @@ def run_one(name: str, model_dir: str, lengths_from: str | None, steps: int, war
     m = TrainMeasure(config=asdict(bc))
     cfg = load_config("seed", {"model.name": model_dir, "model.backend": bc.backend, "model.max_seq_length": seq,
                                "train.max_steps": warmup + steps, "train.logging_steps": 1, "train.save_steps": 0,
-                               "train.eval_steps": 0, "train.wandb": "off"})
+                               "train.eval_steps": 0, "train.wandb": "off",
+                               "lora.gradient_checkpointing": bc.gradient_checkpointing})
     loaded = add_lora(load_base(cfg), cfg)
     eff = bc.micro_batch * bc.accumulation
     n_rows = eff * (warmup + steps)
@@ -262,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default=None, help="local model folder (default: random 8B shape in --work)")
     p.add_argument("--work", default="/tmp/r1bench", help="where the random model is built")
     p.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated from {list(CONFIGS)}")
-    p.add_argument("--lengths-from", default=None, help="a prepared run folder whose token lengths to use")
+    p.add_argument("--lengths-from", default=None, help="a prepared run folder whose token lengths to use, or fixed:N")
     p.add_argument("--steps", type=int, default=5, help="measured optimizer steps")
     p.add_argument("--warmup", type=int, default=2, help="optimizer steps before measuring")
     p.add_argument("--seq", type=int, default=2048, help="max_seq_length")

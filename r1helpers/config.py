@@ -120,7 +120,10 @@ class TrainConfig:
     seed: int = field(default=3407, metadata={"help": "trainer seed"})
     logging_steps: int = field(default=10, metadata={"help": "log the loss every N steps"})
     eval_steps: int = field(default=20, metadata={"help": "held-out loss every N steps (0: off)"})
-    save_steps: int = field(default=20, metadata={"help": "checkpoint every N steps (0: off)"})
+    # Every 10 of 60 steps: a dropped Kaggle session loses minutes, not a third of the run, and a
+    # checkpoint of the seed recipe's adapter and 8-bit optimizer is ~0.25 GB (two are kept).
+    save_steps: int = field(default=10, metadata={"help": "checkpoint every N steps (0: off)", "fingerprint": False})
+    resume: bool = field(default=True, metadata={"help": "resume an unfinished run from its latest checkpoint; false: start over from step 0", "fingerprint": False})
     wandb: str = field(default="auto", metadata={"help": "auto (online with a key, else offline) | online | offline | off"})
     wandb_project: str = field(default="r1-medical-reasoning", metadata={"help": "W&B project"})
     padding_free: str = field(default="auto", metadata={"help": "auto (Unsloth: yes; transformers: no) | true | false: batches without pad tokens, examples never attend to each other"})
@@ -148,6 +151,7 @@ class InferConfig:
     seed: int = field(default=3407, metadata={"help": "generation seed"})
     num_eval_questions: int = field(default=8, metadata={"help": "held-out questions generated besides the examples"})
     example_questions: list[str] = field(default_factory=lambda: [EXAMPLE_QUESTION], metadata={"help": "always asked"})
+    stream: bool = field(default=False, metadata={"help": "print the first example's answer token by token as it is generated (in a notebook; never headless)"})
 
     def __post_init__(self) -> None:
         _check(self.max_new_tokens >= 1, "infer.max_new_tokens", "must be >= 1")
@@ -160,22 +164,42 @@ class InferConfig:
 @dataclass
 class CompareConfig:
     nll_rows: int = field(default=50, metadata={"help": "held-out rows scored teacher-forced (0: all)"})
-    embedding_model: str | None = field(default="sentence-transformers/all-MiniLM-L6-v2", metadata={"help": "sentence-embedding model for semantic similarity (None: skip)"})
+    embedding_model: str | None = field(default="sentence-transformers/all-MiniLM-L6-v2", metadata={"help": "sentence-embedding model for semantic similarity: Hub id or local folder (None: skip)"})
     bootstrap_samples: int = field(default=1000, metadata={"help": "resamples for confidence intervals"})
     seed: int = field(default=3407, metadata={"help": "bootstrap seed"})
+    primary_metric: str = field(default="completion_nll", metadata={"help": "metric whose interval gives the verdict: completion_nll | cot_nll | answer_nll | rouge_l | semantic_similarity"})
 
     def __post_init__(self) -> None:
         _check(self.nll_rows >= 0, "compare.nll_rows", "must be >= 0")
         _check(self.bootstrap_samples >= 100, "compare.bootstrap_samples", "must be >= 100")
+        _one_of(self.primary_metric, "compare.primary_metric",
+                ("completion_nll", "cot_nll", "answer_nll", "rouge_l", "semantic_similarity"))
+
+
+# GGUF types: the first three written by r1helpers.gguf_export, q4_k_m by llama.cpp's quantizer.
+GGUF_KINDS = ("f16", "bf16", "q8_0", "q4_k_m")
 
 
 @dataclass
 class ExportConfig:
-    save_merged_16bit: bool = field(default=True, metadata={"help": "merge the adapter into 16-bit base weights"})
-    gguf: list[str] = field(default_factory=lambda: ["q8_0"], metadata={"help": "GGUF types to write: f16, bf16, q8_0, q4_k_m"})
-    hub_repo: str | None = field(default=None, metadata={"help": "Hub repo id to push to (None: no push)"})
-    hub_private: bool = field(default=True, metadata={"help": "create the Hub repo private"})
-    push: list[str] = field(default_factory=lambda: ["adapter", "merged"], metadata={"help": "what to push: adapter, merged, gguf"})
+    output_dir: str | None = field(default=None, metadata={"help": "folder for the exported models (None: the run folder's export/, on Kaggle /kaggle/tmp, since /kaggle/working keeps ~19.5 GB)"})
+    save_merged_16bit: bool = field(default=True, metadata={"help": "keep the adapter merged into the 16-bit base weights (made anyway, then deleted, when GGUF needs it)"})
+    merged_dtype: str = field(default="auto", metadata={"help": "auto (the base checkpoint's 16-bit type, else bfloat16) | bfloat16 | float16"})
+    gguf: list[str] = field(default_factory=lambda: ["q8_0", "q4_k_m"], metadata={"help": "GGUF types to write: f16, bf16, q8_0 (written here), q4_k_m (needs llama.cpp's quantizer, else skipped with a note)"})
+    llama_quantize: str | None = field(default=None, metadata={"help": "path of llama.cpp's llama-quantize (None: PATH, Unsloth's build, then llama-cpp-python)"})
+    check_tokens: int = field(default=16, metadata={"help": "greedy tokens compared per prompt when checking exported models"})
+    hub_repo: str | None = field(default=None, metadata={"help": "Hub repo id to push to, e.g. you/r1-medical (None: write a dry run into the run folder)"})
+    hub_private: bool = field(default=True, metadata={"help": "create Hub repos private"})
+    push: list[str] = field(default_factory=lambda: ["adapter", "merged", "gguf"], metadata={"help": "what to push: adapter (<repo>-lora), merged (<repo>), gguf (<repo>-GGUF)"})
+
+    def __post_init__(self) -> None:
+        for kind in self.gguf:
+            _one_of(kind, "export.gguf", GGUF_KINDS)
+        for what in self.push:
+            _one_of(what, "export.push", ("adapter", "merged", "gguf"))
+        _one_of(self.merged_dtype, "export.merged_dtype", ("auto", "bfloat16", "float16"))
+        _check(self.check_tokens >= 1, "export.check_tokens", "must be >= 1")
+        _check(self.hub_repo is None or self.hub_repo.count("/") == 1, "export.hub_repo", "must look like owner/name")
 
 
 @dataclass
@@ -223,7 +247,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "infer.max_new_tokens": 48,
         "infer.batch_size": 4,
         "infer.num_eval_questions": 3,
-        "export.gguf": ["f16", "q8_0"],
+        "export.gguf": ["f16", "q8_0", "q4_k_m"],
     },
 }
 

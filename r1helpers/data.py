@@ -11,6 +11,7 @@ exceed max_seq_length are made on exactly what the trainer sees.
 
 from __future__ import annotations
 
+import difflib
 import json
 import statistics
 from dataclasses import dataclass, field
@@ -38,10 +39,15 @@ def load_sample_rows() -> list[dict[str, str]]:
     return _read_jsonl(sample_path())
 
 
-def _read_text(path: Path) -> str:
+def _raw_bytes(path: Path) -> bytes:
     raw = path.read_bytes()
     if not raw.strip():
-        raise DataError(f"{path}: the file is empty")
+        raise DataError(f"{path}: the file is empty; point data.source at a file that holds the rows")
+    return raw
+
+
+def _read_text(path: Path) -> str:
+    raw = _raw_bytes(path)
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
@@ -49,27 +55,47 @@ def _read_text(path: Path) -> str:
         raise DataError(f"{path}: not UTF-8 (byte {e.start}, line {line}); re-save the file as UTF-8") from None
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+def _decode_lines(path: Path, lenient: bool, report: Report | None) -> list[tuple[int, str]]:
+    """(line number, text) per line; lenient drops (and counts) the lines that are not UTF-8."""
+    out = []
+    for n, line in enumerate(_raw_bytes(path).removeprefix(b"\xef\xbb\xbf").split(b"\n"), start=1):
+        try:
+            out.append((n, line.decode("utf-8")))
+        except UnicodeDecodeError as e:
+            if not lenient:
+                raise DataError(f"{path}: not UTF-8 (byte {e.start} of line {n}); re-save the file as UTF-8, "
+                                "or set data.lenient=true to drop the lines that are not") from None
+            if report is not None:
+                report.dropped_not_utf8.append(n)
+    return out
+
+
+def _read_jsonl(path: Path, lenient: bool = False, report: Report | None = None) -> list[dict[str, Any]]:
     rows = []
-    for n, line in enumerate(_read_text(path).splitlines(), start=1):
+    for n, line in _decode_lines(path, lenient, report):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
+            problem = None if isinstance(row, dict) else "is not a JSON object"
         except json.JSONDecodeError as e:
-            raise DataError(f"{path}: line {n} is not valid JSON ({e.msg})") from None
-        if not isinstance(row, dict):
-            raise DataError(f"{path}: line {n} is not a JSON object")
-        rows.append(row)
+            problem = f"is not valid JSON ({e.msg})"
+        if problem is None:
+            rows.append(row)
+        elif not lenient:
+            raise DataError(f"{path}: line {n} {problem}; fix or delete the line, "
+                            "or set data.lenient=true to drop such lines")
+        elif report is not None:
+            report.dropped_invalid_json.append(n)
     return rows
 
 
-def _read_json(path: Path) -> list[dict[str, Any]]:
+def _read_json(path: Path, lenient: bool = False, report: Report | None = None) -> list[dict[str, Any]]:
     text = _read_text(path)
     try:
         data = json.loads(text)
     except json.JSONDecodeError:
-        return _read_jsonl(path)  # many ".json" files are JSON lines
+        return _read_jsonl(path, lenient, report)  # many ".json" files are JSON lines
     if isinstance(data, dict):
         lists = [v for v in data.values() if isinstance(v, list)]
         if len(lists) != 1:
@@ -80,8 +106,49 @@ def _read_json(path: Path) -> list[dict[str, Any]]:
     return data
 
 
-def load_raw(dcfg: DataConfig):
-    """The source as a `datasets.Dataset`, whatever form it comes in."""
+def _first_mixed(rows: list[dict[str, Any]]) -> tuple[str, int, str, str] | None:
+    """(column, row, its type, the column's first type) where a column stops holding one type."""
+    first: dict[str, str] = {}
+    for i, row in enumerate(rows):
+        for k, v in row.items():
+            if v is None:
+                continue
+            kind = type(v).__name__
+            if first.setdefault(k, kind) != kind:
+                return k, i, kind, first[k]
+    return None
+
+
+def _to_dataset(rows: list[dict[str, Any]], path: Path):
+    """Rows to a Dataset with every column any row has (so a misspelled key shows up as its own
+    column) and numbers as text; a column mixing text with lists or objects is named, with its row."""
+    import datasets
+
+    rows = [{k: str(v) if isinstance(v, (int, float)) else v for k, v in r.items()} for r in rows]
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    try:
+        return datasets.Dataset.from_dict({k: [r.get(k) for r in rows] for k in keys})
+    except (TypeError, ValueError, ArithmeticError) as e:  # pyarrow's errors derive from these
+        mixed = _first_mixed(rows)
+        if mixed is None:
+            raise DataError(f"{path}: the rows cannot form a table ({e})") from None
+        k, i, kind, was = mixed
+        raise DataError(f"{path}: column {k!r} holds {was} values but row {i} (counting from 0) holds a {kind}; "
+                        "make every value of the column the same type (text)") from None
+
+
+def _load_table(path: Path, kind: str):
+    import datasets
+
+    try:
+        return datasets.load_dataset(kind, data_files=str(path), split="train")
+    except Exception as e:
+        raise DataError(f"{path}: not a readable {kind} file ({type(e).__name__}: {str(e)[:300]}); "
+                        "re-export it, or convert it to .jsonl") from None
+
+
+def load_raw(dcfg: DataConfig, report: Report | None = None):
+    """The source as a `datasets.Dataset`, whatever form it comes in; lenient fixes are counted in `report`."""
     import datasets
 
     source = dcfg.source
@@ -103,22 +170,18 @@ def load_raw(dcfg: DataConfig):
             raise DataError(f"{path}: no such file")
         suffix = path.suffix.lower()
         if suffix == ".jsonl":
-            rows = _read_jsonl(path)
+            rows = _read_jsonl(path, dcfg.lenient, report)
         elif suffix == ".json":
-            rows = _read_json(path)
-        elif suffix == ".csv":
-            _read_text(path)
-            rows = datasets.load_dataset("csv", data_files=str(path), split="train")
-            return rows, str(path)
-        elif suffix == ".parquet":
-            if path.stat().st_size == 0:
-                raise DataError(f"{path}: the file is empty")
-            return datasets.load_dataset("parquet", data_files=str(path), split="train"), str(path)
+            rows = _read_json(path, dcfg.lenient, report)
+        elif suffix in (".csv", ".parquet"):
+            # Empty or not UTF-8: said plainly here rather than by the reader's traceback.
+            (_read_text if suffix == ".csv" else _raw_bytes)(path)
+            return _load_table(path, suffix[1:]), str(path)
         else:
             raise DataError(f"{path}: unsupported file type; use one of {LOCAL_SUFFIXES}")
         if not rows:
-            raise DataError(f"{path}: holds no rows")
-        return datasets.Dataset.from_list(rows), str(path)
+            raise DataError(f"{path}: holds no rows" + (f" ({', '.join(report.lines()[1:])})" if report else ""))
+        return _to_dataset(rows, path), str(path)
     try:
         ds = datasets.load_dataset(source, dcfg.config_name, split=dcfg.split)
     except Exception as e:
@@ -135,6 +198,8 @@ class Report:
 
     source: str = ""
     rows_in_source: int = 0
+    dropped_invalid_json: list[int] = field(default_factory=list)  # line numbers, lenient only
+    dropped_not_utf8: list[int] = field(default_factory=list)  # line numbers, lenient only
     dropped_empty: list[int] = field(default_factory=list)
     dropped_duplicate: list[int] = field(default_factory=list)
     eval_dropped_overlap: list[int] = field(default_factory=list)
@@ -143,6 +208,11 @@ class Report:
 
     def lines(self) -> list[str]:
         out = [f"source: {self.source} ({self.rows_in_source} rows)"]
+        if self.dropped_invalid_json:
+            out.append(f"dropped {len(self.dropped_invalid_json)} lines that are not valid JSON objects: "
+                       f"lines {self.dropped_invalid_json[:10]}")
+        if self.dropped_not_utf8:
+            out.append(f"dropped {len(self.dropped_not_utf8)} lines that are not UTF-8: lines {self.dropped_not_utf8[:10]}")
         if self.dropped_empty:
             out.append(f"dropped {len(self.dropped_empty)} rows with an empty field: rows {self.dropped_empty[:10]}")
         if self.dropped_duplicate:
@@ -153,6 +223,18 @@ class Report:
             if rows:
                 out.append(f"{split}: {len(rows)} rows longer than max_seq_length ({self.overlong_action}): rows {rows[:10]}")
         return out
+
+
+def _close_column(name: str, candidates: list[str]) -> str | None:
+    """The column the user probably meant: same letters up to case and underscores, or a near spelling."""
+    def squash(s: str) -> str:
+        return s.lower().replace("_", "").replace(" ", "")
+
+    same = [c for c in candidates if squash(c) == squash(name)]
+    near = difflib.get_close_matches(squash(name), [squash(c) for c in candidates], n=1, cutoff=0.75)
+    if same:
+        return same[0]
+    return next((c for c in candidates if near and squash(c) == near[0]), None)
 
 
 def _norm(text: str) -> str:
@@ -166,8 +248,8 @@ def select_rows(ds, dcfg: DataConfig, origin: str, report: Report) -> tuple[list
     if missing:
         hints = []
         for m in missing:
-            close = [c for c in ds.column_names if c.lower().replace("_", "") == m.lower().replace("_", "")]
-            hints.append(f"{m!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            close = _close_column(m, [c for c in ds.column_names if c not in cols.values()])
+            hints.append(f"{m!r}" + (f" (did you mean {close!r}?)" if close else ""))
         raise DataError(
             f"{origin}: missing column {', '.join(hints)}; the file has {ds.column_names}. "
             "Rename it or set data.question_column / data.cot_column / data.response_column."
@@ -181,8 +263,13 @@ def select_rows(ds, dcfg: DataConfig, origin: str, report: Report) -> tuple[list
         empty = [k for k, v in row.items() if v is None or not str(v).strip()]
         if empty:
             if not dcfg.lenient:
+                col = cols[empty[0]]
+                what = "no" if row[empty[0]] is None else "an empty"
+                close = _close_column(col, [c for c, v in raw.items() if c not in cols.values() and v is not None])
+                hint = f" but has {close!r} (misspelled?)" if close else ""
                 raise DataError(
-                    f"{origin}: row {i} has an empty {cols[empty[0]]!r}; fix the row or set data.lenient=true to drop such rows"
+                    f"{origin}: row {i} has {what} {col!r}{hint} (rows count from 0); fix the row or set "
+                    "data.lenient=true to drop such rows"
                 )
             report.dropped_empty.append(i)
             continue
@@ -261,7 +348,7 @@ def build(cfg: Config, tokenizer) -> tuple[Any, dict[str, Any]]:
     import datasets
 
     report = Report(overlong_action=cfg.data.overlong)
-    ds, origin = load_raw(cfg.data)
+    ds, origin = load_raw(cfg.data, report)
     train_rows, eval_rows = select_rows(ds, cfg.data, origin, report)
     # Lengths before any drop, so the histogram shows what max_seq_length cuts off.
     max_len = cfg.model.max_seq_length
@@ -279,7 +366,8 @@ def build(cfg: Config, tokenizer) -> tuple[Any, dict[str, Any]]:
         "token_lengths": {k: length_stats(v, max_len) for k, v in all_lengths.items()},
         "all_lengths": all_lengths,
         "eos_ends_every_example": all(r["input_ids"][-1] == tokenizer.eos_token_id for r in train + held),
-        "raw": {"dropped_empty": report.dropped_empty, "dropped_duplicate": report.dropped_duplicate,
+        "raw": {"dropped_invalid_json": report.dropped_invalid_json, "dropped_not_utf8": report.dropped_not_utf8,
+                "dropped_empty": report.dropped_empty, "dropped_duplicate": report.dropped_duplicate,
                 "eval_dropped_overlap": report.eval_dropped_overlap, "overlong": report.overlong},
     }
     return dd, stats

@@ -4,6 +4,9 @@ Users' reports show `torch.cuda.is_bf16_supported()` answering True on a T4, whe
 bf16 is emulated and slow; bf16 is decided here by compute capability >= 8.0.
 Unsloth does not support the P100 (capability 6.0) and imports only on a
 supported NVIDIA GPU, so the transformers + peft path is the fallback.
+
+Every decision takes a `Hardware` value, so tests inject a T4, T4 x2, P100, H100
+or CPU and check what a person on that machine would be told.
 """
 
 from __future__ import annotations
@@ -11,9 +14,11 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import platform
+import re
+import subprocess
 import sys
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Mapping, MutableMapping
 
 from .config import Config
 
@@ -37,11 +42,18 @@ class GPU:
 @dataclass
 class Hardware:
     device: str  # "cuda" | "cpu"
-    gpus: list[GPU] = field(default_factory=list)
+    gpus: list[GPU] = field(default_factory=list)  # the GPUs this process uses (GPU 0 first)
+    gpus_seen: int = 0  # GPUs on the machine, hidden ones included (0: as many as `gpus`)
+    arch_list: list[str] = field(default_factory=list)  # torch.cuda.get_arch_list(); empty: unknown
+    torch_version: str | None = None
 
     @property
     def gpu(self) -> GPU | None:
         return self.gpus[0] if self.gpus else None
+
+    @property
+    def gpu_count(self) -> int:
+        return max(self.gpus_seen, len(self.gpus))
 
     @property
     def bf16(self) -> bool:
@@ -49,19 +61,75 @@ class Hardware:
         return self.gpu is not None and self.gpu.capability >= (8, 0)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"device": self.device, "bf16": self.bf16, "gpus": [asdict(g) for g in self.gpus]}
+        return {"device": self.device, "bf16": self.bf16, "gpus": [asdict(g) for g in self.gpus],
+                "gpus_seen": self.gpu_count, "torch_arch_list": self.arch_list, "torch": self.torch_version}
+
+
+# Set by pin_first_gpu: how many GPUs the machine has once the others are hidden.
+GPUS_SEEN_ENV = "R1HELPERS_GPUS_SEEN"
 
 
 def detect_hardware() -> Hardware:
     import torch
 
     if not torch.cuda.is_available():
-        return Hardware(device="cpu")
+        return Hardware(device="cpu", torch_version=torch.__version__)
     gpus = []
     for i in range(torch.cuda.device_count()):
         p = torch.cuda.get_device_properties(i)
         gpus.append(GPU(name=p.name, capability=(p.major, p.minor), total_memory_gib=round(p.total_memory / 2**30, 1)))
-    return Hardware(device="cuda", gpus=gpus)
+    seen = int(os.environ.get(GPUS_SEEN_ENV) or 0)
+    return Hardware(device="cuda", gpus=gpus, gpus_seen=seen, arch_list=list(torch.cuda.get_arch_list()),
+                    torch_version=torch.__version__)
+
+
+def smi_gpus(run=subprocess.run) -> list[GPU]:
+    """The machine's GPUs from nvidia-smi, which (unlike torch) does not start CUDA in this process.
+
+    CUDA reads CUDA_VISIBLE_DEVICES once, when it starts; deciding which GPUs to use
+    must therefore happen before torch touches the GPU.
+    """
+    query = ["nvidia-smi", "--query-gpu=name,compute_cap,memory.total", "--format=csv,noheader,nounits"]
+    try:
+        out = run(query, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    if out.returncode != 0:
+        return []
+    gpus = []
+    for line in out.stdout.strip().splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) != 3:
+            continue
+        name, cap, mib = parts
+        major, _, minor = cap.partition(".")
+        try:
+            gpus.append(GPU(name, (int(major), int(minor or 0)), round(float(mib) / 1024, 1)))
+        except ValueError:
+            continue
+    return gpus
+
+
+def distributed_launch(environ: Mapping[str, str] = os.environ) -> bool:
+    """True under torchrun / accelerate launch, where each process already owns one GPU."""
+    return int(environ.get("WORLD_SIZE") or 1) > 1 or "LOCAL_RANK" in environ
+
+
+def pin_first_gpu(gpus: list[GPU], environ: MutableMapping[str, str] = os.environ) -> str | None:
+    """Show this process only its first GPU when it would see several and no launcher runs it.
+
+    With two visible GPUs and no launcher, the transformers Trainer multiplies the
+    per-device batch by the GPU count (and skips DataParallel for 4-bit models), so
+    the recipe's batch would silently double on GPU 0. A CUDA_VISIBLE_DEVICES that
+    already names one GPU is kept; one that names several is cut to its first.
+    """
+    listed = [d for d in environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    visible = listed if "CUDA_VISIBLE_DEVICES" in environ else [str(i) for i in range(len(gpus))]
+    if len(visible) < 2 or distributed_launch(environ):
+        return None
+    environ["CUDA_VISIBLE_DEVICES"] = visible[0].strip()
+    environ[GPUS_SEEN_ENV] = str(len(visible))
+    return f"{len(visible)} GPUs seen; CUDA_VISIBLE_DEVICES={visible[0].strip()}, so this notebook trains on one GPU"
 
 
 def resolve_dtype(requested: str, hw: Hardware) -> str:
@@ -95,9 +163,47 @@ class BackendChoice:
     load_in_4bit: bool
 
 
+def torch_has_kernels(capability: tuple[int, int], arch_list: list[str]) -> bool:
+    """Whether this torch build can run on a GPU of `capability` (an empty arch list: assume yes).
+
+    A cubin built for sm_XY runs on sm_XZ with Z >= Y; PTX for compute_XY is
+    compiled at load time for any newer GPU.
+    """
+    if not arch_list:
+        return True
+    for arch in arch_list:
+        kind, _, num = arch.partition("_")
+        digits = re.match(r"\d+", num)
+        if not digits or len(digits.group()) < 2:
+            continue
+        built = (int(digits.group()[:-1]), int(digits.group()[-1]))
+        if kind == "sm" and built[0] == capability[0] and built[1] <= capability[1]:
+            return True
+        if kind == "compute" and built <= capability:
+            return True
+    return False
+
+
+def no_kernels_message(hw: Hardware) -> str:
+    """What to do when the installed torch has dropped this GPU (PyTorch's CUDA 12.8+ builds skip Pascal)."""
+    gpu = hw.gpu
+    sm = f"sm_{gpu.capability[0]}{gpu.capability[1]}"
+    base = (hw.torch_version or "").split("+")[0] or "<this version>"
+    return (
+        f"torch {hw.torch_version} has no CUDA kernels for {gpu.name} ({sm}; this build has "
+        f"{', '.join(hw.arch_list)}), so every GPU operation would fail with 'no kernel image is available'. "
+        "On Kaggle: Settings > Accelerator > 'GPU T4 x2', then run again from the first cell (Kaggle has retired "
+        "the P100). To stay on this GPU: install PyTorch's CUDA 12.6 build, the last with Pascal kernels, "
+        f"e.g. pip install 'torch=={base}' --index-url https://download.pytorch.org/whl/cu126, and restart "
+        "the kernel."
+    )
+
+
 def choose_backend(cfg: Config, hw: Hardware | None = None, try_import: bool = True) -> BackendChoice:
     """Pick Unsloth where it imports and the GPU supports it, else transformers + peft."""
     hw = hw or detect_hardware()
+    if hw.device == "cuda" and not torch_has_kernels(hw.gpu.capability, hw.arch_list):
+        raise RuntimeError(no_kernels_message(hw))
     dtype = resolve_dtype(cfg.model.dtype, hw)
     four_bit = cfg.model.load_in_4bit and hw.device == "cuda"
     note = "" if four_bit or not cfg.model.load_in_4bit else "; 4-bit needs CUDA, so full precision"
@@ -122,6 +228,78 @@ def choose_backend(cfg: Config, hw: Hardware | None = None, try_import: bool = T
                 raise RuntimeError(f"model.backend=unsloth: {why}")
             return BackendChoice("transformers", f"{why}: transformers + peft + bitsandbytes", dtype, four_bit)
     return BackendChoice("unsloth", f"{gpu.name} supports Unsloth and it imported", dtype, four_bit)
+
+
+def model_billions(name: str) -> float | None:
+    """Parameter count from a Hub name such as "...-Llama-8B" (None when the name does not say)."""
+    found = re.findall(r"(?<![\w.])(\d+(?:\.\d+)?)[bB](?![\w])", name.replace("-", " ").replace("_", " "))
+    return float(found[-1]) if found else None
+
+
+def weights_gib(billions: float, four_bit: bool) -> float:
+    """Rough resident size of the weights: nf4 keeps embeddings and norms in 16-bit, hence ~0.7 GiB per billion."""
+    return billions * (0.7 if four_bit else 1.87)
+
+
+# Below this much GPU memory the recipe's micro-batch of 2 x 2048 tokens is near the edge.
+SMALL_GPU_GIB = 24.0
+
+
+def memory_notes(cfg: Config, hw: Hardware, four_bit: bool) -> list[str]:
+    """Whether the model fits on GPU 0 and what to change first when it does not."""
+    gpu, billions = hw.gpu, model_billions(cfg.model.name)
+    if gpu is None or billions is None:
+        return []
+    need = weights_gib(billions, four_bit)
+    size = f"{billions:g}B in {'4-bit' if four_bit else '16-bit'} (~{need:.0f} GiB of weights)"
+    if need > 0.9 * gpu.total_memory_gib:
+        fix = "set model.load_in_4bit=true" if not four_bit else "use a GPU with more memory"
+        return [f"{size} does not fit on {gpu.name} ({gpu.total_memory_gib:g} GiB): {fix}"]
+    notes = [f"{size} fits on {gpu.name} ({gpu.total_memory_gib:g} GiB)"]
+    if gpu.total_memory_gib < SMALL_GPU_GIB:
+        t = cfg.train
+        notes.append(
+            f"{gpu.total_memory_gib:g} GiB is tight for micro-batch {t.per_device_train_batch_size} x "
+            f"{cfg.model.max_seq_length} tokens; on CUDA out of memory set train.per_device_train_batch_size=1 "
+            f"and train.gradient_accumulation_steps={t.per_device_train_batch_size * t.gradient_accumulation_steps} "
+            "(same effective batch), then model.max_seq_length=1024"
+        )
+    return notes
+
+
+def multi_gpu_note(cfg: Config, hw: Hardware, four_bit: bool) -> str | None:
+    """Say which GPU trains, and that the model is not split across the others."""
+    if hw.gpu_count < 2 or hw.gpu is None:
+        return None
+    names = sorted({g.name for g in hw.gpus})
+    seen = f"{names[0]} x{hw.gpu_count}" if len(names) == 1 else " / ".join(names)
+    billions = model_billions(cfg.model.name)
+    fits = billions is None or weights_gib(billions, four_bit) <= 0.9 * hw.gpu.total_memory_gib
+    placement = ("no device_map across the GPUs: the model fits on GPU 0" if fits
+                 else "the model does not fit on GPU 0 alone (see the memory note)")
+    return (f"{hw.gpu_count} GPUs seen ({seen}); this notebook trains on GPU 0; see the multi-GPU launcher "
+            f"(DDP, one process per GPU) to use them all; {placement}")
+
+
+def hardware_notes(cfg: Config, hw: Hardware, choice: BackendChoice | None = None, kaggle: bool = False) -> list[str]:
+    """The lines a person on this machine should read before anything loads."""
+    if hw.device != "cuda":
+        where = " (on Kaggle: Settings > Accelerator > 'GPU T4 x2', then run again)" if kaggle else ""
+        return [f"no CUDA GPU: the seed recipe needs one{where}; the CPU profile checks the pipeline"]
+    gpu = hw.gpu
+    cap = f"{gpu.capability[0]}.{gpu.capability[1]}"
+    notes = []
+    if hw.bf16:
+        notes.append(f"{gpu.name} (capability {cap}): native bf16, training in bf16")
+    else:
+        notes.append(f"{gpu.name} (capability {cap}): no native bf16 (needs 8.0+), so fp16 weights and "
+                     "fp16 mixed-precision training")
+    if gpu.capability < UNSLOTH_MIN_CAPABILITY:
+        notes.append(f"{gpu.name}: Unsloth and Triton need capability 7.0+, so transformers + peft + "
+                     "bitsandbytes train the same recipe, more slowly")
+    four_bit = choice.load_in_4bit if choice else cfg.model.load_in_4bit
+    multi = multi_gpu_note(cfg, hw, four_bit)
+    return notes + ([multi] if multi else []) + memory_notes(cfg, hw, four_bit)
 
 
 def package_versions() -> dict[str, str | None]:
@@ -154,6 +332,7 @@ def environment_report(cfg: Config, try_import: bool = True) -> dict[str, Any]:
         "kaggle": is_kaggle(),
         "hardware": hw.to_dict(),
         "backend": asdict(choice),
+        "notes": hardware_notes(cfg, hw, choice, kaggle=is_kaggle()),
         "profile": cfg.profile,
         "versions": package_versions(),
     }

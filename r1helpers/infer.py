@@ -3,12 +3,15 @@
 Questions are sorted by prompt length and left-padded so one batch wastes little;
 each sequence stops at EOS and records whether it did (or was cut at
 max_new_tokens), which the comparison needs to be honest about unfinished answers.
+With `infer.stream`, the first example's answer is printed as it is generated,
+from inside its batch, so streaming never changes what is generated.
 
     python -m r1helpers.pipeline --stages 01
 """
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -16,10 +19,57 @@ from . import prompts
 from .config import Config
 from .modeling import Loaded
 from .runs import Run, read_jsonl, write_jsonl_atomic
+from .train import is_oom
 
 
-def _is_oom(e: BaseException) -> bool:
-    return "out of memory" in str(e).lower()
+def _free_cuda_memory() -> None:
+    """Called after the OOM exception is gone: its traceback holds the failed batch's tensors."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def headless() -> bool:
+    """Papermill and Kaggle's batch runs keep a log, where bars and streamed tokens become clutter."""
+    return os.environ.get("R1HELPERS_HEADLESS") == "1"
+
+
+class LineProgress:
+    """A plain line per update, for logs that cannot redraw a bar."""
+
+    def __init__(self, total: int, desc: str) -> None:
+        self.total, self.desc, self.done, self.t0 = total, desc, 0, time.perf_counter()
+
+    def update(self, n: int) -> None:
+        self.done += n
+        print(f"{self.desc}: {self.done}/{self.total} questions ({time.perf_counter() - self.t0:.0f} s)", flush=True)
+
+    def close(self) -> None:
+        pass
+
+
+def progress_bar(total: int, desc: str):
+    """A notebook or terminal bar for a person; plain lines when headless."""
+    if headless():
+        return LineProgress(total, desc)
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="q")
+
+
+def row_streamer(tokenizer, row: int):
+    """A TextStreamer that prints one row of a batched generation (TextStreamer itself takes batch 1 only)."""
+    from transformers import TextStreamer
+
+    class RowStreamer(TextStreamer):
+        def put(self, value):
+            super().put(value[row] if value.dim() > 1 else value[row : row + 1])
+
+    return RowStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
 
 
 def generate(loaded: Loaded, questions: list[str], cfg: Config, progress: bool = True) -> list[dict[str, Any]]:
@@ -40,32 +90,41 @@ def generate(loaded: Loaded, questions: list[str], cfg: Config, progress: bool =
         gen_kwargs.update(temperature=icfg.temperature, top_p=icfg.top_p)
     else:
         gen_kwargs.update(temperature=None, top_p=None, top_k=None)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(questions), desc="generating", unit="q")
+    bar = progress_bar(len(questions), "generating") if progress else None
+    stream_pending = icfg.stream and bool(questions) and not headless()
     pos = 0
     while pos < len(order):
         idx = order[pos : pos + batch_size]
         batch_prompts = [prompts.build_prompt(questions[i]) for i in idx]
         enc = tok(batch_prompts, return_tensors="pt", padding=True, add_special_tokens=True).to(loaded.device)
+        streaming = stream_pending and 0 in idx
+        streamer = row_streamer(tok, idx.index(0)) if streaming else None
+        if streaming:
+            print(f"--- streaming the answer to: {questions[0][:120]}", flush=True)
         torch.manual_seed(icfg.seed)
         t0 = time.perf_counter()
+        out = None
         try:
             with torch.inference_mode():
-                out = model.generate(**enc, **gen_kwargs)
-        except torch.OutOfMemoryError as e:
-            if batch_size == 1 or not _is_oom(e):
+                out = model.generate(**enc, **gen_kwargs, streamer=streamer)
+        except RuntimeError as e:
+            if not is_oom(e):
+                raise
+            if len(idx) == 1:
                 raise RuntimeError(
                     "CUDA out of memory while generating one question at a time: lower infer.max_new_tokens "
-                    "or model.max_seq_length, or load the model in 4-bit (model.load_in_4bit=true)"
+                    f"(now {icfg.max_new_tokens}) or model.max_seq_length, or load the model in 4-bit "
+                    "(model.load_in_4bit=true)"
                 ) from e
-            torch.cuda.empty_cache()
-            batch_size = max(1, batch_size // 2)
-            print(f"out of memory at batch {len(idx)}: retrying with infer.batch_size={batch_size}")
+        if out is None:
+            del enc
+            _free_cuda_memory()
+            batch_size = max(1, len(idx) // 2)
+            print(f"out of memory at batch {len(idx)}: retrying with batch {batch_size} "
+                  f"(set infer.batch_size={batch_size} to start there)", flush=True)
             continue
         seconds = time.perf_counter() - t0
+        stream_pending = stream_pending and not streaming
         new = out[:, enc["input_ids"].shape[1] :]
         for row, i in enumerate(idx):
             ids = new[row].tolist()

@@ -33,8 +33,16 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
 }
 
 
+# Fields that change how a stage runs, never what it makes (metadata fingerprint=False): changing
+# them must neither discard checkpoints nor make finished outputs stale.
+NOT_FINGERPRINTED = [k for k, (_, f) in config_mod.FIELDS.items() if f.metadata.get("fingerprint") is False]
+
+
 def stage_settings(cfg: Config, stage: str) -> dict[str, Any]:
     full = cfg.to_dict()
+    for key in NOT_FINGERPRINTED:
+        section, _, leaf = key.rpartition(".")
+        full[section].pop(leaf, None)
     out: dict[str, Any] = {}
     for key in STAGE_SECTIONS[stage]:
         section, _, leaf = key.partition(".")

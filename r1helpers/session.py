@@ -8,8 +8,24 @@ from __future__ import annotations
 import os
 from typing import Any, Mapping
 
-from .config import Config, auto_profile, load_config
+from .config import Config, ConfigError, auto_profile, load_config
 from .runs import Run, write_json_atomic
+
+
+def parse_overrides(overrides: Any) -> Mapping[str, Any]:
+    """Papermill's `-p overrides '{"max_steps": 30}'` arrives as text: read it as a YAML/JSON mapping."""
+    if overrides is None or (isinstance(overrides, str) and not overrides.strip()):
+        return {}
+    if isinstance(overrides, str):
+        import yaml
+
+        try:
+            overrides = yaml.safe_load(overrides)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"overrides: not a YAML or JSON mapping ({e})") from None
+    if not isinstance(overrides, Mapping):
+        raise ConfigError(f"overrides: expected a mapping such as {{'train.max_steps': 30}}, got {overrides!r}")
+    return overrides
 
 
 def start(
@@ -22,8 +38,12 @@ def start(
 ) -> tuple[Config, Run]:
     """Check every parameter before anything heavy loads, then record config and environment."""
     chosen, why = auto_profile() if profile == "auto" else (profile, f"profile={profile} requested")
-    cfg = load_config(chosen, overrides, config_file)
-    run = Run.open(run_dir)
+    if not isinstance(run_dir, (str, os.PathLike)):
+        raise ConfigError(f"run_dir: expected a folder path, got {run_dir!r}")
+    cfg = load_config(chosen, parse_overrides(overrides), config_file)
+    from .kaggle import resolve_run_dir
+
+    run = Run.open(resolve_run_dir(run_dir))
     run.save_config(cfg)
     if secrets:
         from .secrets import load_secrets
@@ -43,4 +63,6 @@ def start(
         print(f"run folder: {run.root}")
         print(f"profile: {cfg.profile} ({why})")
         print(f"backend: {b['name']} ({b['reason']}); dtype {b['dtype']}; 4-bit {b['load_in_4bit']}")
+        for note in env["notes"]:
+            print(note)
     return cfg, run

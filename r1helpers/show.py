@@ -24,13 +24,14 @@ def environment_table(env: dict[str, Any]):
     rows = [
         ("profile", f"{env['profile']} ({env.get('profile_reason', '')})"),
         ("device", hw["device"]),
-        ("GPU", f"{gpu['name']} x{len(hw['gpus'])}, {gpu['total_memory_gib']} GiB, capability "
+        ("GPU", f"{gpu['name']} x{hw.get('gpus_seen', len(hw['gpus']))}, {gpu['total_memory_gib']} GiB, capability "
                 f"{gpu['capability'][0]}.{gpu['capability'][1]}" if gpu else "none"),
         ("native bf16 (capability >= 8.0)", hw["bf16"]),
         ("backend", f"{b['name']}: {b['reason']}"),
         ("dtype / 4-bit", f"{b['dtype']} / {b['load_in_4bit']}"),
         ("Kaggle", env["kaggle"]),
-    ] + [(f"version: {k}", v or "not installed") for k, v in env["versions"].items()]
+    ] + [(f"note {i + 1}", note) for i, note in enumerate(env.get("notes", []))] + [
+        (f"version: {k}", v or "not installed") for k, v in env["versions"].items()]
     return _pd().DataFrame(rows, columns=["what", "value"]).set_index("what")
 
 

@@ -2,8 +2,8 @@
 
 Checkpoints go to the run folder every `train.save_steps`; a rerun resumes from the
 latest complete one made with the same settings (other settings: they are cleared,
-never resumed). W&B logs online with a key, offline without one, and its absence
-never stops training.
+never resumed; `train.resume=false` starts over). W&B logs online with a key,
+offline without one, and its absence never stops training.
 
     python -m r1helpers.pipeline --stages 03
 """
@@ -64,15 +64,23 @@ def wandb_reachable(timeout: float = 3.0) -> bool:
     return True
 
 
+def _complete(checkpoint: Path) -> bool:
+    """The trainer writes trainer_state.json last (after adapter, optimizer, scheduler and RNG
+    states), so a kill mid-save leaves it missing or cut short."""
+    try:
+        state = json.loads((checkpoint / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return False
+    step = checkpoint.name.rsplit("-", 1)[-1]
+    return str(state.get("global_step")) == step and any(checkpoint.glob("adapter_model.*"))
+
+
 def latest_checkpoint(ckpt_dir: Path) -> Path | None:
-    """The newest checkpoint whose trainer state and adapter were fully written."""
+    """The newest checkpoint that was fully written."""
     if not ckpt_dir.is_dir():
         return None
-    done = []
-    for p in ckpt_dir.glob("checkpoint-*"):
-        step = p.name.rsplit("-", 1)[-1]
-        if step.isdigit() and (p / "trainer_state.json").is_file() and any(p.glob("adapter_model.*")):
-            done.append((int(step), p))
+    done = [(int(p.name.rsplit("-", 1)[-1]), p) for p in ckpt_dir.glob("checkpoint-*")
+            if p.name.rsplit("-", 1)[-1].isdigit() and _complete(p)]
     return max(done)[1] if done else None
 
 
@@ -81,6 +89,8 @@ def _checkpoint_dir(cfg: Config, run: Run, resume: bool) -> tuple[Path, Path | N
     stamp = ckpt / "fingerprint.txt"
     fp = stage_fingerprint(cfg, "train")
     if ckpt.exists() and (not resume or not stamp.is_file() or stamp.read_text().strip() != fp):
+        print("starting over: discarding checkpoints " + (
+            "(train.resume=false)" if not resume else "made with other settings"))
         shutil.rmtree(ckpt)
     ckpt.mkdir(parents=True, exist_ok=True)
     write_text_atomic(stamp, fp + "\n")
@@ -184,13 +194,37 @@ class TrainResult:
         return [(r["step"], r[key]) for r in self.log_history if key in r]
 
 
-def train(cfg: Config, run: Run, loaded: Loaded, prepared, resume: bool = True) -> TrainResult:
-    """Fine-tune `loaded` (a peft model) and save the adapter and tokenizer in the run folder."""
+def oom_advice(cfg: Config, plan: BatchPlan) -> str:
+    """What to change, with the values that ran out of memory, so the user need not look them up."""
+    return (
+        f"CUDA out of memory in training (micro-batch {plan.micro_batch} x accumulation {plan.accumulation}, "
+        f"model.max_seq_length={cfg.model.max_seq_length}, model.load_in_4bit={cfg.model.load_in_4bit}, "
+        f"lora.r={cfg.lora.r}). Lower train.per_device_train_batch_size and raise "
+        "train.gradient_accumulation_steps to keep the effective batch (with train.batch_plan=as_set, so "
+        "it is not enlarged again), lower model.max_seq_length, set lora.gradient_checkpointing=unsloth, "
+        "or load in 4-bit (model.load_in_4bit=true)."
+    )
+
+
+def is_oom(e: BaseException) -> bool:
+    """torch.OutOfMemoryError, or the RuntimeError that CUDA libraries raise for the same cause."""
+    import torch
+
+    text = str(e)
+    return isinstance(e, torch.OutOfMemoryError) or "out of memory" in text.lower() or "ALLOC_FAILED" in text
+
+
+def train(cfg: Config, run: Run, loaded: Loaded, prepared, resume: bool | None = None) -> TrainResult:
+    """Fine-tune `loaded` (a peft model) and save the adapter and tokenizer in the run folder.
+
+    `resume` (default: train.resume) continues from the latest complete checkpoint
+    made with the same settings; False starts over from step 0.
+    """
     import torch
     from trl import SFTTrainer
 
     out = run.stage_dir("train")
-    ckpt_dir, resume_from = _checkpoint_dir(cfg, run, resume)
+    ckpt_dir, resume_from = _checkpoint_dir(cfg, run, cfg.train.resume if resume is None else resume)
     report_to, wandb_note = wandb_setup(cfg, run)
     print(wandb_note)
     if resume_from:
@@ -211,12 +245,10 @@ def train(cfg: Config, run: Run, loaded: Loaded, prepared, resume: bool = True) 
     t0 = time.perf_counter()
     try:
         result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    except torch.OutOfMemoryError as e:
-        raise RuntimeError(
-            "CUDA out of memory in training: lower train.per_device_train_batch_size (raise "
-            "train.gradient_accumulation_steps to keep the effective batch), lower model.max_seq_length, "
-            "keep lora.gradient_checkpointing=unsloth, or load in 4-bit (model.load_in_4bit=true)"
-        ) from e
+    except RuntimeError as e:
+        if not is_oom(e):
+            raise
+        raise RuntimeError(oom_advice(cfg, plan)) from e
     finally:
         if "wandb" in report_to:
             import wandb
@@ -252,8 +284,9 @@ def load_result(run: Run) -> TrainResult:
                        json.loads((out / "metrics.json").read_text()))
 
 
-def ensure_trained(cfg: Config, run: Run, prepared, force: bool = False, resume: bool = True) -> TrainResult:
-    """Reuse the run folder's adapter when trained with these settings; otherwise train it."""
+def ensure_trained(cfg: Config, run: Run, prepared, force: bool = False, resume: bool | None = None) -> TrainResult:
+    """Reuse the run folder's adapter when trained with these settings; otherwise train it,
+    resuming an interrupted run unless train.resume=false (or resume=False) says start over."""
     if not force and run.is_current(cfg, "train") and (run.stage_dir("train") / "adapter").is_dir():
         return load_result(run)
     from .modeling import add_lora, load_base

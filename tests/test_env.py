@@ -1,7 +1,12 @@
+import subprocess
+
 import pytest
 
 from r1helpers.config import load_config
-from r1helpers.env import GPU, Hardware, choose_backend, environment_report, package_versions, resolve_dtype
+from r1helpers.env import (
+    GPU, GPUS_SEEN_ENV, Hardware, choose_backend, environment_report, hardware_notes, package_versions,
+    pin_first_gpu, resolve_dtype, smi_gpus, torch_has_kernels,
+)
 
 T4 = Hardware("cuda", [GPU("Tesla T4", (7, 5), 14.7)])
 T4x2 = Hardware("cuda", [GPU("Tesla T4", (7, 5), 14.7)] * 2)
@@ -44,3 +49,93 @@ def test_report_records_versions(cpu_cfg):
     rep = environment_report(cpu_cfg)
     assert rep["versions"]["torch"] and rep["versions"]["transformers"] == package_versions()["transformers"]
     assert rep["backend"]["name"] == "transformers"
+
+
+# ---------------------------------------------------------------- what a person on each machine is told
+
+
+def notes(hw, overrides=None, kaggle=False):
+    cfg = load_config("seed", overrides)
+    return "\n".join(hardware_notes(cfg, hw, choose_backend(cfg, hw, try_import=False), kaggle=kaggle))
+
+
+def test_t4_trains_in_fp16():
+    text = notes(T4)
+    assert "no native bf16" in text and "fp16" in text and "GPUs seen" not in text
+
+
+@pytest.mark.parametrize("hw", [T4x2, Hardware("cuda", [T4.gpus[0]], gpus_seen=2)], ids=["both-visible", "pinned"])
+def test_t4x2_says_which_gpu_trains(hw):
+    text = notes(hw)
+    assert "2 GPUs seen (Tesla T4 x2); this notebook trains on GPU 0; see the multi-GPU launcher" in text
+    assert "no device_map across the GPUs" in text
+    assert choose_backend(load_config("seed"), hw, try_import=False).name == "unsloth"
+
+
+@pytest.mark.parametrize("hw", [T4, P100], ids=["T4", "P100"])
+def test_16gb_gpus_get_memory_hints(hw):
+    text = notes(hw)
+    assert "8B in 4-bit (~6 GiB of weights) fits" in text
+    assert "train.per_device_train_batch_size=1 and train.gradient_accumulation_steps=8" in text
+    assert "does not fit" in notes(hw, {"model.load_in_4bit": False}) and "load_in_4bit=true" in notes(
+        hw, {"model.load_in_4bit": False})
+
+
+def test_p100_explains_the_fallback():
+    text = notes(P100)
+    assert "Unsloth and Triton need capability 7.0+" in text and "transformers + peft + bitsandbytes" in text
+
+
+def test_h100_and_cpu():
+    text = notes(H100)
+    assert "native bf16" in text and "tight" not in text
+    assert "CPU profile" in notes(CPU) and "Accelerator" in notes(CPU, kaggle=True)
+
+
+CU128 = ["sm_70", "sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120", "compute_120"]
+CU126 = ["sm_50", "sm_60", "sm_70", "sm_75", "sm_80", "sm_86", "sm_90"]
+
+
+def test_p100_with_a_torch_that_dropped_sm60_says_what_to_do():
+    hw = Hardware("cuda", P100.gpus, arch_list=CU128, torch_version="2.9.0+cu128")
+    with pytest.raises(RuntimeError) as e:
+        choose_backend(load_config("seed"), hw, try_import=False)
+    msg = str(e.value)
+    assert "sm_60" in msg and "GPU T4 x2" in msg and "cu126" in msg and "torch==2.9.0" in msg
+    ok = Hardware("cuda", P100.gpus, arch_list=CU126, torch_version="2.9.0+cu126")
+    assert choose_backend(load_config("seed"), ok, try_import=False).name == "transformers"
+
+
+@pytest.mark.parametrize("cap, arch, ok", [((7, 5), CU128, True), ((6, 0), CU128, False), ((6, 1), CU126, True),
+                                           ((9, 0), ["sm_80", "compute_80"], True), ((7, 5), ["sm_80"], False),
+                                           ((6, 0), [], True)])
+def test_torch_kernels_by_architecture(cap, arch, ok):
+    assert torch_has_kernels(cap, arch) is ok
+
+
+def test_second_gpu_hidden_before_cuda_starts():
+    gpus = T4x2.gpus
+    environ = {}
+    assert "2 GPUs seen" in pin_first_gpu(gpus, environ)
+    assert environ["CUDA_VISIBLE_DEVICES"] == "0" and environ[GPUS_SEEN_ENV] == "2"
+    assert pin_first_gpu(gpus, {"WORLD_SIZE": "2", "LOCAL_RANK": "0"}) is None, "DDP owns its GPUs"
+    assert pin_first_gpu(gpus, {"CUDA_VISIBLE_DEVICES": "1"}) is None, "a single chosen GPU is kept"
+    environ = {"CUDA_VISIBLE_DEVICES": "1,0"}
+    pin_first_gpu(gpus, environ)
+    assert environ["CUDA_VISIBLE_DEVICES"] == "1"
+    assert pin_first_gpu(T4.gpus, {}) is None
+
+
+def test_gpus_read_from_nvidia_smi_without_torch():
+    out = "Tesla T4, 7.5, 15360\nTesla T4, 7.5, 15360\n"
+    fake = lambda cmd, **kw: subprocess.CompletedProcess(cmd, 0, stdout=out)  # noqa: E731
+    assert smi_gpus(fake) == [GPU("Tesla T4", (7, 5), 15.0)] * 2
+
+    def missing(cmd, **kw):
+        raise FileNotFoundError("nvidia-smi")
+
+    assert smi_gpus(missing) == []
+
+
+def test_report_carries_the_notes(cpu_cfg):
+    assert environment_report(cpu_cfg)["notes"]

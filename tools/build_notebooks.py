@@ -8,20 +8,45 @@ identical across notebooks; edit this file, then rebuild.
 
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
 
 import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
+from r1helpers.kaggle import pins_from_pyproject  # noqa: E402
+
+# The first cell: r1helpers from an install, this checkout, or (on Kaggle) the wheel in the
+# attached r1helpers dataset; then `setup`, which installs the pins only inside a Kaggle kernel.
 BOOTSTRAP = '''\
-# Make r1helpers importable: installed, or from this repository's checkout.
-import importlib.util, pathlib, sys
+# Make r1helpers importable: installed, this repository's checkout, or on Kaggle the attached
+# r1helpers dataset's wheel. Then, only inside a Kaggle kernel, install what is missing of these
+# pins (written from pyproject.toml by tools/build_notebooks.py); elsewhere nothing is installed.
+import importlib.util, pathlib, subprocess, sys
 if importlib.util.find_spec("r1helpers") is None:
-    sys.path.insert(0, str(pathlib.Path.cwd().resolve().parent))
+    wheels = sorted(pathlib.Path("/kaggle/input").glob("**/r1helpers-*.whl"))
+    if wheels:
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", str(wheels[-1])], check=True)
+        importlib.invalidate_caches()
+    else:
+        sys.path.insert(0, str(pathlib.Path.cwd().resolve().parent))
 import r1helpers
-from r1helpers import show'''
+from r1helpers import kaggle, show
+kaggle.setup([
+{pins}
+])'''
+
+
+def bootstrap_cell(pyproject: Path = ROOT / "pyproject.toml") -> str:
+    """The first cell, with the pins as pyproject.toml has them today."""
+    pins = pins_from_pyproject(pyproject)
+    rows = [pins[i : i + 3] for i in range(0, len(pins), 3)]
+    return BOOTSTRAP.format(pins="\n".join("    " + " ".join(json.dumps(p) + "," for p in row) for row in rows))
+
 
 PARAMETERS = '''\
 run_dir = "../runs/default"  # run folder shared by all six notebooks
@@ -62,12 +87,20 @@ NOTEBOOKS = {
         "show.loss_curve(result.log_history);",
     ],
     "04_before_after_comparison.ipynb": [
-        "# 04 · Before / after comparison\n\nThe base and the fine-tuned model on the same questions, prompts and "
-        "decoding settings.",
+        "# 04 · Before / after comparison\n\nDid fine-tuning help? The base and the fine-tuned model on held-out "
+        "questions (never trained on), with the same prompts, decoding settings and seed. Teacher-forced NLL of "
+        "the reference reasoning and answer needs no generation; the generations are checked for a closed "
+        "reasoning block, EOS, lengths, ROUGE-L and semantic similarity to the reference. Each delta has a 95% "
+        "paired bootstrap interval, and a metric is called *better* or *worse* only when it excludes zero. "
+        "The run folder gets `compare/comparison.json` and `compare/report.html`, which opens in any browser.",
         "from r1helpers import compare, data, infer\nprepared = data.prepare(cfg, run)\n"
         "baseline = infer.baseline(cfg, run, prepared)\ntuned = infer.finetuned(cfg, run, prepared)",
-        "comparison = compare.compare(cfg, run, prepared, baseline, tuned)\ncompare.summary_table(comparison)",
-        "show.side_by_side(baseline, tuned)",
+        "comparison = compare.compare(cfg, run, prepared, baseline, tuned)\n"
+        "show.lines([comparison['headline'], *comparison['notes']])",
+        "compare.summary_table(comparison)",
+        "compare.figures(comparison);",
+        "compare.side_by_side(comparison)",
+        "print('report:', compare.report_path(run).as_uri())",
     ],
     "05_export.ipynb": [
         "# 05 · Export\n\nThe adapter, a merged 16-bit model and GGUF files in the run folder, each checked; "
@@ -84,7 +117,7 @@ def build(name: str, cells: list[str]):
     nb.metadata["language_info"] = {"name": "python"}
     params = new_code_cell(PARAMETERS)
     params.metadata["tags"] = ["parameters"]
-    nb.cells = [new_markdown_cell(intro), new_code_cell(BOOTSTRAP), params, new_code_cell(START)]
+    nb.cells = [new_markdown_cell(intro), new_code_cell(bootstrap_cell()), params, new_code_cell(START)]
     nb.cells += [new_code_cell(src) for src in body]
     nb.nbformat_minor = 4  # no random cell ids: rebuilding gives the same file
     for c in nb.cells:

@@ -1,0 +1,336 @@
+"""Check exported models against the model that was trained, before anything is kept.
+
+Three comparisons, each on the same prompts (the training prompt, token for token):
+the merged 16-bit model loaded with plain transformers against base + adapter through
+peft; each GGUF read back by transformers' GGUF loader against the merged model; and,
+when llama-cpp-python is installed, each GGUF run by llama.cpp itself (in a child
+process, so a crash in C cannot take the notebook down). Greedy tokens are taken
+without stopping at EOS, so every comparison covers the same number of tokens.
+
+Logit checks load whole models in float32; when that does not fit in memory (the 8B
+model on a 30 GB machine), they are skipped with a note and the weight-level checks,
+which read one tensor at a time, stand in for them.
+
+    python -m r1helpers.export_checks llama.cpp model.gguf probes.json   # what the child process runs
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# Tolerances, as stated in the export report. Logits: the largest |difference| relative to the
+# reference's logit range. Unquantized copies differ only by compute order and one 16-bit rounding.
+LOGIT_TOL = {"merged": 0.02, "f16": 0.01, "bf16": 0.02, "q8_0": 0.05, "q4_k_m": 0.25}
+# GGUF weights read back: RMS error relative to the tensor's RMS, per stored type.
+WEIGHT_TOL = {"F32": 1e-6, "F16": 1e-3, "BF16": 8e-3, "Q8_0": 0.02, "Q6_K": 0.04, "Q5_K": 0.08, "Q5_0": 0.08,
+              "Q5_1": 0.08, "Q4_K": 0.15, "Q4_0": 0.15, "Q4_1": 0.15}
+# Kinds whose greedy tokens must equal the reference's exactly.
+EXACT_GREEDY = ("merged", "f16", "bf16")
+
+
+class ExportCheckError(RuntimeError):
+    """An exported model does not behave like the model that was trained; it is not kept."""
+
+
+@dataclass
+class Probe:
+    prompt_ids: list[int]
+    greedy: list[int] = field(default_factory=list)
+    logits: Any = None  # np.ndarray over prompt + greedy, float32
+
+    @property
+    def sequence(self) -> list[int]:
+        return self.prompt_ids + self.greedy
+
+
+def available_memory_bytes() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def logits_fit(n_params: int, available: int | None = None) -> bool:
+    """A float32 copy plus activations must fit, with a third of the memory left over."""
+    available = available if available is not None else available_memory_bytes()
+    return available is None or n_params * 4 * 1.5 < available
+
+
+# ---- transformers side --------------------------------------------------------------------------
+
+def hf_greedy(model, prompt_ids: list[int], n: int) -> list[int]:
+    import torch
+
+    out: list[int] = []
+    x, past = torch.tensor([prompt_ids]), None
+    with torch.no_grad():
+        for _ in range(n):
+            o = model(input_ids=x, past_key_values=past, use_cache=True)
+            past = o.past_key_values
+            nxt = int(o.logits[0, -1].argmax())
+            out.append(nxt)
+            x = torch.tensor([[nxt]])
+    return out
+
+
+def hf_logits(model, ids: list[int]) -> np.ndarray:
+    import torch
+
+    with torch.no_grad():
+        return model(input_ids=torch.tensor([ids])).logits[0].float().numpy()
+
+
+def reference_probes(model, prompts: list[list[int]], n: int) -> list[Probe]:
+    """The reference's greedy continuation of each prompt and its logits over prompt + continuation."""
+    model.eval()
+    probes = [Probe(list(p)) for p in prompts]
+    for p in probes:
+        p.greedy = hf_greedy(model, p.prompt_ids, n)
+        p.logits = hf_logits(model, p.sequence)
+    return probes
+
+
+def compare(probes: list[Probe], logits: list[np.ndarray], greedy: list[list[int]]) -> dict[str, Any]:
+    """How far a candidate's logits and greedy tokens are from the reference's."""
+    diffs, agree, total, exact = [], 0, 0, 0
+    span = max(float(p.logits.max() - p.logits.min()) for p in probes)
+    for p, lg, g in zip(probes, logits, greedy):
+        diffs.append(float(np.abs(lg - p.logits).max()))
+        agree += int((lg.argmax(-1) == p.logits.argmax(-1)).sum())
+        total += len(p.logits)
+        exact += int(g == p.greedy)
+    prefix = [next((i for i, (a, b) in enumerate(zip(g, p.greedy)) if a != b), len(p.greedy))
+              for p, g in zip(probes, greedy)]
+    return {
+        "prompts": len(probes), "greedy_tokens": len(probes[0].greedy) if probes else 0,
+        "greedy_identical": exact == len(probes), "greedy_agreeing_prefix": prefix,
+        "top1_agreement": round(agree / max(total, 1), 4),
+        "max_abs_logit_diff": max(diffs), "logit_range": span,
+        "relative_logit_diff": max(diffs) / max(span, 1e-6),
+    }
+
+
+def judge(kind: str, result: dict[str, Any], what: str) -> dict[str, Any]:
+    """Raise when the stated tolerance is broken; otherwise record the tolerance in the result."""
+    tol = LOGIT_TOL[kind]
+    result["tolerance"] = f"max |logit diff| <= {tol} x logit range" + (
+        "; greedy tokens identical" if kind in EXACT_GREEDY else "")
+    if result["relative_logit_diff"] > tol:
+        raise ExportCheckError(f"{what}: logits differ by {result['max_abs_logit_diff']:.4g} "
+                               f"({result['relative_logit_diff']:.3%} of their range; allowed {tol:.0%})")
+    if kind in EXACT_GREEDY and not result["greedy_identical"]:
+        raise ExportCheckError(f"{what}: greedy tokens differ from the reference (agreeing prefixes "
+                               f"{result['greedy_agreeing_prefix']} of {result['greedy_tokens']})")
+    result["passed"] = True
+    return result
+
+
+def load_float32(path: Path, gguf_file: str | None = None):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+    return AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, **kwargs).eval()
+
+
+def adapter_reference(base_dir: Path, adapter_dir: Path, prompts: list[list[int]], n: int) -> list[Probe]:
+    """Base + adapter through peft, in float32: what the merged model must reproduce."""
+    from peft import PeftModel
+
+    model = PeftModel.from_pretrained(load_float32(base_dir), str(adapter_dir)).eval()
+    return reference_probes(model, prompts, n)
+
+
+def run_candidate(model, probes: list[Probe]) -> tuple[list[np.ndarray], list[list[int]]]:
+    logits = [hf_logits(model, p.sequence) for p in probes]
+    greedy = [hf_greedy(model, p.prompt_ids, len(p.greedy)) for p in probes]
+    return logits, greedy
+
+
+def check_merged(merged_dir: Path, probes: list[Probe]) -> dict[str, Any]:
+    model = load_float32(merged_dir)
+    return judge("merged", compare(probes, *run_candidate(model, probes)), "merged model vs base + adapter")
+
+
+def check_gguf_transformers(gguf_path: Path, probes: list[Probe], kind: str) -> dict[str, Any]:
+    import logging
+
+    logging.getLogger("transformers.modeling_gguf_pytorch_utils").setLevel(logging.ERROR)
+    model = load_float32(gguf_path.parent, gguf_path.name)
+    result = compare(probes, *run_candidate(model, probes))
+    return judge(kind, {"reader": f"transformers GGUF loader", **result}, f"{gguf_path.name} (transformers)")
+
+
+# ---- llama.cpp side (child process) ---------------------------------------------------------------
+
+def llama_cpp_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("llama_cpp") is not None
+
+
+def check_gguf_llama_cpp(gguf_path: Path, probes: list[Probe], kind: str, prompt_texts: list[str],
+                         timeout: float = 1800) -> dict[str, Any]:
+    """llama.cpp itself loads the file, tokenizes the prompts and decodes greedily."""
+    request = {"gguf": str(gguf_path), "prompts": [p.prompt_ids for p in probes], "texts": prompt_texts,
+               "n": len(probes[0].greedy)}
+    out_file = gguf_path.with_suffix(".check.npz")
+    try:
+        proc = subprocess.run([sys.executable, "-m", "r1helpers.export_checks", "llama.cpp", json.dumps(request),
+                               str(out_file)], capture_output=True, text=True, timeout=timeout, env=_child_env())
+        if proc.returncode != 0:
+            tail = " | ".join((proc.stdout + proc.stderr).strip().splitlines()[-5:])
+            raise ExportCheckError(f"{gguf_path.name}: llama.cpp exited with {proc.returncode} while reading it "
+                                   f"({tail or 'no output'}); if its build is at fault, reinstall llama-cpp-python")
+        data = np.load(out_file)
+        logits = [data[f"logits{i}"] for i in range(len(probes))]
+        greedy = [data[f"greedy{i}"].tolist() for i in range(len(probes))]
+        tokens = [data[f"tokens{i}"].tolist() for i in range(len(probes))]
+    finally:
+        out_file.unlink(missing_ok=True)
+    result = {"reader": "llama.cpp (llama-cpp-python)", **compare(probes, logits, greedy)}
+    result["tokenization_identical"] = all(t == p.prompt_ids for t, p in zip(tokens, probes))
+    if not result["tokenization_identical"]:
+        raise ExportCheckError(f"{gguf_path.name}: llama.cpp tokenizes the training prompt differently "
+                               "from the Hugging Face tokenizer")
+    return judge(kind, result, f"{gguf_path.name} (llama.cpp)")
+
+
+def _child_env() -> dict[str, str]:
+    """The child must import this r1helpers even when it is a checkout on sys.path, not an install."""
+    root = str(Path(__file__).resolve().parents[1])
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+
+
+def _llama_cpp_child(request: dict[str, Any], out_file: str) -> None:
+    """A fresh llama.cpp context per pass: reset() alone left cached positions that changed later logits."""
+    import llama_cpp
+
+    n_ctx = max(len(p) for p in request["prompts"]) + request["n"] + 8
+
+    def fresh():
+        return llama_cpp.Llama(model_path=request["gguf"], n_ctx=n_ctx, logits_all=True, verbose=False,
+                               n_threads=os.cpu_count() or 1, n_gpu_layers=0)
+
+    arrays: dict[str, np.ndarray] = {}
+    for i, (ids, text) in enumerate(zip(request["prompts"], request["texts"])):
+        llm = fresh()
+        arrays[f"tokens{i}"] = np.asarray(llm.tokenize(text.encode("utf-8"), add_bos=True, special=True))
+        llm.eval(ids)
+        greedy: list[int] = []
+        for _ in range(request["n"]):
+            nxt = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+            greedy.append(nxt)
+            llm.eval([nxt])
+        arrays[f"greedy{i}"] = np.asarray(greedy)
+        llm = fresh()
+        llm.eval(ids + greedy)
+        arrays[f"logits{i}"] = np.asarray(llm.scores[: llm.n_tokens], dtype=np.float32)
+    np.savez(out_file, **arrays)
+
+
+# ---- weights and metadata, one tensor at a time ---------------------------------------------------
+
+def gguf_weight_check(gguf_path: Path, merged_dir: Path) -> dict[str, Any]:
+    """Dequantize every GGUF tensor, undo llama.cpp's Q/K layout and compare with the merged weights."""
+    import gguf
+
+    from .gguf_export import iter_tensors, read_config, unpermute_qk
+
+    config = read_config(merged_dir)
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config["num_hidden_layers"])
+    n_head, n_kv = config["num_attention_heads"], config.get("num_key_value_heads") or config["num_attention_heads"]
+    reader = gguf.GGUFReader(str(gguf_path))
+    by_gguf = {}
+    from .gguf_export import tensor_shapes
+
+    for hf_name in tensor_shapes(merged_dir):
+        target = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        by_gguf[target] = hf_name
+    worst: dict[str, float] = {}
+    seen = set()
+    for t in reader.tensors:
+        if t.name not in by_gguf:
+            if t.name.startswith("rope_freqs"):
+                continue
+            raise ExportCheckError(f"{gguf_path.name}: unexpected tensor {t.name}")
+        hf_name = by_gguf[t.name]
+        w = gguf.quants.dequantize(t.data, t.tensor_type).reshape([int(d) for d in reversed(t.shape)])
+        if hf_name.endswith("q_proj.weight"):
+            w = unpermute_qk(w, n_head)
+        elif hf_name.endswith("k_proj.weight"):
+            w = unpermute_qk(w, n_kv)
+        ref = next(iter_tensors(merged_dir, [hf_name]))[1]
+        rel = float(np.sqrt(np.mean((w - ref) ** 2)) / max(np.sqrt(np.mean(ref ** 2)), 1e-12))
+        kind = t.tensor_type.name
+        worst[kind] = max(worst.get(kind, 0.0), rel)
+        if rel > WEIGHT_TOL.get(kind, 0.15):
+            raise ExportCheckError(f"{gguf_path.name}: {t.name} ({kind}) is off by {rel:.3%} RMS "
+                                   f"(allowed {WEIGHT_TOL.get(kind, 0.15):.1%})")
+        seen.add(t.name)
+    missing = set(by_gguf) - seen
+    if missing:
+        raise ExportCheckError(f"{gguf_path.name}: tensors missing: {sorted(missing)[:4]}")
+    return {"tensors": len(seen), "worst_relative_rms_error_by_type": {k: round(v, 6) for k, v in worst.items()}}
+
+
+def render_template(template: str, question: str, bos: str, eos: str) -> str:
+    """Render a GGUF chat template as llama.cpp, LM Studio and Ollama's importers do (Jinja)."""
+    import jinja2
+
+    env = jinja2.Environment(trim_blocks=False, lstrip_blocks=False)
+    return env.from_string(template).render(messages=[{"role": "user", "content": question}],
+                                            add_generation_prompt=True, bos_token=bos, eos_token=eos)
+
+
+def gguf_metadata_check(gguf_path: Path, tokenizer, question: str) -> dict[str, Any]:
+    """Vocabulary, special ids and chat template: the GGUF must prompt exactly as training did."""
+    from . import prompts
+    from .gguf_export import read_metadata
+
+    md = read_metadata(gguf_path)
+    vocab = tokenizer.get_vocab()
+    tokens = md["tokenizer.ggml.tokens"]
+    wrong = [t for t, i in vocab.items() if i >= len(tokens) or tokens[i] != t]
+    if wrong:
+        raise ExportCheckError(f"{gguf_path.name}: {len(wrong)} tokens differ from the tokenizer's, e.g. {wrong[:3]}")
+    for key, tid in (("bos", tokenizer.bos_token_id), ("eos", tokenizer.eos_token_id), ("padding", tokenizer.pad_token_id)):
+        if md.get(f"tokenizer.ggml.{key}_token_id") != tid:
+            raise ExportCheckError(f"{gguf_path.name}: {key} id {md.get(f'tokenizer.ggml.{key}_token_id')} != {tid}")
+    template = md.get("tokenizer.chat_template")
+    if template != prompts.CHAT_TEMPLATE:
+        raise ExportCheckError(f"{gguf_path.name}: tokenizer.chat_template is not the training prompt's template")
+    rendered = render_template(template, question, tokenizer.bos_token, tokenizer.eos_token)
+    if rendered != tokenizer.bos_token + prompts.build_prompt(question):
+        raise ExportCheckError(f"{gguf_path.name}: the chat template renders another prompt than training used")
+    if tokenizer(rendered, add_special_tokens=False)["input_ids"] != prompts.encode_prompt(tokenizer, question):
+        raise ExportCheckError(f"{gguf_path.name}: the rendered template tokenizes differently from training")
+    return {"tokens": len(tokens), "pre_tokenizer": md.get("tokenizer.ggml.pre"),
+            "chat_template": "prompts.CHAT_TEMPLATE; renders the training prompt token for token"}
+
+
+def as_dict(probes: list[Probe]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in asdict(p).items() if k != "logits"} for p in probes]
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) == 3 and argv[0] == "llama.cpp":
+        _llama_cpp_child(json.loads(argv[1]), argv[2])
+        return 0
+    print(__doc__)
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

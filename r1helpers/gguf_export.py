@@ -1,0 +1,415 @@
+"""Write a merged Llama checkpoint as GGUF, offline, with gguf-py.
+
+llama.cpp's `convert_hf_to_gguf.py` is not on the machine without internet, so this
+is a small converter for exactly the architecture this project trains: Llama with a
+Llama-3 byte-level BPE tokenizer. It follows the conversion script where llama.cpp
+is particular: the Q/K rows are permuted into the interleaved rotary layout its
+kernels expect, the tokenizer is `gpt2` with pre-tokenizer `llama-bpe`, added tokens
+are CONTROL or USER_DEFINED, Llama-3.1 rope scaling becomes a `rope_freqs` tensor,
+and the chat template is the one this project trained with (`prompts.CHAT_TEMPLATE`).
+Tensors are written one at a time, so an 8B model never sits in memory at once.
+
+q4_k_m needs llama.cpp's k-quant code: the `llama-quantize` binary, or the same
+function through llama-cpp-python. Without either it is skipped with a note.
+
+    python -c "from r1helpers.gguf_export import write_gguf; write_gguf('merged', 'm.gguf', 'q8_0')"
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from .config import GGUF_KINDS as KINDS
+
+# Unquantized or quantized by gguf-py here; q4_k_m needs llama.cpp (see find_quantizer).
+LOCAL_KINDS = ("f16", "bf16", "q8_0")
+QUANTIZER_KINDS = ("q4_k_m",)
+# Bytes per parameter, for the free-space check before anything is written. q4_k_m
+# mixes Q4_K and Q6_K; Llama-3-8B's is 4.92 GB for 8.03 B parameters.
+BYTES_PER_PARAM = {"f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q4_k_m": 0.62}
+
+
+class GGUFError(RuntimeError):
+    """The checkpoint cannot be written as GGUF by this converter, or a written file is wrong."""
+
+
+def file_name(stem: str, kind: str) -> str:
+    return f"{stem}-{kind.upper()}.gguf"
+
+
+# ---- reading the merged checkpoint ---------------------------------------------------------------
+
+def read_config(model_dir: Path) -> dict[str, Any]:
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    if config.get("model_type") != "llama":
+        raise GGUFError(f"{model_dir}: model_type {config.get('model_type')!r}; this converter writes Llama only "
+                        "(use llama.cpp's convert_hf_to_gguf.py for other architectures)")
+    return config
+
+
+def rope_params(config: dict[str, Any]) -> dict[str, Any]:
+    """transformers 5 keeps rope settings in `rope_parameters`; older configs in rope_theta/rope_scaling."""
+    params = dict(config.get("rope_scaling") or {})
+    params.update(config.get("rope_parameters") or {})
+    params.setdefault("rope_theta", config.get("rope_theta", 10000.0))
+    params.setdefault("rope_type", params.get("type", "default"))
+    return params
+
+
+def head_dim(config: dict[str, Any]) -> int:
+    return config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+
+
+def rope_factors(config: dict[str, Any]) -> np.ndarray | None:
+    """Llama 3.1's frequency scaling, as llama.cpp reads it: one factor per rotary pair.
+
+    Same arithmetic as convert_hf_to_gguf.py's LlamaModel.generate_extra_tensors.
+    """
+    rp = rope_params(config)
+    if rp["rope_type"] in ("default", None):
+        return None
+    if rp["rope_type"] != "llama3":
+        raise GGUFError(f"rope_type {rp['rope_type']!r} is not supported by this converter (default and llama3 are)")
+    dim = head_dim(config)
+    freqs = 1.0 / (rp["rope_theta"] ** (np.arange(0, dim, 2, dtype=np.float32) / dim))
+    factor, low, high = rp.get("factor", 8.0), rp.get("low_freq_factor", 1.0), rp.get("high_freq_factor", 4.0)
+    old_len = rp.get("original_max_position_embeddings", 8192)
+    low_wavelen, high_wavelen = old_len / low, old_len / high
+    out = []
+    for freq in freqs:
+        wavelen = 2 * math.pi / freq
+        if wavelen < high_wavelen:
+            out.append(1.0)
+        elif wavelen > low_wavelen:
+            out.append(factor)
+        else:
+            smooth = (old_len / wavelen - low) / (high - low)
+            out.append(1 / ((1 - smooth) / factor + smooth))
+    return np.asarray(out, dtype=np.float32)
+
+
+def weight_files(model_dir: Path) -> dict[str, Path]:
+    """Tensor name -> safetensors file, from the shard index or the single file."""
+    model_dir = Path(model_dir)
+    index = model_dir / "model.safetensors.index.json"
+    if index.is_file():
+        return {k: model_dir / v for k, v in json.loads(index.read_text())["weight_map"].items()}
+    from safetensors import safe_open
+
+    single = model_dir / "model.safetensors"
+    with safe_open(str(single), framework="pt") as f:
+        return {k: single for k in f.keys()}
+
+
+def tensor_shapes(model_dir: Path) -> dict[str, tuple[int, ...]]:
+    """Shapes from the safetensors headers, without reading any weights."""
+    out: dict[str, tuple[int, ...]] = {}
+    for path in sorted(set(weight_files(model_dir).values())):
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(n))
+        out.update({k: tuple(v["shape"]) for k, v in header.items() if k != "__metadata__"})
+    return out
+
+
+def iter_tensors(model_dir: Path, names: list[str]) -> Iterator[tuple[str, np.ndarray]]:
+    """One float32 array at a time, file by file, in the order asked."""
+    from safetensors import safe_open
+
+    files = weight_files(model_dir)
+    handles: dict[Path, Any] = {}
+    try:
+        for name in names:
+            path = files[name]
+            if path not in handles:
+                handles[path] = safe_open(str(path), framework="pt").__enter__()
+            yield name, handles[path].get_tensor(name).float().numpy()
+    finally:
+        for h in handles.values():
+            h.__exit__(None, None, None)
+
+
+# ---- tensors ---------------------------------------------------------------------------------------
+
+def permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
+    """HF's rotary layout (halves) -> llama.cpp's (interleaved pairs), per head; as convert_hf_to_gguf."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def unpermute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
+    return w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def ggml_type(kind: str, shape: tuple[int, ...]):
+    """Norms and other 1-D tensors stay F32 (llama.cpp requires it); rows Q8_0 cannot split go F16."""
+    import gguf
+
+    T = gguf.GGMLQuantizationType
+    if len(shape) < 2:
+        return T.F32
+    if kind == "q8_0":
+        return T.Q8_0 if shape[-1] % gguf.GGML_QUANT_SIZES[T.Q8_0][0] == 0 else T.F16
+    return {"f16": T.F16, "bf16": T.BF16}[kind]
+
+
+def file_type(kind: str):
+    import gguf
+
+    F = gguf.LlamaFileType
+    return {"f16": F.MOSTLY_F16, "bf16": F.MOSTLY_BF16, "q8_0": F.MOSTLY_Q8_0, "q4_k_m": F.MOSTLY_Q4_K_M}[kind]
+
+
+def nbytes(shape: tuple[int, ...], qtype) -> int:
+    import gguf
+
+    block, size = gguf.GGML_QUANT_SIZES[qtype]
+    return int(np.prod(shape)) // block * size
+
+
+@dataclass
+class PlannedTensor:
+    gguf_name: str
+    hf_name: str | None  # None: computed here (rope_freqs)
+    shape: tuple[int, ...]
+    qtype: Any
+    transform: Callable[[np.ndarray], np.ndarray] | None = None
+
+
+def plan_tensors(model_dir: Path, config: dict[str, Any], kind: str) -> list[PlannedTensor]:
+    import gguf
+
+    n_layers = config["num_hidden_layers"]
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, n_layers)
+    n_head, n_kv = config["num_attention_heads"], config.get("num_key_value_heads") or config["num_attention_heads"]
+    plan: list[PlannedTensor] = []
+    factors = rope_factors(config)
+    if factors is not None:
+        plan.append(PlannedTensor(gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight", None,
+                                  factors.shape, gguf.GGMLQuantizationType.F32))
+    for hf_name, shape in tensor_shapes(model_dir).items():
+        if hf_name.endswith("rotary_emb.inv_freq"):
+            continue
+        target = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        if target is None:
+            raise GGUFError(f"{hf_name}: no llama.cpp name for this tensor")
+        transform = None
+        if hf_name.endswith("self_attn.q_proj.weight"):
+            transform = lambda w, h=n_head: permute_qk(w, h)  # noqa: E731
+        elif hf_name.endswith("self_attn.k_proj.weight"):
+            transform = lambda w, h=n_kv: permute_qk(w, h)  # noqa: E731
+        plan.append(PlannedTensor(target, hf_name, shape, ggml_type(kind, shape), transform))
+    return plan
+
+
+# ---- tokenizer ----------------------------------------------------------------------------------
+
+SPECIAL_LOOKS = (("<|", "|>"), ("<｜", "｜>"), ("<", ">"))
+
+
+def _looks_special(token: str) -> bool:
+    """convert_hf_to_gguf marks <|...|>-style added tokens CONTROL even when not flagged special."""
+    return any(token.startswith(a) and token.endswith(b) for a, b in SPECIAL_LOOKS[:2])
+
+
+def check_pretokenizer(tok_json: dict[str, Any]) -> None:
+    """This converter writes pre-tokenizer `llama-bpe`; any other split rule would tokenize differently."""
+    from .tinymodel import LLAMA3_SPLIT
+
+    pre = tok_json.get("pre_tokenizer") or {}
+    steps = pre.get("pretokenizers", [pre])
+    regexes = [s.get("pattern", {}).get("Regex") for s in steps if s.get("type") == "Split"]
+    if tok_json.get("model", {}).get("type") != "BPE" or not any(s.get("type") == "ByteLevel" for s in steps) \
+            or regexes != [LLAMA3_SPLIT]:
+        raise GGUFError("the tokenizer is not a Llama-3 byte-level BPE (split regex and ByteLevel); this converter "
+                        "writes pre-tokenizer 'llama-bpe' only. Use llama.cpp's convert_hf_to_gguf.py.")
+
+
+def vocab(model_dir: Path, vocab_size: int) -> tuple[list[str], list[int]]:
+    """Token strings and types by id, padded to the model's vocab size as convert_hf_to_gguf does."""
+    import gguf
+
+    tok_json = json.loads((Path(model_dir) / "tokenizer.json").read_text(encoding="utf-8"))
+    check_pretokenizer(tok_json)
+    by_id = {i: t for t, i in tok_json["model"]["vocab"].items()}
+    added = {a["id"]: a for a in tok_json.get("added_tokens", [])}
+    by_id.update({i: a["content"] for i, a in added.items()})
+    if max(by_id) >= vocab_size:
+        raise GGUFError(f"tokenizer has id {max(by_id)} but the model's vocab_size is {vocab_size}")
+    T = gguf.TokenType
+    tokens, types = [], []
+    for i in range(vocab_size):
+        if i not in by_id:
+            tokens.append(f"[PAD{i}]")
+            types.append(T.UNUSED)
+        elif i in added:
+            tokens.append(by_id[i])
+            types.append(T.CONTROL if added[i].get("special") or _looks_special(by_id[i]) else T.USER_DEFINED)
+        else:
+            tokens.append(by_id[i])
+            types.append(T.NORMAL)
+    return tokens, [int(t) for t in types]
+
+
+# ---- writing ------------------------------------------------------------------------------------
+
+def _add_metadata(w, config: dict[str, Any], kind: str, name: str, base_model: str | None) -> None:
+    import gguf
+
+    w.add_name(name)
+    w.add_type("model")
+    if base_model:
+        w.add_base_model_count(1)
+        w.add_base_model_name(0, base_model)
+        if "/" in base_model and not Path(base_model).exists():
+            w.add_base_model_repo_url(0, f"https://huggingface.co/{base_model}")
+    w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    w.add_file_type(int(file_type(kind)))
+    w.add_vocab_size(config["vocab_size"])
+    w.add_context_length(config["max_position_embeddings"])
+    w.add_embedding_length(config["hidden_size"])
+    w.add_feed_forward_length(config["intermediate_size"])
+    w.add_block_count(config["num_hidden_layers"])
+    w.add_head_count(config["num_attention_heads"])
+    w.add_head_count_kv(config.get("num_key_value_heads") or config["num_attention_heads"])
+    w.add_layer_norm_rms_eps(config["rms_norm_eps"])
+    w.add_rope_freq_base(float(rope_params(config)["rope_theta"]))
+    w.add_rope_dimension_count(head_dim(config))
+    if config.get("head_dim") and config["head_dim"] != config["hidden_size"] // config["num_attention_heads"]:
+        w.add_key_length(config["head_dim"])
+        w.add_value_length(config["head_dim"])
+
+
+def _add_tokenizer(w, model_dir: Path, config: dict[str, Any], chat_template: str | None) -> None:
+    import gguf
+
+    tokens, types = vocab(model_dir, config["vocab_size"])
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("llama-bpe")
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    special = gguf.SpecialVocab(model_dir, load_merges=True, n_vocab=len(tokens))
+    if not special.merges:
+        raise GGUFError(f"{model_dir}/tokenizer.json has no BPE merges")
+    if chat_template is not None:
+        special.chat_template = chat_template
+    special.add_to_gguf(w, quiet=True)
+
+
+def write_gguf(model_dir: str | os.PathLike, out_path: str | os.PathLike, kind: str, name: str | None = None,
+               base_model: str | None = None, chat_template: str | None = None) -> Path:
+    """Convert a merged 16-bit Llama folder into one GGUF file of type f16, bf16 or q8_0.
+
+    `chat_template` overrides the folder's template (export passes prompts.CHAT_TEMPLATE).
+    """
+    import gguf
+
+    if kind not in LOCAL_KINDS:
+        raise GGUFError(f"{kind}: written here are {LOCAL_KINDS}; {QUANTIZER_KINDS} come from llama.cpp's quantizer")
+    model_dir, out_path = Path(model_dir), Path(out_path)
+    config = read_config(model_dir)
+    plan = plan_tensors(model_dir, config, kind)
+    w = gguf.GGUFWriter(None, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
+    _add_metadata(w, config, kind, name or model_dir.name, base_model)
+    _add_tokenizer(w, model_dir, config, chat_template)
+    for t in plan:
+        w.add_tensor_info(t.gguf_name, t.shape, np.dtype(np.float32), nbytes(t.shape, t.qtype), raw_dtype=t.qtype)
+    w.write_header_to_file(out_path)
+    w.write_kv_data_to_file()
+    w.write_ti_data_to_file()
+    factors = rope_factors(config)
+    arrays = iter_tensors(model_dir, [t.hf_name for t in plan if t.hf_name is not None])
+    for t in plan:
+        data = factors if t.hf_name is None else next(arrays)[1]
+        if t.transform is not None:
+            data = t.transform(data)
+        w.write_tensor_data(gguf.quants.quantize(np.ascontiguousarray(data, dtype=np.float32), t.qtype))
+    w.close()
+    return out_path
+
+
+# ---- llama.cpp's quantizer ----------------------------------------------------------------------
+
+# Where Unsloth's GGUF path and a manual llama.cpp build leave the binary.
+QUANTIZE_BINARY_SPOTS = ("~/.unsloth/llama.cpp/llama-quantize", "~/.unsloth/llama.cpp/build/bin/llama-quantize",
+                         "llama.cpp/llama-quantize", "llama.cpp/build/bin/llama-quantize")
+
+
+@dataclass
+class Quantizer:
+    """llama.cpp's k-quants: a `llama-quantize` binary, or llama_model_quantize via llama-cpp-python."""
+
+    how: str  # "binary" | "llama-cpp-python"
+    where: str
+
+    def quantize(self, src: Path, dst: Path, kind: str) -> None:
+        if kind not in QUANTIZER_KINDS:
+            raise GGUFError(f"{kind}: the quantizer makes {QUANTIZER_KINDS}")
+        if self.how == "binary":
+            cmd = [self.where, str(src), str(dst), kind.upper(), str(os.cpu_count() or 1)]
+        else:  # a child process: a crash in C must not take the notebook's kernel with it
+            cmd = [sys.executable, "-c", _BINDING_SCRIPT, str(src), str(dst), str(int(file_type(kind)))]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0 or not dst.is_file():
+            tail = (proc.stdout + proc.stderr).strip().splitlines()[-8:]
+            raise GGUFError(f"llama.cpp quantizer ({self.how}) failed for {kind}: " + " | ".join(tail))
+
+
+_BINDING_SCRIPT = """
+import ctypes, os, sys
+import llama_cpp
+p = llama_cpp.llama_model_quantize_default_params()
+p.ftype = int(sys.argv[3]); p.nthread = os.cpu_count() or 1
+sys.exit(llama_cpp.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode(), ctypes.byref(p)))
+"""
+
+
+def find_quantizer(configured: str | None = None) -> tuple[Quantizer | None, str]:
+    """The quantizer to use and a sentence saying which, or why there is none."""
+    if configured:
+        path = Path(configured).expanduser()
+        if path.is_file() and os.access(path, os.X_OK):
+            return Quantizer("binary", str(path)), f"llama-quantize at {path} (export.llama_quantize)"
+        return None, f"export.llama_quantize={configured!r} is not an executable file"
+    found = shutil.which("llama-quantize")
+    if found:
+        return Quantizer("binary", found), f"llama-quantize on PATH ({found})"
+    for spot in QUANTIZE_BINARY_SPOTS:
+        path = Path(spot).expanduser()
+        if path.is_file() and os.access(path, os.X_OK):
+            return Quantizer("binary", str(path.resolve())), f"llama-quantize at {path.resolve()}"
+    try:
+        import llama_cpp
+
+        if hasattr(llama_cpp, "llama_model_quantize"):
+            return Quantizer("llama-cpp-python", llama_cpp.__file__), \
+                f"llama.cpp's quantizer through llama-cpp-python {llama_cpp.__version__}"
+    except Exception:  # an installed but broken build is as good as none
+        pass
+    return None, ("no llama.cpp quantizer: put `llama-quantize` on PATH, set export.llama_quantize, or "
+                  "pip install llama-cpp-python")
+
+
+# ---- reading back ----------------------------------------------------------------------------------
+
+def read_metadata(path: Path) -> dict[str, Any]:
+    """The GGUF's key-value fields as plain Python values (token lists included)."""
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(path))
+    return {k: f.contents() for k, f in reader.fields.items()}
+
+
+def read_tensor_types(path: Path) -> dict[str, str]:
+    from gguf import GGUFReader
+
+    return {t.name: t.tensor_type.name for t in GGUFReader(str(path)).tensors}

@@ -1,0 +1,206 @@
+"""Merge a LoRA adapter into the base model's 16-bit weights, one shard at a time.
+
+Training may run on 4-bit weights; merging into those (dequantized) would bake their
+rounding into every merged layer. Here each base tensor is read from the 16-bit
+checkpoint, `W + scale * B @ A` is computed in float32 and rounded once to 16-bit,
+and the shard is written before the next is read. Memory stays at one shard (about
+5 GB for the 8B model), so no GPU is needed and a T4's 15 GB never has to hold 16 GB.
+
+    python -c "from r1helpers.merge import merge_lora; merge_lora('base', 'adapter', 'out', 'bfloat16')"
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# Files of a base checkpoint that describe it rather than hold weights.
+CONFIG_FILES = ("config.json", "generation_config.json")
+PEFT_PREFIX = "base_model.model."
+
+
+class MergeError(RuntimeError):
+    """The adapter does not fit the base model, or uses a feature this merge does not do."""
+
+
+@dataclass
+class LoraPair:
+    a: Any  # torch.Tensor (r, in)
+    b: Any  # torch.Tensor (out, r)
+    scale: float
+
+    def delta(self):
+        return (self.b.float() @ self.a.float()) * self.scale
+
+
+@dataclass
+class MergeReport:
+    dtype: str
+    merged_tensors: int
+    copied_tensors: int
+    shards: list[str] = field(default_factory=list)
+    parameters: int = 0
+
+
+def _pattern_value(patterns: dict[str, Any], key: str, default: Any) -> Any:
+    """peft's rank_pattern/alpha_pattern: a regex matched against the end of the module name."""
+    for pattern, value in (patterns or {}).items():
+        if re.match(rf"(.*\.)?({pattern})$", key):
+            return value
+    return default
+
+
+def read_adapter(adapter_dir: Path) -> dict[str, LoraPair]:
+    """Base weight name -> (A, B, scale) for every LoRA layer of a saved peft adapter."""
+    from safetensors.torch import load_file
+
+    adapter_dir = Path(adapter_dir)
+    cfg = json.loads((adapter_dir / "adapter_config.json").read_text())
+    if cfg.get("peft_type", "LORA") != "LORA":
+        raise MergeError(f"{adapter_dir}: peft_type {cfg.get('peft_type')!r}; only LoRA adapters merge here")
+    for flag in ("use_dora", "fan_in_fan_out", "lora_bias"):
+        if cfg.get(flag):
+            raise MergeError(f"{adapter_dir}: {flag}=True is not supported by this merge")
+    if cfg.get("modules_to_save"):
+        raise MergeError(f"{adapter_dir}: modules_to_save={cfg['modules_to_save']} is not supported by this merge")
+    weights = load_file(str(adapter_dir / "adapter_model.safetensors"))
+    pairs: dict[str, LoraPair] = {}
+    for key, a in weights.items():
+        if ".lora_A." not in key:
+            if ".lora_B." not in key:
+                raise MergeError(f"{adapter_dir}: unexpected tensor {key} (only lora_A/lora_B are merged)")
+            continue
+        module = key.split(".lora_A.")[0].removeprefix(PEFT_PREFIX)
+        b = weights[key.replace(".lora_A.", ".lora_B.")]
+        r = a.shape[0]
+        alpha = _pattern_value(cfg.get("alpha_pattern"), module, cfg["lora_alpha"])
+        scale = alpha / (r ** 0.5 if cfg.get("use_rslora") else r)
+        pairs[f"{module}.weight"] = LoraPair(a, b, scale)
+    if not pairs:
+        raise MergeError(f"{adapter_dir}: no LoRA weights found")
+    return pairs
+
+
+def base_dtype(base_dir: Path) -> str:
+    config = json.loads((Path(base_dir) / "config.json").read_text())
+    return str(config.get("dtype") or config.get("torch_dtype") or "float32")
+
+
+def resolve_dtype(requested: str, base_dir: Path) -> str:
+    """"auto": the checkpoint's own 16-bit type (bfloat16 for R1-distill), else bfloat16, whose range is float32's."""
+    if requested != "auto":
+        return requested
+    own = base_dtype(base_dir)
+    return own if own in ("bfloat16", "float16") else "bfloat16"
+
+
+def shard_files(base_dir: Path) -> tuple[list[Path], dict[str, str] | None]:
+    """The base's safetensors shards, and its index's weight map when it is sharded."""
+    base_dir = Path(base_dir)
+    index = base_dir / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        return [base_dir / f for f in sorted(set(weight_map.values()))], weight_map
+    single = base_dir / "model.safetensors"
+    if not single.is_file():
+        raise MergeError(f"{base_dir}: no model.safetensors or index; the merge reads safetensors checkpoints")
+    return [single], None
+
+
+def merge_lora(base_dir: Path, adapter_dir: Path, out_dir: Path, dtype: str = "auto") -> MergeReport:
+    """Write the merged weights and config into `out_dir` (an existing, empty folder)."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    base_dir, out_dir = Path(base_dir), Path(out_dir)
+    dtype = resolve_dtype(dtype, base_dir)
+    torch_dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    pairs = read_adapter(adapter_dir)
+    shards, weight_map = shard_files(base_dir)
+    report = MergeReport(dtype=dtype, merged_tensors=0, copied_tensors=0)
+    total_bytes = 0
+    for shard in shards:
+        out: dict[str, Any] = {}
+        with safe_open(str(shard), framework="pt") as f:
+            for key in f.keys():
+                w = f.get_tensor(key)
+                if key in pairs:
+                    w = (w.float() + pairs[key].delta()).to(torch_dtype)
+                    report.merged_tensors += 1
+                else:
+                    w = w.to(torch_dtype) if w.is_floating_point() else w
+                    report.copied_tensors += 1
+                out[key] = w.contiguous()
+                report.parameters += w.numel()
+                total_bytes += w.numel() * w.element_size()
+        save_file(out, str(out_dir / shard.name), metadata={"format": "pt"})
+        report.shards.append(shard.name)
+        del out
+    missing = set(pairs) - {k for s in shards for k in _keys(s)}
+    if missing:
+        raise MergeError(f"adapter layers not found in the base model: {sorted(missing)[:4]}; "
+                         "was it trained on another model?")
+    if weight_map is not None:
+        index = {"metadata": {"total_size": total_bytes}, "weight_map": weight_map}
+        (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+    _write_configs(base_dir, out_dir, dtype)
+    return report
+
+
+def _keys(shard: Path) -> list[str]:
+    from safetensors import safe_open
+
+    with safe_open(str(shard), framework="pt") as f:
+        return list(f.keys())
+
+
+def _write_configs(base_dir: Path, out_dir: Path, dtype: str) -> None:
+    config = json.loads((base_dir / "config.json").read_text())
+    config["dtype"] = dtype
+    config.pop("torch_dtype", None)
+    config.pop("quantization_config", None)
+    (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    gen = base_dir / "generation_config.json"
+    if gen.is_file():
+        shutil.copy2(gen, out_dir / gen.name)
+
+
+def weight_check(base_dir: Path, adapter_dir: Path, merged_dir: Path) -> dict[str, Any]:
+    """Every merged tensor against base + scale * B @ A, read back from disk, tensor by tensor.
+
+    Memory-light, so it runs at any model size; the error must stay within one
+    16-bit rounding of the exact float32 sum.
+    """
+    import torch
+    from safetensors import safe_open
+
+    pairs = read_adapter(adapter_dir)
+    base_files = dict(_files(Path(base_dir)))
+    merged_files = dict(_files(Path(merged_dir)))
+    if set(base_files) != set(merged_files):
+        raise MergeError(f"merged tensors differ from the base's: {sorted(set(base_files) ^ set(merged_files))[:4]}")
+    worst, worst_ulps = 0.0, 0.0
+    for key in base_files:
+        with safe_open(str(base_files[key]), framework="pt") as fb, safe_open(str(merged_files[key]), framework="pt") as fm:
+            base, merged = fb.get_tensor(key).float(), fm.get_tensor(key)
+        exact = base + pairs[key].delta() if key in pairs else base
+        err = (merged.float() - exact).abs()
+        ulp = torch.finfo(merged.dtype).eps * exact.abs().clamp_min(torch.finfo(merged.dtype).tiny)
+        worst = max(worst, err.max().item())
+        worst_ulps = max(worst_ulps, (err / ulp).max().item())
+    if worst_ulps > 1.0 + 1e-6:
+        raise MergeError(f"merged weights are off by {worst_ulps:.2f} units of 16-bit rounding (max |err| {worst:.3g})")
+    return {"tensors": len(base_files), "lora_layers": len(pairs), "max_abs_error": worst,
+            "max_error_in_rounding_units": round(worst_ulps, 3)}
+
+
+def _files(model_dir: Path) -> list[tuple[str, Path]]:
+    shards, weight_map = shard_files(model_dir)
+    if weight_map is not None:
+        return [(k, model_dir / v) for k, v in weight_map.items()]
+    return [(k, shards[0]) for k in _keys(shards[0])]

@@ -1,0 +1,186 @@
+"""Pure metric functions for the before/after comparison: no model, no torch.
+
+Kept apart from the stage (`compare.py`) so each can be checked on hand-made
+cases: an unclosed <think>, an empty answer, an answer cut at the token limit,
+identical and disjoint texts.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+import statistics
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Sequence
+
+from . import prompts
+
+# A difference smaller than this is a tie: float noise is not a win.
+TIE_TOLERANCE = 1e-9
+_ROUGE_TOKEN = re.compile(r"[a-z0-9]+")
+
+
+def rouge_tokens(text: str) -> list[str]:
+    """Lower-cased alphanumeric runs: the `rouge-score` package's tokenizer without stemming."""
+    return _ROUGE_TOKEN.findall((text or "").lower())
+
+
+def _lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
+    if len(a) < len(b):
+        a, b = b, a
+    prev = [0] * (len(b) + 1)
+    for x in a:
+        cur = [0]
+        for j, y in enumerate(b, start=1):
+            cur.append(prev[j - 1] + 1 if x == y else max(prev[j], cur[j - 1]))
+        prev = cur
+    return prev[-1]
+
+
+def rouge_l(prediction: str, reference: str) -> float:
+    """ROUGE-L F1 over words; an empty prediction or reference scores 0, as in `rouge-score`."""
+    pred, ref = rouge_tokens(prediction), rouge_tokens(reference)
+    if not pred or not ref:
+        return 0.0
+    lcs = _lcs_length(pred, ref)
+    if lcs == 0:
+        return 0.0
+    precision, recall = lcs / len(pred), lcs / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+def perplexity(nll: float | None) -> float | None:
+    """exp(mean NLL); capped so a diverged model gives a large number, not an overflow."""
+    if nll is None:
+        return None
+    return math.exp(min(nll, 700.0))
+
+
+@dataclass
+class GenerationScores:
+    """What one generated answer did, judged from its text and whether EOS came."""
+
+    think_opened: bool
+    think_closed: bool
+    eos: bool
+    cut_at_limit: bool
+    empty_answer: bool
+    reasoning_tokens: int
+    answer_tokens: int
+    rouge_l: float | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def score_generation(
+    generated: str, finished: bool, reference_answer: str | None, count_tokens: Callable[[str], int],
+    new_tokens: int | None = None,
+) -> GenerationScores:
+    """Score one generation (the text after the prompt's `<think>`).
+
+    The prompt opens the reasoning block, so "opened" means the model wrote
+    reasoning inside it (or re-opened it itself); "closed" means it reached
+    `</think>`. Without EOS the text was cut at max_new_tokens, and any answer
+    it holds is partial. ROUGE-L needs a reference: None without one.
+
+    Lengths are the text re-encoded by `count_tokens`, except an unclosed block
+    given `new_tokens`: every generated token was reasoning then, so that count is exact.
+    """
+    parsed = prompts.split_output(generated or "")
+    opened = bool(parsed.reasoning) or (generated or "").lstrip().startswith(prompts.THINK_OPEN)
+    reasoning_tokens = count_tokens(parsed.reasoning) if parsed.reasoning else 0
+    if not parsed.think_closed and new_tokens is not None:
+        reasoning_tokens = max(new_tokens - int(bool(finished)), 0)
+    return GenerationScores(
+        think_opened=opened,
+        think_closed=parsed.think_closed,
+        eos=bool(finished),
+        cut_at_limit=not finished,
+        empty_answer=not parsed.answer,
+        reasoning_tokens=reasoning_tokens,
+        answer_tokens=count_tokens(parsed.answer) if parsed.answer else 0,
+        rouge_l=None if reference_answer is None else rouge_l(parsed.answer, reference_answer),
+    )
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """How to read a metric: `better` is "lower", "higher" or None (a length: neither is better)."""
+
+    key: str
+    label: str
+    better: str | None
+    group: str
+
+
+def bootstrap_ci(
+    diffs: Sequence[float], samples: int, seed: int, level: float = 0.95
+) -> tuple[float, float] | None:
+    """Percentile interval of the mean paired difference, resampling questions with replacement.
+
+    Questions, not tokens, are resampled: they are the independent units, so the
+    interval says how much the mean would move on another draw of held-out questions.
+    """
+    n = len(diffs)
+    if n == 0:
+        return None
+    rng = random.Random(seed)
+    means = sorted(sum(diffs[rng.randrange(n)] for _ in range(n)) / n for _ in range(samples))
+    lo_idx = int(math.floor((1 - level) / 2 * (samples - 1)))
+    hi_idx = int(math.ceil((1 + level) / 2 * (samples - 1)))
+    return means[lo_idx], means[hi_idx]
+
+
+def win_tie_loss(before: Sequence[float], after: Sequence[float], better: str | None) -> dict[str, int] | None:
+    """Per question, did the fine-tuned model do better (win), the same (tie) or worse (loss)?"""
+    if better is None:
+        return None
+    sign = -1.0 if better == "lower" else 1.0
+    out = {"wins": 0, "ties": 0, "losses": 0}
+    for b, a in zip(before, after):
+        d = sign * (a - b)
+        out["wins" if d > TIE_TOLERANCE else "losses" if d < -TIE_TOLERANCE else "ties"] += 1
+    return out
+
+
+def verdict(ci: tuple[float, float] | None, better: str | None, n: int) -> str:
+    """"better", "worse" or "no significant change" from where the interval lies relative to 0."""
+    if ci is None or n < 2:
+        return "too few questions"
+    lo, hi = ci
+    if lo <= TIE_TOLERANCE and hi >= -TIE_TOLERANCE:
+        return "no significant change"
+    if better is None:
+        return "higher" if lo > 0 else "lower"
+    improved = (lo > 0) == (better == "higher")
+    return "better" if improved else "worse"
+
+
+def aggregate(
+    spec: MetricSpec, before: Sequence[float | bool | None], after: Sequence[float | bool | None],
+    samples: int, seed: int,
+) -> dict[str, Any]:
+    """Before, after, delta, bootstrap interval, verdict and win/tie/loss over paired questions.
+
+    Pairs where either side is missing are left out, so both means cover the same questions.
+    """
+    pairs = [(float(b), float(a)) for b, a in zip(before, after) if b is not None and a is not None]
+    n = len(pairs)
+    out: dict[str, Any] = {"key": spec.key, "label": spec.label, "better": spec.better, "group": spec.group, "n": n}
+    if n == 0:
+        return {**out, "before": None, "after": None, "delta": None, "ci": None, "verdict": "no data",
+                "win_tie_loss": None}
+    b, a = [p[0] for p in pairs], [p[1] for p in pairs]
+    diffs = [y - x for x, y in pairs]
+    ci = bootstrap_ci(diffs, samples, seed)
+    return {
+        **out,
+        "before": statistics.fmean(b),
+        "after": statistics.fmean(a),
+        "delta": statistics.fmean(diffs),
+        "ci": list(ci) if ci else None,
+        "verdict": verdict(ci, spec.better, n),
+        "win_tie_loss": win_tie_loss(b, a, spec.better),
+    }

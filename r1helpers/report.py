@@ -1,0 +1,251 @@
+"""The comparison as plots and one self-contained HTML page.
+
+The page opens from disk in any browser with no server and no network: styles
+are inline, plots are embedded as base64 PNG, and every piece of text from the
+data or the models is escaped, so a generated `<script>` is shown, never run.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+from pathlib import Path
+from typing import Any
+
+from .runs import write_text_atomic
+
+COLORS = {"base": "#8c8c8c", "tuned": "#1f77b4", "better": "#2ca02c", "worse": "#d62728", "same": "#7f7f7f"}
+RATE_KEYS = ("think_opened", "think_closed", "eos", "cut_at_limit", "empty_answer", "rouge_l", "semantic_similarity")
+LENGTH_KEYS = ("reasoning_tokens", "answer_tokens")
+NLL_KEYS = ("cot_nll", "answer_nll", "completion_nll")
+
+
+def _metric(result: dict[str, Any], key: str) -> dict[str, Any]:
+    return next(m for m in result["metrics"] if m["key"] == key)
+
+
+def _with_data(result: dict[str, Any], keys: tuple[str, ...]) -> list[dict[str, Any]]:
+    return [m for m in (_metric(result, k) for k in keys) if m["before"] is not None]
+
+
+def _bars(ax, metrics: list[dict[str, Any]], title: str) -> None:
+    import numpy as np
+
+    y = np.arange(len(metrics))
+    ax.barh(y - 0.2, [m["before"] for m in metrics], 0.4, label="base", color=COLORS["base"])
+    ax.barh(y + 0.2, [m["after"] for m in metrics], 0.4, label="fine-tuned", color=COLORS["tuned"])
+    ax.set_yticks(y, [m["label"] for m in metrics], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+
+
+def teacher_forced_figure(result: dict[str, Any]):
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.6), gridspec_kw={"width_ratios": [1.4, 1]})
+    _bars(left, _with_data(result, NLL_KEYS), "mean NLL per token on held-out references (lower is better)")
+    base = [r["completion_nll"] for r in result["nll"]["base"]]
+    tuned = [r["completion_nll"] for r in result["nll"]["tuned"]]
+    pts = [(b, t) for b, t in zip(base, tuned) if b is not None and t is not None]
+    if pts:
+        right.scatter(*zip(*pts), s=18, color=COLORS["tuned"])
+        lo, hi = min(min(p) for p in pts), max(max(p) for p in pts)
+        pad = (hi - lo) * 0.05 or 0.05
+        right.plot([lo - pad, hi + pad], [lo - pad, hi + pad], "--", color=COLORS["same"], linewidth=1)
+    right.set_xlabel("base completion NLL", fontsize=9)
+    right.set_ylabel("fine-tuned completion NLL", fontsize=9)
+    right.set_title("per question (below the line: helped)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def generation_figure(result: dict[str, Any]):
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8), gridspec_kw={"width_ratios": [1.6, 1]})
+    _bars(left, _with_data(result, RATE_KEYS), "generations: rates and similarity (0 to 1)")
+    left.set_xlim(0, 1.05)
+    _bars(right, _with_data(result, LENGTH_KEYS), "generations: mean length (tokens)")
+    fig.tight_layout()
+    return fig
+
+
+def delta_figure(result: dict[str, Any]):
+    """Each delta with its 95% interval: an interval that crosses 0 is no evidence either way."""
+    import matplotlib.pyplot as plt
+
+    groups = [("teacher-forced: delta NLL (nats/token)", _with_data(result, NLL_KEYS)),
+              ("generations: delta of rate or similarity", _with_data(result, RATE_KEYS))]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.4))
+    for ax, (title, metrics) in zip(axes, groups):
+        for k, m in enumerate(metrics):
+            color = COLORS.get(m["verdict"], COLORS["same"])
+            lo, hi = m["ci"] or (m["delta"], m["delta"])
+            ax.plot([lo, hi], [k, k], color=color, linewidth=2)
+            ax.plot([m["delta"]], [k], "o", color=color)
+        ax.axvline(0, color="black", linewidth=0.8)
+        ax.set_yticks(range(len(metrics)), [m["label"] for m in metrics], fontsize=8)
+        ax.invert_yaxis()
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def loss_figure(result: dict[str, Any]):
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 3.2))
+    for key, label in (("loss", "training loss"), ("eval_loss", "held-out loss")):
+        pts = [(r["step"], r[key]) for r in result["log_history"] if key in r]
+        if pts:
+            ax.plot(*zip(*pts), marker="o", markersize=3, label=label)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss")
+    ax.set_title("training and held-out loss", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def figures(result: dict[str, Any]) -> dict[str, Any]:
+    """The plots of a comparison, by name; the loss curve only when training logged one."""
+    figs = {"teacher-forced": teacher_forced_figure(result), "generation": generation_figure(result),
+            "deltas": delta_figure(result)}
+    if result.get("log_history"):
+        figs["loss"] = loss_figure(result)
+    return figs
+
+
+def png_base64(fig) -> str:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def fmt(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.4g}"
+    return str(value)
+
+
+def esc(value: Any) -> str:
+    return html.escape(fmt(value) if not isinstance(value, str) else value, quote=True)
+
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#222;max-width:1400px}
+h1{font-size:1.5em}h2{font-size:1.2em;margin-top:1.6em;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;font-size:0.85em;margin:8px 0}td,th{border:1px solid #ddd;padding:4px 6px;vertical-align:top}
+th{background:#f4f4f4;text-align:left}td.num{text-align:right;font-variant-numeric:tabular-nums}
+.headline{padding:12px 16px;border-radius:6px;font-size:1.05em;margin:12px 0}
+.helped{background:#e6f4e6;border-left:6px solid #2ca02c}.hurt{background:#fbe9e9;border-left:6px solid #d62728}
+.neutral{background:#f1f1f1;border-left:6px solid #7f7f7f}
+.better{color:#1e7b1e;font-weight:600}.worse{color:#b22222;font-weight:600}
+.text{white-space:pre-wrap;max-height:18em;overflow:auto;min-width:18em;max-width:34em}
+.scores{font-size:0.8em;color:#555;margin-top:4px}details summary{cursor:pointer;color:#555;font-size:0.85em}
+img{max-width:100%;border:1px solid #eee;margin:6px 0}
+"""
+
+
+def _kv_table(items: dict[str, Any]) -> str:
+    rows = "".join(f"<tr><th>{esc(k)}</th><td>{esc(v if not isinstance(v, dict) else _inline(v))}</td></tr>"
+                   for k, v in items.items())
+    return f"<table>{rows}</table>"
+
+
+def _inline(d: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={fmt(v)}" for k, v in d.items())
+
+
+def _metrics_table(result: dict[str, Any]) -> str:
+    head = ("<tr><th>metric</th><th>group</th><th>n</th><th>better</th><th>before</th><th>after</th><th>delta</th>"
+            "<th>95% CI of delta</th><th>verdict</th><th>win / tie / loss</th></tr>")
+    rows = []
+    for m in result["metrics"]:
+        ci = "–" if not m["ci"] else f"[{m['ci'][0]:+.4g}, {m['ci'][1]:+.4g}]"
+        wtl = "–" if not m["win_tie_loss"] else "{wins} / {ties} / {losses}".format(**m["win_tie_loss"])
+        extra = ""
+        if m.get("perplexity_before") is not None:
+            extra = f"<br><span class='scores'>perplexity {fmt(m['perplexity_before'])} → {fmt(m['perplexity_after'])}</span>"
+        rows.append(
+            f"<tr><td>{esc(m['label'])}{extra}</td><td>{esc(m['group'])}</td><td class='num'>{m['n']}</td>"
+            f"<td>{esc(m['better'] or '–')}</td><td class='num'>{esc(m['before'])}</td>"
+            f"<td class='num'>{esc(m['after'])}</td><td class='num'>{esc(m['delta'])}</td>"
+            f"<td class='num'>{esc(ci)}</td><td class='{esc(m['verdict'])}'>{esc(m['verdict'])}</td>"
+            f"<td class='num'>{esc(wtl)}</td></tr>"
+        )
+    return f"<table>{head}{''.join(rows)}</table>"
+
+
+def _answer_text(answer: str, closed: bool, finished: bool) -> str:
+    if answer:
+        return answer if finished else answer + " [cut at max_new_tokens]"
+    if not closed:
+        return "(no answer: the reasoning never closed" + ("" if finished else " before max_new_tokens") + ")"
+    return "(empty answer)"
+
+
+def _answer_cell(side: dict[str, Any]) -> str:
+    scores = (f"ROUGE-L {fmt(side['rouge_l'])} · similarity {fmt(side['semantic_similarity'])} · "
+              f"NLL {fmt(side['completion_nll'])} · </think> {fmt(side['think_closed'])} · EOS {fmt(side['eos'])} · "
+              f"reasoning {side['reasoning_tokens']}, answer {side['answer_tokens']} tokens")
+    answer = _answer_text(side["answer"], side["think_closed"], side["eos"])
+    return (f"<td><div class='text'>{esc(answer)}</div><div class='scores'>{esc(scores)}</div>"
+            f"<details><summary>reasoning</summary><div class='text'>{esc(side['reasoning'])}</div></details></td>")
+
+
+def _example_cell(example: dict[str, Any], model: str) -> str:
+    answer = _answer_text(example[f"{model}_answer"], example[f"{model}_think_closed"], example[f"{model}_finished"])
+    return (f"<td><div class='text'>{esc(answer)}</div><details><summary>reasoning</summary>"
+            f"<div class='text'>{esc(example[f'{model}_reasoning'])}</div></details></td>")
+
+
+def _side_by_side(result: dict[str, Any]) -> str:
+    head = "<tr><th>id</th><th>question</th><th>reference answer</th><th>base answer</th><th>fine-tuned answer</th></tr>"
+    rows = [f"<tr><td>{esc(q['id'])}</td><td><div class='text'>{esc(q['question'])}</div></td>"
+            f"<td><div class='text'>{esc(q['reference_answer'])}</div></td>{_answer_cell(q['base'])}{_answer_cell(q['tuned'])}</tr>"
+            for q in result["questions"]]
+    rows += [f"<tr><td>{esc(e['id'])}</td><td><div class='text'>{esc(e['question'])}</div></td><td>(no reference)</td>"
+             f"{_example_cell(e, 'base')}{_example_cell(e, 'tuned')}</tr>"
+             for e in result["examples"]]
+    return f"<table>{head}{''.join(rows)}</table>"
+
+
+def render(result: dict[str, Any], images: dict[str, str]) -> str:
+    """The whole page as one string."""
+    css_class = {"helped": "helped", "hurt": "hurt"}.get(result["verdict"], "neutral")
+    imgs = "".join(f"<h3>{esc(name)}</h3><img alt='{esc(name)}' src='data:image/png;base64,{data}'>"
+                   for name, data in images.items())
+    notes = "".join(f"<li>{esc(n)}</li>" for n in result["notes"])
+    return (
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+        f"<title>Before / after fine-tuning: {esc(result['settings']['model'])}</title><style>{CSS}</style></head><body>"
+        "<h1>Did fine-tuning help? Base vs fine-tuned on held-out questions</h1>"
+        f"<div class='headline {css_class}'><b>Verdict: {esc(result['verdict'])}.</b> {esc(result['headline'])}</div>"
+        "<p>Held-out rows were never trained on. Teacher-forced NLL scores the reference reasoning and answer "
+        "under each model (no generation); the generation metrics use the same prompts, decoding and seed for "
+        "both. Intervals are 95% paired bootstrap intervals over questions; a verdict is <i>better</i> or "
+        "<i>worse</i> only when the interval excludes zero.</p>"
+        f"<h2>Settings</h2>{_kv_table(result['settings'])}<ul>{notes}</ul>"
+        f"<h2>Metrics</h2>{_metrics_table(result)}"
+        f"<h2>Plots</h2>{imgs}"
+        f"<h2>Side by side</h2>{_side_by_side(result)}"
+        "</body></html>\n"
+    )
+
+
+def write_report(result: dict[str, Any], path: Path) -> Path:
+    images = {name: png_base64(fig) for name, fig in figures(result).items()}
+    write_text_atomic(Path(path), render(result, images))
+    return Path(path)

@@ -1,0 +1,40 @@
+"""Progress and token streaming: what a person sees while generating, and that it changes nothing."""
+
+from __future__ import annotations
+
+import pytest
+
+from r1helpers import infer
+from r1helpers.config import load_config
+
+QUESTIONS = ["What causes anemia in a young woman with heavy periods?", "Short?",
+             "A much longer question about the kidney and its function in an elderly patient with diabetes?"]
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_model_dir):
+    from r1helpers.modeling import for_inference, load_base
+
+    return for_inference(load_base(load_config("cpu")))
+
+
+def test_streams_the_first_question_from_inside_its_batch(loaded, capsys, monkeypatch):
+    monkeypatch.delenv("R1HELPERS_HEADLESS", raising=False)
+    plain = infer.generate(loaded, QUESTIONS, load_config("cpu", {"infer.max_new_tokens": 16}), progress=False)
+    capsys.readouterr()
+    streamed = infer.generate(loaded, QUESTIONS, load_config("cpu", {"infer.max_new_tokens": 16, "infer.stream": True}),
+                              progress=False)
+    out = capsys.readouterr().out
+    assert streamed == [{**p, "batch_seconds": s["batch_seconds"]} for p, s in zip(plain, streamed)]
+    header, _, text = out.partition("\n")
+    assert header.startswith("--- streaming the answer to: What causes anemia")
+    assert text.strip() == streamed[0]["generated"].strip(), "the first question's row, not another"
+
+
+def test_headless_prints_lines_and_never_streams(loaded, capsys, monkeypatch):
+    monkeypatch.setenv("R1HELPERS_HEADLESS", "1")
+    infer.generate(loaded, QUESTIONS, load_config("cpu", {"infer.max_new_tokens": 4, "infer.stream": True,
+                                                           "infer.batch_size": 2}))
+    out = capsys.readouterr().out
+    assert "streaming" not in out
+    assert "generating: 2/3 questions" in out and "generating: 3/3 questions" in out

@@ -1,0 +1,269 @@
+"""Kaggle: the built folder's metadata, the first cell's pins, and a session set up without pip."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
+
+from r1helpers import kaggle
+from r1helpers.env import GPU
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+PINS = kaggle.pins_from_pyproject(ROOT / "pyproject.toml")
+T4 = GPU("Tesla T4", (7, 5), 14.7)
+P100 = GPU("Tesla P100-PCIE-16GB", (6, 0), 15.9)
+H100 = GPU("NVIDIA H100 80GB HBM3", (9, 0), 79.1)
+KAGGLE = {"KAGGLE_KERNEL_RUN_TYPE": "Interactive"}
+
+
+def no_subprocess(*args, **kwargs):
+    raise AssertionError(f"nothing may run here: {args}")
+
+
+class Recorder:
+    """A stand-in for subprocess.run that answers with the given return codes, in order."""
+
+    def __init__(self, *codes: int) -> None:
+        self.calls: list[list[str]] = []
+        self.codes = list(codes)
+
+    def __call__(self, cmd, **kwargs):
+        self.calls.append(list(cmd))
+        code = self.codes.pop(0) if self.codes else 0
+        return subprocess.CompletedProcess(cmd, code, stdout="ready" if code == 0 else "", stderr="boom")
+
+
+# ---------------------------------------------------------------- the first cell's pins
+
+
+def first_cell_pins(path: Path) -> list[str]:
+    source = nbformat.read(path, as_version=4).cells[1].source
+    calls = [n for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Call)
+             and getattr(n.func, "attr", None) == "setup"]
+    assert len(calls) == 1, f"{path.name}: one kaggle.setup([...]) call in the first code cell"
+    return ast.literal_eval(calls[0].args[0])
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_install_cell_pins_what_pyproject_pins(path):
+    assert first_cell_pins(path) == PINS
+
+
+def test_pins_cover_pyproject_but_never_torch_or_notebook_tools():
+    names = {kaggle._req_name(p) for p in PINS}
+    assert {"transformers", "trl", "peft", "accelerate", "datasets", "unsloth", "unsloth-zoo", "bitsandbytes",
+            "wandb"} <= names
+    assert not names & {"torch", "torchvision", "ipykernel", "papermill", "pytest", "kaggle"}
+
+
+def test_pins_satisfy_unsloth_2026_10_9():
+    """Unsloth 2026.10.9 requires transformers <= 5.17.0, trl <= 1.15.0 and datasets < 5."""
+    pinned = {kaggle._req_name(p): Requirement(p).specifier for p in PINS}
+    limits = {"transformers": "<=5.17.0", "trl": "<=1.15.0", "datasets": "<5.0.0", "bitsandbytes": ">=0.45.5"}
+    for name, limit in limits.items():
+        (version,) = [s.version for s in pinned[name] if s.operator == "=="]
+        assert version in SpecifierSet(limit), f"{name}=={version} breaks Unsloth's {limit}"
+    assert str(pinned["unsloth"]) == "==2026.10.9" and str(pinned["bitsandbytes"]) == "==0.50.2"
+
+
+def test_wheel_drift_is_noticed():
+    requires = [*PINS, "torch>=2.4", 'pytest>=8; extra == "dev"']
+    assert kaggle.wheel_drift(PINS, requires) is None
+    assert "make kaggle" in kaggle.wheel_drift(PINS, [p.replace("5.17.0", "5.16.0") for p in requires])
+
+
+# ---------------------------------------------------------------- a session: no pip off Kaggle
+
+
+def test_first_cell_installs_nothing_off_kaggle(monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr(subprocess, "run", lambda cmd, *a, **k: calls.append(cmd) or no_subprocess(cmd))
+    monkeypatch.setattr(kaggle, "smi_gpus", lambda run=None: [])  # a GPU machine would get CUDA_VISIBLE_DEVICES
+    monkeypatch.delenv("KAGGLE_KERNEL_RUN_TYPE", raising=False)
+    monkeypatch.chdir(ROOT / "notebooks")
+    exec(compile(nbformat.read(NOTEBOOKS[0], as_version=4).cells[1].source, "cell-1", "exec"), {})
+    assert not [c for c in calls if "pip" in c], calls
+
+
+def test_no_pip_off_kaggle_or_in_ci():
+    for environ in ({}, {**KAGGLE, "CI": "true"}, {**KAGGLE, "R1HELPERS_NO_INSTALL": "1"}):
+        report = kaggle.prepare(["surely-not-installed-pkg==1.0"], environ=dict(environ), run=no_subprocess,
+                                gpus=[T4], root=Path("/nonexistent-kaggle-root"))
+        assert report.installed == []
+
+
+def test_on_kaggle_only_missing_pins_are_installed_next_to_torch(tmp_path):
+    run = Recorder(0)
+    environ = {**KAGGLE, "KAGGLE_KERNEL_RUN_TYPE": "Batch"}
+    report = kaggle.prepare(["pyyaml>=6", "surely-not-installed-pkg==1.0"], environ=environ, run=run,
+                            gpus=[T4], root=tmp_path)
+    (cmd,) = run.calls
+    assert cmd[1:4] == ["-m", "pip", "install"] and "--quiet" in cmd and "--constraint" in cmd
+    assert cmd[-1:] == ["surely-not-installed-pkg==1.0"], "installed packages are skipped"
+    assert report.installed == ["surely-not-installed-pkg==1.0"]
+    assert environ["HF_HOME"] == str(tmp_path / "tmp" / "hf") and environ["R1HELPERS_HEADLESS"] == "1"
+
+
+def test_restart_asked_only_for_modules_imported_before_the_update():
+    before = {kaggle._canon(d.metadata["Name"]): d.version for d in kaggle.importlib.metadata.distributions()}
+    before["pyyaml"] = "0.0"  # as if pip had just changed PyYAML
+    assert kaggle._stale_imports(before, {"yaml", "json"}) == ["yaml"]
+    assert kaggle._stale_imports(before, {"json"}) == []
+
+
+def test_constraints_hold_torch_at_the_installed_build():
+    versions = {"torch": "2.9.0+cu126", "triton": "3.5.0"}
+
+    def version_of(name):
+        if name not in versions:
+            raise kaggle.importlib.metadata.PackageNotFoundError(name)
+        return versions[name]
+
+    assert kaggle.constraints(version_of) == ["torch==2.9.0+cu126", "triton==3.5.0"]
+
+
+def test_unsloth_that_cannot_install_falls_back_to_transformers():
+    run = Recorder(1, 0)
+    notes = kaggle.install(["unsloth==2026.10.9", "trl==1.14.2"], run=run)
+    assert "unsloth==2026.10.9" not in run.calls[1] and "trl==1.14.2" in run.calls[1]
+    assert "transformers + peft" in notes[0]
+    with pytest.raises(RuntimeError, match="internet"):
+        kaggle.install(["unsloth==2026.10.9", "trl==1.14.2"], run=Recorder(1, 1))
+
+
+@pytest.mark.parametrize("gpus, unsloth", [([T4, T4], True), ([H100], True), ([P100], False), ([], False)],
+                         ids=["T4x2", "H100", "P100", "CPU"])
+def test_unsloth_installed_only_where_it_runs(gpus, unsloth):
+    wanted, why = kaggle.for_hardware(PINS, gpus)
+    assert ("unsloth==2026.10.9" in wanted) is unsloth
+    assert (why is None) is unsloth
+    assert "bitsandbytes==0.50.2" in wanted
+    if gpus and not unsloth:
+        assert "6.0" in why and "transformers + peft + bitsandbytes" in why
+
+
+def test_missing_reads_installed_versions():
+    installed = {"trl": "1.14.2", "pandas": "2.2.0"}
+
+    def version_of(name):
+        if name not in installed:
+            raise kaggle.importlib.metadata.PackageNotFoundError(name)
+        return installed[name]
+
+    assert kaggle.missing(["trl==1.14.2", "pandas>=2", "peft==0.21.0", "trl==1.15.0"], version_of) == [
+        "peft==0.21.0", "trl==1.15.0"]
+
+
+# ---------------------------------------------------------------- Kaggle's folders
+
+
+def test_run_folder_moves_into_kaggle_working(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    root = Path("/kaggle")
+    assert kaggle.resolve_run_dir("../runs/default", {}, root) == Path("../runs/default")
+    moved = kaggle.resolve_run_dir("../runs/default", KAGGLE, root)
+    assert moved == Path("/kaggle/working/runs/default")
+    assert kaggle.resolve_run_dir("/kaggle/working/runs/x", KAGGLE, root) == Path("/kaggle/working/runs/x")
+    assert kaggle.resolve_run_dir("/kaggle/tmp/big", KAGGLE, root) == Path("/kaggle/tmp/big")
+    assert kaggle.paths().exports.is_relative_to("/kaggle/tmp")
+    assert kaggle.large_output_dir("default", {}) is None
+    assert kaggle.large_output_dir("default", KAGGLE) == Path("/kaggle/tmp/r1helpers/exports/default")
+
+
+def test_caches_leave_a_users_choice_alone(tmp_path):
+    environ = {"HF_HOME": "/mine"}
+    kaggle.cache_env(environ, tmp_path)
+    assert environ["HF_HOME"] == "/mine" and environ["R1HELPERS_CACHE"] == str(tmp_path / "tmp" / "r1helpers-cache")
+
+
+# ---------------------------------------------------------------- build/kaggle/ and pushing it
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    return kaggle.build(tmp_path_factory.mktemp("kaggle") / "build", "alice")
+
+
+REQUIRED = {"id", "title", "code_file", "language", "kernel_type", "is_private", "enable_gpu", "enable_internet",
+            "dataset_sources", "competition_sources", "kernel_sources"}
+
+
+def test_kernel_metadata_files(built):
+    assert len(built.kernels) == len(NOTEBOOKS) == 6
+    for folder in built.kernels:
+        meta = json.loads((folder / "kernel-metadata.json").read_text())
+        assert REQUIRED <= set(meta)
+        assert (folder / meta["code_file"]).is_file()
+        assert meta["language"] == "python" and meta["kernel_type"] == "notebook"
+        assert meta["is_private"] is True and meta["enable_gpu"] is True and meta["enable_internet"] is True
+        assert meta["dataset_sources"] == ["alice/r1helpers"] and meta["competition_sources"] == []
+        owner, slug = meta["id"].split("/")
+        assert owner == "alice" and slug == kaggle.slugify(meta["title"]) and 5 <= len(meta["title"]) <= 50
+        nb = nbformat.read(folder / meta["code_file"], as_version=4)
+        assert first_cell_pins(folder / meta["code_file"]) == PINS and not any(
+            c.get("outputs") for c in nb.cells if c.cell_type == "code")
+
+
+def test_slugs_match_the_kaggle_cli():
+    slugify = pytest.importorskip("slugify").slugify
+    for path in NOTEBOOKS:
+        title = kaggle.kernel_title(path.name)
+        assert kaggle.slugify(title) == slugify(title)
+
+
+def test_dataset_holds_the_wheel_the_first_cell_looks_for(built):
+    meta = json.loads((built.dataset / "dataset-metadata.json").read_text())
+    assert meta["id"] == "alice/r1helpers" and 6 <= len(meta["title"]) <= 50 and len(meta["licenses"]) == 1
+    assert 20 <= len(meta["subtitle"]) <= 80
+    (wheel,) = built.dataset.glob("r1helpers-*.whl")
+    import zipfile
+
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "r1helpers/kaggle.py" in names and "r1helpers/assets/sample_medical_o1.jsonl" in names
+    assert 'glob("**/r1helpers-*.whl")' in nbformat.read(NOTEBOOKS[0], as_version=4).cells[1].source
+
+
+def test_build_readme_documents_secrets(built):
+    text = (built.out / "README.md").read_text()
+    assert "HF_TOKEN" in text and "WANDB_API_KEY" in text and "Add-ons > Secrets" in text
+    readme = (ROOT / "README.md").read_text()
+    assert "On Kaggle" in readme and "HF_TOKEN" in readme
+
+
+def test_credentials_found_without_contacting_kaggle(tmp_path):
+    assert kaggle.credentials({}, tmp_path) == (None, None)
+    (tmp_path / ".kaggle").mkdir()
+    (tmp_path / ".kaggle" / "kaggle.json").write_text('{"username": "bob", "key": "k"}')
+    source, user = kaggle.credentials({}, tmp_path)
+    assert source.endswith("kaggle.json") and user == "bob"
+    assert kaggle.credentials({"KAGGLE_USERNAME": "c", "KAGGLE_KEY": "k"}, tmp_path / "x")[1] == "c"
+
+
+def test_without_credentials_it_says_what_it_would_push(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(kaggle, "credentials", lambda: (None, None))
+    monkeypatch.setattr(kaggle, "build_wheel", lambda repo, dest: (dest / "r1helpers-0.1.0-py3-none-any.whl").touch())
+    monkeypatch.setattr(subprocess, "run", no_subprocess)
+    assert kaggle.main(["push", "--out", str(tmp_path / "b")]) == 0
+    out = capsys.readouterr().out
+    assert "would push" in out and "kaggle datasets version -p" in out
+    assert out.count("kaggle kernels push -p") == 6 and "YOUR_KAGGLE_USERNAME" in out
+
+
+def test_push_creates_the_dataset_then_saves_kernels(built, monkeypatch):
+    monkeypatch.setattr(kaggle, "kaggle_cli", lambda: ["kaggle"])
+    run = Recorder(1)  # `datasets status` fails: the dataset does not exist yet
+    kaggle.push(built, run_stages=["03"], run=run)
+    pushed = [c for c in run.calls if c[1] != "datasets" or c[2] != "status"]
+    assert pushed[0][:3] == ["kaggle", "datasets", "create"]
+    kernels = [c for c in pushed if c[1:3] == ["kernels", "push"]]
+    assert len(kernels) == 6
+    assert [("--no-run" in c) for c in kernels] == [True, True, True, False, True, True]

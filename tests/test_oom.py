@@ -1,0 +1,199 @@
+"""Out of memory and interruptions: generation retries with smaller batches, training explains
+what to change, and an interrupted save leaves the previous good output in place.
+
+    HF_HUB_OFFLINE=1 .venv/bin/python -m pytest -q tests/test_oom.py
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from r1helpers import infer, train
+from r1helpers.config import load_config
+from r1helpers.data import load_sample_rows, prepare
+from r1helpers.runs import Run, write_text_atomic
+
+CUDA_OOM = "CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 14.75 GiB total capacity)"
+
+
+@pytest.fixture(scope="module")
+def small_cfg():
+    return load_config("cpu", {
+        "infer.batch_size": 4, "infer.max_new_tokens": 6, "data.train_rows": 8, "data.eval_rows": 2,
+        "train.max_steps": 2, "train.save_steps": 0, "train.eval_steps": 0, "train.wandb": "off",
+        "model.max_seq_length": 128, "data.overlong": "truncate",
+    })
+
+
+@pytest.fixture(scope="module")
+def base(tiny_model_dir, small_cfg):
+    from r1helpers.modeling import for_inference, load_base
+
+    return for_inference(load_base(small_cfg))
+
+
+def _questions(n: int = 5) -> list[str]:
+    return [r["Question"] for r in load_sample_rows()[:n]]
+
+
+class FlakyGenerate:
+    """Stands in for model.generate: raises `error` for batches larger than `fits`, records sizes."""
+
+    def __init__(self, real, fits: int, error: BaseException) -> None:
+        self.real, self.fits, self.error, self.sizes = real, fits, error, []
+
+    def __call__(self, **kwargs):
+        self.sizes.append(kwargs["input_ids"].shape[0])
+        if self.sizes[-1] > self.fits:
+            raise self.error
+        return self.real(**kwargs)
+
+
+@pytest.mark.parametrize("error", [torch.OutOfMemoryError(CUDA_OOM), RuntimeError("CUDA error: out of memory")])
+def test_generation_halves_the_batch_and_matches(base, small_cfg, monkeypatch, capsys, error):
+    questions = _questions()
+    halved = dataclasses.replace(small_cfg, infer=dataclasses.replace(small_cfg.infer, batch_size=2))
+    reference = infer.generate(base, questions, halved, progress=False)
+    flaky = FlakyGenerate(base.model.generate, fits=2, error=error)
+    monkeypatch.setattr(base.model, "generate", flaky)
+    results = infer.generate(base, questions, small_cfg, progress=False)
+    assert flaky.sizes == [4, 2, 2, 1]  # one failed batch of 4, then the same batches as the reference
+    assert "out of memory at batch 4: retrying with batch 2" in capsys.readouterr().out
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "batch_seconds"} for r in rs]  # noqa: E731
+    assert strip(results) == strip(reference)
+
+
+def test_generation_oom_at_one_question_says_what_to_change(base, small_cfg, monkeypatch):
+    monkeypatch.setattr(base.model, "generate", FlakyGenerate(base.model.generate, 0, torch.OutOfMemoryError(CUDA_OOM)))
+    with pytest.raises(RuntimeError, match=r"infer\.max_new_tokens.*model\.load_in_4bit") as info:
+        infer.generate(base, _questions(3), small_cfg, progress=False)
+    assert isinstance(info.value.__cause__, torch.OutOfMemoryError)
+
+
+def test_other_generation_errors_are_not_retried(base, small_cfg, monkeypatch):
+    flaky = FlakyGenerate(base.model.generate, 0, RuntimeError("expected scalar type Half"))
+    monkeypatch.setattr(base.model, "generate", flaky)
+    with pytest.raises(RuntimeError, match="expected scalar type Half"):
+        infer.generate(base, _questions(3), small_cfg, progress=False)
+    assert flaky.sizes == [3]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_model_dir, tokenizer, small_cfg):
+    """A run folder with a finished adapter, and the peft model that made it."""
+    from r1helpers.modeling import add_lora, load_base
+
+    run = Run.open(tmp_path_factory.mktemp("oom") / "run")
+    prepared = prepare(small_cfg, run, tokenizer)
+    loaded = add_lora(load_base(small_cfg), small_cfg)
+    train.train(small_cfg, run, loaded, prepared)
+    return run, loaded, prepared
+
+
+def test_training_oom_explains_the_settings(trained, small_cfg, monkeypatch):
+    import trl
+
+    run, loaded, prepared = trained
+
+    def oom(self, *args, **kwargs):
+        raise torch.OutOfMemoryError(CUDA_OOM)
+
+    monkeypatch.setattr(trl.SFTTrainer, "train", oom)
+    with pytest.raises(RuntimeError) as info:
+        train.train(small_cfg, run, loaded, prepared)
+    message = str(info.value)
+    for needed in ("CUDA out of memory in training", "micro-batch 4", "model.max_seq_length=128",
+                   "train.per_device_train_batch_size", "train.gradient_accumulation_steps",
+                   "model.load_in_4bit=true", "lora.gradient_checkpointing"):
+        assert needed in message
+    assert isinstance(info.value.__cause__, torch.OutOfMemoryError)
+
+
+def test_other_training_errors_pass_through(trained, small_cfg, monkeypatch):
+    import trl
+
+    run, loaded, prepared = trained
+
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    monkeypatch.setattr(trl.SFTTrainer, "train", broken)
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
+        train.train(small_cfg, run, loaded, prepared)
+
+
+def _snapshot(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _half_save(*args, **kwargs):
+    """Writes part of a weights file, then the user presses stop."""
+    out = Path(kwargs.get("save_directory") or args[-1])
+    (out / "adapter_model.safetensors").write_bytes(b"\0" * 100)
+    raise KeyboardInterrupt
+
+
+def test_interrupted_adapter_save_keeps_the_previous_adapter(trained, small_cfg, monkeypatch):
+    run, loaded, prepared = trained
+    out = run.stage_dir("train")
+    adapter, before = out / "adapter", _snapshot(out / "adapter")
+    kept = {name: (out / name).read_bytes() for name in ("metrics.json", "log_history.json", "manifest.json")}
+    assert "adapter_model.safetensors" in before
+    monkeypatch.setattr(loaded.model, "save_pretrained", _half_save)
+    with pytest.raises(KeyboardInterrupt):
+        train.train(small_cfg, run, loaded, prepared)
+    assert _snapshot(adapter) == before
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")], "temporary folders left behind"
+    assert {name: (out / name).read_bytes() for name in kept} == kept
+    assert run.is_current(small_cfg, "train")
+
+
+def test_interrupted_merged_save_keeps_the_previous_model(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from r1helpers import export
+
+    def good(base_dir, adapter_dir, tmp, tokenizer, dtype):
+        (tmp / "model.safetensors").write_bytes(b"good weights")
+        return {"merge": {"dtype": dtype}}
+
+    def half(base_dir, adapter_dir, tmp, tokenizer, dtype):
+        (tmp / "model.safetensors").write_bytes(b"\0" * 100)
+        raise KeyboardInterrupt
+
+    ctx = SimpleNamespace(out=tmp_path, logits_ok=False, base_dir=tmp_path, tokenizer=None)
+    target = tmp_path / "merged_16bit"
+    monkeypatch.setattr(export, "write_merged", good)
+    monkeypatch.setattr(export, "_card", lambda *a, **k: None)  # the model card needs a whole run
+    export.export_merged(ctx, "float16", keep=True)
+    before = _snapshot(target)
+    monkeypatch.setattr(export, "write_merged", half)
+    with pytest.raises(KeyboardInterrupt):
+        export.export_merged(ctx, "float16", keep=True)
+    assert _snapshot(target) == before == {"model.safetensors": hashlib.sha256(b"good weights").hexdigest()}
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".merged_16bit")]
+
+
+def test_interrupted_file_write_keeps_the_previous_file(tmp_path, monkeypatch):
+    """Reports, generations, stats and manifests all go through write_text_atomic."""
+    path = tmp_path / "report.html"
+    write_text_atomic(path, "<p>good</p>")
+    with pytest.raises(UnicodeEncodeError):
+        write_text_atomic(path, "<p>half" + "\ud800")  # fails part-way through the write
+    real_replace = os.replace
+
+    def interrupted(src, dst):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_text_atomic(path, "<p>new</p>")
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert path.read_text() == "<p>good</p>" and [p.name for p in tmp_path.iterdir()] == ["report.html"]
