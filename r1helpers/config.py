@@ -128,17 +128,22 @@ class TrainConfig:
     wandb_project: str = field(default="r1-medical-reasoning", metadata={"help": "W&B project"})
     padding_free: str = field(default="auto", metadata={"help": "auto (Unsloth: yes; transformers: no) | true | false: batches without pad tokens, examples never attend to each other"})
     batch_plan: str = field(default="auto", metadata={"help": "auto: same effective batch, micro-batch sized to GPU memory | as_set: exactly the batch and accumulation above"})
+    processes: int = field(default=1, metadata={"help": "1: train in this process | N: DDP over N GPUs (torchrun, one process per GPU, same effective batch) | 0: every visible GPU", "fingerprint": False})
 
     def __post_init__(self) -> None:
         for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "max_steps", "logging_steps"):
             _check(getattr(self, name) >= 1, f"train.{name}", "must be >= 1")
-        for name in ("warmup_steps", "eval_steps", "save_steps"):
+        for name in ("warmup_steps", "eval_steps", "save_steps", "processes"):
             _check(getattr(self, name) >= 0, f"train.{name}", "must be >= 0")
         _check(0.0 < self.learning_rate < 1.0, "train.learning_rate", "must be in (0, 1)")
         _check(self.weight_decay >= 0.0, "train.weight_decay", "must be >= 0")
         _one_of(self.wandb, "train.wandb", ("auto", "online", "offline", "off"))
         _one_of(str(self.padding_free).lower(), "train.padding_free", ("auto", "true", "false"))
         _one_of(self.batch_plan, "train.batch_plan", ("auto", "as_set"))
+        if self.processes > 1:  # 0 (every GPU) is checked once the GPUs are counted
+            from .distributed import per_process_accumulation
+
+            per_process_accumulation(self.per_device_train_batch_size, self.gradient_accumulation_steps, self.processes)
 
 
 @dataclass
@@ -236,7 +241,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "train.gradient_accumulation_steps": 1,
         "train.warmup_steps": 2,
         "train.max_steps": 24,
-        "train.learning_rate": 3e-3,
+        "train.learning_rate": 1e-2,
         "train.optim": "adamw_torch",
         "train.logging_steps": 2,
         "train.eval_steps": 8,
@@ -312,10 +317,18 @@ def _coerce(key: str, tp: Any, value: Any) -> Any:
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-2" (no dot) as text
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         return float(value)
     if tp is str:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a string, got {value!r} (YAML reads off/on/no/yes as booleans: "
+                              "quote the value)")
         if value is None or isinstance(value, (dict, list)):
             raise ConfigError(f"{key}: expected a string, got {value!r}")
         return str(value)

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, MutableMapping
 
 from .config import Config
+from .distributed import DDP_BACKEND_NOTE, GPUS_BEFORE_PIN_ENV, world_size
 
 TRACKED_PACKAGES = (
     "r1helpers", "torch", "transformers", "trl", "peft", "accelerate", "datasets", "tokenizers",
@@ -121,7 +122,8 @@ def pin_first_gpu(gpus: list[GPU], environ: MutableMapping[str, str] = os.enviro
     With two visible GPUs and no launcher, the transformers Trainer multiplies the
     per-device batch by the GPU count (and skips DataParallel for 4-bit models), so
     the recipe's batch would silently double on GPU 0. A CUDA_VISIBLE_DEVICES that
-    already names one GPU is kept; one that names several is cut to its first.
+    already names one GPU is kept; one that names several is cut to its first. The full
+    list is kept in GPUS_BEFORE_PIN_ENV for the DDP launcher (r1helpers.distributed).
     """
     listed = [d for d in environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
     visible = listed if "CUDA_VISIBLE_DEVICES" in environ else [str(i) for i in range(len(gpus))]
@@ -129,7 +131,9 @@ def pin_first_gpu(gpus: list[GPU], environ: MutableMapping[str, str] = os.enviro
         return None
     environ["CUDA_VISIBLE_DEVICES"] = visible[0].strip()
     environ[GPUS_SEEN_ENV] = str(len(visible))
-    return f"{len(visible)} GPUs seen; CUDA_VISIBLE_DEVICES={visible[0].strip()}, so this notebook trains on one GPU"
+    environ[GPUS_BEFORE_PIN_ENV] = ",".join(v.strip() for v in visible)
+    return (f"{len(visible)} GPUs seen; CUDA_VISIBLE_DEVICES={visible[0].strip()}, so this notebook trains on one "
+            f"GPU (train.processes={len(visible)} or 0 trains on all of them, under DDP)")
 
 
 def resolve_dtype(requested: str, hw: Hardware) -> str:
@@ -199,9 +203,15 @@ def no_kernels_message(hw: Hardware) -> str:
     )
 
 
-def choose_backend(cfg: Config, hw: Hardware | None = None, try_import: bool = True) -> BackendChoice:
-    """Pick Unsloth where it imports and the GPU supports it, else transformers + peft."""
+def choose_backend(cfg: Config, hw: Hardware | None = None, try_import: bool = True,
+                   processes: int | None = None) -> BackendChoice:
+    """Pick Unsloth where it imports and the GPU supports it, else transformers + peft.
+
+    Under DDP (`processes`, default WORLD_SIZE, above 1) transformers + peft train: see
+    r1helpers.distributed.
+    """
     hw = hw or detect_hardware()
+    processes = world_size() if processes is None else processes
     if hw.device == "cuda" and not torch_has_kernels(hw.gpu.capability, hw.arch_list):
         raise RuntimeError(no_kernels_message(hw))
     dtype = resolve_dtype(cfg.model.dtype, hw)
@@ -221,6 +231,11 @@ def choose_backend(cfg: Config, hw: Hardware | None = None, try_import: bool = T
         return BackendChoice("transformers", f"{why}: transformers + peft + bitsandbytes", dtype, four_bit)
     if requested == "transformers":
         return BackendChoice("transformers", "model.backend=transformers requested", dtype, four_bit)
+    if processes > 1:
+        if requested == "unsloth":
+            raise RuntimeError(f"model.backend=unsloth with {processes} DDP processes: {DDP_BACKEND_NOTE}; "
+                               "set model.backend=auto or transformers, or train in one process")
+        return BackendChoice("transformers", f"DDP over {processes} processes: {DDP_BACKEND_NOTE}", dtype, four_bit)
     if try_import:
         ok, why = unsloth_importable()
         if not ok:
@@ -277,8 +292,9 @@ def multi_gpu_note(cfg: Config, hw: Hardware, four_bit: bool) -> str | None:
     fits = billions is None or weights_gib(billions, four_bit) <= 0.9 * hw.gpu.total_memory_gib
     placement = ("no device_map across the GPUs: the model fits on GPU 0" if fits
                  else "the model does not fit on GPU 0 alone (see the memory note)")
-    return (f"{hw.gpu_count} GPUs seen ({seen}); this notebook trains on GPU 0; see the multi-GPU launcher "
-            f"(DDP, one process per GPU) to use them all; {placement}")
+    return (f"{hw.gpu_count} GPUs seen ({seen}); this notebook trains on GPU 0; train.processes=0 in notebook 03 "
+            f"(or python -m r1helpers.distributed --nproc {hw.gpu_count}) trains on all of them under DDP, one "
+            f"process per GPU; {placement}")
 
 
 def hardware_notes(cfg: Config, hw: Hardware, choice: BackendChoice | None = None, kaggle: bool = False) -> list[str]:

@@ -94,7 +94,9 @@ def load_base(cfg: Config, backend: BackendChoice | None = None) -> Loaded:
                 bnb_4bit_compute_dtype=_torch_dtype(backend.dtype),
             )
         if torch.cuda.is_available():
-            kwargs["device_map"] = {"": torch.cuda.current_device()}
+            from .distributed import cuda_device
+
+            kwargs["device_map"] = {"": cuda_device()}  # under DDP: this process's GPU (LOCAL_RANK)
         try:
             model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
         except OSError as e:
@@ -127,7 +129,9 @@ def add_lora(loaded: Loaded, cfg: Config) -> Loaded:
     model = loaded.model
     checkpointing = gc != "false"  # "unsloth" means its offloaded variant; plain checkpointing here
     if loaded.backend.load_in_4bit:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing)
+        # Non-reentrant checkpointing, as below: the reentrant kind breaks DDP's gradient hooks.
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing,
+                                                gradient_checkpointing_kwargs={"use_reentrant": False})
     elif checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()

@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kernel", default=None, help="Jupyter kernel name (default: the notebook's)")
     args = p.parse_args(argv)
     try:
-        overrides = {k: yaml.safe_load(v) if v.strip() else v for k, v in parse_sets(args.set).items()}
+        overrides = parse_sets(args.set)  # text; config._coerce reads it by each field's type
         stages = args.stages.split(",") if args.stages else None
         timings = run_notebooks(args.run_dir, args.profile, overrides, args.config, stages, args.kernel)
     except ConfigError as e:

@@ -55,6 +55,9 @@ def start(
     from .env import environment_report
 
     env = environment_report(cfg)
+    from .train import plan_batches
+
+    plan_batches(cfg, env["backend"]["name"], None)  # refuses settings the chosen backend cannot train
     env["profile_reason"] = why
     write_json_atomic(run.root / "environment.json", env)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -18,13 +18,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import Config
+from .config import Config, ConfigError
+from .distributed import barrier, is_main_process, per_process, print0, trainer_kwargs, world_size
 from .modeling import Loaded, trainable_parameters
 from .runs import Run, atomic_dir, stage_fingerprint, write_json_atomic, write_text_atomic
 
 
 def wandb_setup(cfg: Config, run: Run) -> tuple[list[str], str]:
     """Decide W&B's mode from the config and the presence of a key; returns (report_to, note)."""
+    if not is_main_process():
+        return [], "W&B: rank 0 logs"
     mode = cfg.train.wandb
     if mode == "off":
         return [], "W&B off (train.wandb=off)"
@@ -85,15 +88,18 @@ def latest_checkpoint(ckpt_dir: Path) -> Path | None:
 
 
 def _checkpoint_dir(cfg: Config, run: Run, resume: bool) -> tuple[Path, Path | None]:
+    """Rank 0 clears or keeps the checkpoints; every rank then resumes from the same one."""
     ckpt = run.stage_dir("train") / "checkpoints"
     stamp = ckpt / "fingerprint.txt"
     fp = stage_fingerprint(cfg, "train")
-    if ckpt.exists() and (not resume or not stamp.is_file() or stamp.read_text().strip() != fp):
-        print("starting over: discarding checkpoints " + (
-            "(train.resume=false)" if not resume else "made with other settings"))
-        shutil.rmtree(ckpt)
-    ckpt.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(stamp, fp + "\n")
+    if is_main_process():
+        if ckpt.exists() and (not resume or not stamp.is_file() or stamp.read_text().strip() != fp):
+            print("starting over: discarding checkpoints " + (
+                "(train.resume=false)" if not resume else "made with other settings"))
+            shutil.rmtree(ckpt)
+        ckpt.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(stamp, fp + "\n")
+    barrier()
     return ckpt, latest_checkpoint(ckpt) if resume else None
 
 
@@ -119,6 +125,11 @@ def plan_batches(cfg: Config, backend: str, gpu_memory_gib: float | None) -> Bat
     """
     t = cfg.train
     pf = {"true": True, "false": False}.get(str(t.padding_free).lower(), backend == "unsloth")
+    if pf and backend != "unsloth":
+        raise ConfigError(
+            f"train.padding_free=true needs the Unsloth backend (this run uses {backend}): transformers' SDPA "
+            "attention lets the examples of a padding-free row attend to each other (measured by "
+            "r1helpers.bench.padding_free_check); set train.padding_free=auto or false")
     effective = t.per_device_train_batch_size * t.gradient_accumulation_steps
     if t.batch_plan == "as_set" or gpu_memory_gib is None or gpu_memory_gib < LARGE_GPU_GIB:
         why = "as set" if t.batch_plan == "as_set" else (
@@ -165,6 +176,7 @@ def sft_config(cfg: Config, loaded: Loaded, output_dir: Path, report_to: list[st
         packing=False,
         report_to=report_to or "none",
         run_name=run_name_from(output_dir),
+        **trainer_kwargs(),
         # Headless (papermill): plain log lines from transformers' printer instead of bars.
         disable_tqdm=os.environ.get("R1HELPERS_HEADLESS") == "1",
         dataloader_num_workers=0,
@@ -226,13 +238,15 @@ def train(cfg: Config, run: Run, loaded: Loaded, prepared, resume: bool | None =
     out = run.stage_dir("train")
     ckpt_dir, resume_from = _checkpoint_dir(cfg, run, cfg.train.resume if resume is None else resume)
     report_to, wandb_note = wandb_setup(cfg, run)
-    print(wandb_note)
+    print0(wandb_note)
     if resume_from:
-        print(f"resuming from {resume_from.name}")
+        print0(f"resuming from {resume_from.name}")
     has_eval = len(prepared.eval) > 0
-    plan = plan_batches(cfg, loaded.backend.name, gpu_memory_gib())
-    print(f"batches: micro-batch {plan.micro_batch} x accumulation {plan.accumulation}, "
-          f"padding-free {plan.padding_free} ({plan.reason})")
+    processes = world_size()
+    plan = plan_batches(per_process(cfg, processes), loaded.backend.name, gpu_memory_gib())
+    across = f" x {processes} processes" if processes > 1 else ""
+    print0(f"batches: micro-batch {plan.micro_batch} x accumulation {plan.accumulation}{across}, "
+           f"padding-free {plan.padding_free} ({plan.reason})")
     args = sft_config(cfg, loaded, ckpt_dir, report_to, has_eval, plan)
     loaded.model.config.use_cache = False
     trainer = SFTTrainer(
@@ -264,17 +278,20 @@ def train(cfg: Config, run: Run, loaded: Loaded, prepared, resume: bool | None =
         "total_parameters": total,
         "backend": loaded.backend.name,
         "batch_plan": asdict(plan),
+        "processes": processes,
         "wandb": wandb_note,
         "peak_gpu_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None,
     }
     history = trainer.state.log_history
     adapter_dir = out / "adapter"
-    with atomic_dir(adapter_dir) as tmp:
-        loaded.model.save_pretrained(str(tmp))
-        loaded.tokenizer.save_pretrained(str(tmp))
-    write_json_atomic(out / "log_history.json", history)
-    write_json_atomic(out / "metrics.json", metrics)
-    run.write_manifest(cfg, "train", metrics=metrics)
+    if is_main_process():
+        with atomic_dir(adapter_dir) as tmp:
+            loaded.model.save_pretrained(str(tmp))
+            loaded.tokenizer.save_pretrained(str(tmp))
+        write_json_atomic(out / "log_history.json", history)
+        write_json_atomic(out / "metrics.json", metrics)
+        run.write_manifest(cfg, "train", metrics=metrics)
+    barrier()
     return TrainResult(adapter_dir, history, metrics)
 
 
@@ -291,6 +308,6 @@ def ensure_trained(cfg: Config, run: Run, prepared, force: bool = False, resume:
         return load_result(run)
     from .modeling import add_lora, load_base
 
-    print(run.why_stale(cfg, "train") if not force else "train: retraining (force=True)")
+    print0(run.why_stale(cfg, "train") if not force else "train: retraining (force=True)")
     loaded = add_lora(load_base(cfg), cfg)
     return train(cfg, run, loaded, prepared, resume=resume)

@@ -35,3 +35,22 @@ def test_table_renders_errors_and_results():
           "generation": {"batch_1": 7}}
     text = table([ok, {"config": {"name": "b"}, "error": "boom"}])
     assert "| a | 1.0 | 2.0 | 3 | 4 | 5 | 6 | 50.0% | 7 | - | - |" in text and "error: boom" in text
+
+
+def test_padding_free_leaks_without_unsloth_so_it_is_refused(tmp_path):
+    """transformers' SDPA ignores the example boundaries of a padding-free row; Unsloth's mask does not
+    (checked on the GPU with `python -m r1helpers.bench --check-padding-free`)."""
+    import pytest
+
+    from r1helpers.bench import padding_free_check
+    from r1helpers.config import ConfigError, load_config
+    from r1helpers.tinymodel import ensure_tiny_model
+    from r1helpers.train import plan_batches
+
+    check = padding_free_check(str(ensure_tiny_model()), "transformers", (23, 61, 40))
+    assert check["relative_logit_error_per_example"][0] < 1e-5  # the first example sees nothing before it
+    assert not check["examples_kept_apart"]
+    with pytest.raises(ConfigError, match="train.padding_free"):
+        plan_batches(load_config("cpu", {"train.padding_free": "true"}), "transformers", None)
+    assert plan_batches(load_config("cpu"), "transformers", None).padding_free is False
+    assert plan_batches(load_config("cpu"), "unsloth", 15.0).padding_free is True

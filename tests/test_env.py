@@ -67,9 +67,16 @@ def test_t4_trains_in_fp16():
 @pytest.mark.parametrize("hw", [T4x2, Hardware("cuda", [T4.gpus[0]], gpus_seen=2)], ids=["both-visible", "pinned"])
 def test_t4x2_says_which_gpu_trains(hw):
     text = notes(hw)
-    assert "2 GPUs seen (Tesla T4 x2); this notebook trains on GPU 0; see the multi-GPU launcher" in text
-    assert "no device_map across the GPUs" in text
-    assert choose_backend(load_config("seed"), hw, try_import=False).name == "unsloth"
+    assert "2 GPUs seen (Tesla T4 x2); this notebook trains on GPU 0; train.processes=0 in notebook 03" in text
+    assert "python -m r1helpers.distributed --nproc 2" in text and "no device_map across the GPUs" in text
+    assert choose_backend(load_config("seed"), hw, try_import=False, processes=1).name == "unsloth"
+
+
+def test_ddp_trains_with_transformers_not_unsloth():
+    choice = choose_backend(load_config("seed"), T4x2, try_import=False, processes=2)
+    assert choice.name == "transformers" and choice.load_in_4bit and "Unsloth" in choice.reason
+    with pytest.raises(RuntimeError, match="DDP"):
+        choose_backend(load_config("seed", {"model.backend": "unsloth"}), T4x2, try_import=False, processes=2)
 
 
 @pytest.mark.parametrize("hw", [T4, P100], ids=["T4", "P100"])
@@ -118,6 +125,7 @@ def test_second_gpu_hidden_before_cuda_starts():
     environ = {}
     assert "2 GPUs seen" in pin_first_gpu(gpus, environ)
     assert environ["CUDA_VISIBLE_DEVICES"] == "0" and environ[GPUS_SEEN_ENV] == "2"
+    assert environ["R1HELPERS_GPUS_BEFORE_PIN"] == "0,1", "kept for the DDP launcher"
     assert pin_first_gpu(gpus, {"WORLD_SIZE": "2", "LOCAL_RANK": "0"}) is None, "DDP owns its GPUs"
     assert pin_first_gpu(gpus, {"CUDA_VISIBLE_DEVICES": "1"}) is None, "a single chosen GPU is kept"
     environ = {"CUDA_VISIBLE_DEVICES": "1,0"}

@@ -81,9 +81,11 @@ NOTEBOOKS = {
     ],
     "03_lora_training.ipynb": [
         "# 03 · LoRA training\n\nSupervised fine-tuning with TRL's SFTTrainer and the recipe's settings; resumes "
-        "from the latest checkpoint in the run folder.",
-        "from r1helpers import data, train\nprepared = data.prepare(cfg, run)",
-        "result = train.ensure_trained(cfg, run, prepared)\nresult.metrics",
+        "from the latest checkpoint in the run folder. With `overrides={\"train.processes\": 2}` (0: every visible "
+        "GPU) it trains under PyTorch DDP instead, one process per GPU started by torchrun, with transformers + peft "
+        "and the same effective batch; their output appears here as it comes, and rank 0 writes the run folder.",
+        "from r1helpers import data, distributed\nprepared = data.prepare(cfg, run)",
+        "result = distributed.ensure_trained_anywhere(cfg, run, prepared)\nresult.metrics",
         "show.loss_curve(result.log_history);",
     ],
     "04_before_after_comparison.ipynb": [

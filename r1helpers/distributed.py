@@ -1,0 +1,358 @@
+"""Train on several GPUs of one machine: PyTorch DDP, one process per GPU, started by torchrun.
+
+A notebook kernel is one process and drives one GPU; DDP needs one process per GPU, each
+running the same training code. So stage 03 starts
+
+    python -m torch.distributed.run --standalone --nproc_per_node N -m r1helpers.distributed --worker ...
+
+and streams its lines back; each worker reads the resolved config the launcher wrote and runs
+what stage 03 runs (`data.prepare`, `train.ensure_trained`). From a shell, the same:
+
+    python -m r1helpers.distributed --run-dir runs/default --nproc 2
+
+Under DDP this project trains with transformers + peft (bitsandbytes 4-bit on CUDA, every
+process holding a whole copy of the model on its own GPU); Unsloth's open-source multi-GPU
+support is not relied on. The recipe's effective batch is kept: each of N processes
+accumulates gradient_accumulation_steps / N micro-batches, so one optimizer step still
+averages per_device_train_batch_size x gradient_accumulation_steps examples. Rank 0 alone
+logs to W&B and writes the run folder; the Trainer writes the checkpoints (weights and
+optimizer from rank 0, one RNG state file per rank). Without CUDA the processes talk over
+gloo on the CPU: slow, but the same code, which is how the tests check it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import dataclasses
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+from .config import Config, ConfigError
+
+DDP_BACKEND_NOTE = ("under DDP this project trains with transformers + peft (bitsandbytes 4-bit on CUDA, one whole "
+                    "model per GPU); Unsloth's open-source multi-GPU support is not relied on")
+# Set by env.pin_first_gpu: the GPUs that were visible before it hid all but the first, so that
+# a launch from the same notebook can give every process its GPU back.
+GPUS_BEFORE_PIN_ENV = "R1HELPERS_GPUS_BEFORE_PIN"
+
+
+class DistributedError(RuntimeError):
+    """The training processes failed; the message holds the end of their output."""
+
+
+def world_size(environ: Mapping[str, str] = os.environ) -> int:
+    return int(environ.get("WORLD_SIZE") or 1)
+
+
+def rank(environ: Mapping[str, str] = os.environ) -> int:
+    return int(environ.get("RANK") or 0)
+
+
+def is_main_process(environ: Mapping[str, str] = os.environ) -> bool:
+    """Rank 0, or no launcher at all: the one process that writes the run folder and logs."""
+    return rank(environ) == 0
+
+
+def print0(*args: Any, **kwargs: Any) -> None:
+    """Print from rank 0 only, so N processes do not print every line N times."""
+    if is_main_process():
+        print(*args, **kwargs)
+
+
+def barrier() -> None:
+    """Wait for every rank; nothing to wait for in a single process."""
+    if world_size() <= 1:
+        return
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+@contextlib.contextmanager
+def main_first() -> Iterator[None]:
+    """Rank 0 runs the block first (and writes what it makes); the others then find it made."""
+    if not is_main_process():
+        barrier()
+    yield
+    if is_main_process():
+        barrier()
+
+
+def cuda_device() -> int:
+    """The GPU this process trains on: its LOCAL_RANK under a launcher, else the current one.
+
+    With 4-bit weights the model must be placed on its process's GPU when it loads
+    (device_map={"": cuda_device()}); bitsandbytes weights cannot be moved afterwards.
+    """
+    if "LOCAL_RANK" in os.environ:
+        return int(os.environ["LOCAL_RANK"])
+    import torch
+
+    return torch.cuda.current_device()
+
+
+def init_process_group() -> bool:
+    """Join the launcher's process group (NCCL on CUDA, gloo on CPU) before the model loads.
+
+    Joining early gives `barrier` to the steps before the Trainer (data, checkpoint
+    folder); the Trainer finds the group and uses it.
+    """
+    if world_size() <= 1:
+        return False
+    import torch
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return True
+    if torch.cuda.is_available():
+        torch.cuda.set_device(cuda_device())
+        dist.init_process_group("nccl", device_id=torch.device("cuda", cuda_device()))
+    else:
+        _load_onto_indexed_cpu()
+        dist.init_process_group("gloo")
+    return True
+
+
+def _load_onto_indexed_cpu() -> None:
+    """Let torch.load take map_location="cpu:0".
+
+    Resuming under CPU DDP, the Trainer loads the optimizer with map_location=args.device,
+    which accelerate makes torch.device("cpu", 0); torch.load knows only "cpu" and fails with
+    "don't know how to restore data location". CUDA devices ("cuda:N") load as they are.
+    """
+    import torch.serialization
+
+    torch.serialization.register_package(
+        99, lambda obj: None, lambda obj, location: obj if location.startswith("cpu:") else None)
+
+
+def trainer_kwargs() -> dict[str, Any]:
+    """TrainingArguments for DDP; none in a single process.
+
+    Without CUDA, accelerate sets up DDP only with use_cpu=True (otherwise it trains N
+    independent copies), and then over gloo. Every LoRA weight gets a gradient every step,
+    so DDP need not search for unused parameters (that search also breaks with
+    gradient checkpointing).
+    """
+    if world_size() <= 1:
+        return {}
+    import torch
+
+    if torch.cuda.is_available():
+        return {"ddp_backend": "nccl", "ddp_find_unused_parameters": False}
+    return {"use_cpu": True, "ddp_backend": "gloo", "ddp_find_unused_parameters": False}
+
+
+def per_process_accumulation(per_device: int, accumulation: int, processes: int) -> int:
+    """Micro-batches each of `processes` accumulates so that the optimizer step sees
+    per_device x accumulation examples, as with one process."""
+    if processes < 1:
+        raise ConfigError(f"train.processes: must be >= 1 once resolved, got {processes}")
+    if accumulation % processes:
+        fits = [str(n) for n in range(1, accumulation + 1) if accumulation % n == 0]
+        counts = f"{', '.join(fits[:-1])} or {fits[-1]} processes" if len(fits) > 1 else "1 process"
+        raise ConfigError(
+            f"train.gradient_accumulation_steps={accumulation} does not divide among {processes} processes, so "
+            f"the recipe's effective batch (train.per_device_train_batch_size={per_device} x "
+            f"train.gradient_accumulation_steps={accumulation} = {per_device * accumulation}) cannot be kept: "
+            f"train on {counts} (train.processes / --nproc), or set "
+            f"train.gradient_accumulation_steps to a multiple of {processes}"
+        )
+    return accumulation // processes
+
+
+def per_process(cfg: Config, processes: int | None = None) -> Config:
+    """`cfg` as one of `processes` DDP processes trains it: the accumulation divided among them."""
+    processes = world_size() if processes is None else processes
+    t = cfg.train
+    acc = per_process_accumulation(t.per_device_train_batch_size, t.gradient_accumulation_steps, processes)
+    return dataclasses.replace(cfg, train=dataclasses.replace(t, gradient_accumulation_steps=acc, processes=1))
+
+
+def visible_gpus(environ: Mapping[str, str] = os.environ, smi: Callable[[], list] | None = None) -> list[str]:
+    """The GPU ids the training processes may use, including those a notebook's first cell hid."""
+    if environ.get(GPUS_BEFORE_PIN_ENV):
+        return [d.strip() for d in environ[GPUS_BEFORE_PIN_ENV].split(",") if d.strip()]
+    if "CUDA_VISIBLE_DEVICES" in environ:
+        return [d.strip() for d in environ["CUDA_VISIBLE_DEVICES"].split(",") if d.strip() and d.strip() != "-1"]
+    if smi is None:
+        from .env import smi_gpus as smi
+    return [str(i) for i in range(len(smi()))]
+
+
+def resolve_processes(requested: int | None, gpus: list[str]) -> int:
+    """0 or None: one process per visible GPU (1 without a GPU); N: N, at most one per GPU."""
+    if requested is None or requested == 0:
+        return max(1, len(gpus))
+    if requested < 0:
+        raise ConfigError(f"train.processes: must be >= 0, got {requested}")
+    if gpus and requested > len(gpus):
+        raise ConfigError(f"train.processes={requested}: only {len(gpus)} GPUs are visible ({','.join(gpus)})")
+    return requested
+
+
+def launch_command(run_dir: Path, config_path: Path, nproc: int) -> list[str]:
+    """torchrun through this interpreter (`python -m torch.distributed.run`), so a venv's torch runs."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+            "-m", "r1helpers.distributed", "--worker", "--run-dir", str(run_dir), "--resolved-config", str(config_path)]
+
+
+def child_environment(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """This process's environment (secrets travel here, never on the command line), with the GPUs
+    hidden by pin_first_gpu shown again and r1helpers importable from wherever it was imported."""
+    env = dict(environ)
+    if env.get(GPUS_BEFORE_PIN_ENV):
+        env["CUDA_VISIBLE_DEVICES"] = env[GPUS_BEFORE_PIN_ENV]
+    package_root = Path(__file__).resolve().parents[1]
+    if package_root.name not in ("site-packages", "dist-packages"):  # a checkout the notebook put on sys.path
+        env["PYTHONPATH"] = os.pathsep.join([str(package_root), *filter(None, [env.get("PYTHONPATH")])])
+    env["PYTHONUNBUFFERED"] = "1"
+    env["R1HELPERS_HEADLESS"] = "1"  # plain log lines: a stream of tqdm redraws reads badly line by line
+    env.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return env
+
+
+def launch_training(cfg_or_run_dir: Config | str | os.PathLike, run=None, nproc: int | None = None,
+                    echo: Callable[[str], None] | None = None, tail_lines: int = 80) -> None:
+    """Train under torchrun with `nproc` processes (default: one per visible GPU), printing the
+    processes' output line by line as it comes; raise DistributedError with its end on failure.
+
+    Pass a Config and its Run (a notebook), or a run folder whose config.yaml `r1helpers.start`
+    wrote. Afterwards `train.load_result(run)` reads what rank 0 saved.
+    """
+    from . import config as config_mod
+    from .runs import Run
+
+    if isinstance(cfg_or_run_dir, Config):
+        if run is None:
+            raise TypeError("launch_training(cfg, run): a Config needs the Run it trains into")
+        cfg = cfg_or_run_dir
+    else:
+        run = Run.open(cfg_or_run_dir)
+        import yaml
+
+        cfg = config_mod.from_dict(yaml.safe_load(run.config_path.read_text()))
+    nproc = resolve_processes(nproc, visible_gpus())
+    from .train import plan_batches
+
+    plan_batches(per_process(cfg, nproc), "transformers", None)  # bad settings fail here, before any process starts
+    echo = echo or (lambda line: print(line, flush=True))
+    tail: collections.deque[str] = collections.deque(maxlen=tail_lines)
+    with tempfile.TemporaryDirectory(prefix="r1helpers-ddp-") as tmp:
+        config_path = Path(tmp) / "config.yaml"
+        config_path.write_text(config_mod.dump(cfg))
+        cmd = launch_command(run.root, config_path, nproc)
+        echo("launching: " + shlex.join(["python", *cmd[1:]]))
+        proc = subprocess.Popen(cmd, env=child_environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, bufsize=1, start_new_session=True)
+        try:
+            for line in proc.stdout:
+                line = line.rstrip("\n")
+                tail.append(line)
+                echo(line)
+            code = proc.wait()
+        finally:
+            if proc.poll() is None:  # interrupted (KeyboardInterrupt in a notebook): stop every rank
+                os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+            proc.stdout.close()
+    if code != 0:
+        raise DistributedError(f"distributed training failed (torchrun exited with {code}); its last lines:\n"
+                               + "\n".join(tail))
+
+
+def train_with(cfg: Config, run, prepared, processes: int):
+    """Stage 03 with `processes` resolved: in this process for 1, else under torchrun."""
+    from . import train
+
+    if processes == 1 or world_size() > 1:
+        return train.ensure_trained(cfg, run, prepared)
+    if run.is_current(cfg, "train") and (run.stage_dir("train") / "adapter").is_dir():
+        return train.load_result(run)
+    print(f"DDP over {processes} processes: {DDP_BACKEND_NOTE}")
+    launch_training(cfg, run, nproc=processes)
+    return train.load_result(run)
+
+
+def ensure_trained_anywhere(cfg: Config, run, prepared):
+    """What notebook 03 calls: `train.ensure_trained` here when train.processes is 1, otherwise
+    the same under DDP over train.processes GPUs (0: all visible ones)."""
+    processes = cfg.train.processes
+    if processes != 1:
+        processes = resolve_processes(processes, visible_gpus())
+    return train_with(cfg, run, prepared, processes)
+
+
+def _worker(run_dir: str, config_path: str) -> None:
+    """One rank: join the group, reuse the prepared splits, train; rank 0 writes the results."""
+    import yaml
+
+    from . import config as config_mod
+    from . import data, train
+    from .runs import Run
+
+    cfg = config_mod.from_dict(yaml.safe_load(Path(config_path).read_text()))
+    run = Run(Path(run_dir).resolve())
+    init_process_group()
+    try:
+        print0(f"DDP: {world_size()} processes; {DDP_BACKEND_NOTE}")
+        with main_first():
+            prepared = data.prepare(cfg, run)
+        train.ensure_trained(cfg, run, prepared)
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run-dir", default=os.environ.get("R1HELPERS_RUN_DIR", "runs/default"))
+    p.add_argument("--profile", default="auto", help="auto | seed | cpu")
+    p.add_argument("--config", default=None, help="YAML file of field overrides")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override one field")
+    p.add_argument("--nproc", type=int, default=None,
+                   help="training processes, one per GPU (default: every visible GPU; 1 without one)")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--resolved-config", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        _worker(args.run_dir, args.resolved_config)
+        return 0
+    import r1helpers
+    from . import data
+    from .pipeline import parse_sets
+
+    try:
+        cfg, run = r1helpers.start(args.run_dir, args.profile, parse_sets(args.set), args.config)
+        processes = resolve_processes(args.nproc, visible_gpus())
+        per_process(cfg, processes)
+        prepared = data.prepare(cfg, run)
+        result = train_with(cfg, run, prepared, processes)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except DistributedError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"adapter: {result.adapter_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The GPU runs behind the issue notes and BENCHMARKS.md, on a host with torch + CUDA but no package
+# index: the offline bundle from ../shared/gpu-bundle/build.sh (EXTRA_PACKAGES="gguf==0.19.0") is
+# unpacked from .bundle/gpu-site.tgz first.
+#
+#   tools/gpu_run.sh series                # the six notebooks headless, Unsloth backend, tiny local model
+#   tools/gpu_run.sh pfcheck               # padded vs padding-free logits, Unsloth, 8B dims with 2 layers
+#   tools/gpu_run.sh bench seed-recipe,fallback,fast-default   # 8B-shape benchmark, those configs
+#   tools/gpu_run.sh launcher              # the training stage through the DDP launcher on the visible GPUs
+#
+# Results go to $OUT (or ./gpu-out) as small files.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-$PWD/gpu-out}
+mkdir -p "$OUT"
+if [ ! -d /tmp/site/unsloth ]; then
+  mkdir -p /tmp/site && tar xzf .bundle/gpu-site.tgz -C /tmp/site || exit 1
+fi
+export PYTHONPATH=/tmp/site:$PWD HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 MPLBACKEND=Agg TOKENIZERS_PARALLELISM=false
+PY=${PY:-python3}
+
+case "${1:-}" in
+  series)
+    rm -rf /tmp/gpu-series
+    t0=$(date +%s)
+    $PY -m r1helpers.pipeline --run-dir /tmp/gpu-series --profile auto 2>&1 | tee "$OUT/series.log" | grep -E "^== |error|Error|backend|stage timings" | head -80
+    echo "series wall seconds: $(( $(date +%s) - t0 ))"
+    tar czf "$OUT/gpu-series.tgz" -C /tmp --exclude='*.safetensors' --exclude='*.gguf' --exclude='*.bin' \
+      --exclude='checkpoints' --exclude='*.pt' --exclude='*.pth' gpu-series
+    cat /tmp/gpu-series/pipeline_timings.json 2>/dev/null
+    ;;
+  pfcheck)
+    $PY - <<'PY'
+from pathlib import Path
+from r1helpers.bench import build_random_model
+build_random_model(Path("/tmp/r1bench/llama8b-random-2l"), 2)
+PY
+    $PY -m r1helpers.bench --check-padding-free --model /tmp/r1bench/llama8b-random-2l --backend unsloth 2>&1 | tee "$OUT/pfcheck.log" | grep -E "PADDING_FREE_CHECK|Error"
+    ;;
+  bench)
+    $PY -m r1helpers.bench --configs "${2:?configs}" --out "$OUT/bench-$(echo "$2" | tr ',' '_').json" ${3:-} 2>&1 | tee "$OUT/bench.log" | grep -vE "^\s*$|Loading weights|it/s\]" | tail -60
+    ;;
+  launcher)
+    rm -rf /tmp/gpu-ddp
+    $PY -m r1helpers.distributed --run-dir /tmp/gpu-ddp --profile cpu --set train.wandb=off 2>&1 | tee "$OUT/launcher.log" | tail -40
+    ;;
+  *)
+    echo "usage: $0 series|pfcheck|bench CONFIGS|launcher" >&2; exit 2 ;;
+esac
