@@ -52,7 +52,9 @@ CONFIGS = {
     "seed-recipe": BenchConfig("seed-recipe", "unsloth", 2, 4, False, "Unsloth, padded micro-batches of 2, accumulation 4"),
     "fallback": BenchConfig("fallback", "transformers", 2, 4, False, "transformers + peft + bitsandbytes, padded 2 x 4"),
     "fast-16gb": BenchConfig("fast-16gb", "unsloth", 2, 4, True, "default on 16 GB GPUs (T4, P100 with Unsloth): padding-free 2 x 4"),
-    "fast-default": BenchConfig("fast-default", "unsloth", 8, 1, True, "default on >= 40 GB GPUs: padding-free 8 x 1"),
+    # micro_batch 0: whatever r1helpers.train.plan_batches picks on this GPU for these lengths.
+    "fast-default": BenchConfig("fast-default", "unsloth", 0, 0, True, "the project's default: plan_batches on this GPU"),
+    "fast-8x1-offload": BenchConfig("fast-8x1-offload", "unsloth", 8, 1, True, "padding-free 8 x 1, Unsloth's offloaded checkpointing"),
     "fast-8x1-ckpt": BenchConfig("fast-8x1-ckpt", "unsloth", 8, 1, True, "padding-free 8 x 1, plain checkpointing (no offload)", "true"),
     "fast-8x1-nockpt": BenchConfig("fast-8x1-nockpt", "unsloth", 8, 1, True, "padding-free 8 x 1, no checkpointing", "false"),
     "fast-4x2-nockpt": BenchConfig("fast-4x2-nockpt", "unsloth", 4, 2, True, "padding-free 4 x 2, no checkpointing", "false"),
@@ -169,19 +171,27 @@ def run_one(name: str, model_dir: str, lengths_from: str | None, steps: int, war
     from transformers import TrainerCallback
     from trl import SFTTrainer
 
-    from .config import load_config
+    from .config import apply_overrides, load_config
     from .modeling import add_lora, for_inference, load_base
-    from .train import BatchPlan, sft_config
+    from .train import BatchPlan, gpu_memory_gib, plan_batches, sft_config
 
     m = TrainMeasure(config=asdict(bc))
     cfg = load_config("seed", {"model.name": model_dir, "model.backend": bc.backend, "model.max_seq_length": seq,
                                "train.max_steps": warmup + steps, "train.logging_steps": 1, "train.save_steps": 0,
                                "train.eval_steps": 0, "train.wandb": "off",
                                "lora.gradient_checkpointing": bc.gradient_checkpointing})
-    loaded = add_lora(load_base(cfg), cfg)
-    eff = bc.micro_batch * bc.accumulation
+    base = load_base(cfg)
+    eff = 8  # the recipe's effective batch
     n_rows = eff * (warmup + steps)
     lengths, _ = sample_lengths(n_rows, 3407, lengths_from, seq)
+    if bc.micro_batch == 0:
+        plan = plan_batches(cfg, bc.backend, gpu_memory_gib(), lengths=lengths, dims=base.model.config,
+                            base_gib=torch.cuda.memory_allocated() / 2**30)
+        bc = BenchConfig(bc.name, bc.backend, plan.micro_batch, plan.accumulation, plan.padding_free, plan.reason,
+                         plan.gradient_checkpointing or bc.gradient_checkpointing)
+        m.config = asdict(bc)
+        cfg = apply_overrides(cfg, {"lora.gradient_checkpointing": bc.gradient_checkpointing})
+    loaded = add_lora(base, cfg)
     g = torch.Generator().manual_seed(0)
     vocab = loaded.model.config.vocab_size
     rows = [{"input_ids": torch.randint(10, vocab - 10, (n,), generator=g).tolist()} for n in lengths]
@@ -316,8 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", default="/tmp/r1bench", help="where the random model is built")
     p.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated from {list(CONFIGS)}")
     p.add_argument("--lengths-from", default=None, help="a prepared run folder whose token lengths to use, or fixed:N")
-    p.add_argument("--steps", type=int, default=5, help="measured optimizer steps")
-    p.add_argument("--warmup", type=int, default=2, help="optimizer steps before measuring")
+    p.add_argument("--steps", type=int, default=8, help="measured optimizer steps")
+    p.add_argument("--warmup", type=int, default=5, help="optimizer steps before measuring (Unsloth compiles kernels for new shapes in the first steps)")
     p.add_argument("--seq", type=int, default=2048, help="max_seq_length")
     p.add_argument("--gen-tokens", type=int, default=128, help="tokens generated per sequence")
     p.add_argument("--gen-batches", default="1,8,32")

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import Config, ConfigError
+from .config import Config, ConfigError, apply_overrides
 from .distributed import barrier, is_main_process, per_process, print0, trainer_kwargs, world_size
 from .modeling import Loaded, trainable_parameters
 from .runs import Run, atomic_dir, stage_fingerprint, write_json_atomic, write_text_atomic
@@ -107,6 +107,13 @@ def _checkpoint_dir(cfg: Config, run: Run, resume: bool) -> tuple[Path, Path | N
 # micro-batch (same effective batch, fewer and fuller kernel launches).
 LARGE_GPU_GIB = 40.0
 MAX_MICRO_BATCH = 8
+# Activations a LoRA step keeps per token without gradient checkpointing, per layer and unit of
+# (hidden + intermediate) width. Measured on the H100 with Unsloth in the 8B shape (BENCHMARKS.md:
+# 35.8 GiB peak at 8 rows of ~770 tokens over 6.5 GiB of weights, ~4.8 MiB a token) and rounded up
+# to 6 MiB a token for 32 x (4096 + 14336). Unmeasured for transformers + peft, which keeps checkpointing.
+ACTIVATION_MIB_PER_TOKEN_UNIT = 6.0 / (32 * (4096 + 14336))
+# Share of the GPU a plan without checkpointing may fill; the rest absorbs fragmentation and eval.
+MEMORY_HEADROOM = 0.85
 
 
 @dataclass
@@ -115,13 +122,32 @@ class BatchPlan:
     accumulation: int
     padding_free: bool
     reason: str
+    gradient_checkpointing: str | None = None  # None: lora.gradient_checkpointing as configured
 
 
-def plan_batches(cfg: Config, backend: str, gpu_memory_gib: float | None) -> BatchPlan:
-    """The micro-batch, accumulation and padding mode to train with, keeping the effective batch.
+def activation_gib(tokens: int, dims: Any) -> float:
+    """Activation memory of one micro-batch of `tokens` tokens trained by Unsloth without checkpointing."""
+    unit = dims.num_hidden_layers * (dims.hidden_size + dims.intermediate_size)
+    return tokens * unit * ACTIVATION_MIB_PER_TOKEN_UNIT / 1024
 
-    Padding-free batches drop pad tokens and keep examples apart (Unsloth's varlen
-    attention); the transformers path has no such kernel here, so it stays padded.
+
+def worst_micro_batch_tokens(micro: int, max_len: int, lengths: list[int] | None) -> int:
+    """Tokens in the largest micro-batch the data can form: its `micro` longest rows."""
+    if not lengths:
+        return micro * max_len
+    return sum(sorted((min(n, max_len) for n in lengths), reverse=True)[:micro])
+
+
+def plan_batches(cfg: Config, backend: str, gpu_memory_gib: float | None, lengths: list[int] | None = None,
+                 dims: Any = None, base_gib: float | None = None) -> BatchPlan:
+    """The micro-batch, accumulation, padding and recomputation to train with, keeping the effective batch.
+
+    Padding-free batches drop pad tokens and keep examples apart (Unsloth's block mask);
+    transformers' SDPA lets them attend to each other, so that path stays padded. Given the
+    model's dimensions and the memory its weights take, Unsloth trains the largest micro-batch
+    whose longest possible batch fits without gradient checkpointing without it (measured
+    1.8-2.2x faster on the H100); otherwise checkpointing stays as configured.
+    `train.batch_plan=as_set` keeps every value exactly as set (the seed recipe as written).
     """
     t = cfg.train
     pf = {"true": True, "false": False}.get(str(t.padding_free).lower(), backend == "unsloth")
@@ -131,11 +157,25 @@ def plan_batches(cfg: Config, backend: str, gpu_memory_gib: float | None) -> Bat
             "attention lets the examples of a padding-free row attend to each other (measured by "
             "r1helpers.bench.padding_free_check); set train.padding_free=auto or false")
     effective = t.per_device_train_batch_size * t.gradient_accumulation_steps
-    if t.batch_plan == "as_set" or gpu_memory_gib is None or gpu_memory_gib < LARGE_GPU_GIB:
-        why = "as set" if t.batch_plan == "as_set" else (
-            "no GPU" if gpu_memory_gib is None else f"{gpu_memory_gib:.0f} GiB GPU keeps the recipe's micro-batch")
+    if t.batch_plan == "as_set" or gpu_memory_gib is None:
+        why = "as set" if t.batch_plan == "as_set" else "no GPU"
         return BatchPlan(t.per_device_train_batch_size, t.gradient_accumulation_steps, pf, why)
-    micro = max(d for d in range(1, min(effective, MAX_MICRO_BATCH) + 1) if effective % d == 0)
+    divisors = [d for d in range(min(effective, MAX_MICRO_BATCH), 0, -1) if effective % d == 0]
+    if backend == "unsloth" and dims is not None and base_gib is not None:
+        budget = MEMORY_HEADROOM * gpu_memory_gib - base_gib
+        for micro in divisors:
+            tokens = worst_micro_batch_tokens(micro, cfg.model.max_seq_length, lengths)
+            need = activation_gib(tokens, dims)
+            if need <= budget:
+                return BatchPlan(micro, effective // micro, pf,
+                                 f"{gpu_memory_gib:.0f} GiB GPU: micro-batch {micro} x accumulation "
+                                 f"{effective // micro} (effective batch {effective}) without gradient "
+                                 f"checkpointing: its longest batch ({tokens} tokens) needs ~{need:.0f} GiB of "
+                                 f"activations, {budget:.0f} GiB free", "false")
+    if gpu_memory_gib < LARGE_GPU_GIB:
+        return BatchPlan(t.per_device_train_batch_size, t.gradient_accumulation_steps, pf,
+                         f"{gpu_memory_gib:.0f} GiB GPU keeps the recipe's micro-batch and checkpointing")
+    micro = divisors[0]
     return BatchPlan(micro, effective // micro, pf,
                      f"{gpu_memory_gib:.0f} GiB GPU: micro-batch {micro} x accumulation {effective // micro} "
                      f"(effective batch {effective}, as the recipe)")
@@ -208,13 +248,15 @@ class TrainResult:
 
 def oom_advice(cfg: Config, plan: BatchPlan) -> str:
     """What to change, with the values that ran out of memory, so the user need not look them up."""
+    no_ckpt = plan.gradient_checkpointing == "false"
     return (
         f"CUDA out of memory in training (micro-batch {plan.micro_batch} x accumulation {plan.accumulation}, "
         f"model.max_seq_length={cfg.model.max_seq_length}, model.load_in_4bit={cfg.model.load_in_4bit}, "
-        f"lora.r={cfg.lora.r}). Lower train.per_device_train_batch_size and raise "
-        "train.gradient_accumulation_steps to keep the effective batch (with train.batch_plan=as_set, so "
-        "it is not enlarged again), lower model.max_seq_length, set lora.gradient_checkpointing=unsloth, "
-        "or load in 4-bit (model.load_in_4bit=true)."
+        f"lora.r={cfg.lora.r}{', gradient checkpointing turned off by the batch plan' if no_ckpt else ''}). "
+        "Set train.batch_plan=as_set (exactly the batch and checkpointing you set), lower "
+        "train.per_device_train_batch_size and raise train.gradient_accumulation_steps to keep the effective "
+        "batch, lower model.max_seq_length, set lora.gradient_checkpointing=unsloth, or load in 4-bit "
+        "(model.load_in_4bit=true)."
     )
 
 
@@ -226,7 +268,8 @@ def is_oom(e: BaseException) -> bool:
     return isinstance(e, torch.OutOfMemoryError) or "out of memory" in text.lower() or "ALLOC_FAILED" in text
 
 
-def train(cfg: Config, run: Run, loaded: Loaded, prepared, resume: bool | None = None) -> TrainResult:
+def train(cfg: Config, run: Run, loaded: Loaded, prepared, resume: bool | None = None,
+          plan: BatchPlan | None = None) -> TrainResult:
     """Fine-tune `loaded` (a peft model) and save the adapter and tokenizer in the run folder.
 
     `resume` (default: train.resume) continues from the latest complete checkpoint
@@ -243,7 +286,7 @@ def train(cfg: Config, run: Run, loaded: Loaded, prepared, resume: bool | None =
         print0(f"resuming from {resume_from.name}")
     has_eval = len(prepared.eval) > 0
     processes = world_size()
-    plan = plan_batches(per_process(cfg, processes), loaded.backend.name, gpu_memory_gib())
+    plan = plan or plan_batches(per_process(cfg, processes), loaded.backend.name, gpu_memory_gib())
     across = f" x {processes} processes" if processes > 1 else ""
     print0(f"batches: micro-batch {plan.micro_batch} x accumulation {plan.accumulation}{across}, "
            f"padding-free {plan.padding_free} ({plan.reason})")
@@ -309,5 +352,21 @@ def ensure_trained(cfg: Config, run: Run, prepared, force: bool = False, resume:
     from .modeling import add_lora, load_base
 
     print0(run.why_stale(cfg, "train") if not force else "train: retraining (force=True)")
-    loaded = add_lora(load_base(cfg), cfg)
-    return train(cfg, run, loaded, prepared, resume=resume)
+    base = load_base(cfg)
+    plan = plan_for(cfg, base, prepared)
+    lora_cfg = cfg
+    if plan.gradient_checkpointing is not None:  # recomputation is set when the adapters are added
+        lora_cfg = apply_overrides(cfg, {"lora.gradient_checkpointing": plan.gradient_checkpointing})
+    return train(cfg, run, add_lora(base, lora_cfg), prepared, resume=resume, plan=plan)
+
+
+def plan_for(cfg: Config, base: Loaded, prepared) -> BatchPlan:
+    """The batch plan for this process, from the loaded weights' memory and the data's real lengths."""
+    import torch
+
+    on_gpu = torch.cuda.is_available() and base.device.type == "cuda"
+    return plan_batches(
+        per_process(cfg, world_size()), base.backend.name, gpu_memory_gib(),
+        lengths=list(prepared.train["num_tokens"]) if "num_tokens" in prepared.train.column_names else None,
+        dims=base.model.config, base_gib=torch.cuda.memory_allocated() / 2**30 if on_gpu else None,
+    )

@@ -26,7 +26,8 @@ def test_flops_per_token_in_8b_shape():
 
 
 def test_configs_keep_the_recipe_effective_batch():
-    assert {c.micro_batch * c.accumulation for c in CONFIGS.values()} == {8}
+    assert {c.micro_batch * c.accumulation for c in CONFIGS.values() if c.micro_batch} == {8}
+    assert CONFIGS["fast-default"].micro_batch == 0  # planned by r1helpers.train.plan_batches on the GPU
 
 
 def test_table_renders_errors_and_results():
@@ -54,3 +55,35 @@ def test_padding_free_leaks_without_unsloth_so_it_is_refused(tmp_path):
         plan_batches(load_config("cpu", {"train.padding_free": "true"}), "transformers", None)
     assert plan_batches(load_config("cpu"), "transformers", None).padding_free is False
     assert plan_batches(load_config("cpu"), "unsloth", 15.0).padding_free is True
+
+
+def _dims(**kw):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(**{k: LLAMA_8B[k] for k in ("num_hidden_layers", "hidden_size", "intermediate_size")}, **kw)
+
+
+def test_plan_drops_checkpointing_only_where_the_longest_batch_fits():
+    from r1helpers.config import load_config
+    from r1helpers.train import activation_gib, plan_batches
+
+    seed = load_config("seed")
+    # H100 (79 GiB), 8B in 4-bit (~6.5 GiB): 8 x 2048 tokens would need ~96 GiB, 4 x 2048 ~48 GiB.
+    h100 = plan_batches(seed, "unsloth", 79.2, dims=_dims(), base_gib=6.5)
+    assert (h100.micro_batch, h100.accumulation, h100.gradient_checkpointing, h100.padding_free) == (4, 2, "false", True)
+    # Short rows let all 8 share one micro-batch.
+    short = plan_batches(seed, "unsloth", 79.2, lengths=[700] * 500, dims=_dims(), base_gib=6.5)
+    assert (short.micro_batch, short.accumulation, short.gradient_checkpointing) == (8, 1, "false")
+    # A T4 with rows up to max_seq_length keeps the recipe's micro-batch and Unsloth's checkpointing...
+    t4 = plan_batches(seed, "unsloth", 15.0, lengths=[900] * 499 + [2048], dims=_dims(), base_gib=5.7)
+    assert (t4.micro_batch, t4.accumulation, t4.gradient_checkpointing) == (2, 4, None)
+    # ...and with rows of at most 900 tokens one row at a time fits without it, under the 14 GiB target.
+    t4_short = plan_batches(seed, "unsloth", 15.0, lengths=[900] * 500, dims=_dims(), base_gib=5.7)
+    assert (t4_short.micro_batch, t4_short.accumulation, t4_short.gradient_checkpointing) == (1, 8, "false")
+    assert 5.7 + activation_gib(900, _dims()) < 14
+    # Unmeasured for transformers + peft: checkpointing stays; accumulation still folds on a large GPU.
+    tf = plan_batches(seed, "transformers", 79.2, dims=_dims(), base_gib=6.5)
+    assert tf.gradient_checkpointing is None and not tf.padding_free
+    # The seed recipe as written.
+    exact = plan_batches(load_config("seed", {"train.batch_plan": "as_set"}), "unsloth", 79.2, dims=_dims(), base_gib=6.5)
+    assert (exact.micro_batch, exact.accumulation, exact.gradient_checkpointing) == (2, 4, None)
