@@ -76,7 +76,7 @@ class DataConfig:
     cot_column: str = field(default="Complex_CoT", metadata={"help": "column with the chain of thought"})
     response_column: str = field(default="Response", metadata={"help": "column with the final answer"})
     overlong: str = field(default="drop", metadata={"help": "rows longer than max_seq_length: drop | truncate | error"})
-    lenient: bool = field(default=False, metadata={"help": "drop rows with empty fields or duplicates instead of failing"})
+    lenient: bool = field(default=False, metadata={"help": "drop and count rows with an empty field, duplicate rows, and lines that are not valid JSON or not UTF-8, instead of failing"})
 
     def __post_init__(self) -> None:
         _check(bool(self.source), "data.source", "must not be empty")

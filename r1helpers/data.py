@@ -257,7 +257,7 @@ def select_rows(ds, dcfg: DataConfig, origin: str, report: Report) -> tuple[list
     report.source, report.rows_in_source = origin, len(ds)
     need = dcfg.train_rows + dcfg.eval_rows
     rows: list[dict] = []
-    seen: set[tuple[str, str, str]] = set()
+    seen: dict[tuple[str, str, str], int] = {}  # normalised (question, reasoning, answer): first row
     for i, raw in enumerate(ds):
         row = {k: raw[v] for k, v in cols.items()}
         empty = [k for k, v in row.items() if v is None or not str(v).strip()]
@@ -275,9 +275,14 @@ def select_rows(ds, dcfg: DataConfig, origin: str, report: Report) -> tuple[list
             continue
         key = tuple(_norm(row[k]) for k in COLUMNS)
         if key in seen:
+            if not dcfg.lenient:
+                raise DataError(
+                    f"{origin}: row {i} repeats row {seen[key]} (same question, reasoning and answer up to case "
+                    "and spacing; rows count from 0); delete the copy or set data.lenient=true to drop duplicates"
+                )
             report.dropped_duplicate.append(i)
             continue
-        seen.add(key)
+        seen[key] = i
         rows.append({**{k: str(v) for k, v in row.items()}, "source_row": i})
         if len(rows) >= need:
             break

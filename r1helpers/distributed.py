@@ -321,11 +321,9 @@ def _worker(run_dir: str, config_path: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--run-dir", default=os.environ.get("R1HELPERS_RUN_DIR", "runs/default"))
-    p.add_argument("--profile", default="auto", help="auto | seed | cpu")
-    p.add_argument("--config", default=None, help="YAML file of field overrides")
-    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override one field")
+    from .pipeline import config_arguments
+
+    p = config_arguments(__doc__)
     p.add_argument("--nproc", type=int, default=None,
                    help="training processes, one per GPU (default: every visible GPU; 1 without one)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)

@@ -21,7 +21,7 @@ from .runs import Run, read_json, write_json_atomic, write_text_atomic
 
 REPO_SUFFIX = {"adapter": "-lora", "merged": "", "gguf": "-GGUF"}
 LIBRARY = {"adapter": "peft", "merged": "transformers", "gguf": "gguf"}
-WHAT = {"adapter": "LoRA adapter (peft)", "merged": "merged 16-bit model (transformers, vLLM)",
+WHAT = {"adapter": "LoRA adapter (peft)", "merged": "Merged 16-bit model (transformers, vLLM)",
         "gguf": "GGUF files (llama.cpp, Ollama, LM Studio)"}
 # Licences of base models this project knows; others are left for the user to state.
 LICENSES = {"unsloth/DeepSeek-R1-Distill-Llama-8B": "llama3.1", "deepseek-ai/DeepSeek-R1-Distill-Llama-8B": "llama3.1"}
@@ -151,7 +151,7 @@ def model_card(cfg: Config, run: Run, kind: str, repo: str, files: list[tuple[st
     summary = comparison_summary(run)
     lines = _front_matter(cfg, kind) + [
         f"# {repo.split('/')[-1]}", "",
-        f"{WHAT[kind].capitalize()} of `{cfg.model.name}` fine-tuned with LoRA on medical chain-of-thought data.",
+        f"{WHAT[kind]} of `{cfg.model.name}` fine-tuned with LoRA on medical chain-of-thought data.",
         "", f"> {NOT_FOR_CLINICAL_USE}", "",
     ]
     if cfg.profile == "cpu":

@@ -13,7 +13,8 @@ sees exactly what gets installed and a test checks the two agree.
 
 r1helpers reaches Kaggle as a wheel in a private dataset (`<user>/r1helpers`) that
 every kernel lists in `dataset_sources`: a utility script holds one file, and the
-package is several modules and data files.
+package is several modules and data files. What is built may be pushed, so the
+notebooks are copied without outputs and a build holding a secret is deleted.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, MutableMapping, Sequence
@@ -45,6 +47,10 @@ KEEP_INSTALLED = ("torch", "torchvision", "torchaudio", "triton", "xformers")
 UNSLOTH_PACKAGES = ("unsloth", "unsloth-zoo")
 DATASET_SLUG = "r1helpers"
 PLACEHOLDER_USER = "YOUR_KAGGLE_USERNAME"
+# Kaggle's own secrets: like HF_TOKEN and WANDB_API_KEY (r1helpers.secrets), never written into build/kaggle/.
+KAGGLE_SECRETS = ("KAGGLE_KEY", "KAGGLE_API_TOKEN")
+# A Hugging Face token has this shape even where this process does not know its value.
+HF_TOKEN_PATTERN = re.compile(rb"hf_[A-Za-z0-9]{30,}")
 SECRETS_HELP = {
     "HF_TOKEN": "Hugging Face token: gated or private models, and pushing exports to the Hub",
     "WANDB_API_KEY": "Weights & Biases key: training curves online (without it W&B logs offline)",
@@ -400,6 +406,42 @@ def _write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n")
 
 
+def clean_notebook_copy(src: Path, dest: Path) -> None:
+    """Copy a notebook without outputs: one saved after a local run must not ship what it printed."""
+    import nbformat
+
+    nb = nbformat.read(src, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+    nbformat.write(nb, dest)
+
+
+def _secret_values(environ: Mapping[str, str]) -> list[bytes]:
+    from .secrets import SECRETS
+
+    names = [alias for aliases in SECRETS.values() for alias in aliases] + list(KAGGLE_SECRETS)
+    return [v.encode() for v in dict.fromkeys(environ.get(n, "") for n in names) if len(v) >= 8]
+
+
+def leaked_secrets(folder: Path, environ: Mapping[str, str] = os.environ) -> list[str]:
+    """Files under `folder`, and files inside its wheels, holding a secret: named, the secret never shown.
+
+    A secret is the value of HF_TOKEN, WANDB_API_KEY (and their aliases), KAGGLE_KEY or
+    KAGGLE_API_TOKEN in this process, or anything shaped like a Hugging Face token.
+    """
+    values = _secret_values(environ)
+    hits = []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        rel = str(path.relative_to(folder))
+        blobs = [(rel, path.read_bytes())]
+        if path.suffix == ".whl" and zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as wheel:
+                blobs += [(f"{rel}!{name}", wheel.read(name)) for name in wheel.namelist()]
+        hits += [where for where, data in blobs if HF_TOKEN_PATTERN.search(data) or any(v in data for v in values)]
+    return hits
+
+
 @dataclass
 class Build:
     out: Path
@@ -409,7 +451,11 @@ class Build:
 
 
 def build(out: Path, username: str | None, repo: Path | None = None, accelerator: str | None = None) -> Build:
-    """Write build/kaggle/: the r1helpers dataset folder, one folder per notebook, and a README."""
+    """Write build/kaggle/: the r1helpers dataset folder, one folder per notebook, and a README.
+
+    Notebooks are copied without outputs, and a folder holding a secret is deleted
+    instead of returned (see `leaked_secrets`): whatever is built may be pushed.
+    """
     from .pipeline import NOTEBOOKS
 
     repo = repo or Path(__file__).resolve().parents[1]
@@ -424,11 +470,16 @@ def build(out: Path, username: str | None, repo: Path | None = None, accelerator
     for notebook in NOTEBOOKS.values():
         folder = out / slugify(Path(notebook).stem)
         folder.mkdir()
-        shutil.copy2(repo / "notebooks" / notebook, folder / notebook)
+        clean_notebook_copy(repo / "notebooks" / notebook, folder / notebook)
         metas.append(kernel_metadata(notebook, user, accelerator))
         _write_json(folder / "kernel-metadata.json", metas[-1])
         kernels.append(folder)
     (out / "README.md").write_text(readme(user, kernels, metas))
+    leaks = leaked_secrets(out)
+    if leaks:  # nothing of it may stay on disk, where a later push or a copy would take it along
+        shutil.rmtree(out)
+        raise RuntimeError(f"a secret is written in {', '.join(leaks)}: remove it there and build again "
+                           f"({out} was deleted, nothing was pushed)")
     return Build(out, user, dataset, kernels)
 
 
@@ -460,7 +511,9 @@ later versions keep them). Both are optional:
 
 {secrets}
 
-They go into the process environment only, never into an output or a saved file.
+They go into the process environment only, never into an output or a saved file. The notebooks here
+carry no outputs, and `make kaggle` deletes a build that holds a secret (or an `hf_...` token) instead
+of pushing it.
 
 ## Hardware
 
@@ -563,7 +616,11 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     source, user = credentials()
-    b = build(Path(args.out), args.username or user, accelerator=args.accelerator)
+    try:
+        b = build(Path(args.out), args.username or user, accelerator=args.accelerator)
+    except RuntimeError as e:
+        print(e, file=sys.stderr)
+        return 1
     print(f"built {b.out}: dataset {b.dataset.name}/ and {len(b.kernels)} kernels as {b.username}")
     if args.command == "build":
         return 0

@@ -16,8 +16,6 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
-
 from .config import ConfigError, load_config
 
 NOTEBOOKS = {
@@ -64,11 +62,18 @@ def run_notebooks(
     from .runs import Run
 
     overrides = dict(overrides or {})
-    load_config("cpu" if profile == "auto" else profile, overrides, config_file)  # fail before any kernel starts
+    # Fail before any kernel starts, under the profile the kernels will pick (auto: by GPU and Hub),
+    # since some checks depend on it (train.processes must divide the profile's accumulation).
+    load_config(profile, overrides, config_file)
+    # The kernels run in notebooks/: a relative --config must not be looked up there.
+    config_file = str(Path(config_file).resolve()) if config_file else None
     run = Run.open(run_dir)
     run.notebooks_dir.mkdir(parents=True, exist_ok=True)
     params = {"run_dir": str(run.root), "profile": profile, "config_file": config_file, "overrides": overrides}
     os.environ["R1HELPERS_HEADLESS"] = "1"
+    # Headless logs get plain lines: the trainer's printer, not bars redrawn into a file.
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("MPLBACKEND", "Agg")
     timings: dict[str, float] = {}
     for stage in stages or list(NOTEBOOKS):
@@ -97,12 +102,18 @@ def run_notebooks(
     return timings
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def config_arguments(description: str | None) -> argparse.ArgumentParser:
+    """The options every entry point shares, so `--set` means the same everywhere."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run-dir", default=os.environ.get("R1HELPERS_RUN_DIR", "runs/default"))
     p.add_argument("--profile", default="auto", help="auto | seed | cpu")
     p.add_argument("--config", default=None, help="YAML file of field overrides")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override one field")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = config_arguments(__doc__)
     p.add_argument("--stages", default=None, help="comma-separated, e.g. 00,02,03 (default: all)")
     p.add_argument("--kernel", default=None, help="Jupyter kernel name (default: the notebook's)")
     args = p.parse_args(argv)

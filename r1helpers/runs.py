@@ -86,6 +86,34 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+OLD_MARK = ".old-"  # `.<name>.old-<pid>-<ns>`: the previous output, moved aside for one rename
+
+
+def restore_moved_aside(folder: Path) -> list[Path]:
+    """Put back outputs that a kill between atomic_dir's two renames left moved aside.
+
+    Replacing a folder takes two renames (old output aside, new one in); a process killed
+    between them leaves no output at its path, only `.<name>.old-*`. Called when a run
+    folder opens and before each atomic_dir, so the previous good output is found again.
+    One killed while deleting the old output after the swap leaves a superseded copy: it
+    is deleted (merged models take gigabytes), never restored.
+    """
+    restored = []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return restored
+    moved = sorted(folder.glob(f".*{OLD_MARK}*"), key=lambda p: p.name.rsplit("-", 1)[-1].zfill(24), reverse=True)
+    for old in moved:  # newest first: the one a killed swap moved aside last
+        final = folder / old.name[1:].rsplit(OLD_MARK, 1)[0]
+        if final.exists():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):  # another process (a DDP rank) restored it first
+                os.replace(old, final)
+                restored.append(final)
+    return restored
+
+
 @contextlib.contextmanager
 def atomic_dir(final: Path) -> Iterator[Path]:
     """Yield a temporary folder beside `final`; on success it replaces `final` in one rename.
@@ -94,18 +122,21 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    restore_moved_aside(final.parent)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
+    old = None
     try:
         yield tmp
-        old = None
         if final.exists():
-            old = final.with_name(f".{final.name}.old-{os.getpid()}-{time.time_ns()}")
+            old = final.with_name(f".{final.name}{OLD_MARK}{os.getpid()}-{time.time_ns()}")
             os.replace(final, old)
         os.replace(tmp, final)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and not final.exists():  # interrupted between the two renames
+            os.replace(old, final)
         raise
 
 
@@ -123,6 +154,8 @@ class Run:
     def open(cls, root: str | os.PathLike) -> "Run":
         run = cls(Path(root).expanduser().resolve())
         run.root.mkdir(parents=True, exist_ok=True)
+        for folder in (run.root, *(p for p in run.root.iterdir() if p.is_dir() and not p.name.startswith("."))):
+            restore_moved_aside(folder)
         return run
 
     def stage_dir(self, stage: str) -> Path:

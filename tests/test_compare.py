@@ -99,6 +99,16 @@ def test_verdict_and_headline_follow_the_primary_metric(cfg):
     assert nll["perplexity_after"] < nll["perplexity_before"]
 
 
+def test_generations_with_different_decoding_are_refused(cfg, tmp_path):
+    run = Run.open(tmp_path / "run")
+    run.write_manifest(cfg, "baseline")
+    run.write_manifest(apply_overrides(cfg, {"infer.seed": 1}), "finetuned")
+    with pytest.raises(ValueError, match="different infer settings"):
+        compare.check_same_decoding(run)
+    run.write_manifest(cfg, "finetuned")
+    compare.check_same_decoding(run)
+
+
 def test_mismatched_question_sets_are_refused(cfg):
     base = [_record("eval-1", "Q?", "A", "x")]
     with pytest.raises(ValueError, match="different questions"):
@@ -107,15 +117,24 @@ def test_mismatched_question_sets_are_refused(cfg):
         compare.pair_generations(base, [_record("eval-1", "Another Q?", "A", "x")])
 
 
+def assert_self_contained(page: str) -> None:
+    """Opens from disk with no server and no network: no scripts, links, imports or remote resources."""
+    lower = page.lower()
+    for needle in ("<script", "<link", "<iframe", "<object", "@import", "url(", "http://", "https://"):
+        assert needle not in lower, needle
+    targets = re.findall(r"\b(src|href)\s*=\s*['\"]?([^'\"\s>]*)", lower)
+    assert targets and all(v.startswith("data:image/png;base64,") for _, v in targets), "every src is inline"
+
+
 def test_report_is_self_contained_and_escapes_model_text(cfg, tmp_path):
     result = _fake(cfg, -0.2)
     json_path, html_path = compare.write_outputs(result, tmp_path)
     assert json.loads(json_path.read_text())["verdict"] == "helped"
     page = html_path.read_text()
     assert "Verdict: helped." in page
-    assert "<script" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "&lt;b&gt;question&lt;/b&gt;" in page
-    assert not re.search(r"(src|href)\s*=\s*['\"]?(https?:|//)", page), "no network resources"
+    assert_self_contained(page)
     assert page.count("data:image/png;base64,") == 4  # NLL, generations, deltas, loss
     assert "(no answer: the reasoning never closed before max_new_tokens)" in page
 
@@ -191,6 +210,8 @@ def test_trained_tiny_model_improves_held_out_nll_and_the_report_says_so(cfg, tr
     assert saved["verdict"] == "helped"
     page = compare.report_path(run).read_text()
     assert "Verdict: helped." in page and page.count("data:image/png;base64,") == 4
+    assert_self_contained(page)
+    assert any(n.startswith("semantic similarity") for n in result["notes"])
     assert any("eval_loss" in r for r in result["log_history"]), "held-out loss logged during training"
     assert run.is_current(cfg, "compare")
     again = compare.compare(cfg, run, None, [], [])

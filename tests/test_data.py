@@ -86,23 +86,65 @@ def test_bad_files(tmp_path, tokenizer):
         build(cfg_for(tmp_path / "missing.jsonl"), tokenizer)
 
 
-def test_empty_field_error_or_lenient_drop(tmp_path, tokenizer):
+@pytest.mark.parametrize("row3, error", [
+    ({"Response": "  "}, r"gaps\.jsonl: row 3 has an empty 'Response'"),
+    ({"Response": None}, r"gaps\.jsonl: row 3 has no 'Response'"),  # JSON null
+    ({"Response": None, "Respnse": "Answer 3."}, r"row 3 has no 'Response' but has 'Respnse' \(misspelled\?\)"),
+])
+def test_empty_field_error_or_lenient_drop(tmp_path, tokenizer, row3, error):
     items = rows(14)
-    items[3]["Response"] = "  "
+    items[3].update(row3)
+    if items[3]["Response"] is None and "Respnse" in row3:
+        del items[3]["Response"]  # the key itself misspelled in one row
     path = write_jsonl(tmp_path / "gaps.jsonl", items)
-    with pytest.raises(DataError, match="row 3 has an empty 'Response'"):
+    with pytest.raises(DataError, match=error + r".*data\.lenient=true"):
         build(cfg_for(path), tokenizer)
     dd, stats = build(cfg_for(path, **{"data.lenient": True}), tokenizer)
     assert stats["raw"]["dropped_empty"] == [3] and 3 not in dd["train"]["source_row"]
+    assert "dropped 1 rows with an empty field: rows [3]" in stats["report"]
 
 
-def test_duplicates_dropped_and_held_out_never_overlaps(tmp_path, tokenizer):
+def test_bad_lines_lenient_drop_and_count(tmp_path, tokenizer):
+    lines = [json.dumps(r).encode() for r in rows(16)]
+    lines[2] = b"{not json"
+    lines[4] = b'["a list", "not an object"]'
+    lines[6] = '{"Question": "caf\xe9"}'.encode("latin-1")
+    path = tmp_path / "mixed.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    with pytest.raises(DataError, match=r"mixed\.jsonl: not UTF-8 \(byte \d+ of line 7\).*data\.lenient=true"):
+        build(cfg_for(path), tokenizer)
+    dd, stats = build(cfg_for(path, **{"data.lenient": True}), tokenizer)
+    assert stats["raw"]["dropped_invalid_json"] == [3, 5] and stats["raw"]["dropped_not_utf8"] == [7]
+    assert stats["counts"] == {"train": 8, "eval": 4}
+    assert any("dropped 2 lines that are not valid JSON objects: lines [3, 5]" in x for x in stats["report"])
+    assert any("dropped 1 lines that are not UTF-8: lines [7]" in x for x in stats["report"])
+    nothing = tmp_path / "nothing.jsonl"  # every line dropped: said, with the counts
+    nothing.write_bytes(b"{not json\n\xff\xfe\n")
+    with pytest.raises(DataError, match=r"nothing\.jsonl: holds no rows \(dropped 1 lines that are not valid JSON"):
+        build(cfg_for(nothing, **{"data.lenient": True}), tokenizer)
+
+
+def test_csv_not_utf8_or_empty(tmp_path, tokenizer):
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("Question,Complex_CoT,Response\ncaf\xe9?,x,y\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"latin\.csv: not UTF-8 .*line 2.*re-save the file as UTF-8"):
+        build(cfg_for(latin), tokenizer)
+    empty = tmp_path / "empty.csv"
+    empty.write_text("\n")
+    with pytest.raises(DataError, match=r"empty\.csv: the file is empty"):
+        build(cfg_for(empty), tokenizer)
+
+
+def test_duplicates_error_or_lenient_drop_and_held_out_never_overlaps(tmp_path, tokenizer):
     items = rows(14)
-    items[5] = dict(items[1])  # exact duplicate inside training
+    items[5] = {k: f"  {v.upper()} " for k, v in items[1].items()}  # a copy up to case and spacing
     items[9] = {**items[2], "Response": "another answer"}  # held-out question also in training
     path = write_jsonl(tmp_path / "dups.jsonl", items)
-    dd, stats = build(cfg_for(path), tokenizer)
+    with pytest.raises(DataError, match=r"dups\.jsonl: row 5 repeats row 1 .*data\.lenient=true"):
+        build(cfg_for(path), tokenizer)
+    dd, stats = build(cfg_for(path, **{"data.lenient": True}), tokenizer)
     assert stats["raw"]["dropped_duplicate"] == [5]
+    assert "dropped 1 duplicate rows: rows [5]" in stats["report"]
     assert set(dd["train"]["Question"]).isdisjoint(dd["eval"]["Question"])
     assert stats["raw"]["eval_dropped_overlap"]
 

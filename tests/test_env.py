@@ -147,3 +147,43 @@ def test_gpus_read_from_nvidia_smi_without_torch():
 
 def test_report_carries_the_notes(cpu_cfg):
     assert environment_report(cpu_cfg)["notes"]
+
+
+# ---------------------------------------------------------------- from torch's device properties to the decision
+
+PROPS = {
+    "T4": dict(name="Tesla T4", major=7, minor=5, total_memory=15_828_320_256),
+    "P100": dict(name="Tesla P100-PCIE-16GB", major=6, minor=0, total_memory=17_071_734_784),
+    "H100": dict(name="NVIDIA H100 80GB HBM3", major=9, minor=0, total_memory=85_045_346_304),
+}
+
+
+@pytest.mark.parametrize("gpu, count, seen, backend, dtype, says", [
+    ("T4", 1, "", "unsloth", "float16", "no native bf16"),
+    ("T4", 1, "2", "unsloth", "float16", "2 GPUs seen (Tesla T4 x2); this notebook trains on GPU 0"),
+    ("P100", 1, "", "transformers", "float16", "Unsloth and Triton need capability 7.0+"),
+    ("H100", 1, "", "unsloth", "bfloat16", "native bf16, training in bf16"),
+    (None, 0, "", "transformers", "float32", "the CPU profile checks the pipeline"),
+], ids=["T4", "T4x2-pinned", "P100", "H100", "CPU"])
+def test_decision_from_injected_device_properties(monkeypatch, gpu, count, seen, backend, dtype, says):
+    """detect_hardware reads torch.cuda as a Kaggle T4 / T4 x2 (second GPU hidden), P100, H100 or CPU shows it."""
+    import types
+
+    import torch
+
+    from r1helpers.env import detect_hardware
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: types.SimpleNamespace(**PROPS[gpu]))
+    monkeypatch.setattr(torch.cuda, "get_arch_list", lambda: CU126)
+    monkeypatch.setenv(GPUS_SEEN_ENV, seen)
+    hw = detect_hardware()
+    cfg = load_config("seed")
+    choice = choose_backend(cfg, hw, try_import=False, processes=1)
+    assert (choice.name, choice.dtype, choice.load_in_4bit) == (backend, dtype, count > 0)
+    assert says in "\n".join(hardware_notes(cfg, hw, choice))
+    if gpu == "P100":  # the same P100 under a torch built without sm_60 kernels
+        monkeypatch.setattr(torch.cuda, "get_arch_list", lambda: CU128)
+        with pytest.raises(RuntimeError, match="no CUDA kernels for Tesla P100"):
+            choose_backend(cfg, detect_hardware(), try_import=False, processes=1)

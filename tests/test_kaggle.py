@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import ast
+import contextlib
+import importlib.util
+import io
 import json
+import os
+import shutil
+import socket
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import nbformat
 import pytest
@@ -92,6 +101,27 @@ def test_first_cell_installs_nothing_off_kaggle(monkeypatch, capsys):
     monkeypatch.chdir(ROOT / "notebooks")
     exec(compile(nbformat.read(NOTEBOOKS[0], as_version=4).cells[1].source, "cell-1", "exec"), {})
     assert not [c for c in calls if "pip" in c], calls
+
+
+def run_first_cell(monkeypatch, cwd: Path) -> None:
+    """The first cell as a fresh kernel without r1helpers installed would run it, in `cwd`."""
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "r1helpers" else real(name, *a))
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.setattr(subprocess, "run", no_subprocess)
+    monkeypatch.setattr(kaggle, "smi_gpus", lambda run=None: [])
+    monkeypatch.delenv("KAGGLE_KERNEL_RUN_TYPE", raising=False)
+    monkeypatch.chdir(cwd)
+    exec(compile(nbformat.read(NOTEBOOKS[0], as_version=4).cells[1].source, "cell-1", "exec"), {})
+
+
+def test_first_cell_finds_the_checkout_or_says_what_to_attach(monkeypatch, tmp_path):
+    run_first_cell(monkeypatch, ROOT / "notebooks")
+    assert sys.path[0] == str(ROOT), "the repository's checkout, next to notebooks/"
+    (tmp_path / "nb").mkdir()
+    if not Path("/kaggle/input").is_dir():
+        with pytest.raises(ModuleNotFoundError, match="r1helpers dataset that `make kaggle` builds"):
+            run_first_cell(monkeypatch, tmp_path / "nb")
 
 
 def test_no_pip_off_kaggle_or_in_ci():
@@ -214,7 +244,8 @@ def test_kernel_metadata_files(built):
 
 
 def test_slugs_match_the_kaggle_cli():
-    slugify = pytest.importorskip("slugify").slugify
+    from slugify import slugify  # python-slugify, what the kaggle CLI (dev extra) derives slugs with
+
     for path in NOTEBOOKS:
         title = kaggle.kernel_title(path.name)
         assert kaggle.slugify(title) == slugify(title)
@@ -267,3 +298,162 @@ def test_push_creates_the_dataset_then_saves_kernels(built, monkeypatch):
     kernels = [c for c in pushed if c[1:3] == ["kernels", "push"]]
     assert len(kernels) == 6
     assert [("--no-run" in c) for c in kernels] == [True, True, True, False, True, True]
+
+
+# ---------------------------------------------------------------- the official kaggle CLI, offline
+
+
+class FakeKaggle:
+    """Kaggle's side of the kaggle CLI's client, answered in this process: what was created, uploaded, saved."""
+
+    def __init__(self) -> None:
+        self.datasets: dict[str, str] = {}  # id -> "created" | "versioned"
+        self.uploads: list[str] = []
+        self.kernels: list[Any] = []  # the CLI's save-kernel requests
+        self.log = ""  # what the CLI printed
+        self.client = SimpleNamespace(
+            datasets=SimpleNamespace(dataset_api_client=SimpleNamespace(
+                get_dataset_status=self.status, create_dataset=self.create, create_dataset_version=self.version)),
+            kernels=SimpleNamespace(kernels_api_client=SimpleNamespace(save_kernel=self.save_kernel)))
+
+    def status(self, request):
+        if f"{request.owner_slug}/{request.dataset_slug}" not in self.datasets:
+            import requests
+
+            response = requests.Response()
+            response.status_code = 404
+            raise requests.HTTPError("404 Not Found", response=response)
+        return SimpleNamespace(status=SimpleNamespace(name="READY"))
+
+    def create(self, request):
+        self.datasets[f"{request.owner_slug}/{request.slug}"] = "created"
+        return SimpleNamespace(status="ok", error="", url="https://example.invalid/d", invalidTags=[])
+
+    def version(self, request):
+        self.datasets[f"{request.owner_slug}/{request.dataset_slug}"] = "versioned"
+        return SimpleNamespace(status="ok", error="", url="https://example.invalid/d", invalidTags=[])
+
+    def save_kernel(self, request):
+        self.kernels.append(request)
+        return SimpleNamespace(error="", invalidTags=[], invalidDatasetSources=[], invalidCompetitionSources=[],
+                               invalidKernelSources=[], invalidModelSources=[], versionNumber=1,
+                               url="https://example.invalid/k")
+
+
+@pytest.fixture
+def kaggle_cli(tmp_path, monkeypatch):
+    """(FakeKaggle, a subprocess.run stand-in running the real `kaggle` CLI in this process): no credentials, no network.
+
+    The CLI parses each command, reads and checks the metadata and the files, and
+    builds its requests; only its HTTP client (and the blob upload under it) is
+    replaced. Any socket use fails the test, so nothing can reach kaggle.com.
+    """
+    for name in [n for n in os.environ if n.startswith("KAGGLE_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / ".config"))
+
+    def offline(*args, **kwargs):
+        raise AssertionError(f"the kaggle CLI tried the network: {args}")
+
+    for owner, name in ((socket, "getaddrinfo"), (socket, "create_connection"), (socket.socket, "connect")):
+        monkeypatch.setattr(owner, name, offline)
+    cli = importlib.import_module("kaggle.cli")  # `import kaggle` looks for credentials: none here
+    server = FakeKaggle()
+    monkeypatch.setattr(cli.api, "_authenticated", True)
+    monkeypatch.setattr(cli.api, "config_values", {"username": "alice", "key": "not-a-real-key"})
+    monkeypatch.setattr(cli.api, "build_kaggle_client", lambda: contextlib.nullcontext(server.client))
+
+    def upload(path, quiet, blob_type, upload_context, content_type=None):
+        server.uploads.append(Path(path).name)
+        return f"token-{len(server.uploads)}"
+
+    monkeypatch.setattr(cli.api, "_upload_blob", upload)
+
+    def run(cmd, check=False, **kwargs):
+        monkeypatch.setattr(sys, "argv", ["kaggle", *cmd[1:]])
+        out, code = io.StringIO(), 0
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+            try:
+                cli.main()
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else 1
+        if check and code:
+            raise subprocess.CalledProcessError(code, cmd, out.getvalue())
+        server.log += out.getvalue()
+        return subprocess.CompletedProcess(cmd, code, stdout=out.getvalue(), stderr="")
+
+    return server, run
+
+
+def test_push_goes_through_the_real_kaggle_cli(built, kaggle_cli):
+    server, run = kaggle_cli
+    kaggle.push(built, run_stages=["03"], run=run)
+    assert server.datasets == {"alice/r1helpers": "created"}, "a first push creates the dataset"
+    assert server.uploads == [next(built.dataset.glob("*.whl")).name], "the wheel alone is uploaded"
+    metas = [json.loads((k / "kernel-metadata.json").read_text()) for k in built.kernels]
+    assert [r.slug for r in server.kernels] == [m["id"] for m in metas]
+    for request, meta in zip(server.kernels, metas):
+        assert request.new_title == meta["title"] and request.language == "python"
+        assert request.enable_gpu and request.enable_internet and request.is_private and not request.enable_tpu
+        assert request.dataset_data_sources == ["alice/r1helpers"]
+        assert not json.loads(request.text)["cells"][1].get("outputs")
+    quick = [getattr(r.kernel_execution_type, "name", None) == "QUICK_SAVE" for r in server.kernels]
+    assert quick == [True, True, True, False, True, True], "--no-run except the stages asked to run"
+    assert "does not resolve to the specified id" not in server.log, "titles give the ids' slugs"
+    kaggle.push(built, run=run)
+    assert server.datasets == {"alice/r1helpers": "versioned"}, "a later push adds a version"
+
+
+def test_dataset_status_read_through_the_cli(built, kaggle_cli):
+    server, run = kaggle_cli
+    assert not kaggle._dataset_exists("alice/r1helpers", run)
+    server.datasets["alice/r1helpers"] = "created"
+    assert kaggle._dataset_exists("alice/r1helpers", run)
+    kaggle._wait_ready("alice/r1helpers", run, timeout_s=1)  # "ready" at once: returns without sleeping
+
+
+# ---------------------------------------------------------------- no secret in build/kaggle/
+
+TOKEN = "hf_" + "Q" * 34
+
+
+def fake_repo(tmp_path: Path, monkeypatch, module_text: str = "") -> Path:
+    """The six notebooks, one of them saved with an output, and a stand-in wheel holding `module_text`."""
+    repo = tmp_path / "repo"
+    shutil.copytree(ROOT / "notebooks", repo / "notebooks")
+    nb = nbformat.read(repo / "notebooks" / NOTEBOOKS[0].name, as_version=4)
+    nb.cells[1].outputs = [nbformat.v4.new_output("stream", text=f"HF_TOKEN={TOKEN}\n")]
+    nbformat.write(nb, repo / "notebooks" / NOTEBOOKS[0].name)
+
+    def wheel(repo, dest):
+        with zipfile.ZipFile(dest / "r1helpers-0.1.0-py3-none-any.whl", "w") as z:
+            z.writestr("r1helpers/mod.py", module_text)
+
+    monkeypatch.setattr(kaggle, "build_wheel", wheel)
+    return repo
+
+
+def test_build_drops_saved_outputs(tmp_path, monkeypatch):
+    b = kaggle.build(tmp_path / "out", "alice", repo=fake_repo(tmp_path, monkeypatch))
+    copy = nbformat.read(b.kernels[0] / NOTEBOOKS[0].name, as_version=4)
+    assert not any(c.get("outputs") for c in copy.cells if c.cell_type == "code")
+    assert kaggle.leaked_secrets(b.out) == []
+
+
+@pytest.mark.parametrize("module_text, environ", [(f"token = '{TOKEN}'", {}),
+                                                  ("key = 'w4ndb-key-123'", {"WANDB_API_KEY": "w4ndb-key-123"}),
+                                                  ("k = 'kaggle-key-9'", {"KAGGLE_KEY": "kaggle-key-9"})],
+                         ids=["hf-shaped", "wandb-from-env", "kaggle-from-env"])
+def test_a_secret_stops_the_build_and_is_never_shown(tmp_path, monkeypatch, capsys, module_text, environ):
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    repo, out = fake_repo(tmp_path, monkeypatch, module_text), tmp_path / "out"
+    real_build = kaggle.build
+    monkeypatch.setattr(kaggle, "build", lambda out, user, accelerator=None: real_build(out, user, repo=repo))
+    monkeypatch.setattr(kaggle, "credentials", lambda: (None, None))
+    assert kaggle.main(["push", "--out", str(out)]) == 1
+    err, secret = capsys.readouterr().err, module_text.split("'")[1]
+    assert "r1helpers-dataset/r1helpers-0.1.0-py3-none-any.whl!r1helpers/mod.py" in err
+    assert "00_setup" not in err, "the notebook's saved output was dropped, not shipped"
+    assert secret not in err and not out.exists(), "nothing pushed, nothing left on disk, the secret not shown"

@@ -181,6 +181,33 @@ def test_interrupted_merged_save_keeps_the_previous_model(tmp_path, monkeypatch)
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".merged_16bit")]
 
 
+def test_interrupted_gguf_save_keeps_the_previous_files(tmp_path, monkeypatch, small_cfg):
+    from types import SimpleNamespace
+
+    from r1helpers import export, gguf_export
+
+    def write(merged, target, kind, *args):
+        Path(target).write_bytes(b"GGUF good " + kind.encode())
+        return Path(target)
+
+    def half(merged, target, kind, *args):
+        Path(target).write_bytes(b"GGUF\0")
+        raise KeyboardInterrupt
+
+    cfg = dataclasses.replace(small_cfg, export=dataclasses.replace(small_cfg.export, gguf=["f16", "q8_0"]))
+    ctx = SimpleNamespace(cfg=cfg, out=tmp_path, logits_ok=False)
+    monkeypatch.setattr(export, "check_one_gguf", lambda *a, **k: {})
+    monkeypatch.setattr(export, "_card", lambda *a, **k: None)  # the model card needs a whole run
+    monkeypatch.setattr(gguf_export, "write_gguf", write)
+    export.export_gguf(ctx, tmp_path / "merged", "float16", None)
+    before = _snapshot(tmp_path / "gguf")
+    assert len(before) == 3 and "Modelfile" in before  # two GGUF files and the Modelfile
+    monkeypatch.setattr(gguf_export, "write_gguf", half)
+    with pytest.raises(KeyboardInterrupt):
+        export.export_gguf(ctx, tmp_path / "merged", "float16", None)
+    assert _snapshot(tmp_path / "gguf") == before and [p.name for p in tmp_path.iterdir()] == ["gguf"]
+
+
 def test_interrupted_file_write_keeps_the_previous_file(tmp_path, monkeypatch):
     """Reports, generations, stats and manifests all go through write_text_atomic."""
     path = tmp_path / "report.html"
@@ -197,3 +224,27 @@ def test_interrupted_file_write_keeps_the_previous_file(tmp_path, monkeypatch):
         write_text_atomic(path, "<p>new</p>")
     monkeypatch.setattr(os, "replace", real_replace)
     assert path.read_text() == "<p>good</p>" and [p.name for p in tmp_path.iterdir()] == ["report.html"]
+
+
+def test_interrupted_comparison_save_keeps_the_previous_report(tmp_path, monkeypatch):
+    """compare/comparison.json and report.html: a write cut short (a bad character part-way through
+    the page, or Ctrl-C before the rename) leaves the previous good file whole, and no temporary ones."""
+    from r1helpers import compare, report, runs
+
+    monkeypatch.setattr(report, "figures", lambda result: {})  # the plots need a whole comparison
+    monkeypatch.setattr(report, "render", lambda result, images: f"<p>{result['page']}</p>")
+    out = tmp_path / "compare"
+    compare.write_outputs({"page": "good"}, out)
+    with pytest.raises(UnicodeEncodeError):
+        compare.write_outputs({"page": "half \ud800"}, out)  # fails inside the report's write
+    assert (out / "report.html").read_text() == "<p>good</p>"
+    before = _snapshot(out)
+
+    def interrupted(src, dst):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(runs.os, "replace", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            compare.write_outputs({"page": "new"}, out)  # at the first rename: comparison.json
+    assert _snapshot(out) == before and sorted(before) == ["comparison.json", "report.html"]

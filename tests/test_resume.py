@@ -23,7 +23,7 @@ from r1helpers.train import _checkpoint_dir, latest_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# What notebook 03 runs (start, prepare, ensure_trained), in a process the test can kill. It counts
+# What notebook 03 runs (start, prepare, ensure_trained_anywhere), in a process the test can kill. It counts
 # the micro-batches it trains on; a sleep in each (numerically inert) leaves time to kill it after
 # the first checkpoint.
 WORKER = """
@@ -38,9 +38,9 @@ def counted_step(self, *a, **k):
     return step(self, *a, **k)
 trl.SFTTrainer.training_step = counted_step
 import r1helpers
-from r1helpers import data, train
+from r1helpers import data, distributed
 cfg, run = r1helpers.start(run_dir, "cpu", overrides, quiet=True)
-result = train.ensure_trained(cfg, run, data.prepare(cfg, run))
+result = distributed.ensure_trained_anywhere(cfg, run, data.prepare(cfg, run))
 print(f"TRAINING STEPS RUN {len(calls)}", flush=True)
 """
 

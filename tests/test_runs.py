@@ -34,3 +34,39 @@ def test_manifest_detects_changed_settings(tmp_path):
     # Settings the stage does not depend on do not make it stale.
     assert run.is_current(load_config("cpu", {"infer.max_new_tokens": 7}), "train")
     assert not run.is_current(load_config("cpu", {"infer.max_new_tokens": 7}), "baseline")
+
+
+def test_kill_between_the_two_renames_loses_nothing(tmp_path, monkeypatch):
+    """Replacing a folder is two renames; interrupted between them, the previous output comes back
+    at once (an exception) or when the run folder next opens (a kill, which runs no handler)."""
+    import os
+
+    from r1helpers import runs
+
+    final = tmp_path / "train" / "adapter"
+    with atomic_dir(final) as tmp:
+        (tmp / "weights").write_text("good")
+    real_replace, calls = os.replace, []
+
+    def second_rename_interrupted(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:  # old aside done, new one not yet in
+            raise KeyboardInterrupt
+        real_replace(src, dst)
+
+    monkeypatch.setattr(runs.os, "replace", second_rename_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_dir(final) as tmp:
+            (tmp / "weights").write_text("new")
+    monkeypatch.setattr(runs.os, "replace", real_replace)
+    assert (final / "weights").read_text() == "good"
+    assert sorted(p.name for p in final.parent.iterdir()) == ["adapter"]
+
+    # SIGKILL in the same place: the old output sits aside and nothing is at its path.
+    aside = final.with_name(f".adapter{runs.OLD_MARK}123-{10**18}")
+    os.replace(final, aside)
+    stale = final.with_name(f".adapter{runs.OLD_MARK}99-{10**17}")  # an older leftover
+    stale.mkdir()
+    Run.open(tmp_path)
+    assert (final / "weights").read_text() == "good"
+    assert sorted(p.name for p in final.parent.iterdir()) == ["adapter"], "superseded copies are deleted"

@@ -163,16 +163,37 @@ def _leaks(folders: list[Path], *texts: str, tokens: tuple[str, ...] = (HF, HF_S
     return found
 
 
+def test_leak_scan_finds_tokens_in_any_file(tmp_path):
+    """The scan below can fail: binary files, UTF-16, hidden folders, a token cut to its tail."""
+    run = tmp_path / "run" / "train" / "wandb" / "offline-run-x"
+    run.mkdir(parents=True)
+    (run / "run-x.wandb").write_bytes(b"\x00\x01" + WANDB.encode() + b"\xff")
+    (run / ".hidden.log").write_bytes(("key=" + HF).encode("utf-16-le"))
+    (run / "clean.json").write_text("{}")
+    (run / "tail.txt").write_text("token ending ..." + HF_SHADOWED[-16:])
+    assert sorted(Path(p).name for p in _leaks([tmp_path / "run"])) == [".hidden.log", "run-x.wandb", "tail.txt"]
+    assert _leaks([], "printed " + WANDB) == ["text 0"] and _leaks([], "nothing") == []
+
+
+# Where libraries write outside the run folder unless told otherwise; unset, they fall back to HOME.
+REDIRECTED = ("IPYTHONDIR", "MPLCONFIGDIR", "HF_HOME", "HF_HUB_CACHE", "HF_DATASETS_CACHE", "TRANSFORMERS_CACHE",
+              "TMP", "TEMP", "TRITON_CACHE_DIR", "TORCHINDUCTOR_CACHE_DIR")
+
+
 @pytest.mark.slow
 def test_headless_series_leaks_no_secret(tmp_path):
     """All six notebooks with a token in the environment and a key in a .env file (plus a second,
-    shadowed token there): no file the run wrote, executed notebooks and W&B's offline run included,
-    and nothing it printed, holds any of them."""
+    shadowed token there): no file the run wrote, executed notebooks, W&B's offline run and what
+    libraries write under HOME and TMPDIR (W&B's core logs, caches) included, and nothing it
+    printed, holds any of them."""
     dotenv = tmp_path / "secrets.env"
     dotenv.write_text(f"HF_TOKEN={HF_SHADOWED}\nWANDB_API_KEY={WANDB}\n")
-    run_dir = tmp_path / "run"
-    env = {k: v for k, v in os.environ.items() if k not in ("WANDB_MODE", "WANDB_API_KEY", "HF_TOKEN")}
+    run_dir, home = tmp_path / "run", tmp_path / "home"
+    (home / "tmp").mkdir(parents=True)
+    env = {k: v for k, v in os.environ.items() if k not in ("WANDB_API_KEY", "HF_TOKEN", *REDIRECTED)
+           and not k.startswith(("WANDB_", "XDG_", "JUPYTER_"))}
     env.update({
+        "HOME": str(home), "TMPDIR": str(home / "tmp"),
         "HF_HUB_OFFLINE": "1", "HF_TOKEN": HF, secrets.DOTENV_ENV: str(dotenv),
         # A key is set, so train.wandb=auto probes W&B; pointing it at a closed local port makes
         # "unreachable" certain here, so W&B runs offline (and writes its run folder) as it would
@@ -186,8 +207,12 @@ def test_headless_series_leaks_no_secret(tmp_path):
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     setup = (run_dir / "notebooks" / "00_setup.ipynb").read_text()
     assert "HF_TOKEN: found in environment" in setup and "WANDB_API_KEY: found in .env file" in setup
+    # The key was in the training kernel's environment while W&B wrote its offline run.
+    training = (run_dir / "notebooks" / "03_lora_training.ipynb").read_text()
+    assert "W&B offline (a key is set but W&B is unreachable" in training
     offline = list((run_dir / "train" / "wandb").glob("offline-run-*"))
     assert offline and any(p.is_file() for p in offline[0].rglob("*")), "W&B offline run written"
     assert len(list(run_dir.rglob("*"))) > 50
+    assert any(p.is_file() for p in home.rglob("*")), "what the run writes outside the run folder lands in HOME"
     cache = [Path(os.environ["R1HELPERS_CACHE"])] if os.environ.get("R1HELPERS_CACHE") else []
-    assert _leaks([run_dir, *cache], proc.stdout, proc.stderr) == []
+    assert _leaks([run_dir, home, *cache], proc.stdout, proc.stderr) == []

@@ -28,12 +28,17 @@ BOOTSTRAP = '''\
 # pins (written from pyproject.toml by tools/build_notebooks.py); elsewhere nothing is installed.
 import importlib.util, pathlib, subprocess, sys
 if importlib.util.find_spec("r1helpers") is None:
+    checkout = pathlib.Path.cwd().resolve().parent
     wheels = sorted(pathlib.Path("/kaggle/input").glob("**/r1helpers-*.whl"))
-    if wheels:
+    if (checkout / "r1helpers" / "__init__.py").is_file():
+        sys.path.insert(0, str(checkout))
+    elif wheels:
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", str(wheels[-1])], check=True)
         importlib.invalidate_caches()
     else:
-        sys.path.insert(0, str(pathlib.Path.cwd().resolve().parent))
+        raise ModuleNotFoundError("r1helpers not found: open this notebook from the repository's notebooks/ "
+                                  "folder, or on Kaggle add the r1helpers dataset that `make kaggle` builds "
+                                  "(Add Input > Your Work), then run this cell again")
 import r1helpers
 from r1helpers import kaggle, show
 kaggle.setup([

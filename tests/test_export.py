@@ -1,0 +1,336 @@
+"""Stage 05 on the tiny model: every format written, read back by other code than wrote it, and judged.
+
+One export runs per module (about 20 s). The adapter's B matrices are random rather than
+trained, so the merge visibly moves the logits without the minutes a training run costs.
+The checks here use plain peft, transformers and gguf, not the export's own checkers.
+
+    HF_HUB_OFFLINE=1 .venv/bin/python -m pytest -q tests/test_export.py
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from r1helpers import data, export, export_checks, hub, prompts, train
+from r1helpers.config import apply_overrides
+from r1helpers.runs import Run, write_json_atomic
+
+HEADLINE = "Fine-tuning helped: completion NLL on 16 held-out questions went from 2.5000 to 2.3000 (test)."
+
+
+@pytest.fixture(scope="module")
+def cfg(cpu_cfg):
+    return apply_overrides(cpu_cfg, {"train.wandb": "off"})
+
+
+def _adapter(cfg, folder: Path) -> Path:
+    import torch
+
+    from r1helpers.modeling import add_lora, load_base
+
+    model = add_lora(load_base(cfg), cfg).model
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.05)
+    model.save_pretrained(str(folder))
+    return folder
+
+
+def _comparison(run: Run) -> None:
+    """What stage 04 leaves for the model card; the card must quote it."""
+    metric = {"key": "completion_nll", "label": "completion NLL", "n": 16, "before": 2.5, "after": 2.3,
+              "delta": -0.2, "ci": [-0.25, -0.15], "verdict": "better"}
+    write_json_atomic(run.stage_dir("compare") / "comparison.json", {
+        "headline": HEADLINE, "verdict": "helped", "primary_metric": "completion_nll", "metrics": [metric],
+        "settings": {"held_out_rows_scored": 16, "held_out_questions_generated": 3}})
+
+
+@pytest.fixture(scope="module")
+def exported(cfg, tokenizer, tmp_path_factory):
+    root = tmp_path_factory.mktemp("export")
+    run = Run.open(root / "run")
+    prepared = data.prepare(cfg, run, tokenizer)
+    adapter = _adapter(cfg, root / "adapter")
+    _comparison(run)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(train, "ensure_trained", lambda *a, **k: train.TrainResult(adapter, [], {}))
+        record = export.export(cfg, run, force=True)
+    question = data.eval_questions(prepared, 1)[0]["question"]
+    return SimpleNamespace(run=run, record=record, adapter=adapter, out=run.stage_dir("export"),
+                           prompt=prompts.encode_prompt(tokenizer, question), question=question)
+
+
+@pytest.fixture(scope="module")
+def base_dir(cfg):
+    from r1helpers.tinymodel import resolve_model_path
+
+    return Path(resolve_model_path(cfg.model.name))
+
+
+def _float32(path: Path, **kwargs):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, **kwargs).eval()
+
+
+def _logits(model, ids):
+    import torch
+
+    with torch.no_grad():
+        return model(input_ids=torch.tensor([ids])).logits[0]
+
+
+def _greedy(model, ids, n=16):
+    import torch
+
+    with torch.no_grad():
+        out = model.generate(torch.tensor([ids]), max_new_tokens=n, min_new_tokens=n, do_sample=False)
+    return out[0, len(ids):].tolist()
+
+
+def _renders_training_prompt(folder: Path, tokenizer, question: str) -> None:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    chat = [{"role": "user", "content": question}]
+    assert tok.apply_chat_template(chat, add_generation_prompt=True, tokenize=False) == \
+        tok.bos_token + prompts.build_prompt(question)
+    ids = tok.apply_chat_template(chat, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+    assert list(ids) == prompts.encode_prompt(tokenizer, question)
+    assert tok.pad_token_id != tok.eos_token_id
+
+
+# ---- the three formats ---------------------------------------------------------------------------
+
+def test_adapter_loads_with_plain_peft_and_prompts_as_in_training(exported, base_dir, tokenizer):
+    from peft import PeftModel
+
+    folder = exported.out / "adapter"
+    assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "README.md"} <= \
+        {p.name for p in folder.iterdir()}
+    model = PeftModel.from_pretrained(_float32(base_dir), str(folder))
+    assert any("lora_B" in n for n, _ in model.named_parameters())
+    _renders_training_prompt(folder, tokenizer, exported.question)
+
+
+def test_merged_16bit_model_gives_base_plus_adapter_logits_with_plain_transformers(exported, base_dir, tokenizer):
+    import torch
+    from peft import PeftModel
+
+    folder = exported.out / "merged_16bit"
+    config = json.loads((folder / "config.json").read_text())
+    assert config["dtype"] == "bfloat16" and "quantization_config" not in config
+    assert list(folder.glob("*.safetensors"))
+    gen = json.loads((folder / "generation_config.json").read_text())
+    assert gen["eos_token_id"] == tokenizer.eos_token_id and gen["pad_token_id"] == tokenizer.pad_token_id
+    _renders_training_prompt(folder, tokenizer, exported.question)
+
+    reference = PeftModel.from_pretrained(_float32(base_dir), str(exported.out / "adapter")).eval()
+    merged = _float32(folder)
+    ref, got = _logits(reference, exported.prompt), _logits(merged, exported.prompt)
+    diff = (got - ref).abs().max().item()
+    tolerance = export_checks.LOGIT_TOL["merged"] * (ref.max() - ref.min()).item()
+    with reference.disable_adapter():
+        adapter_effect = (_logits(reference, exported.prompt) - ref).abs().max().item()
+    assert diff <= tolerance < adapter_effect, (diff, tolerance, adapter_effect)
+    assert _greedy(merged, exported.prompt) == _greedy(reference, exported.prompt)
+    assert merged.dtype == torch.float32  # compared in float32: the 16-bit rounding is the only difference
+
+
+def test_merge_is_one_rounding_of_base_plus_lora_in_16_bit(exported, base_dir):
+    """Base weights from the 16-bit checkpoint plus scale * B @ A, rounded once: no 4-bit round trip."""
+    import torch
+    from safetensors.torch import load_file
+
+    acfg = json.loads((exported.adapter / "adapter_config.json").read_text())
+    lora = load_file(str(exported.adapter / "adapter_model.safetensors"))
+    base = load_file(str(base_dir / "model.safetensors"))
+    merged = load_file(str(exported.out / "merged_16bit" / "model.safetensors"))
+    scale = acfg["lora_alpha"] / acfg["r"]
+    checked = 0
+    for key, a in lora.items():
+        if ".lora_A." not in key:
+            continue
+        b = lora[key.replace(".lora_A.", ".lora_B.")]
+        name = key.split(".lora_A.")[0].removeprefix("base_model.model.") + ".weight"
+        expected = (base[name].float() + scale * (b.float() @ a.float())).to(torch.bfloat16)
+        assert merged[name].dtype == torch.bfloat16 and torch.equal(merged[name], expected), name
+        checked += 1
+    assert checked == len(acfg["target_modules"]) * 2  # two layers in the tiny model
+    assert exported.record["artefacts"]["merged"]["checks"]["weights"]["max_error_in_rounding_units"] <= 1.0
+
+
+def test_merge_of_a_sharded_base_keeps_its_shards_and_loads(exported, base_dir, tmp_path):
+    """The 8B checkpoint is sharded: the merge writes the same shards and index, one shard at a time."""
+    import torch
+    from safetensors.torch import load_file
+
+    from r1helpers.merge import merge_lora, weight_check
+
+    sharded = tmp_path / "sharded-base"
+    _float32(base_dir).save_pretrained(str(sharded), max_shard_size="1MB")
+    shards = sorted(p.name for p in sharded.glob("*.safetensors"))
+    assert len(shards) > 1
+    out = tmp_path / "merged"
+    out.mkdir()
+    report = merge_lora(sharded, exported.adapter, out, "bfloat16")
+    assert report.shards == shards and (out / "model.safetensors.index.json").is_file()
+    assert weight_check(sharded, exported.adapter, out)["max_error_in_rounding_units"] <= 1.0
+    single = load_file(str(exported.out / "merged_16bit" / "model.safetensors"))
+    loaded = {k: v.detach() for k, v in _float32(out).state_dict().items()}
+    assert set(loaded) == set(single)
+    assert all(torch.equal(loaded[k], single[k].float()) for k in single)
+
+
+def test_gguf_read_back_by_transformers_gives_the_merged_models_greedy_tokens(exported):
+    import gguf
+
+    folder = exported.out / "gguf"
+    files = exported.record["artefacts"]["gguf"]["files"]
+    assert {"f16", "q8_0"} <= set(files)
+    merged = _float32(exported.out / "merged_16bit")
+    want, ref = _greedy(merged, exported.prompt), _logits(merged, exported.prompt)
+    for kind in ("f16", "q8_0"):
+        model = _float32(folder, gguf_file=files[kind]["file"])
+        got = _logits(model, exported.prompt)
+        top1 = (got.argmax(-1) == ref.argmax(-1)).float().mean().item()
+        if kind == "f16":
+            assert _greedy(model, exported.prompt) == want
+            assert (got - ref).abs().max().item() < 1e-3
+        else:
+            assert top1 >= 0.9, top1
+        assert files[kind]["checks"]["transformers"]["passed"]
+        fields = gguf.GGUFReader(str(folder / files[kind]["file"])).fields
+        assert fields["tokenizer.chat_template"].contents() == prompts.CHAT_TEMPLATE
+        assert fields["tokenizer.ggml.pre"].contents() == "llama-bpe"
+    if "q4_k_m" in files:
+        assert files["q4_k_m"]["checks"]["transformers"]["passed"]
+    else:
+        assert any(n.startswith("q4_k_m:") and n.endswith("skipped") for n in exported.record["notes"])
+    assert "FROM ./" in (folder / "Modelfile").read_text()
+    assert not [p.name for p in folder.iterdir() if p.name.startswith(".")], "temporary files left behind"
+
+
+def test_checks_fail_on_a_model_that_is_not_the_trained_one(exported, base_dir):
+    """The base model passed off as the merged one, or as its GGUF, is refused."""
+    probes = export_checks.adapter_reference(base_dir, exported.out / "adapter", [exported.prompt], 8)
+    with pytest.raises(export_checks.ExportCheckError):
+        export_checks.check_merged(base_dir, probes)
+    base_probes = export_checks.reference_probes(_float32(base_dir), [exported.prompt], 8)
+    f16 = exported.out / "gguf" / exported.record["artefacts"]["gguf"]["files"]["f16"]["file"]
+    with pytest.raises(export_checks.ExportCheckError):
+        export_checks.check_gguf_transformers(f16, base_probes, "f16")
+
+
+# ---- model card and Hub ------------------------------------------------------------------------------
+
+def test_model_cards_say_what_how_how_well_and_not_for_clinical_decisions(exported, cfg):
+    for kind, folder in (("adapter", "adapter"), ("merged", "merged_16bit"), ("gguf", "gguf")):
+        card = (exported.out / folder / "README.md").read_text()
+        assert card.startswith("---\n") and f"base_model: {cfg.model.name}\n" in card
+        assert f"library_name: {hub.LIBRARY[kind]}" in card
+        assert hub.WHAT[kind] in card
+        assert "**Not for clinical decisions.**" in card and "not-for-clinical-use" in card
+        assert f"Dataset: `{cfg.data.source}`" in card and f"split `{cfg.data.split}`" in card
+        assert f"the first {cfg.data.train_rows} rows train; the next {cfg.data.eval_rows} are held out" in card
+        assert f"LoRA: r={cfg.lora.r}, alpha={cfg.lora.alpha}" in card
+        assert f"{cfg.train.max_steps} steps" in card and f"learning rate {cfg.train.learning_rate}" in card
+        assert HEADLINE in card and "| completion NLL | 16 | 2.5 | 2.3 | -0.2 | [-0.25, -0.15] | better |" in card
+        assert "## Intended use" in card and "## Limitations" in card
+        assert prompts.build_prompt("{question}") in card
+    assert "logits_vs_adapter" in (exported.out / "merged_16bit" / "README.md").read_text()
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_without_token_the_run_folder_gets_exactly_what_would_be_uploaded(exported):
+    plan_dir = exported.out / "hub"
+    plan = json.loads((plan_dir / "upload_plan.json").read_text())
+    assert plan["pushed"] is False and plan["private"] is True and plan["reason"] == "no export.hub_repo set"
+    assert {r["kind"]: r["repo_id"].rsplit("-", 1)[-1] for r in plan["repos"]} == \
+        {"adapter": "lora", "merged": "run", "gguf": "GGUF"}
+    for repo in plan["repos"]:
+        folder = Path(repo["folder"])
+        on_disk = {p.name: (p.stat().st_size, _sha256(p)) for p in folder.iterdir() if p.is_file()}
+        assert {f["path"]: (f["size"], f["sha256"]) for f in repo["files"]} == on_disk
+        assert (plan_dir / repo["kind"] / "README.md").read_text() == (folder / "README.md").read_text()
+    message = exported.record["hub"]["message"]
+    assert message.startswith("Hub push skipped: no export.hub_repo set") and str(plan_dir) in message
+
+
+class FakeHfApi:
+    calls: list[tuple] = []
+
+    def __init__(self, token=None):
+        self.calls.append(("token", token))
+
+    def create_repo(self, repo_id, private, exist_ok, repo_type):
+        self.calls.append(("create", repo_id, private))
+        return f"https://hub.example/{repo_id}"
+
+    def upload_folder(self, folder_path, repo_id, repo_type, commit_message):
+        self.calls.append(("upload", repo_id, sorted(p.name for p in Path(folder_path).iterdir())))
+
+
+def test_push_needs_a_token_and_a_repo_and_is_private_by_default(cfg, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    from r1helpers import config, secrets
+
+    monkeypatch.setattr(secrets, "load_secrets", lambda **k: None)
+    monkeypatch.setattr(config, "hub_reachable", lambda *a, **k: True)
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeHfApi)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    FakeHfApi.calls = []
+    run = Run.open(tmp_path / "run")
+    folder = tmp_path / "adapter"
+    folder.mkdir()
+    (folder / "adapter_model.safetensors").write_bytes(b"weights")
+    with_repo = apply_overrides(cfg, {"export.hub_repo": "someone/r1-medical"})
+
+    assert hub.publish(cfg, run, {"adapter": folder})["reason"] == "no export.hub_repo set"
+    no_token = hub.publish(with_repo, run, {"adapter": folder})
+    assert not no_token["pushed"] and "token" in no_token["reason"] and FakeHfApi.calls == []
+
+    monkeypatch.setenv("HF_TOKEN", "hf_test_token")
+    pushed = hub.publish(with_repo, run, {"adapter": folder, "merged": folder})
+    assert pushed["pushed"] and [r["repo_id"] for r in pushed["repos"]] == ["someone/r1-medical-lora",
+                                                                           "someone/r1-medical"]
+    assert ("create", "someone/r1-medical-lora", True) in FakeHfApi.calls
+    assert ("upload", "someone/r1-medical-lora", ["adapter_model.safetensors"]) in FakeHfApi.calls
+    public = hub.publish(apply_overrides(with_repo, {"export.hub_private": False}), run, {"adapter": folder})
+    assert public["private"] is False and ("create", "someone/r1-medical-lora", False) in FakeHfApi.calls
+
+
+# ---- disk ----------------------------------------------------------------------------------------------
+
+def test_export_refuses_before_writing_when_free_space_is_too_small(exported, cfg, tmp_path, monkeypatch):
+    out = tmp_path / "big-export"
+    elsewhere = apply_overrides(cfg, {"export.output_dir": str(out)})
+    before = (exported.out / "exported.json").read_text()
+    monkeypatch.setattr(train, "ensure_trained", lambda *a, **k: train.TrainResult(exported.adapter, [], {}))
+    monkeypatch.setattr(export, "free_bytes", lambda path: 10 * 2**20)
+    with pytest.raises(export.ExportSpaceError, match=r"export refused: it needs about .* GB in .* only 0\.0 GB "
+                                                      r"is free there\. Nothing was written"):
+        export.export(elsewhere, exported.run, force=True)
+    assert not out.exists()
+    assert (exported.out / "exported.json").read_text() == before
+
+
+def test_space_plan_counts_every_file_the_export_writes(exported):
+    planned = {p["what"]: p["bytes"] for p in exported.record["space"]["planned"]}
+    assert {"adapter", "merged 16-bit", "GGUF f16", "GGUF q8_0"} <= set(planned)
+    written = {"merged 16-bit": exported.record["artefacts"]["merged"]["bytes"]}
+    written.update({f"GGUF {k}": f["bytes"] for k, f in exported.record["artefacts"]["gguf"]["files"].items()})
+    for what, size in written.items():
+        assert size <= planned[what] * 1.2 + 2**20, (what, size, planned[what])
