@@ -23,7 +23,7 @@ from typing import Any, Callable
 from . import prompts
 from .config import Config
 from .metrics import MetricSpec, aggregate, perplexity, score_generation
-from .runs import Run, read_json, write_json_atomic
+from .runs import Run, read_json, write_json_atomic, write_text_atomic
 
 TEACHER_FORCED = [
     MetricSpec("cot_nll", "reasoning NLL (reference chain of thought)", "lower", "teacher-forced"),
@@ -364,11 +364,13 @@ def _release(loaded) -> None:
 
 
 def write_outputs(result: dict[str, Any], out: Path) -> tuple[Path, Path]:
-    from .report import write_report
+    from .report import build_report
 
+    page = build_report(result)  # a failure while drawing leaves the previous pair untouched
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "comparison.json", result)
-    return out / "comparison.json", write_report(result, out / "report.html")
+    write_text_atomic(out / "report.html", page)
+    return out / "comparison.json", out / "report.html"
 
 
 # ---- views for the notebook ---------------------------------------------------------------------

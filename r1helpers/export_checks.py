@@ -184,7 +184,7 @@ def check_gguf_llama_cpp(gguf_path: Path, probes: list[Probe], kind: str, prompt
                          timeout: float = 1800) -> dict[str, Any]:
     """llama.cpp itself loads the file, tokenizes the prompts and decodes greedily."""
     request = {"gguf": str(gguf_path), "prompts": [p.prompt_ids for p in probes], "texts": prompt_texts,
-               "n": len(probes[0].greedy)}
+               "sequences": [p.sequence for p in probes], "n": len(probes[0].greedy)}
     out_file = gguf_path.with_suffix(".check.npz")
     try:
         proc = subprocess.run([sys.executable, "-m", "r1helpers.export_checks", "llama.cpp", json.dumps(request),
@@ -214,7 +214,12 @@ def _child_env() -> dict[str, str]:
 
 
 def _llama_cpp_child(request: dict[str, Any], out_file: str) -> None:
-    """A fresh llama.cpp context per pass: reset() alone left cached positions that changed later logits."""
+    """llama.cpp's own greedy tokens, and its logits over the reference's sequence (prompt + reference greedy).
+
+    Logits are taken on the reference's tokens, not llama.cpp's: once a quantized file picks
+    another token, logits over its own continuation would compare different texts.
+    A fresh context per pass: reset() alone left cached positions that changed later logits.
+    """
     import llama_cpp
 
     n_ctx = max(len(p) for p in request["prompts"]) + request["n"] + 8
@@ -235,7 +240,7 @@ def _llama_cpp_child(request: dict[str, Any], out_file: str) -> None:
             llm.eval([nxt])
         arrays[f"greedy{i}"] = np.asarray(greedy)
         llm = fresh()
-        llm.eval(ids + greedy)
+        llm.eval(request["sequences"][i])
         arrays[f"logits{i}"] = np.asarray(llm.scores[: llm.n_tokens], dtype=np.float32)
     np.savez(out_file, **arrays)
 

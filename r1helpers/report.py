@@ -245,7 +245,11 @@ def render(result: dict[str, Any], images: dict[str, str]) -> str:
     )
 
 
+def build_report(result: dict[str, Any]) -> str:
+    """The whole page, plots included, as text: drawn before anything is written."""
+    return render(result, {name: png_base64(fig) for name, fig in figures(result).items()})
+
+
 def write_report(result: dict[str, Any], path: Path) -> Path:
-    images = {name: png_base64(fig) for name, fig in figures(result).items()}
-    write_text_atomic(Path(path), render(result, images))
+    write_text_atomic(Path(path), build_report(result))
     return Path(path)

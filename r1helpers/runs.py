@@ -10,6 +10,7 @@ settings is silently reused.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -29,7 +30,8 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "train": ("model", "data", "lora", "train"),
     "finetuned": ("model", "data", "lora", "train", "infer"),
     "compare": ("model", "data", "lora", "train", "infer", "compare"),
-    "export": ("model", "data", "lora", "train", "export"),
+    # The model card quotes the comparison, so a rerun of 04 with other settings refreshes the export.
+    "export": ("model", "data", "lora", "train", "infer", "compare", "export"),
 }
 
 
@@ -123,6 +125,11 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     restore_moved_aside(final.parent)
+    # A save killed outright leaves its temporary folder (gigabytes for a merged model; Kaggle's
+    # working folder holds ~19.5 GB): the next save of the same output clears it first.
+    for stale in final.parent.glob(f".{glob.escape(final.name)}.*.tmp"):
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
     old = None
     try:

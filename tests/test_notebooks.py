@@ -119,3 +119,18 @@ def test_generation_files_hold_one_record_per_question(cpu_run):
         assert len(records) == expected
         assert len({r["id"] for r in records}) == expected
         assert all(set(r) >= {"question", "reasoning", "answer", "finished", "new_tokens"} for r in records)
+
+
+@pytest.mark.slow
+def test_export_wrote_checked_adapter_merged_model_and_gguf(cpu_run):
+    exported = json.loads((cpu_run / "export" / "exported.json").read_text())
+    artefacts = exported["artefacts"]
+    assert set(artefacts) >= {"adapter", "merged", "gguf"}
+    assert artefacts["merged"]["checks"]["logits_vs_adapter"]["passed"]
+    files = artefacts["gguf"]["files"]
+    assert {"f16", "q8_0"} <= set(files) and all(f["checks"]["transformers"]["passed"] for f in files.values())
+    assert files["f16"]["checks"]["transformers"]["greedy_identical"]
+    plan = json.loads((cpu_run / "export" / "hub" / "upload_plan.json").read_text())
+    assert not plan["pushed"] and plan["private"] and {r["kind"] for r in plan["repos"]} == set(artefacts)
+    headline = json.loads((cpu_run / "compare" / "comparison.json").read_text())["headline"]
+    assert headline in (cpu_run / "export" / "merged_16bit" / "README.md").read_text()

@@ -70,3 +70,28 @@ def test_kill_between_the_two_renames_loses_nothing(tmp_path, monkeypatch):
     Run.open(tmp_path)
     assert (final / "weights").read_text() == "good"
     assert sorted(p.name for p in final.parent.iterdir()) == ["adapter"], "superseded copies are deleted"
+
+
+def test_next_save_clears_the_temporary_folder_of_a_killed_one(tmp_path):
+    from r1helpers.runs import atomic_dir
+
+    killed = tmp_path / ".merged_16bit.abc123.tmp"
+    killed.mkdir()
+    (killed / "model-00001-of-00004.safetensors").write_bytes(b"x" * 1024)
+    other = tmp_path / ".adapter.zzz.tmp"
+    other.mkdir()
+    with atomic_dir(tmp_path / "merged_16bit") as tmp:
+        (tmp / "model.safetensors").write_bytes(b"y")
+    assert not killed.exists() and other.exists()
+    assert (tmp_path / "merged_16bit" / "model.safetensors").read_bytes() == b"y"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".adapter.zzz.tmp", "merged_16bit"]
+
+
+def test_export_goes_stale_when_the_comparison_it_quotes_changes():
+    from r1helpers.config import load_config
+    from r1helpers.runs import stage_fingerprint
+
+    cfg = load_config("cpu")
+    assert stage_fingerprint(cfg, "export") != stage_fingerprint(load_config("cpu", {"compare.nll_rows": 3}), "export")
+    assert stage_fingerprint(cfg, "export") != stage_fingerprint(load_config("cpu", {"infer.max_new_tokens": 9}), "export")
+    assert stage_fingerprint(cfg, "export") == stage_fingerprint(load_config("cpu", {"train.save_steps": 3}), "export")
