@@ -46,6 +46,7 @@ class BenchConfig:
     padding_free: bool
     note: str = ""
     gradient_checkpointing: str = "unsloth"
+    token_budget: int = 0  # most tokens a forward may hold; 0: never split a step
 
 
 CONFIGS = {
@@ -140,6 +141,8 @@ class TrainMeasure:
     epoch_500_rows_minutes: float = 0.0
     peak_allocated_gib: float = 0.0
     peak_reserved_gib: float = 0.0
+    gpu_gib: float = 0.0  # the memory the plan saw (less than the GPU's with --gpu-gib)
+    token_budget_splits: int = 0  # measured steps run as several passes to stay within the token budget
     mfu: float = 0.0
     losses: list[float] = field(default_factory=list)
     generation: dict[str, float] = field(default_factory=dict)
@@ -160,8 +163,20 @@ class _CountingCollator:
         return batch
 
 
+def cap_gpu_memory(gib: float | None) -> float:
+    """Make this process see a smaller GPU (allocations past `gib` fail as on a real one), so the
+    plan for a 16 GB card can be measured on a large one; returns the memory the plan sees."""
+    import torch
+
+    total = torch.cuda.get_device_properties(0).total_memory / 2**30
+    if gib is None or gib >= total:
+        return total
+    torch.cuda.set_per_process_memory_fraction(gib / total)
+    return gib
+
+
 def run_one(name: str, model_dir: str, lengths_from: str | None, steps: int, warmup: int, seq: int,
-            gen_tokens: int, gen_batches: list[int], peak: float) -> TrainMeasure:
+            gen_tokens: int, gen_batches: list[int], peak: float, gpu_gib: float | None = None) -> TrainMeasure:
     """One configuration in this process: load, train `warmup + steps` optimizer steps, generate."""
     bc = CONFIGS[name]
     if bc.backend == "unsloth":
@@ -173,9 +188,10 @@ def run_one(name: str, model_dir: str, lengths_from: str | None, steps: int, war
 
     from .config import apply_overrides, load_config
     from .modeling import add_lora, for_inference, load_base
-    from .train import BatchPlan, gpu_memory_gib, plan_batches, sft_config
+    from .train import BatchPlan, plan_batches, sft_config, token_budget_env
 
     m = TrainMeasure(config=asdict(bc))
+    m.gpu_gib = round(cap_gpu_memory(gpu_gib), 1)
     cfg = load_config("seed", {"model.name": model_dir, "model.backend": bc.backend, "model.max_seq_length": seq,
                                "train.max_steps": warmup + steps, "train.logging_steps": 1, "train.save_steps": 0,
                                "train.eval_steps": 0, "train.wandb": "off",
@@ -185,10 +201,10 @@ def run_one(name: str, model_dir: str, lengths_from: str | None, steps: int, war
     n_rows = eff * (warmup + steps)
     lengths, _ = sample_lengths(n_rows, 3407, lengths_from, seq)
     if bc.micro_batch == 0:
-        plan = plan_batches(cfg, bc.backend, gpu_memory_gib(), lengths=lengths, dims=base.model.config,
+        plan = plan_batches(cfg, bc.backend, m.gpu_gib, lengths=lengths, dims=base.model.config,
                             base_gib=torch.cuda.memory_allocated() / 2**30)
         bc = BenchConfig(bc.name, bc.backend, plan.micro_batch, plan.accumulation, plan.padding_free, plan.reason,
-                         plan.gradient_checkpointing or bc.gradient_checkpointing)
+                         plan.gradient_checkpointing or bc.gradient_checkpointing, plan.token_budget)
         m.config = asdict(bc)
         cfg = apply_overrides(cfg, {"lora.gradient_checkpointing": bc.gradient_checkpointing})
     loaded = add_lora(base, cfg)
@@ -196,10 +212,11 @@ def run_one(name: str, model_dir: str, lengths_from: str | None, steps: int, war
     vocab = loaded.model.config.vocab_size
     rows = [{"input_ids": torch.randint(10, vocab - 10, (n,), generator=g).tolist()} for n in lengths]
     ds = datasets.Dataset.from_list(rows)
-    plan = BatchPlan(bc.micro_batch, bc.accumulation, bc.padding_free, bc.note)
+    plan = BatchPlan(bc.micro_batch, bc.accumulation, bc.padding_free, bc.note, token_budget=bc.token_budget)
     args = sft_config(cfg, loaded, Path("/tmp/bench-out") / name / "x", [], False, plan)
     args.dataloader_drop_last = True
-    trainer = SFTTrainer(model=loaded.model, processing_class=loaded.tokenizer, args=args, train_dataset=ds)
+    with token_budget_env(plan):
+        trainer = SFTTrainer(model=loaded.model, processing_class=loaded.tokenizer, args=args, train_dataset=ds)
     counter = _CountingCollator(trainer.data_collator)
     trainer.data_collator = counter
     marks: dict[str, Any] = {}
@@ -209,10 +226,12 @@ def run_one(name: str, model_dir: str, lengths_from: str | None, steps: int, war
             if state.global_step == warmup:
                 torch.cuda.synchronize()
                 marks["t0"], marks["u0"], marks["p0"] = time.perf_counter(), counter.useful, counter.padded
+                marks["s0"] = getattr(trainer, "_unsloth_token_budget_splits", 0)
                 torch.cuda.reset_peak_memory_stats()
             if state.global_step == warmup + steps:
                 torch.cuda.synchronize()
                 marks["t1"], marks["u1"], marks["p1"] = time.perf_counter(), counter.useful, counter.padded
+                marks["s1"] = getattr(trainer, "_unsloth_token_budget_splits", 0)
 
         def on_log(self, a, state, control, logs=None, **kw):
             if logs and "loss" in logs:
@@ -229,6 +248,7 @@ def run_one(name: str, model_dir: str, lengths_from: str | None, steps: int, war
     m.epoch_500_rows_minutes = round(500 / (eff * steps / dt) / 60, 2)
     m.peak_allocated_gib = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     m.peak_reserved_gib = round(torch.cuda.max_memory_reserved() / 2**30, 2)
+    m.token_budget_splits = marks["s1"] - marks["s0"]
     mean_len = sum(lengths) / len(lengths)
     flops = train_flops_per_token(LLAMA_8B, mean_len) * useful
     m.mfu = round(flops / dt / (peak * 1e12), 4)
@@ -305,16 +325,19 @@ def padding_free_check(model_dir: str, backend: str, lengths: tuple[int, ...] = 
 
 
 def table(results: list[dict[str, Any]]) -> str:
-    cols = ["config", "useful tok/s", "padded tok/s", "s/step", "epoch of 500 rows (min)", "peak alloc GiB",
-            "peak reserved GiB", "MFU", "gen tok/s b1", "b8", "b32"]
+    cols = ["config", "batches", "useful tok/s", "padded tok/s", "s/step", "epoch of 500 rows (min)",
+            "peak alloc GiB", "peak reserved GiB", "MFU", "gen tok/s b1", "b8", "b32"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in results:
         if r.get("error"):
             lines.append(f"| {r['config']['name']} | error: {r['error'][:80]} |" + " |" * (len(cols) - 2))
             continue
-        g = r["generation"]
+        g, c = r["generation"], r["config"]
+        batches = (f"{c['micro_batch']}x{c['accumulation']}{' pf' if c['padding_free'] else ''}, ckpt "
+                   f"{c['gradient_checkpointing']}" + (f", budget {c['token_budget']} ({r.get('token_budget_splits', 0)} "
+                                                       "steps split)" if c.get("token_budget") else ""))
         lines.append("| " + " | ".join(str(x) for x in [
-            r["config"]["name"], r["useful_tokens_per_s"], r["padded_tokens_per_s"], r["seconds_per_step"],
+            r["config"]["name"], batches, r["useful_tokens_per_s"], r["padded_tokens_per_s"], r["seconds_per_step"],
             r["epoch_500_rows_minutes"], r["peak_allocated_gib"], r["peak_reserved_gib"], f"{r['mfu']:.1%}",
             g.get("batch_1", "-"), g.get("batch_8", "-"), g.get("batch_32", "-")]) + " |")
     return "\n".join(lines)
@@ -332,6 +355,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gen-tokens", type=int, default=128, help="tokens generated per sequence")
     p.add_argument("--gen-batches", default="1,8,32")
     p.add_argument("--layers", type=int, default=None, help="fewer layers for a quick check")
+    p.add_argument("--gpu-gib", type=float, default=None,
+                   help="plan for, and cap each run at, this much GPU memory (15 measures the T4 plan on a large GPU)")
     p.add_argument("--out", default=None, help="JSON results file")
     p.add_argument("--check-padding-free", action="store_true",
                    help="only compare padded and padding-free losses on the same rows (needs --model)")
@@ -346,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.one:
         try:
             m = asdict(run_one(args.one, args.model, args.lengths_from, args.steps, args.warmup, args.seq,
-                               args.gen_tokens, gen_batches, args.peak))
+                               args.gen_tokens, gen_batches, args.peak, args.gpu_gib))
         except Exception as e:
             import traceback
 
@@ -373,6 +398,8 @@ def main(argv: list[str] | None = None) -> int:
                "--gen-batches", args.gen_batches, "--peak", str(peak)]
         if args.lengths_from:
             cmd += ["--lengths-from", args.lengths_from]
+        if args.gpu_gib:
+            cmd += ["--gpu-gib", str(args.gpu_gib)]
         t1 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "R1HELPERS_HEADLESS": "1"})
         line = next((x for x in proc.stdout.splitlines() if x.startswith("BENCH_RESULT ")), None)
@@ -383,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
             print(proc.stderr[-3000:], file=sys.stderr)
         results.append(r)
         print(json.dumps(r), flush=True)
-    report = {"gpu": torch.cuda.get_device_name(), "bf16_peak_tflops": round(peak, 1), "model": model,
+    report = {"gpu": torch.cuda.get_device_name(), "gpu_gib_cap": args.gpu_gib, "bf16_peak_tflops": round(peak, 1), "model": model,
               "lengths": dist, "seq": args.seq, "steps": args.steps, "warmup": args.warmup, "results": results}
     print(table(results))
     if args.out:

@@ -10,10 +10,12 @@ offline without one, and its absence never stops training.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -123,6 +125,10 @@ class BatchPlan:
     padding_free: bool
     reason: str
     gradient_checkpointing: str | None = None  # None: lora.gradient_checkpointing as configured
+    # Most tokens one forward/backward may hold: a step whose rows hold more runs as several passes over
+    # whole examples, each divided by the step's token count, so they sum to the unsplit loss and
+    # gradient (Unsloth's UNSLOTH_TOKEN_BUDGET). 0: never split.
+    token_budget: int = 0
 
 
 def activation_gib(tokens: int, dims: Any) -> float:
@@ -138,16 +144,25 @@ def worst_micro_batch_tokens(micro: int, max_len: int, lengths: list[int] | None
     return sum(sorted((min(n, max_len) for n in lengths), reverse=True)[:micro])
 
 
+def activation_tokens(gib: float, dims: Any) -> int:
+    """How many tokens' activations fit in `gib` without checkpointing (the inverse of activation_gib)."""
+    return max(0, int(gib / activation_gib(1, dims)))
+
+
 def plan_batches(cfg: Config, backend: str, gpu_memory_gib: float | None, lengths: list[int] | None = None,
-                 dims: Any = None, base_gib: float | None = None) -> BatchPlan:
+                 dims: Any = None, base_gib: float | None = None, processes: int = 1) -> BatchPlan:
     """The micro-batch, accumulation, padding and recomputation to train with, keeping the effective batch.
 
     Padding-free batches drop pad tokens and keep examples apart (Unsloth's block mask);
-    transformers' SDPA lets them attend to each other, so that path stays padded. Given the
-    model's dimensions and the memory its weights take, Unsloth trains the largest micro-batch
-    whose longest possible batch fits without gradient checkpointing without it (measured
-    1.8-2.2x faster on the H100); otherwise checkpointing stays as configured.
-    `train.batch_plan=as_set` keeps every value exactly as set (the seed recipe as written).
+    transformers' SDPA lets them attend to each other, so that path stays padded.
+
+    Given the model's dimensions and the memory its weights take, a padding-free Unsloth run on
+    one GPU takes each optimizer step's rows as one micro-batch without gradient checkpointing
+    and caps each forward at the tokens whose activations fit (a token budget): a step of short
+    rows runs in one pass, a step of long rows in two or three, and no step can exceed the GPU
+    whatever the lengths. That needs one full-length row to fit; otherwise (a T4 at 2048 tokens)
+    checkpointing stays as configured with the recipe's micro-batch. Measured on the H100 in
+    BENCHMARKS.md. `train.batch_plan=as_set` keeps every value exactly as set (the seed recipe).
     """
     t = cfg.train
     pf = {"true": True, "false": False}.get(str(t.padding_free).lower(), backend == "unsloth")
@@ -160,18 +175,31 @@ def plan_batches(cfg: Config, backend: str, gpu_memory_gib: float | None, length
     if t.batch_plan == "as_set" or gpu_memory_gib is None:
         why = "as set" if t.batch_plan == "as_set" else "no GPU"
         return BatchPlan(t.per_device_train_batch_size, t.gradient_accumulation_steps, pf, why)
+    max_len = cfg.model.max_seq_length
     divisors = [d for d in range(min(effective, MAX_MICRO_BATCH), 0, -1) if effective % d == 0]
     if backend == "unsloth" and dims is not None and base_gib is not None:
-        budget = MEMORY_HEADROOM * gpu_memory_gib - base_gib
+        free = MEMORY_HEADROOM * gpu_memory_gib - base_gib
+        fits = activation_tokens(free, dims)
+        longest = worst_micro_batch_tokens(1, max_len, lengths)
+        if pf and processes == 1 and fits >= longest:
+            # Unsloth splits a step only where every rank splits alike, so DDP keeps fixed micro-batches.
+            worst = worst_micro_batch_tokens(effective, max_len, lengths)
+            budget = 0 if worst <= fits else fits
+            split = (f"steps over {budget} tokens run in several passes" if budget else
+                     f"its longest possible step ({worst} tokens) fits")
+            return BatchPlan(effective, 1, pf,
+                             f"{gpu_memory_gib:.0f} GiB GPU: each step's {effective} rows as one padding-free "
+                             f"micro-batch without gradient checkpointing; ~{fits} tokens of activations fit in "
+                             f"the {free:.0f} GiB free, {split}", "false", budget)
         for micro in divisors:
-            tokens = worst_micro_batch_tokens(micro, cfg.model.max_seq_length, lengths)
+            tokens = worst_micro_batch_tokens(micro, max_len, lengths)
             need = activation_gib(tokens, dims)
-            if need <= budget:
+            if need <= free:
                 return BatchPlan(micro, effective // micro, pf,
                                  f"{gpu_memory_gib:.0f} GiB GPU: micro-batch {micro} x accumulation "
                                  f"{effective // micro} (effective batch {effective}) without gradient "
                                  f"checkpointing: its longest batch ({tokens} tokens) needs ~{need:.0f} GiB of "
-                                 f"activations, {budget:.0f} GiB free", "false")
+                                 f"activations, {free:.0f} GiB free", "false")
     if gpu_memory_gib < LARGE_GPU_GIB:
         return BatchPlan(t.per_device_train_batch_size, t.gradient_accumulation_steps, pf,
                          f"{gpu_memory_gib:.0f} GiB GPU keeps the recipe's micro-batch and checkpointing")
@@ -179,6 +207,26 @@ def plan_batches(cfg: Config, backend: str, gpu_memory_gib: float | None, length
     return BatchPlan(micro, effective // micro, pf,
                      f"{gpu_memory_gib:.0f} GiB GPU: micro-batch {micro} x accumulation {effective // micro} "
                      f"(effective batch {effective}, as the recipe)")
+
+
+TOKEN_BUDGET_ENV = "UNSLOTH_TOKEN_BUDGET"
+
+
+@contextlib.contextmanager
+def token_budget_env(plan: BatchPlan) -> Iterator[None]:
+    """Unsloth's SFTTrainer reads UNSLOTH_TOKEN_BUDGET when it is built (unsloth/utils/token_budget.py):
+    set it for the trainer being built, then put back what the user had. A plan without a budget
+    leaves the variable as the user set it."""
+    before = os.environ.get(TOKEN_BUDGET_ENV)
+    if plan.token_budget:
+        os.environ[TOKEN_BUDGET_ENV] = str(plan.token_budget)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(TOKEN_BUDGET_ENV, None)
+        else:
+            os.environ[TOKEN_BUDGET_ENV] = before
 
 
 def sft_config(cfg: Config, loaded: Loaded, output_dir: Path, report_to: list[str], has_eval: bool,
@@ -193,7 +241,8 @@ def sft_config(cfg: Config, loaded: Loaded, output_dir: Path, report_to: list[st
     return SFTConfig(
         output_dir=str(output_dir),
         per_device_train_batch_size=plan.micro_batch,
-        per_device_eval_batch_size=plan.micro_batch,
+        # Evaluation holds no activations for a backward, but Unsloth does not split its batches.
+        per_device_eval_batch_size=min(plan.micro_batch, MAX_MICRO_BATCH),
         gradient_accumulation_steps=plan.accumulation,
         padding_free=plan.padding_free,
         warmup_steps=t.warmup_steps,
@@ -249,8 +298,9 @@ class TrainResult:
 def oom_advice(cfg: Config, plan: BatchPlan) -> str:
     """What to change, with the values that ran out of memory, so the user need not look them up."""
     no_ckpt = plan.gradient_checkpointing == "false"
+    budget = f", at most {plan.token_budget} tokens a pass" if plan.token_budget else ""
     return (
-        f"CUDA out of memory in training (micro-batch {plan.micro_batch} x accumulation {plan.accumulation}, "
+        f"CUDA out of memory in training (micro-batch {plan.micro_batch} x accumulation {plan.accumulation}{budget}, "
         f"model.max_seq_length={cfg.model.max_seq_length}, model.load_in_4bit={cfg.model.load_in_4bit}, "
         f"lora.r={cfg.lora.r}{', gradient checkpointing turned off by the batch plan' if no_ckpt else ''}). "
         "Set train.batch_plan=as_set (exactly the batch and checkpointing you set), lower "
@@ -292,11 +342,12 @@ def train(cfg: Config, run: Run, loaded: Loaded, prepared, resume: bool | None =
            f"padding-free {plan.padding_free} ({plan.reason})")
     args = sft_config(cfg, loaded, ckpt_dir, report_to, has_eval, plan)
     loaded.model.config.use_cache = False
-    trainer = SFTTrainer(
-        model=loaded.model, processing_class=loaded.tokenizer, args=args,
-        train_dataset=prepared.trainer_columns("train"),
-        eval_dataset=prepared.trainer_columns("eval") if has_eval and cfg.train.eval_steps > 0 else None,
-    )
+    with token_budget_env(plan):
+        trainer = SFTTrainer(
+            model=loaded.model, processing_class=loaded.tokenizer, args=args,
+            train_dataset=prepared.trainer_columns("train"),
+            eval_dataset=prepared.trainer_columns("eval") if has_eval and cfg.train.eval_steps > 0 else None,
+        )
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
@@ -321,6 +372,8 @@ def train(cfg: Config, run: Run, loaded: Loaded, prepared, resume: bool | None =
         "total_parameters": total,
         "backend": loaded.backend.name,
         "batch_plan": asdict(plan),
+        # Steps Unsloth ran as several passes to stay within plan.token_budget.
+        "token_budget_splits": getattr(trainer, "_unsloth_token_budget_splits", 0),
         "processes": processes,
         "wandb": wandb_note,
         "peak_gpu_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None,
@@ -369,4 +422,5 @@ def plan_for(cfg: Config, base: Loaded, prepared) -> BatchPlan:
         per_process(cfg, world_size()), base.backend.name, gpu_memory_gib(),
         lengths=list(prepared.train["num_tokens"]) if "num_tokens" in prepared.train.column_names else None,
         dims=base.model.config, base_gib=torch.cuda.memory_allocated() / 2**30 if on_gpu else None,
+        processes=world_size(),
     )

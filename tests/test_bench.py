@@ -31,11 +31,14 @@ def test_configs_keep_the_recipe_effective_batch():
 
 
 def test_table_renders_errors_and_results():
-    ok = {"config": {"name": "a"}, "useful_tokens_per_s": 1.0, "padded_tokens_per_s": 2.0, "seconds_per_step": 3,
+    cfg = {"name": "a", "micro_batch": 8, "accumulation": 1, "padding_free": True, "gradient_checkpointing": "false",
+           "token_budget": 10379}
+    ok = {"config": cfg, "token_budget_splits": 3, "useful_tokens_per_s": 1.0, "padded_tokens_per_s": 2.0, "seconds_per_step": 3,
           "epoch_500_rows_minutes": 4, "peak_allocated_gib": 5, "peak_reserved_gib": 6, "mfu": 0.5,
           "generation": {"batch_1": 7}}
     text = table([ok, {"config": {"name": "b"}, "error": "boom"}])
-    assert "| a | 1.0 | 2.0 | 3 | 4 | 5 | 6 | 50.0% | 7 | - | - |" in text and "error: boom" in text
+    assert ("| a | 8x1 pf, ckpt false, budget 10379 (3 steps split) | 1.0 | 2.0 | 3 | 4 | 5 | 6 | 50.0% | 7 | - | - |"
+            in text and "error: boom" in text)
 
 
 def test_padding_free_leaks_without_unsloth_so_it_is_refused(tmp_path):
@@ -63,27 +66,57 @@ def _dims(**kw):
     return SimpleNamespace(**{k: LLAMA_8B[k] for k in ("num_hidden_layers", "hidden_size", "intermediate_size")}, **kw)
 
 
-def test_plan_drops_checkpointing_only_where_the_longest_batch_fits():
+def test_plan_drops_checkpointing_and_caps_each_pass_at_what_fits():
     from r1helpers.config import load_config
-    from r1helpers.train import activation_gib, plan_batches
+    from r1helpers.train import activation_gib, activation_tokens, plan_batches
 
     seed = load_config("seed")
-    # H100 (79 GiB), 8B in 4-bit (~6.5 GiB): 8 x 2048 tokens would need ~96 GiB, 4 x 2048 ~48 GiB.
+    # H100 (79 GiB), 8B in 4-bit (~6.5 GiB): ~60.8 GiB free holds ~10,400 tokens of activations. A step's
+    # 8 rows go in one micro-batch; steps longer than that (up to 8 x 2048) run in several passes.
     h100 = plan_batches(seed, "unsloth", 79.2, dims=_dims(), base_gib=6.5)
-    assert (h100.micro_batch, h100.accumulation, h100.gradient_checkpointing, h100.padding_free) == (4, 2, "false", True)
-    # Short rows let all 8 share one micro-batch.
+    assert (h100.micro_batch, h100.accumulation, h100.gradient_checkpointing, h100.padding_free) == (8, 1, "false", True)
+    assert h100.token_budget == activation_tokens(0.85 * 79.2 - 6.5, _dims())
+    assert 10_000 < h100.token_budget < 8 * 2048
+    assert 6.5 + activation_gib(h100.token_budget, _dims()) <= 0.85 * 79.2
+    # Short rows: the longest possible step fits, so no step is split.
     short = plan_batches(seed, "unsloth", 79.2, lengths=[700] * 500, dims=_dims(), base_gib=6.5)
-    assert (short.micro_batch, short.accumulation, short.gradient_checkpointing) == (8, 1, "false")
-    # A T4 with rows up to max_seq_length keeps the recipe's micro-batch and Unsloth's checkpointing...
+    assert (short.micro_batch, short.accumulation, short.gradient_checkpointing, short.token_budget) == (8, 1, "false", 0)
+    # With two processes Unsloth cannot split (ranks must split alike): the longest micro-batch must fit.
+    ddp = plan_batches(seed, "unsloth", 79.2, dims=_dims(), base_gib=6.5, processes=2)
+    assert (ddp.micro_batch, ddp.accumulation, ddp.gradient_checkpointing, ddp.token_budget) == (4, 2, "false", 0)
+    # A T4 with rows up to max_seq_length: one 2048-token row does not fit without checkpointing, so the
+    # recipe's micro-batch and Unsloth's checkpointing stay.
     t4 = plan_batches(seed, "unsloth", 15.0, lengths=[900] * 499 + [2048], dims=_dims(), base_gib=5.7)
-    assert (t4.micro_batch, t4.accumulation, t4.gradient_checkpointing) == (2, 4, None)
-    # ...and with rows of at most 900 tokens one row at a time fits without it, under the 14 GiB target.
+    assert (t4.micro_batch, t4.accumulation, t4.gradient_checkpointing, t4.token_budget) == (2, 4, None, 0)
+    # With rows of at most 900 tokens one fits without it: passes capped at ~1,200 tokens, under 14 GiB.
     t4_short = plan_batches(seed, "unsloth", 15.0, lengths=[900] * 500, dims=_dims(), base_gib=5.7)
-    assert (t4_short.micro_batch, t4_short.accumulation, t4_short.gradient_checkpointing) == (1, 8, "false")
-    assert 5.7 + activation_gib(900, _dims()) < 14
+    assert (t4_short.micro_batch, t4_short.accumulation, t4_short.gradient_checkpointing) == (8, 1, "false")
+    assert 900 <= t4_short.token_budget < 1800
+    assert 5.7 + activation_gib(t4_short.token_budget, _dims()) < 14
+    # Padded batches (padding_free=false) keep fixed micro-batches sized for the longest.
+    padded = plan_batches(load_config("seed", {"train.padding_free": "false"}), "unsloth", 79.2, dims=_dims(), base_gib=6.5)
+    assert (padded.micro_batch, padded.accumulation, padded.padding_free, padded.token_budget) == (4, 2, False, 0)
     # Unmeasured for transformers + peft: checkpointing stays; accumulation still folds on a large GPU.
     tf = plan_batches(seed, "transformers", 79.2, dims=_dims(), base_gib=6.5)
     assert tf.gradient_checkpointing is None and not tf.padding_free
     # The seed recipe as written.
     exact = plan_batches(load_config("seed", {"train.batch_plan": "as_set"}), "unsloth", 79.2, dims=_dims(), base_gib=6.5)
     assert (exact.micro_batch, exact.accumulation, exact.gradient_checkpointing) == (2, 4, None)
+
+
+def test_token_budget_reaches_unsloth_only_while_the_trainer_is_built(monkeypatch):
+    """Unsloth's SFTTrainer reads UNSLOTH_TOKEN_BUDGET in its constructor; the user's value comes back after."""
+    import os
+
+    from r1helpers.train import TOKEN_BUDGET_ENV, BatchPlan, token_budget_env
+
+    monkeypatch.delenv(TOKEN_BUDGET_ENV, raising=False)
+    with token_budget_env(BatchPlan(8, 1, True, "test", "false", 10379)):
+        assert os.environ[TOKEN_BUDGET_ENV] == "10379"
+    assert TOKEN_BUDGET_ENV not in os.environ
+    monkeypatch.setenv(TOKEN_BUDGET_ENV, "4096")
+    with token_budget_env(BatchPlan(8, 1, True, "test", "false", 9000)):
+        assert os.environ[TOKEN_BUDGET_ENV] == "9000"
+    assert os.environ[TOKEN_BUDGET_ENV] == "4096"
+    with token_budget_env(BatchPlan(2, 4, True, "as set")):  # no budget: the user's own setting stands
+        assert os.environ[TOKEN_BUDGET_ENV] == "4096"

@@ -6,6 +6,7 @@
 #   tools/gpu_run.sh series                # the six notebooks headless, Unsloth backend, tiny local model
 #   tools/gpu_run.sh pfcheck               # padded vs padding-free logits, Unsloth, 8B dims with 2 layers
 #   tools/gpu_run.sh bench seed-recipe,fallback,fast-default   # 8B-shape benchmark, those configs
+#   TAG=worst tools/gpu_run.sh bench fast-default "--lengths-from fixed:2048"   # extra bench arguments
 #   tools/gpu_run.sh launcher              # the training stage through the DDP launcher on the visible GPUs
 #
 # Results go to $OUT (or ./gpu-out) as small files.
@@ -38,7 +39,8 @@ PY
     $PY -m r1helpers.bench --check-padding-free --model /tmp/r1bench/llama8b-random-2l --backend unsloth 2>&1 | tee "$OUT/pfcheck.log" | grep -E "PADDING_FREE_CHECK|Error"
     ;;
   bench)
-    $PY -m r1helpers.bench --configs "${2:?configs}" --out "$OUT/bench-$(echo "$2" | tr ',' '_').json" ${3:-} 2>&1 | tee "$OUT/bench.log" | grep -vE "^\s*$|Loading weights|it/s\]" | tail -60
+    # TAG names the JSON when one command runs several benches with the same configs.
+    $PY -m r1helpers.bench --configs "${2:?configs}" --out "$OUT/bench-${TAG:-$(echo "$2" | tr ',' '_')}.json" ${3:-} 2>&1 | tee -a "$OUT/bench.log" | grep -vE "^\s*$|Loading weights|it/s\]" | tail -60
     ;;
   launcher)
     rm -rf /tmp/gpu-ddp
