@@ -52,6 +52,7 @@ class BenchConfig:
 CONFIGS = {
     "seed-recipe": BenchConfig("seed-recipe", "unsloth", 2, 4, False, "Unsloth, padded micro-batches of 2, accumulation 4"),
     "fallback": BenchConfig("fallback", "transformers", 2, 4, False, "transformers + peft + bitsandbytes, padded 2 x 4"),
+    "fallback-nockpt": BenchConfig("fallback-nockpt", "transformers", 2, 4, False, "the fallback without gradient checkpointing", "false"),
     "fast-16gb": BenchConfig("fast-16gb", "unsloth", 2, 4, True, "default on 16 GB GPUs (T4, P100 with Unsloth): padding-free 2 x 4"),
     # micro_batch 0: whatever r1helpers.train.plan_batches picks on this GPU for these lengths.
     "fast-default": BenchConfig("fast-default", "unsloth", 0, 0, True, "the project's default: plan_batches on this GPU"),
@@ -143,6 +144,7 @@ class TrainMeasure:
     peak_reserved_gib: float = 0.0
     gpu_gib: float = 0.0  # the memory the plan saw (less than the GPU's with --gpu-gib)
     token_budget_splits: int = 0  # measured steps run as several passes to stay within the token budget
+    largest_micro_batch_tokens: int = 0  # padded, before any split into passes
     mfu: float = 0.0
     losses: list[float] = field(default_factory=list)
     generation: dict[str, float] = field(default_factory=dict)
@@ -153,12 +155,13 @@ class _CountingCollator:
     """Counts useful (attended) and padded tokens of every batch the trainer builds."""
 
     def __init__(self, inner):
-        self.inner, self.useful, self.padded = inner, 0, 0
+        self.inner, self.useful, self.padded, self.largest = inner, 0, 0, 0
 
     def __call__(self, features):
         batch = self.inner(features)
         ids = batch["input_ids"]
         self.padded += ids.numel()
+        self.largest = max(self.largest, ids.numel())
         self.useful += int(batch["attention_mask"].sum()) if "attention_mask" in batch else ids.numel()
         return batch
 
@@ -249,6 +252,7 @@ def run_one(name: str, model_dir: str, lengths_from: str | None, steps: int, war
     m.peak_allocated_gib = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     m.peak_reserved_gib = round(torch.cuda.max_memory_reserved() / 2**30, 2)
     m.token_budget_splits = marks["s1"] - marks["s0"]
+    m.largest_micro_batch_tokens = counter.largest
     mean_len = sum(lengths) / len(lengths)
     flops = train_flops_per_token(LLAMA_8B, mean_len) * useful
     m.mfu = round(flops / dt / (peak * 1e12), 4)

@@ -128,12 +128,13 @@ class TrainConfig:
     wandb_project: str = field(default="r1-medical-reasoning", metadata={"help": "W&B project"})
     padding_free: str = field(default="auto", metadata={"help": "auto (Unsloth: yes; transformers: no) | true | false: batches without pad tokens, examples never attend to each other"})
     batch_plan: str = field(default="auto", metadata={"help": "auto: same effective batch, micro-batch sized to GPU memory | as_set: exactly the batch and accumulation above"})
+    token_budget: int = field(default=0, metadata={"help": "0: auto (padding-free Unsloth on one GPU: most tokens whose activations fit) | N: at most N tokens a forward pass; a step's rows run in several passes that sum to the same gradient"})
     processes: int = field(default=1, metadata={"help": "1: train in this process | N: DDP over N GPUs (torchrun, one process per GPU, same effective batch) | 0: every visible GPU", "fingerprint": False})
 
     def __post_init__(self) -> None:
         for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "max_steps", "logging_steps"):
             _check(getattr(self, name) >= 1, f"train.{name}", "must be >= 1")
-        for name in ("warmup_steps", "eval_steps", "save_steps", "processes"):
+        for name in ("warmup_steps", "eval_steps", "save_steps", "processes", "token_budget"):
             _check(getattr(self, name) >= 0, f"train.{name}", "must be >= 0")
         _check(0.0 < self.learning_rate < 1.0, "train.learning_rate", "must be in (0, 1)")
         _check(self.weight_decay >= 0.0, "train.weight_decay", "must be >= 0")

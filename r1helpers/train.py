@@ -181,6 +181,14 @@ def plan_batches(cfg: Config, backend: str, gpu_memory_gib: float | None, length
         free = MEMORY_HEADROOM * gpu_memory_gib - base_gib
         fits = activation_tokens(free, dims)
         longest = worst_micro_batch_tokens(1, max_len, lengths)
+        if pf and processes == 1 and t.token_budget:
+            # As set: no checkpointing only if a pass of that many tokens (or one longer row) fits.
+            need = activation_gib(max(t.token_budget, longest), dims)
+            return BatchPlan(effective, 1, pf,
+                             f"train.token_budget={t.token_budget}: each step's {effective} rows in passes of at "
+                             f"most {t.token_budget} tokens (a longer row runs alone), "
+                             + ("without gradient checkpointing" if need <= free else "checkpointing as configured"),
+                             "false" if need <= free else None, t.token_budget)
         if pf and processes == 1 and fits >= longest:
             # Unsloth splits a step only where every rank splits alike, so DDP keeps fixed micro-batches.
             worst = worst_micro_batch_tokens(effective, max_len, lengths)
@@ -238,7 +246,13 @@ def sft_config(cfg: Config, loaded: Loaded, output_dir: Path, report_to: list[st
     on_gpu = loaded.device.type == "cuda"
     eval_on = has_eval and t.eval_steps > 0
     plan = plan or plan_batches(cfg, loaded.backend.name, gpu_memory_gib())
+    # TRL's SFTConfig turns checkpointing on by default, and the trainer then enables it on the model
+    # whatever add_lora chose; say what the plan and the config chose instead.
+    checkpointing = str(plan.gradient_checkpointing or cfg.lora.gradient_checkpointing).lower() != "false"
     return SFTConfig(
+        gradient_checkpointing=checkpointing,
+        # Non-reentrant, as add_lora: the reentrant kind breaks DDP's gradient hooks.
+        gradient_checkpointing_kwargs={"use_reentrant": False} if checkpointing else None,
         output_dir=str(output_dir),
         per_device_train_batch_size=plan.micro_batch,
         # Evaluation holds no activations for a backward, but Unsloth does not split its batches.

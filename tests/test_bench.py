@@ -93,6 +93,11 @@ def test_plan_drops_checkpointing_and_caps_each_pass_at_what_fits():
     assert (t4_short.micro_batch, t4_short.accumulation, t4_short.gradient_checkpointing) == (8, 1, "false")
     assert 900 <= t4_short.token_budget < 1800
     assert 5.7 + activation_gib(t4_short.token_budget, _dims()) < 14
+    # A budget as set: passes of at most that many tokens, checkpointing off only if such a pass fits.
+    small = plan_batches(load_config("seed", {"train.token_budget": 3000}), "unsloth", 79.2, dims=_dims(), base_gib=6.5)
+    assert (small.micro_batch, small.accumulation, small.gradient_checkpointing, small.token_budget) == (8, 1, "false", 3000)
+    t4_set = plan_batches(load_config("seed", {"train.token_budget": 4096}), "unsloth", 15.0, dims=_dims(), base_gib=5.7)
+    assert (t4_set.micro_batch, t4_set.gradient_checkpointing, t4_set.token_budget) == (8, None, 4096)
     # Padded batches (padding_free=false) keep fixed micro-batches sized for the longest.
     padded = plan_batches(load_config("seed", {"train.padding_free": "false"}), "unsloth", 79.2, dims=_dims(), base_gib=6.5)
     assert (padded.micro_batch, padded.accumulation, padded.padding_free, padded.token_budget) == (4, 2, False, 0)
@@ -120,3 +125,22 @@ def test_token_budget_reaches_unsloth_only_while_the_trainer_is_built(monkeypatc
     assert os.environ[TOKEN_BUDGET_ENV] == "4096"
     with token_budget_env(BatchPlan(2, 4, True, "as set")):  # no budget: the user's own setting stands
         assert os.environ[TOKEN_BUDGET_ENV] == "4096"
+
+
+def test_trainer_checkpoints_only_where_the_plan_or_config_says(tmp_path):
+    """TRL's SFTConfig defaults to gradient_checkpointing=True and the trainer would then enable it on
+    the model whatever add_lora chose (it did: the CPU profile and the fallback were always recomputing)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from r1helpers.config import load_config
+    from r1helpers.train import BatchPlan, sft_config
+
+    loaded = SimpleNamespace(backend=SimpleNamespace(dtype="float32", name="transformers"), device=torch.device("cpu"))
+    off = sft_config(load_config("cpu"), loaded, tmp_path / "a" / "b", [], False, BatchPlan(4, 1, False, "t"))
+    assert off.gradient_checkpointing is False
+    seed = sft_config(load_config("seed"), loaded, tmp_path / "a" / "b", [], False, BatchPlan(2, 4, False, "t"))
+    assert seed.gradient_checkpointing is True and seed.gradient_checkpointing_kwargs == {"use_reentrant": False}
+    planned = sft_config(load_config("seed"), loaded, tmp_path / "a" / "b", [], False, BatchPlan(8, 1, True, "t", "false", 9000))
+    assert planned.gradient_checkpointing is False

@@ -7,6 +7,7 @@
 #   tools/gpu_run.sh pfcheck               # padded vs padding-free logits, Unsloth, 8B dims with 2 layers
 #   tools/gpu_run.sh bench seed-recipe,fallback,fast-default   # 8B-shape benchmark, those configs
 #   TAG=worst tools/gpu_run.sh bench fast-default "--lengths-from fixed:2048"   # extra bench arguments
+#   tools/gpu_run.sh budget                # training stage with and without a token budget: same losses?
 #   tools/gpu_run.sh launcher              # the training stage through the DDP launcher on the visible GPUs
 #
 # Results go to $OUT (or ./gpu-out) as small files.
@@ -41,6 +42,22 @@ PY
   bench)
     # TAG names the JSON when one command runs several benches with the same configs.
     $PY -m r1helpers.bench --configs "${2:?configs}" --out "$OUT/bench-${TAG:-$(echo "$2" | tr ',' '_')}.json" ${3:-} 2>&1 | tee -a "$OUT/bench.log" | grep -vE "^\s*$|Loading weights|it/s\]" | tail -60
+    ;;
+  budget)
+    # Training stage twice on the tiny model (Unsloth): the plan's passes, then passes of at most 1500 tokens
+    # (each 4-row step of ~2,700 tokens split in two or three). Losses must agree; splits must be counted.
+    $PY - <<'PY' 2>&1 | tee "$OUT/budget.log" | grep -E "^BUDGET|batches:|Error|error" | head -40
+import json, shutil
+import r1helpers
+from r1helpers import data, train
+for budget in (0, 1500):
+    d = f"/tmp/budget-{budget}"
+    shutil.rmtree(d, ignore_errors=True)
+    cfg, run = r1helpers.start(d, "cpu", {"train.wandb": "off", "train.token_budget": budget}, quiet=True)
+    res = train.ensure_trained(cfg, run, data.prepare(cfg, run))
+    print("BUDGET " + json.dumps({"token_budget": budget, "splits": res.metrics["token_budget_splits"],
+          "plan": res.metrics["batch_plan"], "losses": res.losses(), "eval": res.losses("eval_loss")}), flush=True)
+PY
     ;;
   launcher)
     rm -rf /tmp/gpu-ddp
