@@ -414,7 +414,9 @@ def main(argv: list[str] | None = None) -> int:
             print(proc.stderr[-3000:], file=sys.stderr)
         results.append(r)
         print(json.dumps(r), flush=True)
-    report = {"gpu": torch.cuda.get_device_name(), "gpu_gib_cap": args.gpu_gib, "bf16_peak_tflops": round(peak, 1), "model": model,
+    from .env import package_versions
+
+    report = {"gpu": torch.cuda.get_device_name(), "versions": package_versions(), "gpu_gib_cap": args.gpu_gib, "bf16_peak_tflops": round(peak, 1), "model": model,
               "lengths": dist, "seq": args.seq, "steps": args.steps, "warmup": args.warmup, "results": results}
     print(table(results))
     if args.out:

@@ -110,10 +110,14 @@ def _checkpoint_dir(cfg: Config, run: Run, resume: bool) -> tuple[Path, Path | N
 LARGE_GPU_GIB = 40.0
 MAX_MICRO_BATCH = 8
 # Activations a LoRA step keeps per token without gradient checkpointing, per layer and unit of
-# (hidden + intermediate) width. Measured on the H100 with Unsloth in the 8B shape (BENCHMARKS.md:
-# 35.8 GiB peak at 8 rows of ~770 tokens over 6.5 GiB of weights, ~4.8 MiB a token) and rounded up
-# to 6 MiB a token for 32 x (4096 + 14336). Unmeasured for transformers + peft, which keeps checkpointing.
-ACTIVATION_MIB_PER_TOKEN_UNIT = 6.0 / (32 * (4096 + 14336))
+# (hidden + intermediate) width, for each backend. Measured on the H100 in the 8B shape (BENCHMARKS.md),
+# peak allocated less ~6.5 GiB of weights over the largest pass:
+# - Unsloth (fused kernels and chunked loss): 3.6 MiB a token (43.1 GiB at passes of 10,240 tokens;
+#   35.5 at 8,153); 6 MiB for 32 x (4096 + 14336) keeps a margin for other GPUs and fragmentation.
+# - transformers + peft + bitsandbytes (full logits, unfused MLP): 10.2 MiB a token (47.2 GiB at
+#   padded micro-batches of 2 x 2048); 12 MiB.
+ACTIVATION_MIB_PER_TOKEN = {"unsloth": 6.0, "transformers": 12.0}
+LLAMA_8B_WIDTH_UNITS = 32 * (4096 + 14336)
 # Share of the GPU a plan without checkpointing may fill; the rest absorbs fragmentation and eval.
 MEMORY_HEADROOM = 0.85
 
@@ -131,22 +135,24 @@ class BatchPlan:
     token_budget: int = 0
 
 
-def activation_gib(tokens: int, dims: Any) -> float:
-    """Activation memory of one micro-batch of `tokens` tokens trained by Unsloth without checkpointing."""
+def activation_gib(tokens: int, dims: Any, backend: str = "unsloth") -> float:
+    """Activation memory of one pass of `tokens` tokens (pad tokens included) without checkpointing."""
     unit = dims.num_hidden_layers * (dims.hidden_size + dims.intermediate_size)
-    return tokens * unit * ACTIVATION_MIB_PER_TOKEN_UNIT / 1024
+    return tokens * unit / LLAMA_8B_WIDTH_UNITS * ACTIVATION_MIB_PER_TOKEN[backend] / 1024
 
 
-def worst_micro_batch_tokens(micro: int, max_len: int, lengths: list[int] | None) -> int:
-    """Tokens in the largest micro-batch the data can form: its `micro` longest rows."""
+def worst_micro_batch_tokens(micro: int, max_len: int, lengths: list[int] | None, padded: bool = False) -> int:
+    """Tokens in the largest micro-batch the data can form: its `micro` longest rows, or `micro`
+    copies of the longest where rows are padded to the longest in the batch."""
     if not lengths:
         return micro * max_len
-    return sum(sorted((min(n, max_len) for n in lengths), reverse=True)[:micro])
+    longest = sorted((min(n, max_len) for n in lengths), reverse=True)
+    return micro * longest[0] if padded else sum(longest[:micro])
 
 
-def activation_tokens(gib: float, dims: Any) -> int:
+def activation_tokens(gib: float, dims: Any, backend: str = "unsloth") -> int:
     """How many tokens' activations fit in `gib` without checkpointing (the inverse of activation_gib)."""
-    return max(0, int(gib / activation_gib(1, dims)))
+    return max(0, int(gib / activation_gib(1, dims, backend)))
 
 
 def plan_batches(cfg: Config, backend: str, gpu_memory_gib: float | None, lengths: list[int] | None = None,
@@ -160,9 +166,11 @@ def plan_batches(cfg: Config, backend: str, gpu_memory_gib: float | None, length
     one GPU takes each optimizer step's rows as one micro-batch without gradient checkpointing
     and caps each forward at the tokens whose activations fit (a token budget): a step of short
     rows runs in one pass, a step of long rows in two or three, and no step can exceed the GPU
-    whatever the lengths. That needs one full-length row to fit; otherwise (a T4 at 2048 tokens)
-    checkpointing stays as configured with the recipe's micro-batch. Measured on the H100 in
-    BENCHMARKS.md. `train.batch_plan=as_set` keeps every value exactly as set (the seed recipe).
+    whatever the lengths. That needs one full-length row to fit. Otherwise, and for padded
+    batches (the transformers backend), the largest micro-batch whose longest possible batch fits
+    runs without checkpointing; where none fits (a T4 at 2048 tokens) the recipe's micro-batch and
+    checkpointing stay. Measured on the H100 in BENCHMARKS.md.
+    `train.batch_plan=as_set` keeps every value exactly as set (the seed recipe as written).
     """
     t = cfg.train
     pf = {"true": True, "false": False}.get(str(t.padding_free).lower(), backend == "unsloth")
@@ -177,20 +185,21 @@ def plan_batches(cfg: Config, backend: str, gpu_memory_gib: float | None, length
         return BatchPlan(t.per_device_train_batch_size, t.gradient_accumulation_steps, pf, why)
     max_len = cfg.model.max_seq_length
     divisors = [d for d in range(min(effective, MAX_MICRO_BATCH), 0, -1) if effective % d == 0]
-    if backend == "unsloth" and dims is not None and base_gib is not None:
+    if dims is not None and base_gib is not None:
         free = MEMORY_HEADROOM * gpu_memory_gib - base_gib
-        fits = activation_tokens(free, dims)
+        fits = activation_tokens(free, dims, backend)
         longest = worst_micro_batch_tokens(1, max_len, lengths)
-        if pf and processes == 1 and t.token_budget:
+        # Unsloth splits a step only where every rank splits alike, so DDP keeps fixed micro-batches.
+        splits = pf and backend == "unsloth" and processes == 1
+        if splits and t.token_budget:
             # As set: no checkpointing only if a pass of that many tokens (or one longer row) fits.
-            need = activation_gib(max(t.token_budget, longest), dims)
+            need = activation_gib(max(t.token_budget, longest), dims, backend)
             return BatchPlan(effective, 1, pf,
                              f"train.token_budget={t.token_budget}: each step's {effective} rows in passes of at "
                              f"most {t.token_budget} tokens (a longer row runs alone), "
                              + ("without gradient checkpointing" if need <= free else "checkpointing as configured"),
                              "false" if need <= free else None, t.token_budget)
-        if pf and processes == 1 and fits >= longest:
-            # Unsloth splits a step only where every rank splits alike, so DDP keeps fixed micro-batches.
+        if splits and fits >= longest:
             worst = worst_micro_batch_tokens(effective, max_len, lengths)
             budget = 0 if worst <= fits else fits
             split = (f"steps over {budget} tokens run in several passes" if budget else
@@ -200,14 +209,14 @@ def plan_batches(cfg: Config, backend: str, gpu_memory_gib: float | None, length
                              f"micro-batch without gradient checkpointing; ~{fits} tokens of activations fit in "
                              f"the {free:.0f} GiB free, {split}", "false", budget)
         for micro in divisors:
-            tokens = worst_micro_batch_tokens(micro, max_len, lengths)
-            need = activation_gib(tokens, dims)
+            tokens = worst_micro_batch_tokens(micro, max_len, lengths, padded=not pf)
+            need = activation_gib(tokens, dims, backend)
             if need <= free:
                 return BatchPlan(micro, effective // micro, pf,
                                  f"{gpu_memory_gib:.0f} GiB GPU: micro-batch {micro} x accumulation "
                                  f"{effective // micro} (effective batch {effective}) without gradient "
-                                 f"checkpointing: its longest batch ({tokens} tokens) needs ~{need:.0f} GiB of "
-                                 f"activations, {free:.0f} GiB free", "false")
+                                 f"checkpointing: its longest batch ({tokens} tokens{'' if pf else ' with padding'}) "
+                                 f"needs ~{need:.0f} GiB of activations, {free:.0f} GiB free", "false")
     if gpu_memory_gib < LARGE_GPU_GIB:
         return BatchPlan(t.per_device_train_batch_size, t.gradient_accumulation_steps, pf,
                          f"{gpu_memory_gib:.0f} GiB GPU keeps the recipe's micro-batch and checkpointing")
