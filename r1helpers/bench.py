@@ -210,12 +210,13 @@ def run_one(name: str, model_dir: str, lengths_from: str | None, steps: int, war
                          plan.gradient_checkpointing or bc.gradient_checkpointing, plan.token_budget)
         m.config = asdict(bc)
         cfg = apply_overrides(cfg, {"lora.gradient_checkpointing": bc.gradient_checkpointing})
+    else:
+        plan = BatchPlan(bc.micro_batch, bc.accumulation, bc.padding_free, bc.note, token_budget=bc.token_budget)
     loaded = add_lora(base, cfg)
     g = torch.Generator().manual_seed(0)
     vocab = loaded.model.config.vocab_size
     rows = [{"input_ids": torch.randint(10, vocab - 10, (n,), generator=g).tolist()} for n in lengths]
     ds = datasets.Dataset.from_list(rows)
-    plan = BatchPlan(bc.micro_batch, bc.accumulation, bc.padding_free, bc.note, token_budget=bc.token_budget)
     args = sft_config(cfg, loaded, Path("/tmp/bench-out") / name / "x", [], False, plan)
     args.dataloader_drop_last = True
     with token_budget_env(plan):

@@ -150,14 +150,19 @@ def test_restart_asked_only_for_modules_imported_before_the_update():
     assert kaggle._stale_imports(before, {"json"}) == []
 
 
-def test_constraints_hold_torch_at_the_installed_build():
-    versions = {"torch": "2.9.0+cu126", "triton": "3.5.0"}
+def _installed(versions):
+    """importlib.metadata.version over a fixed set of installed packages."""
 
     def version_of(name):
         if name not in versions:
             raise kaggle.importlib.metadata.PackageNotFoundError(name)
         return versions[name]
 
+    return version_of
+
+
+def test_constraints_hold_torch_at_the_installed_build():
+    version_of = _installed({"torch": "2.9.0+cu126", "triton": "3.5.0"})
     assert kaggle.constraints(version_of) == ["torch==2.9.0+cu126", "triton==3.5.0"]
 
 
@@ -182,13 +187,7 @@ def test_unsloth_installed_only_where_it_runs(gpus, unsloth):
 
 
 def test_missing_reads_installed_versions():
-    installed = {"trl": "1.14.2", "pandas": "2.2.0"}
-
-    def version_of(name):
-        if name not in installed:
-            raise kaggle.importlib.metadata.PackageNotFoundError(name)
-        return installed[name]
-
+    version_of = _installed({"trl": "1.14.2", "pandas": "2.2.0"})
     assert kaggle.missing(["trl==1.14.2", "pandas>=2", "peft==0.21.0", "trl==1.15.0"], version_of) == [
         "peft==0.21.0", "trl==1.15.0"]
 
