@@ -4,8 +4,8 @@ Heavy libraries (torch, unsloth, trl, wandb) are imported inside the functions t
 need them, so `import r1helpers` works on any machine.
 """
 
-from .config import Config, ConfigError, load_config
-from .session import start
+from r1helpers.core.config import Config, ConfigError, load_config
+from r1helpers.workflow.session import start
 
 __version__ = "0.1.0"
 __all__ = ["Config", "ConfigError", "load_config", "start", "__version__"]

@@ -19,9 +19,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from . import prompts
-from .config import SAMPLE_DATASET, Config, DataConfig
-from .runs import Run, atomic_dir, write_json_atomic
+from r1helpers.core import prompts
+from r1helpers.core.config import SAMPLE_DATASET, DataConfig
 
 COLUMNS = ("Question", "Complex_CoT", "Response")
 LOCAL_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
@@ -336,72 +335,10 @@ def length_stats(lengths: list[int], max_len: int) -> dict[str, Any]:
     }
 
 
-@dataclass
-class Prepared:
-    train: Any  # datasets.Dataset
-    eval: Any
-    stats: dict[str, Any]
-    path: Path
-
-    def trainer_columns(self, split: str = "train"):
-        """Only the token ids go to the trainer; text columns would break its collator."""
-        return getattr(self, split).select_columns(["input_ids"])
 
 
-def build(cfg: Config, tokenizer) -> tuple[Any, dict[str, Any]]:
-    """Load, check, split and tokenize; returns a DatasetDict and the statistics."""
-    import datasets
-
-    report = Report(overlong_action=cfg.data.overlong)
-    ds, origin = load_raw(cfg.data, report)
-    train_rows, eval_rows = select_rows(ds, cfg.data, origin, report)
-    # Lengths before any drop, so the histogram shows what max_seq_length cuts off.
-    max_len = cfg.model.max_seq_length
-    all_lengths = {}
-    for split, rows in (("train", train_rows), ("eval", eval_rows)):
-        all_lengths[split] = [len(prompts.encode_example(tokenizer, r["Question"], r["Complex_CoT"], r["Response"])[0]) for r in rows]
-    train = tokenize_rows(train_rows, tokenizer, max_len, cfg.data.overlong, "train", report)
-    held = tokenize_rows(eval_rows, tokenizer, max_len, cfg.data.overlong, "eval", report)
-    if not train:
-        raise DataError(f"{origin}: no training rows left after the checks: {report.lines()}")
-    dd = datasets.DatasetDict({"train": datasets.Dataset.from_list(train), "eval": datasets.Dataset.from_list(held)})
-    stats = {
-        "report": report.lines(),
-        "counts": {"train": len(train), "eval": len(held)},
-        "token_lengths": {k: length_stats(v, max_len) for k, v in all_lengths.items()},
-        "all_lengths": all_lengths,
-        "eos_ends_every_example": all(r["input_ids"][-1] == tokenizer.eos_token_id for r in train + held),
-        "raw": {"dropped_invalid_json": report.dropped_invalid_json, "dropped_not_utf8": report.dropped_not_utf8,
-                "dropped_empty": report.dropped_empty, "dropped_duplicate": report.dropped_duplicate,
-                "eval_dropped_overlap": report.eval_dropped_overlap, "overlong": report.overlong},
-    }
-    return dd, stats
 
 
-def prepare(cfg: Config, run: Run, tokenizer=None, force: bool = False) -> Prepared:
-    """Reuse the run folder's prepared splits when made with these settings, else rebuild them."""
-    import datasets
-
-    out = run.stage_dir("data")
-    if not force and run.is_current(cfg, "data"):
-        dd = datasets.load_from_disk(str(out / "dataset"))
-        stats = json.loads((out / "stats.json").read_text())
-        return Prepared(dd["train"], dd["eval"], stats, out)
-    if tokenizer is None:
-        from .modeling import load_tokenizer
-
-        tokenizer = load_tokenizer(cfg)
-    dd, stats = build(cfg, tokenizer)
-    with atomic_dir(out / "dataset") as tmp:
-        dd.save_to_disk(str(tmp))
-    write_json_atomic(out / "stats.json", stats)
-    run.write_manifest(cfg, "data", counts=stats["counts"])
-    return Prepared(dd["train"], dd["eval"], stats, out)
 
 
-def eval_questions(prepared: Prepared, n: int) -> list[dict[str, str]]:
-    """The first n held-out rows: always the same ones for base and fine-tuned models."""
-    rows = prepared.eval.select(range(min(n, len(prepared.eval))))
-    return [{"id": f"eval-{r['source_row']}", "question": r["Question"], "reference_cot": r["Complex_CoT"],
-             "reference_answer": r["Response"]} for r in rows]
 

@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import contextlib
-import dataclasses
 import os
 import shlex
 import signal
@@ -33,149 +31,16 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Callable, Mapping
 
-from .config import Config, ConfigError
+from r1helpers.core.config import Config, ConfigError
 
-DDP_BACKEND_NOTE = ("under DDP this project trains with transformers + peft (bitsandbytes 4-bit on CUDA, one whole "
-                    "model per GPU); Unsloth's open-source multi-GPU support is not relied on")
-# Set by env.pin_first_gpu: the GPUs that were visible before it hid all but the first, so that
-# a launch from the same notebook can give every process its GPU back.
-GPUS_BEFORE_PIN_ENV = "R1HELPERS_GPUS_BEFORE_PIN"
+from r1helpers.core.ddp import (DDP_BACKEND_NOTE, GPUS_BEFORE_PIN_ENV, init_process_group, main_first,
+                               per_process, print0, world_size)
 
 
 class DistributedError(RuntimeError):
     """The training processes failed; the message holds the end of their output."""
-
-
-def world_size(environ: Mapping[str, str] = os.environ) -> int:
-    return int(environ.get("WORLD_SIZE") or 1)
-
-
-def rank(environ: Mapping[str, str] = os.environ) -> int:
-    return int(environ.get("RANK") or 0)
-
-
-def is_main_process(environ: Mapping[str, str] = os.environ) -> bool:
-    """Rank 0, or no launcher at all: the one process that writes the run folder and logs."""
-    return rank(environ) == 0
-
-
-def print0(*args: Any, **kwargs: Any) -> None:
-    """Print from rank 0 only, so N processes do not print every line N times."""
-    if is_main_process():
-        print(*args, **kwargs)
-
-
-def barrier() -> None:
-    """Wait for every rank; nothing to wait for in a single process."""
-    if world_size() <= 1:
-        return
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
-@contextlib.contextmanager
-def main_first() -> Iterator[None]:
-    """Rank 0 runs the block first (and writes what it makes); the others then find it made."""
-    if not is_main_process():
-        barrier()
-    yield
-    if is_main_process():
-        barrier()
-
-
-def cuda_device() -> int:
-    """The GPU this process trains on: its LOCAL_RANK under a launcher, else the current one.
-
-    With 4-bit weights the model must be placed on its process's GPU when it loads
-    (device_map={"": cuda_device()}); bitsandbytes weights cannot be moved afterwards.
-    """
-    if "LOCAL_RANK" in os.environ:
-        return int(os.environ["LOCAL_RANK"])
-    import torch
-
-    return torch.cuda.current_device()
-
-
-def init_process_group() -> bool:
-    """Join the launcher's process group (NCCL on CUDA, gloo on CPU) before the model loads.
-
-    Joining early gives `barrier` to the steps before the Trainer (data, checkpoint
-    folder); the Trainer finds the group and uses it.
-    """
-    if world_size() <= 1:
-        return False
-    import torch
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        return True
-    if torch.cuda.is_available():
-        torch.cuda.set_device(cuda_device())
-        dist.init_process_group("nccl", device_id=torch.device("cuda", cuda_device()))
-    else:
-        _load_onto_indexed_cpu()
-        dist.init_process_group("gloo")
-    return True
-
-
-def _load_onto_indexed_cpu() -> None:
-    """Let torch.load take map_location="cpu:0".
-
-    Resuming under CPU DDP, the Trainer loads the optimizer with map_location=args.device,
-    which accelerate makes torch.device("cpu", 0); torch.load knows only "cpu" and fails with
-    "don't know how to restore data location". CUDA devices ("cuda:N") load as they are.
-    """
-    import torch.serialization
-
-    torch.serialization.register_package(
-        99, lambda obj: None, lambda obj, location: obj if location.startswith("cpu:") else None)
-
-
-def trainer_kwargs() -> dict[str, Any]:
-    """TrainingArguments for DDP; none in a single process.
-
-    Without CUDA, accelerate sets up DDP only with use_cpu=True (otherwise it trains N
-    independent copies), and then over gloo. Every LoRA weight gets a gradient every step,
-    so DDP need not search for unused parameters (that search also breaks with
-    gradient checkpointing).
-    """
-    if world_size() <= 1:
-        return {}
-    import torch
-
-    if torch.cuda.is_available():
-        return {"ddp_backend": "nccl", "ddp_find_unused_parameters": False}
-    return {"use_cpu": True, "ddp_backend": "gloo", "ddp_find_unused_parameters": False}
-
-
-def per_process_accumulation(per_device: int, accumulation: int, processes: int) -> int:
-    """Micro-batches each of `processes` accumulates so that the optimizer step sees
-    per_device x accumulation examples, as with one process."""
-    if processes < 1:
-        raise ConfigError(f"train.processes: must be >= 1 once resolved, got {processes}")
-    if accumulation % processes:
-        fits = [str(n) for n in range(1, accumulation + 1) if accumulation % n == 0]
-        counts = f"{', '.join(fits[:-1])} or {fits[-1]} processes" if len(fits) > 1 else "1 process"
-        raise ConfigError(
-            f"train.gradient_accumulation_steps={accumulation} does not divide among {processes} processes, so "
-            f"the recipe's effective batch (train.per_device_train_batch_size={per_device} x "
-            f"train.gradient_accumulation_steps={accumulation} = {per_device * accumulation}) cannot be kept: "
-            f"train on {counts} (train.processes / --nproc), or set "
-            f"train.gradient_accumulation_steps to a multiple of {processes}"
-        )
-    return accumulation // processes
-
-
-def per_process(cfg: Config, processes: int | None = None) -> Config:
-    """`cfg` as one of `processes` DDP processes trains it: the accumulation divided among them."""
-    processes = world_size() if processes is None else processes
-    t = cfg.train
-    acc = per_process_accumulation(t.per_device_train_batch_size, t.gradient_accumulation_steps, processes)
-    return dataclasses.replace(cfg, train=dataclasses.replace(t, gradient_accumulation_steps=acc, processes=1))
 
 
 def visible_gpus(environ: Mapping[str, str] = os.environ, smi: Callable[[], list] | None = None) -> list[str]:
@@ -185,7 +50,7 @@ def visible_gpus(environ: Mapping[str, str] = os.environ, smi: Callable[[], list
     if "CUDA_VISIBLE_DEVICES" in environ:
         return [d.strip() for d in environ["CUDA_VISIBLE_DEVICES"].split(",") if d.strip() and d.strip() != "-1"]
     if smi is None:
-        from .env import smi_gpus as smi
+        from r1helpers.core.hardware import smi_gpus as smi
     return [str(i) for i in range(len(smi()))]
 
 
@@ -228,10 +93,10 @@ def launch_training(cfg_or_run_dir: Config | str | os.PathLike, run=None, nproc:
     processes' output line by line as it comes; raise DistributedError with its end on failure.
 
     Pass a Config and its Run (a notebook), or a run folder whose config.yaml `r1helpers.start`
-    wrote. Afterwards `train.load_result(run)` reads what rank 0 saved.
+    wrote. Afterwards `steps.load_result(run)` reads what rank 0 saved.
     """
-    from . import config as config_mod
-    from .runs import Run
+    from r1helpers.core import config as config_mod
+    from r1helpers.core.runs import Run
 
     if isinstance(cfg_or_run_dir, Config):
         if run is None:
@@ -243,7 +108,7 @@ def launch_training(cfg_or_run_dir: Config | str | os.PathLike, run=None, nproc:
 
         cfg = config_mod.from_dict(yaml.safe_load(run.config_path.read_text()))
     nproc = resolve_processes(nproc, visible_gpus())
-    from .train import plan_batches
+    from r1helpers.training.sft import plan_batches
 
     plan_batches(per_process(cfg, nproc), "transformers", None)  # bad settings fail here, before any process starts
     echo = echo or (lambda line: print(line, flush=True))
@@ -277,15 +142,15 @@ def launch_training(cfg_or_run_dir: Config | str | os.PathLike, run=None, nproc:
 
 def train_with(cfg: Config, run, prepared, processes: int):
     """Stage 03 with `processes` resolved: in this process for 1, else under torchrun."""
-    from . import train
+    from r1helpers.workflow import steps
 
     if processes == 1 or world_size() > 1:
-        return train.ensure_trained(cfg, run, prepared)
+        return steps.ensure_trained(cfg, run, prepared)
     if run.is_current(cfg, "train") and (run.stage_dir("train") / "adapter").is_dir():
-        return train.load_result(run)
+        return steps.load_result(run)
     print(f"DDP over {processes} processes: {DDP_BACKEND_NOTE}")
     launch_training(cfg, run, nproc=processes)
-    return train.load_result(run)
+    return steps.load_result(run)
 
 
 def ensure_trained_anywhere(cfg: Config, run, prepared):
@@ -301,9 +166,9 @@ def _worker(run_dir: str, config_path: str) -> None:
     """One rank: join the group, reuse the prepared splits, train; rank 0 writes the results."""
     import yaml
 
-    from . import config as config_mod
-    from . import data, train
-    from .runs import Run
+    from r1helpers.core import config as config_mod
+    from r1helpers.workflow import steps
+    from r1helpers.core.runs import Run
 
     cfg = config_mod.from_dict(yaml.safe_load(Path(config_path).read_text()))
     run = Run(Path(run_dir).resolve())
@@ -311,8 +176,8 @@ def _worker(run_dir: str, config_path: str) -> None:
     try:
         print0(f"DDP: {world_size()} processes; {DDP_BACKEND_NOTE}")
         with main_first():
-            prepared = data.prepare(cfg, run)
-        train.ensure_trained(cfg, run, prepared)
+            prepared = steps.prepare(cfg, run)
+        steps.ensure_trained(cfg, run, prepared)
     finally:
         import torch.distributed as dist
 
@@ -321,7 +186,7 @@ def _worker(run_dir: str, config_path: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .pipeline import config_arguments
+    from r1helpers.workflow.cli import config_arguments
 
     p = config_arguments(__doc__)
     p.add_argument("--nproc", type=int, default=None,
@@ -333,14 +198,14 @@ def main(argv: list[str] | None = None) -> int:
         _worker(args.run_dir, args.resolved_config)
         return 0
     import r1helpers
-    from . import data
-    from .pipeline import parse_sets
+    from r1helpers.workflow import steps
+    from r1helpers.workflow.cli import parse_sets
 
     try:
         cfg, run = r1helpers.start(args.run_dir, args.profile, parse_sets(args.set), args.config)
         processes = resolve_processes(args.nproc, visible_gpus())
         per_process(cfg, processes)
-        prepared = data.prepare(cfg, run)
+        prepared = steps.prepare(cfg, run)
         result = train_with(cfg, run, prepared, processes)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)

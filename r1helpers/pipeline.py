@@ -9,14 +9,14 @@ there as `*.failed.ipynb` next to the last good one, which it never replaces.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from .config import ConfigError, load_config
+from r1helpers.core.config import ConfigError, load_config
+from r1helpers.workflow.cli import config_arguments, parse_sets
 
 NOTEBOOKS = {
     "00": "00_setup.ipynb",
@@ -36,15 +36,6 @@ def notebooks_dir() -> Path:
     return repo_root() / "notebooks"
 
 
-def parse_sets(items: list[str]) -> dict[str, Any]:
-    """`--set train.max_steps=30` pairs; values are read as YAML scalars (30, true, null, [a, b])."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--set {item!r}: expected FIELD=VALUE")
-        out[key.strip()] = value
-    return out
 
 
 def run_notebooks(
@@ -59,7 +50,7 @@ def run_notebooks(
     """Execute the notebooks in order; returns seconds per stage."""
     import papermill as pm
 
-    from .runs import Run
+    from r1helpers.core.runs import Run
 
     overrides = dict(overrides or {})
     # Fail before any kernel starts, under the profile the kernels will pick (auto: by GPU and Hub),
@@ -96,20 +87,12 @@ def run_notebooks(
         os.replace(partial, final)
         timings[stage] = round(time.perf_counter() - t0, 1)
         print(f"== {stage} done in {timings[stage]} s", flush=True)
-    from .runs import write_json_atomic
+    from r1helpers.core.runs import write_json_atomic
 
     write_json_atomic(run.root / "pipeline_timings.json", timings)
     return timings
 
 
-def config_arguments(description: str | None) -> argparse.ArgumentParser:
-    """The options every entry point shares, so `--set` means the same everywhere."""
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--run-dir", default=os.environ.get("R1HELPERS_RUN_DIR", "runs/default"))
-    p.add_argument("--profile", default="auto", help="auto | seed | cpu")
-    p.add_argument("--config", default=None, help="YAML file of field overrides")
-    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override one field")
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:

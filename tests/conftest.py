@@ -24,20 +24,20 @@ def _cache(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(_cache):
-    from r1helpers.tinymodel import ensure_tiny_model
+    from r1helpers.modeling.tiny import ensure_tiny_model
 
     return ensure_tiny_model()
 
 
 @pytest.fixture(scope="session")
 def cpu_cfg():
-    from r1helpers.config import load_config
+    from r1helpers.core.config import load_config
 
     return load_config("cpu")
 
 
 @pytest.fixture(scope="session")
 def tokenizer(tiny_model_dir, cpu_cfg):
-    from r1helpers.modeling import load_tokenizer
+    from r1helpers.modeling.load import load_tokenizer
 
     return load_tokenizer(cpu_cfg)

@@ -2,7 +2,7 @@
 
 import statistics
 
-from r1helpers.bench import CONFIGS, LLAMA_8B, sample_lengths, table, train_flops_per_token
+from r1helpers.tools.bench import CONFIGS, LLAMA_8B, sample_lengths, table, train_flops_per_token
 
 
 def test_default_lengths_are_realistic_not_fixed():
@@ -27,7 +27,7 @@ def test_flops_per_token_in_8b_shape():
 
 def test_configs_keep_the_recipe_effective_batch():
     assert {c.micro_batch * c.accumulation for c in CONFIGS.values() if c.micro_batch} == {8}
-    assert CONFIGS["fast-default"].micro_batch == 0  # planned by r1helpers.train.plan_batches on the GPU
+    assert CONFIGS["fast-default"].micro_batch == 0  # planned by r1helpers.training.sft.plan_batches on the GPU
 
 
 def test_table_renders_errors_and_results():
@@ -43,13 +43,13 @@ def test_table_renders_errors_and_results():
 
 def test_padding_free_leaks_without_unsloth_so_it_is_refused(tmp_path):
     """transformers' SDPA ignores the example boundaries of a padding-free row; Unsloth's mask does not
-    (checked on the GPU with `python -m r1helpers.bench --check-padding-free`)."""
+    (checked on the GPU with `python -m r1helpers.tools.bench --check-padding-free`)."""
     import pytest
 
-    from r1helpers.bench import padding_free_check
-    from r1helpers.config import ConfigError, load_config
-    from r1helpers.tinymodel import ensure_tiny_model
-    from r1helpers.train import plan_batches
+    from r1helpers.tools.bench import padding_free_check
+    from r1helpers.core.config import ConfigError, load_config
+    from r1helpers.modeling.tiny import ensure_tiny_model
+    from r1helpers.training.sft import plan_batches
 
     check = padding_free_check(str(ensure_tiny_model()), "transformers", (23, 61, 40))
     assert check["relative_logit_error_per_example"][0] < 1e-5  # the first example sees nothing before it
@@ -67,8 +67,8 @@ def _dims(**kw):
 
 
 def test_plan_drops_checkpointing_and_caps_each_pass_at_what_fits():
-    from r1helpers.config import load_config
-    from r1helpers.train import activation_gib, activation_tokens, plan_batches
+    from r1helpers.core.config import load_config
+    from r1helpers.training.sft import activation_gib, activation_tokens, plan_batches
 
     seed = load_config("seed")
     # H100 (79 GiB), 8B in 4-bit (~6.5 GiB): ~60.8 GiB free holds ~10,400 tokens of activations. A step's
@@ -119,7 +119,7 @@ def test_token_budget_reaches_unsloth_only_while_the_trainer_is_built(monkeypatc
     """Unsloth's SFTTrainer reads UNSLOTH_TOKEN_BUDGET in its constructor; the user's value comes back after."""
     import os
 
-    from r1helpers.train import TOKEN_BUDGET_ENV, BatchPlan, token_budget_env
+    from r1helpers.training.sft import TOKEN_BUDGET_ENV, BatchPlan, token_budget_env
 
     monkeypatch.delenv(TOKEN_BUDGET_ENV, raising=False)
     with token_budget_env(BatchPlan(8, 1, True, "test", "false", 10379)):
@@ -140,8 +140,8 @@ def test_trainer_checkpoints_only_where_the_plan_or_config_says(tmp_path):
 
     import torch
 
-    from r1helpers.config import load_config
-    from r1helpers.train import BatchPlan, sft_config
+    from r1helpers.core.config import load_config
+    from r1helpers.training.sft import BatchPlan, sft_config
 
     loaded = SimpleNamespace(backend=SimpleNamespace(dtype="float32", name="transformers"), device=torch.device("cpu"))
     off = sft_config(load_config("cpu"), loaded, tmp_path / "a" / "b", [], False, BatchPlan(4, 1, False, "t"))

@@ -10,9 +10,12 @@ import re
 
 import pytest
 
-from r1helpers import compare, data, report
-from r1helpers.config import apply_overrides
-from r1helpers.runs import Run
+from r1helpers.evaluate import compare
+from r1helpers import data
+from r1helpers.evaluate import report
+from r1helpers.core.config import apply_overrides
+from r1helpers.core.runs import Run
+from r1helpers.workflow import steps
 
 
 def words(text: str) -> int:
@@ -27,7 +30,7 @@ def cfg(cpu_cfg):
 @pytest.fixture(scope="module")
 def prepared_run(cfg, tokenizer, tmp_path_factory):
     run = Run.open(tmp_path_factory.mktemp("cmp") / "run")
-    return run, data.prepare(cfg, run, tokenizer)
+    return run, steps.prepare(cfg, run, tokenizer)
 
 
 # ---- spans ------------------------------------------------------------------------------------
@@ -53,7 +56,7 @@ def test_spans_are_cut_at_max_seq_length_as_in_training(tokenizer):
 # ---- assembly and report, with hand-made scores ---------------------------------------------------
 
 def _record(qid, question, ref, generated, finished=True):
-    from r1helpers.prompts import split_output
+    from r1helpers.core.prompts import split_output
 
     p = split_output(generated)
     return {"id": qid, "question": question, "reference_cot": None if ref is None else "cot", "reference_answer": ref,
@@ -104,9 +107,9 @@ def test_generations_with_different_decoding_are_refused(cfg, tmp_path):
     run.write_manifest(cfg, "baseline")
     run.write_manifest(apply_overrides(cfg, {"infer.seed": 1}), "finetuned")
     with pytest.raises(ValueError, match="different infer settings"):
-        compare.check_same_decoding(run)
+        steps.check_same_decoding(run)
     run.write_manifest(cfg, "finetuned")
-    compare.check_same_decoding(run)
+    steps.check_same_decoding(run)
 
 
 def test_mismatched_question_sets_are_refused(cfg):
@@ -169,35 +172,34 @@ def test_semantic_similarity_of_identical_disjoint_and_empty_answers(cfg):
 # ---- real models ----------------------------------------------------------------------------------
 
 def _same_generations(prepared, cfg):
-    rows = data.eval_questions(prepared, cfg.infer.num_eval_questions)
+    rows = steps.eval_questions(prepared, cfg.infer.num_eval_questions)
     return [{**r, "generated": "reasoning", "reasoning": "reasoning", "answer": "", "think_closed": False,
              "finished": False, "new_tokens": cfg.infer.max_new_tokens} for r in rows]
 
 
 def test_zero_step_adapter_shows_no_significant_change(cfg, prepared_run, tmp_path):
-    from r1helpers.modeling import add_lora, load_base
+    from r1helpers.modeling.load import add_lora, load_base
 
     run, prepared = prepared_run
     adapter = tmp_path / "zero-step-adapter"
     add_lora(load_base(cfg), cfg).model.save_pretrained(str(adapter))
     gens = _same_generations(prepared, cfg)
-    result = compare.compare(cfg, run, prepared, gens, gens, adapter_dir=adapter)
+    result = steps.compare(cfg, run, prepared, gens, gens, adapter_dir=adapter)
     for key in ("cot_nll", "answer_nll", "completion_nll"):
         m = _metric(result, key)
         assert m["n"] == len(prepared.eval) and m["delta"] == 0.0 and m["verdict"] == "no significant change"
     assert result["verdict"] == "no significant change"
-    assert "Verdict: no significant change." in compare.report_path(run).read_text()
+    assert "Verdict: no significant change." in steps.report_path(run).read_text()
     assert not run.is_current(cfg, "compare"), "a foreign adapter never marks the stage current"
 
 
 @pytest.fixture(scope="module")
 def trained_comparison(cfg, prepared_run):
-    from r1helpers import infer
 
     run, prepared = prepared_run
-    baseline = infer.baseline(cfg, run, prepared)
-    tuned = infer.finetuned(cfg, run, prepared)
-    return run, compare.compare(cfg, run, prepared, baseline, tuned, force=True)
+    baseline = steps.baseline(cfg, run, prepared)
+    tuned = steps.finetuned(cfg, run, prepared)
+    return run, steps.compare(cfg, run, prepared, baseline, tuned, force=True)
 
 
 def test_trained_tiny_model_improves_held_out_nll_and_the_report_says_so(cfg, trained_comparison):
@@ -208,13 +210,13 @@ def test_trained_tiny_model_improves_held_out_nll_and_the_report_says_so(cfg, tr
     assert result["verdict"] == "helped" and result["headline"].startswith("Fine-tuning helped")
     saved = json.loads((run.stage_dir("compare") / "comparison.json").read_text())
     assert saved["verdict"] == "helped"
-    page = compare.report_path(run).read_text()
+    page = steps.report_path(run).read_text()
     assert "Verdict: helped." in page and page.count("data:image/png;base64,") == 4
     assert_self_contained(page)
     assert any(n.startswith("semantic similarity") for n in result["notes"])
     assert any("eval_loss" in r for r in result["log_history"]), "held-out loss logged during training"
     assert run.is_current(cfg, "compare")
-    again = compare.compare(cfg, run, None, [], [])
+    again = steps.compare(cfg, run, None, [], [])
     assert again["headline"] == result["headline"], "a current comparison is reused"
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from r1helpers.config import (
+from r1helpers.core.config import (
     SEED_DATASET, SEED_MODEL, TINY_MODEL, ConfigError, apply_overrides, auto_profile, fingerprint, load_config,
 )
 
@@ -31,9 +31,9 @@ def test_cpu_profile_uses_local_model_and_sample():
 
 
 def test_auto_is_cpu_without_gpu(monkeypatch):
-    monkeypatch.setattr("r1helpers.config.has_cuda", lambda: False)
+    monkeypatch.setattr("r1helpers.core.config.has_cuda", lambda: False)
     assert auto_profile()[0] == "cpu"
-    monkeypatch.setattr("r1helpers.config.has_cuda", lambda: True)
+    monkeypatch.setattr("r1helpers.core.config.has_cuda", lambda: True)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert auto_profile()[0] == "cpu"
 
@@ -135,7 +135,7 @@ def test_pipeline_cli_yaml_scalars_reach_the_notebooks(tmp_path, pipeline_calls,
 
     monkeypatch.chdir(tmp_path)
     _yaml(tmp_path, "train:\n  weight_decay: 1e-3\n  wandb: 'off'\n  max_steps: 7\n")
-    monkeypatch.setattr("r1helpers.config.auto_profile", lambda: ("seed", "a GPU"))
+    monkeypatch.setattr("r1helpers.core.config.auto_profile", lambda: ("seed", "a GPU"))
     args = ["--run-dir", "run", "--config", "my.yaml", "--stages", "00", "--set", "train.learning_rate=1e-2",
             "--set", "wandb=off", "--set", "max_steps=5", "--set", "train.processes=2"]
     assert pipeline.main(args) == 0

@@ -2,9 +2,10 @@ import json
 
 import pytest
 
-from r1helpers.config import load_config
-from r1helpers.data import DataError, build, load_raw, load_sample_rows, prepare, sample_path
-from r1helpers.runs import Run
+from r1helpers.core.config import load_config
+from r1helpers.data import DataError, load_raw, load_sample_rows, sample_path
+from r1helpers.workflow.steps import build, prepare
+from r1helpers.core.runs import Run
 
 
 def rows(n, long_from=None):

@@ -39,8 +39,10 @@ from pathlib import Path
 import pytest
 
 from r1helpers import distributed
-from r1helpers.config import ConfigError, load_config
-from r1helpers.runs import Run, stage_fingerprint
+from r1helpers.core import config
+from r1helpers.core.config import ConfigError, load_config
+from r1helpers.core.runs import Run, stage_fingerprint
+from r1helpers.core import ddp
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -153,20 +155,20 @@ sys.meta_path.insert(0, _AfterTrl())
 # ---------------------------------------------------------------- effective batch, without processes
 
 def test_accumulation_is_divided_among_processes():
-    assert distributed.per_process_accumulation(2, 4, 1) == 4
-    assert distributed.per_process_accumulation(2, 4, 2) == 2  # 2 x 2 x 2 = 8 = 2 x 4, the recipe's batch
-    assert distributed.per_process_accumulation(2, 4, 4) == 1
+    assert config.per_process_accumulation(2, 4, 1) == 4
+    assert config.per_process_accumulation(2, 4, 2) == 2  # 2 x 2 x 2 = 8 = 2 x 4, the recipe's batch
+    assert config.per_process_accumulation(2, 4, 4) == 1
     cfg = load_config("seed")
-    split = distributed.per_process(cfg, 2)
+    split = ddp.per_process(cfg, 2)
     assert split.train.gradient_accumulation_steps == 2 and split.train.per_device_train_batch_size == 2
     assert cfg.train.gradient_accumulation_steps == 4, "the config itself is left as set"
-    assert distributed.per_process(load_config("seed", {"train.processes": 2})).train.gradient_accumulation_steps == 4
-    assert distributed.per_process(load_config("seed", {"train.processes": 2}), 2).train.processes == 1
+    assert ddp.per_process(load_config("seed", {"train.processes": 2})).train.gradient_accumulation_steps == 4
+    assert ddp.per_process(load_config("seed", {"train.processes": 2}), 2).train.processes == 1
 
 
 def test_uneven_split_is_refused_naming_the_fields():
     with pytest.raises(ConfigError) as e:
-        distributed.per_process_accumulation(2, 4, 3)
+        config.per_process_accumulation(2, 4, 3)
     msg = str(e.value)
     assert "train.gradient_accumulation_steps=4" in msg and "train.per_device_train_batch_size=2" in msg
     assert "3 processes" in msg and "train on 1, 2 or 4 processes" in msg and "train.processes" in msg
@@ -222,11 +224,11 @@ def test_launch_streams_lines_and_fails_with_their_tail(tmp_path, monkeypatch):
 
 
 def test_notebook_trains_here_for_one_process_and_launches_for_more(tmp_path, monkeypatch):
-    from r1helpers import train
+    from r1helpers.workflow import steps
 
     calls = []
-    monkeypatch.setattr(train, "ensure_trained", lambda cfg, run, prepared: calls.append("here") or "here")
-    monkeypatch.setattr(train, "load_result", lambda run: "from the run folder")
+    monkeypatch.setattr(steps, "ensure_trained", lambda cfg, run, prepared: calls.append("here") or "here")
+    monkeypatch.setattr(steps, "load_result", lambda run: "from the run folder")
     monkeypatch.setattr(distributed, "launch_training", lambda cfg, run, nproc: calls.append(f"launch {nproc}"))
     run = Run.open(tmp_path / "run")
     assert distributed.ensure_trained_anywhere(load_config("cpu"), run, None) == "here"
@@ -236,20 +238,20 @@ def test_notebook_trains_here_for_one_process_and_launches_for_more(tmp_path, mo
 
 
 def test_rank_zero_alone_is_main(monkeypatch):
-    assert distributed.is_main_process({}) and distributed.is_main_process({"RANK": "0", "WORLD_SIZE": "2"})
-    assert not distributed.is_main_process({"RANK": "1", "WORLD_SIZE": "2"})
+    assert ddp.is_main_process({}) and ddp.is_main_process({"RANK": "0", "WORLD_SIZE": "2"})
+    assert not ddp.is_main_process({"RANK": "1", "WORLD_SIZE": "2"})
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
-    from r1helpers.train import wandb_setup
+    from r1helpers.workflow.steps import wandb_setup
 
     assert wandb_setup(load_config("cpu", {"train.wandb": "offline"}), None)[0] == []
 
 
 def test_cpu_ddp_uses_gloo(monkeypatch):
-    assert distributed.trainer_kwargs() == {}, "one process: the Trainer's defaults"
+    assert ddp.trainer_kwargs() == {}, "one process: the Trainer's defaults"
     monkeypatch.setenv("WORLD_SIZE", "2")
     # Without use_cpu, accelerate finds no device backend and each process would train alone.
-    assert distributed.trainer_kwargs() == {"use_cpu": True, "ddp_backend": "gloo", "ddp_find_unused_parameters": False}
+    assert ddp.trainer_kwargs() == {"use_cpu": True, "ddp_backend": "gloo", "ddp_find_unused_parameters": False}
 
 
 # ---------------------------------------------------------------- two processes over gloo, for real
@@ -351,7 +353,7 @@ def test_two_processes_match_one_with_the_same_effective_batch(runs):
 
     saved = load_file(str(two_run / "train" / "adapter" / "adapter_model.safetensors"))
     assert _max_rel_diff({k: saved[k] for k in ddp}, ddp) == 0.0
-    from r1helpers.train import load_result
+    from r1helpers.workflow.steps import load_result
 
     result = load_result(Run.open(two_run))
     assert result.metrics["processes"] == 2 and result.metrics["backend"] == "transformers"

@@ -2,8 +2,8 @@ import subprocess
 
 import pytest
 
-from r1helpers.config import load_config
-from r1helpers.env import (
+from r1helpers.core.config import load_config
+from r1helpers.core.hardware import (
     GPU, GPUS_SEEN_ENV, Hardware, choose_backend, environment_report, hardware_notes, package_versions,
     pin_first_gpu, resolve_dtype, smi_gpus, torch_has_kernels,
 )
@@ -40,7 +40,7 @@ def test_backend_per_gpu():
 
 
 def test_unsloth_import_failure_falls_back(monkeypatch):
-    monkeypatch.setattr("r1helpers.env.unsloth_importable", lambda: (False, "unsloth did not import (ImportError)"))
+    monkeypatch.setattr("r1helpers.core.hardware.unsloth_importable", lambda: (False, "unsloth did not import (ImportError)"))
     choice = choose_backend(load_config("seed"), H100)
     assert choice.name == "transformers" and "did not import" in choice.reason
 
@@ -171,7 +171,7 @@ def test_decision_from_injected_device_properties(monkeypatch, gpu, count, seen,
 
     import torch
 
-    from r1helpers.env import detect_hardware
+    from r1helpers.core.hardware import detect_hardware
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: count)

@@ -16,9 +16,13 @@ from types import SimpleNamespace
 
 import pytest
 
-from r1helpers import data, export, export_checks, hub, prompts, train
-from r1helpers.config import apply_overrides
-from r1helpers.runs import Run, write_json_atomic
+from r1helpers.workflow import export
+from r1helpers.export import checks as export_checks
+from r1helpers.export import hub
+from r1helpers.core import prompts
+from r1helpers.core.config import apply_overrides
+from r1helpers.core.runs import Run, write_json_atomic
+from r1helpers.workflow import steps
 
 HEADLINE = "Fine-tuning helped: completion NLL on 16 held-out questions went from 2.5000 to 2.3000 (test)."
 
@@ -31,7 +35,7 @@ def cfg(cpu_cfg):
 def _adapter(cfg, folder: Path) -> Path:
     import torch
 
-    from r1helpers.modeling import add_lora, load_base
+    from r1helpers.modeling.load import add_lora, load_base
 
     model = add_lora(load_base(cfg), cfg).model
     torch.manual_seed(0)
@@ -56,13 +60,13 @@ def _comparison(run: Run) -> None:
 def exported(cfg, tokenizer, tmp_path_factory):
     root = tmp_path_factory.mktemp("export")
     run = Run.open(root / "run")
-    prepared = data.prepare(cfg, run, tokenizer)
+    prepared = steps.prepare(cfg, run, tokenizer)
     adapter = _adapter(cfg, root / "adapter")
     _comparison(run)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(train, "ensure_trained", lambda *a, **k: train.TrainResult(adapter, [], {}))
+        mp.setattr(steps, "ensure_trained", lambda *a, **k: steps.TrainResult(adapter, [], {}))
         record = export.export(cfg, run, force=True)
-    question = data.eval_questions(prepared, 1)[0]["question"]
+    question = steps.eval_questions(prepared, 1)[0]["question"]
     return SimpleNamespace(run=run, record=record, adapter=adapter, out=run.stage_dir("export"),
                            prompt=prompts.encode_prompt(tokenizer, question), question=question,
                            probe_prompts=export.probe_prompts(cfg, prepared, tokenizer))
@@ -70,7 +74,7 @@ def exported(cfg, tokenizer, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def base_dir(cfg):
-    from r1helpers.tinymodel import resolve_model_path
+    from r1helpers.modeling.tiny import resolve_model_path
 
     return Path(resolve_model_path(cfg.model.name))
 
@@ -174,7 +178,7 @@ def test_merge_of_a_sharded_base_keeps_its_shards_and_loads(exported, base_dir, 
     import torch
     from safetensors.torch import load_file
 
-    from r1helpers.merge import merge_lora, weight_check
+    from r1helpers.export.merge import merge_lora, weight_check
 
     sharded = tmp_path / "sharded-base"
     _float32(base_dir).save_pretrained(str(sharded), max_shard_size="1MB")
@@ -264,7 +268,7 @@ def test_llama_cpp_check_compares_logits_on_the_reference_tokens(exported, token
     monkeypatch.setitem(sys.modules, "llama_cpp", SimpleNamespace(Llama=FakeLlama))
 
     def child_in_process(cmd, **kwargs):
-        assert cmd[1:4] == ["-m", "r1helpers.export_checks", "llama.cpp"]
+        assert cmd[1:4] == ["-m", "r1helpers.export.checks", "llama.cpp"]
         return subprocess.CompletedProcess(cmd, export_checks.main(cmd[3:]), "", "")
 
     monkeypatch.setattr(subprocess, "run", child_in_process)
@@ -342,7 +346,8 @@ class FakeHfApi:
 def test_push_needs_a_token_and_a_repo_and_is_private_by_default(cfg, tmp_path, monkeypatch):
     import huggingface_hub
 
-    from r1helpers import config, secrets
+    from r1helpers.core import config
+    from r1helpers.core import secrets
 
     monkeypatch.setattr(secrets, "load_secrets", lambda **k: None)
     monkeypatch.setattr(config, "hub_reachable", lambda *a, **k: True)
@@ -375,7 +380,7 @@ def test_export_refuses_before_writing_when_free_space_is_too_small(exported, cf
     out = tmp_path / "big-export"
     elsewhere = apply_overrides(cfg, {"export.output_dir": str(out)})
     before = (exported.out / "exported.json").read_text()
-    monkeypatch.setattr(train, "ensure_trained", lambda *a, **k: train.TrainResult(exported.adapter, [], {}))
+    monkeypatch.setattr(steps, "ensure_trained", lambda *a, **k: steps.TrainResult(exported.adapter, [], {}))
     monkeypatch.setattr(export, "free_bytes", lambda path: 10 * 2**20)
     with pytest.raises(export.ExportSpaceError, match=r"export refused: it needs about .* GB in .* only 0\.0 GB "
                                                       r"is free there\. Nothing was written"):

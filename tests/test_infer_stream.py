@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from r1helpers import infer
-from r1helpers.config import load_config
+from r1helpers.inference import generate as infer
+from r1helpers.core.config import load_config
 
 QUESTIONS = ["What causes anemia in a young woman with heavy periods?", "Short?",
              "A much longer question about the kidney and its function in an elderly patient with diabetes?"]
@@ -13,7 +13,7 @@ QUESTIONS = ["What causes anemia in a young woman with heavy periods?", "Short?"
 
 @pytest.fixture(scope="module")
 def loaded(tiny_model_dir):
-    from r1helpers.modeling import for_inference, load_base
+    from r1helpers.modeling.load import for_inference, load_base
 
     return for_inference(load_base(load_config("cpu")))
 

@@ -23,7 +23,9 @@ from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 
 from r1helpers import kaggle
-from r1helpers.env import GPU
+from r1helpers.core.hardware import GPU
+from r1helpers.core import kaggle_paths
+from r1helpers.tools import kaggle_push
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -198,19 +200,19 @@ def test_missing_reads_installed_versions():
 def test_run_folder_moves_into_kaggle_working(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     root = Path("/kaggle")
-    assert kaggle.resolve_run_dir("../runs/default", {}, root) == Path("../runs/default")
-    moved = kaggle.resolve_run_dir("../runs/default", KAGGLE, root)
+    assert kaggle_paths.resolve_run_dir("../runs/default", {}, root) == Path("../runs/default")
+    moved = kaggle_paths.resolve_run_dir("../runs/default", KAGGLE, root)
     assert moved == Path("/kaggle/working/runs/default")
-    assert kaggle.resolve_run_dir("/kaggle/working/runs/x", KAGGLE, root) == Path("/kaggle/working/runs/x")
-    assert kaggle.resolve_run_dir("/kaggle/tmp/big", KAGGLE, root) == Path("/kaggle/tmp/big")
-    assert kaggle.paths().exports.is_relative_to("/kaggle/tmp")
-    assert kaggle.large_output_dir("default", {}) is None
-    assert kaggle.large_output_dir("default", KAGGLE) == Path("/kaggle/tmp/r1helpers/exports/default")
+    assert kaggle_paths.resolve_run_dir("/kaggle/working/runs/x", KAGGLE, root) == Path("/kaggle/working/runs/x")
+    assert kaggle_paths.resolve_run_dir("/kaggle/tmp/big", KAGGLE, root) == Path("/kaggle/tmp/big")
+    assert kaggle_paths.paths().exports.is_relative_to("/kaggle/tmp")
+    assert kaggle_paths.large_output_dir("default", {}) is None
+    assert kaggle_paths.large_output_dir("default", KAGGLE) == Path("/kaggle/tmp/r1helpers/exports/default")
 
 
 def test_caches_leave_a_users_choice_alone(tmp_path):
     environ = {"HF_HOME": "/mine"}
-    kaggle.cache_env(environ, tmp_path)
+    kaggle_paths.cache_env(environ, tmp_path)
     assert environ["HF_HOME"] == "/mine" and environ["R1HELPERS_CACHE"] == str(tmp_path / "tmp" / "r1helpers-cache")
 
 
@@ -219,7 +221,7 @@ def test_caches_leave_a_users_choice_alone(tmp_path):
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    return kaggle.build(tmp_path_factory.mktemp("kaggle") / "build", "alice")
+    return kaggle_push.build(tmp_path_factory.mktemp("kaggle") / "build", "alice")
 
 
 REQUIRED = {"id", "title", "code_file", "language", "kernel_type", "is_private", "enable_gpu", "enable_internet",
@@ -236,7 +238,7 @@ def test_kernel_metadata_files(built):
         assert meta["is_private"] is True and meta["enable_gpu"] is True and meta["enable_internet"] is True
         assert meta["dataset_sources"] == ["alice/r1helpers"] and meta["competition_sources"] == []
         owner, slug = meta["id"].split("/")
-        assert owner == "alice" and slug == kaggle.slugify(meta["title"]) and 5 <= len(meta["title"]) <= 50
+        assert owner == "alice" and slug == kaggle_push.slugify(meta["title"]) and 5 <= len(meta["title"]) <= 50
         nb = nbformat.read(folder / meta["code_file"], as_version=4)
         assert first_cell_pins(folder / meta["code_file"]) == PINS and not any(
             c.get("outputs") for c in nb.cells if c.cell_type == "code")
@@ -246,8 +248,8 @@ def test_slugs_match_the_kaggle_cli():
     from slugify import slugify  # python-slugify, what the kaggle CLI (dev extra) derives slugs with
 
     for path in NOTEBOOKS:
-        title = kaggle.kernel_title(path.name)
-        assert kaggle.slugify(title) == slugify(title)
+        title = kaggle_push.kernel_title(path.name)
+        assert kaggle_push.slugify(title) == slugify(title)
 
 
 def test_dataset_holds_the_wheel_the_first_cell_looks_for(built):
@@ -270,28 +272,28 @@ def test_build_readme_documents_secrets(built):
 
 
 def test_credentials_found_without_contacting_kaggle(tmp_path):
-    assert kaggle.credentials({}, tmp_path) == (None, None)
+    assert kaggle_push.credentials({}, tmp_path) == (None, None)
     (tmp_path / ".kaggle").mkdir()
     (tmp_path / ".kaggle" / "kaggle.json").write_text('{"username": "bob", "key": "k"}')
-    source, user = kaggle.credentials({}, tmp_path)
+    source, user = kaggle_push.credentials({}, tmp_path)
     assert source.endswith("kaggle.json") and user == "bob"
-    assert kaggle.credentials({"KAGGLE_USERNAME": "c", "KAGGLE_KEY": "k"}, tmp_path / "x")[1] == "c"
+    assert kaggle_push.credentials({"KAGGLE_USERNAME": "c", "KAGGLE_KEY": "k"}, tmp_path / "x")[1] == "c"
 
 
 def test_without_credentials_it_says_what_it_would_push(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(kaggle, "credentials", lambda: (None, None))
-    monkeypatch.setattr(kaggle, "build_wheel", lambda repo, dest: (dest / "r1helpers-0.1.0-py3-none-any.whl").touch())
+    monkeypatch.setattr(kaggle_push, "credentials", lambda: (None, None))
+    monkeypatch.setattr(kaggle_push, "build_wheel", lambda repo, dest: (dest / "r1helpers-0.1.0-py3-none-any.whl").touch())
     monkeypatch.setattr(subprocess, "run", no_subprocess)
-    assert kaggle.main(["push", "--out", str(tmp_path / "b")]) == 0
+    assert kaggle_push.main(["push", "--out", str(tmp_path / "b")]) == 0
     out = capsys.readouterr().out
     assert "would push" in out and "kaggle datasets version -p" in out
     assert out.count("kaggle kernels push -p") == 6 and "YOUR_KAGGLE_USERNAME" in out
 
 
 def test_push_creates_the_dataset_then_saves_kernels(built, monkeypatch):
-    monkeypatch.setattr(kaggle, "kaggle_cli", lambda: ["kaggle"])
+    monkeypatch.setattr(kaggle_push, "kaggle_cli", lambda: ["kaggle"])
     run = Recorder(1)  # `datasets status` fails: the dataset does not exist yet
-    kaggle.push(built, run_stages=["03"], run=run)
+    kaggle_push.push(built, run_stages=["03"], run=run)
     pushed = [c for c in run.calls if c[1] != "datasets" or c[2] != "status"]
     assert pushed[0][:3] == ["kaggle", "datasets", "create"]
     kernels = [c for c in pushed if c[1:3] == ["kernels", "push"]]
@@ -387,7 +389,7 @@ def kaggle_cli(tmp_path, monkeypatch):
 
 def test_push_goes_through_the_real_kaggle_cli(built, kaggle_cli):
     server, run = kaggle_cli
-    kaggle.push(built, run_stages=["03"], run=run)
+    kaggle_push.push(built, run_stages=["03"], run=run)
     assert server.datasets == {"alice/r1helpers": "created"}, "a first push creates the dataset"
     assert server.uploads == [next(built.dataset.glob("*.whl")).name], "the wheel alone is uploaded"
     metas = [json.loads((k / "kernel-metadata.json").read_text()) for k in built.kernels]
@@ -400,16 +402,16 @@ def test_push_goes_through_the_real_kaggle_cli(built, kaggle_cli):
     quick = [getattr(r.kernel_execution_type, "name", None) == "QUICK_SAVE" for r in server.kernels]
     assert quick == [True, True, True, False, True, True], "--no-run except the stages asked to run"
     assert "does not resolve to the specified id" not in server.log, "titles give the ids' slugs"
-    kaggle.push(built, run=run)
+    kaggle_push.push(built, run=run)
     assert server.datasets == {"alice/r1helpers": "versioned"}, "a later push adds a version"
 
 
 def test_dataset_status_read_through_the_cli(built, kaggle_cli):
     server, run = kaggle_cli
-    assert not kaggle._dataset_exists("alice/r1helpers", run)
+    assert not kaggle_push._dataset_exists("alice/r1helpers", run)
     server.datasets["alice/r1helpers"] = "created"
-    assert kaggle._dataset_exists("alice/r1helpers", run)
-    kaggle._wait_ready("alice/r1helpers", run, timeout_s=1)  # "ready" at once: returns without sleeping
+    assert kaggle_push._dataset_exists("alice/r1helpers", run)
+    kaggle_push._wait_ready("alice/r1helpers", run, timeout_s=1)  # "ready" at once: returns without sleeping
 
 
 # ---------------------------------------------------------------- no secret in build/kaggle/
@@ -429,15 +431,15 @@ def fake_repo(tmp_path: Path, monkeypatch, module_text: str = "") -> Path:
         with zipfile.ZipFile(dest / "r1helpers-0.1.0-py3-none-any.whl", "w") as z:
             z.writestr("r1helpers/mod.py", module_text)
 
-    monkeypatch.setattr(kaggle, "build_wheel", wheel)
+    monkeypatch.setattr(kaggle_push, "build_wheel", wheel)
     return repo
 
 
 def test_build_drops_saved_outputs(tmp_path, monkeypatch):
-    b = kaggle.build(tmp_path / "out", "alice", repo=fake_repo(tmp_path, monkeypatch))
+    b = kaggle_push.build(tmp_path / "out", "alice", repo=fake_repo(tmp_path, monkeypatch))
     copy = nbformat.read(b.kernels[0] / NOTEBOOKS[0].name, as_version=4)
     assert not any(c.get("outputs") for c in copy.cells if c.cell_type == "code")
-    assert kaggle.leaked_secrets(b.out) == []
+    assert kaggle_push.leaked_secrets(b.out) == []
 
 
 @pytest.mark.parametrize("module_text, environ", [(f"token = '{TOKEN}'", {}),
@@ -448,10 +450,10 @@ def test_a_secret_stops_the_build_and_is_never_shown(tmp_path, monkeypatch, caps
     for name, value in environ.items():
         monkeypatch.setenv(name, value)
     repo, out = fake_repo(tmp_path, monkeypatch, module_text), tmp_path / "out"
-    real_build = kaggle.build
-    monkeypatch.setattr(kaggle, "build", lambda out, user, accelerator=None: real_build(out, user, repo=repo))
-    monkeypatch.setattr(kaggle, "credentials", lambda: (None, None))
-    assert kaggle.main(["push", "--out", str(out)]) == 1
+    real_build = kaggle_push.build
+    monkeypatch.setattr(kaggle_push, "build", lambda out, user, accelerator=None: real_build(out, user, repo=repo))
+    monkeypatch.setattr(kaggle_push, "credentials", lambda: (None, None))
+    assert kaggle_push.main(["push", "--out", str(out)]) == 1
     err, secret = capsys.readouterr().err, module_text.split("'")[1]
     assert "r1helpers-dataset/r1helpers-0.1.0-py3-none-any.whl!r1helpers/mod.py" in err
     assert "00_setup" not in err, "the notebook's saved output was dropped, not shipped"

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from r1helpers import metrics
-from r1helpers.metrics import MetricSpec, aggregate, bootstrap_ci, rouge_l, score_generation, verdict, win_tie_loss
+from r1helpers.evaluate import metrics
+from r1helpers.evaluate.metrics import MetricSpec, aggregate, bootstrap_ci, rouge_l, score_generation, verdict, win_tie_loss
 
 
 def words(text: str) -> int:

@@ -14,10 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from r1helpers import infer, train
-from r1helpers.config import load_config
-from r1helpers.data import load_sample_rows, prepare
-from r1helpers.runs import Run, write_text_atomic
+from r1helpers.inference import generate as infer
+from r1helpers.core.config import load_config
+from r1helpers.data import load_sample_rows
+from r1helpers.workflow.steps import prepare
+from r1helpers.core.runs import Run, write_text_atomic
+from r1helpers.workflow import steps
 
 CUDA_OOM = "CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 14.75 GiB total capacity)"
 
@@ -33,7 +35,7 @@ def small_cfg():
 
 @pytest.fixture(scope="module")
 def base(tiny_model_dir, small_cfg):
-    from r1helpers.modeling import for_inference, load_base
+    from r1helpers.modeling.load import for_inference, load_base
 
     return for_inference(load_base(small_cfg))
 
@@ -87,12 +89,12 @@ def test_other_generation_errors_are_not_retried(base, small_cfg, monkeypatch):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_model_dir, tokenizer, small_cfg):
     """A run folder with a finished adapter, and the peft model that made it."""
-    from r1helpers.modeling import add_lora, load_base
+    from r1helpers.modeling.load import add_lora, load_base
 
     run = Run.open(tmp_path_factory.mktemp("oom") / "run")
     prepared = prepare(small_cfg, run, tokenizer)
     loaded = add_lora(load_base(small_cfg), small_cfg)
-    train.train(small_cfg, run, loaded, prepared)
+    steps.train(small_cfg, run, loaded, prepared)
     return run, loaded, prepared
 
 
@@ -106,7 +108,7 @@ def test_training_oom_explains_the_settings(trained, small_cfg, monkeypatch):
 
     monkeypatch.setattr(trl.SFTTrainer, "train", oom)
     with pytest.raises(RuntimeError) as info:
-        train.train(small_cfg, run, loaded, prepared)
+        steps.train(small_cfg, run, loaded, prepared)
     message = str(info.value)
     for needed in ("CUDA out of memory in training", "micro-batch 4", "model.max_seq_length=128",
                    "train.per_device_train_batch_size", "train.gradient_accumulation_steps",
@@ -125,7 +127,7 @@ def test_other_training_errors_pass_through(trained, small_cfg, monkeypatch):
 
     monkeypatch.setattr(trl.SFTTrainer, "train", broken)
     with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
-        train.train(small_cfg, run, loaded, prepared)
+        steps.train(small_cfg, run, loaded, prepared)
 
 
 def _snapshot(folder: Path) -> dict[str, str]:
@@ -148,7 +150,7 @@ def test_interrupted_adapter_save_keeps_the_previous_adapter(trained, small_cfg,
     assert "adapter_model.safetensors" in before
     monkeypatch.setattr(loaded.model, "save_pretrained", _half_save)
     with pytest.raises(KeyboardInterrupt):
-        train.train(small_cfg, run, loaded, prepared)
+        steps.train(small_cfg, run, loaded, prepared)
     assert _snapshot(adapter) == before
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")], "temporary folders left behind"
     assert {name: (out / name).read_bytes() for name in kept} == kept
@@ -158,7 +160,7 @@ def test_interrupted_adapter_save_keeps_the_previous_adapter(trained, small_cfg,
 def test_interrupted_merged_save_keeps_the_previous_model(tmp_path, monkeypatch):
     from types import SimpleNamespace
 
-    from r1helpers import export
+    from r1helpers.workflow import export
 
     def good(base_dir, adapter_dir, tmp, tokenizer, dtype):
         (tmp / "model.safetensors").write_bytes(b"good weights")
@@ -184,7 +186,8 @@ def test_interrupted_merged_save_keeps_the_previous_model(tmp_path, monkeypatch)
 def test_interrupted_gguf_save_keeps_the_previous_files(tmp_path, monkeypatch, small_cfg):
     from types import SimpleNamespace
 
-    from r1helpers import export, gguf_export
+    from r1helpers.workflow import export
+    from r1helpers.export import gguf as gguf_export
 
     def write(merged, target, kind, *args):
         Path(target).write_bytes(b"GGUF good " + kind.encode())
@@ -229,7 +232,9 @@ def test_interrupted_file_write_keeps_the_previous_file(tmp_path, monkeypatch):
 def test_interrupted_comparison_save_keeps_the_previous_report(tmp_path, monkeypatch):
     """compare/comparison.json and report.html: a write cut short (a bad character part-way through
     the page, or Ctrl-C before the rename) leaves the previous good file whole, and no temporary ones."""
-    from r1helpers import compare, report, runs
+    from r1helpers.evaluate import compare
+    from r1helpers.evaluate import report
+    from r1helpers.core import runs
 
     monkeypatch.setattr(report, "figures", lambda result: {})  # the plots need a whole comparison
     monkeypatch.setattr(report, "render", lambda result, images: f"<p>{result['page']}</p>")

@@ -1,4 +1,4 @@
-from r1helpers import prompts
+from r1helpers.core import prompts
 
 
 def test_inference_prompt_is_training_prefix_as_text():

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from r1helpers.config import ConfigError, load_config
-from r1helpers.runs import Run, stage_fingerprint
-from r1helpers.train import _checkpoint_dir, latest_checkpoint
+from r1helpers.core.config import ConfigError, load_config
+from r1helpers.core.runs import Run, stage_fingerprint
+from r1helpers.training.sft import latest_checkpoint
+from r1helpers.workflow.steps import _checkpoint_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,9 +39,11 @@ def counted_step(self, *a, **k):
     return step(self, *a, **k)
 trl.SFTTrainer.training_step = counted_step
 import r1helpers
-from r1helpers import data, distributed
+from r1helpers import data
+from r1helpers import distributed
+from r1helpers.workflow import steps
 cfg, run = r1helpers.start(run_dir, "cpu", overrides, quiet=True)
-result = distributed.ensure_trained_anywhere(cfg, run, data.prepare(cfg, run))
+result = distributed.ensure_trained_anywhere(cfg, run, steps.prepare(cfg, run))
 print(f"TRAINING STEPS RUN {len(calls)}", flush=True)
 """
 

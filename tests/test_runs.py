@@ -1,7 +1,7 @@
 import pytest
 
-from r1helpers.config import load_config
-from r1helpers.runs import Run, atomic_dir, write_json_atomic, read_json
+from r1helpers.core.config import load_config
+from r1helpers.core.runs import Run, atomic_dir, write_json_atomic, read_json
 
 
 def test_atomic_dir_keeps_old_output_on_failure(tmp_path):
@@ -41,7 +41,7 @@ def test_kill_between_the_two_renames_loses_nothing(tmp_path, monkeypatch):
     at once (an exception) or when the run folder next opens (a kill, which runs no handler)."""
     import os
 
-    from r1helpers import runs
+    from r1helpers.core import runs
 
     final = tmp_path / "train" / "adapter"
     with atomic_dir(final) as tmp:
@@ -73,7 +73,7 @@ def test_kill_between_the_two_renames_loses_nothing(tmp_path, monkeypatch):
 
 
 def test_next_save_clears_the_temporary_folder_of_a_killed_one(tmp_path):
-    from r1helpers.runs import atomic_dir
+    from r1helpers.core.runs import atomic_dir
 
     killed = tmp_path / ".merged_16bit.abc123.tmp"
     killed.mkdir()
@@ -88,8 +88,8 @@ def test_next_save_clears_the_temporary_folder_of_a_killed_one(tmp_path):
 
 
 def test_export_goes_stale_when_the_comparison_it_quotes_changes():
-    from r1helpers.config import load_config
-    from r1helpers.runs import stage_fingerprint
+    from r1helpers.core.config import load_config
+    from r1helpers.core.runs import stage_fingerprint
 
     cfg = load_config("cpu")
     assert stage_fingerprint(cfg, "export") != stage_fingerprint(load_config("cpu", {"compare.nll_rows": 3}), "export")

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from r1helpers import secrets
-from r1helpers.secrets import SECRETS, load_secrets, read_dotenv
+from r1helpers.core import secrets
+from r1helpers.core.secrets import SECRETS, load_secrets, read_dotenv
 
 ROOT = Path(__file__).resolve().parents[1]
 # Fake tokens in the real shape, assembled here so that secret scanners do not flag the source.

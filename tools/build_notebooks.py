@@ -40,7 +40,8 @@ if importlib.util.find_spec("r1helpers") is None:
                                   "folder, or on Kaggle add the r1helpers dataset that `make kaggle` builds "
                                   "(Add Input > Your Work), then run this cell again")
 import r1helpers
-from r1helpers import kaggle, show
+from r1helpers import kaggle
+from r1helpers.core import show
 kaggle.setup([
 {pins}
 ])'''
@@ -66,7 +67,7 @@ NOTEBOOKS = {
         "# 00 · Setup and secrets\n\nChecks the machine, picks the backend (Unsloth or transformers + peft) and "
         "dtype with the reason, finds the Hugging Face token and W&B key without showing them, and records the "
         "resolved config in the run folder.",
-        "env = r1helpers.runs.read_json(run.root / 'environment.json')\nshow.environment_table(env)",
+        "env = r1helpers.core.runs.read_json(run.root / 'environment.json')\nshow.environment_table(env)",
         "show.config_table(cfg)",
     ],
     "01_baseline_inference.ipynb": [

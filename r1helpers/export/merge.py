@@ -6,7 +6,7 @@ checkpoint, `W + scale * B @ A` is computed in float32 and rounded once to 16-bi
 and the shard is written before the next is read. Memory stays at one shard (about
 5 GB for the 8B model), so no GPU is needed and a T4's 15 GB never has to hold 16 GB.
 
-    python -c "from r1helpers.merge import merge_lora; merge_lora('base', 'adapter', 'out', 'bfloat16')"
+    python -c "from r1helpers.export.merge import merge_lora; merge_lora('base', 'adapter', 'out', 'bfloat16')"
 """
 
 from __future__ import annotations

@@ -16,8 +16,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .config import Config
-from .runs import Run, read_json, write_json_atomic, write_text_atomic
+from r1helpers.core.config import Config
+from r1helpers.core.runs import Run, read_json, write_json_atomic, write_text_atomic
 
 REPO_SUFFIX = {"adapter": "-lora", "merged": "", "gguf": "-GGUF"}
 LIBRARY = {"adapter": "peft", "merged": "transformers", "gguf": "gguf"}
@@ -146,7 +146,7 @@ def _usage(kind: str, repo: str, files: list[str]) -> list[str]:
 def model_card(cfg: Config, run: Run, kind: str, repo: str, files: list[tuple[str, int]],
                checks: dict[str, Any] | None = None) -> str:
     """The README.md a repository gets: what it is, how it was made, how well it did, and what not to do."""
-    from . import prompts
+    from r1helpers.core import prompts
 
     summary = comparison_summary(run)
     lines = _front_matter(cfg, kind) + [
@@ -219,7 +219,7 @@ def why_not_push(cfg: Config) -> str | None:
         return "no export.hub_repo set"
     if not os.environ.get("HF_TOKEN"):
         return "no Hugging Face token (HF_TOKEN in the environment, Kaggle secrets, Colab or .env)"
-    from .config import hub_reachable
+    from r1helpers.core.config import hub_reachable
 
     if not hub_reachable():
         return "the Hugging Face Hub is unreachable (offline or HF_HUB_OFFLINE=1)"
@@ -228,7 +228,7 @@ def why_not_push(cfg: Config) -> str | None:
 
 def publish(cfg: Config, run: Run, artefacts: dict[str, Path]) -> dict[str, Any]:
     """Push the artefacts named in export.push, or write the dry run into the run folder; say which."""
-    from .secrets import load_secrets
+    from r1helpers.core.secrets import load_secrets
 
     load_secrets(ask=False)
     chosen = {k: Path(v) for k, v in artefacts.items() if k in cfg.export.push}

@@ -23,7 +23,7 @@ import yaml
 
 SEED_MODEL = "unsloth/DeepSeek-R1-Distill-Llama-8B"
 SEED_DATASET = "FreedomIntelligence/medical-o1-reasoning-SFT"
-# Built locally (r1helpers.tinymodel) for the CPU profile: no Hub needed.
+# Built locally (r1helpers.modeling.tiny) for the CPU profile: no Hub needed.
 TINY_MODEL = "r1helpers/tiny-llama"
 # The bundled sample dataset (r1helpers/assets/sample_medical_o1.jsonl).
 SAMPLE_DATASET = "r1helpers/sample"
@@ -142,9 +142,25 @@ class TrainConfig:
         _one_of(str(self.padding_free).lower(), "train.padding_free", ("auto", "true", "false"))
         _one_of(self.batch_plan, "train.batch_plan", ("auto", "as_set"))
         if self.processes > 1:  # 0 (every GPU) is checked once the GPUs are counted
-            from .distributed import per_process_accumulation
-
             per_process_accumulation(self.per_device_train_batch_size, self.gradient_accumulation_steps, self.processes)
+
+
+def per_process_accumulation(per_device: int, accumulation: int, processes: int) -> int:
+    """Micro-batches each of `processes` accumulates so that the optimizer step sees
+    per_device x accumulation examples, as with one process."""
+    if processes < 1:
+        raise ConfigError(f"train.processes: must be >= 1 once resolved, got {processes}")
+    if accumulation % processes:
+        fits = [str(n) for n in range(1, accumulation + 1) if accumulation % n == 0]
+        counts = f"{', '.join(fits[:-1])} or {fits[-1]} processes" if len(fits) > 1 else "1 process"
+        raise ConfigError(
+            f"train.gradient_accumulation_steps={accumulation} does not divide among {processes} processes, so "
+            f"the recipe's effective batch (train.per_device_train_batch_size={per_device} x "
+            f"train.gradient_accumulation_steps={accumulation} = {per_device * accumulation}) cannot be kept: "
+            f"train on {counts} (train.processes / --nproc), or set "
+            f"train.gradient_accumulation_steps to a multiple of {processes}"
+        )
+    return accumulation // processes
 
 
 @dataclass
@@ -182,7 +198,7 @@ class CompareConfig:
                 ("completion_nll", "cot_nll", "answer_nll", "rouge_l", "semantic_similarity"))
 
 
-# GGUF types: the first three written by r1helpers.gguf_export, q4_k_m by llama.cpp's quantizer.
+# GGUF types: the first three written by r1helpers.export.gguf, q4_k_m by llama.cpp's quantizer.
 GGUF_KINDS = ("f16", "bf16", "q8_0", "q4_k_m")
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .config import Config
+from r1helpers.core.config import Config
 
 
 def _pd():
@@ -36,7 +36,7 @@ def environment_table(env: dict[str, Any]):
 
 
 def config_table(cfg: Config):
-    from .config import FIELDS
+    from r1helpers.core.config import FIELDS
 
     flat = cfg.to_dict()
     rows = []

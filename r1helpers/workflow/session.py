@@ -8,8 +8,8 @@ from __future__ import annotations
 import os
 from typing import Any, Mapping
 
-from .config import Config, ConfigError, auto_profile, load_config
-from .runs import Run, write_json_atomic
+from r1helpers.core.config import Config, ConfigError, auto_profile, load_config
+from r1helpers.core.runs import Run, write_json_atomic
 
 
 def parse_overrides(overrides: Any) -> Mapping[str, Any]:
@@ -41,21 +41,21 @@ def start(
     if not isinstance(run_dir, (str, os.PathLike)):
         raise ConfigError(f"run_dir: expected a folder path, got {run_dir!r}")
     cfg = load_config(chosen, parse_overrides(overrides), config_file)
-    from .kaggle import resolve_run_dir
+    from r1helpers.core.kaggle_paths import resolve_run_dir
 
     run = Run.open(resolve_run_dir(run_dir))
     run.save_config(cfg)
     if secrets:
-        from .secrets import load_secrets
+        from r1helpers.core.secrets import load_secrets
 
         report = load_secrets()
         if not quiet:
             for line in report.lines():
                 print(line)
-    from .env import environment_report
+    from r1helpers.core.hardware import environment_report
 
     env = environment_report(cfg)
-    from .train import plan_batches
+    from r1helpers.training.sft import plan_batches
 
     plan_batches(cfg, env["backend"]["name"], None)  # refuses settings the chosen backend cannot train
     env["profile_reason"] = why

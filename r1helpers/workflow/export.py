@@ -24,8 +24,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import Config
-from .runs import Run, atomic_dir, read_json, write_json_atomic, write_text_atomic
+from r1helpers.core.config import Config
+from r1helpers.core.runs import Run, atomic_dir, read_json, write_json_atomic, write_text_atomic
 
 # Beside the estimate: filesystem slack, tokenizer files, card, temporary check files.
 SPACE_MARGIN_BYTES = 512 * 2**20
@@ -45,7 +45,7 @@ def output_dir(cfg: Config, run: Run) -> Path:
     """export.output_dir; unset, /kaggle/tmp on Kaggle (large files) and the run folder's export/ elsewhere."""
     if cfg.export.output_dir:
         return Path(cfg.export.output_dir).expanduser().resolve()
-    from .kaggle import large_output_dir
+    from r1helpers.core.kaggle_paths import large_output_dir
 
     return large_output_dir(run.root.name) or run.stage_dir("export")
 
@@ -70,8 +70,8 @@ def _complete(folder: Path) -> bool:
 
 def locate_base(cfg: Config) -> BaseCheckpoint:
     """Find the base checkpoint without downloading it, and count its parameters from the headers."""
-    from .gguf_export import tensor_shapes
-    from .tinymodel import resolve_model_path
+    from r1helpers.export.gguf import tensor_shapes
+    from r1helpers.modeling.tiny import resolve_model_path
 
     name = resolve_model_path(cfg.model.name)
     folder = Path(name) if Path(name).is_dir() else _cached_snapshot(name, cfg.model.revision)
@@ -134,7 +134,7 @@ def gguf_source_kind(merged_dtype: str) -> str:
 def plan(cfg: Config, run: Run, base: BaseCheckpoint, adapter_dir: Path, merged_dtype: str,
          quantize: bool) -> list[Planned]:
     """Every large thing this export writes, with its estimated size and the folder it lands in."""
-    from .gguf_export import BYTES_PER_PARAM
+    from r1helpers.export.gguf import BYTES_PER_PARAM
 
     out, n = output_dir(cfg, run), base.parameters
     items = [Planned("adapter", out, _dir_bytes(adapter_dir))]
@@ -200,8 +200,8 @@ def space_message(group: list[Planned], need: int, free: int) -> str:
 
 def export_tokenizer(cfg: Config):
     """The training tokenizer with pad distinct from EOS and the template that renders the training prompt."""
-    from . import prompts
-    from .modeling import load_tokenizer
+    from r1helpers.core import prompts
+    from r1helpers.modeling.load import load_tokenizer
 
     tok = load_tokenizer(cfg)
     tok.chat_template = prompts.CHAT_TEMPLATE
@@ -215,7 +215,7 @@ def write_adapter(adapter_dir: Path, tmp: Path, tokenizer) -> None:
 
 
 def write_merged(base_dir: Path, adapter_dir: Path, tmp: Path, tokenizer, dtype: str) -> dict[str, Any]:
-    from .merge import merge_lora, weight_check
+    from r1helpers.export.merge import merge_lora, weight_check
 
     report = merge_lora(base_dir, adapter_dir, tmp, dtype)
     tokenizer.save_pretrained(str(tmp))
@@ -234,7 +234,7 @@ def _fix_generation_config(folder: Path, tokenizer) -> None:
 
 def modelfile(gguf_name: str) -> str:
     """An Ollama Modelfile: Ollama does not run Jinja templates from GGUF, so it gets the prompt here."""
-    from . import prompts
+    from r1helpers.core import prompts
 
     head, _, _ = prompts.build_prompt("\x00").partition("\x00")
     tail = prompts.build_prompt("\x00").partition("\x00")[2]
@@ -272,7 +272,7 @@ def export_adapter(ctx: Context) -> dict[str, Any]:
 
 def export_merged(ctx: Context, dtype: str, keep: bool) -> tuple[dict[str, Any], Path, Any]:
     """Merge, check against base + adapter, keep (or hand back a temporary folder for GGUF)."""
-    from . import export_checks as ec
+    from r1helpers.export import checks as ec
 
     probes = None
     if ctx.logits_ok:
@@ -293,8 +293,8 @@ def export_merged(ctx: Context, dtype: str, keep: bool) -> tuple[dict[str, Any],
 
 def export_gguf(ctx: Context, merged: Path, dtype: str, quantizer) -> dict[str, Any]:
     """Write each GGUF type, check it, and keep the folder only when all passed."""
-    from . import export_checks as ec
-    from .gguf_export import file_name, write_gguf
+    from r1helpers.export import checks as ec
+    from r1helpers.export.gguf import file_name, write_gguf
 
     kinds = sorted((k for k in ctx.cfg.export.gguf if k != "q4_k_m" or quantizer is not None),
                    key=lambda k: k == "q4_k_m")  # after the unquantized file it may be made from
@@ -330,13 +330,13 @@ def export_gguf(ctx: Context, merged: Path, dtype: str, quantizer) -> dict[str, 
 
 
 def _template() -> str:
-    from . import prompts
+    from r1helpers.core import prompts
 
     return prompts.CHAT_TEMPLATE
 
 
 def check_one_gguf(ctx: Context, path: Path, kind: str, merged: Path, probes) -> dict[str, Any]:
-    from . import export_checks as ec
+    from r1helpers.export import checks as ec
 
     question = ctx.cfg.infer.example_questions[0] if ctx.cfg.infer.example_questions else "What is fever?"
     checks: dict[str, Any] = {"metadata": ec.gguf_metadata_check(path, ctx.tokenizer, question),
@@ -354,7 +354,7 @@ def check_one_gguf(ctx: Context, path: Path, kind: str, merged: Path, probes) ->
 
 
 def _card(ctx: Context, kind: str, folder: Path, checks: dict[str, Any] | None) -> None:
-    from .hub import default_repo, model_card, repo_ids
+    from r1helpers.export.hub import default_repo, model_card, repo_ids
 
     repo = repo_ids(ctx.cfg.export.hub_repo or default_repo(ctx.cfg, ctx.run))[kind]
     files = sorted((p.name, p.stat().st_size) for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
@@ -365,8 +365,8 @@ def _card(ctx: Context, kind: str, folder: Path, checks: dict[str, Any] | None) 
 
 def probe_prompts(cfg: Config, prepared, tokenizer) -> tuple[list[list[int]], list[str]]:
     """The example question and two held-out ones, as the training prompt (ids with BOS, text without)."""
-    from . import prompts
-    from .data import eval_questions
+    from r1helpers.core import prompts
+    from r1helpers.workflow.steps import eval_questions
 
     questions = list(cfg.infer.example_questions[:1]) + [q["question"] for q in eval_questions(prepared, 2)]
     questions = questions or ["What is fever?"]
@@ -384,11 +384,10 @@ def is_done(cfg: Config, run: Run) -> bool:
 
 def export(cfg: Config, run: Run, force: bool = False) -> dict[str, Any]:
     """Adapter, merged 16-bit model and GGUF files, each checked; then the Hub push or its dry run."""
-    from . import export_checks as ec
-    from .data import prepare
-    from .gguf_export import find_quantizer
-    from .merge import resolve_dtype
-    from .train import ensure_trained
+    from r1helpers.export import checks as ec
+    from r1helpers.workflow.steps import ensure_trained, prepare
+    from r1helpers.export.gguf import find_quantizer
+    from r1helpers.export.merge import resolve_dtype
 
     if not force and is_done(cfg, run):
         print(f"export: reusing {run.stage_dir('export') / 'exported.json'} (made with these settings)")
@@ -420,7 +419,7 @@ def export(cfg: Config, run: Run, force: bool = False) -> dict[str, Any]:
 
 
 def _export_all(ctx: Context, dtype: str, quantizer, items: list[Planned], space: dict[str, Any]) -> dict[str, Any]:
-    from .hub import publish
+    from r1helpers.export.hub import publish
 
     cfg, run = ctx.cfg, ctx.run
     artefacts: dict[str, Any] = {"adapter": export_adapter(ctx)}

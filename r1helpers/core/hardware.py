@@ -20,8 +20,8 @@ import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, MutableMapping
 
-from .config import Config
-from .distributed import DDP_BACKEND_NOTE, GPUS_BEFORE_PIN_ENV, world_size
+from r1helpers.core.config import Config
+from r1helpers.core.ddp import DDP_BACKEND_NOTE, GPUS_BEFORE_PIN_ENV, world_size
 
 TRACKED_PACKAGES = (
     "r1helpers", "torch", "transformers", "trl", "peft", "accelerate", "datasets", "tokenizers",
@@ -352,3 +352,12 @@ def environment_report(cfg: Config, try_import: bool = True) -> dict[str, Any]:
         "profile": cfg.profile,
         "versions": package_versions(),
     }
+
+
+def is_oom(e: BaseException) -> bool:
+    """torch.OutOfMemoryError, or the RuntimeError that CUDA libraries raise for the same cause."""
+    import torch
+
+    text = str(e)
+    return isinstance(e, torch.OutOfMemoryError) or "out of memory" in text.lower() or "ALLOC_FAILED" in text
+

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from . import config as config_mod
-from .config import Config
+from r1helpers.core import config as config_mod
+from r1helpers.core.config import Config
 
 # Which config sections each stage's outputs depend on (upstream stages included).
 STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
@@ -202,7 +202,7 @@ class Run:
         return f"{stage}: made with other settings ({', '.join(changed[:6]) or 'unknown'})"
 
     def write_manifest(self, cfg: Config, stage: str, **extra: Any) -> dict[str, Any]:
-        from .env import package_versions
+        from r1helpers.core.hardware import package_versions
 
         manifest = {
             "stage": stage,

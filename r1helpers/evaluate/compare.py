@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from . import prompts
-from .config import Config
-from .metrics import MetricSpec, aggregate, perplexity, score_generation
-from .runs import Run, read_json, write_json_atomic, write_text_atomic
+from r1helpers.core import prompts
+from r1helpers.core.config import Config
+from r1helpers.evaluate.metrics import MetricSpec, aggregate, perplexity, score_generation
+from r1helpers.core.runs import write_json_atomic, write_text_atomic
 
 TEACHER_FORCED = [
     MetricSpec("cot_nll", "reasoning NLL (reference chain of thought)", "lower", "teacher-forced"),
@@ -144,9 +144,6 @@ def teacher_forced(loaded, rows: list[dict[str, Any]], max_len: int) -> dict[str
     return {"base": base, "tuned": score_references(loaded, rows, max_len)}
 
 
-def nll_rows(cfg: Config, prepared) -> list[dict[str, Any]]:
-    n = len(prepared.eval) if cfg.compare.nll_rows == 0 else min(cfg.compare.nll_rows, len(prepared.eval))
-    return [dict(r) for r in prepared.eval.select(range(n))]
 
 
 # ---- semantic similarity ----------------------------------------------------------------------
@@ -297,61 +294,12 @@ def _settings(cfg: Config, n_nll: int, n_generated: int) -> dict[str, Any]:
     }
 
 
-def check_same_decoding(run: Run) -> None:
-    """Both generation stages must have used one decoding setup, or the comparison is not fair."""
-    manifests = [run.read_manifest(s) for s in ("baseline", "finetuned")]
-    if all(manifests):
-        a, b = (m["settings"].get("infer") for m in manifests)
-        if a != b:
-            raise ValueError("baseline and fine-tuned generations used different infer settings; rerun stages 01 and 04")
 
 
 # ---- the stage ----------------------------------------------------------------------------------
 
-def compare(cfg: Config, run: Run, prepared, baseline: list[dict], tuned: list[dict],
-            force: bool = False, adapter_dir: Path | None = None) -> dict[str, Any]:
-    """Score both models on the held-out split; write compare/comparison.json and compare/report.html.
-
-    Reuses the saved comparison when made with these settings. `adapter_dir` scores another
-    adapter than the run's own (then nothing is marked current in the run folder).
-    """
-    out = run.stage_dir("compare")
-    own_adapter = adapter_dir is None
-    if not force and own_adapter and run.is_current(cfg, "compare") and (out / "comparison.json").is_file():
-        return read_json(out / "comparison.json")
-    from .modeling import for_inference, load_finetuned
-
-    check_same_decoding(run)
-    pair_generations(baseline, tuned)  # refuse mismatched question sets before any model loads
-    history: list[dict] = []
-    if adapter_dir is None:
-        from .train import ensure_trained
-
-        trained = ensure_trained(cfg, run, prepared)
-        adapter_dir, history = trained.adapter_dir, trained.log_history
-    loaded = for_inference(load_finetuned(cfg, Path(adapter_dir)))
-    tok = loaded.tokenizer
-    nll = teacher_forced(loaded, nll_rows(cfg, prepared), cfg.model.max_seq_length)
-    _release(loaded)
-    notes = [f"adapter: {adapter_dir}", f"backend: {loaded.backend.name}"]
-    sims, note = _similarities(cfg, baseline, tuned)
-    notes.append(note)
-    result = build_comparison(cfg, nll, baseline, tuned, lambda s: len(tok(s, add_special_tokens=False)["input_ids"]),
-                              sims, notes, history)
-    write_outputs(result, out)
-    if own_adapter:
-        run.write_manifest(cfg, "compare", verdict=result["verdict"], headline=result["headline"])
-    return result
 
 
-def _similarities(cfg: Config, baseline: list[dict], tuned: list[dict]) -> tuple[dict[str, list[float]] | None, str]:
-    pairs = [p for p in pair_generations(baseline, tuned) if p[0].get("reference_answer") is not None]
-    embedder, note = load_embedder(cfg.compare.embedding_model)
-    if embedder is None or not pairs:
-        return None, note
-    refs = [b["reference_answer"] for b, _ in pairs]
-    return {"base": semantic_similarity(embedder, [b["answer"] for b, _ in pairs], refs),
-            "tuned": semantic_similarity(embedder, [t["answer"] for _, t in pairs], refs)}, note
 
 
 def _release(loaded) -> None:
@@ -364,7 +312,7 @@ def _release(loaded) -> None:
 
 
 def write_outputs(result: dict[str, Any], out: Path) -> tuple[Path, Path]:
-    from .report import build_report
+    from r1helpers.evaluate.report import build_report
 
     page = build_report(result)  # a failure while drawing leaves the previous pair untouched
     out.mkdir(parents=True, exist_ok=True)
@@ -413,11 +361,9 @@ def side_by_side(result: dict[str, Any], width: int = 600):
 
 def figures(result: dict[str, Any]):
     """The report's plots, for display in the notebook."""
-    from .report import figures as make
+    from r1helpers.evaluate.report import figures as make
 
     return make(result)
 
 
-def report_path(run: Run) -> Path:
-    return run.stage_dir("compare") / "report.html"
 

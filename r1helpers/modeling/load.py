@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import Config
-from .env import BackendChoice, choose_backend
-from .tinymodel import resolve_model_path
+from r1helpers.core.config import Config
+from r1helpers.core.hardware import BackendChoice, choose_backend
+from r1helpers.modeling.tiny import resolve_model_path
 
 # Llama-3 tokenizers carry reserved tokens that make a pad distinct from EOS
 # without resizing embeddings (which 4-bit weights cannot do cheaply).
@@ -94,7 +94,7 @@ def load_base(cfg: Config, backend: BackendChoice | None = None) -> Loaded:
                 bnb_4bit_compute_dtype=_torch_dtype(backend.dtype),
             )
         if torch.cuda.is_available():
-            from .distributed import cuda_device
+            from r1helpers.core.ddp import cuda_device
 
             kwargs["device_map"] = {"": cuda_device()}  # under DDP: this process's GPU (LOCAL_RANK)
         try:

@@ -7,7 +7,7 @@ process's environment (where huggingface_hub and wandb look) and nowhere else:
 never into a config, a log, a run folder or a notebook's output. Both secrets are
 optional; without them the run uses public models and logs W&B offline.
 
-    from r1helpers.secrets import load_secrets; print(*load_secrets().lines(), sep="\\n")
+    from r1helpers.core.secrets import load_secrets; print(*load_secrets().lines(), sep="\\n")
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ Logit checks load whole models in float32; when that does not fit in memory (the
 model on a 30 GB machine), they are skipped with a note and the weight-level checks,
 which read one tensor at a time, stand in for them.
 
-    python -m r1helpers.export_checks llama.cpp model.gguf probes.json   # what the child process runs
+    python -m r1helpers.export.checks llama.cpp model.gguf probes.json   # what the child process runs
 """
 
 from __future__ import annotations
@@ -187,7 +187,7 @@ def check_gguf_llama_cpp(gguf_path: Path, probes: list[Probe], kind: str, prompt
                "sequences": [p.sequence for p in probes], "n": len(probes[0].greedy)}
     out_file = gguf_path.with_suffix(".check.npz")
     try:
-        proc = subprocess.run([sys.executable, "-m", "r1helpers.export_checks", "llama.cpp", json.dumps(request),
+        proc = subprocess.run([sys.executable, "-m", "r1helpers.export.checks", "llama.cpp", json.dumps(request),
                                str(out_file)], capture_output=True, text=True, timeout=timeout, env=_child_env())
         if proc.returncode != 0:
             tail = " | ".join((proc.stdout + proc.stderr).strip().splitlines()[-5:])
@@ -209,7 +209,7 @@ def check_gguf_llama_cpp(gguf_path: Path, probes: list[Probe], kind: str, prompt
 
 def _child_env() -> dict[str, str]:
     """The child must import this r1helpers even when it is a checkout on sys.path, not an install."""
-    root = str(Path(__file__).resolve().parents[1])
+    root = str(Path(__file__).resolve().parents[2])
     return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
 
 
@@ -251,14 +251,14 @@ def gguf_weight_check(gguf_path: Path, merged_dir: Path) -> dict[str, Any]:
     """Dequantize every GGUF tensor, undo llama.cpp's Q/K layout and compare with the merged weights."""
     import gguf
 
-    from .gguf_export import iter_tensors, read_config, unpermute_qk
+    from r1helpers.export.gguf import iter_tensors, read_config, unpermute_qk
 
     config = read_config(merged_dir)
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config["num_hidden_layers"])
     n_head, n_kv = config["num_attention_heads"], config.get("num_key_value_heads") or config["num_attention_heads"]
     reader = gguf.GGUFReader(str(gguf_path))
     by_gguf = {}
-    from .gguf_export import tensor_shapes
+    from r1helpers.export.gguf import tensor_shapes
 
     for hf_name in tensor_shapes(merged_dir):
         target = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
@@ -301,8 +301,8 @@ def render_template(template: str, question: str, bos: str, eos: str) -> str:
 
 def gguf_metadata_check(gguf_path: Path, tokenizer, question: str) -> dict[str, Any]:
     """Vocabulary, special ids and chat template: the GGUF must prompt exactly as training did."""
-    from . import prompts
-    from .gguf_export import read_metadata
+    from r1helpers.core import prompts
+    from r1helpers.export.gguf import read_metadata
 
     md = read_metadata(gguf_path)
     vocab = tokenizer.get_vocab()

@@ -5,7 +5,7 @@ data with the Llama-3 pre-tokenizer and the R1-distill special tokens, and the m
 is a randomly initialised `LlamaForCausalLM`. Everything downstream (LoRA, SFT,
 generation, merge, GGUF) runs on it exactly as on the 8B model.
 
-    python -c "from r1helpers.tinymodel import ensure_tiny_model; print(ensure_tiny_model())"
+    python -c "from r1helpers.modeling.tiny import ensure_tiny_model; print(ensure_tiny_model())"
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import hashlib
 import os
 from pathlib import Path
 
-from .config import TINY_MODEL
+from r1helpers.core.config import TINY_MODEL
 
 BOS = "<｜begin▁of▁sentence｜>"
 EOS = "<｜end▁of▁sentence｜>"
@@ -37,8 +37,8 @@ def cache_dir() -> Path:
 
 
 def _corpus() -> list[str]:
-    from . import prompts
-    from .data import load_sample_rows
+    from r1helpers.core import prompts
+    from r1helpers.data import load_sample_rows
 
     texts = []
     for row in load_sample_rows():
@@ -77,7 +77,7 @@ def build_tiny_model(out_dir: Path, seed: int = 3407, **dims) -> Path:
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
-    from .runs import atomic_dir
+    from r1helpers.core.runs import atomic_dir
 
     tokenizer = build_tokenizer(_corpus())
     d = {**DEFAULT_DIMS, **dims}
@@ -100,7 +100,7 @@ def build_tiny_model(out_dir: Path, seed: int = 3407, **dims) -> Path:
 
 def ensure_tiny_model() -> Path:
     """The tiny model's folder, built on first use and keyed by the sample data it was trained on."""
-    from .data import sample_path
+    from r1helpers.data import sample_path
 
     key = hashlib.sha256(sample_path().read_bytes() + BUILDER_VERSION.encode()).hexdigest()[:10]
     out = cache_dir() / f"tiny-llama-{key}"

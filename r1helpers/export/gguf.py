@@ -12,7 +12,7 @@ Tensors are written one at a time, so an 8B model never sits in memory at once.
 q4_k_m needs llama.cpp's k-quant code: the `llama-quantize` binary, or the same
 function through llama-cpp-python. Without either it is skipped with a note.
 
-    python -c "from r1helpers.gguf_export import write_gguf; write_gguf('merged', 'm.gguf', 'q8_0')"
+    python -c "from r1helpers.export.gguf import write_gguf; write_gguf('merged', 'm.gguf', 'q8_0')"
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from .config import GGUF_KINDS as KINDS
 
 # Unquantized or quantized by gguf-py here; q4_k_m needs llama.cpp (see find_quantizer).
 LOCAL_KINDS = ("f16", "bf16", "q8_0")
@@ -223,7 +222,7 @@ def _looks_special(token: str) -> bool:
 
 def check_pretokenizer(tok_json: dict[str, Any]) -> None:
     """This converter writes pre-tokenizer `llama-bpe`; any other split rule would tokenize differently."""
-    from .tinymodel import LLAMA3_SPLIT
+    from r1helpers.modeling.tiny import LLAMA3_SPLIT
 
     pre = tok_json.get("pre_tokenizer") or {}
     steps = pre.get("pretokenizers", [pre])

@@ -13,47 +13,16 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
-import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import Config, ConfigError, apply_overrides
-from .distributed import barrier, is_main_process, per_process, print0, trainer_kwargs, world_size
-from .modeling import Loaded, trainable_parameters
-from .runs import Run, atomic_dir, stage_fingerprint, write_json_atomic, write_text_atomic
+from r1helpers.core.config import Config, ConfigError
+from r1helpers.core.ddp import trainer_kwargs
+from r1helpers.modeling.load import Loaded
 
 
-def wandb_setup(cfg: Config, run: Run) -> tuple[list[str], str]:
-    """Decide W&B's mode from the config and the presence of a key; returns (report_to, note)."""
-    if not is_main_process():
-        return [], "W&B: rank 0 logs"
-    mode = cfg.train.wandb
-    if mode == "off":
-        return [], "W&B off (train.wandb=off)"
-    try:
-        import wandb  # noqa: F401
-    except ImportError:
-        return [], "W&B not installed: logging to the run folder only (pip install wandb to add it)"
-    if mode == "auto":
-        mode = "online" if os.environ.get("WANDB_API_KEY") and wandb_reachable() else "offline"
-    os.environ["WANDB_MODE"] = mode
-    os.environ["WANDB_DIR"] = str(run.stage_dir("train"))
-    os.environ.setdefault("WANDB_PROJECT", cfg.train.wandb_project)
-    os.environ.setdefault("WANDB_NAME", run.root.name)
-    os.environ.setdefault("WANDB_SILENT", "true")
-    run.stage_dir("train").mkdir(parents=True, exist_ok=True)
-    if cfg.train.wandb != "auto":
-        why = f"train.wandb={cfg.train.wandb}"
-    elif mode == "online":
-        why = "a W&B key is set"
-    else:
-        why = "no W&B key" if not os.environ.get("WANDB_API_KEY") else "a key is set but W&B is unreachable"
-    if mode == "offline":
-        why += "; sync later with `wandb sync` on the offline run folder"
-    return ["wandb"], f"W&B {mode} ({why})"
 
 
 def wandb_reachable(timeout: float = 3.0) -> bool:
@@ -89,20 +58,6 @@ def latest_checkpoint(ckpt_dir: Path) -> Path | None:
     return max(done)[1] if done else None
 
 
-def _checkpoint_dir(cfg: Config, run: Run, resume: bool) -> tuple[Path, Path | None]:
-    """Rank 0 clears or keeps the checkpoints; every rank then resumes from the same one."""
-    ckpt = run.stage_dir("train") / "checkpoints"
-    stamp = ckpt / "fingerprint.txt"
-    fp = stage_fingerprint(cfg, "train")
-    if is_main_process():
-        if ckpt.exists() and (not resume or not stamp.is_file() or stamp.read_text().strip() != fp):
-            print("starting over: discarding checkpoints " + (
-                "(train.resume=false)" if not resume else "made with other settings"))
-            shutil.rmtree(ckpt)
-        ckpt.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(stamp, fp + "\n")
-    barrier()
-    return ckpt, latest_checkpoint(ckpt) if resume else None
 
 
 # GPUs with at least this much memory fold gradient accumulation into one larger
@@ -178,7 +133,7 @@ def plan_batches(cfg: Config, backend: str, gpu_memory_gib: float | None, length
         raise ConfigError(
             f"train.padding_free=true needs the Unsloth backend (this run uses {backend}): transformers' SDPA "
             "attention lets the examples of a padding-free row attend to each other (measured by "
-            "r1helpers.bench.padding_free_check); set train.padding_free=auto or false")
+            "r1helpers.tools.bench.padding_free_check); set train.padding_free=auto or false")
     effective = t.per_device_train_batch_size * t.gradient_accumulation_steps
     if t.batch_plan == "as_set" or gpu_memory_gib is None:
         why = "as set" if t.batch_plan == "as_set" else "no GPU"
@@ -308,142 +263,15 @@ def run_name_from(output_dir: Path) -> str:
     return Path(output_dir).parents[1].name
 
 
-@dataclass
-class TrainResult:
-    adapter_dir: Path
-    log_history: list[dict[str, Any]]
-    metrics: dict[str, Any]
-
-    def losses(self, key: str = "loss") -> list[tuple[int, float]]:
-        return [(r["step"], r[key]) for r in self.log_history if key in r]
 
 
-def oom_advice(cfg: Config, plan: BatchPlan) -> str:
-    """What to change, with the values that ran out of memory, so the user need not look them up."""
-    no_ckpt = plan.gradient_checkpointing == "false"
-    budget = f", at most {plan.token_budget} tokens a pass" if plan.token_budget else ""
-    return (
-        f"CUDA out of memory in training (micro-batch {plan.micro_batch} x accumulation {plan.accumulation}{budget}, "
-        f"model.max_seq_length={cfg.model.max_seq_length}, model.load_in_4bit={cfg.model.load_in_4bit}, "
-        f"lora.r={cfg.lora.r}{', gradient checkpointing turned off by the batch plan' if no_ckpt else ''}). "
-        "Set train.batch_plan=as_set (exactly the batch and checkpointing you set), lower "
-        "train.per_device_train_batch_size and raise train.gradient_accumulation_steps to keep the effective "
-        "batch, lower model.max_seq_length, set lora.gradient_checkpointing=unsloth, or load in 4-bit "
-        "(model.load_in_4bit=true)."
-    )
 
 
-def is_oom(e: BaseException) -> bool:
-    """torch.OutOfMemoryError, or the RuntimeError that CUDA libraries raise for the same cause."""
-    import torch
-
-    text = str(e)
-    return isinstance(e, torch.OutOfMemoryError) or "out of memory" in text.lower() or "ALLOC_FAILED" in text
 
 
-def train(cfg: Config, run: Run, loaded: Loaded, prepared, resume: bool | None = None,
-          plan: BatchPlan | None = None) -> TrainResult:
-    """Fine-tune `loaded` (a peft model) and save the adapter and tokenizer in the run folder.
-
-    `resume` (default: train.resume) continues from the latest complete checkpoint
-    made with the same settings; False starts over from step 0.
-    """
-    import torch
-    from trl import SFTTrainer
-
-    out = run.stage_dir("train")
-    ckpt_dir, resume_from = _checkpoint_dir(cfg, run, cfg.train.resume if resume is None else resume)
-    report_to, wandb_note = wandb_setup(cfg, run)
-    print0(wandb_note)
-    if resume_from:
-        print0(f"resuming from {resume_from.name}")
-    has_eval = len(prepared.eval) > 0
-    processes = world_size()
-    plan = plan or plan_batches(per_process(cfg, processes), loaded.backend.name, gpu_memory_gib())
-    across = f" x {processes} processes" if processes > 1 else ""
-    print0(f"batches: micro-batch {plan.micro_batch} x accumulation {plan.accumulation}{across}, "
-           f"padding-free {plan.padding_free} ({plan.reason})")
-    args = sft_config(cfg, loaded, ckpt_dir, report_to, has_eval, plan)
-    loaded.model.config.use_cache = False
-    with token_budget_env(plan):
-        trainer = SFTTrainer(
-            model=loaded.model, processing_class=loaded.tokenizer, args=args,
-            train_dataset=prepared.trainer_columns("train"),
-            eval_dataset=prepared.trainer_columns("eval") if has_eval and cfg.train.eval_steps > 0 else None,
-        )
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
-    try:
-        result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    except RuntimeError as e:
-        if not is_oom(e):
-            raise
-        raise RuntimeError(oom_advice(cfg, plan)) from e
-    finally:
-        if "wandb" in report_to:
-            import wandb
-
-            wandb.finish()
-    seconds = time.perf_counter() - t0
-    trainable, total = trainable_parameters(loaded.model)
-    metrics = {
-        **{k: v for k, v in result.metrics.items() if isinstance(v, (int, float))},
-        "seconds": round(seconds, 2),
-        "resumed_from": resume_from.name if resume_from else None,
-        "trainable_parameters": trainable,
-        "total_parameters": total,
-        "backend": loaded.backend.name,
-        "batch_plan": asdict(plan),
-        # Steps Unsloth ran as several passes to stay within plan.token_budget.
-        "token_budget_splits": getattr(trainer, "_unsloth_token_budget_splits", 0),
-        "processes": processes,
-        "wandb": wandb_note,
-        "peak_gpu_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None,
-    }
-    history = trainer.state.log_history
-    adapter_dir = out / "adapter"
-    if is_main_process():
-        with atomic_dir(adapter_dir) as tmp:
-            loaded.model.save_pretrained(str(tmp))
-            loaded.tokenizer.save_pretrained(str(tmp))
-        write_json_atomic(out / "log_history.json", history)
-        write_json_atomic(out / "metrics.json", metrics)
-        run.write_manifest(cfg, "train", metrics=metrics)
-    barrier()
-    return TrainResult(adapter_dir, history, metrics)
 
 
-def load_result(run: Run) -> TrainResult:
-    out = run.stage_dir("train")
-    return TrainResult(out / "adapter", json.loads((out / "log_history.json").read_text()),
-                       json.loads((out / "metrics.json").read_text()))
 
 
-def ensure_trained(cfg: Config, run: Run, prepared, force: bool = False, resume: bool | None = None) -> TrainResult:
-    """Reuse the run folder's adapter when trained with these settings; otherwise train it,
-    resuming an interrupted run unless train.resume=false (or resume=False) says start over."""
-    if not force and run.is_current(cfg, "train") and (run.stage_dir("train") / "adapter").is_dir():
-        return load_result(run)
-    from .modeling import add_lora, load_base
-
-    print0(run.why_stale(cfg, "train") if not force else "train: retraining (force=True)")
-    base = load_base(cfg)
-    plan = plan_for(cfg, base, prepared)
-    lora_cfg = cfg
-    if plan.gradient_checkpointing is not None:  # recomputation is set when the adapters are added
-        lora_cfg = apply_overrides(cfg, {"lora.gradient_checkpointing": plan.gradient_checkpointing})
-    return train(cfg, run, add_lora(base, lora_cfg), prepared, resume=resume, plan=plan)
 
 
-def plan_for(cfg: Config, base: Loaded, prepared) -> BatchPlan:
-    """The batch plan for this process, from the loaded weights' memory and the data's real lengths."""
-    import torch
-
-    on_gpu = torch.cuda.is_available() and base.device.type == "cuda"
-    return plan_batches(
-        per_process(cfg, world_size()), base.backend.name, gpu_memory_gib(),
-        lengths=list(prepared.train["num_tokens"]) if "num_tokens" in prepared.train.column_names else None,
-        dims=base.model.config, base_gib=torch.cuda.memory_allocated() / 2**30 if on_gpu else None,
-        processes=world_size(),
-    )

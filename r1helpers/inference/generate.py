@@ -15,11 +15,10 @@ import os
 import time
 from typing import Any
 
-from . import prompts
-from .config import Config
-from .modeling import Loaded
-from .runs import Run, read_jsonl, write_jsonl_atomic
-from .train import is_oom
+from r1helpers.core import prompts
+from r1helpers.core.config import Config
+from r1helpers.modeling.load import Loaded
+from r1helpers.core.hardware import is_oom
 
 
 def _free_cuda_memory() -> None:
@@ -149,55 +148,11 @@ def generate(loaded: Loaded, questions: list[str], cfg: Config, progress: bool =
     return [results[i] for i in range(len(questions))]
 
 
-def question_set(cfg: Config, prepared) -> list[dict[str, Any]]:
-    """The recipe's example questions plus the first held-out questions, with references where known."""
-    from .data import eval_questions
-
-    items = [{"id": f"example-{k}", "question": q, "reference_cot": None, "reference_answer": None}
-             for k, q in enumerate(cfg.infer.example_questions)]
-    return items + eval_questions(prepared, cfg.infer.num_eval_questions)
 
 
-def generate_stage(cfg: Config, run: Run, stage: str, loaded: Loaded, prepared, force: bool = False) -> list[dict]:
-    """Write `<stage>/generations.jsonl` ("baseline" or "finetuned"), one record per question."""
-    path = run.stage_dir(stage) / "generations.jsonl"
-    if not force and run.is_current(cfg, stage) and path.is_file():
-        return read_jsonl(path)
-    items = question_set(cfg, prepared)
-    t0 = time.perf_counter()
-    outputs = generate(loaded, [it["question"] for it in items], cfg)
-    seconds = time.perf_counter() - t0
-    records = [{**it, **out, "model": stage} for it, out in zip(items, outputs)]
-    write_jsonl_atomic(path, records)
-    new_tokens = sum(r["new_tokens"] for r in records)
-    run.write_manifest(cfg, stage, questions=len(records), seconds=round(seconds, 2),
-                       generated_tokens=new_tokens, tokens_per_second=round(new_tokens / max(seconds, 1e-9), 1),
-                       backend=loaded.backend.name)
-    return records
 
 
-def load_generations(run: Run, stage: str) -> list[dict[str, Any]]:
-    return read_jsonl(run.stage_dir(stage) / "generations.jsonl")
 
 
-def baseline(cfg: Config, run: Run, prepared, force: bool = False) -> list[dict[str, Any]]:
-    """Generations of the base model (stage 01), reused when current."""
-    path = run.stage_dir("baseline") / "generations.jsonl"
-    if not force and run.is_current(cfg, "baseline") and path.is_file():
-        return read_jsonl(path)
-    from .modeling import for_inference, load_base
-
-    return generate_stage(cfg, run, "baseline", for_inference(load_base(cfg)), prepared, force=True)
 
 
-def finetuned(cfg: Config, run: Run, prepared, force: bool = False) -> list[dict[str, Any]]:
-    """Generations of base + adapter (stage 04); trains first if the adapter is missing or stale."""
-    path = run.stage_dir("finetuned") / "generations.jsonl"
-    if not force and run.is_current(cfg, "finetuned") and path.is_file():
-        return read_jsonl(path)
-    from .modeling import for_inference, load_finetuned
-    from .train import ensure_trained
-
-    result = ensure_trained(cfg, run, prepared)
-    loaded = for_inference(load_finetuned(cfg, result.adapter_dir))
-    return generate_stage(cfg, run, "finetuned", loaded, prepared, force=True)

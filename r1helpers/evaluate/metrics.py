@@ -14,7 +14,7 @@ import statistics
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Sequence
 
-from . import prompts
+from r1helpers.core import prompts
 
 # A difference smaller than this is a tie: float noise is not a win.
 TIE_TOLERANCE = 1e-9

@@ -1,7 +1,7 @@
 """Training and generation throughput on the 8B shape, for each backend and batch plan.
 
-    python -m r1helpers.bench --out bench.json                    # random 8B weights, built on the fly
-    python -m r1helpers.bench --model /path/to/model --lengths-from runs/default
+    python -m r1helpers.tools.bench --out bench.json                    # random 8B weights, built on the fly
+    python -m r1helpers.tools.bench --model /path/to/model --lengths-from runs/default
 
 Weights do not change throughput, so a randomly initialised model in the
 Llama-3.1-8B shape stands in for the real one (no download). Batches are drawn
@@ -54,7 +54,7 @@ CONFIGS = {
     "fallback": BenchConfig("fallback", "transformers", 2, 4, False, "transformers + peft + bitsandbytes, padded 2 x 4"),
     "fallback-nockpt": BenchConfig("fallback-nockpt", "transformers", 2, 4, False, "the fallback without gradient checkpointing", "false"),
     "fast-16gb": BenchConfig("fast-16gb", "unsloth", 2, 4, True, "default on 16 GB GPUs (T4, P100 with Unsloth): padding-free 2 x 4"),
-    # micro_batch 0: whatever r1helpers.train.plan_batches picks on this GPU for these lengths.
+    # micro_batch 0: whatever r1helpers.training.sft.plan_batches picks on this GPU for these lengths.
     "fast-default": BenchConfig("fast-default", "unsloth", 0, 0, True, "the project's default: plan_batches on this GPU"),
     "fast-8x1-offload": BenchConfig("fast-8x1-offload", "unsloth", 8, 1, True, "padding-free 8 x 1, Unsloth's offloaded checkpointing"),
     "fast-8x1-ckpt": BenchConfig("fast-8x1-ckpt", "unsloth", 8, 1, True, "padding-free 8 x 1, plain checkpointing (no offload)", "true"),
@@ -86,7 +86,7 @@ def build_random_model(out: Path, layers: int | None = None) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from .tinymodel import build_tokenizer
+    from r1helpers.modeling.tiny import build_tokenizer
 
     if (out / "config.json").is_file():
         return out
@@ -189,9 +189,9 @@ def run_one(name: str, model_dir: str, lengths_from: str | None, steps: int, war
     from transformers import TrainerCallback
     from trl import SFTTrainer
 
-    from .config import apply_overrides, load_config
-    from .modeling import add_lora, for_inference, load_base
-    from .train import BatchPlan, plan_batches, sft_config, token_budget_env
+    from r1helpers.core.config import apply_overrides, load_config
+    from r1helpers.modeling.load import add_lora, for_inference, load_base
+    from r1helpers.training.sft import BatchPlan, plan_batches, sft_config, token_budget_env
 
     m = TrainMeasure(config=asdict(bc))
     m.gpu_gib = round(cap_gpu_memory(gpu_gib), 1)
@@ -298,8 +298,8 @@ def padding_free_check(model_dir: str, backend: str, lengths: tuple[int, ...] = 
     import torch
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-    from .config import load_config
-    from .modeling import add_lora, load_base
+    from r1helpers.core.config import load_config
+    from r1helpers.modeling.load import add_lora, load_base
 
     cfg = load_config("seed", {"model.name": model_dir, "model.backend": backend, "model.max_seq_length": 2048,
                                "lora.gradient_checkpointing": "false"})
@@ -398,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
           f"(ready in {build_s:.0f} s); lengths: {dist}", flush=True)
     results = []
     for name in args.configs.split(","):
-        cmd = [sys.executable, "-m", "r1helpers.bench", "--one", name, "--model", model, "--steps", str(args.steps),
+        cmd = [sys.executable, "-m", "r1helpers.tools.bench", "--one", name, "--model", model, "--steps", str(args.steps),
                "--warmup", str(args.warmup), "--seq", str(args.seq), "--gen-tokens", str(args.gen_tokens),
                "--gen-batches", args.gen_batches, "--peak", str(peak)]
         if args.lengths_from:
@@ -415,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
             print(proc.stderr[-3000:], file=sys.stderr)
         results.append(r)
         print(json.dumps(r), flush=True)
-    from .env import package_versions
+    from r1helpers.core.hardware import package_versions
 
     report = {"gpu": torch.cuda.get_device_name(), "versions": package_versions(), "gpu_gib_cap": args.gpu_gib, "bf16_peak_tflops": round(peak, 1), "model": model,
               "lengths": dist, "seq": args.seq, "steps": args.steps, "warmup": args.warmup, "results": results}

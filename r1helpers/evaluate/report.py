@@ -14,7 +14,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from .runs import write_text_atomic
+from r1helpers.core.runs import write_text_atomic
 
 COLORS = {"base": "#8c8c8c", "tuned": "#1f77b4", "better": "#2ca02c", "worse": "#d62728", "same": "#7f7f7f"}
 RATE_KEYS = ("think_opened", "think_closed", "eos", "cut_at_limit", "empty_answer", "rouge_l", "semantic_similarity")

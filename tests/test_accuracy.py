@@ -1,0 +1,320 @@
+"""Multiple-choice accuracy: answer parsing, statistics, loading and option likelihoods, all offline."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from r1helpers.evaluate import accuracy as acc
+
+ABCD = ["A", "B", "C", "D"]
+ABCDE = ["A", "B", "C", "D", "E"]
+
+
+# ---- parse_answer_letter ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("answer, letter", [
+    ("B", "B"),
+    ("(B)", "B"),
+    ("B.", "B"),
+    ("B) Intramuscular epinephrine", "B"),
+    ("Answer: B", "B"),
+    ("The answer is B.", "B"),
+    ("**B**", "B"),
+    ("**Answer:** B", "B"),
+    ("The correct choice is option B, epinephrine.", "B"),
+    ("I would choose option B.", "B"),
+    ("Final answer: (B)", "B"),
+])
+def test_parse_recognised_forms(answer, letter):
+    generated = "The patient is in anaphylactic shock, so epinephrine comes first.\n</think>\n" + answer
+    assert acc.parse_answer_letter(generated, ABCD) == letter
+
+
+def test_parse_gold_wrong_and_unparseable():
+    gold = "B"
+    right = acc.parse_answer_letter("reasoning</think>\nThe answer is B.", ABCD)
+    wrong = acc.parse_answer_letter("reasoning</think>\nThe answer is D.", ABCD)
+    unparsed = acc.parse_answer_letter("reasoning</think>\nEpinephrine should be given first.", ABCD)
+    assert right == gold and wrong == "D" and unparsed is None
+    # English words that look like letters are not answers.
+    assert acc.parse_answer_letter("r</think>A patient like this needs epinephrine.", ABCD) is None
+    assert acc.parse_answer_letter("r</think>the answer is a ruptured ectopic pregnancy", ABCD) is None
+    assert acc.parse_answer_letter("r</think>Vitamin D deficiency.", ABCD) is None
+    assert acc.parse_answer_letter("r</think>", ABCD) is None
+
+
+def test_parse_needs_closed_reasoning():
+    # The model never closed </think>: whatever it said is still reasoning, so no answer.
+    assert acc.parse_answer_letter("The answer is B. Let me double-check the dose", ABCD) is None
+    assert acc.parse_answer_letter("<think>\nAnswer: C", ABCD) is None
+    # Only after the LAST </think> counts.
+    assert acc.parse_answer_letter("x</think>Answer: A</think>\nAnswer: C", ABCD) == "C"
+    # Models without think tags: read the whole text.
+    assert acc.parse_answer_letter("The answer is B.", ABCD, think_close=None) == "B"
+
+
+def test_parse_four_and_five_options():
+    assert acc.parse_answer_letter("r</think>E", ABCD) is None
+    assert acc.parse_answer_letter("r</think>The answer is E.", ABCD) is None
+    assert acc.parse_answer_letter("r</think>E", ABCDE) == "E"
+    assert acc.parse_answer_letter("r</think>The answer is E. Celiac disease", ABCDE) == "E"
+    assert acc.parse_answer_letter("r</think>(D)", ABCDE) == "D"
+
+
+def test_parse_explicit_answer_beats_stray_letters():
+    reasoning = "Option A fits the rash, (B) fits the fever, but D is unlikely... so C.\n</think>\n"
+    assert acc.parse_answer_letter(reasoning + "The answer is C.", ABCD) == "C"
+    # After </think>, an explicit form wins over a letter mentioned earlier.
+    assert acc.parse_answer_letter(reasoning + "Option A is tempting, but the answer is C.", ABCD) == "C"
+    # No explicit form: the first standalone letter.
+    assert acc.parse_answer_letter(reasoning + "(D), not (A).", ABCD) == "D"
+
+
+def test_grade_generations_counts_unparseable_as_wrong():
+    rows = [{"options": dict.fromkeys(ABCD, "x"), "answer_idx": "B"}] * 3
+    correct, preds, unparsed = acc.grade_generations(
+        ["r</think>B", "r</think>no idea", "still thinking B"], rows)
+    assert correct == [True, False, False] and preds == ["B", None, None] and unparsed == 2
+
+
+# ---- prompt -------------------------------------------------------------------------------------
+
+def test_mcq_prompt_layout():
+    text = acc.mcq_prompt("Which vitamin?", {"A": "Thiamine", "B": "Niacin", "C": "Pyridoxine", "D": "Folate",
+                                             "E": "Cobalamin"})
+    lines = text.split("\n")
+    assert lines[0] == "Which vitamin?"
+    assert lines[2:7] == ["A. Thiamine", "B. Niacin", "C. Pyridoxine", "D. Folate", "E. Cobalamin"]
+    assert "letter" in lines[-1] and "A, B, C, D or E" in lines[-1]
+    assert acc.format_question("Which vitamin?", {"A": "x", "B": "y"}) == acc.mcq_prompt("Which vitamin?", {"A": "x", "B": "y"})
+
+
+# ---- free text ----------------------------------------------------------------------------------
+
+def test_normalise_and_exact_match():
+    assert acc.normalise_text("  The Right Coronary   Artery. ") == "right coronary artery"
+    assert acc.exact_match("right coronary artery", "The right coronary artery!")
+    assert not acc.exact_match("left circumflex artery", "right coronary artery")
+    assert not acc.exact_match(None, "anything")
+
+
+# ---- statistics ---------------------------------------------------------------------------------
+
+def test_wilson_interval_by_hand():
+    # k=7, n=10, z=1.959964: p=0.7, z^2=3.841459, 1+z^2/n=1.3841459,
+    # centre=(0.7+0.1920729)/1.3841459=0.644493, half=(1.959964/1.3841459)*sqrt(0.021+0.0096036)=0.247715
+    lo, hi = acc.wilson_interval(7, 10)
+    assert lo == pytest.approx(0.644493 - 0.247715, abs=1e-4)
+    assert hi == pytest.approx(0.644493 + 0.247715, abs=1e-4)
+    assert (lo, hi) == pytest.approx((0.39678, 0.89221), abs=1e-4)
+    assert acc.wilson_interval(0, 0) == (0.0, 1.0)
+    assert acc.wilson_interval(0, 10)[0] == 0.0 and acc.wilson_interval(10, 10)[1] == pytest.approx(1.0)
+    with pytest.raises(ValueError):
+        acc.wilson_interval(11, 10)
+
+
+def test_mcnemar_exact_hand_case():
+    # 1 question right->wrong, 6 wrong->right, 3 unchanged. p = 2 * (C(7,0)+C(7,1)) / 2^7 = 16/128.
+    before = [True] + [False] * 6 + [True, True, False]
+    after = [False] + [True] * 6 + [True, True, False]
+    out = acc.mcnemar(before, after)
+    assert (out["b"], out["c"], out["both_right"], out["both_wrong"]) == (1, 6, 2, 1)
+    assert out["p_value"] == pytest.approx(0.125)
+    assert acc.mcnemar([True, False], [True, False])["p_value"] == 1.0
+    with pytest.raises(ValueError):
+        acc.mcnemar([True], [True, False])
+
+
+def test_paired_bootstrap_reproducible():
+    before = [True, False, True, False, False, True, False, False, True, False] * 3
+    after = [True, True, True, False, True, True, False, True, True, False] * 3
+    first = acc.paired_bootstrap_diff(before, after, samples=500, seed=3407)
+    assert first == acc.paired_bootstrap_diff(before, after, samples=500, seed=3407)
+    assert first[0] == pytest.approx(0.3)
+    assert first[1] <= first[0] <= first[2]
+    assert acc.paired_bootstrap_diff(before, after, samples=500, seed=1) != first
+
+
+def test_accuracy_summary_unchanged_is_no_clear_change():
+    before = [True, False, True, False, True, True, False, True]
+    after = [False, True, True, False, True, True, True, False]  # 5/8 both, 2 flips each way
+    out = acc.accuracy_summary(before, after, before_unparsed=1, after_unparsed=2, samples=400)
+    assert out["n"] == 8 and out["delta"] == 0.0
+    assert out["before"]["accuracy"] == out["after"]["accuracy"] == 5 / 8
+    assert out["before"]["ci95"] == pytest.approx(list(acc.wilson_interval(5, 8)))
+    assert out["delta_ci95"][0] < 0 < out["delta_ci95"][1]
+    assert out["mcnemar"]["b"] == out["mcnemar"]["c"] == 2
+    assert (out["before"]["unparsed"], out["after"]["unparsed"]) == (1, 2)
+    assert out["verdict"] == "no clear change"
+
+
+def test_accuracy_summary_better_and_worse():
+    before = [False] * 30 + [True] * 10
+    after = [True] * 30 + [True] * 10
+    assert acc.accuracy_summary(before, after)["verdict"] == "better"
+    assert acc.accuracy_summary(after, before)["verdict"] == "worse"
+    with pytest.raises(ValueError, match="counted as wrong"):
+        acc.accuracy_summary(after, after, before_unparsed=1)
+
+
+# ---- loading ------------------------------------------------------------------------------------
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_load_dict_options(tmp_path):
+    src = write_jsonl(tmp_path / "q.jsonl", [
+        {"question": " Drug of choice for eclampsia? ", "options": {"B": "Magnesium sulfate", "A": "Phenytoin"},
+         "answer_idx": "b", "answer": "Magnesium sulfate"},
+        {"question": "Crystal in gout?", "options": {"A": "Monosodium urate", "B": "Calcium oxalate"}, "answer_idx": "A"},
+    ])
+    rows = acc.load_mcq_rows(str(src))
+    assert rows[0] == {"id": "q-1", "question": "Drug of choice for eclampsia?",
+                       "options": {"A": "Phenytoin", "B": "Magnesium sulfate"}, "answer_idx": "B",
+                       "answer": "Magnesium sulfate"}
+    assert rows[1]["answer"] == "Monosodium urate"  # filled in from the gold option
+    assert len(acc.load_mcq_rows(src, limit=1)) == 1
+
+
+def test_load_list_of_records_options(tmp_path):
+    src = write_jsonl(tmp_path / "records.jsonl", [{
+        "id": "medqa-7", "question": "Organism with gram-negative diplococci in CSF?",
+        "options": [{"key": "A", "value": "Neisseria meningitidis"}, {"key": "B", "value": "Listeria"},
+                    {"key": "C", "value": "Pneumococcus"}, {"key": "D", "value": "E. coli"}],
+        "answer_idx": "A", "answer": "Neisseria meningitidis"}])
+    (row,) = acc.load_mcq_rows(src)
+    assert row["id"] == "medqa-7"
+    assert row["options"] == {"A": "Neisseria meningitidis", "B": "Listeria", "C": "Pneumococcus", "D": "E. coli"}
+
+
+def test_load_five_options_and_json(tmp_path):
+    row = {"question": "Supplement with isoniazid?",
+           "options": {"A": "Thiamine", "B": "Niacin", "C": "Pyridoxine", "D": "Folic acid", "E": "Cobalamin"},
+           "answer_idx": "E", "answer": "Cobalamin"}
+    (loaded,) = acc.load_mcq_rows(write_jsonl(tmp_path / "five.jsonl", [row]))
+    assert list(loaded["options"]) == ABCDE and loaded["answer_idx"] == "E"
+    as_json = tmp_path / "five.json"
+    as_json.write_text(json.dumps({"data": [row]}), encoding="utf-8")
+    assert acc.load_mcq_rows(as_json)[0]["options"] == loaded["options"]
+
+
+def test_load_parquet(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    src = tmp_path / "q.parquet"
+    pq.write_table(pa.Table.from_pylist([
+        {"question": "Q?", "options": [{"key": "A", "value": "yes"}, {"key": "B", "value": "no"}],
+         "answer_idx": "B", "answer": "no"}]), src)
+    assert acc.load_mcq_rows(src)[0]["options"] == {"A": "yes", "B": "no"}
+
+
+def test_load_bad_gold_letter_names_file_row_and_field(tmp_path):
+    good = {"question": "Q?", "options": {"A": "a1", "B": "b1", "C": "c1", "D": "d1"}, "answer_idx": "A", "answer": "a1"}
+    bad = {**good, "answer_idx": "E", "answer": "e1"}
+    src = write_jsonl(tmp_path / "bad.jsonl", [good, good, bad])
+    with pytest.raises(ValueError) as err:
+        acc.load_mcq_rows(src)
+    msg = str(err.value)
+    assert str(src) in msg and "row 3" in msg and "answer_idx" in msg and "A, B, C, D" in msg
+    assert "\n" not in msg
+
+
+@pytest.mark.parametrize("row, field", [
+    ({"options": {"A": "x", "B": "y"}, "answer_idx": "A"}, "question"),
+    ({"question": "Q?", "answer_idx": "A"}, "options"),
+    ({"question": "Q?", "options": {"A": "x", "B": ""}, "answer_idx": "A"}, "options"),
+    ({"question": "Q?", "options": {"A": "x", "B": "y"}, "answer_idx": "A", "answer": "y"}, "answer"),
+    ({"question": "Q?", "options": {"A": "x", "B": "y"}}, "answer_idx"),
+])
+def test_load_other_bad_rows(tmp_path, row, field):
+    src = write_jsonl(tmp_path / "bad.jsonl", [row])
+    with pytest.raises(ValueError, match=rf"bad\.jsonl, row 1 \(line 1\): field '{field}'"):
+        acc.load_mcq_rows(src)
+
+
+def test_load_missing_file(tmp_path):
+    with pytest.raises(ValueError, match="no such file"):
+        acc.load_mcq_rows(str(tmp_path / "absent.jsonl"))
+
+
+def test_bundled_sample_loads():
+    rows = acc.load_mcq_rows(acc.sample_mcq_path())
+    assert len(rows) == 24
+    assert sum(len(r["options"]) == 5 for r in rows) == 4
+    assert all(r["answer"] == r["options"][r["answer_idx"]] for r in rows)
+    assert len({r["question"] for r in rows}) == 24
+
+
+# ---- option likelihoods on a tiny random Llama --------------------------------------------------
+
+SENTENCES = [
+    "the patient has chest pain and low blood pressure",
+    "give intramuscular epinephrine for anaphylaxis",
+    "magnesium sulfate prevents eclamptic seizures",
+    "needle decompression treats tension pneumothorax",
+    "which drug is best for this patient answer with the letter",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_lm():
+    torch = pytest.importorskip("torch")
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator(SENTENCES, trainers.WordLevelTrainer(special_tokens=["[PAD]", "[UNK]", "[EOS]"],
+                                                                  show_progress=False))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", eos_token="[EOS]",
+                                        unk_token="[UNK]")
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                         initializer_range=0.2)
+    with torch.random.fork_rng():  # leave the global RNG as it was
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(config).float().eval()
+    return model, tokenizer
+
+
+def manual_sum(model, tokenizer, prompt: str, continuation: str) -> float:
+    """One option at a time, no padding, no mask: the reference the batched scores must match."""
+    import torch
+
+    p = tokenizer(prompt, add_special_tokens=True)["input_ids"]
+    c = tokenizer(continuation, add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([p + c])
+    with torch.no_grad():
+        logprobs = torch.log_softmax(model(input_ids=ids).logits[0].float(), dim=-1)
+    return sum(logprobs[len(p) - 1 + j, tok].item() for j, tok in enumerate(c))
+
+
+def test_option_loglikelihoods_match_unpadded_scores(tiny_lm):
+    model, tokenizer = tiny_lm
+    prompt = "the patient has chest pain which drug is best"
+    # Options of 1, 5, 3 and 2 words: the batch is right-padded to the longest.
+    options = {"A": "epinephrine", "B": "needle decompression treats tension pneumothorax",
+               "C": "magnesium sulfate prevents", "D": "low blood"}
+    scores = acc.option_loglikelihoods(model, tokenizer, prompt, options)
+    assert set(scores) >= {"sum", "mean"}
+    assert scores["tokens"] == {"A": 1, "B": 5, "C": 3, "D": 2}
+    for letter, text in options.items():
+        assert scores["sum"][letter] == pytest.approx(manual_sum(model, tokenizer, prompt, " " + text), abs=1e-4)
+        assert scores["mean"][letter] == pytest.approx(scores["sum"][letter] / scores["tokens"][letter], abs=1e-6)
+    for norm in ("mean", "sum"):
+        best = max(scores[norm], key=scores[norm].get)
+        assert acc.predict_by_likelihood(model, tokenizer, prompt, options, normalize=norm) == best
+
+    lettered = acc.option_loglikelihoods(model, tokenizer, prompt, options, template=" {letter} {text}")
+    assert lettered["tokens"]["B"] == 6  # "B" is one more (unknown) word
+
+
+def test_option_loglikelihoods_rejects_bad_normalisation(tiny_lm):
+    model, tokenizer = tiny_lm
+    with pytest.raises(ValueError, match="normalize"):
+        acc.option_loglikelihoods(model, tokenizer, "the patient", {"A": "epinephrine"}, normalize="max")
