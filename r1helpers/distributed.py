@@ -146,7 +146,7 @@ def train_with(cfg: Config, run, prepared, processes: int):
 
     if processes == 1 or world_size() > 1:
         return steps.ensure_trained(cfg, run, prepared)
-    if run.is_current(cfg, "train") and (run.stage_dir("train") / "adapter").is_dir():
+    if run.is_current(cfg, "train"):
         return steps.load_result(run)
     print(f"DDP over {processes} processes: {DDP_BACKEND_NOTE}")
     launch_training(cfg, run, nproc=processes)

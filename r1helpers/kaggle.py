@@ -248,9 +248,26 @@ def _install_reporting(todo: list[str], run: Runner, report: SetupReport, import
         report.add(f"restart the kernel and run again: {', '.join(stale)} was imported before the update")
 
 
-def setup(pins: Sequence[str]) -> None:
+def default_pins() -> list[str]:
+    """What a session installs: this checkout's pyproject.toml, else the installed r1helpers wheel's
+    requirements (written from that pyproject.toml when the wheel was built)."""
+    checkout = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    if checkout.is_file():
+        return pins_from_pyproject(checkout)
+    extra = re.compile(r"""extra\s*==\s*["']([^"']+)["']""")
+    requires = importlib.metadata.requires("r1helpers") or []
+    out = []
+    for r in requires:
+        spec = r.split(";")[0].strip()
+        if _req_name(spec) not in KEEP_INSTALLED and not any(e in SKIP_EXTRAS for e in extra.findall(r)) \
+                and spec not in out:
+            out.append(spec)
+    return out
+
+
+def setup(pins: Sequence[str] | None = None) -> None:
     """The notebooks' first call: one GPU, Kaggle's folders and the pinned packages (installs only on Kaggle)."""
-    prepare(pins, say=lambda line: print(line, flush=True))
+    prepare(default_pins() if pins is None else pins, say=lambda line: print(line, flush=True))
 
 
 # ---------------------------------------------------------------- build/kaggle/ and pushing it

@@ -56,17 +56,17 @@ class Recorder:
 # ---------------------------------------------------------------- the first cell's pins
 
 
-def first_cell_pins(path: Path) -> list[str]:
+def setup_calls(path: Path) -> list[ast.Call]:
     source = nbformat.read(path, as_version=4).cells[1].source
-    calls = [n for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Call)
-             and getattr(n.func, "attr", None) == "setup"]
-    assert len(calls) == 1, f"{path.name}: one kaggle.setup([...]) call in the first code cell"
-    return ast.literal_eval(calls[0].args[0])
+    return [n for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Call) and getattr(n.func, "attr", None) == "setup"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_install_cell_pins_what_pyproject_pins(path):
-    assert first_cell_pins(path) == PINS
+def test_first_cell_sets_up_once_with_the_pins_pyproject_pins(path):
+    calls = setup_calls(path)
+    assert len(calls) == 1 and not calls[0].args, f"{path.name}: one r1helpers.setup() call in the first code cell"
+    assert len(nbformat.read(path, as_version=4).cells[1].source.splitlines()) <= 8
+    assert kaggle.default_pins() == PINS
 
 
 def test_pins_cover_pyproject_but_never_torch_or_notebook_tools():
@@ -240,7 +240,7 @@ def test_kernel_metadata_files(built):
         owner, slug = meta["id"].split("/")
         assert owner == "alice" and slug == kaggle_push.slugify(meta["title"]) and 5 <= len(meta["title"]) <= 50
         nb = nbformat.read(folder / meta["code_file"], as_version=4)
-        assert first_cell_pins(folder / meta["code_file"]) == PINS and not any(
+        assert len(setup_calls(folder / meta["code_file"])) == 1 and not any(
             c.get("outputs") for c in nb.cells if c.cell_type == "code")
 
 

@@ -18,10 +18,12 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 from r1helpers.core import config as config_mod
 from r1helpers.core.config import Config
+
+T = TypeVar("T")
 
 # Which config sections each stage's outputs depend on (upstream stages included).
 STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
@@ -147,13 +149,39 @@ def atomic_dir(final: Path) -> Iterator[Path]:
         raise
 
 
-class StaleOutputError(RuntimeError):
-    """An output exists but was made with other settings."""
+# Every named output of a run folder, relative to its root: the one place that says where each
+# stage writes. Stages read and write them through `run.path(name)`.
+OUTPUTS: dict[str, str] = {
+    "dataset": "data/dataset",
+    "data_stats": "data/stats.json",
+    "baseline": "baseline/generations.jsonl",
+    "adapter": "train/adapter",
+    "checkpoints": "train/checkpoints",
+    "log_history": "train/log_history.json",
+    "train_metrics": "train/metrics.json",
+    "finetuned": "finetuned/generations.jsonl",
+    "comparison": "compare/comparison.json",
+    "report": "compare/report.html",
+    "exported": "export/exported.json",
+}
+# What must exist, besides a manifest with matching settings, for a stage to count as done.
+STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
+    "data": ("dataset", "data_stats"),
+    "baseline": ("baseline",),
+    "train": ("adapter", "log_history", "train_metrics"),
+    "finetuned": ("finetuned",),
+    "compare": ("comparison", "report"),
+    "export": ("exported",),
+}
 
 
 @dataclass
 class Run:
-    """Paths of one run folder. Create with `Run.open(run_dir)`."""
+    """Paths of one run folder. Create with `Run.open(run_dir)`.
+
+    `run.reuse_or_build(cfg, stage, build, load)` is the one check every stage makes:
+    reuse what was made with these settings, else build it.
+    """
 
     root: Path
 
@@ -167,6 +195,12 @@ class Run:
 
     def stage_dir(self, stage: str) -> Path:
         return self.root / stage
+
+    def path(self, name: str) -> Path:
+        """A named output (OUTPUTS), e.g. run.path("adapter")."""
+        if name not in OUTPUTS:
+            raise KeyError(f"{name!r} is not a run-folder output; known: {', '.join(OUTPUTS)}")
+        return self.root / OUTPUTS[name]
 
     @property
     def config_path(self) -> Path:
@@ -189,17 +223,41 @@ class Run:
         return json.loads(path.read_text())
 
     def is_current(self, cfg: Config, stage: str) -> bool:
-        """True when the stage finished with the same settings as `cfg`."""
+        """True when the stage finished with the same settings as `cfg` and its outputs are all there
+        (those of STAGE_OUTPUTS, and any the manifest lists in `must_exist`, e.g. exports outside it)."""
         manifest = self.read_manifest(stage)
-        return bool(manifest) and manifest.get("fingerprint") == stage_fingerprint(cfg, stage)
+        return (bool(manifest) and manifest.get("fingerprint") == stage_fingerprint(cfg, stage)
+                and not self._missing(stage, manifest))
+
+    def _missing(self, stage: str, manifest: dict[str, Any]) -> list[str]:
+        names = [str(self.path(n)) for n in STAGE_OUTPUTS.get(stage, ())]
+        return [p for p in names + list(manifest.get("must_exist", [])) if not Path(p).exists()]
 
     def why_stale(self, cfg: Config, stage: str) -> str:
         manifest = self.read_manifest(stage)
         if manifest is None:
             return f"{stage}: no finished output in {self.stage_dir(stage)}"
+        missing = self._missing(stage, manifest)
+        if manifest.get("fingerprint") == stage_fingerprint(cfg, stage) and missing:
+            return f"{stage}: {', '.join(missing)} missing"
         old, new = manifest.get("settings", {}), stage_settings(cfg, stage)
         changed = _diff(old, new)
         return f"{stage}: made with other settings ({', '.join(changed[:6]) or 'unknown'})"
+
+    def reuse_or_build(self, cfg: Config, stage: str, build: Callable[[], T], load: Callable[[], T],
+                       force: bool = False, say: Callable[[str], None] | None = print) -> T:
+        """`load()` what this run folder holds when `stage` was made with these settings, else `build()`.
+
+        `build` writes the outputs and then the manifest (write_manifest), so an output
+        killed half-way never looks finished. `say` gets one line saying which it was and why.
+        """
+        if not force and self.is_current(cfg, stage):
+            if say:
+                say(f"{stage}: reusing {self.stage_dir(stage)} (made with these settings)")
+            return load()
+        if say:
+            say(f"{stage}: rebuilding (force=True)" if force else self.why_stale(cfg, stage) + ": building it")
+        return build()
 
     def write_manifest(self, cfg: Config, stage: str, **extra: Any) -> dict[str, Any]:
         from r1helpers.core.hardware import package_versions

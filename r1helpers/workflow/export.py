@@ -374,24 +374,18 @@ def probe_prompts(cfg: Config, prepared, tokenizer) -> tuple[list[list[int]], li
             [prompts.build_prompt(q) for q in questions])
 
 
-def is_done(cfg: Config, run: Run) -> bool:
-    path = run.stage_dir("export") / "exported.json"
-    if not (run.is_current(cfg, "export") and path.is_file()):
-        return False
-    record = read_json(path)
-    return all(Path(a["path"]).exists() for a in record.get("artefacts", {}).values())
-
-
 def export(cfg: Config, run: Run, force: bool = False) -> dict[str, Any]:
     """Adapter, merged 16-bit model and GGUF files, each checked; then the Hub push or its dry run."""
+    return run.reuse_or_build(cfg, "export", lambda: _export(cfg, run), lambda: read_json(run.path("exported")),
+                              force=force)
+
+
+def _export(cfg: Config, run: Run) -> dict[str, Any]:
     from r1helpers.export import checks as ec
     from r1helpers.workflow.steps import ensure_trained, prepare
     from r1helpers.export.gguf import find_quantizer
     from r1helpers.export.merge import resolve_dtype
 
-    if not force and is_done(cfg, run):
-        print(f"export: reusing {run.stage_dir('export') / 'exported.json'} (made with these settings)")
-        return read_json(run.stage_dir("export") / "exported.json")
     prepared = prepare(cfg, run)
     trained = ensure_trained(cfg, run, prepared)
     notes: list[str] = []
@@ -442,8 +436,9 @@ def _export_all(ctx: Context, dtype: str, quantizer, items: list[Planned], space
     record = {"output_dir": str(ctx.out), "artefacts": artefacts, "notes": ctx.notes, "hub": hub,
               "space": {"planned": [{"what": i.what, "where": str(i.where), "bytes": i.bytes} for i in items],
                         "disks": space}}
-    write_json_atomic(run.stage_dir("export") / "exported.json", record)
-    run.write_manifest(cfg, "export", outputs={k: v["path"] for k, v in artefacts.items()})
+    write_json_atomic(run.path("exported"), record)
+    run.write_manifest(cfg, "export", artefacts={k: v["path"] for k, v in artefacts.items()},
+                       must_exist=[v["path"] for v in artefacts.values()])
     for note in ctx.notes:
         print(note)
     return record

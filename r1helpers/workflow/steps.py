@@ -73,24 +73,24 @@ def build(cfg: Config, tokenizer) -> tuple[Any, dict[str, Any]]:
 
 
 def prepare(cfg: Config, run: Run, tokenizer=None, force: bool = False) -> Prepared:
-    """Reuse the run folder's prepared splits when made with these settings, else rebuild them."""
+    """The run folder's prepared splits when made with these settings, else rebuilt (stage 02)."""
     import datasets
 
-    out = run.stage_dir("data")
-    if not force and run.is_current(cfg, "data"):
-        dd = datasets.load_from_disk(str(out / "dataset"))
-        stats = json.loads((out / "stats.json").read_text())
-        return Prepared(dd["train"], dd["eval"], stats, out)
-    if tokenizer is None:
+    def load() -> Prepared:
+        dd = datasets.load_from_disk(str(run.path("dataset")))
+        return Prepared(dd["train"], dd["eval"], read_json(run.path("data_stats")), run.stage_dir("data"))
+
+    def make() -> Prepared:
         from r1helpers.modeling.load import load_tokenizer
 
-        tokenizer = load_tokenizer(cfg)
-    dd, stats = build(cfg, tokenizer)
-    with atomic_dir(out / "dataset") as tmp:
-        dd.save_to_disk(str(tmp))
-    write_json_atomic(out / "stats.json", stats)
-    run.write_manifest(cfg, "data", counts=stats["counts"])
-    return Prepared(dd["train"], dd["eval"], stats, out)
+        dd, stats = build(cfg, tokenizer if tokenizer is not None else load_tokenizer(cfg))
+        with atomic_dir(run.path("dataset")) as tmp:
+            dd.save_to_disk(str(tmp))
+        write_json_atomic(run.path("data_stats"), stats)
+        run.write_manifest(cfg, "data", counts=stats["counts"])
+        return Prepared(dd["train"], dd["eval"], stats, run.stage_dir("data"))
+
+    return run.reuse_or_build(cfg, "data", make, load, force=force, say=print0)
 
 
 def eval_questions(prepared: Prepared, n: int) -> list[dict[str, str]]:
@@ -247,25 +247,24 @@ def train(cfg: Config, run: Run, loaded: Loaded, prepared, resume: bool | None =
 
 
 def load_result(run: Run) -> TrainResult:
-    out = run.stage_dir("train")
-    return TrainResult(out / "adapter", json.loads((out / "log_history.json").read_text()),
-                       json.loads((out / "metrics.json").read_text()))
+    return TrainResult(run.path("adapter"), read_json(run.path("log_history")), read_json(run.path("train_metrics")))
 
 
 def ensure_trained(cfg: Config, run: Run, prepared, force: bool = False, resume: bool | None = None) -> TrainResult:
-    """Reuse the run folder's adapter when trained with these settings; otherwise train it,
-    resuming an interrupted run unless train.resume=false (or resume=False) says start over."""
-    if not force and run.is_current(cfg, "train") and (run.stage_dir("train") / "adapter").is_dir():
-        return load_result(run)
-    from r1helpers.modeling.load import add_lora, load_base
+    """The run folder's adapter when trained with these settings; otherwise train it, resuming an
+    interrupted run unless train.resume=false (or resume=False) says start over."""
 
-    print0(run.why_stale(cfg, "train") if not force else "train: retraining (force=True)")
-    base = load_base(cfg)
-    plan = plan_for(cfg, base, prepared)
-    lora_cfg = cfg
-    if plan.gradient_checkpointing is not None:  # recomputation is set when the adapters are added
-        lora_cfg = apply_overrides(cfg, {"lora.gradient_checkpointing": plan.gradient_checkpointing})
-    return train(cfg, run, add_lora(base, lora_cfg), prepared, resume=resume, plan=plan)
+    def make() -> TrainResult:
+        from r1helpers.modeling.load import add_lora, load_base
+
+        base = load_base(cfg)
+        plan = plan_for(cfg, base, prepared)
+        lora_cfg = cfg
+        if plan.gradient_checkpointing is not None:  # recomputation is set when the adapters are added
+            lora_cfg = apply_overrides(cfg, {"lora.gradient_checkpointing": plan.gradient_checkpointing})
+        return train(cfg, run, add_lora(base, lora_cfg), prepared, resume=resume, plan=plan)
+
+    return run.reuse_or_build(cfg, "train", make, lambda: load_result(run), force=force, say=print0)
 
 
 def plan_for(cfg: Config, base: Loaded, prepared) -> BatchPlan:
@@ -291,17 +290,14 @@ def question_set(cfg: Config, prepared) -> list[dict[str, Any]]:
     return items + eval_questions(prepared, cfg.infer.num_eval_questions)
 
 
-def generate_stage(cfg: Config, run: Run, stage: str, loaded: Loaded, prepared, force: bool = False) -> list[dict]:
+def generate_stage(cfg: Config, run: Run, stage: str, loaded: Loaded, prepared) -> list[dict]:
     """Write `<stage>/generations.jsonl` ("baseline" or "finetuned"), one record per question."""
-    path = run.stage_dir(stage) / "generations.jsonl"
-    if not force and run.is_current(cfg, stage) and path.is_file():
-        return read_jsonl(path)
     items = question_set(cfg, prepared)
     t0 = time.perf_counter()
     outputs = generate(loaded, [it["question"] for it in items], cfg)
     seconds = time.perf_counter() - t0
     records = [{**it, **out, "model": stage} for it, out in zip(items, outputs)]
-    write_jsonl_atomic(path, records)
+    write_jsonl_atomic(run.path(stage), records)
     new_tokens = sum(r["new_tokens"] for r in records)
     run.write_manifest(cfg, stage, questions=len(records), seconds=round(seconds, 2),
                        generated_tokens=new_tokens, tokens_per_second=round(new_tokens / max(seconds, 1e-9), 1),
@@ -309,30 +305,27 @@ def generate_stage(cfg: Config, run: Run, stage: str, loaded: Loaded, prepared, 
     return records
 
 
-def load_generations(run: Run, stage: str) -> list[dict[str, Any]]:
-    return read_jsonl(run.stage_dir(stage) / "generations.jsonl")
-
-
 def baseline(cfg: Config, run: Run, prepared, force: bool = False) -> list[dict[str, Any]]:
     """Generations of the base model (stage 01), reused when current."""
-    path = run.stage_dir("baseline") / "generations.jsonl"
-    if not force and run.is_current(cfg, "baseline") and path.is_file():
-        return read_jsonl(path)
-    from r1helpers.modeling.load import for_inference, load_base
 
-    return generate_stage(cfg, run, "baseline", for_inference(load_base(cfg)), prepared, force=True)
+    def make() -> list[dict[str, Any]]:
+        from r1helpers.modeling.load import for_inference, load_base
+
+        return generate_stage(cfg, run, "baseline", for_inference(load_base(cfg)), prepared)
+
+    return run.reuse_or_build(cfg, "baseline", make, lambda: read_jsonl(run.path("baseline")), force=force)
 
 
 def finetuned(cfg: Config, run: Run, prepared, force: bool = False) -> list[dict[str, Any]]:
     """Generations of base + adapter (stage 04); trains first if the adapter is missing or stale."""
-    path = run.stage_dir("finetuned") / "generations.jsonl"
-    if not force and run.is_current(cfg, "finetuned") and path.is_file():
-        return read_jsonl(path)
-    from r1helpers.modeling.load import for_inference, load_finetuned
 
-    result = ensure_trained(cfg, run, prepared)
-    loaded = for_inference(load_finetuned(cfg, result.adapter_dir))
-    return generate_stage(cfg, run, "finetuned", loaded, prepared, force=True)
+    def make() -> list[dict[str, Any]]:
+        from r1helpers.modeling.load import for_inference, load_finetuned
+
+        result = ensure_trained(cfg, run, prepared)
+        return generate_stage(cfg, run, "finetuned", for_inference(load_finetuned(cfg, result.adapter_dir)), prepared)
+
+    return run.reuse_or_build(cfg, "finetuned", make, lambda: read_jsonl(run.path("finetuned")), force=force)
 
 
 # ---- 04 comparison ------------------------------------------------------------------------------
@@ -358,17 +351,20 @@ def compare(cfg: Config, run: Run, prepared, baseline: list[dict], tuned: list[d
     Reuses the saved comparison when made with these settings. `adapter_dir` scores another
     adapter than the run's own (then nothing is marked current in the run folder).
     """
-    out = run.stage_dir("compare")
-    own_adapter = adapter_dir is None
-    if not force and own_adapter and run.is_current(cfg, "compare") and (out / "comparison.json").is_file():
-        return read_json(out / "comparison.json")
+    if adapter_dir is not None:
+        return _compare(cfg, run, prepared, baseline, tuned, Path(adapter_dir), [])
+    return run.reuse_or_build(cfg, "compare", lambda: _compare(cfg, run, prepared, baseline, tuned, None, []),
+                              lambda: read_json(run.path("comparison")), force=force)
+
+
+def _compare(cfg: Config, run: Run, prepared, baseline: list[dict], tuned: list[dict], adapter_dir: Path | None,
+             history: list[dict]) -> dict[str, Any]:
     from r1helpers.modeling.load import for_inference, load_finetuned
 
+    own_adapter = adapter_dir is None
     check_same_decoding(run)
     pair_generations(baseline, tuned)  # refuse mismatched question sets before any model loads
-    history: list[dict] = []
     if adapter_dir is None:
-    
         trained = ensure_trained(cfg, run, prepared)
         adapter_dir, history = trained.adapter_dir, trained.log_history
     loaded = for_inference(load_finetuned(cfg, Path(adapter_dir)))
@@ -380,7 +376,7 @@ def compare(cfg: Config, run: Run, prepared, baseline: list[dict], tuned: list[d
     notes.append(note)
     result = build_comparison(cfg, nll, baseline, tuned, lambda s: len(tok(s, add_special_tokens=False)["input_ids"]),
                               sims, notes, history)
-    write_outputs(result, out)
+    write_outputs(result, run.stage_dir("compare"))
     if own_adapter:
         run.write_manifest(cfg, "compare", verdict=result["verdict"], headline=result["headline"])
     return result
@@ -397,5 +393,5 @@ def _similarities(cfg: Config, baseline: list[dict], tuned: list[dict]) -> tuple
 
 
 def report_path(run: Run) -> Path:
-    return run.stage_dir("compare") / "report.html"
+    return run.path("report")
 
