@@ -190,3 +190,40 @@ def test_papermill_execution_fails_at_start_naming_the_field(tmp_path, params, m
     failed = next(i for i, c in enumerate(cells) if any(o.get("output_type") == "error" for o in c.outputs))
     assert "r1helpers.start(" in cells[failed].source
     assert all(c.execution_count is None for c in cells[failed + 1:])
+
+
+def test_seed_recipe_file_is_the_dataclass_defaults():
+    """recipes/seed.yaml is what a person reads; the dataclass defaults are what code gets: one recipe."""
+    import yaml
+
+    from r1helpers.core.config import Config, from_dict, recipe_path
+
+    assert from_dict(yaml.safe_load(recipe_path("seed").read_text())).to_dict() == Config().to_dict()
+
+
+def test_every_recipe_loads_and_documents_each_field():
+    from r1helpers.core.config import FIELDS, profiles, recipe_path
+
+    assert {"seed", "cpu"} <= set(profiles())
+    for name in profiles():
+        cfg = load_config(name)
+        assert cfg.profile == name
+        text = recipe_path(name).read_text()
+        for key in FIELDS:
+            if key == "profile":
+                continue
+            leaf = key.split(".")[-1]
+            line = next(ln for ln in text.splitlines() if ln.strip().startswith(leaf + ":"))
+            assert "#" in line, f"{name}.yaml: {key} has no comment"
+
+
+def test_enum_fields_are_literals_checked_when_set():
+    from r1helpers.core.config import ConfigError, validate
+
+    with pytest.raises(ConfigError, match="train.batch_plan: must be one of"):
+        load_config("cpu", {"train.batch_plan": "fastest"})
+    assert load_config("cpu", {"lora.gradient_checkpointing": True}).lora.gradient_checkpointing == "true"
+    cfg = load_config("cpu")
+    cfg.infer.max_new_tokens = 0  # a notebook cell changes a value in place; the runner re-checks it
+    with pytest.raises(ConfigError, match="infer.max_new_tokens"):
+        validate(cfg)

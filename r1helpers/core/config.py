@@ -17,7 +17,7 @@ import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
 
 import yaml
 
@@ -54,8 +54,8 @@ class ModelConfig:
     name: str = field(default=SEED_MODEL, metadata={"help": "Hub id or local folder of the base model"})
     max_seq_length: int = field(default=2048, metadata={"help": "tokens per training example"})
     load_in_4bit: bool = field(default=True, metadata={"help": "QLoRA: 4-bit base weights (CUDA only)"})
-    dtype: str = field(default="auto", metadata={"help": "auto | bfloat16 | float16 | float32"})
-    backend: str = field(default="auto", metadata={"help": "auto | unsloth | transformers"})
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = field(default="auto", metadata={"help": "auto: bf16 on compute capability >= 8.0, else fp16 (fp32 on CPU)"})
+    backend: Literal["auto", "unsloth", "transformers"] = field(default="auto", metadata={"help": "auto: Unsloth where it imports and the GPU supports it, else transformers + peft"})
     revision: str | None = field(default=None, metadata={"help": "Hub revision (branch, tag or commit)"})
 
     def __post_init__(self) -> None:
@@ -75,7 +75,7 @@ class DataConfig:
     question_column: str = field(default="Question", metadata={"help": "column with the question"})
     cot_column: str = field(default="Complex_CoT", metadata={"help": "column with the chain of thought"})
     response_column: str = field(default="Response", metadata={"help": "column with the final answer"})
-    overlong: str = field(default="drop", metadata={"help": "rows longer than max_seq_length: drop | truncate | error"})
+    overlong: Literal["drop", "truncate", "error"] = field(default="drop", metadata={"help": "rows longer than max_seq_length: drop (and count) | truncate | error"})
     lenient: bool = field(default=False, metadata={"help": "drop and count rows with an empty field, duplicate rows, and lines that are not valid JSON or not UTF-8, instead of failing"})
 
     def __post_init__(self) -> None:
@@ -90,12 +90,12 @@ class LoraConfig:
     r: int = field(default=16, metadata={"help": "LoRA rank"})
     alpha: int = field(default=16, metadata={"help": "LoRA alpha (scale = alpha / r)"})
     dropout: float = field(default=0.0, metadata={"help": "LoRA dropout"})
-    bias: str = field(default="none", metadata={"help": "none | all | lora_only"})
+    bias: Literal["none", "all", "lora_only"] = field(default="none", metadata={"help": "train biases too: none | all | lora_only"})
     target_modules: list[str] = field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         metadata={"help": "modules that get adapters"},
     )
-    gradient_checkpointing: str = field(default="unsloth", metadata={"help": "unsloth | true | false"})
+    gradient_checkpointing: Literal["unsloth", "true", "false"] = field(default="unsloth", metadata={"help": "recompute activations: unsloth (offloaded) | true | false"})
     random_state: int = field(default=3407, metadata={"help": "seed of the adapter's initialisation"})
 
     def __post_init__(self) -> None:
@@ -124,10 +124,10 @@ class TrainConfig:
     # checkpoint of the seed recipe's adapter and 8-bit optimizer is ~0.25 GB (two are kept).
     save_steps: int = field(default=10, metadata={"help": "checkpoint every N steps (0: off)", "fingerprint": False})
     resume: bool = field(default=True, metadata={"help": "resume an unfinished run from its latest checkpoint; false: start over from step 0", "fingerprint": False})
-    wandb: str = field(default="auto", metadata={"help": "auto (online with a key, else offline) | online | offline | off"})
+    wandb: Literal["auto", "online", "offline", "off"] = field(default="auto", metadata={"help": "auto (online with a key, else offline) | online | offline | off"})
     wandb_project: str = field(default="r1-medical-reasoning", metadata={"help": "W&B project"})
-    padding_free: str = field(default="auto", metadata={"help": "auto (Unsloth: yes; transformers: no) | true | false: batches without pad tokens, examples never attend to each other"})
-    batch_plan: str = field(default="auto", metadata={"help": "auto: same effective batch, micro-batch sized to GPU memory | as_set: exactly the batch and accumulation above"})
+    padding_free: Literal["auto", "true", "false"] = field(default="auto", metadata={"help": "auto (Unsloth: yes; transformers: no) | true | false: batches without pad tokens, examples never attend to each other"})
+    batch_plan: Literal["auto", "as_set"] = field(default="auto", metadata={"help": "auto: same effective batch, micro-batch sized to GPU memory | as_set: exactly the batch and accumulation above"})
     token_budget: int = field(default=0, metadata={"help": "0: auto (padding-free Unsloth on one GPU: most tokens whose activations fit) | N: at most N tokens a forward pass; a step's rows run in several passes that sum to the same gradient"})
     processes: int = field(default=1, metadata={"help": "1: train in this process | N: DDP over N GPUs (torchrun, one process per GPU, same effective batch) | 0: every visible GPU", "fingerprint": False})
 
@@ -189,7 +189,7 @@ class CompareConfig:
     embedding_model: str | None = field(default="sentence-transformers/all-MiniLM-L6-v2", metadata={"help": "sentence-embedding model for semantic similarity: Hub id or local folder (None: skip)"})
     bootstrap_samples: int = field(default=1000, metadata={"help": "resamples for confidence intervals"})
     seed: int = field(default=3407, metadata={"help": "bootstrap seed"})
-    primary_metric: str = field(default="completion_nll", metadata={"help": "metric whose interval gives the verdict: completion_nll | cot_nll | answer_nll | rouge_l | semantic_similarity"})
+    primary_metric: Literal["completion_nll", "cot_nll", "answer_nll", "rouge_l", "semantic_similarity"] = field(default="completion_nll", metadata={"help": "metric whose interval gives the verdict: completion_nll | cot_nll | answer_nll | rouge_l | semantic_similarity"})
 
     def __post_init__(self) -> None:
         _check(self.nll_rows >= 0, "compare.nll_rows", "must be >= 0")
@@ -199,20 +199,21 @@ class CompareConfig:
 
 
 # GGUF types: the first three written by r1helpers.export.gguf, q4_k_m by llama.cpp's quantizer.
-GGUF_KINDS = ("f16", "bf16", "q8_0", "q4_k_m")
+GGUFKind = Literal["f16", "bf16", "q8_0", "q4_k_m"]
+GGUF_KINDS = typing.get_args(GGUFKind)
 
 
 @dataclass
 class ExportConfig:
     output_dir: str | None = field(default=None, metadata={"help": "folder for the exported models (None: the run folder's export/, on Kaggle /kaggle/tmp, since /kaggle/working keeps ~19.5 GB)"})
     save_merged_16bit: bool = field(default=True, metadata={"help": "keep the adapter merged into the 16-bit base weights (made anyway, then deleted, when GGUF needs it)"})
-    merged_dtype: str = field(default="auto", metadata={"help": "auto (the base checkpoint's 16-bit type, else bfloat16) | bfloat16 | float16"})
-    gguf: list[str] = field(default_factory=lambda: ["q8_0", "q4_k_m"], metadata={"help": "GGUF types to write: f16, bf16, q8_0 (written here), q4_k_m (needs llama.cpp's quantizer, else skipped with a note)"})
+    merged_dtype: Literal["auto", "bfloat16", "float16"] = field(default="auto", metadata={"help": "auto (the base checkpoint's 16-bit type, else bfloat16) | bfloat16 | float16"})
+    gguf: list[GGUFKind] = field(default_factory=lambda: ["q8_0", "q4_k_m"], metadata={"help": "GGUF types to write: f16, bf16, q8_0 (written here), q4_k_m (needs llama.cpp's quantizer, else skipped with a note)"})
     llama_quantize: str | None = field(default=None, metadata={"help": "path of llama.cpp's llama-quantize (None: PATH, Unsloth's build, then llama-cpp-python)"})
     check_tokens: int = field(default=16, metadata={"help": "greedy tokens compared per prompt when checking exported models"})
     hub_repo: str | None = field(default=None, metadata={"help": "Hub repo id to push to, e.g. you/r1-medical (None: write a dry run into the run folder)"})
     hub_private: bool = field(default=True, metadata={"help": "create Hub repos private"})
-    push: list[str] = field(default_factory=lambda: ["adapter", "merged", "gguf"], metadata={"help": "what to push: adapter (<repo>-lora), merged (<repo>), gguf (<repo>-GGUF)"})
+    push: list[Literal["adapter", "merged", "gguf"]] = field(default_factory=lambda: ["adapter", "merged", "gguf"], metadata={"help": "what to push: adapter (<repo>-lora), merged (<repo>), gguf (<repo>-GGUF)"})
 
     def __post_init__(self) -> None:
         for kind in self.gguf:
@@ -226,7 +227,7 @@ class ExportConfig:
 
 @dataclass
 class Config:
-    profile: str = field(default="seed", metadata={"help": "profile the defaults came from"})
+    profile: str = field(default="seed", metadata={"help": "recipe the defaults came from (r1helpers/recipes/<profile>.yaml)"})
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
@@ -238,40 +239,19 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def section(self, *names: str) -> dict[str, Any]:
-        return {n: asdict(getattr(self, n)) for n in names}
 
 
-# Profiles: overrides applied on top of the dataclass defaults (the seed recipe).
-PROFILES: dict[str, dict[str, Any]] = {
-    "seed": {},
-    # A pipeline check, not a model: same code paths, tiny model, sample data, a few steps.
-    "cpu": {
-        "model.name": TINY_MODEL,
-        "model.max_seq_length": 1024,
-        "model.load_in_4bit": False,
-        "data.source": SAMPLE_DATASET,
-        "data.config_name": None,
-        "data.train_rows": 56,
-        "data.eval_rows": 16,
-        "train.per_device_train_batch_size": 4,
-        "train.gradient_accumulation_steps": 1,
-        "train.warmup_steps": 2,
-        "train.max_steps": 24,
-        "train.learning_rate": 1e-2,
-        "train.optim": "adamw_torch",
-        "train.logging_steps": 2,
-        "train.eval_steps": 8,
-        "train.save_steps": 8,
-        "lora.r": 8,
-        "lora.alpha": 16,
-        "lora.gradient_checkpointing": "false",
-        "infer.max_new_tokens": 48,
-        "infer.batch_size": 4,
-        "infer.num_eval_questions": 3,
-        "export.gguf": ["f16", "q8_0", "q4_k_m"],
-    },
-}
+# Profiles are YAML recipes beside this package: r1helpers/recipes/<name>.yaml, each a complete config.
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+
+
+def profiles() -> list[str]:
+    """The recipes that ship with the package (seed, cpu, ...)."""
+    return sorted(p.stem for p in RECIPES.glob("*.yaml"))
+
+
+def recipe_path(profile: str) -> Path:
+    return RECIPES / f"{profile}.yaml"
 
 
 def _field_map(cls: type, prefix: str = "") -> dict[str, tuple[type, Any]]:
@@ -306,6 +286,13 @@ def _coerce(key: str, tp: Any, value: Any) -> Any:
     """Check and convert one override; strings from the command line are parsed as YAML scalars."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
+    if origin is Literal:
+        if isinstance(value, bool) and "true" in args:  # YAML reads true/false as booleans
+            value = str(value).lower()
+        text = _coerce(key, str, value)
+        if text not in args:
+            raise ConfigError(f"{key}: must be one of {args}, got {value!r}")
+        return text
     if origin in (typing.Union, types.UnionType):
         if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null", "")):
             if type(None) in args:
@@ -439,22 +426,31 @@ def load_config(
     """Profile defaults, then a YAML/JSON file, then explicit overrides (last wins)."""
     if profile == "auto":
         profile, _ = auto_profile()
-    if profile not in PROFILES:
-        raise ConfigError(f"profile: must be one of {['auto', *PROFILES]}, got {profile!r}")
-    cfg = apply_overrides(Config(profile=profile), PROFILES[profile])
+    if profile not in profiles():
+        raise ConfigError(f"profile: must be one of {['auto', *profiles()]} (recipes in {RECIPES}), got {profile!r}")
+    cfg = apply_overrides(Config(profile=profile), _read_yaml(recipe_path(profile), "profile"))
     if config_file:
-        path = Path(config_file)
-        if not path.is_file():
-            raise ConfigError(f"config_file: {path} does not exist")
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config_file: {path} is not valid YAML: {e}") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config_file: {path} must hold a mapping of fields")
-        loaded.pop("profile", None)
-        cfg = apply_overrides(cfg, loaded)
+        cfg = apply_overrides(cfg, _read_yaml(Path(config_file), "config_file"))
     return apply_overrides(cfg, overrides)
+
+
+def _read_yaml(path: Path, what: str) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"{what}: {path} does not exist")
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{what}: {path} is not valid YAML: {e}") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{what}: {path} must hold a mapping of fields")
+    loaded.pop("profile", None)
+    return loaded
+
+
+def validate(cfg: Config) -> Config:
+    """Check a config that a notebook changed in place (`cfg.lora.r = 32`): the same checks, the same
+    error naming the field, as when it was loaded. Returns the checked copy."""
+    return from_dict(cfg.to_dict())
 
 
 def dump(cfg: Config) -> str:

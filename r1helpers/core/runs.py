@@ -251,6 +251,7 @@ class Run:
         `build` writes the outputs and then the manifest (write_manifest), so an output
         killed half-way never looks finished. `say` gets one line saying which it was and why.
         """
+        config_mod.validate(cfg)  # a notebook may have changed a value in place: same checks as when loaded
         if not force and self.is_current(cfg, stage):
             if say:
                 say(f"{stage}: reusing {self.stage_dir(stage)} (made with these settings)")

@@ -1,0 +1,112 @@
+"""The generation planner on hand-made memory cases: no model, no GPU, milliseconds.
+
+    .venv/bin/python -m pytest -q tests/test_generation_plan.py
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from r1helpers.inference.plan import (
+    GenerationPlan,
+    batches,
+    kv_cache_bytes_per_token,
+    order_by_length,
+    plan_generation,
+)
+
+GIB = 2**30
+KV_8B = kv_cache_bytes_per_token(num_layers=32, num_kv_heads=8, head_dim=128)
+LOGITS_8B = 128256 * 4  # one step's logits in fp32
+ACTIVATIONS_200 = 200 * (3 * 14336 + 4 * 4096) * 2  # prefill intermediates of a 200-token prompt, ~23 MiB
+
+
+def row_bytes(plan: GenerationPlan, logits: int = LOGITS_8B, activations: int = ACTIVATIONS_200) -> int:
+    return plan.tokens_per_row * KV_8B + logits + activations
+
+
+def test_kv_bytes_for_the_8b_shape():
+    assert KV_8B == 131072 == 128 * 1024
+    assert kv_cache_bytes_per_token(32, 8, 128, dtype_bytes=4) == 2 * KV_8B
+    with pytest.raises(ValueError):
+        kv_cache_bytes_per_token(0, 8, 128)
+
+
+def test_h200_batches_all_fifty_together():
+    plan = plan_generation(50, 200, 1200, KV_8B, free_gib=139, weights_gib=6, logits_bytes_per_row=LOGITS_8B,
+                           activation_bytes_per_row=ACTIVATIONS_200, path="static_cache")
+    assert plan.batch_size == 50
+    assert plan.sort_by_length
+    assert plan.tokens_per_row == 1400
+    assert plan.kv_gib_per_row == pytest.approx(1400 * 131072 / GIB)  # ~0.171 GiB
+    assert plan.budget_gib == pytest.approx(0.85 * 139 - 6)
+    assert plan.path == "static_cache"
+    assert "all the prompts" in plan.reason
+    assert len(batches(order_by_length([200] * 50), plan.batch_size)) == 1
+
+
+def test_t4_stays_under_14_gib_with_the_weights():
+    free, weights = 15.0, 5.5
+    plan = plan_generation(50, 200, 1200, KV_8B, free_gib=free, weights_gib=weights, logits_bytes_per_row=LOGITS_8B,
+                           activation_bytes_per_row=ACTIVATIONS_200, path="unsloth")
+    total_gib = weights + plan.batch_size * row_bytes(plan) / GIB
+    assert plan.batch_size >= 1
+    assert total_gib < 14.0
+    assert total_gib <= 0.85 * free
+    # The largest that fits: one more row would go over the budget.
+    assert weights + (plan.batch_size + 1) * row_bytes(plan) / GIB > 0.85 * free
+    assert plan.batch_size == 37  # 7.25 GiB / 198 MiB a row
+
+
+def test_max_batch_and_min_batch_bound_the_plan():
+    plan = plan_generation(500, 200, 1200, KV_8B, free_gib=139, weights_gib=6, max_batch=128)
+    assert plan.batch_size == 128
+    assert "max_batch=128" in plan.reason
+    tight = plan_generation(50, 200, 1200, KV_8B, free_gib=15, weights_gib=5.5, min_batch=64, max_batch=128)
+    assert tight.batch_size == 50  # raised to min_batch, then capped at the prompts
+    assert "out-of-memory" in tight.reason
+
+
+def test_cpu_uses_a_fixed_modest_batch():
+    plan = plan_generation(50, 200, 1200, KV_8B, free_gib=None)
+    assert plan.batch_size == 8
+    assert "No GPU" in plan.reason
+    assert plan_generation(3, 200, 1200, KV_8B, free_gib=None).batch_size == 3
+    assert plan_generation(0, 0, 1200, KV_8B, free_gib=None).batch_size == 1
+
+
+def test_nothing_fits_gives_batch_one_and_advice():
+    # 8 GiB GPU, 5.5 GiB of weights: 1.3 GiB for rows; one row of 200 + 32768 tokens needs ~4 GiB of cache.
+    plan = plan_generation(50, 200, 32768, KV_8B, free_gib=8, weights_gib=5.5, logits_bytes_per_row=LOGITS_8B)
+    assert plan.batch_size == 1
+    assert "max_new_tokens" in plan.reason
+    advised = int(plan.reason.split("to at most ")[1].split()[0])
+    assert 0 < advised < 32768
+    assert plan_generation(50, 200, advised, KV_8B, free_gib=8, weights_gib=5.5,
+                           logits_bytes_per_row=LOGITS_8B).batch_size >= 1
+    assert "Not even one row" not in plan_generation(1, 200, advised, KV_8B, free_gib=8, weights_gib=5.5,
+                                                     logits_bytes_per_row=LOGITS_8B).reason
+    # Weights alone over the budget: fewer new tokens cannot help, and the reason says so.
+    heavy = plan_generation(50, 200, 1200, KV_8B, free_gib=15, weights_gib=16)
+    assert heavy.batch_size == 1
+    assert "4-bit" in heavy.reason
+
+
+def test_order_by_length_is_descending_and_stable():
+    lengths = [5, 9, 5, 1, 9, 7, 5]
+    order = order_by_length(lengths)
+    assert order == [1, 4, 5, 0, 2, 6, 3]
+    assert [lengths[i] for i in order] == sorted(lengths, reverse=True)
+    assert order_by_length([]) == []
+
+
+def test_batches_cover_every_index_once():
+    order = order_by_length([3, 8, 1, 8, 2, 6, 4])
+    for size in (1, 2, 3, 7, 10):
+        got = batches(order, size)
+        assert [i for b in got for i in b] == order
+        assert all(1 <= len(b) <= size for b in got)
+        assert all(len(b) == size for b in got[:-1])
+    assert batches([], 4) == []
+    with pytest.raises(ValueError):
+        batches(order, 0)
