@@ -38,6 +38,52 @@ def notebooks_dir() -> Path:
 
 
 
+class StageFailed(RuntimeError):
+    """A notebook stopped; the message is one paragraph: what, where, what to do."""
+
+
+# The project's own errors already say what to do: their message is the paragraph.
+OWN_ERRORS = ("ConfigError", "DataError", "ModelError", "RunFolderConflict", "RunFolderBusy", "ExportSpaceError",
+              "ExportCheckError", "DistributedError", "MergeError")
+
+
+def failure_paragraph(stage: str, ename: str, evalue: str, notebook: Path | None) -> str:
+    """One paragraph for a stage that stopped: the project's own message, or what the error means."""
+    where = f" The executed notebook, with the full traceback, is {notebook}." if notebook else ""
+    text = " ".join(str(evalue).split())
+    if ename in OWN_ERRORS:
+        return f"Stage {stage} stopped: {text}{where}"
+    if ename in ("OSError", "PermissionError") and ("No space left" in text or "Errno 28" in text):
+        return (f"Stage {stage} stopped: the disk is full ({text}). Free space on the disk that holds the run "
+                f"folder (or point export.output_dir at a larger one) and run the same command again: finished "
+                f"stages are reused and training resumes from its last checkpoint.{where}")
+    if ename == "PermissionError" or "Read-only file system" in text or "Errno 30" in text:
+        return (f"Stage {stage} stopped: a file could not be written ({text}). Use a run folder you can write to "
+                f"(--run-dir), then run the same command again.{where}")
+    if "CommError" in ename or "wandb" in ename.lower():
+        return (f"Stage {stage} stopped: Weights & Biases failed ({text}). Set train.wandb=offline (or off) to "
+                f"log to the run folder only, and sync later with `wandb sync`.{where}")
+    if "OutOfMemory" in ename or "out of memory" in text.lower():
+        return (f"Stage {stage} stopped: the GPU ran out of memory ({text}). Lower the batch or sequence "
+                f"length as the message says, then run the same command again.{where}")
+    return f"Stage {stage} stopped with {ename}: {text[:600]}.{where}"
+
+
+def _keep_failed(partial: Path, failed: Path) -> Path | None:
+    """Keep the executed notebook for its traceback, if it was written whole (a full disk cuts it short)."""
+    if not partial.exists():
+        return None
+    try:
+        import nbformat
+
+        nbformat.read(str(partial), as_version=4)
+    except Exception:
+        partial.unlink(missing_ok=True)  # cut-off JSON would only mislead: the console has the error
+        return None
+    os.replace(partial, failed)
+    return failed
+
+
 def run_notebooks(
     run_dir: str | os.PathLike,
     profile: str = "auto",
@@ -46,21 +92,29 @@ def run_notebooks(
     stages: list[str] | None = None,
     kernel_name: str | None = None,
     log_output: bool = True,
+    overwrite: bool = False,
 ) -> dict[str, float]:
-    """Execute the notebooks in order; returns seconds per stage."""
+    """Execute the notebooks in order; returns seconds per stage. A stage that fails raises StageFailed."""
     import papermill as pm
 
-    from r1helpers.core.runs import Run
+    from r1helpers.core.kaggle_paths import resolve_run_dir
+    from r1helpers.core.runs import Run, write_json_atomic
+    from r1helpers.workflow.session import check_same_run, recorded_run, resolve_profile
 
     overrides = dict(overrides or {})
-    # Fail before any kernel starts, under the profile the kernels will pick (auto: by GPU and Hub),
-    # since some checks depend on it (train.processes must divide the profile's accumulation).
-    load_config(profile, overrides, config_file)
+    root = Path(resolve_run_dir(run_dir)).expanduser().resolve()
+    recorded = recorded_run(root)
+    # `auto` is resolved here, once: every notebook gets the same concrete profile.
+    profile, why = resolve_profile(profile, recorded)
+    cfg = load_config(profile, overrides, config_file)  # fail before any kernel starts
+    check_same_run(cfg, recorded, root, overwrite)
+    print(f"profile: {profile} ({why})", flush=True)
     # The kernels run in notebooks/: a relative --config must not be looked up there.
     config_file = str(Path(config_file).resolve()) if config_file else None
-    run = Run.open(run_dir)
+    run = Run.open(root)
     run.notebooks_dir.mkdir(parents=True, exist_ok=True)
-    params = {"run_dir": str(run.root), "profile": profile, "config_file": config_file, "overrides": overrides}
+    params = {"run_dir": str(run.root), "profile": profile, "config_file": config_file, "overrides": overrides,
+              "overwrite": overwrite}
     os.environ["R1HELPERS_HEADLESS"] = "1"
     # Headless logs get plain lines: the trainer's printer, not bars redrawn into a file.
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
@@ -80,33 +134,46 @@ def run_notebooks(
                 str(src), str(partial), parameters=params, cwd=str(notebooks_dir()), kernel_name=kernel_name,
                 log_output=log_output, progress_bar=False,
             )
-        except BaseException:
-            if partial.exists():
-                os.replace(partial, final.with_suffix(".failed.ipynb"))
-            raise
+        except pm.PapermillExecutionError as e:
+            kept = _keep_failed(partial, final.with_suffix(".failed.ipynb"))
+            raise StageFailed(failure_paragraph(stage, e.ename, e.evalue, kept)) from None
+        except OSError as e:  # papermill could not save the notebook (a full disk, a read-only folder)
+            kept = _keep_failed(partial, final.with_suffix(".failed.ipynb"))
+            raise StageFailed(failure_paragraph(stage, type(e).__name__, str(e), kept)) from None
         os.replace(partial, final)
         timings[stage] = round(time.perf_counter() - t0, 1)
         print(f"== {stage} done in {timings[stage]} s", flush=True)
-    from r1helpers.core.runs import write_json_atomic
-
     write_json_atomic(run.root / "pipeline_timings.json", timings)
     return timings
 
 
-
-
 def main(argv: list[str] | None = None) -> int:
+    import logging
+
     p = config_arguments(__doc__)
     p.add_argument("--stages", default=None, help="comma-separated, e.g. 00,02,03 (default: all)")
     p.add_argument("--kernel", default=None, help="Jupyter kernel name (default: the notebook's)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="let stages replace finished work made with other settings (moved aside, never deleted)")
+    p.add_argument("--quiet", action="store_true", help="print stage lines only, not each notebook's output")
     args = p.parse_args(argv)
+    # papermill streams each cell's output through its logger: without a handler it reaches no one.
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("papermill").setLevel(logging.WARNING if args.quiet else logging.INFO)
     try:
         overrides = parse_sets(args.set)  # text; config._coerce reads it by each field's type
         stages = args.stages.split(",") if args.stages else None
-        timings = run_notebooks(args.run_dir, args.profile, overrides, args.config, stages, args.kernel)
+        timings = run_notebooks(args.run_dir, args.profile, overrides, args.config, stages, args.kernel,
+                                overwrite=args.overwrite)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except StageFailed as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"error: {failure_paragraph('setup', type(e).__name__, str(e), None)}", file=sys.stderr)
+        return 1
     print("stage timings (s):", timings)
     return 0
 

@@ -34,10 +34,11 @@ PARAMETERS = '''\
 run_dir = "../runs/default"  # run folder shared by all six notebooks
 profile = "auto"             # auto | seed (the 8B recipe, on a GPU) | cpu (tiny model, sample data)
 config_file = None           # optional YAML of field overrides, e.g. "../recipes/my-run.yaml"
-overrides = {}               # e.g. {"train.max_steps": 30, "data.train_rows": 200}'''
+overrides = {}               # e.g. {"train.max_steps": 30, "data.train_rows": 200}
+overwrite = False            # True: replace finished work made with other settings (moved aside, never deleted)'''
 
 START = '''\
-cfg, run = r1helpers.start(run_dir, profile, overrides, config_file)  # checks every value, records the machine'''
+cfg, run = r1helpers.start(run_dir, profile, overrides, config_file, overwrite=overwrite)  # checks every value'''
 
 
 def load_cells(name: str) -> list[tuple[str, str]]:

@@ -175,6 +175,20 @@ STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
 }
 
 
+# Stages whose finished outputs cost real time (a trained adapter and its checkpoints, the exports):
+# a run folder never replaces them silently; other settings are refused unless `overwrite` is set,
+# and then the old outputs are moved aside under <run>/replaced/, never deleted.
+PROTECTED_STAGES = ("train", "export")
+
+
+class RunFolderConflict(RuntimeError):
+    """The run folder holds finished work made with other settings; replacing it needs an explicit overwrite."""
+
+
+class RunFolderBusy(RuntimeError):
+    """Another process is writing this run folder."""
+
+
 @dataclass
 class Run:
     """Paths of one run folder. Create with `Run.open(run_dir)`.
@@ -184,10 +198,11 @@ class Run:
     """
 
     root: Path
+    overwrite: bool = False  # replace finished work made with other settings (moved aside, never deleted)
 
     @classmethod
-    def open(cls, root: str | os.PathLike) -> "Run":
-        run = cls(Path(root).expanduser().resolve())
+    def open(cls, root: str | os.PathLike, overwrite: bool = False) -> "Run":
+        run = cls(Path(root).expanduser().resolve(), overwrite)
         run.root.mkdir(parents=True, exist_ok=True)
         for folder in (run.root, *(p for p in run.root.iterdir() if p.is_dir() and not p.name.startswith("."))):
             restore_moved_aside(folder)
@@ -252,13 +267,84 @@ class Run:
         killed half-way never looks finished. `say` gets one line saying which it was and why.
         """
         config_mod.validate(cfg)  # a notebook may have changed a value in place: same checks as when loaded
-        if not force and self.is_current(cfg, stage):
+        with self.lock(stage):
+            if not force and self.is_current(cfg, stage):
+                if say:
+                    say(f"{stage}: reusing {self.stage_dir(stage)} (made with these settings)")
+                return load()
+            self.refuse_or_move_aside(cfg, stage, force)
             if say:
-                say(f"{stage}: reusing {self.stage_dir(stage)} (made with these settings)")
-            return load()
-        if say:
-            say(f"{stage}: rebuilding (force=True)" if force else self.why_stale(cfg, stage) + ": building it")
-        return build()
+                say(f"{stage}: rebuilding (force=True)" if force else self.why_stale(cfg, stage) + ": building it")
+            return build()
+
+    def finished_elsewise(self, cfg: Config, stage: str) -> list[str] | None:
+        """The settings that differ when `stage` holds finished work made with other settings; else None."""
+        manifest = self.read_manifest(stage)
+        if manifest is None or manifest.get("fingerprint") == stage_fingerprint(cfg, stage):
+            return None
+        return _diff(manifest.get("settings", {}), stage_settings(cfg, stage)) or ["unknown"]
+
+    def refuse_or_move_aside(self, cfg: Config, stage: str, force: bool = False) -> Path | None:
+        """Before a protected stage is rebuilt over finished work: refuse, or with `overwrite` move it aside."""
+        if stage not in PROTECTED_STAGES:
+            return None
+        changed = self.finished_elsewise(cfg, stage)
+        if changed is None and not (force and self.read_manifest(stage)):
+            return None
+        if not self.overwrite:
+            what = "a trained adapter and its checkpoints" if stage == "train" else "finished exports"
+            differ = ", ".join(changed[:8]) if changed else "none (a rebuild was forced)"
+            raise RunFolderConflict(
+                f"{self.stage_dir(stage)} holds {what} made with other settings (fields that differ: {differ}), "
+                f"and this run folder belongs to that run, so it is not replaced. Either run with a new run folder "
+                f"(--run-dir, or run_dir in the notebook's parameters), or pass --overwrite (overwrite=True in the "
+                f"parameters) to move the old outputs aside to {self.root / 'replaced'}/ first; nothing is deleted."
+            )
+        return self.move_aside(stage)
+
+    def move_aside(self, stage: str) -> Path | None:
+        """Move a stage's folder to <run>/replaced/<stage>-<time>/ (one rename; nothing is deleted)."""
+        src = self.stage_dir(stage)
+        if not src.exists():
+            return None
+        dest = self.root / "replaced" / f"{stage}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(src, dest)
+        print(f"{stage}: the previous outputs (other settings) moved aside to {dest}", flush=True)
+        return dest
+
+    @contextlib.contextmanager
+    def lock(self, what: str = "run") -> Iterator[None]:
+        """Hold the run folder's lock while a stage checks and writes its outputs.
+
+        A second process that wants to write the same run folder says who holds it (pid, start
+        time, command) and waits; it then finds the outputs made (and reuses them) or made with
+        other settings (and is refused). Re-entrant within a process; under DDP only rank 0 locks.
+        The lock is the operating system's (filelock), so a killed holder releases it.
+        """
+        if int(os.environ.get("RANK") or 0) != 0:
+            yield
+            return
+        from filelock import FileLock, Timeout
+
+        lock = _LOCKS.setdefault(str(self.root), FileLock(str(self.root / ".run.lock")))
+        holder = self.root / ".run.lock.json"
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            info = read_json(holder) if holder.is_file() else {}
+            print(f"{what}: the run folder {self.root} is being written by pid {info.get('pid', '?')} since "
+                  f"{info.get('since', '?')} ({info.get('command', '?')}); waiting for it to finish", flush=True)
+            lock.acquire(timeout=float(os.environ.get("R1HELPERS_LOCK_TIMEOUT", "-1")))
+        try:
+            if lock.lock_counter == 1:
+                import sys
+
+                write_json_atomic(holder, {"pid": os.getpid(), "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                           "command": " ".join(sys.argv)[:300], "stage": what})
+            yield
+        finally:
+            lock.release()
 
     def write_manifest(self, cfg: Config, stage: str, **extra: Any) -> dict[str, Any]:
         from r1helpers.core.hardware import package_versions
@@ -273,6 +359,9 @@ class Run:
         }
         write_json_atomic(self.manifest_path(stage), manifest)
         return manifest
+
+
+_LOCKS: dict[str, Any] = {}
 
 
 def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:

@@ -6,10 +6,12 @@
 from __future__ import annotations
 
 import os
+import time
+from pathlib import Path
 from typing import Any, Mapping
 
 from r1helpers.core.config import Config, ConfigError, auto_profile, load_config
-from r1helpers.core.runs import Run, write_json_atomic
+from r1helpers.core.runs import Run, read_json, write_json_atomic
 
 
 def parse_overrides(overrides: Any) -> Mapping[str, Any]:
@@ -28,6 +30,40 @@ def parse_overrides(overrides: Any) -> Mapping[str, Any]:
     return overrides
 
 
+RUN_RECORD = "run.json"  # the profile and model a run folder was made for, resolved once
+
+
+def recorded_run(root: Path) -> dict[str, Any] | None:
+    path = Path(root) / RUN_RECORD
+    return read_json(path) if path.is_file() else None
+
+
+def resolve_profile(profile: str, recorded: dict[str, Any] | None) -> tuple[str, str]:
+    """`auto` is resolved once per run folder: by the GPU and the Hub the first time, then as recorded.
+
+    Probing again in every notebook would let one unanswered Hub request switch a later notebook
+    to the CPU profile and rebuild the run folder with the tiny model.
+    """
+    if profile != "auto":
+        return profile, f"profile={profile} requested"
+    if recorded:
+        return recorded["profile"], f"recorded in {RUN_RECORD} when this run folder was made ({recorded['why']})"
+    return auto_profile()
+
+
+def check_same_run(cfg: Config, recorded: dict[str, Any] | None, root: Path, overwrite: bool) -> None:
+    """A run folder belongs to one profile and model; another is refused with the reason and two ways on."""
+    if not recorded or overwrite:
+        return
+    if recorded["profile"] != cfg.profile or recorded["model"] != cfg.model.name:
+        raise ConfigError(
+            f"run_dir: {root} was made for profile {recorded['profile']!r} with model {recorded['model']!r}, "
+            f"not profile {cfg.profile!r} with model {cfg.model.name!r}. Use another run folder for this run "
+            f"(--run-dir, or run_dir in the parameters), or pass --overwrite (overwrite=True) to let it replace "
+            f"the finished stages, which are moved aside to {root / 'replaced'}/ first, never deleted."
+        )
+
+
 def start(
     run_dir: str = "runs/default",
     profile: str = "auto",
@@ -35,15 +71,22 @@ def start(
     config_file: str | None = None,
     secrets: bool = True,
     quiet: bool = False,
+    overwrite: bool = False,
 ) -> tuple[Config, Run]:
     """Check every parameter before anything heavy loads, then record config and environment."""
-    chosen, why = auto_profile() if profile == "auto" else (profile, f"profile={profile} requested")
     if not isinstance(run_dir, (str, os.PathLike)):
         raise ConfigError(f"run_dir: expected a folder path, got {run_dir!r}")
-    cfg = load_config(chosen, parse_overrides(overrides), config_file)
     from r1helpers.core.kaggle_paths import resolve_run_dir
 
-    run = Run.open(resolve_run_dir(run_dir))
+    root = Path(resolve_run_dir(run_dir)).expanduser().resolve()
+    recorded = recorded_run(root)
+    chosen, why = resolve_profile(profile, recorded)
+    cfg = load_config(chosen, parse_overrides(overrides), config_file)
+    check_same_run(cfg, recorded, root, overwrite)
+    run = Run.open(root, overwrite=overwrite)
+    if recorded is None or overwrite:
+        write_json_atomic(run.root / RUN_RECORD, {"profile": cfg.profile, "model": cfg.model.name, "why": why,
+                                                  "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     run.save_config(cfg)
     if secrets:
         from r1helpers.core.secrets import load_secrets

@@ -1,0 +1,183 @@
+"""A run folder belongs to one run: finished work is never silently replaced, and failures say what to do.
+
+Each test reproduces one way work was lost or a user was misled (issue 13) and fails on the code
+before the fix: a later stage retraining over a finished adapter, the profile chosen again in each
+notebook, two processes writing one folder, a stage failure ending in a long traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from r1helpers.core.config import ConfigError, apply_overrides, load_config
+from r1helpers.core.runs import Run, RunFolderConflict, write_json_atomic
+from r1helpers.pipeline import _keep_failed, failure_paragraph
+from r1helpers.workflow import session
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ---- 1: a later stage never replaces a finished adapter -------------------------------------------
+
+def _finished_train(run: Run, cfg) -> None:
+    """A finished training stage as stage 03 leaves it (manifest last)."""
+    for name in ("adapter",):
+        run.path(name).mkdir(parents=True, exist_ok=True)
+        (run.path(name) / "adapter_model.safetensors").write_bytes(b"weights")
+    write_json_atomic(run.path("log_history"), [{"step": 1, "loss": 1.0}])
+    write_json_atomic(run.path("train_metrics"), {"train_loss": 1.0})
+    run.write_manifest(cfg, "train")
+
+
+def test_other_settings_are_refused_naming_the_fields_and_nothing_is_touched(tmp_path, cpu_cfg):
+    run = Run.open(tmp_path / "run")
+    _finished_train(run, cpu_cfg)
+    built = []
+    with pytest.raises(RunFolderConflict) as e:
+        run.reuse_or_build(apply_overrides(cpu_cfg, {"lora.r": 4}), "train", lambda: built.append(1), lambda: None)
+    text = str(e.value)
+    assert "lora.r" in text and "--run-dir" in text and "--overwrite" in text and "nothing is deleted" in text
+    assert not built and (run.path("adapter") / "adapter_model.safetensors").read_bytes() == b"weights"
+
+
+def test_overwrite_moves_the_finished_adapter_aside_never_deletes_it(tmp_path, cpu_cfg):
+    run = Run.open(tmp_path / "run", overwrite=True)
+    _finished_train(run, cpu_cfg)
+    run.reuse_or_build(apply_overrides(cpu_cfg, {"lora.r": 4}), "train", lambda: "trained", lambda: None, say=None)
+    kept = list((run.root / "replaced").glob("train-*/adapter/adapter_model.safetensors"))
+    assert len(kept) == 1 and kept[0].read_bytes() == b"weights"
+
+
+def test_same_settings_reuse_and_cheap_stages_rebuild(tmp_path, cpu_cfg):
+    run = Run.open(tmp_path / "run")
+    _finished_train(run, cpu_cfg)
+    assert run.reuse_or_build(cpu_cfg, "train", lambda: "built", lambda: "reused", say=None) == "reused"
+    # Generations cost minutes, not an adapter: other settings rebuild them in place.
+    run.path("baseline").parent.mkdir(parents=True)
+    run.path("baseline").write_text("{}\n")
+    run.write_manifest(cpu_cfg, "baseline")
+    other = apply_overrides(cpu_cfg, {"infer.max_new_tokens": 7})
+    assert run.reuse_or_build(other, "baseline", lambda: "built", lambda: "reused", say=None) == "built"
+
+
+def test_a_value_changed_in_a_notebook_cell_is_checked_by_the_runner(tmp_path, cpu_cfg):
+    run = Run.open(tmp_path / "run")
+    cfg = load_config("cpu")
+    cfg.lora.dropout = 2.0  # what a notebook cell may do
+    with pytest.raises(ConfigError, match="lora.dropout"):
+        run.reuse_or_build(cfg, "train", lambda: None, lambda: None)
+
+
+# ---- 2: the profile is resolved once per run folder --------------------------------------------
+
+def test_auto_is_resolved_once_and_recorded(tmp_path, monkeypatch):
+    monkeypatch.setattr(session, "auto_profile", lambda: ("cpu", "no CUDA GPU"))
+    cfg, run = session.start(str(tmp_path / "run"), "auto", secrets=False, quiet=True)
+    assert cfg.profile == "cpu" and json.loads((run.root / "run.json").read_text())["profile"] == "cpu"
+    # Later the Hub answers and a GPU appears: a notebook opened with `auto` keeps the recorded profile.
+    monkeypatch.setattr(session, "auto_profile", lambda: ("seed", "CUDA GPU and Hub reachable"))
+    cfg2, _ = session.start(str(tmp_path / "run"), "auto", secrets=False, quiet=True)
+    assert cfg2.profile == "cpu"
+
+
+def test_another_profile_or_model_for_a_run_folder_is_refused(tmp_path):
+    session.start(str(tmp_path / "run"), "cpu", secrets=False, quiet=True)
+    with pytest.raises(ConfigError, match="was made for profile 'cpu'"):
+        session.start(str(tmp_path / "run"), "cpu", {"model.name": "someone/other-model"}, secrets=False, quiet=True)
+    cfg, _ = session.start(str(tmp_path / "run"), "cpu", {"model.name": "someone/other-model"}, secrets=False,
+                           quiet=True, overwrite=True)
+    assert cfg.model.name == "someone/other-model"
+
+
+# ---- 7, 8: failures end with one paragraph ----------------------------------------------------
+
+def test_a_cut_off_notebook_is_not_kept_as_if_it_were_readable(tmp_path):
+    partial, failed = tmp_path / "02.running.ipynb", tmp_path / "02.failed.ipynb"
+    partial.write_text('{"cells": [{"cell_type": "code", "sou')  # what a full disk leaves
+    assert _keep_failed(partial, failed) is None and not failed.exists() and not partial.exists()
+
+
+def test_failure_paragraphs_say_what_to_do():
+    full = failure_paragraph("03", "OSError", "[Errno 28] No space left on device", Path("/r/03.failed.ipynb"))
+    assert "disk is full" in full and "run the same command again" in full and "/r/03.failed.ipynb" in full
+    assert "\n" not in full
+    ro = failure_paragraph("02", "OSError", "[Errno 30] Read-only file system: '/ro/data'", None)
+    assert "--run-dir" in ro
+    own = failure_paragraph("02", "DataError", "data.jsonl, row 3, column Question: empty. Fix it.", None)
+    assert own.startswith("Stage 02 stopped: data.jsonl, row 3")
+
+
+@pytest.mark.slow
+def test_a_stage_failure_ends_with_one_paragraph_and_keeps_the_notebook(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"Question": "q", "Complex_CoT": "c"}\n')  # no Response column
+    run_dir = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "r1helpers.pipeline", "--run-dir", str(run_dir), "--profile", "cpu", "--quiet",
+         "--stages", "00,02", "--set", f"data.source={bad}"],
+        cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    # Besides the kernel's own start-up warning (ipykernel's, about its TCP transport), one paragraph.
+    err = [line for line in proc.stderr.strip().splitlines() if line.strip() and "[IPKernelApp]" not in line]
+    assert len(err) == 1 and err[0].startswith("error: Stage 02 stopped:"), proc.stderr[-3000:]
+    assert "Response" in err[0] and "02_data_preparation.failed.ipynb" in err[0]
+    assert "Traceback" not in proc.stderr
+    assert (run_dir / "notebooks" / "02_data_preparation.failed.ipynb").is_file()
+
+
+# ---- 12: two runs on one folder ----------------------------------------------------------------
+
+HOLDER = textwrap.dedent("""
+    import sys, time
+    from r1helpers.core.config import load_config
+    from r1helpers.core.runs import Run
+    run = Run.open(sys.argv[1])
+    cfg = load_config("cpu")
+    def build():
+        print("holding", flush=True)
+        time.sleep(float(sys.argv[2]))
+        run.path("baseline").parent.mkdir(parents=True, exist_ok=True)
+        run.path("baseline").write_text("{}\\n")
+        run.write_manifest(cfg, "baseline")
+        return "built"
+    print(run.reuse_or_build(cfg, "baseline", build, lambda: "reused", say=None), flush=True)
+""")
+
+
+def test_a_second_run_on_the_folder_says_who_holds_it_and_waits(tmp_path):
+    script = tmp_path / "holder.py"
+    script.write_text(HOLDER)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    first = subprocess.Popen([sys.executable, str(script), str(tmp_path / "run"), "4"], env=env,
+                             stdout=subprocess.PIPE, text=True)
+    assert first.stdout.readline().strip() == "holding"
+    t0 = time.perf_counter()
+    second = subprocess.run([sys.executable, str(script), str(tmp_path / "run"), "0"], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert first.wait(timeout=60) == 0 and first.stdout.read().strip() == "built"
+    assert f"being written by pid {first.pid}" in second.stdout and "waiting" in second.stdout
+    assert second.stdout.strip().splitlines()[-1] == "reused", second.stdout + second.stderr
+    assert time.perf_counter() - t0 > 1.0
+
+
+def test_a_killed_holder_releases_the_folder(tmp_path):
+    script = tmp_path / "holder.py"
+    script.write_text(HOLDER)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    first = subprocess.Popen([sys.executable, str(script), str(tmp_path / "run"), "600"], env=env,
+                             stdout=subprocess.PIPE, text=True)
+    assert first.stdout.readline().strip() == "holding"
+    first.kill()
+    first.wait()
+    second = subprocess.run([sys.executable, str(script), str(tmp_path / "run"), "0"], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert second.stdout.strip().splitlines()[-1] == "built", second.stdout + second.stderr
