@@ -9,6 +9,7 @@
 #   TAG=worst tools/gpu_run.sh bench fast-default "--lengths-from fixed:2048"   # extra bench arguments
 #   tools/gpu_run.sh budget                # training stage with and without a token budget: same losses?
 #   tools/gpu_run.sh launcher              # the training stage through the DDP launcher on the visible GPUs
+#   tools/gpu_run.sh series8b [ARGS]       # stages 00-05 of the seed recipe on the 8B shape (bench_series)
 #
 # Results go to $OUT (or ./gpu-out) as small files.
 set -uo pipefail
@@ -34,14 +35,14 @@ case "${1:-}" in
   pfcheck)
     $PY - <<'PY'
 from pathlib import Path
-from r1helpers.bench import build_random_model
+from r1helpers.tools.bench import build_random_model
 build_random_model(Path("/tmp/r1bench/llama8b-random-2l"), 2)
 PY
-    $PY -m r1helpers.bench --check-padding-free --model /tmp/r1bench/llama8b-random-2l --backend unsloth 2>&1 | tee "$OUT/pfcheck.log" | grep -E "PADDING_FREE_CHECK|Error"
+    $PY -m r1helpers.tools.bench --check-padding-free --model /tmp/r1bench/llama8b-random-2l --backend unsloth 2>&1 | tee "$OUT/pfcheck.log" | grep -E "PADDING_FREE_CHECK|Error"
     ;;
   bench)
     # TAG names the JSON when one command runs several benches with the same configs.
-    $PY -m r1helpers.bench --configs "${2:?configs}" --out "$OUT/bench-${TAG:-$(echo "$2" | tr ',' '_')}.json" ${3:-} 2>&1 | tee -a "$OUT/bench.log" | grep -vE "^\s*$|Loading weights|it/s\]" | tail -60
+    $PY -m r1helpers.tools.bench --configs "${2:?configs}" --out "$OUT/bench-${TAG:-$(echo "$2" | tr ',' '_')}.json" ${3:-} 2>&1 | tee -a "$OUT/bench.log" | grep -vE "^\s*$|Loading weights|it/s\]" | tail -60
     ;;
   budget)
     # Training stage twice on the tiny model (Unsloth): the plan's passes, then passes of at most 1500 tokens
@@ -49,12 +50,12 @@ PY
     $PY - <<'PY' 2>&1 | tee "$OUT/budget.log" | grep -E "^BUDGET|batches:|Error|error" | head -40
 import json, shutil
 import r1helpers
-from r1helpers import data, train
+from r1helpers.workflow import steps
 for budget in (0, 1500):
     d = f"/tmp/budget-{budget}"
     shutil.rmtree(d, ignore_errors=True)
     cfg, run = r1helpers.start(d, "cpu", {"train.wandb": "off", "train.token_budget": budget}, quiet=True)
-    res = train.ensure_trained(cfg, run, data.prepare(cfg, run))
+    res = steps.ensure_trained(cfg, run, steps.prepare(cfg, run))
     print("BUDGET " + json.dumps({"token_budget": budget, "splits": res.metrics["token_budget_splits"],
           "plan": res.metrics["batch_plan"], "losses": res.losses(), "eval": res.losses("eval_loss")}), flush=True)
 PY
@@ -62,6 +63,12 @@ PY
   launcher)
     rm -rf /tmp/gpu-ddp
     $PY -m r1helpers.distributed --run-dir /tmp/gpu-ddp --profile cpu --set train.wandb=off 2>&1 | tee "$OUT/launcher.log" | tail -40
+    ;;
+  series8b)
+    shift
+    $PY -m r1helpers.tools.bench_series --out "$OUT/series8b-${TAG:-default}.json" "$@" 2>&1 | tee "$OUT/series8b-${TAG:-default}.log" | grep -E "^== |^\{|series wall|error|Error|stopped|profile:" | head -60
+    tar czf "$OUT/series8b-${TAG:-default}-run.tgz" -C /tmp/r1series --exclude='*.safetensors' --exclude='*.gguf' \
+      --exclude='*.bin' --exclude='checkpoints' --exclude='*.pt' --exclude='*.pth' run 2>/dev/null
     ;;
   *)
     echo "usage: $0 series|pfcheck|bench CONFIGS|launcher" >&2; exit 2 ;;

@@ -1,0 +1,133 @@
+"""The whole series timed on one GPU: stages 01-05 of the seed recipe on the 8B shape, random weights.
+
+    make bench-series                                   # = python -m r1helpers.tools.bench_series
+    python -m r1helpers.tools.bench_series --gpu-gib 15 # a T4's memory, on a larger GPU
+
+It builds a random model in the shape of Llama-3.1-8B (bf16, 32 layers, 128,256-token embedding)
+with the tiny model's tokenizer, whose token lengths on the bundled sample rows (median ~670,
+range 440-900) are close to the real data's with the Llama-3 tokenizer (median 750, p10 607,
+p90 950), then runs `python -m r1helpers.pipeline` with the seed recipe (4-bit QLoRA, 60 steps,
+max_new_tokens 1200) on the sample rows, with the comparison's default evaluation workload. Random
+weights never emit EOS, so every answer runs to max_new_tokens: the worst case for generation.
+It prints each stage's wall time with the tokens/s and peak GPU memory its manifest recorded.
+A benchmark prints measurements; nothing here is a timed test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+STAGES = ("00", "01", "02", "03", "04", "05")
+MANIFESTS = {"01": ("baseline",), "02": ("data",), "03": ("train",), "04": ("finetuned", "compare"), "05": ("export",)}
+
+
+def build_model(out: Path) -> Path:
+    """The 8B shape with random bf16 weights and the tiny model's tokenizer (its ids < 2048 are used)."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from r1helpers.modeling.tiny import ensure_tiny_model
+    from r1helpers.tools.bench import LLAMA_8B
+
+    if (out / "config.json").is_file():
+        return out
+    tok = AutoTokenizer.from_pretrained(ensure_tiny_model())
+    config = LlamaConfig(**LLAMA_8B, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                         pad_token_id=tok.pad_token_id, tie_word_embeddings=False, torch_dtype="bfloat16")
+    torch.manual_seed(0)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        torch.set_default_dtype(torch.bfloat16)
+        model = LlamaForCausalLM(config)
+        torch.set_default_dtype(torch.float32)
+    model.save_pretrained(str(tmp), max_shard_size="5GB")
+    tok.save_pretrained(str(tmp))
+    del model
+    os.replace(tmp, out)
+    return out
+
+
+def series_overrides(model: Path, eval_rows: int, extra: list[str]) -> list[str]:
+    sets = [f"model.name={model}", "data.source=r1helpers/sample", "data.config_name=null",
+            f"data.train_rows={72 - eval_rows}", f"data.eval_rows={eval_rows}", "compare.embedding_model=null",
+            "train.wandb=off", *extra]
+    return [x for s in sets for x in ("--set", s)]
+
+
+def stage_row(run_dir: Path, stage: str, seconds: float | None) -> dict[str, Any]:
+    row: dict[str, Any] = {"stage": stage, "seconds": seconds}
+    for name in MANIFESTS.get(stage, ()):
+        path = run_dir / name / "manifest.json"
+        if not path.is_file():
+            continue
+        m = json.loads(path.read_text())
+        metrics = m.get("metrics", {})
+        for key in ("tokens_per_second", "generated_tokens", "questions", "seconds", "peak_gpu_reserved_gib",
+                    "peak_gpu_memory_gib", "generation_path", "batch_size"):
+            if key in m:
+                row[f"{name}.{key}"] = m[key]
+            elif key in metrics:
+                row[f"{name}.{key}"] = metrics[key]
+        for key in ("train_tokens_per_second", "train_runtime", "train_loss"):
+            if key in metrics:
+                row[f"{name}.{key}"] = metrics[key]
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--work", default="/tmp/r1series", help="model and run folder go here")
+    p.add_argument("--eval-rows", type=int, default=50, help="held-out questions answered by both models")
+    p.add_argument("--stages", default=",".join(STAGES))
+    p.add_argument("--gpu-gib", type=float, default=None, help="cap each stage's process at this much GPU memory")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="more overrides")
+    p.add_argument("--out", default=None, help="JSON results file")
+    args = p.parse_args(argv)
+    import torch
+
+    if not torch.cuda.is_available():
+        print("the series benchmark needs a CUDA GPU", file=sys.stderr)
+        return 2
+    work = Path(args.work)
+    t0 = time.perf_counter()
+    model = build_model(work / "llama8b-random-tinytok")
+    built = time.perf_counter() - t0
+    torch.cuda.empty_cache()
+    run_dir = work / "run"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    env = {**os.environ, "R1HELPERS_HEADLESS": "1"}
+    if args.gpu_gib:
+        env["R1HELPERS_GPU_GIB"] = str(args.gpu_gib)
+    cmd = [sys.executable, "-m", "r1helpers.pipeline", "--run-dir", str(run_dir), "--profile", "seed", "--quiet",
+           "--stages", args.stages, *series_overrides(model, args.eval_rows, args.set)]
+    print("model built in %.0f s; running: %s" % (built, " ".join(cmd)), flush=True)
+    t1 = time.perf_counter()
+    proc = subprocess.run(cmd, env=env)
+    wall = time.perf_counter() - t1
+    timings_path = run_dir / "pipeline_timings.json"
+    timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
+    rows = [stage_row(run_dir, s, timings.get(s)) for s in args.stages.split(",")]
+    from r1helpers.core.hardware import package_versions
+
+    report = {"gpu": torch.cuda.get_device_name(), "gpu_gib_cap": args.gpu_gib, "model_build_seconds": round(built, 1),
+              "series_wall_seconds": round(wall, 1), "returncode": proc.returncode, "stages": rows,
+              "versions": package_versions(), "command": cmd}
+    for r in rows:
+        print(json.dumps(r), flush=True)
+    print(f"series wall (stages {args.stages}): {wall:.0f} s; exit {proc.returncode}")
+    if args.out:
+        Path(args.out).write_text(json.dumps(report, indent=2))
+    return proc.returncode
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
