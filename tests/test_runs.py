@@ -27,6 +27,11 @@ def test_manifest_detects_changed_settings(tmp_path):
     cfg = load_config("cpu")
     assert not run.is_current(cfg, "train")
     run.write_manifest(cfg, "train")
+    assert not run.is_current(cfg, "train"), "a manifest without its outputs is not a finished stage"
+    assert "missing" in run.why_stale(cfg, "train")
+    run.path("adapter").mkdir(parents=True)
+    write_json_atomic(run.path("log_history"), [])
+    write_json_atomic(run.path("train_metrics"), {})
     assert run.is_current(cfg, "train")
     changed = load_config("cpu", {"train.learning_rate": 1e-4})
     assert not run.is_current(changed, "train")

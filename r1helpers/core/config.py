@@ -171,7 +171,7 @@ class InferConfig:
     temperature: float = field(default=0.6, metadata={"help": "sampling temperature when do_sample"})
     top_p: float = field(default=0.95, metadata={"help": "nucleus sampling when do_sample"})
     seed: int = field(default=3407, metadata={"help": "generation seed"})
-    num_eval_questions: int = field(default=8, metadata={"help": "held-out questions generated besides the examples"})
+    num_eval_questions: int = field(default=50, metadata={"help": "held-out questions generated besides the examples"})
     example_questions: list[str] = field(default_factory=lambda: [EXAMPLE_QUESTION], metadata={"help": "always asked"})
     stream: bool = field(default=False, metadata={"help": "print the first example's answer token by token as it is generated (in a notebook; never headless)"})
 

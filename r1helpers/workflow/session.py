@@ -10,7 +10,8 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from r1helpers.core.config import Config, ConfigError, auto_profile, load_config
+from r1helpers.core import config as config_mod
+from r1helpers.core.config import Config, ConfigError, load_config
 from r1helpers.core.runs import Run, read_json, write_json_atomic
 
 
@@ -48,7 +49,7 @@ def resolve_profile(profile: str, recorded: dict[str, Any] | None) -> tuple[str,
         return profile, f"profile={profile} requested"
     if recorded:
         return recorded["profile"], f"recorded in {RUN_RECORD} when this run folder was made ({recorded['why']})"
-    return auto_profile()
+    return config_mod.auto_profile()  # looked up at call time: tests and notebooks may replace it
 
 
 def check_same_run(cfg: Config, recorded: dict[str, Any] | None, root: Path, overwrite: bool) -> None:
