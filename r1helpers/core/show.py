@@ -18,21 +18,56 @@ def _pd():
     return pd
 
 
-def environment_table(env: dict[str, Any]):
-    hw, b = env["hardware"], env["backend"]
+def gpu_label(env: dict[str, Any]) -> str:
+    """"Tesla T4 x2, 14.7 GiB, capability 7.5", or "none" on a machine without a CUDA GPU."""
+    hw = env["hardware"]
     gpu = hw["gpus"][0] if hw["gpus"] else None
+    if gpu is None:
+        return "none"
+    return (f"{gpu['name']} x{hw.get('gpus_seen') or len(hw['gpus'])}, {gpu['total_memory_gib']} GiB, "
+            f"capability {gpu['capability'][0]}.{gpu['capability'][1]}")
+
+
+def machine_table(env: dict[str, Any]):
+    """The machine, its GPU, and the precision and backend decided for it, each with its reason."""
+    hw, b = env["hardware"], env["backend"]
     rows = [
-        ("profile", f"{env['profile']} ({env.get('profile_reason', '')})"),
-        ("device", hw["device"]),
-        ("GPU", f"{gpu['name']} x{hw.get('gpus_seen', len(hw['gpus']))}, {gpu['total_memory_gib']} GiB, capability "
-                f"{gpu['capability'][0]}.{gpu['capability'][1]}" if gpu else "none"),
-        ("native bf16 (capability >= 8.0)", hw["bf16"]),
-        ("backend", f"{b['name']}: {b['reason']}"),
-        ("dtype / 4-bit", f"{b['dtype']} / {b['load_in_4bit']}"),
+        ("platform", env.get("platform", "")),
         ("Kaggle", env["kaggle"]),
-    ] + [(f"note {i + 1}", note) for i, note in enumerate(env.get("notes", []))] + [
-        (f"version: {k}", v or "not installed") for k, v in env["versions"].items()]
+        ("device", hw["device"]),
+        ("GPU", gpu_label(env)),
+        ("native bf16 (capability >= 8.0)", hw["bf16"]),
+        ("dtype", b["dtype"]),
+        ("4-bit weights", b["load_in_4bit"]),
+        ("backend", b["name"]),
+        ("why this backend", b["reason"]),
+    ] + [(f"note {i + 1}", note) for i, note in enumerate(env.get("notes", []))]
     return _pd().DataFrame(rows, columns=["what", "value"]).set_index("what")
+
+
+def versions_table(env: dict[str, Any]):
+    """Installed versions of the packages the series depends on."""
+    rows = [(k, v or "not installed") for k, v in env["versions"].items()]
+    return _pd().DataFrame(rows, columns=["package", "version"]).set_index("package")
+
+
+def secrets_table(env: dict[str, Any]):
+    """Which secrets `r1helpers.start` found and where (never their values), and what each one is for."""
+    from r1helpers.core.secrets import PURPOSE, SECRETS
+
+    found = env.get("secrets_found") or {}
+    rows = [(name, f"found in {found[name]}" if name in found else "not found", PURPOSE[name]) for name in SECRETS]
+    return _pd().DataFrame(rows, columns=["secret", "status", "needed for"]).set_index("secret")
+
+
+def environment_table(env: dict[str, Any]):
+    """The machine table with the profile on top and the package versions below."""
+    pd = _pd()
+    top = pd.DataFrame([("profile", f"{env['profile']} ({env.get('profile_reason', '')})")],
+                       columns=["what", "value"]).set_index("what")
+    versions = versions_table(env).rename(columns={"version": "value"})
+    versions.index = [f"version: {k}" for k in versions.index]
+    return pd.concat([top, machine_table(env), versions])
 
 
 def config_table(cfg: Config):
@@ -94,17 +129,20 @@ def generations_table(records: list[dict[str, Any]], width: int = 300):
     return _pd().DataFrame(rows, columns=cols).set_index("id")
 
 
-def side_by_side(base: list[dict[str, Any]], tuned: list[dict[str, Any]], width: int = 400):
-    def cut(s):
-        s = s or ""
-        return s if len(s) <= width else s[:width] + "…"
-
-    by_id = {r["id"]: r for r in tuned}
-    rows = [(b["id"], cut(b["question"]), cut(b.get("reference_answer")), cut(b["answer"]),
-             cut(by_id[b["id"]]["answer"]) if b["id"] in by_id else "") for b in base]
-    return _pd().DataFrame(rows, columns=["id", "question", "reference", "base answer", "fine-tuned answer"]).set_index("id")
-
-
 def lines(items: list[str]) -> None:
     for line in items:
         print(line)
+
+
+def record_results(run, stage: str, values: dict[str, Any]):
+    """Write a stage's headline numbers to `<run>/results/<stage>.json` and return them as a one-column table.
+
+        record_results(run, "02", {"rows trained": 500, "rows held out": 50})
+    """
+    from r1helpers.core.runs import write_json_atomic
+
+    values = dict(values)
+    write_json_atomic(run.root / "results" / f"{stage}.json", values)
+    table = _pd().DataFrame({"value": list(values.values())}, index=list(values.keys()), dtype=object)
+    table.index.name = f"results {stage}"
+    return table
