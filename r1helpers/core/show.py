@@ -15,6 +15,7 @@ def _pd():
     import pandas as pd
 
     pd.set_option("display.max_colwidth", 400)
+    pd.set_option("display.max_rows", 200)  # the config table has ~65 rows: show them all
     return pd
 
 
@@ -47,7 +48,8 @@ def machine_table(env: dict[str, Any]):
 
 def versions_table(env: dict[str, Any]):
     """Installed versions of the packages the series depends on."""
-    rows = [(k, v or "not installed") for k, v in env["versions"].items()]
+    rows = [(k, v or ("none (a CPU build of torch)" if k == "torch.cuda" else "not installed"))
+            for k, v in env["versions"].items()]
     return _pd().DataFrame(rows, columns=["package", "version"]).set_index("package")
 
 
@@ -71,31 +73,71 @@ def environment_table(env: dict[str, Any]):
 
 
 def config_table(cfg: Config):
-    from r1helpers.core.config import FIELDS
+    """Every config field: its value, who set it (the seed recipe, the profile, or you), and what it means."""
+    from r1helpers.core.config import FIELDS, PROFILES
 
     flat = cfg.to_dict()
+    recipe = Config().to_dict()
+    profile = PROFILES.get(cfg.profile, {})
     rows = []
     for key, (_, f) in FIELDS.items():
         section, _, leaf = key.rpartition(".")
-        value = flat[section][leaf] if section else flat[leaf]
-        rows.append((key, value, f.metadata.get("help", "")))
-    return _pd().DataFrame(rows, columns=["field", "value", "meaning"]).set_index("field")
+        if not section:
+            continue  # `profile` is shown apart
+        value = flat[section][leaf]
+        if key in profile and value == profile[key]:
+            by = f"profile {cfg.profile}"
+        elif key not in profile and value == recipe[section][leaf]:
+            by = "seed recipe"
+        else:
+            by = "you (overrides, config_file or cfg.…)"
+        rows.append((key, value, by, f.metadata.get("help", "")))
+    return _pd().DataFrame(rows, columns=["field", "value", "set by", "meaning"]).set_index("field")
+
+
+def raw_row(row: dict[str, Any], width: int = 600):
+    """One dataset row as a column / value table, long values cut at `width` characters."""
+    rows = [(k, _cut(v, width), len(str(v))) for k, v in row.items()]
+    return _pd().DataFrame(rows, columns=["column", "value", "characters"]).set_index("column")
+
+
+def _cut(s: Any, width: int) -> str:
+    s = "" if s is None else str(s)
+    return s if len(s) <= width else s[:width] + "…"
 
 
 def length_table(stats: dict[str, Any]):
-    return _pd().DataFrame(stats["token_lengths"]).T
+    """Token counts per split: count, min, mean, median, p95, max, and how many exceed max_seq_length."""
+    return _pd().DataFrame.from_dict(stats["token_lengths"], orient="index")
+
+
+def png(fig, dpi: int = 100):
+    """A matplotlib figure as a PNG image, closed; shown by any notebook, also headless runs, whose Agg
+    backend displays no figure by itself."""
+    import io
+
+    import matplotlib.pyplot as plt
+    from IPython.display import Image
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    return Image(data=buf.getvalue(), format="png")
 
 
 def length_histogram(stats: dict[str, Any]):
+    """Histogram of tokens per example for each split, with max_seq_length as a dashed line (a Figure)."""
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 3.5))
+    names = {"train": "training rows", "eval": "held-out rows"}
     for split, lengths in stats["all_lengths"].items():
         if lengths:
-            ax.hist(lengths, bins=30, alpha=0.6, label=f"{split} ({len(lengths)})")
+            ax.hist(lengths, bins=30, alpha=0.6, label=f"{names.get(split, split)} ({len(lengths)})")
     limit = stats["token_lengths"]["train"].get("max_seq_length")
     if limit:
-        ax.axvline(limit, color="red", linestyle="--", label=f"max_seq_length {limit}")
+        over = sum(t.get("over_max_seq_length", 0) for t in stats["token_lengths"].values())
+        ax.axvline(limit, color="red", linestyle="--", label=f"max_seq_length {limit} ({over} rows over)")
     ax.set_xlabel("tokens per example (prompt + reasoning + answer + EOS)")
     ax.set_ylabel("examples")
     ax.legend()
@@ -119,12 +161,9 @@ def loss_curve(log_history: list[dict[str, Any]]):
 
 
 def generations_table(records: list[dict[str, Any]], width: int = 300):
-    def cut(s):
-        s = s or ""
-        return s if len(s) <= width else s[:width] + "…"
-
-    rows = [(r["id"], cut(r["question"]), cut(r["reasoning"]), cut(r["answer"]), r["think_closed"], r["finished"],
-             r["new_tokens"]) for r in records]
+    """One row per generated answer: question, reasoning and answer (cut at `width`), how it ended."""
+    rows = [(r["id"], _cut(r["question"], width), _cut(r["reasoning"], width), _cut(r["answer"], width),
+             r["think_closed"], r["finished"], r["new_tokens"]) for r in records]
     cols = ["id", "question", "reasoning", "answer", "</think> reached", "EOS reached", "new tokens"]
     return _pd().DataFrame(rows, columns=cols).set_index("id")
 
