@@ -63,8 +63,8 @@ trained by TRL's `SFTTrainer` with the same settings. They differ in speed and m
   It needs an NVIDIA GPU of compute capability 7.0 or newer (Triton's minimum) and must import without error.
   It patches transformers when imported, so `start()` imports it before any model loads.
 - **transformers + peft + bitsandbytes** is the fallback: on a CPU (the `cpu` profile), on a P100 (6.0), when
-  Unsloth is missing or fails to import, and when notebook 03 trains on several GPUs under DDP, which Unsloth's
-  free version does not do.
+  Unsloth is missing or fails to import, and when notebook 03 trains on several GPUs under DDP (one process per
+  GPU), where this project does not rely on Unsloth's open-source multi-GPU support.
 
 `model.backend = "auto"` applies these rules; `"unsloth"` or `"transformers"` forces one (and fails with the reason
 where it cannot run). `choose_backend` is the function notebooks 01, 03 and 04 call; its answer carries its reason."""),

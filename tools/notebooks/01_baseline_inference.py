@@ -42,8 +42,8 @@ not part of the text."""),
 `load_base` loads the model with plain arguments:
 
 - `name`: the Hub id or a local folder (`model.name`);
-- `max_seq_length`: the longest sequence Unsloth prepares for (`model.max_seq_length`; the transformers path reads
-  the model's own limit and the trainer cuts examples at this length);
+- `max_seq_length`: the longest sequence Unsloth prepares the model for (`model.max_seq_length`); the transformers
+  path does not need it at load time. In training it is the longest example allowed (notebook 02);
 - `load_in_4bit`: store the weights in 4-bit nf4 with bitsandbytes (QLoRA), about 5.5 GB instead of 16 GB for the
   8B model; CUDA only;
 - `dtype`: bf16 or fp16 on a GPU, float32 on a CPU;
@@ -97,8 +97,8 @@ print(f"\\n</think> closed: {parsed.think_closed} | EOS reached: {example['finis
   reasoning: the model never finished thinking. `think_closed` is `False`.
 - **Cut at the limit.** When a sequence reaches `max_new_tokens` before it produces EOS, generation stops there,
   mid-sentence. `finished` is `False`: the text is not the model's full answer, only its first `max_new_tokens`
-  tokens. R1 models often reason for more than 1,200 tokens on hard questions, so some base-model answers are cut;
-  raising `infer.max_new_tokens` costs time in proportion.
+  tokens. R1 models can reason for more than 1,200 tokens on a hard question, so some base-model answers may be
+  cut; raising `infer.max_new_tokens` lets them finish, at a cost in time roughly in proportion.
 
 Notebook 04 reports these shares for both models, because a mean over answers that were cut says less than it seems."""),
     ("md", """## The held-out questions, through the run folder
@@ -108,8 +108,10 @@ Notebook 04 reports these shares for both models, because a mean over answers th
 decoding settings above, and writes `baseline/generations.jsonl`. When the run folder already holds generations made
 with the same model, data and `infer` settings, it reuses them instead, and the model passed in is not used. The
 held-out split comes from `steps.prepare`, which reuses notebook 02's output or builds it with the tokenizer already
-loaded. The example is generated again here, inside a batch, so that the file holds both models' answers to the same
-question set."""),
+loaded. The example question is generated again, this time in a batch with held-out questions, so that this file
+and notebook 04's `finetuned/generations.jsonl` hold the same question set. Its answer can differ in a few tokens
+from the one above: padding a prompt in a batch changes the arithmetic slightly, and greedy decoding follows any
+change in the most likely token."""),
     ("code", """from r1helpers.workflow import steps
 prepared = steps.prepare(cfg, run, tokenizer=loaded.tokenizer)  # notebook 02's splits (built here if missing)
 baseline = steps.baseline(cfg, run, prepared, loaded=loaded)  # reuses or writes baseline/generations.jsonl

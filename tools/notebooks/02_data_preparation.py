@@ -28,7 +28,8 @@ columns = (d.question_column, d.cot_column, d.response_column)
 rows, origin = data.load_rows(d.source, config_name=d.config_name, split=d.split, lenient=d.lenient, columns=columns)
 print(f"{len(rows)} rows from {origin}; columns: {rows.column_names}")"""),
     ("md", """One raw row, as the source holds it (long values cut at 600 characters; the last column gives their full
-length). The reasoning is usually several times longer than the answer, and it is most of what the model learns."""),
+length). The reasoning is usually longer than the answer, often several times, and it is most of what the model
+learns."""),
     ("code", "show.raw_row(rows[0])"),
     ("md", """A misspelled column is the most common reason a new dataset fails. `data.column_problems` lists the wanted
 columns that are missing, each with the close spelling the data has; `load_rows` raises an error with the same text
@@ -78,29 +79,30 @@ print("columns the trainer receives:", prepared.trainer_columns("train").column_
 
 The trainer receives only the `input_ids` column. Given token ids without a `labels` or `completion_mask` column,
 TRL's `SFTTrainer` uses a copy of the ids as labels, and its collator sets the padding positions to -100 so they
-count for nothing. `training/sft.py` does not set `completion_only_loss`, and TRL applies that option only to
+count for nothing. `training/sft.py` does not set `completion_only_loss`, whose default turns it on only for
 datasets with `prompt` and `completion` columns. So **this project does not mask the prompt**: as in the seed
-recipe, the loss is the mean over every token of the example, prompt, reasoning, `</think>`, answer and EOS.
+recipe, the loss is the mean over every token of the example (each predicted from the tokens before it): prompt,
+reasoning, `</think>`, answer and EOS.
 
-What that means in practice: the prompt is mostly the same preamble and instruction in every row, so the model
-learns to predict it within a few steps, after which it adds little to the loss but still counts in the mean, so the
-reported loss is lower than the loss on the reasoning and answer alone. Notebook 04 reports the held-out loss on the
-completion only, which is the number to compare. To train on the completion alone, add a `completion_mask` column
-(0 for the first `prompt_length` tokens, which each prepared row stores, 1 after) and set
-`completion_only_loss=True` in `sft_config`."""),
+What that means in practice: the preamble and the instruction are the same in every row and soon cost almost
+nothing to predict; the question is different in every row, and the model is trained to predict it too. Both count
+in the mean, so the training loss is not the loss on the reasoning and answer. Notebook 04 scores the held-out rows
+on the completion only, which is the number to compare. To train on the completion alone, add a `completion_mask`
+column (0 for the first `prompt_length` tokens, which each prepared row stores, 1 after), pass it to the trainer
+with `input_ids` (`Prepared.trainer_columns`) and set `completion_only_loss=True` in `sft_config`."""),
     ("md", """## Lengths against `max_seq_length`
 
 Every example is counted in tokens (prompt + reasoning + answer + EOS) before anything is dropped, so the table and
 the histogram show what `model.max_seq_length` (the dashed line) cuts off: `over_max_seq_length` counts the rows
-past it. The median and the 95th percentile matter for memory and speed in training: a batch is as long as its
-longest example, and the trainer's batch plan in notebook 03 is sized from these lengths."""),
+past it. The median and the 95th percentile matter for memory and speed in training: a padded batch is as long as
+its longest example, and the batch plan of notebook 03 is sized from these lengths."""),
     ("code", "show.length_table(prepared.stats)"),
     ("code", "show.png(show.length_histogram(prepared.stats))  # as an image, so that headless runs keep it too"),
     ("md", """`data.overlong` says what happens to a row longer than `model.max_seq_length`:
 
 - `"drop"` (the default) leaves it out and records its source row. A dropped row costs one example;
-- `"truncate"` keeps its first `max_seq_length` tokens. The row then loses the end of its answer and its EOS, and
-  teaches the model to stop mid-answer without a stop token; use it only when too many rows are long;
+- `"truncate"` keeps its first `max_seq_length` tokens. The row then loses the end of its answer and its EOS: the
+  model trains on an answer that never ends. Use it only when too many rows are long;
 - `"error"` stops here, naming the row, so that you decide.
 
 Raising `model.max_seq_length` keeps long rows whole, at the cost of memory in training."""),
