@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from r1helpers.core import prompts
-from r1helpers.core.config import SAMPLE_DATASET, DataConfig
+from r1helpers.core.config import SAMPLE_DATASET
 
 COLUMNS = ("Question", "Complex_CoT", "Response")
 LOCAL_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
@@ -146,11 +146,27 @@ def _load_table(path: Path, kind: str):
                         "re-export it, or convert it to .jsonl") from None
 
 
-def load_raw(dcfg: DataConfig, report: Report | None = None):
-    """The source as a `datasets.Dataset`, whatever form it comes in; lenient fixes are counted in `report`."""
+def load_rows(source: str, *, config_name: str | None = None, split: str = "train", lenient: bool = False,
+              columns: tuple[str, str, str] | None = COLUMNS, report: Report | None = None):
+    """The source's rows as a `datasets.Dataset`, and where they came from, whatever form they come in.
+
+    `source`: a Hub dataset id (with `config_name` and `split`), a local .jsonl/.json/.csv/.parquet
+    file, a folder saved with `save_to_disk`, or "r1helpers/sample" (the bundled sample). `lenient`
+    drops (and counts in `report`) lines that are not valid JSON or not UTF-8 instead of failing.
+    `columns` (question, reasoning, answer) must exist; a missing one is named, with the close
+    spelling the file has (None: no check).
+
+        rows, origin = load_rows("FreedomIntelligence/medical-o1-reasoning-SFT", config_name="en")
+    """
+    ds, origin = _load(source, config_name, split, lenient, report)
+    if columns is not None:
+        check_columns(ds.column_names, columns, origin)
+    return ds, origin
+
+
+def _load(source: str, config_name: str | None, split: str, lenient: bool, report: Report | None):
     import datasets
 
-    source = dcfg.source
     if source == SAMPLE_DATASET:
         return datasets.Dataset.from_list(load_sample_rows()), str(sample_path())
     path = Path(source).expanduser()
@@ -160,18 +176,18 @@ def load_raw(dcfg: DataConfig, report: Report | None = None):
         except Exception as e:
             raise DataError(f"{path}: not a saved datasets folder ({e})") from None
         if isinstance(loaded, datasets.DatasetDict):
-            if dcfg.split not in loaded:
-                raise DataError(f"{path}: no split {dcfg.split!r} (has {list(loaded)}); set data.split")
-            loaded = loaded[dcfg.split]
+            if split not in loaded:
+                raise DataError(f"{path}: no split {split!r} (has {list(loaded)}); set data.split")
+            loaded = loaded[split]
         return loaded, str(path)
     if path.suffix.lower() in LOCAL_SUFFIXES or path.exists():
         if not path.is_file():
             raise DataError(f"{path}: no such file")
         suffix = path.suffix.lower()
         if suffix == ".jsonl":
-            rows = _read_jsonl(path, dcfg.lenient, report)
+            rows = _read_jsonl(path, lenient, report)
         elif suffix == ".json":
-            rows = _read_json(path, dcfg.lenient, report)
+            rows = _read_json(path, lenient, report)
         elif suffix in (".csv", ".parquet"):
             # Empty or not UTF-8: said plainly here rather than by the reader's traceback.
             (_read_text if suffix == ".csv" else _raw_bytes)(path)
@@ -182,13 +198,13 @@ def load_raw(dcfg: DataConfig, report: Report | None = None):
             raise DataError(f"{path}: holds no rows" + (f" ({', '.join(report.lines()[1:])})" if report else ""))
         return _to_dataset(rows, path), str(path)
     try:
-        ds = datasets.load_dataset(source, dcfg.config_name, split=dcfg.split)
+        ds = datasets.load_dataset(source, config_name, split=split)
     except Exception as e:
         raise DataError(
             f"{source}: could not load from the Hub ({type(e).__name__}: {str(e)[:300]}). "
             "Offline? Use a local file or folder, or the CPU profile's bundled sample."
         ) from None
-    return ds, f"hub:{source}/{dcfg.config_name or ''}:{dcfg.split}"
+    return ds, f"hub:{source}/{config_name or ''}:{split}"
 
 
 @dataclass
@@ -240,28 +256,52 @@ def _norm(text: str) -> str:
     return " ".join(str(text).split()).lower()
 
 
-def select_rows(ds, dcfg: DataConfig, origin: str, report: Report) -> tuple[list[dict], list[dict]]:
-    """Check the columns and fields, then cut the training rows and the held-out rows."""
-    cols = {"Question": dcfg.question_column, "Complex_CoT": dcfg.cot_column, "Response": dcfg.response_column}
-    missing = [c for c in cols.values() if c not in ds.column_names]
-    if missing:
-        hints = []
-        for m in missing:
-            close = _close_column(m, [c for c in ds.column_names if c not in cols.values()])
-            hints.append(f"{m!r}" + (f" (did you mean {close!r}?)" if close else ""))
+def column_problems(column_names: list[str], columns: tuple[str, str, str] = COLUMNS) -> list[str]:
+    """The wanted columns the data lacks, each with the close spelling it has if any; empty: all there.
+
+        column_problems(["Question", "Complex_COT", "Response"])  # ["'Complex_CoT' (did you mean 'Complex_COT'?)"]
+    """
+    problems = []
+    for m in (c for c in columns if c not in column_names):
+        close = _close_column(m, [c for c in column_names if c not in columns])
+        problems.append(f"{m!r}" + (f" (did you mean {close!r}?)" if close else ""))
+    return problems
+
+
+def check_columns(column_names: list[str], columns: tuple[str, str, str] = COLUMNS, origin: str = "the data") -> None:
+    """Raise DataError naming each missing column (and its likely misspelling) and what the data has."""
+    problems = column_problems(column_names, columns)
+    if problems:
         raise DataError(
-            f"{origin}: missing column {', '.join(hints)}; the file has {ds.column_names}. "
+            f"{origin}: missing column {', '.join(problems)}; the file has {list(column_names)}. "
             "Rename it or set data.question_column / data.cot_column / data.response_column."
         )
+
+
+def select_rows(ds, *, train_rows: int, eval_rows: int, columns: tuple[str, str, str] = COLUMNS,
+                lenient: bool = False, origin: str = "the data",
+                report: Report | None = None) -> tuple[list[dict], list[dict]]:
+    """Check the columns and fields, then cut the training rows and the held-out rows.
+
+    The first `train_rows` usable rows train; the next `eval_rows` are held out, minus any whose
+    question (up to case and spacing) is also a training question. Rows come back with the
+    columns renamed to Question / Complex_CoT / Response and their `source_row` (from 0).
+    Without `lenient`, an empty field or a duplicate row is an error naming the row.
+
+        train, held = select_rows(ds, train_rows=500, eval_rows=50)
+    """
+    report = report if report is not None else Report()
+    cols = dict(zip(COLUMNS, columns))
+    check_columns(ds.column_names, columns, origin)
     report.source, report.rows_in_source = origin, len(ds)
-    need = dcfg.train_rows + dcfg.eval_rows
+    need = train_rows + eval_rows
     rows: list[dict] = []
     seen: dict[tuple[str, str, str], int] = {}  # normalised (question, reasoning, answer): first row
     for i, raw in enumerate(ds):
         row = {k: raw[v] for k, v in cols.items()}
         empty = [k for k, v in row.items() if v is None or not str(v).strip()]
         if empty:
-            if not dcfg.lenient:
+            if not lenient:
                 col = cols[empty[0]]
                 what = "no" if row[empty[0]] is None else "an empty"
                 close = _close_column(col, [c for c, v in raw.items() if c not in cols.values() and v is not None])
@@ -274,7 +314,7 @@ def select_rows(ds, dcfg: DataConfig, origin: str, report: Report) -> tuple[list
             continue
         key = tuple(_norm(row[k]) for k in COLUMNS)
         if key in seen:
-            if not dcfg.lenient:
+            if not lenient:
                 raise DataError(
                     f"{origin}: row {i} repeats row {seen[key]} (same question, reasoning and answer up to case "
                     "and spacing; rows count from 0); delete the copy or set data.lenient=true to drop duplicates"
@@ -285,43 +325,94 @@ def select_rows(ds, dcfg: DataConfig, origin: str, report: Report) -> tuple[list
         rows.append({**{k: str(v) for k, v in row.items()}, "source_row": i})
         if len(rows) >= need:
             break
-    if len(rows) <= dcfg.train_rows and dcfg.eval_rows > 0:
+    if len(rows) <= train_rows and eval_rows > 0:
         raise DataError(
-            f"{origin}: {len(rows)} usable rows, but data.train_rows={dcfg.train_rows} leaves none for the "
-            f"held-out split (data.eval_rows={dcfg.eval_rows}); lower data.train_rows"
+            f"{origin}: {len(rows)} usable rows, but data.train_rows={train_rows} leaves none for the "
+            f"held-out split (data.eval_rows={eval_rows}); lower data.train_rows"
         )
-    train, held = rows[: dcfg.train_rows], rows[dcfg.train_rows : need]
+    train, held = rows[:train_rows], rows[train_rows:need]
     train_q = {_norm(r["Question"]) for r in train}
-    eval_rows = []
+    eval_out = []
     for r in held:
         if _norm(r["Question"]) in train_q:
             report.eval_dropped_overlap.append(r["source_row"])
         else:
-            eval_rows.append(r)
-    return train, eval_rows
+            eval_out.append(r)
+    return train, eval_out
 
 
-def tokenize_rows(rows: list[dict], tokenizer, max_len: int, action: str, split: str, report: Report) -> list[dict]:
-    """Add input_ids; drop, truncate or refuse rows longer than max_len; check EOS ends each kept row."""
+def shared_questions(train: list[dict], held: list[dict]) -> list[str]:
+    """Held-out questions that are also training questions, up to case and spacing (select_rows leaves none)."""
+    train_q = {_norm(r["Question"]) for r in train}
+    return [r["Question"] for r in held if _norm(r["Question"]) in train_q]
+
+
+def tokenize_rows(rows: list[dict], tokenizer, *, max_seq_length: int, overlong: str = "drop", split: str = "train",
+                  report: Report | None = None) -> list[dict]:
+    """Add `input_ids` (prompt + completion + EOS, as `prompts.encode_example`), `prompt_length`, `num_tokens`
+    and `text` to each row.
+
+    Rows longer than `max_seq_length`: `overlong="drop"` leaves them out, "truncate" cuts them (they
+    lose the end of the answer and their EOS), "error" refuses them; each is counted in `report`.
+    """
+    report = report if report is not None else Report(overlong_action=overlong)
     out = []
     for r in rows:
         ids, prompt_len = prompts.encode_example(tokenizer, r["Question"], r["Complex_CoT"], r["Response"])
         n = len(ids)
-        if n > max_len:
-            report.overlong[split].append(r["source_row"])
-            if action == "error":
+        if n > max_seq_length:
+            report.overlong.setdefault(split, []).append(r["source_row"])
+            if overlong == "error":
                 raise DataError(
-                    f"{split} row {r['source_row']} is {n} tokens, over model.max_seq_length={max_len}; raise "
+                    f"{split} row {r['source_row']} is {n} tokens, over model.max_seq_length={max_seq_length}; raise "
                     "model.max_seq_length or set data.overlong=drop"
                 )
-            if action == "drop":
+            if overlong == "drop":
                 continue
-            ids = ids[:max_len]
+            ids = ids[:max_seq_length]
         elif ids[-1] != tokenizer.eos_token_id:
             raise AssertionError(f"{split} row {r['source_row']}: EOS does not end the tokenized example")
         text = prompts.build_training_text(r["Question"], r["Complex_CoT"], r["Response"], tokenizer.eos_token)
         out.append({**r, "text": text, "input_ids": ids, "prompt_length": prompt_len, "num_tokens": n})
     return out
+
+
+def example_lengths(tokenizer, rows: list[dict]) -> list[int]:
+    """Tokens per training example (prompt + reasoning + answer + EOS), before any overlong row is dropped."""
+    return [len(prompts.encode_example(tokenizer, r["Question"], r["Complex_CoT"], r["Response"])[0]) for r in rows]
+
+
+EOS_MARK = "⟨EOS {token!r} id {id}⟩"
+BOUNDARY_MARK = "⟦▲ prompt: {n} tokens · completion: {m} tokens ▼⟧"
+
+
+@dataclass
+class ExampleView:
+    """One training example as the trainer sees it: its ids, decoded, with the prompt/completion boundary marked."""
+
+    text: str  # decoded prompt, BOUNDARY_MARK, decoded completion, EOS_MARK
+    input_ids: list[int]
+    prompt_tokens: int
+    completion_tokens: int  # the reasoning, </think>, the answer and EOS
+    eos_id: int
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def show_example(tokenizer, question: str, cot: str, response: str) -> ExampleView:
+    """Tokenize one example exactly as `tokenize_rows` does and decode it back, marking where the prompt
+    (what inference sends) ends and showing the last token as EOS with its id.
+
+        print(show_example(tokenizer, "What causes scurvy?", "Vitamin C is needed for collagen...", "Vitamin C deficiency.").text)
+    """
+    ids, n_prompt = prompts.encode_example(tokenizer, question, cot, response)
+    assert ids[-1] == tokenizer.eos_token_id, "encode_example always ends with EOS"
+    prompt_text = tokenizer.decode(ids[:n_prompt], skip_special_tokens=False)
+    completion_text = tokenizer.decode(ids[n_prompt:-1], skip_special_tokens=False)
+    text = (prompt_text + BOUNDARY_MARK.format(n=n_prompt, m=len(ids) - n_prompt) + completion_text
+            + EOS_MARK.format(token=tokenizer.eos_token, id=ids[-1]))
+    return ExampleView(text, ids, n_prompt, len(ids) - n_prompt, ids[-1])
 
 
 def length_stats(lengths: list[int], max_len: int) -> dict[str, Any]:
@@ -335,10 +426,20 @@ def length_stats(lengths: list[int], max_len: int) -> dict[str, Any]:
     }
 
 
-
-
-
-
-
-
-
+def summary(stats: dict[str, Any]) -> dict[str, Any]:
+    """The numbers a reader checks after preparation, from the statistics `workflow.steps.build` records."""
+    raw, train = stats["raw"], stats["token_lengths"]["train"]
+    return {
+        "rows trained": stats["counts"]["train"],
+        "rows held out": stats["counts"]["eval"],
+        "dropped: empty field": len(raw["dropped_empty"]),
+        "dropped: duplicate row": len(raw["dropped_duplicate"]),
+        "dropped: not valid JSON": len(raw["dropped_invalid_json"]),
+        "dropped: not UTF-8": len(raw["dropped_not_utf8"]),
+        "held out removed: question also in training": len(raw["eval_dropped_overlap"]),
+        "overlong (train / held out)": f"{len(raw['overlong']['train'])} / {len(raw['overlong']['eval'])}",
+        "median tokens (train)": train.get("median"),
+        "p95 tokens (train)": train.get("p95"),
+        "max tokens (train)": train.get("max"),
+        "max_seq_length": train.get("max_seq_length"),
+    }

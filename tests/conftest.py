@@ -40,4 +40,4 @@ def cpu_cfg():
 def tokenizer(tiny_model_dir, cpu_cfg):
     from r1helpers.modeling.load import load_tokenizer
 
-    return load_tokenizer(cpu_cfg)
+    return load_tokenizer(cpu_cfg.model.name)

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from r1helpers.core.config import load_config
-from r1helpers.data import DataError, load_raw, load_sample_rows, sample_path
+from r1helpers.data import DataError, load_rows, load_sample_rows, sample_path
 from r1helpers.workflow.steps import build, prepare
 from r1helpers.core.runs import Run
 
@@ -176,7 +176,8 @@ def test_too_few_rows_for_held_out(tmp_path, tokenizer):
 
 def test_hub_failure_is_clear():
     with pytest.raises(DataError, match="could not load from the Hub"):
-        load_raw(load_config("seed").data)
+        d = load_config("seed").data
+        load_rows(d.source, config_name=d.config_name, split=d.split)
 
 
 def test_prepare_saves_and_reuses(tmp_path, tokenizer):

@@ -35,9 +35,14 @@ def small_cfg():
 
 @pytest.fixture(scope="module")
 def base(tiny_model_dir, small_cfg):
-    from r1helpers.modeling.load import for_inference, load_base
+    from r1helpers.modeling.load import for_inference
 
-    return for_inference(load_base(small_cfg))
+    return for_inference(steps.load_base_for(small_cfg))
+
+
+def _generate(base, questions, cfg, **over):
+    return infer.generate(base.model, base.tokenizer, questions, **{**steps.generation_kwargs(cfg), "progress": False,
+                                                                   **over})
 
 
 def _questions(n: int = 5) -> list[str]:
@@ -60,11 +65,10 @@ class FlakyGenerate:
 @pytest.mark.parametrize("error", [torch.OutOfMemoryError(CUDA_OOM), RuntimeError("CUDA error: out of memory")])
 def test_generation_halves_the_batch_and_matches(base, small_cfg, monkeypatch, capsys, error):
     questions = _questions()
-    halved = dataclasses.replace(small_cfg, infer=dataclasses.replace(small_cfg.infer, batch_size=2))
-    reference = infer.generate(base, questions, halved, progress=False)
+    reference = _generate(base, questions, small_cfg, batch_size=2)
     flaky = FlakyGenerate(base.model.generate, fits=2, error=error)
     monkeypatch.setattr(base.model, "generate", flaky)
-    results = infer.generate(base, questions, small_cfg, progress=False)
+    results = _generate(base, questions, small_cfg)
     assert flaky.sizes == [4, 2, 2, 1]  # one failed batch of 4, then the same batches as the reference
     assert "out of memory at batch 4: retrying with batch 2" in capsys.readouterr().out
     strip = lambda rs: [{k: v for k, v in r.items() if k != "batch_seconds"} for r in rs]  # noqa: E731
@@ -74,7 +78,7 @@ def test_generation_halves_the_batch_and_matches(base, small_cfg, monkeypatch, c
 def test_generation_oom_at_one_question_says_what_to_change(base, small_cfg, monkeypatch):
     monkeypatch.setattr(base.model, "generate", FlakyGenerate(base.model.generate, 0, torch.OutOfMemoryError(CUDA_OOM)))
     with pytest.raises(RuntimeError, match=r"infer\.max_new_tokens.*model\.load_in_4bit") as info:
-        infer.generate(base, _questions(3), small_cfg, progress=False)
+        _generate(base, _questions(3), small_cfg)
     assert isinstance(info.value.__cause__, torch.OutOfMemoryError)
 
 
@@ -82,18 +86,18 @@ def test_other_generation_errors_are_not_retried(base, small_cfg, monkeypatch):
     flaky = FlakyGenerate(base.model.generate, 0, RuntimeError("expected scalar type Half"))
     monkeypatch.setattr(base.model, "generate", flaky)
     with pytest.raises(RuntimeError, match="expected scalar type Half"):
-        infer.generate(base, _questions(3), small_cfg, progress=False)
+        _generate(base, _questions(3), small_cfg)
     assert flaky.sizes == [3]
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_model_dir, tokenizer, small_cfg):
     """A run folder with a finished adapter, and the peft model that made it."""
-    from r1helpers.modeling.load import add_lora, load_base
+    from r1helpers.modeling.load import add_lora
 
     run = Run.open(tmp_path_factory.mktemp("oom") / "run")
     prepared = prepare(small_cfg, run, tokenizer)
-    loaded = add_lora(load_base(small_cfg), small_cfg)
+    loaded = add_lora(steps.load_base_for(small_cfg), small_cfg)
     steps.train(small_cfg, run, loaded, prepared)
     return run, loaded, prepared
 

@@ -100,3 +100,16 @@ def test_export_goes_stale_when_the_comparison_it_quotes_changes():
     assert stage_fingerprint(cfg, "export") != stage_fingerprint(load_config("cpu", {"compare.nll_rows": 3}), "export")
     assert stage_fingerprint(cfg, "export") != stage_fingerprint(load_config("cpu", {"infer.max_new_tokens": 9}), "export")
     assert stage_fingerprint(cfg, "export") == stage_fingerprint(load_config("cpu", {"train.save_steps": 3}), "export")
+
+
+def test_record_results_writes_json_and_returns_one_column(tmp_path):
+    from r1helpers.core.show import record_results
+
+    run = Run.open(tmp_path / "run")
+    table = record_results(run, "02", {"rows trained": 500, "median tokens": 731.5, "note": None})
+    assert read_json(run.root / "results" / "02.json") == {"rows trained": 500, "median tokens": 731.5, "note": None}
+    assert list(table.columns) == ["value"] and list(table.index) == ["rows trained", "median tokens", "note"]
+    assert table.loc["rows trained", "value"] == 500
+    record_results(run, "02", {"rows trained": 8})  # a rerun replaces the file whole
+    assert read_json(run.root / "results" / "02.json") == {"rows trained": 8}
+    assert sorted(p.name for p in (run.root / "results").iterdir()) == ["02.json"]

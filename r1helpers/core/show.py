@@ -15,52 +15,129 @@ def _pd():
     import pandas as pd
 
     pd.set_option("display.max_colwidth", 400)
+    pd.set_option("display.max_rows", 200)  # the config table has ~65 rows: show them all
     return pd
 
 
-def environment_table(env: dict[str, Any]):
-    hw, b = env["hardware"], env["backend"]
+def gpu_label(env: dict[str, Any]) -> str:
+    """"Tesla T4 x2, 14.7 GiB, capability 7.5", or "none" on a machine without a CUDA GPU."""
+    hw = env["hardware"]
     gpu = hw["gpus"][0] if hw["gpus"] else None
+    if gpu is None:
+        return "none"
+    return (f"{gpu['name']} x{hw.get('gpus_seen') or len(hw['gpus'])}, {gpu['total_memory_gib']} GiB, "
+            f"capability {gpu['capability'][0]}.{gpu['capability'][1]}")
+
+
+def machine_table(env: dict[str, Any]):
+    """The machine, its GPU, and the precision and backend decided for it, each with its reason."""
+    hw, b = env["hardware"], env["backend"]
     rows = [
-        ("profile", f"{env['profile']} ({env.get('profile_reason', '')})"),
-        ("device", hw["device"]),
-        ("GPU", f"{gpu['name']} x{hw.get('gpus_seen', len(hw['gpus']))}, {gpu['total_memory_gib']} GiB, capability "
-                f"{gpu['capability'][0]}.{gpu['capability'][1]}" if gpu else "none"),
-        ("native bf16 (capability >= 8.0)", hw["bf16"]),
-        ("backend", f"{b['name']}: {b['reason']}"),
-        ("dtype / 4-bit", f"{b['dtype']} / {b['load_in_4bit']}"),
+        ("platform", env.get("platform", "")),
         ("Kaggle", env["kaggle"]),
-    ] + [(f"note {i + 1}", note) for i, note in enumerate(env.get("notes", []))] + [
-        (f"version: {k}", v or "not installed") for k, v in env["versions"].items()]
+        ("device", hw["device"]),
+        ("GPU", gpu_label(env)),
+        ("native bf16 (capability >= 8.0)", hw["bf16"]),
+        ("dtype", b["dtype"]),
+        ("4-bit weights", b["load_in_4bit"]),
+        ("backend", b["name"]),
+        ("why this backend", b["reason"]),
+    ] + [(f"note {i + 1}", note) for i, note in enumerate(env.get("notes", []))]
     return _pd().DataFrame(rows, columns=["what", "value"]).set_index("what")
 
 
+def versions_table(env: dict[str, Any]):
+    """Installed versions of the packages the series depends on."""
+    rows = [(k, v or ("none (a CPU build of torch)" if k == "torch.cuda" else "not installed"))
+            for k, v in env["versions"].items()]
+    return _pd().DataFrame(rows, columns=["package", "version"]).set_index("package")
+
+
+def secrets_table(env: dict[str, Any]):
+    """Which secrets `r1helpers.start` found and where (never their values), and what each one is for."""
+    from r1helpers.core.secrets import PURPOSE, SECRETS
+
+    found = env.get("secrets_found") or {}
+    rows = [(name, f"found in {found[name]}" if name in found else "not found", PURPOSE[name]) for name in SECRETS]
+    return _pd().DataFrame(rows, columns=["secret", "status", "needed for"]).set_index("secret")
+
+
+def environment_table(env: dict[str, Any]):
+    """The machine table with the profile on top and the package versions below."""
+    pd = _pd()
+    top = pd.DataFrame([("profile", f"{env['profile']} ({env.get('profile_reason', '')})")],
+                       columns=["what", "value"]).set_index("what")
+    versions = versions_table(env).rename(columns={"version": "value"})
+    versions.index = [f"version: {k}" for k in versions.index]
+    return pd.concat([top, machine_table(env), versions])
+
+
 def config_table(cfg: Config):
-    from r1helpers.core.config import FIELDS
+    """Every config field: its value, who set it (the seed recipe, the profile, or you), and what it means."""
+    from r1helpers.core.config import FIELDS, PROFILES
 
     flat = cfg.to_dict()
+    recipe = Config().to_dict()
+    profile = PROFILES.get(cfg.profile, {})
     rows = []
     for key, (_, f) in FIELDS.items():
         section, _, leaf = key.rpartition(".")
-        value = flat[section][leaf] if section else flat[leaf]
-        rows.append((key, value, f.metadata.get("help", "")))
-    return _pd().DataFrame(rows, columns=["field", "value", "meaning"]).set_index("field")
+        if not section:
+            continue  # `profile` is shown apart
+        value = flat[section][leaf]
+        if key in profile and value == profile[key]:
+            by = f"profile {cfg.profile}"
+        elif key not in profile and value == recipe[section][leaf]:
+            by = "seed recipe"
+        else:
+            by = "you (overrides, config_file or cfg.…)"
+        rows.append((key, value, by, f.metadata.get("help", "")))
+    return _pd().DataFrame(rows, columns=["field", "value", "set by", "meaning"]).set_index("field")
+
+
+def raw_row(row: dict[str, Any], width: int = 600):
+    """One dataset row as a column / value table, long values cut at `width` characters."""
+    rows = [(k, _cut(v, width), len(str(v))) for k, v in row.items()]
+    return _pd().DataFrame(rows, columns=["column", "value", "characters"]).set_index("column")
+
+
+def _cut(s: Any, width: int) -> str:
+    s = "" if s is None else str(s)
+    return s if len(s) <= width else s[:width] + "…"
 
 
 def length_table(stats: dict[str, Any]):
-    return _pd().DataFrame(stats["token_lengths"]).T
+    """Token counts per split: count, min, mean, median, p95, max, and how many exceed max_seq_length."""
+    return _pd().DataFrame.from_dict(stats["token_lengths"], orient="index")
+
+
+def png(fig, dpi: int = 100):
+    """A matplotlib figure as a PNG image, closed; shown by any notebook, also headless runs, whose Agg
+    backend displays no figure by itself."""
+    import io
+
+    import matplotlib.pyplot as plt
+    from IPython.display import Image
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    return Image(data=buf.getvalue(), format="png")
 
 
 def length_histogram(stats: dict[str, Any]):
+    """Histogram of tokens per example for each split, with max_seq_length as a dashed line (a Figure)."""
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 3.5))
+    names = {"train": "training rows", "eval": "held-out rows"}
     for split, lengths in stats["all_lengths"].items():
         if lengths:
-            ax.hist(lengths, bins=30, alpha=0.6, label=f"{split} ({len(lengths)})")
+            ax.hist(lengths, bins=30, alpha=0.6, label=f"{names.get(split, split)} ({len(lengths)})")
     limit = stats["token_lengths"]["train"].get("max_seq_length")
     if limit:
-        ax.axvline(limit, color="red", linestyle="--", label=f"max_seq_length {limit}")
+        over = sum(t.get("over_max_seq_length", 0) for t in stats["token_lengths"].values())
+        ax.axvline(limit, color="red", linestyle="--", label=f"max_seq_length {limit} ({over} rows over)")
     ax.set_xlabel("tokens per example (prompt + reasoning + answer + EOS)")
     ax.set_ylabel("examples")
     ax.legend()
@@ -84,27 +161,27 @@ def loss_curve(log_history: list[dict[str, Any]]):
 
 
 def generations_table(records: list[dict[str, Any]], width: int = 300):
-    def cut(s):
-        s = s or ""
-        return s if len(s) <= width else s[:width] + "…"
-
-    rows = [(r["id"], cut(r["question"]), cut(r["reasoning"]), cut(r["answer"]), r["think_closed"], r["finished"],
-             r["new_tokens"]) for r in records]
+    """One row per generated answer: question, reasoning and answer (cut at `width`), how it ended."""
+    rows = [(r["id"], _cut(r["question"], width), _cut(r["reasoning"], width), _cut(r["answer"], width),
+             r["think_closed"], r["finished"], r["new_tokens"]) for r in records]
     cols = ["id", "question", "reasoning", "answer", "</think> reached", "EOS reached", "new tokens"]
     return _pd().DataFrame(rows, columns=cols).set_index("id")
-
-
-def side_by_side(base: list[dict[str, Any]], tuned: list[dict[str, Any]], width: int = 400):
-    def cut(s):
-        s = s or ""
-        return s if len(s) <= width else s[:width] + "…"
-
-    by_id = {r["id"]: r for r in tuned}
-    rows = [(b["id"], cut(b["question"]), cut(b.get("reference_answer")), cut(b["answer"]),
-             cut(by_id[b["id"]]["answer"]) if b["id"] in by_id else "") for b in base]
-    return _pd().DataFrame(rows, columns=["id", "question", "reference", "base answer", "fine-tuned answer"]).set_index("id")
 
 
 def lines(items: list[str]) -> None:
     for line in items:
         print(line)
+
+
+def record_results(run, stage: str, values: dict[str, Any]):
+    """Write a stage's headline numbers to `<run>/results/<stage>.json` and return them as a one-column table.
+
+        record_results(run, "02", {"rows trained": 500, "rows held out": 50})
+    """
+    from r1helpers.core.runs import write_json_atomic
+
+    values = dict(values)
+    write_json_atomic(run.root / "results" / f"{stage}.json", values)
+    table = _pd().DataFrame({"value": list(values.values())}, index=list(values.keys()), dtype=object)
+    table.index.name = f"results {stage}"
+    return table

@@ -3,8 +3,8 @@
 Questions are sorted by prompt length and left-padded so one batch wastes little;
 each sequence stops at EOS and records whether it did (or was cut at
 max_new_tokens), which the comparison needs to be honest about unfinished answers.
-With `infer.stream`, the first example's answer is printed as it is generated,
-from inside its batch, so streaming never changes what is generated.
+With `stream=True` (`infer.stream`), the first question's answer is printed as it is
+generated, from inside its batch, so streaming never changes what is generated.
 
     python -m r1helpers.pipeline --stages 01
 """
@@ -16,8 +16,6 @@ import time
 from typing import Any
 
 from r1helpers.core import prompts
-from r1helpers.core.config import Config
-from r1helpers.modeling.load import Loaded
 from r1helpers.core.hardware import is_oom
 
 
@@ -71,36 +69,46 @@ def row_streamer(tokenizer, row: int):
     return RowStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
 
 
-def generate(loaded: Loaded, questions: list[str], cfg: Config, progress: bool = True) -> list[dict[str, Any]]:
-    """Generate for each question; results come back in the input order."""
+def generate(model, tokenizer, questions: list[str], *, max_new_tokens: int, batch_size: int = 8,
+             do_sample: bool = False, temperature: float = 0.6, top_p: float = 0.95, seed: int = 3407,
+             stream: bool = False, progress: bool = True) -> list[dict[str, Any]]:
+    """Generate an answer to each question from the training prompt; results come back in the input order.
+
+    Each record holds the question, the generated text (what follows the prompt's `<think>`), its
+    reasoning and answer (`prompts.split_output`), `think_closed` (a `</think>` came), `finished`
+    (EOS came; False: cut at `max_new_tokens`), `new_tokens` and its batch's seconds. Greedy unless
+    `do_sample`; `temperature` and `top_p` apply only when sampling. `stream` prints the first
+    question's answer as it is generated (not when headless).
+
+        records = generate(model, tokenizer, ["What causes scurvy?"], max_new_tokens=1200, batch_size=8)
+    """
     import torch
 
-    icfg = cfg.infer
-    tok, model = loaded.tokenizer, loaded.model
+    tok = tokenizer
     tok.padding_side = "left"
+    device = next(model.parameters()).device
     order = sorted(range(len(questions)), key=lambda i: len(questions[i]), reverse=True)
     results: dict[int, dict[str, Any]] = {}
-    batch_size = icfg.batch_size
     gen_kwargs: dict[str, Any] = dict(
-        max_new_tokens=icfg.max_new_tokens, do_sample=icfg.do_sample, use_cache=True,
+        max_new_tokens=max_new_tokens, do_sample=do_sample, use_cache=True,
         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
     )
-    if icfg.do_sample:
-        gen_kwargs.update(temperature=icfg.temperature, top_p=icfg.top_p)
+    if do_sample:
+        gen_kwargs.update(temperature=temperature, top_p=top_p)
     else:
         gen_kwargs.update(temperature=None, top_p=None, top_k=None)
     bar = progress_bar(len(questions), "generating") if progress else None
-    stream_pending = icfg.stream and bool(questions) and not headless()
+    stream_pending = stream and bool(questions) and not headless()
     pos = 0
     while pos < len(order):
         idx = order[pos : pos + batch_size]
         batch_prompts = [prompts.build_prompt(questions[i]) for i in idx]
-        enc = tok(batch_prompts, return_tensors="pt", padding=True, add_special_tokens=True).to(loaded.device)
+        enc = tok(batch_prompts, return_tensors="pt", padding=True, add_special_tokens=True).to(device)
         streaming = stream_pending and 0 in idx
         streamer = row_streamer(tok, idx.index(0)) if streaming else None
         if streaming:
             print(f"--- streaming the answer to: {questions[0][:120]}", flush=True)
-        torch.manual_seed(icfg.seed)
+        torch.manual_seed(seed)
         t0 = time.perf_counter()
         out = None
         try:
@@ -112,7 +120,7 @@ def generate(loaded: Loaded, questions: list[str], cfg: Config, progress: bool =
             if len(idx) == 1:
                 raise RuntimeError(
                     "CUDA out of memory while generating one question at a time: lower infer.max_new_tokens "
-                    f"(now {icfg.max_new_tokens}) or model.max_seq_length, or load the model in 4-bit "
+                    f"(now {max_new_tokens}) or model.max_seq_length, or load the model in 4-bit "
                     "(model.load_in_4bit=true)"
                 ) from e
         if out is None:
@@ -148,11 +156,13 @@ def generate(loaded: Loaded, questions: list[str], cfg: Config, progress: bool =
     return [results[i] for i in range(len(questions))]
 
 
-
-
-
-
-
-
-
-
+def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """How a set of generations ended: the share that closed </think>, that reached EOS, mean new tokens."""
+    n = len(records)
+    return {
+        "questions generated": n,
+        "share that closed </think>": round(sum(r["think_closed"] for r in records) / n, 3) if n else None,
+        "share that reached EOS": round(sum(r["finished"] for r in records) / n, 3) if n else None,
+        "share cut at max_new_tokens": round(sum(not r["finished"] for r in records) / n, 3) if n else None,
+        "mean new tokens": round(sum(r["new_tokens"] for r in records) / n, 1) if n else None,
+    }

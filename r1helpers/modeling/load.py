@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from r1helpers.core.config import Config
-from r1helpers.core.hardware import BackendChoice, choose_backend
+from r1helpers.core.hardware import BackendChoice
 from r1helpers.modeling.tiny import resolve_model_path
 
 # Llama-3 tokenizers carry reserved tokens that make a pad distinct from EOS
@@ -46,14 +46,18 @@ def ensure_pad_token(tokenizer) -> str:
     )
 
 
-def load_tokenizer(cfg: Config):
+def load_tokenizer(name: str, revision: str | None = None):
+    """The model's tokenizer, with a pad token distinct from EOS and left padding (for batched generation).
+
+        tok = load_tokenizer("unsloth/DeepSeek-R1-Distill-Llama-8B")
+    """
     from transformers import AutoTokenizer
 
-    path = resolve_model_path(cfg.model.name)
+    path = resolve_model_path(name)
     try:
-        tok = AutoTokenizer.from_pretrained(path, revision=cfg.model.revision)
+        tok = AutoTokenizer.from_pretrained(path, revision=revision)
     except OSError as e:
-        raise ModelError(f"model.name={cfg.model.name!r}: tokenizer not found locally or on the Hub ({e})") from None
+        raise ModelError(f"model.name={name!r}: tokenizer not found locally or on the Hub ({e})") from None
     ensure_pad_token(tok)
     tok.padding_side = "left"  # generation pads on the left; the trainer's collator pads itself
     return tok
@@ -70,28 +74,47 @@ class Loaded:
         return next(self.model.parameters()).device
 
 
-def load_base(cfg: Config, backend: BackendChoice | None = None) -> Loaded:
-    """The base model, quantized per the config, ready for LoRA or inference."""
-    backend = backend or choose_backend(cfg)
-    path = resolve_model_path(cfg.model.name)
-    if backend.name == "unsloth":
+BACKENDS = ("unsloth", "transformers")
+DTYPES = ("bfloat16", "float16", "float32")
+
+
+def load_base(name: str, *, max_seq_length: int, load_in_4bit: bool, dtype: str, backend: str,
+              revision: str | None = None) -> Loaded:
+    """The base model and its tokenizer, ready for LoRA or inference.
+
+    `backend` is "unsloth" or "transformers" and `dtype` "bfloat16", "float16" or "float32":
+    decided values, not "auto" (`r1helpers.core.hardware.choose_backend(cfg)` decides them
+    from the GPU). `load_in_4bit` quantizes the weights to nf4 with bitsandbytes (CUDA only).
+
+        loaded = load_base("unsloth/DeepSeek-R1-Distill-Llama-8B", max_seq_length=2048,
+                           load_in_4bit=True, dtype="float16", backend="unsloth")
+    """
+    if backend not in BACKENDS:
+        raise ModelError(f"backend={backend!r}: use one of {BACKENDS} (choose_backend(cfg) decides \"auto\")")
+    if dtype not in DTYPES:
+        raise ModelError(f"dtype={dtype!r}: use one of {DTYPES} (choose_backend(cfg) decides \"auto\")")
+    choice = BackendChoice(backend, f"load_base(backend={backend!r})", dtype, load_in_4bit)
+    path = resolve_model_path(name)
+    if backend == "unsloth":
         from unsloth import FastLanguageModel
 
         model, tok = FastLanguageModel.from_pretrained(
-            model_name=path, max_seq_length=cfg.model.max_seq_length, dtype=_torch_dtype(backend.dtype),
-            load_in_4bit=backend.load_in_4bit, revision=cfg.model.revision,
+            model_name=path, max_seq_length=max_seq_length, dtype=_torch_dtype(dtype),
+            load_in_4bit=load_in_4bit, revision=revision,
         )
     else:
         import torch
         from transformers import AutoModelForCausalLM
 
-        kwargs: dict[str, Any] = {"dtype": _torch_dtype(backend.dtype), "revision": cfg.model.revision}
-        if backend.load_in_4bit:
+        if load_in_4bit and not torch.cuda.is_available():
+            raise ModelError("load_in_4bit=True needs a CUDA GPU (bitsandbytes); load in full precision on CPU")
+        kwargs: dict[str, Any] = {"dtype": _torch_dtype(dtype), "revision": revision}
+        if load_in_4bit:
             from transformers import BitsAndBytesConfig
 
             kwargs["quantization_config"] = BitsAndBytesConfig(
                 load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                bnb_4bit_compute_dtype=_torch_dtype(backend.dtype),
+                bnb_4bit_compute_dtype=_torch_dtype(dtype),
             )
         if torch.cuda.is_available():
             from r1helpers.core.ddp import cuda_device
@@ -100,13 +123,13 @@ def load_base(cfg: Config, backend: BackendChoice | None = None) -> Loaded:
         try:
             model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
         except OSError as e:
-            raise ModelError(f"model.name={cfg.model.name!r}: not found locally or on the Hub ({e})") from None
+            raise ModelError(f"model.name={name!r}: not found locally or on the Hub ({e})") from None
         tok = None
-    tok = tok if tok is not None else load_tokenizer(cfg)
+    tok = tok if tok is not None else load_tokenizer(name, revision)
     ensure_pad_token(tok)
     tok.padding_side = "left"
     model.generation_config.pad_token_id = tok.pad_token_id
-    return Loaded(model, tok, backend)
+    return Loaded(model, tok, choice)
 
 
 def add_lora(loaded: Loaded, cfg: Config) -> Loaded:
@@ -143,11 +166,13 @@ def add_lora(loaded: Loaded, cfg: Config) -> Loaded:
     return Loaded(get_peft_model(model, peft_cfg), loaded.tokenizer, loaded.backend)
 
 
-def load_finetuned(cfg: Config, adapter_dir: Path, backend: BackendChoice | None = None) -> Loaded:
-    """Base model plus a saved adapter, for inference."""
+def load_finetuned(adapter_dir: str | Path, *, name: str, max_seq_length: int, load_in_4bit: bool, dtype: str,
+                   backend: str, revision: str | None = None) -> Loaded:
+    """The base model (same keyword arguments as `load_base`) plus a saved LoRA adapter, for inference."""
     from peft import PeftModel
 
-    base = load_base(cfg, backend)
+    base = load_base(name, max_seq_length=max_seq_length, load_in_4bit=load_in_4bit, dtype=dtype, backend=backend,
+                     revision=revision)
     model = PeftModel.from_pretrained(base.model, str(adapter_dir))
     return Loaded(model, base.tokenizer, base.backend)
 

@@ -190,8 +190,9 @@ def run_one(name: str, model_dir: str, lengths_from: str | None, steps: int, war
     from trl import SFTTrainer
 
     from r1helpers.core.config import apply_overrides, load_config
-    from r1helpers.modeling.load import add_lora, for_inference, load_base
+    from r1helpers.modeling.load import add_lora, for_inference
     from r1helpers.training.sft import BatchPlan, plan_batches, sft_config, token_budget_env
+    from r1helpers.workflow.steps import load_base_for
 
     m = TrainMeasure(config=asdict(bc))
     m.gpu_gib = round(cap_gpu_memory(gpu_gib), 1)
@@ -199,7 +200,7 @@ def run_one(name: str, model_dir: str, lengths_from: str | None, steps: int, war
                                "train.max_steps": warmup + steps, "train.logging_steps": 1, "train.save_steps": 0,
                                "train.eval_steps": 0, "train.wandb": "off",
                                "lora.gradient_checkpointing": bc.gradient_checkpointing})
-    base = load_base(cfg)
+    base = load_base_for(cfg)
     eff = 8  # the recipe's effective batch
     n_rows = eff * (warmup + steps)
     lengths, _ = sample_lengths(n_rows, 3407, lengths_from, seq)
@@ -299,11 +300,12 @@ def padding_free_check(model_dir: str, backend: str, lengths: tuple[int, ...] = 
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
     from r1helpers.core.config import load_config
-    from r1helpers.modeling.load import add_lora, load_base
+    from r1helpers.modeling.load import add_lora
+    from r1helpers.workflow.steps import load_base_for
 
     cfg = load_config("seed", {"model.name": model_dir, "model.backend": backend, "model.max_seq_length": 2048,
                                "lora.gradient_checkpointing": "false"})
-    loaded = add_lora(load_base(cfg), cfg)
+    loaded = add_lora(load_base_for(cfg), cfg)
     g = torch.Generator().manual_seed(0)
     vocab = loaded.model.config.vocab_size
     rows = [{"input_ids": torch.randint(10, vocab - 10, (n,), generator=g).tolist()} for n in lengths]

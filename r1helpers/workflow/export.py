@@ -201,9 +201,9 @@ def space_message(group: list[Planned], need: int, free: int) -> str:
 def export_tokenizer(cfg: Config):
     """The training tokenizer with pad distinct from EOS and the template that renders the training prompt."""
     from r1helpers.core import prompts
-    from r1helpers.modeling.load import load_tokenizer
+    from r1helpers.workflow.steps import load_tokenizer_for
 
-    tok = load_tokenizer(cfg)
+    tok = load_tokenizer_for(cfg)
     tok.chat_template = prompts.CHAT_TEMPLATE
     return tok
 

@@ -103,6 +103,7 @@ def start(
 
     plan_batches(cfg, env["backend"]["name"], None)  # refuses settings the chosen backend cannot train
     env["profile_reason"] = why
+    env["secrets_found"] = dict(report.found) if secrets else {}  # where each was found, never its value
     write_json_atomic(run.root / "environment.json", env)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if not quiet:

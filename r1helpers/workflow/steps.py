@@ -7,7 +7,6 @@ the run folder, decide what is current, and record manifests.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -15,19 +14,53 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from r1helpers.core import prompts
 from r1helpers.core.config import Config, apply_overrides
 from r1helpers.core.ddp import barrier, is_main_process, per_process, print0, world_size
-from r1helpers.core.hardware import is_oom
+from r1helpers.core.hardware import BackendChoice, choose_backend, is_oom
 from r1helpers.core.runs import (Run, atomic_dir, read_json, read_jsonl, stage_fingerprint, write_json_atomic,
                                  write_jsonl_atomic, write_text_atomic)
-from r1helpers.data import DataError, Report, length_stats, load_raw, select_rows, tokenize_rows
+from r1helpers.data import DataError, Report, example_lengths, length_stats, load_rows, select_rows, tokenize_rows
 from r1helpers.evaluate.compare import (_release, build_comparison, load_embedder, pair_generations,
                                         semantic_similarity, teacher_forced, write_outputs)
 from r1helpers.inference.generate import generate
 from r1helpers.modeling.load import Loaded, trainable_parameters
 from r1helpers.training.sft import (BatchPlan, gpu_memory_gib, latest_checkpoint, plan_batches, sft_config,
                                     token_budget_env, wandb_reachable)
+# ---- models, from the config ---------------------------------------------------------------------
+
+def load_tokenizer_for(cfg: Config):
+    """`modeling.load.load_tokenizer` with cfg.model's name and revision."""
+    from r1helpers.modeling.load import load_tokenizer
+
+    return load_tokenizer(cfg.model.name, revision=cfg.model.revision)
+
+
+def model_kwargs(cfg: Config, choice: BackendChoice) -> dict[str, Any]:
+    """The keyword arguments of `load_base` / `load_finetuned` for this config and backend choice."""
+    return dict(name=cfg.model.name, max_seq_length=cfg.model.max_seq_length, load_in_4bit=choice.load_in_4bit,
+                dtype=choice.dtype, backend=choice.name, revision=cfg.model.revision)
+
+
+def load_base_for(cfg: Config, choice: BackendChoice | None = None) -> Loaded:
+    """`modeling.load.load_base` with cfg.model's values and the backend and dtype `choose_backend` picks."""
+    from r1helpers.modeling.load import load_base
+
+    choice = choice or choose_backend(cfg)
+    loaded = load_base(**model_kwargs(cfg, choice))
+    loaded.backend = choice  # keeps the reason for the choice
+    return loaded
+
+
+def load_finetuned_for(cfg: Config, adapter_dir: Path, choice: BackendChoice | None = None) -> Loaded:
+    """`modeling.load.load_finetuned` with cfg.model's values: the base model plus the adapter in `adapter_dir`."""
+    from r1helpers.modeling.load import load_finetuned
+
+    choice = choice or choose_backend(cfg)
+    loaded = load_finetuned(adapter_dir, **model_kwargs(cfg, choice))
+    loaded.backend = choice
+    return loaded
+
+
 # ---- 02 data ----------------------------------------------------------------------------------
 
 @dataclass
@@ -43,19 +76,22 @@ class Prepared:
 
 
 def build(cfg: Config, tokenizer) -> tuple[Any, dict[str, Any]]:
-    """Load, check, split and tokenize; returns a DatasetDict and the statistics."""
+    """Load, check, split and tokenize with cfg.data's and cfg.model's values; returns a DatasetDict and the statistics."""
     import datasets
 
-    report = Report(overlong_action=cfg.data.overlong)
-    ds, origin = load_raw(cfg.data, report)
-    train_rows, eval_rows = select_rows(ds, cfg.data, origin, report)
+    d, max_len = cfg.data, cfg.model.max_seq_length
+    columns = (d.question_column, d.cot_column, d.response_column)
+    report = Report(overlong_action=d.overlong)
+    ds, origin = load_rows(d.source, config_name=d.config_name, split=d.split, lenient=d.lenient, columns=columns,
+                           report=report)
+    train_rows, eval_rows = select_rows(ds, train_rows=d.train_rows, eval_rows=d.eval_rows, columns=columns,
+                                        lenient=d.lenient, origin=origin, report=report)
     # Lengths before any drop, so the histogram shows what max_seq_length cuts off.
-    max_len = cfg.model.max_seq_length
-    all_lengths = {}
-    for split, rows in (("train", train_rows), ("eval", eval_rows)):
-        all_lengths[split] = [len(prompts.encode_example(tokenizer, r["Question"], r["Complex_CoT"], r["Response"])[0]) for r in rows]
-    train = tokenize_rows(train_rows, tokenizer, max_len, cfg.data.overlong, "train", report)
-    held = tokenize_rows(eval_rows, tokenizer, max_len, cfg.data.overlong, "eval", report)
+    all_lengths = {"train": example_lengths(tokenizer, train_rows), "eval": example_lengths(tokenizer, eval_rows)}
+    train = tokenize_rows(train_rows, tokenizer, max_seq_length=max_len, overlong=d.overlong, split="train",
+                          report=report)
+    held = tokenize_rows(eval_rows, tokenizer, max_seq_length=max_len, overlong=d.overlong, split="eval",
+                         report=report)
     if not train:
         raise DataError(f"{origin}: no training rows left after the checks: {report.lines()}")
     dd = datasets.DatasetDict({"train": datasets.Dataset.from_list(train), "eval": datasets.Dataset.from_list(held)})
@@ -73,7 +109,10 @@ def build(cfg: Config, tokenizer) -> tuple[Any, dict[str, Any]]:
 
 
 def prepare(cfg: Config, run: Run, tokenizer=None, force: bool = False) -> Prepared:
-    """The run folder's prepared splits when made with these settings, else rebuilt (stage 02)."""
+    """The run folder's prepared splits when made with these settings, else rebuilt (stage 02).
+
+    `tokenizer`: the model's, when already loaded (else it is loaded from cfg.model.name).
+    """
     import datasets
 
     def load() -> Prepared:
@@ -81,9 +120,7 @@ def prepare(cfg: Config, run: Run, tokenizer=None, force: bool = False) -> Prepa
         return Prepared(dd["train"], dd["eval"], read_json(run.path("data_stats")), run.stage_dir("data"))
 
     def make() -> Prepared:
-        from r1helpers.modeling.load import load_tokenizer
-
-        dd, stats = build(cfg, tokenizer if tokenizer is not None else load_tokenizer(cfg))
+        dd, stats = build(cfg, tokenizer if tokenizer is not None else load_tokenizer_for(cfg))
         with atomic_dir(run.path("dataset")) as tmp:
             dd.save_to_disk(str(tmp))
         write_json_atomic(run.path("data_stats"), stats)
@@ -255,9 +292,9 @@ def ensure_trained(cfg: Config, run: Run, prepared, force: bool = False, resume:
     interrupted run unless train.resume=false (or resume=False) says start over."""
 
     def make() -> TrainResult:
-        from r1helpers.modeling.load import add_lora, load_base
+        from r1helpers.modeling.load import add_lora
 
-        base = load_base(cfg)
+        base = load_base_for(cfg)
         plan = plan_for(cfg, base, prepared)
         lora_cfg = cfg
         if plan.gradient_checkpointing is not None:  # recomputation is set when the adapters are added
@@ -290,11 +327,18 @@ def question_set(cfg: Config, prepared) -> list[dict[str, Any]]:
     return items + eval_questions(prepared, cfg.infer.num_eval_questions)
 
 
+def generation_kwargs(cfg: Config) -> dict[str, Any]:
+    """The decoding settings of `inference.generate.generate` from cfg.infer (the same for base and fine-tuned)."""
+    i = cfg.infer
+    return dict(max_new_tokens=i.max_new_tokens, batch_size=i.batch_size, do_sample=i.do_sample,
+                temperature=i.temperature, top_p=i.top_p, seed=i.seed, stream=i.stream)
+
+
 def generate_stage(cfg: Config, run: Run, stage: str, loaded: Loaded, prepared) -> list[dict]:
     """Write `<stage>/generations.jsonl` ("baseline" or "finetuned"), one record per question."""
     items = question_set(cfg, prepared)
     t0 = time.perf_counter()
-    outputs = generate(loaded, [it["question"] for it in items], cfg)
+    outputs = generate(loaded.model, loaded.tokenizer, [it["question"] for it in items], **generation_kwargs(cfg))
     seconds = time.perf_counter() - t0
     records = [{**it, **out, "model": stage} for it, out in zip(items, outputs)]
     write_jsonl_atomic(run.path(stage), records)
@@ -305,13 +349,18 @@ def generate_stage(cfg: Config, run: Run, stage: str, loaded: Loaded, prepared) 
     return records
 
 
-def baseline(cfg: Config, run: Run, prepared, force: bool = False) -> list[dict[str, Any]]:
-    """Generations of the base model (stage 01), reused when current."""
+def baseline(cfg: Config, run: Run, prepared, loaded: Loaded | None = None, force: bool = False) -> list[dict[str, Any]]:
+    """Generations of the base model (stage 01), reused when current.
+
+    `loaded`: the base model already loaded with cfg.model's values and switched to inference
+    (`for_inference`); without it the model is loaded here, only if the generations must be made.
+    """
 
     def make() -> list[dict[str, Any]]:
-        from r1helpers.modeling.load import for_inference, load_base
+        from r1helpers.modeling.load import for_inference
 
-        return generate_stage(cfg, run, "baseline", for_inference(load_base(cfg)), prepared)
+        model = loaded if loaded is not None else for_inference(load_base_for(cfg))
+        return generate_stage(cfg, run, "baseline", model, prepared)
 
     return run.reuse_or_build(cfg, "baseline", make, lambda: read_jsonl(run.path("baseline")), force=force)
 
@@ -320,10 +369,11 @@ def finetuned(cfg: Config, run: Run, prepared, force: bool = False) -> list[dict
     """Generations of base + adapter (stage 04); trains first if the adapter is missing or stale."""
 
     def make() -> list[dict[str, Any]]:
-        from r1helpers.modeling.load import for_inference, load_finetuned
+        from r1helpers.modeling.load import for_inference
 
         result = ensure_trained(cfg, run, prepared)
-        return generate_stage(cfg, run, "finetuned", for_inference(load_finetuned(cfg, result.adapter_dir)), prepared)
+        return generate_stage(cfg, run, "finetuned", for_inference(load_finetuned_for(cfg, result.adapter_dir)),
+                              prepared)
 
     return run.reuse_or_build(cfg, "finetuned", make, lambda: read_jsonl(run.path("finetuned")), force=force)
 
@@ -359,7 +409,7 @@ def compare(cfg: Config, run: Run, prepared, baseline: list[dict], tuned: list[d
 
 def _compare(cfg: Config, run: Run, prepared, baseline: list[dict], tuned: list[dict], adapter_dir: Path | None,
              history: list[dict]) -> dict[str, Any]:
-    from r1helpers.modeling.load import for_inference, load_finetuned
+    from r1helpers.modeling.load import for_inference
 
     own_adapter = adapter_dir is None
     check_same_decoding(run)
@@ -367,7 +417,7 @@ def _compare(cfg: Config, run: Run, prepared, baseline: list[dict], tuned: list[
     if adapter_dir is None:
         trained = ensure_trained(cfg, run, prepared)
         adapter_dir, history = trained.adapter_dir, trained.log_history
-    loaded = for_inference(load_finetuned(cfg, Path(adapter_dir)))
+    loaded = for_inference(load_finetuned_for(cfg, Path(adapter_dir)))
     tok = loaded.tokenizer
     nll = teacher_forced(loaded, nll_rows(cfg, prepared), cfg.model.max_seq_length)
     _release(loaded)

@@ -1,7 +1,127 @@
 """Chapter source of notebooks/01_baseline_inference.ipynb (see tools/build_notebooks.py)."""
 
 CELLS = [
-    ("md", "# 01 · Baseline inference\n\nThe base model answers the recipe's example question and the first held-out questions with the same prompt the fine-tuned model will get, before any training."),
-    ("code", 'from r1helpers.core import show\nfrom r1helpers.workflow import steps\nprepared = steps.prepare(cfg, run)'),
-    ("code", 'baseline = steps.baseline(cfg, run, prepared)\nshow.generations_table(baseline)'),
+    ("md", """# 01 · Baseline inference: the base model, before any training
+
+Before fine-tuning, we ask the base model the recipe's example question and the first held-out questions, with
+exactly the prompt and the decoding settings the fine-tuned model will get in notebook 04. That gives the
+"before" half of the comparison, and it shows what the prompt looks like and how a reasoning model's output is read.
+
+**Needs:** the held-out split from notebook 02; if the run folder does not have it yet (this notebook runs before
+02 in the pipeline), it is built here with the same code. **Writes:** `baseline/generations.jsonl` (one record per
+question: the text, its reasoning and answer, whether it finished), `baseline/manifest.json` (settings, speed) and
+`results/01.json`. **Time on a Kaggle T4** (estimates): about 2 minutes to load the 8B model in 4-bit (plus the
+download of about 6 GB the first time), then generation at roughly 15-25 tokens/s per sequence, so about a minute
+per batch whose answers run to the 1,200-token limit; 5 to 10 minutes in all."""),
+    ("md", """## The prompt
+
+One function, `prompts.build_prompt(question)`, builds the text the model sees, in training and at inference. Here
+is the exact prompt for the example question:"""),
+    ("code", """from r1helpers.core import prompts, show
+question = cfg.infer.example_questions[0]  # the seed recipe's example question
+prompt = prompts.build_prompt(question)
+print(prompt)"""),
+    ("md", """Its parts:
+
+- **Preamble** (`prompts.PREAMBLE`): the Alpaca-style opening *"Below is an instruction that describes a task..."*,
+  which also asks the model to think step by step before answering.
+- **`### Instruction:`** (`prompts.INSTRUCTION`): the role, *a medical expert with advanced knowledge in clinical
+  reasoning, diagnostics, and treatment planning*, and the task, answering the question.
+- **`### Question:`**: the question itself, stripped of surrounding white space.
+- **`### Response:` then `<think>`**: DeepSeek-R1 distilled models write their reasoning between `<think>` and
+  `</think>` and the answer after it. The prompt opens the tag, so the model's first tokens are reasoning.
+
+A training example (notebook 02) is this prompt followed by the reference reasoning, `</think>`, the answer and the
+end-of-sequence token (EOS). The tutorial this series follows used one template to train and another to generate;
+here the same function builds both, so the inference prompt is, token for token, the beginning of every training
+example (`tests/test_prompts.py` checks this). The tokenizer adds the begin-of-sequence token (BOS) in front; it is
+not part of the text."""),
+    ("md", """## Loading the base model
+
+`choose_backend(cfg)` decides the backend and the dtype for this GPU (notebook 00 shows the reasons), and
+`load_base` loads the model with plain arguments:
+
+- `name`: the Hub id or a local folder (`model.name`);
+- `max_seq_length`: the longest sequence Unsloth prepares the model for (`model.max_seq_length`); the transformers
+  path does not need it at load time. In training it is the longest example allowed (notebook 02);
+- `load_in_4bit`: store the weights in 4-bit nf4 with bitsandbytes (QLoRA), about 5.5 GB instead of 16 GB for the
+  8B model; CUDA only;
+- `dtype`: bf16 or fp16 on a GPU, float32 on a CPU;
+- `backend`: `"unsloth"` or `"transformers"`.
+
+`for_inference` then switches the model to evaluation mode with the key-value cache on (and, with Unsloth, to its
+faster generation path). The model is loaded once in this notebook and passed on to every generation below."""),
+    ("code", """from r1helpers.core.hardware import choose_backend
+from r1helpers.modeling import load
+choice = choose_backend(cfg)
+loaded = load.load_base(cfg.model.name, max_seq_length=cfg.model.max_seq_length, load_in_4bit=choice.load_in_4bit,
+                        dtype=choice.dtype, backend=choice.name, revision=cfg.model.revision)
+loaded = load.for_inference(loaded)
+print(f"{choice.name} ({choice.reason}); dtype {choice.dtype}; 4-bit {choice.load_in_4bit}; on {loaded.device}")"""),
+    ("md", """The prompt as token ids, and its last tokens. In the R1 tokenizer `<think>` is one token of its own, so the
+model's first generated token follows it directly."""),
+    ("code", """prompt_ids = prompts.encode_prompt(loaded.tokenizer, question)
+print(len(prompt_ids), "prompt tokens; the first and last:", loaded.tokenizer.convert_ids_to_tokens(prompt_ids[:1]),
+      loaded.tokenizer.convert_ids_to_tokens(prompt_ids[-6:]))"""),
+    ("md", """## Generating an answer
+
+`inference.generate.generate(model, tokenizer, questions, ...)` builds each prompt, generates, and splits each
+output into reasoning and answer. The decoding settings come from `cfg.infer`, visible below:
+
+- `max_new_tokens` (1,200 in the recipe): the most tokens generated per answer. A sequence stops earlier only when
+  it produces EOS.
+- `do_sample=False`: greedy decoding, the most likely token each step. It makes the baseline and fine-tuned runs
+  repeatable and comparable. `temperature` and `top_p` apply only when `do_sample=True` (DeepSeek suggests 0.6 and
+  0.95 for sampling); `seed` fixes the sampling.
+- `batch_size`: how many questions are generated together. Prompts are padded on the left to a common length, so
+  that every row's next token comes at the same position; here there is one question, so one batch.
+- `stream`: prints the answer as it is generated (never in a headless run)."""),
+    ("code", """from r1helpers.inference.generate import generate
+i = cfg.infer
+example = generate(loaded.model, loaded.tokenizer, [question], max_new_tokens=i.max_new_tokens,
+                   batch_size=i.batch_size, do_sample=i.do_sample, temperature=i.temperature,
+                   top_p=i.top_p, seed=i.seed, stream=i.stream)[0]"""),
+    ("md", """## Reasoning and answer
+
+`prompts.split_output` reads what followed the prompt's `<think>`: the text up to the first `</think>` is the
+reasoning, the text after it is the answer. A repeated `<think>` at the start is dropped."""),
+    ("code", """parsed = prompts.split_output(example["generated"])
+print("REASONING:\\n" + parsed.reasoning)
+print("\\nANSWER:\\n" + (parsed.answer or "(none: no </think> came, so all of the text counts as reasoning)"))
+print(f"\\n</think> closed: {parsed.think_closed} | EOS reached: {example['finished']} | "
+      f"new tokens: {example['new_tokens']} of at most {i.max_new_tokens}")"""),
+    ("md", """Two things can go wrong, and both are recorded rather than hidden:
+
+- **`</think>` never comes.** A base model (or, in the `cpu` profile, a tiny model with random weights that produces
+  noise) may reason until the limit without closing the tag. Then the answer is empty and the whole text counts as
+  reasoning: the model never finished thinking. `think_closed` is `False`.
+- **Cut at the limit.** When a sequence reaches `max_new_tokens` before it produces EOS, generation stops there,
+  mid-sentence. `finished` is `False`: the text is not the model's full answer, only its first `max_new_tokens`
+  tokens. R1 models can reason for more than 1,200 tokens on a hard question, so some base-model answers may be
+  cut; raising `infer.max_new_tokens` lets them finish, at a cost in time roughly in proportion.
+
+Notebook 04 reports these shares for both models, because a mean over answers that were cut says less than it seems."""),
+    ("md", """## The held-out questions, through the run folder
+
+`steps.baseline(cfg, run, prepared, loaded=loaded)` generates the example question(s) plus the first
+`infer.num_eval_questions` held-out questions, which training never sees, in batches of `infer.batch_size`, with the
+decoding settings above, and writes `baseline/generations.jsonl`. When the run folder already holds generations made
+with the same model, data and `infer` settings, it reuses them instead, and the model passed in is not used. The
+held-out split comes from `steps.prepare`, which reuses notebook 02's output or builds it with the tokenizer already
+loaded. The example question is generated again, this time in a batch with held-out questions, so that this file
+and notebook 04's `finetuned/generations.jsonl` hold the same question set. Its answer can differ in a few tokens
+from the one above: padding a prompt in a batch changes the arithmetic slightly, and greedy decoding follows any
+change in the most likely token."""),
+    ("code", """from r1helpers.workflow import steps
+prepared = steps.prepare(cfg, run, tokenizer=loaded.tokenizer)  # notebook 02's splits (built here if missing)
+baseline = steps.baseline(cfg, run, prepared, loaded=loaded)  # reuses or writes baseline/generations.jsonl
+show.generations_table(baseline)"""),
+    ("md", """## Results
+
+How the base model's answers ended: how many questions, the share that closed `</think>`, the share that reached EOS
+(the rest were cut at `max_new_tokens`), the mean number of new tokens, and the speed over the whole stage (new
+tokens per second of generation, all batches together). Written to `results/01.json`."""),
+    ("code", """from r1helpers.inference.generate import summarize
+manifest = run.read_manifest("baseline")
+show.record_results(run, "01", {**summarize(baseline), "tokens per second": manifest["tokens_per_second"]})"""),
 ]
