@@ -278,6 +278,26 @@ def check_columns(column_names: list[str], columns: tuple[str, str, str] = COLUM
         )
 
 
+def check_text_columns(ds, columns: tuple[str, ...], origin: str) -> None:
+    """Question, reasoning and answer must be text: numbers would train as "1" and "10" without a word.
+
+    A parquet or Hub column typed as integers, floats or lists is refused with its name and type.
+    """
+    features = getattr(ds, "features", None) or {}
+    for col in columns:
+        feature = features.get(col)
+        dtype = getattr(feature, "dtype", None)
+        if feature is None or dtype in ("string", "large_string") or (dtype == "null"):
+            continue
+        example = next((r[col] for r in ds.select(range(min(len(ds), 1)))), None)
+        raise DataError(
+            f"{origin}: column {col!r} holds {dtype if dtype else type(feature).__name__} values "
+            f"(row 0: {example!r}), not text, so it would train as digits or brackets. Point "
+            "data.question_column / data.cot_column / data.response_column at the text columns, or convert "
+            f"this one to text first (e.g. pandas: df[{col!r}] = df[{col!r}].astype(str))."
+        )
+
+
 def select_rows(ds, *, train_rows: int, eval_rows: int, columns: tuple[str, str, str] = COLUMNS,
                 lenient: bool = False, origin: str = "the data",
                 report: Report | None = None) -> tuple[list[dict], list[dict]]:
@@ -295,6 +315,7 @@ def select_rows(ds, *, train_rows: int, eval_rows: int, columns: tuple[str, str,
     check_columns(ds.column_names, columns, origin)
     report.source, report.rows_in_source = origin, len(ds)
     need = train_rows + eval_rows
+    check_text_columns(ds, columns, origin)
     rows: list[dict] = []
     seen: dict[tuple[str, str, str], int] = {}  # normalised (question, reasoning, answer): first row
     for i, raw in enumerate(ds):
@@ -326,9 +347,14 @@ def select_rows(ds, *, train_rows: int, eval_rows: int, columns: tuple[str, str,
         if len(rows) >= need:
             break
     if len(rows) <= train_rows and eval_rows > 0:
+        usable = f"{len(rows)} usable row{'s' if len(rows) != 1 else ''}"
+        fix = (f"lower data.train_rows to at most {len(rows) - 1} to keep some for it, or set data.eval_rows=0 "
+               "to train without a held-out split" if len(rows) >= 2 else
+               "set data.eval_rows=0 to train without a held-out split, or fix the data" if rows else
+               "fix the data: every row was dropped (see the counts above)")
         raise DataError(
-            f"{origin}: {len(rows)} usable rows, but data.train_rows={train_rows} leaves none for the "
-            f"held-out split (data.eval_rows={eval_rows}); lower data.train_rows"
+            f"{origin}: {usable}, but data.train_rows={train_rows} leaves none for the held-out split "
+            f"(data.eval_rows={eval_rows}); {fix}"
         )
     train, held = rows[:train_rows], rows[train_rows:need]
     train_q = {_norm(r["Question"]) for r in train}

@@ -181,3 +181,32 @@ def test_a_killed_holder_releases_the_folder(tmp_path):
     second = subprocess.run([sys.executable, str(script), str(tmp_path / "run"), "0"], env=env,
                             capture_output=True, text=True, timeout=120)
     assert second.stdout.strip().splitlines()[-1] == "built", second.stdout + second.stderr
+
+
+# ---- 9, 13: data that cannot be used as given --------------------------------------------------
+
+def test_lenient_advice_with_one_usable_row_is_the_fix_that_works():
+    import datasets
+
+    from r1helpers.data import DataError, select_rows
+
+    ds = datasets.Dataset.from_list([{"Question": "q", "Complex_CoT": "c", "Response": "r"},
+                                     {"Question": "", "Complex_CoT": "c", "Response": "r"}])
+    with pytest.raises(DataError) as e:
+        select_rows(ds, train_rows=1, eval_rows=5, lenient=True)
+    assert "data.eval_rows=0" in str(e.value) and "lower data.train_rows" not in str(e.value)
+    train, held = select_rows(ds, train_rows=1, eval_rows=0, lenient=True)
+    assert len(train) == 1 and held == []
+
+
+def test_integer_columns_in_parquet_are_refused_with_name_and_type(tmp_path):
+    import pandas as pd
+
+    from r1helpers.data import DataError, load_rows, select_rows
+
+    path = tmp_path / "rows.parquet"
+    pd.DataFrame({"Question": ["q1", "q2", "q3"], "Complex_CoT": ["c1", "c2", "c3"], "Response": [1, 10, 3]}
+                 ).to_parquet(path)
+    ds, origin = load_rows(str(path))
+    with pytest.raises(DataError, match=r"column 'Response' holds int64 values \(row 0: 1\), not text"):
+        select_rows(ds, train_rows=2, eval_rows=1, origin=origin)
