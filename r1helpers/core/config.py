@@ -238,9 +238,6 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def section(self, *names: str) -> dict[str, Any]:
-        return {n: asdict(getattr(self, n)) for n in names}
-
 
 # Profiles: overrides applied on top of the dataclass defaults (the seed recipe).
 PROFILES: dict[str, dict[str, Any]] = {

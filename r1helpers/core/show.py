@@ -6,9 +6,24 @@ display and headless runs save inside the executed notebook.
 
 from __future__ import annotations
 
-from typing import Any
+import os
+from typing import Any, Mapping
 
 from r1helpers.core.config import Config
+
+# Set to "1" by papermill runs (r1helpers.pipeline), Kaggle's saved versions (r1helpers.setup) and the DDP launcher.
+HEADLESS_ENV = "R1HELPERS_HEADLESS"
+
+
+def headless(environ: Mapping[str, str] = os.environ) -> bool:
+    """A log read line by line, not a person at a screen: no redrawn bars, streamed tokens or prompts."""
+    return environ.get(HEADLESS_ENV) == "1"
+
+
+def cut(text: str | None, width: int) -> str:
+    """`text` shortened to `width` characters, "…" marking the cut; None gives ""."""
+    text = text or ""
+    return text if len(text) <= width else text[:width] + "…"
 
 
 def _pd():
@@ -84,24 +99,16 @@ def loss_curve(log_history: list[dict[str, Any]]):
 
 
 def generations_table(records: list[dict[str, Any]], width: int = 300):
-    def cut(s):
-        s = s or ""
-        return s if len(s) <= width else s[:width] + "…"
-
-    rows = [(r["id"], cut(r["question"]), cut(r["reasoning"]), cut(r["answer"]), r["think_closed"], r["finished"],
-             r["new_tokens"]) for r in records]
+    rows = [(r["id"], cut(r["question"], width), cut(r["reasoning"], width), cut(r["answer"], width), r["think_closed"],
+             r["finished"], r["new_tokens"]) for r in records]
     cols = ["id", "question", "reasoning", "answer", "</think> reached", "EOS reached", "new tokens"]
     return _pd().DataFrame(rows, columns=cols).set_index("id")
 
 
 def side_by_side(base: list[dict[str, Any]], tuned: list[dict[str, Any]], width: int = 400):
-    def cut(s):
-        s = s or ""
-        return s if len(s) <= width else s[:width] + "…"
-
     by_id = {r["id"]: r for r in tuned}
-    rows = [(b["id"], cut(b["question"]), cut(b.get("reference_answer")), cut(b["answer"]),
-             cut(by_id[b["id"]]["answer"]) if b["id"] in by_id else "") for b in base]
+    rows = [(b["id"], cut(b["question"], width), cut(b.get("reference_answer"), width), cut(b["answer"], width),
+             cut(by_id[b["id"]]["answer"], width) if b["id"] in by_id else "") for b in base]
     return _pd().DataFrame(rows, columns=["id", "question", "reference", "base answer", "fine-tuned answer"]).set_index("id")
 
 
