@@ -8,16 +8,27 @@ TORCH_SPEC ?= torch==2.13.0
 RUN_DIR ?= runs/default
 PROFILE ?= auto
 ARGS ?=
+# pipefail: a failing pip fails the target even with its output filtered.
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
+# pip without its progress, version check or the build backend's notices ("Editable installation"); the
+# grep drops the "Location 'file:///...' is ignored" line that a pip config naming a local index folder
+# (`pip config list`: extra-index-url = file:///...) prints for every package not in that folder.
+PIP := PYTHONWARNINGS="ignore:Editable installation" $(PY) -m pip --quiet --disable-pip-version-check
+QUIET := 2>&1 | { grep -v "^WARNING: Location 'file:" || true; }
 
 .PHONY: setup run test test-fast test-slow notebooks strip quality bench clean kaggle
 
 $(VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[notebooks,tracking,export,eval,dev]"
-	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
-	touch $@
+	@echo "setting up $(VENV) (first time: a few minutes)"
+	@$(PYTHON) -m venv $(VENV)
+	@echo "  pip, then $(TORCH_SPEC)"
+	@$(PIP) install --upgrade pip $(QUIET)
+	@$(PIP) install "$(TORCH_SPEC)" $(QUIET)
+	@echo "  r1helpers and its extras (notebooks, tracking, export, eval, dev)"
+	@$(PIP) install -e ".[notebooks,tracking,export,eval,dev]" $(QUIET)
+	@$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
+	@touch $@
 
 setup: $(VENV)/.installed
 
@@ -40,12 +51,13 @@ strip: setup
 	$(VENV)/bin/nbstripout --keep-id notebooks/*.ipynb
 
 bench: setup
-	$(PY) -m r1helpers.bench --out $(RUN_DIR)-bench.json $(ARGS)
+	$(PY) -m r1helpers.tools.bench --out $(RUN_DIR)-bench.json $(ARGS)
 
-# build/kaggle/: the r1helpers dataset and one kernel folder per notebook; pushed with the kaggle
-# CLI when credentials are set (else it prints what it would push). ARGS="--run 03" runs stages there.
+# build/kaggle/: the r1helpers dataset and one kernel folder per notebook (each asking for a T4); pushed
+# with the kaggle CLI (2.2.5+) when credentials are set, else it prints what it would push.
+# ARGS="--run 03" runs stages there.
 kaggle: setup
-	$(PY) -m r1helpers.kaggle push --out build/kaggle $(ARGS)
+	$(PY) -m r1helpers.tools.kaggle_push push --out build/kaggle $(ARGS)
 
 clean:
 	rm -rf runs .pytest_cache

@@ -2,7 +2,9 @@
 
 On Kaggle it pins training to one GPU, keeps caches and large files off
 /kaggle/working (20 GB, saved with each version) and installs the pinned packages
-that are missing, next to the image's own torch; anywhere else it installs nothing.
+that are missing, next to the image's own torch, then says which versions pip
+changed; anywhere else it installs nothing. Below compute capability 7.0 (the
+retired P100) it installs no GPU package: nothing there could use one.
 The pins are written into that cell from pyproject.toml when the notebooks are built
 (tools/build_notebooks.py), so a Kaggle user sees exactly what gets installed and a
 test checks the two agree. Building and pushing the kernels from a laptop is
@@ -23,15 +25,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, MutableMapping, Sequence
 
-from r1helpers.core.hardware import GPU, UNSLOTH_MIN_CAPABILITY, pin_first_gpu, smi_gpus
-
+from r1helpers.core.hardware import BELOW_7_0, GPU, SWITCH_TO_T4, UNSLOTH_MIN_CAPABILITY, pin_first_gpu, smi_gpus
 from r1helpers.core.kaggle_paths import KAGGLE_ROOT, WORKING_LIMIT_GB, cache_env, on_kaggle, paths
+from r1helpers.core.hardware import HEADLESS_ENV
 
 # Extras Kaggle does not need: its image brings Jupyter and widgets, and the dev tools run in CI.
 SKIP_EXTRAS = ("notebooks", "dev", "kaggle")
 # The image's CUDA build of torch and the packages built against it are never replaced.
-KEEP_INSTALLED = ("torch", "torchvision", "torchaudio", "triton", "xformers")
+KEEP_INSTALLED = ("torch", "torchvision", "torchaudio", "triton", "xformers", "torchao")
 UNSLOTH_PACKAGES = ("unsloth", "unsloth-zoo")
+# Useful only on a GPU of capability 7.0+: bitsandbytes' CUDA 12.8 library starts at sm_70 too.
+GPU_PACKAGES = (*UNSLOTH_PACKAGES, "bitsandbytes")
+# What Unsloth pulls in besides the pins (unsloth: xformers>=0.0.27.post2; unsloth-zoo: torchao>=0.13.0), held
+# to builds made for the image's torch release when the image lacks them (Kaggle's has neither). Left alone,
+# pip takes the newest: an xformers wheel requires one torch release (METADATA `Requires-Dist: torch==2.10.0`
+# for 0.0.34; 0.0.35, built on torch's stable ABI: `torch>=2.10`), and torchao requires no torch at all but
+# loads its C++ kernels only on the torch it was built for (the table in torchao/__init__.py; 0.17+: torch
+# >= 2.11), skipping them with a log warning elsewhere. Checked in the wheels on PyPI; a torch release not
+# listed gets no constraint, and setup() says so.
+COMPANIONS = {
+    "2.8.0": {"xformers": "0.0.32.post2", "torchao": "0.14.0"},
+    "2.9.0": {"xformers": "0.0.33.post1", "torchao": "0.14.1"},
+    "2.9.1": {"xformers": "0.0.33.post2", "torchao": "0.15.0"},
+    "2.10.0": {"xformers": "0.0.34", "torchao": "0.16.0"},
+    "2.11.0": {"xformers": "0.0.35", "torchao": "0.17.0"},
+}
 DATASET_SLUG = "r1helpers"
 PLACEHOLDER_USER = "YOUR_KAGGLE_USERNAME"
 # Kaggle's own secrets: like HF_TOKEN and WANDB_API_KEY (r1helpers.core.secrets), never written into build/kaggle/.
@@ -98,15 +116,15 @@ def wheel_drift(pins: Sequence[str], requires: Sequence[str] | None) -> str | No
 
 
 def for_hardware(pins: Sequence[str], gpus: Sequence[GPU]) -> tuple[list[str], str | None]:
-    """Drop Unsloth where it cannot run (no GPU, or capability below 7.0 like the P100)."""
+    """Drop the GPU packages where nothing can use them: no GPU, or capability below 7.0 like the P100."""
     if gpus and gpus[0].capability >= UNSLOTH_MIN_CAPABILITY:
         return list(pins), None
-    kept = [p for p in pins if _req_name(p) not in UNSLOTH_PACKAGES]
+    kept = [p for p in pins if _req_name(p) not in GPU_PACKAGES]
     if not gpus:
-        return kept, "Unsloth not installed: no GPU in this session"
+        return kept, "no GPU in this session: Unsloth and bitsandbytes not installed (the CPU profile needs neither)"
     cap = f"{gpus[0].capability[0]}.{gpus[0].capability[1]}"
-    return kept, (f"Unsloth not installed: {gpus[0].name} has capability {cap} and Unsloth needs 7.0+; "
-                  "transformers + peft + bitsandbytes will train")
+    return kept, (f"{gpus[0].name} (capability {cap}): no GPU package installed ({', '.join(GPU_PACKAGES)}): "
+                  f"{BELOW_7_0}. Switch to T4 x2: {SWITCH_TO_T4}")
 
 
 def missing(pins: Sequence[str], version_of: Callable[[str], str] = importlib.metadata.version) -> list[str]:
@@ -128,15 +146,65 @@ def missing(pins: Sequence[str], version_of: Callable[[str], str] = importlib.me
     return out
 
 
+def companions(torch_version: str | None) -> dict[str, str] | None:
+    """The xformers and torchao versions built for this torch release (local label ignored); None: not known."""
+    if not torch_version:
+        return None
+    from packaging.version import InvalidVersion, Version
+
+    try:
+        return COMPANIONS.get(Version(torch_version).public)
+    except InvalidVersion:
+        return None
+
+
 def constraints(version_of: Callable[[str], str] = importlib.metadata.version) -> list[str]:
-    """`name==installed` for torch and its companions, so pip may not swap the image's CUDA build."""
-    out = []
+    """`name==installed` for torch and the packages built against it, so pip may not swap the image's CUDA
+    build; for those the image lacks, the versions COMPANIONS gives for its torch."""
+    out, installed = [], {}
     for name in KEEP_INSTALLED:
         try:
-            out.append(f"{name}=={version_of(name)}")
+            installed[name] = version_of(name)
+            out.append(f"{name}=={installed[name]}")
         except importlib.metadata.PackageNotFoundError:
             pass
+    for name, version in (companions(installed.get("torch")) or {}).items():
+        if name not in installed:
+            out.append(f"{name}=={version}")
     return out
+
+
+def companions_note(pins: Sequence[str], version_of: Callable[[str], str] = importlib.metadata.version) -> str | None:
+    """Said when Unsloth is to be installed next to a torch release the COMPANIONS table does not list."""
+    if not any(_req_name(p) in UNSLOTH_PACKAGES for p in pins):
+        return None
+    try:
+        torch_version = version_of("torch")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    if companions(torch_version) is not None:
+        return None
+    return (f"torch {torch_version} is not in r1helpers.kaggle.COMPANIONS ({', '.join(COMPANIONS)}): pip picks "
+            "xformers and torchao itself; if Unsloth's banner shows no xformers, or torchao warns 'Skipping "
+            "import of cpp extensions', they do not match this torch")
+
+
+def installed_versions() -> dict[str, str]:
+    """{canonical name: version} of every installed distribution."""
+    return {_canon(d.metadata["Name"] or ""): d.version for d in importlib.metadata.distributions()}
+
+
+def version_changes(before: Mapping[str, str], after: Mapping[str, str]) -> dict[str, tuple[str | None, str | None]]:
+    """{name: (before, after)} for the distributions pip installed, upgraded, downgraded or removed."""
+    return {n: (before.get(n), after.get(n)) for n in sorted(set(before) | set(after))
+            if before.get(n) != after.get(n)}
+
+
+def changes_lines(changes: Mapping[str, tuple[str | None, str | None]]) -> list[str]:
+    if not changes:
+        return ["Kaggle: pip changed no installed version"]
+    return [f"Kaggle: pip changed {len(changes)} packages (before -> after):"] + [
+        f"  {name}: {old or 'not installed'} -> {new or 'removed'}" for name, (old, new) in changes.items()]
 
 
 def pip_command(pins: Sequence[str], constraint_file: str) -> list[str]:
@@ -178,9 +246,9 @@ def install(pins: Sequence[str], run: Runner = subprocess.run) -> list[str]:
     )
 
 
-def _stale_imports(before: dict[str, str], imported: set[str]) -> list[str]:
+def _stale_imports(before: Mapping[str, str], imported: set[str], after: Mapping[str, str] | None = None) -> list[str]:
     """Modules the kernel had imported before pip changed their distributions: only a restart reloads them."""
-    after = {_canon(d.metadata["Name"] or ""): d.version for d in importlib.metadata.distributions()}
+    after = installed_versions() if after is None else after
     changed = {n for n, v in after.items() if before.get(n) != v}
     top = importlib.metadata.packages_distributions()
     return sorted({m for m, dists in top.items() if m in imported and changed & {_canon(d) for d in dists}})
@@ -193,6 +261,7 @@ def _stale_imports(before: dict[str, str], imported: set[str]) -> list[str]:
 class SetupReport:
     lines: list[str] = field(default_factory=list)
     installed: list[str] = field(default_factory=list)
+    changed: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)  # name: (before, after)
     say: Callable[[str], None] | None = None  # prints each line as it comes: pip can take minutes
 
     def add(self, *lines: str | None) -> None:
@@ -204,8 +273,9 @@ class SetupReport:
 
 def prepare(pins: Sequence[str], environ: MutableMapping[str, str] = os.environ, run: Runner = subprocess.run,
             gpus: Sequence[GPU] | None = None, root: Path = KAGGLE_ROOT,
-            say: Callable[[str], None] | None = None) -> SetupReport:
-    """Everything `setup` does, with the machine injectable for tests."""
+            say: Callable[[str], None] | None = None,
+            installed: Callable[[], dict[str, str]] = installed_versions) -> SetupReport:
+    """Everything `setup` does, with the machine (GPUs, pip, what is installed) injectable for tests."""
     report = SetupReport(say=say)
     imported = set(sys.modules)  # before this function imports `packaging` for its own comparisons
     gpus = smi_gpus(run) if gpus is None else list(gpus)
@@ -218,7 +288,7 @@ def prepare(pins: Sequence[str], environ: MutableMapping[str, str] = os.environ,
     report.add(f"Kaggle: run folder under {p.working}/runs (saved, {WORKING_LIMIT_GB} GB at most); model "
                f"cache {caches['HF_HOME']} and large exports {p.exports} (not saved)")
     if environ.get("KAGGLE_KERNEL_RUN_TYPE") == "Batch":
-        environ["R1HELPERS_HEADLESS"] = "1"  # a saved version's log keeps lines, not redrawn bars
+        environ[HEADLESS_ENV] = "1"  # a saved version's log keeps lines, not redrawn bars
     try:
         report.add(wheel_drift(pins, importlib.metadata.requires("r1helpers")))
     except importlib.metadata.PackageNotFoundError:
@@ -231,19 +301,23 @@ def prepare(pins: Sequence[str], environ: MutableMapping[str, str] = os.environ,
     elif not may_install(environ):
         report.add(f"Kaggle: not installing {len(todo)} missing packages (R1HELPERS_NO_INSTALL or CI is set)")
     else:
-        _install_reporting(todo, run, report, imported)
+        report.add(companions_note(todo))
+        _install_reporting(todo, run, report, imported, installed)
     return report
 
 
-def _install_reporting(todo: list[str], run: Runner, report: SetupReport, imported: set[str]) -> None:
+def _install_reporting(todo: list[str], run: Runner, report: SetupReport, imported: set[str],
+                       installed: Callable[[], dict[str, str]]) -> None:
     report.add(f"Kaggle: installing {', '.join(todo)} (a few minutes; later runs of this session skip it)")
-    before = {_canon(d.metadata["Name"] or ""): d.version for d in importlib.metadata.distributions()}
+    before = installed()
     t0 = time.perf_counter()
     report.add(*install(todo, run))
     importlib.invalidate_caches()
+    after = installed()
     report.installed = todo
-    report.add(f"Kaggle: installed in {time.perf_counter() - t0:.0f} s")
-    stale = _stale_imports(before, imported)
+    report.changed = version_changes(before, after)
+    report.add(f"Kaggle: installed in {time.perf_counter() - t0:.0f} s", *changes_lines(report.changed))
+    stale = _stale_imports(before, imported, after)
     if stale:
         report.add(f"restart the kernel and run again: {', '.join(stale)} was imported before the update")
 

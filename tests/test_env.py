@@ -1,12 +1,19 @@
+import re
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
 
+from r1helpers.core import hardware, kaggle_paths, secrets, show
 from r1helpers.core.config import load_config
 from r1helpers.core.hardware import (
     GPU, GPUS_SEEN_ENV, Hardware, choose_backend, environment_report, hardware_notes, package_versions,
     pin_first_gpu, resolve_dtype, smi_gpus, torch_has_kernels,
 )
+
+PACKAGE = Path(__file__).resolve().parents[1] / "r1helpers"
 
 T4 = Hardware("cuda", [GPU("Tesla T4", (7, 5), 14.7)])
 T4x2 = Hardware("cuda", [GPU("Tesla T4", (7, 5), 14.7)] * 2)
@@ -88,9 +95,12 @@ def test_16gb_gpus_get_memory_hints(hw):
         hw, {"model.load_in_4bit": False})
 
 
-def test_p100_explains_the_fallback():
-    text = notes(P100)
-    assert "Unsloth and Triton need capability 7.0+" in text and "transformers + peft + bitsandbytes" in text
+def test_p100_note_says_retired_no_kernels_and_t4x2():
+    text = notes(P100, kaggle=True)
+    assert "retired" in text and "NvidiaTeslaP100" in text and "run on a T4" in text
+    assert "torch 2.10.0+cu128 has no sm_60 kernels" in text and "bitsandbytes 0.50.2's CUDA 12.8 library" in text
+    assert "installs no GPU packages" in text and "Switch to T4 x2" in text and "'GPU T4 x2'" in text
+    assert "retired" not in notes(T4) and "retired" not in notes(H100)
 
 
 def test_h100_and_cpu():
@@ -104,11 +114,19 @@ CU126 = ["sm_50", "sm_60", "sm_70", "sm_75", "sm_80", "sm_86", "sm_90"]
 
 
 def test_p100_with_a_torch_that_dropped_sm60_says_what_to_do():
-    hw = Hardware("cuda", P100.gpus, arch_list=CU128, torch_version="2.9.0+cu128")
+    hw = Hardware("cuda", P100.gpus, arch_list=CU128, torch_version="2.10.0+cu128")
     with pytest.raises(RuntimeError) as e:
         choose_backend(load_config("seed"), hw, try_import=False)
     msg = str(e.value)
-    assert "sm_60" in msg and "GPU T4 x2" in msg and "cu126" in msg and "torch==2.9.0" in msg
+    assert "sm_60" in msg and msg.index("Switch to T4 x2") < msg.index("pip install"), "T4 x2 first"
+    assert "--index-url https://download.pytorch.org/whl/cu126" in msg
+    # pip reinstalls only what the installed version does not satisfy: a bare torch==2.10.0 is satisfied by
+    # 2.10.0+cu128 ("Requirement already satisfied"); the advised spec names the cu126 build itself.
+    (spec,) = re.findall(r"pip install '(torch==[^']+)'", msg)
+    assert spec == "torch==2.10.0+cu126"
+    assert not Requirement(spec).specifier.contains("2.10.0+cu128")
+    assert Requirement("torch==2.10.0").specifier.contains("2.10.0+cu128")
+    assert "bitsandbytes==0.50.2" in msg
     ok = Hardware("cuda", P100.gpus, arch_list=CU126, torch_version="2.9.0+cu126")
     assert choose_backend(load_config("seed"), ok, try_import=False).name == "transformers"
 
@@ -161,7 +179,7 @@ PROPS = {
 @pytest.mark.parametrize("gpu, count, seen, backend, dtype, says", [
     ("T4", 1, "", "unsloth", "float16", "no native bf16"),
     ("T4", 1, "2", "unsloth", "float16", "2 GPUs seen (Tesla T4 x2); this notebook trains on GPU 0"),
-    ("P100", 1, "", "transformers", "float16", "Unsloth and Triton need capability 7.0+"),
+    ("P100", 1, "", "transformers", "float16", "Kaggle has retired the P100"),
     ("H100", 1, "", "unsloth", "bfloat16", "native bf16, training in bf16"),
     (None, 0, "", "transformers", "float32", "the CPU profile checks the pipeline"),
 ], ids=["T4", "T4x2-pinned", "P100", "H100", "CPU"])
@@ -187,3 +205,51 @@ def test_decision_from_injected_device_properties(monkeypatch, gpu, count, seen,
         monkeypatch.setattr(torch.cuda, "get_arch_list", lambda: CU128)
         with pytest.raises(RuntimeError, match="no CUDA kernels for Tesla P100"):
             choose_backend(cfg, detect_hardware(), try_import=False, processes=1)
+
+
+# ---------------------------------------------------------------- one home for the small shared helpers
+
+
+def _sources():
+    return {p.relative_to(PACKAGE.parent).as_posix(): p.read_text() for p in PACKAGE.rglob("*.py")}
+
+
+def test_on_kaggle_has_one_source(monkeypatch, cpu_cfg):
+    """Every "am I on Kaggle?" is kaggle_paths.on_kaggle: the environment report, secrets and setup agree."""
+    from r1helpers import kaggle
+
+    assert hardware.on_kaggle is secrets.on_kaggle is kaggle.on_kaggle is kaggle_paths.on_kaggle
+    checks = {path for path, text in _sources().items() if re.search(r"KAGGLE_KERNEL_RUN_TYPE\"\s+(not\s+)?in\b", text)
+              or re.search(r"def\s+_?(on|is)_kaggle\b", text)}
+    assert checks == {"r1helpers/core/kaggle_paths.py"}
+    monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Interactive")
+    assert environment_report(cpu_cfg, try_import=False)["kaggle"] is True
+    assert "Kaggle secrets (not a Kaggle kernel)" not in "".join(label for _, label, _ in secrets._sources([]))
+    monkeypatch.delenv("KAGGLE_KERNEL_RUN_TYPE")
+    assert environment_report(cpu_cfg, try_import=False)["kaggle"] is False
+    assert kaggle_paths.on_kaggle({}) is False and kaggle_paths.on_kaggle({"KAGGLE_KERNEL_RUN_TYPE": "Batch"})
+
+
+def test_headless_cut_and_free_memory_live_in_core():
+    sources = _sources()
+    assert {p for p, t in sources.items() if re.search(r"get\(\s*[\"']R1HELPERS_HEADLESS", t)} == set(), \
+        "read it through core.hardware.headless()"
+    assert {p for p, t in sources.items() if re.search(r"def\s+_?cut\(", t)} == {"r1helpers/core/show.py"}
+    assert {p for p, t in sources.items() if "empty_cache()" in t} == {"r1helpers/core/hardware.py"}
+    from r1helpers.core.hardware import headless
+
+    assert headless({"R1HELPERS_HEADLESS": "1"}) and not headless({})
+    assert show.cut(None, 3) == "" and show.cut("abc", 3) == "abc" and show.cut("abcdef", 3) == "abc…"
+
+
+def test_free_memory_empties_the_cuda_cache_only_where_torch_is_loaded(monkeypatch):
+    import torch
+
+    emptied = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(1))
+    hardware.free_memory()
+    assert emptied == [1]
+    monkeypatch.delitem(sys.modules, "torch")
+    hardware.free_memory()  # a process without torch: only garbage collection
+    assert emptied == [1]

@@ -165,7 +165,39 @@ def _installed(versions):
 
 def test_constraints_hold_torch_at_the_installed_build():
     version_of = _installed({"torch": "2.9.0+cu126", "triton": "3.5.0"})
-    assert kaggle.constraints(version_of) == ["torch==2.9.0+cu126", "triton==3.5.0"]
+    assert kaggle.constraints(version_of) == ["torch==2.9.0+cu126", "triton==3.5.0", "xformers==0.0.33.post1",
+                                              "torchao==0.14.1"]
+    image_has_them = _installed({"torch": "2.10.0+cu128", "xformers": "0.0.34", "torchao": "0.16.0"})
+    assert kaggle.constraints(image_has_them) == ["torch==2.10.0+cu128", "xformers==0.0.34", "torchao==0.16.0"], \
+        "the image's own builds are kept, not replaced by the table"
+    assert kaggle.constraints(_installed({})) == []
+
+
+# From the wheels on PyPI: xformers' METADATA `Requires-Dist: torch...`; the torch release torchao's
+# __init__.py loads its C++ kernels on (0.17.0: any torch >= 2.11.0). Unsloth 2026.10.9 asks for
+# xformers>=0.0.27.post2, unsloth-zoo 2026.10.9 for torchao>=0.13.0.
+XFORMERS_REQUIRES = {"0.0.32.post2": "==2.8.0", "0.0.33.post1": "==2.9.0", "0.0.33.post2": "==2.9.1",
+                     "0.0.34": "==2.10.0", "0.0.35": ">=2.10"}
+TORCHAO_LOADS_ON = {"0.14.0": "==2.8.0", "0.14.1": "==2.9.0", "0.15.0": "==2.9.1", "0.16.0": "==2.10.0",
+                    "0.17.0": ">=2.11.0"}
+
+
+@pytest.mark.parametrize("torch", ["2.8.0+cu128", "2.9.0+cu128", "2.9.1+cu128", "2.10.0+cu128", "2.11.0+cu130"])
+def test_xformers_and_torchao_held_to_the_images_torch(torch):
+    pinned = dict(c.split("==") for c in kaggle.constraints(_installed({"torch": torch})))
+    xformers, torchao = pinned["xformers"], pinned["torchao"]
+    assert SpecifierSet(XFORMERS_REQUIRES[xformers]).contains(torch.split("+")[0])
+    assert SpecifierSet(TORCHAO_LOADS_ON[torchao]).contains(torch.split("+")[0])
+    assert xformers in SpecifierSet(">=0.0.27.post2") and torchao in SpecifierSet(">=0.13.0"), "Unsloth accepts them"
+    assert kaggle.companions_note(PINS, _installed({"torch": torch})) is None
+
+
+def test_a_torch_missing_from_the_table_is_said():
+    version_of = _installed({"torch": "2.12.0+cu130"})
+    assert kaggle.constraints(version_of) == ["torch==2.12.0+cu130"]
+    note = kaggle.companions_note(PINS, version_of)
+    assert "torch 2.12.0+cu130" in note and "xformers" in note and "torchao" in note
+    assert kaggle.companions_note(["trl==1.14.2"], version_of) is None, "only said when Unsloth is installed"
 
 
 def test_unsloth_that_cannot_install_falls_back_to_transformers():
@@ -177,15 +209,47 @@ def test_unsloth_that_cannot_install_falls_back_to_transformers():
         kaggle.install(["unsloth==2026.10.9", "trl==1.14.2"], run=Recorder(1, 1))
 
 
-@pytest.mark.parametrize("gpus, unsloth", [([T4, T4], True), ([H100], True), ([P100], False), ([], False)],
+@pytest.mark.parametrize("gpus, gpu_packages", [([T4, T4], True), ([H100], True), ([P100], False), ([], False)],
                          ids=["T4x2", "H100", "P100", "CPU"])
-def test_unsloth_installed_only_where_it_runs(gpus, unsloth):
+def test_gpu_packages_installed_only_where_they_run(gpus, gpu_packages):
     wanted, why = kaggle.for_hardware(PINS, gpus)
-    assert ("unsloth==2026.10.9" in wanted) is unsloth
-    assert (why is None) is unsloth
-    assert "bitsandbytes==0.50.2" in wanted
-    if gpus and not unsloth:
-        assert "6.0" in why and "transformers + peft + bitsandbytes" in why
+    names = {kaggle._req_name(p) for p in wanted}
+    assert {"unsloth", "unsloth-zoo", "bitsandbytes"} <= names if gpu_packages else not names & {
+        "unsloth", "unsloth-zoo", "bitsandbytes"}
+    assert (why is None) is gpu_packages
+    assert {"transformers", "trl", "peft"} <= names
+    if gpus and not gpu_packages:
+        assert "6.0" in why and "retired" in why and "sm_60" in why and "Switch to T4 x2" in why
+
+
+def test_p100_session_installs_nothing_gpu_related(tmp_path):
+    run, said = Recorder(0), []
+    pins = ["unsloth==2026.10.9", "bitsandbytes==0.50.2", "surely-not-installed-pkg==1.0"]
+    kaggle.prepare(pins, environ=dict(KAGGLE), run=run, gpus=[P100], root=tmp_path, say=said.append)
+    (cmd,) = run.calls
+    assert cmd[-1:] == ["surely-not-installed-pkg==1.0"] and not any("unsloth" in c or "bitsandbytes" in c for c in cmd)
+    (why,) = [line for line in said if "retired" in line]
+    assert "no GPU package installed" in why and "'GPU T4 x2'" in why
+    nothing = kaggle.prepare(pins[:2], environ=dict(KAGGLE), run=no_subprocess, gpus=[P100], root=tmp_path)
+    assert nothing.installed == [] and "Kaggle: the pinned packages are already installed" in nothing.lines
+
+
+def test_setup_says_which_versions_pip_changed(tmp_path):
+    """A fake pip upgrades one package and adds two; setup() prints each change, before -> after."""
+    state = {"transformers": "5.0.0", "datasets": "4.0.0", "torch": "2.10.0+cu128"}
+
+    def pip(cmd, **kwargs):
+        state.update({"transformers": "5.17.0", "trl": "1.14.2", "surely-not-installed-pkg": "1.0"})
+        return subprocess.CompletedProcess(cmd, 0, stdout="", stderr="")
+
+    said = []
+    report = kaggle.prepare(["surely-not-installed-pkg==1.0"], environ=dict(KAGGLE), run=pip, gpus=[T4],
+                            root=tmp_path, say=said.append, installed=lambda: dict(state))
+    assert report.changed == {"surely-not-installed-pkg": (None, "1.0"), "transformers": ("5.0.0", "5.17.0"),
+                              "trl": (None, "1.14.2")}
+    assert "Kaggle: pip changed 3 packages (before -> after):" in said
+    assert "  transformers: 5.0.0 -> 5.17.0" in said and "  trl: not installed -> 1.14.2" in said
+    assert not any("datasets" in line or "torch:" in line for line in said), "unchanged ones are not listed"
 
 
 def test_missing_reads_installed_versions():
@@ -233,6 +297,7 @@ def test_kernel_metadata_files(built):
     for folder in built.kernels:
         meta = json.loads((folder / "kernel-metadata.json").read_text())
         assert REQUIRED <= set(meta)
+        assert meta["machine_shape"] == "NvidiaTeslaT4", "enable_gpu alone got users a P100"
         assert (folder / meta["code_file"]).is_file()
         assert meta["language"] == "python" and meta["kernel_type"] == "notebook"
         assert meta["is_private"] is True and meta["enable_gpu"] is True and meta["enable_internet"] is True
@@ -242,6 +307,20 @@ def test_kernel_metadata_files(built):
         nb = nbformat.read(folder / meta["code_file"], as_version=4)
         assert len(setup_calls(folder / meta["code_file"])) == 1 and not any(
             c.get("outputs") for c in nb.cells if c.cell_type == "code")
+
+
+def test_machine_shape_default_and_retired_accelerators_refused(tmp_path, capsys):
+    assert kaggle_push.kernel_metadata("00_setup.ipynb", "alice")["machine_shape"] == "NvidiaTeslaT4"
+    assert "machine_shape" not in kaggle_push.kernel_metadata("00_setup.ipynb", "alice", accelerator="")
+    assert kaggle_push.main(["build", "--out", str(tmp_path / "b"), "--accelerator", "NvidiaTeslaP100"]) == 2
+    assert "retired" in capsys.readouterr().err and not (tmp_path / "b").exists()
+    # the kaggle CLI 2.2.5 (read, not imported: importing it asks for credentials) takes the field under this
+    # name and lists the P100, not the T4, as retired
+    cli = Path(importlib.util.find_spec("kaggle").submodule_search_locations[0]) / "api" / "kaggle_api_extended.py"
+    text = cli.read_text()
+    assert 'self.get_or_default(meta_data, "machine_shape", None)' in text
+    retired = text[text.index("_RETIRED_ACCELERATORS = {"):].split("}")[0]
+    assert '"nvidiateslap100"' in retired and "nvidiateslat4" not in retired
 
 
 def test_slugs_match_the_kaggle_cli():
@@ -299,6 +378,37 @@ def test_push_creates_the_dataset_then_saves_kernels(built, monkeypatch):
     kernels = [c for c in pushed if c[1:3] == ["kernels", "push"]]
     assert len(kernels) == 6
     assert [("--no-run" in c) for c in kernels] == [True, True, True, False, True, True]
+
+
+def version_answer(text: str, code: int = 0):
+    """A subprocess.run stand-in: `kaggle --version` prints `text`; any other command fails the test."""
+
+    def run(cmd, **kwargs):
+        assert cmd[-1] == "--version", f"only the version may be asked: {cmd}"
+        return subprocess.CompletedProcess(cmd, code, stdout=text, stderr="")
+
+    return run
+
+
+@pytest.mark.parametrize("answer, ok", [("Kaggle CLI 2.2.5", True), ("Kaggle CLI 2.10.0", True),
+                                        ("Kaggle CLI 2.2.4", False), ("Kaggle API 1.6.17", False),
+                                        ("", False)], ids=["2.2.5", "2.10.0", "2.2.4", "1.6.17", "silent"])
+def test_kaggle_cli_version_checked(answer, ok):
+    problem = kaggle_push.kaggle_cli_problem(version_answer(answer))
+    assert (problem is None) is ok
+    if not ok:
+        assert "--no-run" in problem and "-m pip install 'kaggle>=2.2.5'" in problem and problem.count(". ") == 0
+        assert (answer.split()[-1] if answer else "did not say its version") in problem
+
+
+def test_push_refused_with_an_old_kaggle_cli(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(kaggle_push, "credentials", lambda: ("KAGGLE_USERNAME/KAGGLE_KEY", "alice"))
+    monkeypatch.setattr(kaggle_push, "build_wheel", lambda repo, dest: (dest / "r1helpers-0.1.0-py3-none-any.whl").touch())
+    monkeypatch.setattr(kaggle_push, "kaggle_cli", lambda: [sys.executable])  # found on disk; answers as 1.6.17
+    monkeypatch.setattr(subprocess, "run", version_answer("Kaggle API 1.6.17"))
+    assert kaggle_push.main(["push", "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    assert "is 1.6.17" in err and "kaggle>=2.2.5" in err
 
 
 # ---------------------------------------------------------------- the official kaggle CLI, offline
@@ -399,11 +509,17 @@ def test_push_goes_through_the_real_kaggle_cli(built, kaggle_cli):
         assert request.enable_gpu and request.enable_internet and request.is_private and not request.enable_tpu
         assert request.dataset_data_sources == ["alice/r1helpers"]
         assert not json.loads(request.text)["cells"][1].get("outputs")
+    assert {r.machine_shape for r in server.kernels} == {"NvidiaTeslaT4"} and "retired" not in server.log
     quick = [getattr(r.kernel_execution_type, "name", None) == "QUICK_SAVE" for r in server.kernels]
     assert quick == [True, True, True, False, True, True], "--no-run except the stages asked to run"
     assert "does not resolve to the specified id" not in server.log, "titles give the ids' slugs"
     kaggle_push.push(built, run=run)
     assert server.datasets == {"alice/r1helpers": "versioned"}, "a later push adds a version"
+
+
+def test_the_real_kaggle_cli_passes_the_version_check(kaggle_cli):
+    _, run = kaggle_cli
+    assert kaggle_push.kaggle_cli_problem(run) is None
 
 
 def test_dataset_status_read_through_the_cli(built, kaggle_cli):

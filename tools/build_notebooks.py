@@ -24,11 +24,13 @@ SOURCES = Path(__file__).resolve().parent / "notebooks"
 # On Kaggle: the attached r1helpers dataset's wheel, then `setup()` installs the pins of
 # pyproject.toml that the image lacks (next to its own torch). Elsewhere it installs nothing.
 FIRST_CELL = '''\
-import glob, os, subprocess, sys  # Kaggle: install r1helpers (attached dataset) and the pins the image lacks
-if os.path.isfile("../r1helpers/__init__.py"): sys.path.insert(0, os.path.abspath(".."))  # this repository
-if wheels := glob.glob("/kaggle/input/*/r1helpers-*.whl"): subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", wheels[-1]], check=True)
+import glob, importlib.util, os, subprocess, sys  # make r1helpers importable, then set up (installs only on Kaggle)
+if os.path.isfile("../r1helpers/__init__.py"): sys.path.insert(0, os.path.abspath(".."))  # this repository's checkout
+elif wheels := sorted(glob.glob("/kaggle/input/**/r1helpers-*.whl", recursive=True)): subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", wheels[-1]], check=True)
+elif importlib.util.find_spec("r1helpers") is None: raise ModuleNotFoundError("r1helpers not found: on Kaggle, add the r1helpers dataset that `make kaggle` builds (Add Input > Your Work); elsewhere, `pip install -e .` in the repository")
 import r1helpers
-r1helpers.setup()  # on Kaggle: one GPU, caches on /kaggle/tmp, pinned packages; elsewhere: nothing'''
+r1helpers.setup()  # on Kaggle: one GPU, caches on /kaggle/tmp, the pinned packages the image lacks; elsewhere nothing'''
+
 
 PARAMETERS = '''\
 run_dir = "../runs/default"  # run folder shared by all six notebooks

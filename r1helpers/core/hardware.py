@@ -3,7 +3,11 @@
 Users' reports show `torch.cuda.is_bf16_supported()` answering True on a T4, where
 bf16 is emulated and slow; bf16 is decided here by compute capability >= 8.0.
 Unsloth does not support the P100 (capability 6.0) and imports only on a
-supported NVIDIA GPU, so the transformers + peft path is the fallback.
+supported NVIDIA GPU, so the transformers + peft path is the fallback. Below 7.0
+little else runs either: Kaggle has retired the P100 (kaggle CLI 2.2.5 lists
+NvidiaTeslaP100 as retired and runs such sessions on a T4), its image's torch
+(2.10.0+cu128) has no sm_60 kernels, and neither has the CUDA 12.8 library of
+bitsandbytes 0.50.2 (its CUDA 12.6 library has).
 
 Every decision takes a `Hardware` value, so tests inject a T4, T4 x2, P100, H100
 or CPU and check what a person on that machine would be told.
@@ -22,6 +26,16 @@ from typing import Any, Mapping, MutableMapping
 
 from r1helpers.core.config import Config
 from r1helpers.core.ddp import DDP_BACKEND_NOTE, GPUS_BEFORE_PIN_ENV, world_size
+from r1helpers.core.kaggle_paths import on_kaggle
+
+# Set to "1" by papermill runs (r1helpers.pipeline), Kaggle's saved versions (r1helpers.setup) and the DDP launcher.
+HEADLESS_ENV = "R1HELPERS_HEADLESS"
+
+
+def headless(environ: Mapping[str, str] = os.environ) -> bool:
+    """A log read line by line, not a person at a screen: no redrawn bars, streamed tokens or prompts."""
+    return environ.get(HEADLESS_ENV) == "1"
+
 
 TRACKED_PACKAGES = (
     "r1helpers", "torch", "transformers", "trl", "peft", "accelerate", "datasets", "tokenizers",
@@ -31,6 +45,11 @@ TRACKED_PACKAGES = (
 
 # Unsloth's kernels need Triton, which needs compute capability >= 7.0.
 UNSLOTH_MIN_CAPABILITY = (7, 0)
+# Why nothing GPU-related is installed or advised below capability 7.0 (said by setup() and the setup notes).
+BELOW_7_0 = ("Kaggle has retired the P100 (kaggle CLI 2.2.5 lists NvidiaTeslaP100 as retired; such sessions run "
+             "on a T4), Kaggle's torch 2.10.0+cu128 has no sm_60 kernels, and neither has bitsandbytes 0.50.2's "
+             "CUDA 12.8 library; Unsloth and Triton need 7.0+")
+SWITCH_TO_T4 = "on Kaggle: Settings > Accelerator > 'GPU T4 x2', then run again from the first cell"
 
 
 @dataclass
@@ -189,17 +208,22 @@ def torch_has_kernels(capability: tuple[int, int], arch_list: list[str]) -> bool
 
 
 def no_kernels_message(hw: Hardware) -> str:
-    """What to do when the installed torch has dropped this GPU (PyTorch's CUDA 12.8+ builds skip Pascal)."""
+    """What to do when the installed torch has dropped this GPU (PyTorch's CUDA 12.8+ builds skip Pascal).
+
+    The advice names the local version (`+cu126`): a plain `torch==2.10.0` is already
+    satisfied by the installed 2.10.0+cu128, and pip would answer "Requirement already
+    satisfied" without installing anything.
+    """
     gpu = hw.gpu
     sm = f"sm_{gpu.capability[0]}{gpu.capability[1]}"
     base = (hw.torch_version or "").split("+")[0] or "<this version>"
     return (
         f"torch {hw.torch_version} has no CUDA kernels for {gpu.name} ({sm}; this build has "
         f"{', '.join(hw.arch_list)}), so every GPU operation would fail with 'no kernel image is available'. "
-        "On Kaggle: Settings > Accelerator > 'GPU T4 x2', then run again from the first cell (Kaggle has retired "
-        "the P100). To stay on this GPU: install PyTorch's CUDA 12.6 build, the last with Pascal kernels, "
-        f"e.g. pip install 'torch=={base}' --index-url https://download.pytorch.org/whl/cu126, and restart "
-        "the kernel."
+        f"Switch to T4 x2: {SWITCH_TO_T4} (Kaggle has retired the P100). To stay on this GPU instead, install "
+        "PyTorch's CUDA 12.6 build, the only one with Pascal kernels: "
+        f"pip install 'torch=={base}+cu126' --index-url https://download.pytorch.org/whl/cu126 "
+        "(then pip install bitsandbytes==0.50.2, whose CUDA 12.6 library has sm_60) and restart the kernel."
     )
 
 
@@ -311,8 +335,8 @@ def hardware_notes(cfg: Config, hw: Hardware, choice: BackendChoice | None = Non
         notes.append(f"{gpu.name} (capability {cap}): no native bf16 (needs 8.0+), so fp16 weights and "
                      "fp16 mixed-precision training")
     if gpu.capability < UNSLOTH_MIN_CAPABILITY:
-        notes.append(f"{gpu.name}: Unsloth and Triton need capability 7.0+, so transformers + peft + "
-                     "bitsandbytes train the same recipe, more slowly")
+        notes.append(f"{gpu.name} (capability {cap}): {BELOW_7_0}; so setup() installs no GPU packages "
+                     f"here. Switch to T4 x2: {SWITCH_TO_T4}")
     four_bit = choice.load_in_4bit if choice else cfg.model.load_in_4bit
     multi = multi_gpu_note(cfg, hw, four_bit)
     return notes + ([multi] if multi else []) + memory_notes(cfg, hw, four_bit)
@@ -334,10 +358,6 @@ def package_versions() -> dict[str, str | None]:
     return out
 
 
-def is_kaggle() -> bool:
-    return "KAGGLE_KERNEL_RUN_TYPE" in os.environ or os.path.isdir("/kaggle/working")
-
-
 def environment_report(cfg: Config, try_import: bool = True) -> dict[str, Any]:
     """Everything the setup notebook shows and the run folder records."""
     hw = detect_hardware()
@@ -345,10 +365,10 @@ def environment_report(cfg: Config, try_import: bool = True) -> dict[str, Any]:
     return {
         "platform": platform.platform(),
         "python_executable": sys.executable,
-        "kaggle": is_kaggle(),
+        "kaggle": on_kaggle(),
         "hardware": hw.to_dict(),
         "backend": asdict(choice),
-        "notes": hardware_notes(cfg, hw, choice, kaggle=is_kaggle()),
+        "notes": hardware_notes(cfg, hw, choice, kaggle=on_kaggle()),
         "profile": cfg.profile,
         "versions": package_versions(),
     }
@@ -361,3 +381,13 @@ def is_oom(e: BaseException) -> bool:
     text = str(e)
     return isinstance(e, torch.OutOfMemoryError) or "out of memory" in text.lower() or "ALLOC_FAILED" in text
 
+
+def free_memory() -> None:
+    """Collect garbage, then hand CUDA's cached blocks back: after dropping a model, or after an OOM
+    exception is gone (its traceback holds the failed batch's tensors)."""
+    import gc
+
+    gc.collect()
+    torch = sys.modules.get("torch")  # a process that never imported torch has no CUDA memory to free
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()

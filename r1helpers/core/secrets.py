@@ -18,6 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
 
+from r1helpers.core.kaggle_paths import on_kaggle
+from r1helpers.core.hardware import headless
+
 SECRETS = {
     # name in os.environ: other names people use for it
     "HF_TOKEN": ("HF_TOKEN", "HUGGINGFACE_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HUGGINGFACEHUB_API_TOKEN"),
@@ -54,12 +57,8 @@ def _from_env(alias: str) -> str | None:
     return os.environ.get(alias) or None
 
 
-def _on_kaggle() -> bool:
-    return "KAGGLE_KERNEL_RUN_TYPE" in os.environ
-
-
 def _from_kaggle(alias: str) -> str | None:
-    if not _on_kaggle():
+    if not on_kaggle():
         return None
     try:
         from kaggle_secrets import UserSecretsClient
@@ -126,7 +125,7 @@ def _sources(files: list[Path]) -> list[tuple[str, str, Getter]]:
     where = ", ".join(str(p) for p in files) or f"no .env in the working folder or its parents, ${DOTENV_ENV} unset"
     return [
         ("environment", "environment variables", _from_env),
-        ("Kaggle secrets", "Kaggle secrets" + ("" if _on_kaggle() else " (not a Kaggle kernel)"), _from_kaggle),
+        ("Kaggle secrets", "Kaggle secrets" + ("" if on_kaggle() else " (not a Kaggle kernel)"), _from_kaggle),
         ("Colab user data", "Colab user data" + ("" if _on_colab() else " (not Colab)"), _from_colab),
         (".env file", f".env file ({where})", dotenv.get),
     ]
@@ -138,7 +137,7 @@ def _interactive() -> bool:
     Papermill, nbclient and Kaggle's "Save & Run All" do not, and a prompt there
     would hang or fail, so they are never asked.
     """
-    if os.environ.get("R1HELPERS_HEADLESS") == "1" or os.environ.get("CI"):
+    if headless() or os.environ.get("CI"):
         return False
     if os.environ.get("KAGGLE_KERNEL_RUN_TYPE") == "Batch":
         return False
@@ -178,8 +177,3 @@ def load_secrets(ask: bool | None = None, aliases: Mapping[str, tuple[str, ...]]
                 os.environ[name] = value
                 report.found[name] = "prompt"
     return report
-
-
-def secret_values() -> list[str]:
-    """The secrets now set, so that outputs can be checked for them (tests, scrubbing)."""
-    return [v for v in (os.environ.get(n) for n in SECRETS) if v]

@@ -11,6 +11,12 @@ from typing import Any
 from r1helpers.core.config import Config
 
 
+def cut(text: Any, width: int) -> str:
+    """`text` shortened to `width` characters, "…" marking the cut; None gives ""."""
+    text = "" if text is None else str(text)
+    return text if len(text) <= width else text[:width] + "…"
+
+
 def _pd():
     import pandas as pd
 
@@ -97,13 +103,8 @@ def config_table(cfg: Config):
 
 def raw_row(row: dict[str, Any], width: int = 600):
     """One dataset row as a column / value table, long values cut at `width` characters."""
-    rows = [(k, _cut(v, width), len(str(v))) for k, v in row.items()]
+    rows = [(k, cut(v, width), len(str(v))) for k, v in row.items()]
     return _pd().DataFrame(rows, columns=["column", "value", "characters"]).set_index("column")
-
-
-def _cut(s: Any, width: int) -> str:
-    s = "" if s is None else str(s)
-    return s if len(s) <= width else s[:width] + "…"
 
 
 def length_table(stats: dict[str, Any]):
@@ -162,7 +163,7 @@ def loss_curve(log_history: list[dict[str, Any]]):
 
 def generations_table(records: list[dict[str, Any]], width: int = 300):
     """One row per generated answer: question, reasoning and answer (cut at `width`), how it ended."""
-    rows = [(r["id"], _cut(r["question"], width), _cut(r["reasoning"], width), _cut(r["answer"], width),
+    rows = [(r["id"], cut(r["question"], width), cut(r["reasoning"], width), cut(r["answer"], width),
              r["think_closed"], r["finished"], r["new_tokens"]) for r in records]
     cols = ["id", "question", "reasoning", "answer", "</think> reached", "EOS reached", "new tokens"]
     return _pd().DataFrame(rows, columns=cols).set_index("id")

@@ -14,7 +14,6 @@ Writes `compare/comparison.json` and a self-contained `compare/report.html`.
 
 from __future__ import annotations
 
-import gc
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,8 @@ from typing import Any, Callable
 
 from r1helpers.core import prompts
 from r1helpers.core.config import Config
+from r1helpers.core.hardware import free_memory
+from r1helpers.core.show import cut
 from r1helpers.evaluate.metrics import MetricSpec, aggregate, perplexity, score_generation
 from r1helpers.core.runs import write_json_atomic, write_text_atomic
 
@@ -303,12 +304,8 @@ def _settings(cfg: Config, n_nll: int, n_generated: int) -> dict[str, Any]:
 
 
 def _release(loaded) -> None:
-    import torch
-
     loaded.model = None
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    free_memory()
 
 
 def write_outputs(result: dict[str, Any], out: Path) -> tuple[Path, Path]:
@@ -343,17 +340,13 @@ def side_by_side(result: dict[str, Any], width: int = 600):
     """Question, reference, base answer and fine-tuned answer, with each answer's scores."""
     import pandas as pd
 
-    def cut(s: str | None) -> str:
-        s = s or ""
-        return s if len(s) <= width else s[:width] + "…"
-
-    rows = [{"id": q["id"], "question": cut(q["question"]), "reference": cut(q["reference_answer"]),
-             "base answer": cut(q["base"]["answer"]), "fine-tuned answer": cut(q["tuned"]["answer"]),
+    rows = [{"id": q["id"], "question": cut(q["question"], width), "reference": cut(q["reference_answer"], width),
+             "base answer": cut(q["base"]["answer"], width), "fine-tuned answer": cut(q["tuned"]["answer"], width),
              "ROUGE-L base": q["base"]["rouge_l"], "ROUGE-L tuned": q["tuned"]["rouge_l"],
              "NLL base": q["base"]["completion_nll"], "NLL tuned": q["tuned"]["completion_nll"]}
             for q in result["questions"]]
-    rows += [{"id": e["id"], "question": cut(e["question"]), "reference": "(none)",
-              "base answer": cut(e["base_answer"]), "fine-tuned answer": cut(e["tuned_answer"])}
+    rows += [{"id": e["id"], "question": cut(e["question"], width), "reference": "(none)",
+              "base answer": cut(e["base_answer"], width), "fine-tuned answer": cut(e["tuned_answer"], width)}
              for e in result["examples"]]
     pd.set_option("display.max_colwidth", width + 10)
     return pd.DataFrame(rows).set_index("id")

@@ -11,10 +11,8 @@ import base64
 import html
 import io
 import math
-from pathlib import Path
 from typing import Any
 
-from r1helpers.core.runs import write_text_atomic
 
 COLORS = {"base": "#8c8c8c", "tuned": "#1f77b4", "better": "#2ca02c", "worse": "#d62728", "same": "#7f7f7f"}
 RATE_KEYS = ("think_opened", "think_closed", "eos", "cut_at_limit", "empty_answer", "rouge_l", "semantic_similarity")
@@ -248,8 +246,3 @@ def render(result: dict[str, Any], images: dict[str, str]) -> str:
 def build_report(result: dict[str, Any]) -> str:
     """The whole page, plots included, as text: drawn before anything is written."""
     return render(result, {name: png_base64(fig) for name, fig in figures(result).items()})
-
-
-def write_report(result: dict[str, Any], path: Path) -> Path:
-    write_text_atomic(Path(path), build_report(result))
-    return Path(path)

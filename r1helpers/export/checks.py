@@ -20,7 +20,7 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -169,7 +169,7 @@ def check_gguf_transformers(gguf_path: Path, probes: list[Probe], kind: str) -> 
     logging.getLogger("transformers.modeling_gguf_pytorch_utils").setLevel(logging.ERROR)
     model = load_float32(gguf_path.parent, gguf_path.name)
     result = compare(probes, *run_candidate(model, probes))
-    return judge(kind, {"reader": f"transformers GGUF loader", **result}, f"{gguf_path.name} (transformers)")
+    return judge(kind, {"reader": "transformers GGUF loader", **result}, f"{gguf_path.name} (transformers)")
 
 
 # ---- llama.cpp side (child process) ---------------------------------------------------------------
@@ -323,10 +323,6 @@ def gguf_metadata_check(gguf_path: Path, tokenizer, question: str) -> dict[str, 
         raise ExportCheckError(f"{gguf_path.name}: the rendered template tokenizes differently from training")
     return {"tokens": len(tokens), "pre_tokenizer": md.get("tokenizer.ggml.pre"),
             "chat_template": "prompts.CHAT_TEMPLATE; renders the training prompt token for token"}
-
-
-def as_dict(probes: list[Probe]) -> list[dict[str, Any]]:
-    return [{k: v for k, v in asdict(p).items() if k != "logits"} for p in probes]
 
 
 def main(argv: list[str]) -> int:

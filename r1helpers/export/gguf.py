@@ -406,9 +406,3 @@ def read_metadata(path: Path) -> dict[str, Any]:
 
     reader = GGUFReader(str(path))
     return {k: f.contents() for k, f in reader.fields.items()}
-
-
-def read_tensor_types(path: Path) -> dict[str, str]:
-    from gguf import GGUFReader
-
-    return {t.name: t.tensor_type.name for t in GGUFReader(str(path)).tensors}

@@ -11,28 +11,12 @@ generated, from inside its batch, so streaming never changes what is generated.
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any
 
 from r1helpers.core import prompts
-from r1helpers.core.hardware import is_oom
-
-
-def _free_cuda_memory() -> None:
-    """Called after the OOM exception is gone: its traceback holds the failed batch's tensors."""
-    import gc
-
-    import torch
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
-def headless() -> bool:
-    """Papermill and Kaggle's batch runs keep a log, where bars and streamed tokens become clutter."""
-    return os.environ.get("R1HELPERS_HEADLESS") == "1"
+from r1helpers.core.hardware import free_memory, is_oom
+from r1helpers.core.hardware import headless
 
 
 class LineProgress:
@@ -125,7 +109,7 @@ def generate(model, tokenizer, questions: list[str], *, max_new_tokens: int, bat
                 ) from e
         if out is None:
             del enc
-            _free_cuda_memory()
+            free_memory()  # after the OOM exception is gone: its traceback holds the failed batch's tensors
             batch_size = max(1, len(idx) // 2)
             print(f"out of memory at batch {len(idx)}: retrying with batch {batch_size} "
                   f"(set infer.batch_size={batch_size} to start there)", flush=True)

@@ -8,6 +8,8 @@ r1helpers reaches Kaggle as a wheel in a private dataset (`<user>/r1helpers`) th
 every kernel lists in `dataset_sources`: a utility script holds one file, and the
 package is several modules and data files. What is built may be pushed, so the
 notebooks are copied without outputs and a build holding a secret is deleted.
+Every kernel asks for a T4 (`machine_shape`); `enable_gpu` alone could give a P100.
+Pushing needs the kaggle CLI 2.2.5 or newer (`kernels push --no-run`).
 """
 
 from __future__ import annotations
@@ -32,6 +34,13 @@ from r1helpers.core.kaggle_paths import WORKING_LIMIT_GB
 from r1helpers.kaggle import (DATASET_SLUG, HF_TOKEN_PATTERN, KAGGLE_SECRETS, PLACEHOLDER_USER, SECRETS_HELP,
                               Runner)
 
+# kernel-metadata.json's `machine_shape` (what `kaggle kernels push --accelerator` overrides). The kaggle CLI
+# 2.2.5 help names NvidiaTeslaT4 for "GPU T4 x2" and lists NvidiaTeslaP100 as retired (its sessions run on a T4).
+DEFAULT_ACCELERATOR = "NvidiaTeslaT4"
+RETIRED_ACCELERATORS = ("NvidiaTeslaP100",)
+# `kernels push --no-run` (save a version without running it) exists from this kaggle CLI on.
+MIN_KAGGLE_CLI = (2, 2, 5)
+
 
 def slugify(title: str) -> str:
     """Kaggle derives a kernel's slug from its title; the id must match it."""
@@ -42,8 +51,9 @@ def kernel_title(notebook: str) -> str:
     return "R1 medical " + Path(notebook).stem.replace("_", " ")
 
 
-def kernel_metadata(notebook: str, username: str, accelerator: str | None = None) -> dict[str, Any]:
-    """One notebook's kernel-metadata.json: private, GPU and internet on, the r1helpers dataset attached."""
+def kernel_metadata(notebook: str, username: str, accelerator: str | None = DEFAULT_ACCELERATOR) -> dict[str, Any]:
+    """One notebook's kernel-metadata.json: private, a T4 and internet on, the r1helpers dataset attached
+    (`accelerator` None or "": no machine_shape, and Kaggle picks the GPU)."""
     title = kernel_title(notebook)
     meta: dict[str, Any] = {
         "id": f"{username}/{slugify(title)}",
@@ -139,7 +149,8 @@ class Build:
     kernels: list[Path]
 
 
-def build(out: Path, username: str | None, repo: Path | None = None, accelerator: str | None = None) -> Build:
+def build(out: Path, username: str | None, repo: Path | None = None,
+          accelerator: str | None = DEFAULT_ACCELERATOR) -> Build:
     """Write build/kaggle/: the r1helpers dataset folder, one folder per notebook, and a README.
 
     Notebooks are copied without outputs, and a folder holding a secret is deleted
@@ -177,7 +188,7 @@ def readme(username: str, kernels: list[Path], metas: list[dict[str, Any]]) -> s
     folders = "\n".join(f"- `{k.name}/`: the kernel `{m['id']}` ({m['code_file']})" for k, m in zip(kernels, metas))
     return f"""# The R1 medical notebooks, ready for Kaggle
 
-Built by `make kaggle` (`python -m r1helpers.kaggle build|push`); rebuild rather than edit.
+Built by `make kaggle` (`python -m r1helpers.tools.kaggle_push build|push`); rebuild rather than edit.
 
 - `r1helpers-dataset/`: the r1helpers wheel, as the private dataset `{username}/{DATASET_SLUG}`. Every
   kernel attaches it, and its first cell pip-installs the wheel from `/kaggle/input`.
@@ -206,11 +217,12 @@ of pushing it.
 
 ## Hardware
 
-Settings > Accelerator: "GPU T4 x2" is the one to pick: training uses one T4 in fp16 (no bf16 before
-compute capability 8.0), and the first cell hides the second GPU so the batch stays as the recipe
-says. On a P100, where still offered, Unsloth cannot run: transformers + peft + bitsandbytes train
-instead, and the setup notebook says what to do if the image's torch has dropped the P100. Without
-an accelerator the notebooks run the CPU profile, a pipeline check.
+Each kernel asks for a T4 (`machine_shape` in its kernel-metadata.json); in the editor, Settings >
+Accelerator: "GPU T4 x2" is the one to pick: training uses one T4 in fp16 (no bf16 before compute
+capability 8.0), and the first cell hides the second GPU so the batch stays as the recipe says.
+Kaggle has retired the P100, and its image's torch and bitsandbytes have no kernels for it, so on
+a GPU below compute capability 7.0 the first cell installs no GPU package and says to switch to
+T4 x2. Without an accelerator the notebooks run the CPU profile, a pipeline check.
 
 ## Paths
 
@@ -246,6 +258,25 @@ def credentials(environ: Mapping[str, str] = os.environ, home: Path | None = Non
 def kaggle_cli() -> list[str]:
     beside = Path(sys.executable).with_name("kaggle")
     return [str(beside)] if beside.is_file() else ["kaggle"]
+
+
+def kaggle_cli_problem(run: Runner | None = None) -> str | None:
+    """Why the kaggle CLI that would push cannot (too old, or its version unreadable); None when it can."""
+    cli = kaggle_cli()
+    try:
+        proc = (run or subprocess.run)(cli + ["--version"], capture_output=True, text=True, timeout=60)
+        text = f"{proc.stdout or ''} {proc.stderr or ''}"
+    except (OSError, subprocess.SubprocessError) as e:
+        text = str(e)
+    found = re.search(r"(\d+)\.(\d+)(?:\.(\d+))?", text)
+    version = tuple(int(g or 0) for g in found.groups()) if found else None
+    if version is not None and version >= MIN_KAGGLE_CLI:
+        return None
+    need = ".".join(map(str, MIN_KAGGLE_CLI))
+    said = f"is {'.'.join(map(str, version))}" if version else "did not say its version"
+    return (f"the kaggle CLI ({shlex.join(cli)}) {said}, and `kernels push --no-run` needs {need} or newer: "
+            f"upgrade it with `{shlex.quote(sys.executable)} -m pip install 'kaggle>={need}'`, which this command "
+            "then uses")
 
 
 def push_plan(b: Build, run_stages: Sequence[str] = ()) -> list[tuple[str, list[str]]]:
@@ -294,7 +325,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("command", choices=("build", "push"), help="build: write the folder; push: build, then push")
     p.add_argument("--out", default="build/kaggle", help="folder to write")
     p.add_argument("--username", default=None, help="Kaggle username (default: from the credentials)")
-    p.add_argument("--accelerator", default=None, help="machine_shape for every kernel, e.g. NvidiaTeslaT4")
+    p.add_argument("--accelerator", default=DEFAULT_ACCELERATOR,
+                   help=f"machine_shape for every kernel (default {DEFAULT_ACCELERATOR}: GPU T4 x2; '' for none)")
     p.add_argument("--run", default="", help="stages to run on Kaggle after pushing, e.g. 00,03 (default: none)")
     args = p.parse_args(argv)
     from r1helpers.pipeline import NOTEBOOKS
@@ -303,6 +335,10 @@ def main(argv: list[str] | None = None) -> int:
     if set(stages) - set(NOTEBOOKS):
         print(f"--run: unknown stages {sorted(set(stages) - set(NOTEBOOKS))}; choose from {list(NOTEBOOKS)}",
               file=sys.stderr)
+        return 2
+    if args.accelerator in RETIRED_ACCELERATORS:
+        print(f"--accelerator {args.accelerator}: Kaggle has retired it (its sessions run on a T4); use "
+              f"{DEFAULT_ACCELERATOR}", file=sys.stderr)
         return 2
     source, user = credentials()
     try:
@@ -321,6 +357,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if shutil.which(kaggle_cli()[0]) is None:
         print("the kaggle command-line tool is missing: pip install 'r1helpers[kaggle]'", file=sys.stderr)
+        return 2
+    problem = kaggle_cli_problem()
+    if problem:
+        print(problem, file=sys.stderr)
         return 2
     print(f"pushing as {b.username} (credentials: {source})")
     try:

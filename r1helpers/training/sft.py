@@ -20,6 +20,7 @@ from typing import Any
 
 from r1helpers.core.config import Config, ConfigError
 from r1helpers.core.ddp import trainer_kwargs
+from r1helpers.core.hardware import headless
 from r1helpers.modeling.load import Loaded
 
 
@@ -245,7 +246,7 @@ def sft_config(cfg: Config, loaded: Loaded, output_dir: Path, report_to: list[st
         run_name=run_name_from(output_dir),
         **trainer_kwargs(),
         # Headless (papermill): plain log lines from transformers' printer instead of bars.
-        disable_tqdm=os.environ.get("R1HELPERS_HEADLESS") == "1",
+        disable_tqdm=headless(),
         dataloader_num_workers=0,
         remove_unused_columns=True,
     )

@@ -15,7 +15,6 @@ would be uploaded.
 
 from __future__ import annotations
 
-import gc
 import json
 import os
 import shutil
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from r1helpers.core.config import Config
+from r1helpers.core.hardware import free_memory
 from r1helpers.core.runs import Run, atomic_dir, read_json, write_json_atomic, write_text_atomic
 
 # Beside the estimate: filesystem slack, tokenizer files, card, temporary check files.
@@ -258,10 +258,6 @@ class Context:
     notes: list[str]
 
 
-def _free_memory() -> None:
-    gc.collect()
-
-
 def export_adapter(ctx: Context) -> dict[str, Any]:
     path = ctx.out / "adapter"
     with atomic_dir(path) as tmp:
@@ -277,7 +273,7 @@ def export_merged(ctx: Context, dtype: str, keep: bool) -> tuple[dict[str, Any],
     probes = None
     if ctx.logits_ok:
         probes = ec.adapter_reference(ctx.base_dir, ctx.out / "adapter", ctx.prompts, ctx.cfg.export.check_tokens)
-        _free_memory()
+        free_memory()
     path = ctx.out / "merged_16bit"
     target = path if keep else Path(tempfile.mkdtemp(dir=ctx.out, prefix=".merged-for-gguf-"))
     with atomic_dir(target) as tmp:
@@ -286,7 +282,7 @@ def export_merged(ctx: Context, dtype: str, keep: bool) -> tuple[dict[str, Any],
             checks["logits_vs_adapter"] = ec.check_merged(tmp, probes)
         if keep:
             _card(ctx, "merged", tmp, checks)
-    _free_memory()
+    free_memory()
     record = {"path": str(target), "bytes": _dir_bytes(target), "dtype": checks["merge"]["dtype"], "checks": checks}
     return record, target, probes
 
@@ -301,7 +297,7 @@ def export_gguf(ctx: Context, merged: Path, dtype: str, quantizer) -> dict[str, 
     stem = f"{Path(ctx.cfg.model.name).name}-medical-cot"
     probes = ec.reference_probes(ec.load_float32(merged), ctx.prompts, ctx.cfg.export.check_tokens) \
         if ctx.logits_ok else None
-    _free_memory()
+    free_memory()
     path = ctx.out / "gguf"
     files: dict[str, Any] = {}
     with atomic_dir(path) as tmp:
@@ -345,7 +341,7 @@ def check_one_gguf(ctx: Context, path: Path, kind: str, merged: Path, probes) ->
         checks["logits"] = "skipped: a float32 copy of the model does not fit in memory; weights checked instead"
         return checks
     checks["transformers"] = ec.check_gguf_transformers(path, probes, kind)
-    _free_memory()
+    free_memory()
     if ec.llama_cpp_available():
         checks["llama.cpp"] = ec.check_gguf_llama_cpp(path, probes, kind, ctx.prompt_texts)
     else:
