@@ -340,7 +340,13 @@ def test_dataset_holds_the_wheel_the_first_cell_looks_for(built):
 
     names = zipfile.ZipFile(wheel).namelist()
     assert "r1helpers/kaggle.py" in names and "r1helpers/assets/sample_medical_o1.jsonl" in names
-    assert 'glob("**/r1helpers-*.whl")' in nbformat.read(NOTEBOOKS[0], as_version=4).cells[1].source
+    assert "r1helpers/recipes/seed.yaml" in names and "r1helpers/core/config.py" in names
+    # The first cell finds the wheel wherever Kaggle mounts the dataset under /kaggle/input.
+    import fnmatch
+
+    pattern = 'glob.glob("/kaggle/input/**/r1helpers-*.whl", recursive=True)'
+    assert pattern in nbformat.read(NOTEBOOKS[0], as_version=4).cells[1].source
+    assert fnmatch.fnmatch(f"/kaggle/input/r1helpers/{wheel.name}", "/kaggle/input/*/r1helpers-*.whl")
 
 
 def test_build_readme_documents_secrets(built):

@@ -101,7 +101,6 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     model = build_model(work / "llama8b-random-tinytok")
     built = time.perf_counter() - t0
-    torch.cuda.empty_cache()
     run_dir = work / "run"
     shutil.rmtree(run_dir, ignore_errors=True)
     env = {**os.environ, "R1HELPERS_HEADLESS": "1"}
