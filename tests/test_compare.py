@@ -178,11 +178,11 @@ def _same_generations(prepared, cfg):
 
 
 def test_zero_step_adapter_shows_no_significant_change(cfg, prepared_run, tmp_path):
-    from r1helpers.modeling.load import add_lora, load_base
+    from r1helpers.modeling.load import load_base
 
     run, prepared = prepared_run
     adapter = tmp_path / "zero-step-adapter"
-    add_lora(load_base(cfg), cfg).model.save_pretrained(str(adapter))
+    steps.with_lora(cfg, load_base(cfg)).model.save_pretrained(str(adapter))
     gens = _same_generations(prepared, cfg)
     result = steps.compare(cfg, run, prepared, gens, gens, adapter_dir=adapter)
     for key in ("cot_nll", "answer_nll", "completion_nll"):

@@ -35,9 +35,10 @@ def cfg(cpu_cfg):
 def _adapter(cfg, folder: Path) -> Path:
     import torch
 
-    from r1helpers.modeling.load import add_lora, load_base
+    from r1helpers.modeling.load import load_base
+    from r1helpers.workflow.steps import with_lora
 
-    model = add_lora(load_base(cfg), cfg).model
+    model = with_lora(cfg, load_base(cfg)).model
     torch.manual_seed(0)
     with torch.no_grad():
         for name, p in model.named_parameters():

@@ -398,6 +398,15 @@ def from_dict(data: Mapping[str, Any]) -> Config:
     return Config(**kwargs)
 
 
+def validate(cfg: Config) -> Config:
+    """`cfg` checked again after assignments such as `cfg.train.max_steps = 30` in a notebook cell:
+    a new Config rebuilt from its values, so a bad one raises the usual ConfigError naming the field
+    (and "30" from a text box becomes 30)."""
+    if not isinstance(cfg, Config):
+        raise ConfigError(f"expected a Config, got {type(cfg).__name__}")
+    return from_dict(cfg.to_dict())
+
+
 def has_cuda() -> bool:
     try:
         import torch
