@@ -296,10 +296,11 @@ def train(cfg: Config, run: Run, loaded: Loaded, prepared, resume: bool | None =
     tokens = last_value(history, "num_tokens")  # TRL counts the tokens trained on (all ranks), from step 0
     metrics = {
         **{k: v for k, v in result.metrics.items() if isinstance(v, (int, float))},
+        "global_step": trainer.state.global_step,
         "seconds": round(seconds, 2),
         "resumed_from": resume_from.name if resume_from else None,
-        "final_train_loss": last_value(history, "loss"),
-        "final_eval_loss": last_value(history, "eval_loss"),
+        "final_train_loss": _rounded(last_value(history, "loss")),
+        "final_eval_loss": _rounded(last_value(history, "eval_loss")),
         "tokens_per_second": round(tokens / seconds, 1) if tokens and not resume_from else None,
         "trainable_parameters": trainable,
         "total_parameters": total,
@@ -323,6 +324,10 @@ def train(cfg: Config, run: Run, loaded: Loaded, prepared, resume: bool | None =
         run.write_manifest(cfg, "train", metrics=metrics)
     barrier()
     return TrainResult(adapter_dir, history, metrics)
+
+
+def _rounded(x: float | None, digits: int = 4) -> float | None:
+    return None if x is None else round(x, digits)
 
 
 def load_result(run: Run) -> TrainResult:
