@@ -27,7 +27,7 @@ def test_flops_per_token_in_8b_shape():
 
 def test_configs_keep_the_recipe_effective_batch():
     assert {c.micro_batch * c.accumulation for c in CONFIGS.values() if c.micro_batch} == {8}
-    assert CONFIGS["fast-default"].micro_batch == 0  # planned by r1helpers.training.sft.plan_batches on the GPU
+    assert CONFIGS["fast-default"].micro_batch == 0  # planned by r1helpers.training.plan.plan_batches on the GPU
 
 
 def test_table_renders_errors_and_results():

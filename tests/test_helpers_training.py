@@ -212,3 +212,17 @@ def test_tables_show_the_values(cpu_cfg):
     plan = show.batch_plan_table({"micro_batch": 2, "accumulation": 2, "padding_free": False, "reason": "t"}, 2)
     assert plan.loc["effective batch", "value"] == 8
     assert list(show.differences({"a": 1, "b": 2}, {"a": 1, "b": 3}).index) == ["b"]
+
+
+def test_runners_check_the_config_before_anything_loads(tmp_path):
+    from r1helpers import distributed
+    from r1helpers.core.runs import Run
+    from r1helpers.workflow import steps
+
+    cfg, run = load_config("cpu"), Run.open(tmp_path / "run")
+    cfg.train.learning_rate = 5.0
+    with pytest.raises(ConfigError, match=r"train\.learning_rate"):
+        steps.ensure_trained(cfg, run, prepared=None)
+    with pytest.raises(ConfigError, match=r"train\.learning_rate"):
+        distributed.ensure_trained_anywhere(cfg, run, prepared=None)
+    assert not (run.root / "train").exists()
