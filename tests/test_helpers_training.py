@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from r1helpers.core.config import ConfigError, load_config, validate
-from r1helpers.modeling.load import add_lora, expected_lora_parameters, lora_shapes, trainable_parameters
+from r1helpers.modeling.load import (add_lora, estimated_weights_gib, expected_lora_parameters, lora_shapes,
+                                     trainable_parameters)
 from r1helpers.training.plan import (BatchPlan, activation_gib, activation_tokens, gpu_memory_gib, plan_batches,
                                      resolve_padding_free, token_budget_env, worst_micro_batch_tokens)
 from r1helpers.training.sft import last_value, latest_checkpoint, make_trainer, sft_arguments, wandb_reachable
@@ -73,6 +74,13 @@ def test_expected_count_of_the_seed_recipe_on_the_8b():
     assert lora_shapes(LLAMA_8B_DIMS)["k_proj"] == (4096, 1024)
     with pytest.raises(Exception, match="lora.target_modules"):
         expected_lora_parameters(LLAMA_8B_DIMS, 16, ["lm_head"])
+
+
+def test_weights_estimate_matches_the_loaded_model(base_model):
+    model = base_model()
+    loaded_gib = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**30
+    assert estimated_weights_gib(model.config, False, "float32") == pytest.approx(loaded_gib, rel=0.01)
+    assert 5.0 < estimated_weights_gib(SimpleNamespace(**vars(LLAMA_8B_DIMS), vocab_size=128256), True) < 6.0
 
 
 # ---- training.plan ----------------------------------------------------------------------------------

@@ -171,6 +171,19 @@ def expected_lora_parameters(model_config, r: int, target_modules: list[str]) ->
     return per_block * model_config.num_hidden_layers
 
 
+def estimated_weights_gib(model_config, load_in_4bit: bool, dtype: str = "bfloat16") -> float:
+    """GPU memory the weights take once loaded, from the model's shapes: the blocks' linear layers in
+    4-bit (half a byte a weight, plus ~6% of quantization constants) or in `dtype`, the embeddings and
+    output head in 16-bit. A Llama-3.1-8B in 4-bit: ~5.4 GiB (BENCHMARKS.md measured 5.7-6.5 allocated after loading)."""
+    shapes = lora_shapes(model_config)
+    linear = sum(i * o for i, o in shapes.values()) * model_config.num_hidden_layers
+    tied = getattr(model_config, "tie_word_embeddings", False)
+    embeddings = model_config.vocab_size * model_config.hidden_size * (1 if tied else 2)
+    width = {"float32": 4, "bfloat16": 2, "float16": 2}.get(dtype, 2)
+    linear_bytes = linear * 0.5 * 1.06 if load_in_4bit else linear * width
+    return (linear_bytes + embeddings * (2 if load_in_4bit else width)) / 2**30
+
+
 def load_finetuned(cfg: Config, adapter_dir: Path, backend: BackendChoice | None = None) -> Loaded:
     """Base model plus a saved adapter, for inference."""
     from peft import PeftModel

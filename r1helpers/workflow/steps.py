@@ -371,20 +371,22 @@ def plan_for(cfg: Config, base: Loaded, prepared) -> BatchPlan:
 def training_preview(cfg: Config, run: Run, prepared, processes: int = 1) -> dict[str, Any]:
     """What stage 03 will pass, before any model loads, when training in `processes` processes (one
     of them: its share of the batch): the backend, the batch plan, the add_lora settings and the
-    SFTConfig arguments (under DDP each process adds r1helpers.core.ddp.trainer_kwargs()). The plan estimates the weights' memory from the model's
-    name (train() measures it after loading), so on a GPU its token budget can differ a little
-    from the recorded one; everything else is computed as train() computes it."""
+    SFTConfig arguments (under DDP each process adds r1helpers.core.ddp.trainer_kwargs()).
+
+    The plan estimates the weights' memory from the model's shapes where train() measures it after
+    loading, so on a GPU its token budget can differ a little from the recorded one; everything else
+    is computed as train() computes it."""
     from transformers import AutoConfig
 
-    from r1helpers.core.hardware import choose_backend, model_billions, weights_gib
+    from r1helpers.core.hardware import choose_backend
+    from r1helpers.modeling.load import estimated_weights_gib
     from r1helpers.modeling.tiny import resolve_model_path
 
     cfg = validate(cfg)
     backend = choose_backend(cfg, processes=processes)
     gpu_gib = gpu_memory_gib()
-    billions = model_billions(cfg.model.name)
     dims = AutoConfig.from_pretrained(resolve_model_path(cfg.model.name), revision=cfg.model.revision)
-    base_gib = weights_gib(billions, backend.load_in_4bit) if gpu_gib and billions else None
+    base_gib = estimated_weights_gib(dims, backend.load_in_4bit, backend.dtype) if gpu_gib else None
     plan = plan_from_config(cfg, backend.name, gpu_gib, processes=processes, lengths=_lengths(prepared),
                             dims=dims, base_gib=base_gib)
     mode, note = wandb_choice(cfg)
