@@ -234,3 +234,31 @@ def test_runners_check_the_config_before_anything_loads(tmp_path):
     with pytest.raises(ConfigError, match=r"train\.learning_rate"):
         distributed.ensure_trained_anywhere(cfg, run, prepared=None)
     assert not (run.root / "train").exists()
+
+
+def test_preview_on_a_t4_trains_in_fp16_with_the_recipes_batch(tmp_path, monkeypatch, tiny_model_dir):
+    """What notebook 03 previews on a 15 GiB GPU without bf16 (a T4), faked on the CPU: fp16 not bf16, the
+    effective batch of 8, and checkpointing as the plan says (the tiny model's activations fit, so none)."""
+    from r1helpers.core import hardware
+    from r1helpers.core.runs import Run
+    from r1helpers.workflow import steps
+
+    monkeypatch.setattr(steps, "gpu_memory_gib", lambda: 15.0)
+    monkeypatch.setattr(hardware, "choose_backend", lambda cfg, processes=1: hardware.BackendChoice(
+        "unsloth", "a T4 (faked)", "float16", True))
+    cfg = load_config("cpu", {"train.per_device_train_batch_size": 2, "train.gradient_accumulation_steps": 4})
+    prepared = SimpleNamespace(train=_Columns({"num_tokens": [700] * 8}), eval=[1, 2])
+    preview = steps.training_preview(cfg, Run.open(tmp_path / "run"), prepared)
+    args, plan = preview["sft_arguments"], preview["plan"]
+    assert (args["fp16"], args["bf16"]) == (True, False)
+    assert plan.effective_batch == 8 and args["per_device_train_batch_size"] * args["gradient_accumulation_steps"] == 8
+    assert preview["expected_trainable_parameters"] == 2 * 16_384
+    assert plan.gradient_checkpointing == "false" and args["gradient_checkpointing"] is False
+
+
+class _Columns(dict):
+    """A stand-in for a datasets.Dataset's columns."""
+
+    @property
+    def column_names(self):
+        return list(self)
