@@ -220,6 +220,7 @@ def test_tables_show_the_values(cpu_cfg):
     plan = show.batch_plan_table({"micro_batch": 2, "accumulation": 2, "padding_free": False, "reason": "t"}, 2)
     assert plan.loc["effective batch", "value"] == 8
     assert list(show.differences({"a": 1, "b": 2}, {"a": 1, "b": 3}).index) == ["b"]
+    assert list(show.differences({"a": 1}, {"a": 1}).index) == ["(none: all the same)"]
 
 
 def test_runners_check_the_config_before_anything_loads(tmp_path):

@@ -135,8 +135,10 @@ def values_table(values: dict[str, Any], name: str = "value", sources: dict[str,
 
 
 def differences(before: dict[str, Any], after: dict[str, Any]):
-    """The keys whose values differ between two dicts (empty table: none)."""
+    """The keys whose values differ between two dicts; one row "(none)" when all agree."""
     keys = [k for k in {**before, **after} if before.get(k) != after.get(k)]
+    if not keys:
+        return _pd().DataFrame({"before": ["-"], "after": ["-"]}, index=["(none: all the same)"], dtype=object)
     return _pd().DataFrame({"before": [str(before.get(k)) for k in keys], "after": [str(after.get(k)) for k in keys]},
                            index=keys, dtype=object)
 

@@ -129,8 +129,8 @@ print(result.adapter_dir)"""),
     ("md", """## What was used
 
 The runner recorded its batch plan and its `SFTConfig` arguments in `train/metrics.json`. The first table is the
-plan it trained with; the second lists every argument that differs from the preview above (an empty table: none
-did). On a GPU the token budget may differ, since the runner measured the weights' memory instead of estimating
+plan it trained with; the second lists every argument that differs from the preview above ("none" when all
+agree). On a GPU the token budget may differ, since the runner measured the weights' memory instead of estimating
 it; an adapter reused from an earlier session can differ in `disable_tqdm` (headless or not)."""),
     ("code", """show.batch_plan_table(used["batch_plan"], used["processes"])"""),
     ("code", """show.differences(preview["sft_arguments"], used.get("sft_arguments", {}))"""),
