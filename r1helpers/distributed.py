@@ -108,9 +108,10 @@ def launch_training(cfg_or_run_dir: Config | str | os.PathLike, run=None, nproc:
 
         cfg = config_mod.from_dict(yaml.safe_load(run.config_path.read_text()))
     nproc = resolve_processes(nproc, visible_gpus())
-    from r1helpers.training.sft import plan_batches
+    from r1helpers.training.plan import resolve_padding_free
 
-    plan_batches(per_process(cfg, nproc), "transformers", None)  # bad settings fail here, before any process starts
+    per_process(cfg, nproc)  # bad settings fail here, before any process starts
+    resolve_padding_free(cfg.train.padding_free, "transformers")
     echo = echo or (lambda line: print(line, flush=True))
     tail: collections.deque[str] = collections.deque(maxlen=tail_lines)
     with tempfile.TemporaryDirectory(prefix="r1helpers-ddp-") as tmp:
@@ -153,13 +154,30 @@ def train_with(cfg: Config, run, prepared, processes: int):
     return steps.load_result(run)
 
 
-def ensure_trained_anywhere(cfg: Config, run, prepared):
-    """What notebook 03 calls: `train.ensure_trained` here when train.processes is 1, otherwise
-    the same under DDP over train.processes GPUs (0: all visible ones)."""
+def training_processes(cfg: Config) -> int:
+    """train.processes resolved: 1, N (at most one per visible GPU), or 0: every visible GPU."""
     processes = cfg.train.processes
-    if processes != 1:
-        processes = resolve_processes(processes, visible_gpus())
-    return train_with(cfg, run, prepared, processes)
+    return processes if processes == 1 else resolve_processes(processes, visible_gpus())
+
+
+def ensure_trained_anywhere(cfg: Config, run, prepared):
+    """What notebook 03 calls: `steps.ensure_trained` here when train.processes is 1, otherwise
+    the same under DDP over train.processes GPUs (0: all visible ones). `cfg` is checked again
+    first, so values assigned in a notebook cell are what trains."""
+    from r1helpers.core.config import validate
+
+    cfg = validate(cfg)
+    return train_with(cfg, run, prepared, training_processes(cfg))
+
+
+def training_preview(cfg: Config, run, prepared) -> dict:
+    """What ensure_trained_anywhere will pass to add_lora and SFTConfig, and the batch plan, before
+    any model loads (steps.training_preview with train.processes resolved)."""
+    from r1helpers.core.config import validate
+    from r1helpers.workflow import steps
+
+    cfg = validate(cfg)
+    return steps.training_preview(cfg, run, prepared, training_processes(cfg))
 
 
 def _worker(run_dir: str, config_path: str) -> None:

@@ -119,7 +119,9 @@ def run_notebooks(
     # Headless logs get plain lines: the trainer's printer, not bars redrawn into a file.
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("MPLBACKEND", "Agg")
+    # The kernels draw with the inline backend (no display needed), so plots are saved in the executed
+    # notebooks; Agg would draw them nowhere.
+    os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     timings: dict[str, float] = {}
     for stage in stages or list(NOTEBOOKS):
         if stage not in NOTEBOOKS:

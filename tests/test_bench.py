@@ -27,7 +27,7 @@ def test_flops_per_token_in_8b_shape():
 
 def test_configs_keep_the_recipe_effective_batch():
     assert {c.micro_batch * c.accumulation for c in CONFIGS.values() if c.micro_batch} == {8}
-    assert CONFIGS["fast-default"].micro_batch == 0  # planned by r1helpers.training.sft.plan_batches on the GPU
+    assert CONFIGS["fast-default"].micro_batch == 0  # planned by r1helpers.training.plan.plan_batches on the GPU
 
 
 def test_table_renders_errors_and_results():
@@ -47,17 +47,17 @@ def test_padding_free_leaks_without_unsloth_so_it_is_refused(tmp_path):
     import pytest
 
     from r1helpers.tools.bench import padding_free_check
-    from r1helpers.core.config import ConfigError, load_config
+    from r1helpers.core.config import ConfigError
     from r1helpers.modeling.tiny import ensure_tiny_model
-    from r1helpers.training.sft import plan_batches
+    from r1helpers.training.plan import plan_batches
 
     check = padding_free_check(str(ensure_tiny_model()), "transformers", (23, 61, 40))
     assert check["relative_logit_error_per_example"][0] < 1e-5  # the first example sees nothing before it
     assert not check["examples_kept_apart"]
     with pytest.raises(ConfigError, match="train.padding_free"):
-        plan_batches(load_config("cpu", {"train.padding_free": "true"}), "transformers", None)
-    assert plan_batches(load_config("cpu"), "transformers", None).padding_free is False
-    assert plan_batches(load_config("cpu"), "unsloth", 15.0).padding_free is True
+        plan_batches(4, 1, backend="transformers", gpu_memory_gib=None, max_seq_length=1024, padding_free="true")
+    assert plan_batches(4, 1, backend="transformers", gpu_memory_gib=None, max_seq_length=1024).padding_free is False
+    assert plan_batches(4, 1, backend="unsloth", gpu_memory_gib=15.0, max_seq_length=1024).padding_free is True
 
 
 def _dims(**kw):
@@ -66,60 +66,78 @@ def _dims(**kw):
     return SimpleNamespace(**{k: LLAMA_8B[k] for k in ("num_hidden_layers", "hidden_size", "intermediate_size")}, **kw)
 
 
-def test_plan_drops_checkpointing_and_caps_each_pass_at_what_fits():
-    from r1helpers.core.config import load_config
-    from r1helpers.training.sft import activation_gib, activation_tokens, plan_batches
+def _seed(backend, gib, **kw):
+    """The planner with the seed recipe's values: micro-batch 2 x accumulation 4, 2048 tokens."""
+    from r1helpers.training.plan import plan_batches
 
-    seed = load_config("seed")
+    return plan_batches(2, 4, backend=backend, gpu_memory_gib=gib, max_seq_length=2048, **kw)
+
+
+def test_plan_drops_checkpointing_and_caps_each_pass_at_what_fits():
+    from r1helpers.training.plan import activation_gib, activation_tokens
+
     # H100 (79 GiB), 8B in 4-bit (~6.5 GiB): ~60.8 GiB free holds ~10,400 tokens of activations. A step's
     # 8 rows go in one micro-batch; steps longer than that (up to 8 x 2048) run in several passes.
-    h100 = plan_batches(seed, "unsloth", 79.2, dims=_dims(), base_gib=6.5)
+    h100 = _seed("unsloth", 79.2, dims=_dims(), base_gib=6.5)
     assert (h100.micro_batch, h100.accumulation, h100.gradient_checkpointing, h100.padding_free) == (8, 1, "false", True)
     assert h100.token_budget == activation_tokens(0.85 * 79.2 - 6.5, _dims())
     assert 10_000 < h100.token_budget < 8 * 2048
     assert 6.5 + activation_gib(h100.token_budget, _dims()) <= 0.85 * 79.2
     # Short rows: the longest possible step fits, so no step is split.
-    short = plan_batches(seed, "unsloth", 79.2, lengths=[700] * 500, dims=_dims(), base_gib=6.5)
+    short = _seed("unsloth", 79.2, lengths=[700] * 500, dims=_dims(), base_gib=6.5)
     assert (short.micro_batch, short.accumulation, short.gradient_checkpointing, short.token_budget) == (8, 1, "false", 0)
     # With two processes Unsloth cannot split (ranks must split alike): the longest micro-batch must fit.
-    ddp = plan_batches(seed, "unsloth", 79.2, dims=_dims(), base_gib=6.5, processes=2)
+    ddp = _seed("unsloth", 79.2, dims=_dims(), base_gib=6.5, processes=2)
     assert (ddp.micro_batch, ddp.accumulation, ddp.gradient_checkpointing, ddp.token_budget) == (4, 2, "false", 0)
     # A T4 with rows up to max_seq_length: one 2048-token row does not fit without checkpointing, so the
     # recipe's micro-batch and Unsloth's checkpointing stay.
-    t4 = plan_batches(seed, "unsloth", 15.0, lengths=[900] * 499 + [2048], dims=_dims(), base_gib=5.7)
+    t4 = _seed("unsloth", 15.0, lengths=[900] * 499 + [2048], dims=_dims(), base_gib=5.7)
     assert (t4.micro_batch, t4.accumulation, t4.gradient_checkpointing, t4.token_budget) == (2, 4, None, 0)
+    assert t4.checkpointing("unsloth") == "unsloth" and t4.effective_batch == 8
     # With rows of at most 900 tokens one fits without it: passes capped at ~1,200 tokens, under 14 GiB.
-    t4_short = plan_batches(seed, "unsloth", 15.0, lengths=[900] * 500, dims=_dims(), base_gib=5.7)
+    t4_short = _seed("unsloth", 15.0, lengths=[900] * 500, dims=_dims(), base_gib=5.7)
     assert (t4_short.micro_batch, t4_short.accumulation, t4_short.gradient_checkpointing) == (8, 1, "false")
     assert 900 <= t4_short.token_budget < 1800
     assert 5.7 + activation_gib(t4_short.token_budget, _dims()) < 14
     # A budget as set: passes of at most that many tokens, checkpointing off only if such a pass fits.
-    small = plan_batches(load_config("seed", {"train.token_budget": 3000}), "unsloth", 79.2, dims=_dims(), base_gib=6.5)
+    small = _seed("unsloth", 79.2, token_budget=3000, dims=_dims(), base_gib=6.5)
     assert (small.micro_batch, small.accumulation, small.gradient_checkpointing, small.token_budget) == (8, 1, "false", 3000)
-    t4_set = plan_batches(load_config("seed", {"train.token_budget": 4096}), "unsloth", 15.0, dims=_dims(), base_gib=5.7)
+    t4_set = _seed("unsloth", 15.0, token_budget=4096, dims=_dims(), base_gib=5.7)
     assert (t4_set.micro_batch, t4_set.gradient_checkpointing, t4_set.token_budget) == (8, None, 4096)
     # Padded batches (padding_free=false) keep fixed micro-batches sized for the longest.
-    padded = plan_batches(load_config("seed", {"train.padding_free": "false"}), "unsloth", 79.2, dims=_dims(), base_gib=6.5)
+    padded = _seed("unsloth", 79.2, padding_free="false", dims=_dims(), base_gib=6.5)
     assert (padded.micro_batch, padded.accumulation, padded.padding_free, padded.token_budget) == (4, 2, False, 0)
     # transformers + peft keeps ~12 MiB a token (full logits, padded rows): 2 x 2048 padded (~48 GiB) fits an
     # H100 without checkpointing (measured 47.2 GiB, 1.40x the fallback with it); a P100 keeps checkpointing.
-    tf = plan_batches(seed, "transformers", 79.2, dims=_dims(), base_gib=6.5)
+    tf = _seed("transformers", 79.2, dims=_dims(), base_gib=6.5)
     assert (tf.micro_batch, tf.accumulation, tf.gradient_checkpointing, tf.padding_free) == (2, 4, "false", False)
     # Padded rows: a micro-batch costs its row count times its longest row, not the sum of its rows.
-    tf_short = plan_batches(seed, "transformers", 79.2, lengths=[700] * 499 + [1024], dims=_dims(), base_gib=6.5)
+    tf_short = _seed("transformers", 79.2, lengths=[700] * 499 + [1024], dims=_dims(), base_gib=6.5)
     assert (tf_short.micro_batch, tf_short.gradient_checkpointing) == (4, "false")
-    p100 = plan_batches(seed, "transformers", 15.9, dims=_dims(), base_gib=5.7)
+    p100 = _seed("transformers", 15.9, dims=_dims(), base_gib=5.7)
     assert (p100.micro_batch, p100.accumulation, p100.gradient_checkpointing) == (2, 4, None)
     # The seed recipe as written.
-    exact = plan_batches(load_config("seed", {"train.batch_plan": "as_set"}), "unsloth", 79.2, dims=_dims(), base_gib=6.5)
+    exact = _seed("unsloth", 79.2, batch_plan="as_set", dims=_dims(), base_gib=6.5)
     assert (exact.micro_batch, exact.accumulation, exact.gradient_checkpointing) == (2, 4, None)
+
+
+def test_plan_from_config_passes_the_config_values():
+    """The orchestration's mapping: cfg.train / cfg.model values reach the planner unchanged."""
+    from r1helpers.core.config import load_config
+    from r1helpers.workflow.steps import plan_from_config
+
+    cfg = load_config("seed", {"train.token_budget": 3000})
+    assert plan_from_config(cfg, "unsloth", 79.2, dims=_dims(), base_gib=6.5) == _seed(
+        "unsloth", 79.2, token_budget=3000, dims=_dims(), base_gib=6.5)
+    two = plan_from_config(load_config("seed"), "unsloth", 79.2, dims=_dims(), base_gib=6.5, processes=2)
+    assert (two.micro_batch, two.accumulation) == (4, 1), "each of 2 processes: half the effective batch"
 
 
 def test_token_budget_reaches_unsloth_only_while_the_trainer_is_built(monkeypatch):
     """Unsloth's SFTTrainer reads UNSLOTH_TOKEN_BUDGET in its constructor; the user's value comes back after."""
     import os
 
-    from r1helpers.training.sft import TOKEN_BUDGET_ENV, BatchPlan, token_budget_env
+    from r1helpers.training.plan import TOKEN_BUDGET_ENV, BatchPlan, token_budget_env
 
     monkeypatch.delenv(TOKEN_BUDGET_ENV, raising=False)
     with token_budget_env(BatchPlan(8, 1, True, "test", "false", 10379)):
@@ -131,22 +149,27 @@ def test_token_budget_reaches_unsloth_only_while_the_trainer_is_built(monkeypatc
     assert os.environ[TOKEN_BUDGET_ENV] == "4096"
     with token_budget_env(BatchPlan(2, 4, True, "as set")):  # no budget: the user's own setting stands
         assert os.environ[TOKEN_BUDGET_ENV] == "4096"
+    with token_budget_env(0):
+        assert os.environ[TOKEN_BUDGET_ENV] == "4096"
 
 
 def test_trainer_checkpoints_only_where_the_plan_or_config_says(tmp_path):
     """TRL's SFTConfig defaults to gradient_checkpointing=True and the trainer would then enable it on
     the model whatever add_lora chose (it did: the CPU profile and the fallback were always recomputing)."""
-    from types import SimpleNamespace
-
-    import torch
+    from trl import SFTConfig
 
     from r1helpers.core.config import load_config
-    from r1helpers.training.sft import BatchPlan, sft_config
+    from r1helpers.training.plan import BatchPlan
+    from r1helpers.workflow.steps import sft_arguments_for
 
-    loaded = SimpleNamespace(backend=SimpleNamespace(dtype="float32", name="transformers"), device=torch.device("cpu"))
-    off = sft_config(load_config("cpu"), loaded, tmp_path / "a" / "b", [], False, BatchPlan(4, 1, False, "t"))
+    def args(cfg, plan):
+        kw = sft_arguments_for(cfg, plan, tmp_path / "a" / "b", backend="transformers", dtype="float32",
+                               on_gpu=False, report_to=[], has_eval=False, run_name="r")
+        return SFTConfig(**kw)
+
+    off = args(load_config("cpu"), BatchPlan(4, 1, False, "t"))
     assert off.gradient_checkpointing is False
-    seed = sft_config(load_config("seed"), loaded, tmp_path / "a" / "b", [], False, BatchPlan(2, 4, False, "t"))
+    seed = args(load_config("seed"), BatchPlan(2, 4, False, "t"))
     assert seed.gradient_checkpointing is True and seed.gradient_checkpointing_kwargs == {"use_reentrant": False}
-    planned = sft_config(load_config("seed"), loaded, tmp_path / "a" / "b", [], False, BatchPlan(8, 1, True, "t", "false", 9000))
+    planned = args(load_config("seed"), BatchPlan(8, 1, True, "t", "false", 9000))
     assert planned.gradient_checkpointing is False

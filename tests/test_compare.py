@@ -178,11 +178,9 @@ def _same_generations(prepared, cfg):
 
 
 def test_zero_step_adapter_shows_no_significant_change(cfg, prepared_run, tmp_path):
-    from r1helpers.modeling.load import add_lora
-
     run, prepared = prepared_run
     adapter = tmp_path / "zero-step-adapter"
-    add_lora(steps.load_base_for(cfg), cfg).model.save_pretrained(str(adapter))
+    steps.with_lora(cfg, steps.load_base_for(cfg)).model.save_pretrained(str(adapter))
     gens = _same_generations(prepared, cfg)
     result = steps.compare(cfg, run, prepared, gens, gens, adapter_dir=adapter)
     for key in ("cot_nll", "answer_nll", "completion_nll"):

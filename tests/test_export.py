@@ -35,10 +35,9 @@ def cfg(cpu_cfg):
 def _adapter(cfg, folder: Path) -> Path:
     import torch
 
-    from r1helpers.modeling.load import add_lora
-    from r1helpers.workflow.steps import load_base_for
+    from r1helpers.workflow.steps import load_base_for, with_lora
 
-    model = add_lora(load_base_for(cfg), cfg).model
+    model = with_lora(cfg, load_base_for(cfg)).model
     torch.manual_seed(0)
     with torch.no_grad():
         for name, p in model.named_parameters():

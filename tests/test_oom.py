@@ -93,11 +93,9 @@ def test_other_generation_errors_are_not_retried(base, small_cfg, monkeypatch):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_model_dir, tokenizer, small_cfg):
     """A run folder with a finished adapter, and the peft model that made it."""
-    from r1helpers.modeling.load import add_lora
-
     run = Run.open(tmp_path_factory.mktemp("oom") / "run")
     prepared = prepare(small_cfg, run, tokenizer)
-    loaded = add_lora(steps.load_base_for(small_cfg), small_cfg)
+    loaded = steps.with_lora(small_cfg, steps.load_base_for(small_cfg))
     steps.train(small_cfg, run, loaded, prepared)
     return run, loaded, prepared
 

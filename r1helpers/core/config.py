@@ -385,6 +385,15 @@ def from_dict(data: Mapping[str, Any]) -> Config:
     return Config(**kwargs)
 
 
+def validate(cfg: Config) -> Config:
+    """`cfg` checked again after assignments such as `cfg.train.max_steps = 30` in a notebook cell:
+    a new Config rebuilt from its values, so a bad one raises the usual ConfigError naming the field
+    (and "30" from a text box becomes 30)."""
+    if not isinstance(cfg, Config):
+        raise ConfigError(f"expected a Config, got {type(cfg).__name__}")
+    return from_dict(cfg.to_dict())
+
+
 def has_cuda() -> bool:
     try:
         import torch
@@ -445,12 +454,6 @@ def _read_yaml(path: Path, what: str) -> dict[str, Any]:
         raise ConfigError(f"{what}: {path} must hold a mapping of fields")
     loaded.pop("profile", None)
     return loaded
-
-
-def validate(cfg: Config) -> Config:
-    """Check a config that a notebook changed in place (`cfg.lora.r = 32`): the same checks, the same
-    error naming the field, as when it was loaded. Returns the checked copy."""
-    return from_dict(cfg.to_dict())
 
 
 def dump(cfg: Config) -> str:

@@ -186,3 +186,80 @@ def record_results(run, stage: str, values: dict[str, Any]):
     table = _pd().DataFrame({"value": list(values.values())}, index=list(values.keys()), dtype=object)
     table.index.name = f"results {stage}"
     return table
+
+
+def values_table(values: dict[str, Any], name: str = "value", sources: dict[str, str] | None = None):
+    """A dict as a table, one row a key; `sources`: where each value comes from (a second column)."""
+    pd = _pd()
+    table = pd.DataFrame({name: [v if not isinstance(v, (list, dict)) else str(v) for v in values.values()]},
+                         index=list(values.keys()), dtype=object)
+    if sources is not None:
+        table["from"] = [sources.get(k, "") for k in values]
+    return table
+
+
+def differences(before: dict[str, Any], after: dict[str, Any]):
+    """The keys whose values differ between two dicts; one row "(none)" when all agree."""
+    keys = [k for k in {**before, **after} if before.get(k) != after.get(k)]
+    if not keys:
+        return _pd().DataFrame({"before": ["-"], "after": ["-"]}, index=["(none: all the same)"], dtype=object)
+    return _pd().DataFrame({"before": [str(before.get(k)) for k in keys], "after": [str(after.get(k)) for k in keys]},
+                           index=keys, dtype=object)
+
+
+def lora_table(lora) -> Any:
+    """cfg.lora as a table: each setting, its value, and what it does, in a sentence."""
+    scale = lora.alpha / lora.r
+    gc = str(lora.gradient_checkpointing).lower()
+    rows = [
+        ("r (rank)", lora.r,
+         f"Each adapted weight W (out x in) stays frozen and gets a trainable update B @ A, with A of shape "
+         f"{lora.r} x in and B of shape out x {lora.r}: {lora.r} x (in + out) numbers per matrix instead of "
+         "in x out. A higher rank can fit more, at more memory and more risk of overfitting few rows."),
+        ("alpha", lora.alpha,
+         f"The update is scaled by alpha / r = {lora.alpha} / {lora.r} = {scale:g}: the layer computes "
+         f"W x + {scale:g} * B A x. Changing r without alpha changes this scale, and so the effective step size."),
+        ("dropout", lora.dropout,
+         "Dropout on the adapter's input while training (0: none). The recipe uses 0, which is also what "
+         "Unsloth's fused LoRA kernels are fastest with; 60 steps over a few hundred rows barely repeat an example."),
+        ("bias", lora.bias, "Which biases train besides A and B (none: no biases; Llama's linear layers have none)."),
+        ("target_modules", ", ".join(lora.target_modules),
+         "The linear layers that get adapters, in every decoder block: q/k/v/o_proj are attention's projections, "
+         "gate/up/down_proj the MLP. All seven: the adapter can change both what tokens attend to and what the "
+         "MLP writes. Embeddings and the output head stay frozen."),
+        ("gradient_checkpointing", gc,
+         {"unsloth": "Activations are dropped in the forward pass and recomputed in the backward, Unsloth's "
+                     "variant offloading them to CPU memory: each layer's forward runs twice, but far less GPU memory is "
+                     "held (a T4 needs it at 2048 tokens). The transformers backend does plain recomputation.",
+          "true": "Activations are dropped in the forward pass and recomputed in the backward: slower, less memory.",
+          "false": "Every activation is kept for the backward pass: fastest, most memory."}[gc]
+         + " The batch plan below may turn it off where the GPU has room."),
+        ("random_state", lora.random_state,
+         "Seed of A's random initialisation; B starts at zero, so before the first step the model answers "
+         "exactly as the base model."),
+    ]
+    return _pd().DataFrame(rows, columns=["setting", "value", "what it does"]).set_index("setting")
+
+
+def batch_plan_table(plan, processes: int = 1):
+    """A batch plan (a BatchPlan or the dict recorded in train/metrics.json) as a table, with the
+    effective batch it keeps."""
+    from dataclasses import asdict, is_dataclass
+
+    p = asdict(plan) if is_dataclass(plan) else dict(plan)
+    micro, acc = p["micro_batch"], p["accumulation"]
+    gc = p.get("gradient_checkpointing")
+    rows = [
+        ("micro-batch", micro, "rows in one forward and backward pass"),
+        ("accumulation", acc, "micro-batches whose gradients are summed before one optimizer step"),
+        ("processes", processes, "DDP processes (one per GPU), each with its own micro-batches"),
+        ("effective batch", micro * acc * processes, "rows averaged into one optimizer step: micro-batch x "
+                                                     "accumulation x processes"),
+        ("padding-free", p["padding_free"], "rows concatenated without pad tokens, each attending only to itself"),
+        ("gradient checkpointing", gc or "as lora.gradient_checkpointing",
+         "set by the plan where the GPU has room to keep every activation"),
+        ("token budget", p.get("token_budget", 0) or "none", "most tokens one pass holds; a longer step runs in "
+                                                            "several passes that sum to the same gradient"),
+        ("why", p["reason"], ""),
+    ]
+    return _pd().DataFrame(rows, columns=["", "value", "meaning"]).set_index("")

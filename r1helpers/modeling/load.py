@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from r1helpers.core.config import Config
 from r1helpers.core.hardware import BackendChoice
 from r1helpers.modeling.tiny import resolve_model_path
 
@@ -132,38 +131,79 @@ def load_base(name: str, *, max_seq_length: int, load_in_4bit: bool, dtype: str,
     return Loaded(model, tok, choice)
 
 
-def add_lora(loaded: Loaded, cfg: Config) -> Loaded:
-    """Wrap the base model with trainable LoRA adapters (the recipe's settings)."""
-    lc = cfg.lora
-    gc = str(lc.gradient_checkpointing).lower()
-    if loaded.backend.name == "unsloth":
+def add_lora(model, *, r: int, alpha: int, target_modules: list[str], dropout: float = 0.0, bias: str = "none",
+             random_state: int = 3407, gradient_checkpointing: str = "false", backend: str = "transformers",
+             load_in_4bit: bool = False, max_seq_length: int = 2048):
+    """Wrap a base model with trainable LoRA adapters; returns the peft model (the base's weights frozen).
+
+    Each linear layer named in `target_modules` gets a low-rank update W + (alpha / r) * B @ A,
+    with A (r x in) random and B (out x r) zero, so training starts from the base model's outputs.
+    `backend`: "unsloth" (its fused kernels; `model` from FastLanguageModel) or "transformers"
+    (peft; `load_in_4bit`: the base was loaded with bitsandbytes and is prepared for k-bit training).
+    `gradient_checkpointing`: "unsloth" (Unsloth's offloaded variant; plain checkpointing with
+    transformers) | "true" | "false". `random_state` seeds the adapters' initialisation.
+    """
+    gc = str(gradient_checkpointing).lower()
+    if backend == "unsloth":
         from unsloth import FastLanguageModel
 
-        model = FastLanguageModel.get_peft_model(
-            loaded.model, r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout, bias=lc.bias,
-            target_modules=list(lc.target_modules), random_state=lc.random_state,
+        return FastLanguageModel.get_peft_model(
+            model, r=r, lora_alpha=alpha, lora_dropout=dropout, bias=bias,
+            target_modules=list(target_modules), random_state=random_state,
             use_gradient_checkpointing={"unsloth": "unsloth", "true": True, "false": False}[gc],
-            use_rslora=False, loftq_config=None, max_seq_length=cfg.model.max_seq_length,
+            use_rslora=False, loftq_config=None, max_seq_length=max_seq_length,
         )
-        return Loaded(model, loaded.tokenizer, loaded.backend)
     import torch
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
-    model = loaded.model
     checkpointing = gc != "false"  # "unsloth" means its offloaded variant; plain checkpointing here
-    if loaded.backend.load_in_4bit:
+    if load_in_4bit:
         # Non-reentrant checkpointing, as below: the reentrant kind breaks DDP's gradient hooks.
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing,
                                                 gradient_checkpointing_kwargs={"use_reentrant": False})
     elif checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
-    torch.manual_seed(lc.random_state)
+    torch.manual_seed(random_state)
     peft_cfg = LoraConfig(
-        r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout, bias=lc.bias,
-        target_modules=list(lc.target_modules), task_type="CAUSAL_LM",
+        r=r, lora_alpha=alpha, lora_dropout=dropout, bias=bias,
+        target_modules=list(target_modules), task_type="CAUSAL_LM",
     )
-    return Loaded(get_peft_model(model, peft_cfg), loaded.tokenizer, loaded.backend)
+    return get_peft_model(model, peft_cfg)
+
+
+def lora_shapes(model_config) -> dict[str, tuple[int, int]]:
+    """(in, out) features of each linear layer of one Llama decoder block, from the model's config."""
+    hidden, inter = model_config.hidden_size, model_config.intermediate_size
+    heads = model_config.num_attention_heads
+    head_dim = getattr(model_config, "head_dim", None) or hidden // heads
+    kv = getattr(model_config, "num_key_value_heads", None) or heads
+    return {"q_proj": (hidden, heads * head_dim), "k_proj": (hidden, kv * head_dim), "v_proj": (hidden, kv * head_dim),
+            "o_proj": (heads * head_dim, hidden), "gate_proj": (hidden, inter), "up_proj": (hidden, inter),
+            "down_proj": (inter, hidden)}
+
+
+def expected_lora_parameters(model_config, r: int, target_modules: list[str]) -> int:
+    """Trainable numbers add_lora creates: r x (in + out) for each targeted matrix of every block."""
+    shapes = lora_shapes(model_config)
+    unknown = [m for m in target_modules if m not in shapes]
+    if unknown:
+        raise ModelError(f"lora.target_modules: {unknown} are not linear layers of a Llama block ({list(shapes)})")
+    per_block = sum(r * (shapes[m][0] + shapes[m][1]) for m in target_modules)
+    return per_block * model_config.num_hidden_layers
+
+
+def estimated_weights_gib(model_config, load_in_4bit: bool, dtype: str = "bfloat16") -> float:
+    """GPU memory the weights take once loaded, from the model's shapes: the blocks' linear layers in
+    4-bit (half a byte a weight, plus ~6% of quantization constants) or in `dtype`, the embeddings and
+    output head in 16-bit. A Llama-3.1-8B in 4-bit: ~5.4 GiB (BENCHMARKS.md measured 5.7-6.5 allocated after loading)."""
+    shapes = lora_shapes(model_config)
+    linear = sum(i * o for i, o in shapes.values()) * model_config.num_hidden_layers
+    tied = getattr(model_config, "tie_word_embeddings", False)
+    embeddings = model_config.vocab_size * model_config.hidden_size * (1 if tied else 2)
+    width = {"float32": 4, "bfloat16": 2, "float16": 2}.get(dtype, 2)
+    linear_bytes = linear * 0.5 * 1.06 if load_in_4bit else linear * width
+    return (linear_bytes + embeddings * (2 if load_in_4bit else width)) / 2**30
 
 
 def load_finetuned(adapter_dir: str | Path, *, name: str, max_seq_length: int, load_in_4bit: bool, dtype: str,

@@ -54,7 +54,7 @@ CONFIGS = {
     "fallback": BenchConfig("fallback", "transformers", 2, 4, False, "transformers + peft + bitsandbytes, padded 2 x 4"),
     "fallback-nockpt": BenchConfig("fallback-nockpt", "transformers", 2, 4, False, "the fallback without gradient checkpointing", "false"),
     "fast-16gb": BenchConfig("fast-16gb", "unsloth", 2, 4, True, "default on 16 GB GPUs (T4, P100 with Unsloth): padding-free 2 x 4"),
-    # micro_batch 0: whatever r1helpers.training.sft.plan_batches picks on this GPU for these lengths.
+    # micro_batch 0: whatever r1helpers.training.plan.plan_batches picks on this GPU for these lengths.
     "fast-default": BenchConfig("fast-default", "unsloth", 0, 0, True, "the project's default: plan_batches on this GPU"),
     "fast-8x1-offload": BenchConfig("fast-8x1-offload", "unsloth", 8, 1, True, "padding-free 8 x 1, Unsloth's offloaded checkpointing"),
     "fast-8x1-ckpt": BenchConfig("fast-8x1-ckpt", "unsloth", 8, 1, True, "padding-free 8 x 1, plain checkpointing (no offload)", "true"),
@@ -187,12 +187,12 @@ def run_one(name: str, model_dir: str, lengths_from: str | None, steps: int, war
     import datasets
     import torch
     from transformers import TrainerCallback
-    from trl import SFTTrainer
 
-    from r1helpers.core.config import apply_overrides, load_config
-    from r1helpers.modeling.load import add_lora, for_inference
-    from r1helpers.training.sft import BatchPlan, plan_batches, sft_config, token_budget_env
-    from r1helpers.workflow.steps import load_base_for
+    from r1helpers.core.config import load_config
+    from r1helpers.modeling.load import for_inference
+    from r1helpers.training.plan import BatchPlan
+    from r1helpers.training.sft import make_trainer
+    from r1helpers.workflow.steps import load_base_for, plan_from_config, sft_arguments_for, with_lora
 
     m = TrainMeasure(config=asdict(bc))
     m.gpu_gib = round(cap_gpu_memory(gpu_gib), 1)
@@ -205,23 +205,22 @@ def run_one(name: str, model_dir: str, lengths_from: str | None, steps: int, war
     n_rows = eff * (warmup + steps)
     lengths, _ = sample_lengths(n_rows, 3407, lengths_from, seq)
     if bc.micro_batch == 0:
-        plan = plan_batches(cfg, bc.backend, m.gpu_gib, lengths=lengths, dims=base.model.config,
-                            base_gib=torch.cuda.memory_allocated() / 2**30)
+        plan = plan_from_config(cfg, bc.backend, m.gpu_gib, lengths=lengths, dims=base.model.config,
+                                base_gib=torch.cuda.memory_allocated() / 2**30)
         bc = BenchConfig(bc.name, bc.backend, plan.micro_batch, plan.accumulation, plan.padding_free, plan.reason,
                          plan.gradient_checkpointing or bc.gradient_checkpointing, plan.token_budget)
         m.config = asdict(bc)
-        cfg = apply_overrides(cfg, {"lora.gradient_checkpointing": bc.gradient_checkpointing})
     else:
         plan = BatchPlan(bc.micro_batch, bc.accumulation, bc.padding_free, bc.note, token_budget=bc.token_budget)
-    loaded = add_lora(base, cfg)
+    loaded = with_lora(cfg, base, plan)  # the plan's checkpointing, else lora.gradient_checkpointing (bc's)
     g = torch.Generator().manual_seed(0)
     vocab = loaded.model.config.vocab_size
     rows = [{"input_ids": torch.randint(10, vocab - 10, (n,), generator=g).tolist()} for n in lengths]
     ds = datasets.Dataset.from_list(rows)
-    args = sft_config(cfg, loaded, Path("/tmp/bench-out") / name / "x", [], False, plan)
-    args.dataloader_drop_last = True
-    with token_budget_env(plan):
-        trainer = SFTTrainer(model=loaded.model, processing_class=loaded.tokenizer, args=args, train_dataset=ds)
+    args = sft_arguments_for(cfg, plan, Path("/tmp/bench-out") / name / "x", backend=bc.backend,
+                             dtype=base.backend.dtype, on_gpu=True, report_to=[], has_eval=False, run_name=name)
+    args["dataloader_drop_last"] = True
+    trainer = make_trainer(loaded.model, loaded.tokenizer, ds, None, args, token_budget=plan.token_budget)
     counter = _CountingCollator(trainer.data_collator)
     trainer.data_collator = counter
     marks: dict[str, Any] = {}
@@ -300,12 +299,11 @@ def padding_free_check(model_dir: str, backend: str, lengths: tuple[int, ...] = 
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
     from r1helpers.core.config import load_config
-    from r1helpers.modeling.load import add_lora
-    from r1helpers.workflow.steps import load_base_for
+    from r1helpers.workflow.steps import load_base_for, with_lora
 
     cfg = load_config("seed", {"model.name": model_dir, "model.backend": backend, "model.max_seq_length": 2048,
                                "lora.gradient_checkpointing": "false"})
-    loaded = add_lora(load_base_for(cfg), cfg)
+    loaded = with_lora(cfg, load_base_for(cfg))
     g = torch.Generator().manual_seed(0)
     vocab = loaded.model.config.vocab_size
     rows = [{"input_ids": torch.randint(10, vocab - 10, (n,), generator=g).tolist()} for n in lengths]

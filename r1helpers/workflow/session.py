@@ -99,9 +99,9 @@ def start(
     from r1helpers.core.hardware import environment_report
 
     env = environment_report(cfg)
-    from r1helpers.training.sft import plan_batches
+    from r1helpers.training.plan import resolve_padding_free
 
-    plan_batches(cfg, env["backend"]["name"], None)  # refuses settings the chosen backend cannot train
+    resolve_padding_free(cfg.train.padding_free, env["backend"]["name"])  # refuses what the backend cannot train
     env["profile_reason"] = why
     env["secrets_found"] = dict(report.found) if secrets else {}  # where each was found, never its value
     write_json_atomic(run.root / "environment.json", env)

@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from r1helpers.core.config import Config, apply_overrides
-from r1helpers.core.ddp import barrier, is_main_process, per_process, print0, world_size
+from r1helpers.core.config import Config, validate
+from r1helpers.core.ddp import barrier, is_main_process, per_process, print0, trainer_kwargs, world_size
 from r1helpers.core.hardware import BackendChoice, choose_backend, is_oom
 from r1helpers.core.runs import (Run, atomic_dir, read_json, read_jsonl, stage_fingerprint, write_json_atomic,
                                  write_jsonl_atomic, write_text_atomic)
@@ -23,9 +23,11 @@ from r1helpers.data import DataError, Report, example_lengths, length_stats, loa
 from r1helpers.evaluate.compare import (_release, build_comparison, load_embedder, pair_generations,
                                         semantic_similarity, teacher_forced, write_outputs)
 from r1helpers.inference.generate import generate
-from r1helpers.modeling.load import Loaded, trainable_parameters
-from r1helpers.training.sft import (BatchPlan, gpu_memory_gib, latest_checkpoint, plan_batches, sft_config,
-                                    token_budget_env, wandb_reachable)
+from r1helpers.modeling.load import Loaded, expected_lora_parameters, trainable_parameters
+from r1helpers.training.plan import BatchPlan, gpu_memory_gib, plan_batches
+from r1helpers.training.sft import last_value, latest_checkpoint, make_trainer, sft_arguments, wandb_reachable
+
+
 # ---- models, from the config ---------------------------------------------------------------------
 
 def load_tokenizer_for(cfg: Config):
@@ -139,25 +141,19 @@ def eval_questions(prepared: Prepared, n: int) -> list[dict[str, str]]:
 
 # ---- 03 training -------------------------------------------------------------------------------
 
-def wandb_setup(cfg: Config, run: Run) -> tuple[list[str], str]:
-    """Decide W&B's mode from the config and the presence of a key; returns (report_to, note)."""
+def wandb_choice(cfg: Config) -> tuple[str | None, str]:
+    """W&B's mode for this config and environment ("online" | "offline", None: off) and why, in words."""
     if not is_main_process():
-        return [], "W&B: rank 0 logs"
+        return None, "W&B: rank 0 logs"
     mode = cfg.train.wandb
     if mode == "off":
-        return [], "W&B off (train.wandb=off)"
+        return None, "W&B off (train.wandb=off)"
     try:
         import wandb  # noqa: F401
     except ImportError:
-        return [], "W&B not installed: logging to the run folder only (pip install wandb to add it)"
+        return None, "W&B not installed: logging to the run folder only (pip install wandb to add it)"
     if mode == "auto":
         mode = "online" if os.environ.get("WANDB_API_KEY") and wandb_reachable() else "offline"
-    os.environ["WANDB_MODE"] = mode
-    os.environ["WANDB_DIR"] = str(run.stage_dir("train"))
-    os.environ.setdefault("WANDB_PROJECT", cfg.train.wandb_project)
-    os.environ.setdefault("WANDB_NAME", run.root.name)
-    os.environ.setdefault("WANDB_SILENT", "true")
-    run.stage_dir("train").mkdir(parents=True, exist_ok=True)
     if cfg.train.wandb != "auto":
         why = f"train.wandb={cfg.train.wandb}"
     elif mode == "online":
@@ -166,12 +162,27 @@ def wandb_setup(cfg: Config, run: Run) -> tuple[list[str], str]:
         why = "no W&B key" if not os.environ.get("WANDB_API_KEY") else "a key is set but W&B is unreachable"
     if mode == "offline":
         why += "; sync later with `wandb sync` on the offline run folder"
-    return ["wandb"], f"W&B {mode} ({why})"
+    return mode, f"W&B {mode} ({why})"
+
+
+def wandb_setup(cfg: Config, run: Run) -> tuple[list[str], str]:
+    """Decide W&B's mode from the config and the presence of a key and set its environment
+    (the run folder's train/wandb, project, run name); returns (report_to, note)."""
+    mode, note = wandb_choice(cfg)
+    if mode is None:
+        return [], note
+    os.environ["WANDB_MODE"] = mode
+    os.environ["WANDB_DIR"] = str(run.stage_dir("train"))
+    os.environ.setdefault("WANDB_PROJECT", cfg.train.wandb_project)
+    os.environ.setdefault("WANDB_NAME", run.root.name)
+    os.environ.setdefault("WANDB_SILENT", "true")
+    run.stage_dir("train").mkdir(parents=True, exist_ok=True)
+    return ["wandb"], note
 
 
 def _checkpoint_dir(cfg: Config, run: Run, resume: bool) -> tuple[Path, Path | None]:
     """Rank 0 clears or keeps the checkpoints; every rank then resumes from the same one."""
-    ckpt = run.stage_dir("train") / "checkpoints"
+    ckpt = run.path("checkpoints")
     stamp = ckpt / "fingerprint.txt"
     fp = stage_fingerprint(cfg, "train")
     if is_main_process():
@@ -210,17 +221,84 @@ def oom_advice(cfg: Config, plan: BatchPlan) -> str:
     )
 
 
+def lora_arguments(cfg: Config, plan: BatchPlan | None = None) -> dict[str, Any]:
+    """The LoRA settings add_lora gets: cfg.lora's values, with the plan's gradient checkpointing."""
+    lc = cfg.lora
+    return {"r": lc.r, "alpha": lc.alpha, "dropout": lc.dropout, "bias": lc.bias,
+            "target_modules": list(lc.target_modules), "random_state": lc.random_state,
+            "gradient_checkpointing": plan.checkpointing(lc.gradient_checkpointing) if plan else
+            str(lc.gradient_checkpointing).lower(),
+            "max_seq_length": cfg.model.max_seq_length}
+
+
+def with_lora(cfg: Config, base: Loaded, plan: BatchPlan | None = None) -> Loaded:
+    """`base` wrapped by add_lora with the config's LoRA settings (and the plan's checkpointing)."""
+    from r1helpers.modeling.load import add_lora
+
+    model = add_lora(base.model, backend=base.backend.name, load_in_4bit=base.backend.load_in_4bit,
+                     **lora_arguments(cfg, plan))
+    return Loaded(model, base.tokenizer, base.backend)
+
+
+def plan_from_config(cfg: Config, backend: str, gpu_gib: float | None, *, processes: int = 1,
+                     lengths: list[int] | None = None, dims: Any = None, base_gib: float | None = None) -> BatchPlan:
+    """plan_batches with cfg's values: one of `processes` DDP processes' share of the effective batch."""
+    t = per_process(cfg, processes).train
+    return plan_batches(t.per_device_train_batch_size, t.gradient_accumulation_steps, backend=backend,
+                        gpu_memory_gib=gpu_gib, max_seq_length=cfg.model.max_seq_length,
+                        padding_free=t.padding_free, batch_plan=t.batch_plan, token_budget=t.token_budget,
+                        lengths=lengths, dims=dims, base_gib=base_gib, processes=processes)
+
+
+# Where each SFTConfig argument of sft_arguments_for comes from (shown beside the values in notebook 03).
+SFT_ARGUMENT_SOURCES = {
+    "output_dir": "the run folder's train/checkpoints", "per_device_train_batch_size": "batch plan: micro-batch",
+    "per_device_eval_batch_size": "batch plan: micro-batch (at most 8)",
+    "gradient_accumulation_steps": "batch plan: accumulation", "padding_free": "batch plan (train.padding_free)",
+    "gradient_checkpointing": "batch plan, else lora.gradient_checkpointing",
+    "gradient_checkpointing_kwargs": "non-reentrant (DDP-safe) when checkpointing",
+    "learning_rate": "train.learning_rate", "warmup_steps": "train.warmup_steps", "max_steps": "train.max_steps",
+    "optim": "train.optim", "weight_decay": "train.weight_decay", "lr_scheduler_type": "train.lr_scheduler_type",
+    "seed": "train.seed", "data_seed": "train.seed (order of the rows)",
+    "bf16": "backend dtype bfloat16 on a GPU (compute capability >= 8.0)",
+    "fp16": "backend dtype float16 on a GPU (a T4, capability 7.5)", "max_length": "model.max_seq_length",
+    "logging_steps": "train.logging_steps", "eval_strategy": "train.eval_steps > 0 and held-out rows exist",
+    "eval_steps": "train.eval_steps", "save_strategy": "train.save_steps > 0", "save_steps": "train.save_steps",
+    "report_to": "train.wandb and a W&B key", "run_name": "the run folder's name",
+    "disable_tqdm": "headless (papermill) runs log plain lines", "save_total_limit": "fixed: two checkpoints kept",
+    "packing": "fixed: one example a row", "dataloader_num_workers": "fixed",
+    "remove_unused_columns": "fixed", "ddp_backend": "DDP: nccl on GPUs, gloo on CPU",
+    "ddp_find_unused_parameters": "DDP: every LoRA weight gets a gradient", "use_cpu": "DDP without CUDA",
+}
+
+
+def sft_arguments_for(cfg: Config, plan: BatchPlan, output_dir: Path, *, backend: str, dtype: str, on_gpu: bool,
+                      report_to: list[str], has_eval: bool, run_name: str) -> dict[str, Any]:
+    """sft_arguments with cfg's values and the batch plan: the exact SFTConfig keyword arguments."""
+    t = cfg.train
+    return sft_arguments(
+        output_dir=output_dir, per_device_train_batch_size=plan.micro_batch,
+        gradient_accumulation_steps=plan.accumulation, padding_free=plan.padding_free,
+        gradient_checkpointing=plan.checkpointing(cfg.lora.gradient_checkpointing),
+        learning_rate=t.learning_rate, warmup_steps=t.warmup_steps, max_steps=t.max_steps, optim=t.optim,
+        weight_decay=t.weight_decay, lr_scheduler_type=t.lr_scheduler_type, seed=t.seed,
+        logging_steps=t.logging_steps, eval_steps=t.eval_steps, save_steps=t.save_steps,
+        max_seq_length=cfg.model.max_seq_length, mixed_precision=dtype if on_gpu else "no", has_eval=has_eval,
+        report_to=report_to, run_name=run_name, progress_bars=os.environ.get("R1HELPERS_HEADLESS") != "1",
+        ddp=trainer_kwargs(),
+    )
+
+
 def train(cfg: Config, run: Run, loaded: Loaded, prepared, resume: bool | None = None,
           plan: BatchPlan | None = None) -> TrainResult:
     """Fine-tune `loaded` (a peft model) and save the adapter and tokenizer in the run folder.
 
     `resume` (default: train.resume) continues from the latest complete checkpoint
-    made with the same settings; False starts over from step 0.
+    made with the same settings; False starts over from step 0. The batch plan, the SFTConfig
+    arguments and the LoRA settings used are recorded in train/metrics.json.
     """
     import torch
-    from trl import SFTTrainer
 
-    out = run.stage_dir("train")
     ckpt_dir, resume_from = _checkpoint_dir(cfg, run, cfg.train.resume if resume is None else resume)
     report_to, wandb_note = wandb_setup(cfg, run)
     print0(wandb_note)
@@ -228,18 +306,16 @@ def train(cfg: Config, run: Run, loaded: Loaded, prepared, resume: bool | None =
         print0(f"resuming from {resume_from.name}")
     has_eval = len(prepared.eval) > 0
     processes = world_size()
-    plan = plan or plan_batches(per_process(cfg, processes), loaded.backend.name, gpu_memory_gib())
+    plan = plan or plan_from_config(cfg, loaded.backend.name, gpu_memory_gib(), processes=processes)
     across = f" x {processes} processes" if processes > 1 else ""
     print0(f"batches: micro-batch {plan.micro_batch} x accumulation {plan.accumulation}{across}, "
            f"padding-free {plan.padding_free} ({plan.reason})")
-    args = sft_config(cfg, loaded, ckpt_dir, report_to, has_eval, plan)
-    loaded.model.config.use_cache = False
-    with token_budget_env(plan):
-        trainer = SFTTrainer(
-            model=loaded.model, processing_class=loaded.tokenizer, args=args,
-            train_dataset=prepared.trainer_columns("train"),
-            eval_dataset=prepared.trainer_columns("eval") if has_eval and cfg.train.eval_steps > 0 else None,
-        )
+    args = sft_arguments_for(cfg, plan, ckpt_dir, backend=loaded.backend.name, dtype=loaded.backend.dtype,
+                             on_gpu=loaded.device.type == "cuda", report_to=report_to, has_eval=has_eval,
+                             run_name=run.root.name)
+    trainer = make_trainer(loaded.model, loaded.tokenizer, prepared.trainer_columns("train"),
+                           prepared.trainer_columns("eval") if has_eval and cfg.train.eval_steps > 0 else None,
+                           args, token_budget=plan.token_budget)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
@@ -256,31 +332,42 @@ def train(cfg: Config, run: Run, loaded: Loaded, prepared, resume: bool | None =
             wandb.finish()
     seconds = time.perf_counter() - t0
     trainable, total = trainable_parameters(loaded.model)
+    history = trainer.state.log_history
+    tokens = last_value(history, "num_tokens")  # TRL counts the tokens trained on (all ranks), from step 0
     metrics = {
         **{k: v for k, v in result.metrics.items() if isinstance(v, (int, float))},
+        "global_step": trainer.state.global_step,
         "seconds": round(seconds, 2),
         "resumed_from": resume_from.name if resume_from else None,
+        "final_train_loss": _rounded(last_value(history, "loss")),
+        "final_eval_loss": _rounded(last_value(history, "eval_loss")),
+        "tokens_per_second": round(tokens / seconds, 1) if tokens and not resume_from else None,
         "trainable_parameters": trainable,
         "total_parameters": total,
         "backend": loaded.backend.name,
         "batch_plan": asdict(plan),
+        "lora": lora_arguments(cfg, plan),
+        "sft_arguments": args,
         # Steps Unsloth ran as several passes to stay within plan.token_budget.
         "token_budget_splits": getattr(trainer, "_unsloth_token_budget_splits", 0),
         "processes": processes,
         "wandb": wandb_note,
         "peak_gpu_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None,
     }
-    history = trainer.state.log_history
-    adapter_dir = out / "adapter"
+    adapter_dir = run.path("adapter")
     if is_main_process():
         with atomic_dir(adapter_dir) as tmp:
             loaded.model.save_pretrained(str(tmp))
             loaded.tokenizer.save_pretrained(str(tmp))
-        write_json_atomic(out / "log_history.json", history)
-        write_json_atomic(out / "metrics.json", metrics)
+        write_json_atomic(run.path("log_history"), history)
+        write_json_atomic(run.path("train_metrics"), metrics)
         run.write_manifest(cfg, "train", metrics=metrics)
     barrier()
     return TrainResult(adapter_dir, history, metrics)
+
+
+def _rounded(x: float | None, digits: int = 4) -> float | None:
+    return None if x is None else round(x, digits)
 
 
 def load_result(run: Run) -> TrainResult:
@@ -289,19 +376,25 @@ def load_result(run: Run) -> TrainResult:
 
 def ensure_trained(cfg: Config, run: Run, prepared, force: bool = False, resume: bool | None = None) -> TrainResult:
     """The run folder's adapter when trained with these settings; otherwise train it, resuming an
-    interrupted run unless train.resume=false (or resume=False) says start over."""
+    interrupted run unless train.resume=false (or resume=False) says start over.
+
+    `cfg` is checked again first (validate), so a value assigned in a notebook cell is what trains,
+    and a bad one fails naming its field before any model loads.
+    """
+    cfg = validate(cfg)
 
     def make() -> TrainResult:
-        from r1helpers.modeling.load import add_lora
 
         base = load_base_for(cfg)
         plan = plan_for(cfg, base, prepared)
-        lora_cfg = cfg
-        if plan.gradient_checkpointing is not None:  # recomputation is set when the adapters are added
-            lora_cfg = apply_overrides(cfg, {"lora.gradient_checkpointing": plan.gradient_checkpointing})
-        return train(cfg, run, add_lora(base, lora_cfg), prepared, resume=resume, plan=plan)
+        # Recomputation is set when the adapters are added: with_lora passes the plan's choice.
+        return train(cfg, run, with_lora(cfg, base, plan), prepared, resume=resume, plan=plan)
 
     return run.reuse_or_build(cfg, "train", make, lambda: load_result(run), force=force, say=print0)
+
+
+def _lengths(prepared) -> list[int] | None:
+    return list(prepared.train["num_tokens"]) if "num_tokens" in prepared.train.column_names else None
 
 
 def plan_for(cfg: Config, base: Loaded, prepared) -> BatchPlan:
@@ -309,12 +402,39 @@ def plan_for(cfg: Config, base: Loaded, prepared) -> BatchPlan:
     import torch
 
     on_gpu = torch.cuda.is_available() and base.device.type == "cuda"
-    return plan_batches(
-        per_process(cfg, world_size()), base.backend.name, gpu_memory_gib(),
-        lengths=list(prepared.train["num_tokens"]) if "num_tokens" in prepared.train.column_names else None,
-        dims=base.model.config, base_gib=torch.cuda.memory_allocated() / 2**30 if on_gpu else None,
-        processes=world_size(),
-    )
+    return plan_from_config(cfg, base.backend.name, gpu_memory_gib(), processes=world_size(),
+                            lengths=_lengths(prepared), dims=base.model.config,
+                            base_gib=torch.cuda.memory_allocated() / 2**30 if on_gpu else None)
+
+
+def training_preview(cfg: Config, run: Run, prepared, processes: int = 1) -> dict[str, Any]:
+    """What stage 03 will pass, before any model loads, when training in `processes` processes (one
+    of them: its share of the batch): the backend, the batch plan, the add_lora settings and the
+    SFTConfig arguments (under DDP each process adds r1helpers.core.ddp.trainer_kwargs()).
+
+    The plan estimates the weights' memory from the model's shapes where train() measures it after
+    loading, so on a GPU its token budget can differ a little from the recorded one; everything else
+    is computed as train() computes it."""
+    from transformers import AutoConfig
+
+    from r1helpers.core.hardware import choose_backend
+    from r1helpers.modeling.load import estimated_weights_gib
+    from r1helpers.modeling.tiny import resolve_model_path
+
+    cfg = validate(cfg)
+    backend = choose_backend(cfg, processes=processes)
+    gpu_gib = gpu_memory_gib()
+    dims = AutoConfig.from_pretrained(resolve_model_path(cfg.model.name), revision=cfg.model.revision)
+    base_gib = estimated_weights_gib(dims, backend.load_in_4bit, backend.dtype) if gpu_gib else None
+    plan = plan_from_config(cfg, backend.name, gpu_gib, processes=processes, lengths=_lengths(prepared),
+                            dims=dims, base_gib=base_gib)
+    mode, note = wandb_choice(cfg)
+    args = sft_arguments_for(cfg, plan, run.path("checkpoints"), backend=backend.name, dtype=backend.dtype,
+                             on_gpu=gpu_gib is not None, report_to=["wandb"] if mode else [],
+                             has_eval=len(prepared.eval) > 0, run_name=run.root.name)
+    return {"backend": backend.name, "backend_reason": backend.reason, "processes": processes, "plan": plan,
+            "lora": lora_arguments(cfg, plan), "sft_arguments": args, "wandb": note,
+            "expected_trainable_parameters": expected_lora_parameters(dims, cfg.lora.r, cfg.lora.target_modules)}
 
 
 # ---- 01 / 04 generation --------------------------------------------------------------------------
