@@ -108,3 +108,12 @@ def side_by_side(base: list[dict[str, Any]], tuned: list[dict[str, Any]], width:
 def lines(items: list[str]) -> None:
     for line in items:
         print(line)
+
+
+
+def record_results(run, stage: str, values: dict[str, Any]):
+    """Write the stage's key results to `<run>/results/<stage>.json`; return them as a one-column table."""
+    from r1helpers.core.runs import write_json_atomic
+
+    write_json_atomic(run.root / "results" / f"{stage}.json", values)
+    return _pd().DataFrame({"value": list(values.values())}, index=list(values))

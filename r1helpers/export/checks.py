@@ -169,7 +169,7 @@ def check_gguf_transformers(gguf_path: Path, probes: list[Probe], kind: str) -> 
     logging.getLogger("transformers.modeling_gguf_pytorch_utils").setLevel(logging.ERROR)
     model = load_float32(gguf_path.parent, gguf_path.name)
     result = compare(probes, *run_candidate(model, probes))
-    return judge(kind, {"reader": f"transformers GGUF loader", **result}, f"{gguf_path.name} (transformers)")
+    return judge(kind, {"reader": "transformers GGUF loader", **result}, f"{gguf_path.name} (transformers)")
 
 
 # ---- llama.cpp side (child process) ---------------------------------------------------------------
