@@ -126,6 +126,7 @@ def test_adapter_loads_with_plain_peft_and_prompts_as_in_training(exported, base
     model = PeftModel.from_pretrained(_float32(base_dir), str(folder))
     assert any("lora_B" in n for n, _ in model.named_parameters())
     _renders_training_prompt(folder, tokenizer, exported.question)
+    assert exported.record["artefacts"]["adapter"]["checks"]["loads_with_peft"]["passed"]
 
 
 def test_merged_16bit_model_gives_base_plus_adapter_logits_with_plain_transformers(exported, base_dir, tokenizer):

@@ -387,7 +387,7 @@ def test_summary_key_results_from_an_export_record(tmp_path):
     passed = {"passed": True, "max_abs_logit_diff": 0.01, "relative_logit_diff": 0.001, "top1_agreement": 1.0,
               "greedy_identical": True, "tolerance": "t"}
     record = {"output_dir": str(tmp_path), "hub": {"message": "Hub push skipped: x"}, "artefacts": {
-        "adapter": {"path": str(tmp_path / "adapter"), "bytes": 2**20, "checks": {}},
+        "adapter": {"path": str(tmp_path / "adapter"), "bytes": 2**20, "checks": {"loads_with_peft": {"passed": True}}},
         "merged": {"path": str(tmp_path / "merged"), "bytes": 3 * 2**20, "checks": {
             "merge": {"dtype": "float16"}, "logits_vs_adapter": passed,
             "weights": {"tensors": 3, "max_error_in_rounding_units": 0.5, "lora_changes_lost_to_rounding": 0.25}}},
@@ -396,8 +396,8 @@ def test_summary_key_results_from_an_export_record(tmp_path):
     k = summary.key_results(record)
     assert k["merged: MiB"] == 3.0 and k["merged: checks"] == "passed: logits_vs_adapter, weights"
     assert k["gguf q8_0: path"] == str(tmp_path / "gguf" / "m.gguf")
-    assert k["gguf q8_0: checks"] == "passed: transformers; skipped: llama.cpp (skipped: not installed)"
-    assert k["adapter: checks"].startswith("passed") and k["hub"] == "Hub push skipped: x"
+    assert k["gguf q8_0: checks"] == "passed: transformers; skipped: llama.cpp (not installed)"
+    assert k["adapter: checks"] == "passed: loads_with_peft" and k["hub"] == "Hub push skipped: x"
     assert summary.modelfile_text(record) == "FROM ./m.gguf\n"
     assert "25.0% of LoRA changes lost to rounding" in summary.summary_table(record).loc["merged", "checks"]
-    assert len(summary.checks_table(record)) == 4
+    assert len(summary.checks_table(record)) == 5

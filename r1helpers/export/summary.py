@@ -32,6 +32,8 @@ def _artefacts(exported: dict[str, Any]) -> list[tuple[str, str, int, dict[str, 
 def check_line(checks: dict[str, Any]) -> str:
     """One sentence per artefact: the numbers a reader looks for."""
     parts = []
+    if isinstance(checks.get("loads_with_peft"), dict):
+        parts.append("loads with peft: base + this adapter is the merged model's reference")
     if isinstance(checks.get("logits_vs_adapter"), dict):
         c = checks["logits_vs_adapter"]
         parts.append(f"vs base+adapter: max |Δlogit| {c['max_abs_logit_diff']:.2g}, greedy identical "
@@ -54,16 +56,10 @@ def check_line(checks: dict[str, Any]) -> str:
 def check_status(checks: dict[str, Any]) -> str:
     """Which checks ran (and passed: a failed one stops the export) and which were skipped, with why."""
     ran = [k for k, v in checks.items() if isinstance(v, dict) and k not in NOT_CHECKS]
-    skipped = [f"{k} ({v})" for k, v in checks.items() if isinstance(v, str) and v.startswith("skipped")]
+    skipped = [f"{k} ({v.removeprefix('skipped: ')})" for k, v in checks.items()
+               if isinstance(v, str) and v.startswith("skipped")]
     out = f"passed: {', '.join(ran)}" if ran else "no check of its own"
     return out + (f"; skipped: {'; '.join(skipped)}" if skipped else "")
-
-
-def _adapter_status(exported: dict[str, Any]) -> str:
-    merged = exported.get("artefacts", {}).get("merged", {}).get("checks", {})
-    if isinstance(merged.get("logits_vs_adapter"), dict):
-        return "passed: loaded with PeftModel.from_pretrained as the reference the merged model matched"
-    return "no check of its own (the merged model's logit check was skipped)"
 
 
 def summary_table(exported: dict[str, Any]):
@@ -111,7 +107,7 @@ def space_table(exported: dict[str, Any]):
 
     planned = exported.get("space", {}).get("planned", [])
     df = pd.DataFrame(planned, columns=["what", "where", "bytes"])
-    df["GB (estimate)"] = (df.pop("bytes") / 1e9).round(3)
+    df["MiB (estimate)"] = (df.pop("bytes") / 2**20).round(1)
     return df.set_index("what")
 
 
@@ -128,7 +124,7 @@ def key_results(exported: dict[str, Any]) -> dict[str, Any]:
     for name, path, size, checks in _artefacts(exported):
         out[f"{name}: path"] = path
         out[f"{name}: MiB"] = round(size / 2**20, 1)
-        out[f"{name}: checks"] = _adapter_status(exported) if name == "adapter" else check_status(checks)
+        out[f"{name}: checks"] = check_status(checks)
     hub = exported.get("hub", {})
     out["hub"] = hub.get("message", "")
     return out

@@ -58,7 +58,7 @@ print(len(prepared.eval), "held-out rows;", len(baseline), "questions answered b
 `steps.FinetunedModel` stands for base + adapter. It loads the weights on first use only, and then the same
 loaded model serves both the generation here and the teacher-forced scoring further down: an 8B model is
 loaded once in this chapter, not twice. When the run folder already holds current generations and a current
-comparison, nothing loads at all. `steps.finetuned` generates with exactly the questions and `cfg.infer`
+comparison, nothing loads at all (the count printed after the comparison says how many loads happened). `steps.finetuned` generates with exactly the questions and `cfg.infer`
 settings the base model had."""),
     ("code", """tuned_model = steps.FinetunedModel(cfg, run, prepared)  # loads on first use, then shared
 tuned = steps.finetuned(cfg, run, prepared, loaded=tuned_model)
@@ -104,7 +104,9 @@ and answers better** (lower NLL), with a 95% interval that excludes zero. It doe
 answers medical questions better. Lower held-out loss is not better answers. In one run of this project a
 real small model lowered its NLL on 48 of 48 held-out questions, while its multiple-choice accuracy stayed at
 chance and it never once closed `</think>`: it had learned the style of the reasoning traces, not to reason
-to a correct, finished answer. So read the verdict together with the generation rows: did `</think>` and EOS
+to a correct, finished answer. The CPU profile's tiny model shows the same pattern in miniature: its NLL falls
+on every held-out row while none of its generations closes `</think>`. So read the verdict together with the
+generation rows: did `</think>` and EOS
 rates go up, did answers get closer to the references? And remember what a small held-out set can show: with
 8 generated questions a generation metric's interval is wide, and "no significant change" often means "too
 few questions to tell", not "no effect". ROUGE-L and semantic similarity measure closeness to one reference
