@@ -121,7 +121,8 @@ The first figure shows mean NLL per token for both models and, per question, the
 fine-tuned NLL (points below the diagonal improved). The second shows the generation rates and the mean
 lengths. The third draws every delta with its 95% interval: an interval crossing the vertical zero line is no
 evidence either way; green is better, red worse. The last is the training and held-out loss of chapter 03."""),
-    ("code", """compare.figures(comparison);"""),
+    ("code", """%matplotlib inline
+compare.figures(comparison);"""),
     ("md", """## Side by side
 
 Numbers hide what changed in the text. Each held-out question with its reference answer, the base model's
