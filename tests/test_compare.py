@@ -73,7 +73,10 @@ def _fake(cfg, nll_delta: float):
     nll = {m: [{"id": q, "cot_nll": 2.0 + d + 0.01 * k, "answer_nll": 3.0 + d, "completion_nll": 2.5 + d + 0.01 * k}
                for k, (q, _, _) in enumerate(questions)]
            for m, d in (("base", 0.0), ("tuned", nll_delta))}
-    return compare.build_comparison(cfg, nll, base, tuned, words, notes=["a note"],
+    c = cfg.compare
+    return compare.build_comparison(nll, base, tuned, words, primary_metric=c.primary_metric,
+                                    bootstrap_samples=c.bootstrap_samples, seed=c.seed,
+                                    settings=steps.comparison_settings(cfg), notes=["a note"],
                                     log_history=[{"step": 1, "loss": 3.0}, {"step": 1, "eval_loss": 2.9}])
 
 
@@ -193,11 +196,23 @@ def test_zero_step_adapter_shows_no_significant_change(cfg, prepared_run, tmp_pa
 
 @pytest.fixture(scope="module")
 def trained_comparison(cfg, prepared_run):
-
     run, prepared = prepared_run
     baseline = steps.baseline(cfg, run, prepared)
-    tuned = steps.finetuned(cfg, run, prepared)
-    return run, steps.compare(cfg, run, prepared, baseline, tuned, force=True)
+    model = steps.FinetunedModel(cfg, run, prepared)
+    tuned = steps.finetuned(cfg, run, prepared, loaded=model, force=True)
+    result = steps.compare(cfg, run, prepared, baseline, tuned, force=True, loaded=model)
+    assert model.loads == 1, "generation and teacher-forced NLL share one loaded model"
+    return run, result
+
+
+def test_reused_outputs_load_no_model(cfg, prepared_run, trained_comparison):
+    run, prepared = prepared_run
+    model = steps.FinetunedModel(cfg, run, prepared)
+    tuned = steps.finetuned(cfg, run, prepared, loaded=model)
+    steps.compare(cfg, run, prepared, steps.baseline(cfg, run, prepared), tuned, loaded=model)
+    assert model.loads == 0
+    used = steps.decoding_used(run)
+    assert used["baseline"] == used["finetuned"] and used["baseline"]["max_new_tokens"] == cfg.infer.max_new_tokens
 
 
 def test_trained_tiny_model_improves_held_out_nll_and_the_report_says_so(cfg, trained_comparison):

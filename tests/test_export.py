@@ -19,6 +19,8 @@ import pytest
 from r1helpers.workflow import export
 from r1helpers.export import checks as export_checks
 from r1helpers.export import hub
+from r1helpers.export import space
+from r1helpers.workflow import hub as workflow_hub
 from r1helpers.core import prompts
 from r1helpers.core.config import apply_overrides
 from r1helpers.core.runs import Run, write_json_atomic
@@ -124,6 +126,7 @@ def test_adapter_loads_with_plain_peft_and_prompts_as_in_training(exported, base
     model = PeftModel.from_pretrained(_float32(base_dir), str(folder))
     assert any("lora_B" in n for n, _ in model.named_parameters())
     _renders_training_prompt(folder, tokenizer, exported.question)
+    assert exported.record["artefacts"]["adapter"]["checks"]["loads_with_peft"]["passed"]
 
 
 def test_merged_16bit_model_gives_base_plus_adapter_logits_with_plain_transformers(exported, base_dir, tokenizer):
@@ -360,17 +363,17 @@ def test_push_needs_a_token_and_a_repo_and_is_private_by_default(cfg, tmp_path, 
     (folder / "adapter_model.safetensors").write_bytes(b"weights")
     with_repo = apply_overrides(cfg, {"export.hub_repo": "someone/r1-medical"})
 
-    assert hub.publish(cfg, run, {"adapter": folder})["reason"] == "no export.hub_repo set"
-    no_token = hub.publish(with_repo, run, {"adapter": folder})
+    assert workflow_hub.publish(cfg, run, {"adapter": folder})["reason"] == "no export.hub_repo set"
+    no_token = workflow_hub.publish(with_repo, run, {"adapter": folder})
     assert not no_token["pushed"] and "token" in no_token["reason"] and FakeHfApi.calls == []
 
     monkeypatch.setenv("HF_TOKEN", "hf_test_token")
-    pushed = hub.publish(with_repo, run, {"adapter": folder, "merged": folder})
+    pushed = workflow_hub.publish(with_repo, run, {"adapter": folder, "merged": folder})
     assert pushed["pushed"] and [r["repo_id"] for r in pushed["repos"]] == ["someone/r1-medical-lora",
                                                                            "someone/r1-medical"]
     assert ("create", "someone/r1-medical-lora", True) in FakeHfApi.calls
     assert ("upload", "someone/r1-medical-lora", ["adapter_model.safetensors"]) in FakeHfApi.calls
-    public = hub.publish(apply_overrides(with_repo, {"export.hub_private": False}), run, {"adapter": folder})
+    public = workflow_hub.publish(apply_overrides(with_repo, {"export.hub_private": False}), run, {"adapter": folder})
     assert public["private"] is False and ("create", "someone/r1-medical-lora", False) in FakeHfApi.calls
 
 
@@ -381,7 +384,7 @@ def test_export_refuses_before_writing_when_free_space_is_too_small(exported, cf
     elsewhere = apply_overrides(cfg, {"export.output_dir": str(out)})
     before = (exported.out / "exported.json").read_text()
     monkeypatch.setattr(steps, "ensure_trained", lambda *a, **k: steps.TrainResult(exported.adapter, [], {}))
-    monkeypatch.setattr(export, "free_bytes", lambda path: 10 * 2**20)
+    monkeypatch.setattr(space, "free_bytes", lambda path: 10 * 2**20)
     with pytest.raises(export.ExportSpaceError, match=r"export refused: it needs about .* GB in .* only 0\.0 GB "
                                                       r"is free there\. Nothing was written"):
         export.export(elsewhere, exported.run, force=True)

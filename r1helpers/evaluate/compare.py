@@ -20,8 +20,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 from r1helpers.core import prompts
-from r1helpers.core.config import Config
-from r1helpers.core.hardware import free_memory
 from r1helpers.core.show import cut
 from r1helpers.evaluate.metrics import MetricSpec, aggregate, perplexity, score_generation
 from r1helpers.core.runs import write_json_atomic, write_text_atomic
@@ -105,23 +103,30 @@ def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def score_references(loaded, rows: list[dict[str, Any]], max_len: int) -> list[dict[str, Any]]:
+def _input_device(model):
+    """Where input ids go: the device of the first weights (the embeddings, also when sharded)."""
+    return next(model.parameters()).device
+
+
+def completion_nll(model, tokenizer, rows: list[dict[str, Any]], max_len: int) -> list[dict[str, Any]]:
     """Mean NLL per token of each row's reference reasoning, answer and whole completion.
 
-    Only the completion's logits are kept, so an 8B model's vocabulary does not
-    cost memory for the prompt. Rows longer than `max_len` are cut there, as in
-    training; a span cut away entirely scores None.
+    `rows` are dataset rows (`Question`, `Complex_CoT`, `Response`, `source_row`). Only the
+    completion's logits are kept, so an 8B model's vocabulary does not cost memory for the
+    prompt. Rows longer than `max_len` are cut there, as in training; a span cut away
+    entirely scores None.
     """
     import torch
     import torch.nn.functional as F
 
+    device = _input_device(model)
     out = []
     for row in rows:
-        sp = completion_spans(loaded.tokenizer, row["Question"], row["Complex_CoT"], row["Response"]).clipped(max_len)
+        sp = completion_spans(tokenizer, row["Question"], row["Complex_CoT"], row["Response"]).clipped(max_len)
         start, end = sp.prompt_length, len(sp.ids)
-        x = torch.tensor([sp.ids], device=loaded.device)
+        x = torch.tensor([sp.ids], device=device)
         with torch.inference_mode():
-            logits = loaded.model(input_ids=x).logits[0, start - 1 : end - 1].float()
+            logits = model(input_ids=x).logits[0, start - 1 : end - 1].float()
         nll = F.cross_entropy(logits, x[0, start:end], reduction="none").tolist()
         out.append({
             "id": f"eval-{row['source_row']}",
@@ -133,18 +138,16 @@ def score_references(loaded, rows: list[dict[str, Any]], max_len: int) -> list[d
     return out
 
 
-def teacher_forced(loaded, rows: list[dict[str, Any]], max_len: int) -> dict[str, list[dict[str, Any]]]:
-    """Score the rows with the adapter off (the base model) and on, from one loaded model.
+def teacher_forced(model, tokenizer, rows: list[dict[str, Any]], max_len: int) -> dict[str, list[dict[str, Any]]]:
+    """`completion_nll` with the LoRA adapter off (the base model) and on, from one loaded peft model.
 
     Disabling a LoRA adapter gives exactly the base weights, so one load serves both
     sides and the two scores differ by the adapter alone.
     """
     os.environ.setdefault("UNSLOTH_RETURN_LOGITS", "1")
-    with loaded.model.disable_adapter():
-        base = score_references(loaded, rows, max_len)
-    return {"base": base, "tuned": score_references(loaded, rows, max_len)}
-
-
+    with model.disable_adapter():
+        base = completion_nll(model, tokenizer, rows, max_len)
+    return {"base": base, "tuned": completion_nll(model, tokenizer, rows, max_len)}
 
 
 # ---- semantic similarity ----------------------------------------------------------------------
@@ -191,6 +194,20 @@ def semantic_similarity(embedder, answers: list[str], references: list[str]) -> 
     return [float(s) if ans.strip() else 0.0 for s, ans in zip(sims, answers)]
 
 
+def answer_similarities(embedder, baseline: list[dict], tuned: list[dict]) -> dict[str, list[float]] | None:
+    """Semantic similarity of each model's answer to the reference, for the questions that have one.
+
+    In the order `build_comparison` pairs them (the base order); None without an embedder
+    or without a question that has a reference.
+    """
+    pairs = [p for p in pair_generations(baseline, tuned) if p[0].get("reference_answer") is not None]
+    if embedder is None or not pairs:
+        return None
+    refs = [b["reference_answer"] for b, _ in pairs]
+    return {"base": semantic_similarity(embedder, [b["answer"] for b, _ in pairs], refs),
+            "tuned": semantic_similarity(embedder, [t["answer"] for _, t in pairs], refs)}
+
+
 # ---- assembling the comparison ------------------------------------------------------------------
 
 def pair_generations(baseline: list[dict], tuned: list[dict]) -> list[tuple[dict, dict]]:
@@ -223,22 +240,20 @@ def _question_rows(pairs, nll: dict[str, list[dict]], sims: dict[str, list[float
     return rows
 
 
-def _aggregates(cfg: Config, nll: dict[str, list[dict]], rows: list[dict]) -> list[dict[str, Any]]:
-    c = cfg.compare
+def _aggregates(nll: dict[str, list[dict]], rows: list[dict], samples: int, seed: int) -> list[dict[str, Any]]:
     out = []
     for spec in TEACHER_FORCED:
-        agg = aggregate(spec, [r[spec.key] for r in nll["base"]], [r[spec.key] for r in nll["tuned"]],
-                        c.bootstrap_samples, c.seed)
+        agg = aggregate(spec, [r[spec.key] for r in nll["base"]], [r[spec.key] for r in nll["tuned"]], samples, seed)
         out.append({**agg, "perplexity_before": perplexity(agg["before"]), "perplexity_after": perplexity(agg["after"])})
     for spec in GENERATION:
         out.append(aggregate(spec, [r["base"][spec.key] for r in rows], [r["tuned"][spec.key] for r in rows],
-                             c.bootstrap_samples, c.seed))
+                             samples, seed))
     return out
 
 
 def headline(result: dict[str, Any]) -> str:
     """One sentence a reader can act on, from the primary metric's interval."""
-    m = next(a for a in result["metrics"] if a["key"] == result["primary_metric"])
+    m = metric(result, result["primary_metric"])
     if m["before"] is None:
         return f"No verdict: {m['label']} has no data."
     v = m["verdict"]
@@ -252,29 +267,42 @@ def headline(result: dict[str, Any]) -> str:
 
 
 def overall_verdict(result: dict[str, Any]) -> str:
-    m = next(a for a in result["metrics"] if a["key"] == result["primary_metric"])
+    """"helped" / "hurt" when the primary metric's interval excludes zero, else its verdict."""
+    m = metric(result, result["primary_metric"])
     return {"better": "helped", "worse": "hurt"}.get(m["verdict"], m["verdict"])
 
 
 def build_comparison(
-    cfg: Config, nll: dict[str, list[dict]], baseline: list[dict], tuned: list[dict],
-    count_tokens: Callable[[str], int], sims: dict[str, list[float]] | None = None,
+    nll: dict[str, list[dict]], baseline: list[dict], tuned: list[dict], count_tokens: Callable[[str], int], *,
+    primary_metric: str = "completion_nll", bootstrap_samples: int = 1000, seed: int = 3407,
+    settings: dict[str, Any] | None = None, sims: dict[str, list[float]] | None = None,
     notes: list[str] | None = None, log_history: list[dict] | None = None,
 ) -> dict[str, Any]:
-    """Everything the JSON, the tables and the HTML report show; no model needed."""
+    """Everything the JSON, the tables and the HTML report show; no model needed.
+
+    `nll` is `teacher_forced`'s result, `baseline`/`tuned` the generation records of the same
+    questions, `count_tokens` the tokenizer's length of a text. `primary_metric` (a key of SPECS)
+    gives the verdict. `settings` (model, decoding, ...) is recorded as given, with the counts and
+    bootstrap settings added.
+    """
+    if primary_metric not in SPECS or SPECS[primary_metric].better is None:
+        raise ValueError(f"primary_metric={primary_metric!r}: choose a metric with a better direction from "
+                         f"{[k for k, s in SPECS.items() if s.better]}")
     pairs = pair_generations(baseline, tuned)
     rows = _question_rows(pairs, nll, sims, count_tokens)
     examples = [{"id": b["id"], "question": b["question"],
                  **{f"{m}_{k}": r[k] for m, r in zip(MODELS, (b, t)) for k in ("answer", "reasoning", "think_closed", "finished")}}
                 for b, t in pairs if b.get("reference_answer") is None]
     result: dict[str, Any] = {
-        "primary_metric": cfg.compare.primary_metric,
-        "metrics": _aggregates(cfg, nll, rows),
+        "primary_metric": primary_metric,
+        "metrics": _aggregates(nll, rows, bootstrap_samples, seed),
         "questions": rows,
         "examples": examples,
         "nll": nll,
         "notes": list(notes or []),
-        "settings": _settings(cfg, len(nll["base"]), len(rows)),
+        "settings": {**(settings or {}), "held_out_rows_scored": len(nll["base"]),
+                     "held_out_questions_generated": len(rows), "bootstrap_samples": bootstrap_samples,
+                     "bootstrap_seed": seed, "confidence_level": 0.95},
         "log_history": [r for r in (log_history or []) if "loss" in r or "eval_loss" in r],
     }
     result["verdict"] = overall_verdict(result)
@@ -282,31 +310,29 @@ def build_comparison(
     return result
 
 
-def _settings(cfg: Config, n_nll: int, n_generated: int) -> dict[str, Any]:
-    i = cfg.infer
-    decoding = {"do_sample": i.do_sample, "max_new_tokens": i.max_new_tokens, "seed": i.seed}
-    if i.do_sample:
-        decoding.update(temperature=i.temperature, top_p=i.top_p)
+def metric(result: dict[str, Any], key: str) -> dict[str, Any]:
+    """One metric's row of a comparison: before, after, delta, ci, verdict, win_tie_loss."""
+    return next(m for m in result["metrics"] if m["key"] == key)
+
+
+def key_numbers(result: dict[str, Any]) -> dict[str, Any]:
+    """The few numbers a reader keeps from a comparison (the notebook's last table)."""
+    p = metric(result, result["primary_metric"])
+    closed, eos = metric(result, "think_closed"), metric(result, "eos")
+    ci = p["ci"] or [None, None]
     return {
-        "model": cfg.model.name, "profile": cfg.profile, "max_seq_length": cfg.model.max_seq_length,
-        "decoding": decoding, "held_out_rows_scored": n_nll, "held_out_questions_generated": n_generated,
-        "bootstrap_samples": cfg.compare.bootstrap_samples, "bootstrap_seed": cfg.compare.seed,
-        "confidence_level": 0.95, "embedding_model": cfg.compare.embedding_model,
+        "verdict": result["verdict"], "headline": result["headline"],
+        "primary metric": f"{p['label']} ({p['key']}, {p['better']} is better)",
+        "primary before": p["before"], "primary after": p["after"], "primary delta": p["delta"],
+        "primary 95% CI low": ci[0], "primary 95% CI high": ci[1],
+        "closed </think> rate before": closed["before"], "closed </think> rate after": closed["after"],
+        "EOS rate before": eos["before"], "EOS rate after": eos["after"],
+        "held-out questions generated": result["settings"].get("held_out_questions_generated"),
+        "held-out rows scored (NLL)": result["settings"].get("held_out_rows_scored"),
     }
 
 
-
-
-# ---- the stage ----------------------------------------------------------------------------------
-
-
-
-
-
-def _release(loaded) -> None:
-    loaded.model = None
-    free_memory()
-
+# ---- writing ----------------------------------------------------------------------------------
 
 def write_outputs(result: dict[str, Any], out: Path) -> tuple[Path, Path]:
     from r1helpers.evaluate.report import build_report
@@ -357,6 +383,3 @@ def figures(result: dict[str, Any]):
     from r1helpers.evaluate.report import figures as make
 
     return make(result)
-
-
-

@@ -46,6 +46,24 @@ def file_name(stem: str, kind: str) -> str:
     return f"{stem}-{kind.upper()}.gguf"
 
 
+def source_kind(merged_dtype: str) -> str:
+    """q4_k_m is quantized from an unquantized GGUF of the merged model's own type: no extra rounding."""
+    return "bf16" if merged_dtype == "bfloat16" else "f16"
+
+
+def modelfile(gguf_name: str) -> str:
+    """An Ollama Modelfile for `gguf_name` (in the same folder) with the training prompt as its template.
+
+    Ollama does not run the Jinja template stored in a GGUF, so the prompt goes here:
+    `ollama create medical-cot -f Modelfile` in the folder, then `ollama run medical-cot`.
+    """
+    from r1helpers.core import prompts
+
+    head, _, tail = prompts.build_prompt("\x00").partition("\x00")
+    return (f"FROM ./{gguf_name}\n"
+            f'TEMPLATE """{{{{ if .Prompt }}}}{head}{{{{ .Prompt }}}}{tail}{{{{ end }}}}{{{{ .Response }}}}"""\n')
+
+
 # ---- reading the merged checkpoint ---------------------------------------------------------------
 
 def read_config(model_dir: Path) -> dict[str, Any]:

@@ -1,12 +1,14 @@
 """Model cards, and the Hub push that happens only with a token, a repo id and a network.
 
 Each exported artefact (adapter, merged 16-bit model, GGUF files) goes to its own
-repository, private unless `export.hub_private=false`: `<repo>-lora`, `<repo>` and
-`<repo>-GGUF`. Without a token, a repo id or the Hub, nothing leaves the machine:
-the run folder gets `export/hub/upload_plan.json` (every file with its size and
-sha256) and the card each repository would get, and the notebook says so.
+repository, private by default: `<repo>-lora`, `<repo>` and `<repo>-GGUF`. Without a
+token, a repo id or the Hub, nothing leaves the machine: `dry_run` writes
+`upload_plan.json` (every file with its size and sha256) and the card each repository
+would get. Plain helpers; `r1helpers.workflow.hub.publish(cfg, run, ...)` picks one.
 
-    python -m r1helpers.pipeline --stages 05 --set export.hub_repo=you/r1-medical
+    card = model_card("adapter", "you/r1-medical-lora", [("adapter_model.safetensors", 168_000_000)],
+                      base_model="unsloth/DeepSeek-R1-Distill-Llama-8B", recipe=["- LoRA: r=16 ..."])
+    push({"adapter": Path("export/adapter")}, repo_ids("you/r1-medical"), private=True, token=token)
 """
 
 from __future__ import annotations
@@ -16,8 +18,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from r1helpers.core.config import Config
-from r1helpers.core.runs import Run, read_json, write_json_atomic, write_text_atomic
+from r1helpers.core.runs import read_json, write_json_atomic, write_text_atomic
 
 REPO_SUFFIX = {"adapter": "-lora", "merged": "", "gguf": "-GGUF"}
 LIBRARY = {"adapter": "peft", "merged": "transformers", "gguf": "gguf"}
@@ -36,20 +37,20 @@ NOT_FOR_CLINICAL_USE = (
 
 
 def repo_ids(base: str) -> dict[str, str]:
+    """The repository of each artefact: {"adapter": base-lora, "merged": base, "gguf": base-GGUF}."""
     return {kind: f"{base}{suffix}" for kind, suffix in REPO_SUFFIX.items()}
 
 
-def default_repo(cfg: Config, run: Run) -> str:
-    """What a repository could be called when export.hub_repo is unset (dry run only)."""
-    name = Path(cfg.model.name).name.replace("_", "-")
-    return PLACEHOLDER_REPO.format(name=f"{name}-medical-cot-{run.root.name}")
+def default_repo(model_name: str, run_name: str) -> str:
+    """What a repository could be called when no repo id is set (dry run only)."""
+    name = Path(model_name).name.replace("_", "-")
+    return PLACEHOLDER_REPO.format(name=f"{name}-medical-cot-{run_name}")
 
 
 # ---- what goes into the card --------------------------------------------------------------------
 
-def comparison_summary(run: Run) -> dict[str, Any] | None:
-    """Headline and per-metric rows of stage 04, read defensively: the card never fails on it."""
-    path = run.stage_dir("compare") / "comparison.json"
+def comparison_summary(path: Path) -> dict[str, Any] | None:
+    """Headline and per-metric rows of a saved comparison.json, read defensively: the card never fails on it."""
     try:
         result = read_json(path)
     except (OSError, ValueError):
@@ -82,44 +83,23 @@ def _metrics_table(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _training_metrics(run: Run) -> dict[str, Any]:
-    try:
-        return read_json(run.stage_dir("train") / "metrics.json")
-    except (OSError, ValueError):
-        return {}
+def hub_dataset(source: str | None) -> str | None:
+    """A dataset id for the card's front matter: only a Hub id, never a local file or the bundled sample."""
+    if source and "/" in source and not Path(source).exists() and not source.startswith("r1helpers/"):
+        return source
+    return None
 
 
-def _front_matter(cfg: Config, kind: str) -> list[str]:
-    lines = ["---", f"base_model: {cfg.model.name}", f"library_name: {LIBRARY[kind]}",
+def _front_matter(kind: str, base_model: str, dataset: str | None) -> list[str]:
+    lines = ["---", f"base_model: {base_model}", f"library_name: {LIBRARY[kind]}",
              "pipeline_tag: text-generation", "language:", "- en"]
-    if "/" in cfg.data.source and not Path(cfg.data.source).exists() and not cfg.data.source.startswith("r1helpers/"):
-        lines += ["datasets:", f"- {cfg.data.source}"]
-    if cfg.model.name in LICENSES:
-        lines.append(f"license: {LICENSES[cfg.model.name]}")
+    if hub_dataset(dataset):
+        lines += ["datasets:", f"- {dataset}"]
+    if base_model in LICENSES:
+        lines.append(f"license: {LICENSES[base_model]}")
     tags = ["medical", "reasoning", "chain-of-thought", "lora", "not-for-clinical-use"]
     tags += {"gguf": ["gguf", "llama.cpp"], "adapter": ["peft"], "merged": []}[kind]
     return lines + ["tags:"] + [f"- {t}" for t in tags] + ["---", ""]
-
-
-def _recipe(cfg: Config, run: Run) -> list[str]:
-    d, lo, t, m = cfg.data, cfg.lora, cfg.train, cfg.model
-    train = _training_metrics(run)
-    lines = [
-        f"- Base model: `{m.name}`" + (f" (revision `{m.revision}`)" if m.revision else ""),
-        f"- Dataset: `{d.source}`" + (f", config `{d.config_name}`" if d.config_name else "")
-        + f", split `{d.split}`: the first {d.train_rows} rows train; the next {d.eval_rows} are held out and never "
-          f"trained on; rows over {m.max_seq_length} tokens: {d.overlong}",
-        f"- LoRA: r={lo.r}, alpha={lo.alpha}, dropout={lo.dropout}, bias={lo.bias}, on {', '.join(lo.target_modules)}",
-        f"- Training: {t.max_steps} steps, batch {t.per_device_train_batch_size} x accumulation "
-        f"{t.gradient_accumulation_steps}, learning rate {t.learning_rate} ({t.lr_scheduler_type}, warm-up "
-        f"{t.warmup_steps}), optimizer {t.optim}, weight decay {t.weight_decay}, seed {t.seed}",
-        f"- Base weights while training: {'4-bit (QLoRA)' if m.load_in_4bit else 'full precision'}; the export merges "
-        "the adapter into the base model's 16-bit weights, not into dequantized 4-bit ones",
-    ]
-    if train.get("train_loss") is not None:
-        lines.append(f"- Final training loss: {_num(train['train_loss'])} ({train.get('backend', '?')} backend, "
-                     f"{_num(train.get('seconds'))} s)")
-    return lines
 
 
 def _usage(kind: str, repo: str, files: list[str]) -> list[str]:
@@ -143,21 +123,29 @@ def _usage(kind: str, repo: str, files: list[str]) -> list[str]:
     return ["```python", *code, "```"]
 
 
-def model_card(cfg: Config, run: Run, kind: str, repo: str, files: list[tuple[str, int]],
-               checks: dict[str, Any] | None = None) -> str:
-    """The README.md a repository gets: what it is, how it was made, how well it did, and what not to do."""
+def model_card(kind: str, repo: str, files: list[tuple[str, int]], *, base_model: str, recipe: list[str],
+               dataset: str | None = None, train_rows: int | None = None, max_steps: int | None = None,
+               comparison: dict[str, Any] | None = None, checks: dict[str, Any] | None = None,
+               demo: bool = False) -> str:
+    """The README.md a repository gets: what it is, how it was made, how well it did, and what not to do.
+
+    `kind`: adapter | merged | gguf; `files`: (name, bytes) of the folder; `recipe`: markdown
+    bullet lines saying how it was trained; `comparison`: `comparison_summary(...)` of stage 04
+    (None: the card makes no quality claim); `checks`: the export checks, quoted as JSON;
+    `demo`: a tiny pipeline-check model (the card says it answers nothing).
+    """
     from r1helpers.core import prompts
 
-    summary = comparison_summary(run)
-    lines = _front_matter(cfg, kind) + [
+    summary = comparison
+    lines = _front_matter(kind, base_model, dataset) + [
         f"# {repo.split('/')[-1]}", "",
-        f"{WHAT[kind]} of `{cfg.model.name}` fine-tuned with LoRA on medical chain-of-thought data.",
+        f"{WHAT[kind]} of `{base_model}` fine-tuned with LoRA on medical chain-of-thought data.",
         "", f"> {NOT_FOR_CLINICAL_USE}", "",
     ]
-    if cfg.profile == "cpu":
+    if demo:
         lines += ["> This export comes from the CPU profile: a tiny, randomly initialised model trained for a few "
                   "steps to check the pipeline. It does not answer anything.", ""]
-    lines += ["## How it was trained", "", *_recipe(cfg, run), "",
+    lines += ["## How it was trained", "", *recipe, "",
               "The prompt (training and inference alike; the chat template renders exactly this):", "", "```",
               prompts.build_prompt("{question}"), "```", "", "## Did fine-tuning help?", ""]
     if summary and summary["metrics"]:
@@ -171,12 +159,13 @@ def model_card(cfg: Config, run: Run, kind: str, repo: str, files: list[tuple[st
     else:
         lines += ["No before/after comparison was found in the run folder (stage 04), so no claim about quality "
                   "is made here.", ""]
+    trained_on = (f"Trained on {train_rows} examples for {max_steps} steps" if train_rows is not None
+                  else "Trained briefly")
     lines += ["## Intended use", "",
               "Research and teaching: studying how a small LoRA run changes a reasoning model's style and accuracy "
               "on medical questions, and reproducing this notebook series.", "",
               "## Limitations", "",
-              f"- Trained on {cfg.data.train_rows} examples for {cfg.train.max_steps} steps: a demonstration, not a "
-              "validated medical model.",
+              f"- {trained_on}: a demonstration, not a validated medical model.",
               "- The reasoning traces in the training data were written by a language model (see the dataset card); "
               "they can be wrong, and so can this model's, however fluent.",
               "- The comparison measures agreement with reference answers on a few held-out questions; it is not a "
@@ -211,11 +200,11 @@ def listing(folder: Path) -> list[dict[str, Any]]:
     return [{"path": p.relative_to(folder).as_posix(), "size": p.stat().st_size, "sha256": sha256(p)} for p in files]
 
 
-def why_not_push(cfg: Config) -> str | None:
-    """None when a push can happen; otherwise the reason, which the notebook prints."""
-    if not cfg.export.push:
+def why_not_push(push: list[str], hub_repo: str | None) -> str | None:
+    """None when a push can happen (something to push, a repo id, HF_TOKEN, the Hub reachable); else why not."""
+    if not push:
         return "export.push is empty"
-    if not cfg.export.hub_repo:
+    if not hub_repo:
         return "no export.hub_repo set"
     if not os.environ.get("HF_TOKEN"):
         return "no Hugging Face token (HF_TOKEN in the environment, Kaggle secrets, Colab or .env)"
@@ -226,22 +215,11 @@ def why_not_push(cfg: Config) -> str | None:
     return None
 
 
-def publish(cfg: Config, run: Run, artefacts: dict[str, Path]) -> dict[str, Any]:
-    """Push the artefacts named in export.push, or write the dry run into the run folder; say which."""
-    from r1helpers.core.secrets import load_secrets
-
-    load_secrets(ask=False)
-    chosen = {k: Path(v) for k, v in artefacts.items() if k in cfg.export.push}
-    reason = why_not_push(cfg)
-    repos = repo_ids(cfg.export.hub_repo or default_repo(cfg, run))
-    if reason is None:
-        return _push(cfg, chosen, repos)
-    return dry_run(cfg, run, chosen, repos, reason)
-
-
-def dry_run(cfg: Config, run: Run, chosen: dict[str, Path], repos: dict[str, str], reason: str) -> dict[str, Any]:
-    out = run.stage_dir("export") / "hub"
-    plan = {"pushed": False, "reason": reason, "private": cfg.export.hub_private, "repos": []}
+def dry_run(chosen: dict[str, Path], repos: dict[str, str], reason: str, out_dir: Path,
+            private: bool = True) -> dict[str, Any]:
+    """Write what would be uploaded into `out_dir`: upload_plan.json and each repository's README.md."""
+    out = Path(out_dir)
+    plan = {"pushed": False, "reason": reason, "private": private, "repos": []}
     for kind, folder in chosen.items():
         files = listing(folder)
         card = folder / "README.md"
@@ -255,18 +233,19 @@ def dry_run(cfg: Config, run: Run, chosen: dict[str, Path], repos: dict[str, str
     return plan
 
 
-def _push(cfg: Config, chosen: dict[str, Path], repos: dict[str, str]) -> dict[str, Any]:
+def push(chosen: dict[str, Path], repos: dict[str, str], private: bool, token: str) -> dict[str, Any]:
+    """Create each repository (private unless told) and upload its folder; returns what was pushed."""
     from huggingface_hub import HfApi
 
-    api = HfApi(token=os.environ["HF_TOKEN"])
+    api = HfApi(token=token)
     pushed = []
     for kind, folder in chosen.items():
         repo = repos[kind]
-        url = api.create_repo(repo, private=cfg.export.hub_private, exist_ok=True, repo_type="model")
+        url = api.create_repo(repo, private=private, exist_ok=True, repo_type="model")
         api.upload_folder(folder_path=str(folder), repo_id=repo, repo_type="model",
                           commit_message=f"r1helpers export: {WHAT[kind]}")
         pushed.append({"kind": kind, "repo_id": repo, "url": str(url)})
     names = ", ".join(p["repo_id"] for p in pushed)
-    return {"pushed": True, "private": cfg.export.hub_private, "repos": pushed,
-            "message": f"pushed to {names} ({'private' if cfg.export.hub_private else 'public'}; an existing "
+    return {"pushed": True, "private": private, "repos": pushed,
+            "message": f"pushed to {names} ({'private' if private else 'public'}; an existing "
                        "repository keeps its visibility)"}

@@ -16,12 +16,12 @@ from typing import Any
 
 from r1helpers.core.config import Config, validate
 from r1helpers.core.ddp import barrier, is_main_process, per_process, print0, trainer_kwargs, world_size
-from r1helpers.core.hardware import BackendChoice, choose_backend, is_oom
+from r1helpers.core.hardware import BackendChoice, choose_backend, free_memory, is_oom
 from r1helpers.core.runs import (Run, atomic_dir, read_json, read_jsonl, stage_fingerprint, write_json_atomic,
                                  write_jsonl_atomic, write_text_atomic)
 from r1helpers.data import DataError, Report, example_lengths, length_stats, load_rows, select_rows, tokenize_rows
-from r1helpers.evaluate.compare import (_release, build_comparison, load_embedder, pair_generations,
-                                        semantic_similarity, teacher_forced, write_outputs)
+from r1helpers.evaluate.compare import (answer_similarities, build_comparison, load_embedder, pair_generations,
+                                        teacher_forced, write_outputs)
 from r1helpers.inference.generate import generate
 from r1helpers.modeling.load import Loaded, expected_lora_parameters, trainable_parameters
 from r1helpers.training.plan import BatchPlan, gpu_memory_gib, plan_batches
@@ -485,83 +485,141 @@ def baseline(cfg: Config, run: Run, prepared, loaded: Loaded | None = None, forc
     return run.reuse_or_build(cfg, "baseline", make, lambda: read_jsonl(run.path("baseline")), force=force)
 
 
-def finetuned(cfg: Config, run: Run, prepared, force: bool = False) -> list[dict[str, Any]]:
-    """Generations of base + adapter (stage 04); trains first if the adapter is missing or stale."""
+class FinetunedModel:
+    """Base + adapter, loaded on first use, then shared by stage 04's generation and its scoring.
 
-    def make() -> list[dict[str, Any]]:
-        from r1helpers.modeling.load import for_inference
+    Nothing loads when the run folder's generations and comparison are both reused; otherwise
+    the model loads once. `adapter_dir` None means the run's own adapter (trained first when
+    missing or made with other settings). `loads` counts the loads, `release()` frees the memory.
+    """
 
-        result = ensure_trained(cfg, run, prepared)
-        return generate_stage(cfg, run, "finetuned", for_inference(load_finetuned_for(cfg, result.adapter_dir)),
-                              prepared)
+    def __init__(self, cfg: Config, run: Run, prepared, adapter_dir: Path | None = None):
+        self.cfg, self.run, self.prepared = cfg, run, prepared
+        self.own_adapter = adapter_dir is None
+        self._adapter_dir = None if adapter_dir is None else Path(adapter_dir)
+        self._trained: TrainResult | None = None
+        self._loaded: Loaded | None = None
+        self.loads = 0
 
-    return run.reuse_or_build(cfg, "finetuned", make, lambda: read_jsonl(run.path("finetuned")), force=force)
+    def _train(self) -> TrainResult:
+        if self._trained is None:
+            self._trained = ensure_trained(self.cfg, self.run, self.prepared)
+        return self._trained
+
+    @property
+    def adapter_dir(self) -> Path:
+        return self._adapter_dir if self._adapter_dir is not None else self._train().adapter_dir
+
+    @property
+    def log_history(self) -> list[dict[str, Any]]:
+        """Training's loss records for the run's own adapter; none for another one."""
+        return self._train().log_history if self.own_adapter else []
+
+    def get(self) -> Loaded:
+        if self._loaded is None:
+            from r1helpers.modeling.load import for_inference
+
+            self._loaded = for_inference(load_finetuned_for(self.cfg, self.adapter_dir))
+            self.loads += 1
+        return self._loaded
+
+    def release(self) -> None:
+        """Drop the weights (GPU memory back to the allocator); a later get() loads again."""
+        if self._loaded is None:
+            return
+        self._loaded.model = None
+        self._loaded = None
+        free_memory()
+
+
+def finetuned(cfg: Config, run: Run, prepared, force: bool = False,
+              loaded: FinetunedModel | None = None) -> list[dict[str, Any]]:
+    """Generations of base + adapter (stage 04); trains first if the adapter is missing or stale.
+
+    Pass `loaded` (a FinetunedModel) to share one loaded model with `compare`.
+    """
+    model = loaded if loaded is not None else FinetunedModel(cfg, run, prepared)
+    return run.reuse_or_build(cfg, "finetuned", lambda: generate_stage(cfg, run, "finetuned", model.get(), prepared),
+                              lambda: read_jsonl(run.path("finetuned")), force=force)
 
 
 # ---- 04 comparison ------------------------------------------------------------------------------
 
 def nll_rows(cfg: Config, prepared) -> list[dict[str, Any]]:
+    """The held-out rows scored teacher-forced: the first compare.nll_rows (0: all)."""
     n = len(prepared.eval) if cfg.compare.nll_rows == 0 else min(cfg.compare.nll_rows, len(prepared.eval))
     return [dict(r) for r in prepared.eval.select(range(n))]
 
 
+def decoding_used(run: Run) -> dict[str, dict[str, Any] | None]:
+    """The infer settings each generation stage recorded in its manifest (None: not generated yet)."""
+    out = {}
+    for stage in ("baseline", "finetuned"):
+        manifest = run.read_manifest(stage)
+        out[stage] = manifest["settings"].get("infer") if manifest else None
+    return out
+
+
 def check_same_decoding(run: Run) -> None:
     """Both generation stages must have used one decoding setup, or the comparison is not fair."""
-    manifests = [run.read_manifest(s) for s in ("baseline", "finetuned")]
-    if all(manifests):
-        a, b = (m["settings"].get("infer") for m in manifests)
-        if a != b:
-            raise ValueError("baseline and fine-tuned generations used different infer settings; rerun stages 01 and 04")
+    used = decoding_used(run)
+    if all(v is not None for v in used.values()) and used["baseline"] != used["finetuned"]:
+        raise ValueError("baseline and fine-tuned generations used different infer settings; rerun stages 01 and 04")
+
+
+def comparison_settings(cfg: Config) -> dict[str, Any]:
+    """What the comparison records about how it was made (build_comparison adds counts and bootstrap)."""
+    i = cfg.infer
+    decoding = {"do_sample": i.do_sample, "max_new_tokens": i.max_new_tokens, "seed": i.seed}
+    if i.do_sample:
+        decoding.update(temperature=i.temperature, top_p=i.top_p)
+    return {"model": cfg.model.name, "profile": cfg.profile, "max_seq_length": cfg.model.max_seq_length,
+            "decoding": decoding, "embedding_model": cfg.compare.embedding_model}
 
 
 def compare(cfg: Config, run: Run, prepared, baseline: list[dict], tuned: list[dict],
-            force: bool = False, adapter_dir: Path | None = None) -> dict[str, Any]:
+            force: bool = False, adapter_dir: Path | None = None,
+            loaded: FinetunedModel | None = None) -> dict[str, Any]:
     """Score both models on the held-out split; write compare/comparison.json and compare/report.html.
 
-    Reuses the saved comparison when made with these settings. `adapter_dir` scores another
-    adapter than the run's own (then nothing is marked current in the run folder).
+    Reuses the saved comparison when made with these settings. `loaded` (the FinetunedModel that
+    `finetuned` used) avoids a second load; it is released after scoring. `adapter_dir` scores
+    another adapter than the run's own (then nothing is marked current in the run folder).
     """
     if adapter_dir is not None:
-        return _compare(cfg, run, prepared, baseline, tuned, Path(adapter_dir), [])
-    return run.reuse_or_build(cfg, "compare", lambda: _compare(cfg, run, prepared, baseline, tuned, None, []),
+        return _compare(cfg, run, prepared, baseline, tuned, FinetunedModel(cfg, run, prepared, adapter_dir))
+    model = loaded if loaded is not None else FinetunedModel(cfg, run, prepared)
+    return run.reuse_or_build(cfg, "compare", lambda: _compare(cfg, run, prepared, baseline, tuned, model),
                               lambda: read_json(run.path("comparison")), force=force)
 
 
-def _compare(cfg: Config, run: Run, prepared, baseline: list[dict], tuned: list[dict], adapter_dir: Path | None,
-             history: list[dict]) -> dict[str, Any]:
-    from r1helpers.modeling.load import for_inference
-
-    own_adapter = adapter_dir is None
+def _compare(cfg: Config, run: Run, prepared, baseline: list[dict], tuned: list[dict],
+             model: FinetunedModel) -> dict[str, Any]:
     check_same_decoding(run)
     pair_generations(baseline, tuned)  # refuse mismatched question sets before any model loads
-    if adapter_dir is None:
-        trained = ensure_trained(cfg, run, prepared)
-        adapter_dir, history = trained.adapter_dir, trained.log_history
-    loaded = for_inference(load_finetuned_for(cfg, Path(adapter_dir)))
-    tok = loaded.tokenizer
-    nll = teacher_forced(loaded, nll_rows(cfg, prepared), cfg.model.max_seq_length)
-    _release(loaded)
-    notes = [f"adapter: {adapter_dir}", f"backend: {loaded.backend.name}"]
+    lm = model.get()
+    tok, backend = lm.tokenizer, lm.backend.name
+    nll = teacher_forced(lm.model, tok, nll_rows(cfg, prepared), cfg.model.max_seq_length)
+    del lm
+    model.release()  # nothing below needs the model; the embedder runs on the CPU
+    notes = [f"adapter: {model.adapter_dir}", f"backend: {backend}"]
     sims, note = _similarities(cfg, baseline, tuned)
     notes.append(note)
-    result = build_comparison(cfg, nll, baseline, tuned, lambda s: len(tok(s, add_special_tokens=False)["input_ids"]),
-                              sims, notes, history)
+    c = cfg.compare
+    result = build_comparison(
+        nll, baseline, tuned, lambda s: len(tok(s, add_special_tokens=False)["input_ids"]),
+        primary_metric=c.primary_metric, bootstrap_samples=c.bootstrap_samples, seed=c.seed,
+        settings=comparison_settings(cfg), sims=sims, notes=notes, log_history=model.log_history)
     write_outputs(result, run.stage_dir("compare"))
-    if own_adapter:
+    if model.own_adapter:
         run.write_manifest(cfg, "compare", verdict=result["verdict"], headline=result["headline"])
     return result
 
 
 def _similarities(cfg: Config, baseline: list[dict], tuned: list[dict]) -> tuple[dict[str, list[float]] | None, str]:
-    pairs = [p for p in pair_generations(baseline, tuned) if p[0].get("reference_answer") is not None]
     embedder, note = load_embedder(cfg.compare.embedding_model)
-    if embedder is None or not pairs:
-        return None, note
-    refs = [b["reference_answer"] for b, _ in pairs]
-    return {"base": semantic_similarity(embedder, [b["answer"] for b, _ in pairs], refs),
-            "tuned": semantic_similarity(embedder, [t["answer"] for _, t in pairs], refs)}, note
+    return answer_similarities(embedder, baseline, tuned), note
 
 
 def report_path(run: Run) -> Path:
     return run.path("report")
-

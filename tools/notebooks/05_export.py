@@ -1,6 +1,150 @@
 """Chapter source of notebooks/05_export.ipynb (see tools/build_notebooks.py)."""
 
 CELLS = [
-    ("md", '# 05 · Export\n\nThe adapter, a merged 16-bit model and GGUF files in the run folder, each checked; pushed to the Hub only with a token and `export.hub_repo`.'),
-    ("code", 'from r1helpers.workflow import export\nexported = export.export(cfg, run)\nexport.summary_table(exported)'),
+    ("md", """# 05 · Export
+
+The trained adapter is only useful outside this notebook series once other tools can load it. This chapter
+writes the fine-tuned model in three forms, checks each against the model that was trained, and then pushes
+them to the Hugging Face Hub, or, without a token, writes exactly what would be pushed.
+
+| artefact | what it is | loads with |
+|---|---|---|
+| adapter | the LoRA weights (tens of MB for the 8B model) and the tokenizer | peft: `PeftModel.from_pretrained(base, folder)`; needs the base model too |
+| merged 16-bit | the adapter folded into the base weights, `W + scale · B·A` | transformers `AutoModelForCausalLM.from_pretrained`, vLLM, TGI |
+| GGUF f16 / q8_0 / q4_k_m | one file per type, 16-bit or quantized | llama.cpp, Ollama (with the written `Modelfile`), LM Studio |
+
+**What it needs.** The adapter of chapter 03 (trained first when missing or made with other settings), the base
+model's 16-bit weights (downloaded when not in the cache) and, for the model cards, the comparison of
+chapter 04 when it exists (the card then quotes its headline and table; without it the card makes no claim).
+
+**What it writes.** `adapter/`, `merged_16bit/`, `gguf/` (with `Modelfile`), each with a `README.md` model
+card, in the run folder's `export/` or in `export.output_dir`; on Kaggle the large files go to `/kaggle/tmp`
+(see below). The run folder always gets `export/exported.json` (every path, size and check), `export/hub/`
+for a dry run, and `results/05.json`.
+
+**How long.** On Kaggle, for the 8B model: downloading the 16 GB of 16-bit base weights takes several minutes
+when they are not cached, the merge one shard at a time on the CPU a few minutes, and writing and re-reading
+each GGUF file several minutes more; **roughly 20-40 minutes** with the default `q8_0` and `q4_k_m`. These are
+estimates, not measurements on a T4. The CPU profile's tiny model exports in well under a minute."""),
+    ("md", """## The settings this chapter uses
+
+`cfg.export` decides what is written and where: `save_merged_16bit` and its `merged_dtype`, the `gguf` types,
+where llama.cpp's quantizer is (`llama_quantize`), how many greedy tokens each check compares
+(`check_tokens`), the Hub repository (`hub_repo`), whether new repositories are private (`hub_private`) and which
+artefacts to `push`. Change one with e.g. `cfg.export.gguf = ["q8_0"]` in a cell before the export runs, or
+`overrides={"export.gguf": ["q8_0"]}` with papermill; the export is redone when its settings change."""),
+    ("code", """from r1helpers.core import prompts, show
+from r1helpers.export import checks, summary
+from r1helpers.workflow import export
+show.config_table(cfg).filter(regex=r"^export\\.", axis=0)"""),
+    ("md", """## Where the files go, and the disk space check
+
+An 8B export is large: the merged 16-bit model is about 16 GB, a q8_0 GGUF about 8.5 GB, a q4_k_m about 5 GB,
+and the merge may first download 16 GB of base weights. Kaggle keeps only about 19.5 GB of `/kaggle/working`
+with a saved version, so on Kaggle the large files go to the session's own disk, `/kaggle/tmp`, which is
+larger but not kept: download or push what you want to keep before the session ends. Everywhere else they go
+to the run folder's `export/`, unless `export.output_dir` says otherwise.
+
+Before writing anything, the export estimates every file's size from the parameter count, adds a margin and
+compares the sum with the free space on each disk involved. If it does not fit, it stops with a message saying
+what to change, and nothing is written. Each artefact is then written into a temporary folder, checked, and
+only renamed into place when its checks pass, so a failed or interrupted export never leaves a half-written
+model behind."""),
+    ("code", """print("large files go to:", export.output_dir(cfg, run))"""),
+    ("md", """## The chat template is the training prompt
+
+A model fine-tuned on one prompt format answers best when it is prompted the same way. Every export carries a
+chat template (`prompts.CHAT_TEMPLATE`, in `tokenizer_config.json` and inside each GGUF) that renders a user
+message into exactly the training prompt: the preamble, the medical-expert instruction, the question, and
+`### Response:` followed by `<think>`. So `tokenizer.apply_chat_template(...)` in transformers, llama.cpp's
+chat mode and LM Studio all build the prompt the model was trained on. Here it is rendered the way llama.cpp
+and LM Studio do (Jinja), for the recipe's example question:"""),
+    ("code", """question = cfg.infer.example_questions[0]
+rendered = checks.render_template(prompts.CHAT_TEMPLATE, question, bos="<BOS>", eos="<EOS>")
+print(rendered)
+print("identical to the training prompt:", rendered == "<BOS>" + prompts.build_prompt(question))"""),
+    ("md", """## Run the export
+
+`export.export` does, in order: find the base weights and check the disk space; copy the adapter with the
+tokenizer; merge the adapter into the 16-bit base weights and check the merged model; write each GGUF type
+from the merged model and check it; write a model card into each folder; push, or write the dry run. When the
+run folder holds an export made with these settings, it is reused. The table lists each file or folder, its
+size, and the key numbers of its checks."""),
+    ("code", """exported = export.export(cfg, run)
+summary.summary_table(exported)"""),
+    ("md", """The free-space check's plan: every large file with its estimated size and the folder it goes to
+(a "temporary" file is deleted once the one made from it is written)."""),
+    ("code", """summary.space_table(exported)"""),
+    ("md", """## The checks, and what they guarantee
+
+**Merged 16-bit.** Training may run on 4-bit weights, but the merge reads the base model's 16-bit checkpoint,
+computes `W + scale · B·A` in float32 and rounds once to `export.merged_dtype` (`auto`: the checkpoint's own
+type, bfloat16 for R1-distill). Two checks follow. Every merged tensor is read back and must be within one
+16-bit rounding of the exact sum. Then the merged model, loaded with plain transformers, is run on the
+training prompt of the example question and two held-out questions, against base + adapter loaded through
+peft from the exported adapter folder (which checks that folder too): the largest logit difference must stay
+within **2% of the logit range**, and the greedy tokens must be **identical**.
+
+One caveat is worth knowing. bfloat16 keeps only 8 significant bits, so a weight can move only in steps of
+0.4-0.8% of its size. A LoRA update smaller than half such a step rounds back to the base value: a bf16
+merge can erase a small LoRA update, partly or entirely, even though every number is "within one rounding".
+The weight check counts how many of the weights the adapter changes come out unchanged; when that share is
+large, the merged model behaves more like the base than the adapter does. Use the adapter itself, or merge
+into float16 (`cfg.export.merged_dtype = "float16"`, 11 significant bits) if the base's range allows.
+
+**GGUF.** Each file is checked three ways: its vocabulary, special token ids and chat template must match the
+training tokenizer and render the training prompt token for token; every tensor, dequantized, must be close to
+the merged weights (tolerance by type); and the file is read back by transformers' GGUF loader and, where
+`llama-cpp-python` is installed, by llama.cpp itself, and compared with the merged model: f16/bf16 within 1-2%
+of the logit range with identical greedy tokens, q8_0 within 5%, q4_k_m within 25%. Logit checks load a float32
+copy of the model; when that does not fit in memory (the 8B model on Kaggle) they are skipped with a note and
+the per-tensor checks stand in for them. q4_k_m needs llama.cpp's quantizer and is skipped, with a note, when
+none is installed."""),
+    ("code", """summary.checks_table(exported)"""),
+    ("md", """## Running the GGUF with Ollama
+
+Ollama does not use the Jinja template stored in a GGUF, so the export writes a `Modelfile` next to the GGUF
+files with the training prompt as Ollama's template. In that folder: `ollama create medical-cot -f Modelfile`,
+then `ollama run medical-cot`. llama.cpp (`llama-cli -m <file>.gguf -cnv`) and LM Studio read the template from
+the file itself."""),
+    ("code", """print(summary.modelfile_text(exported))"""),
+    ("md", """## Loading the other exports
+
+The adapter, with the base model (downloads it):
+
+```python
+from peft import AutoPeftModelForCausalLM
+from transformers import AutoTokenizer
+model = AutoPeftModelForCausalLM.from_pretrained("<export>/adapter")
+tok = AutoTokenizer.from_pretrained("<export>/adapter")
+```
+
+The merged model, on its own (also `vllm serve <export>/merged_16bit`):
+
+```python
+from transformers import AutoModelForCausalLM, AutoTokenizer
+model = AutoModelForCausalLM.from_pretrained("<export>/merged_16bit", dtype="auto")
+tok = AutoTokenizer.from_pretrained("<export>/merged_16bit")
+ids = tok.apply_chat_template([{"role": "user", "content": "..."}], add_generation_prompt=True,
+                              return_tensors="pt", return_dict=True)
+out = model.generate(**ids, max_new_tokens=1200)
+```
+
+Each folder's `README.md` model card repeats this, with the recipe, the comparison of chapter 04 and the
+export checks, and says plainly that the model is not for clinical decisions."""),
+    ("md", """## The Hub push, or its dry run
+
+Pushing needs two things: a Hugging Face token (`HF_TOKEN`, from the environment, Kaggle secrets or `.env`;
+never printed or stored) and a repository id, `cfg.export.hub_repo = "you/r1-medical"` (or
+`overrides={"export.hub_repo": "you/r1-medical"}`). Each artefact then goes to its own repository: the adapter
+to `you/r1-medical-lora`, the merged model to `you/r1-medical`, the GGUF files to `you/r1-medical-GGUF`,
+created private unless `export.hub_private` is false. Without a token or a repository id nothing leaves the
+machine: `export/hub/` in the run folder gets `upload_plan.json` (every file with its size and sha256) and the
+model card each repository would get."""),
+    ("code", """print(exported["hub"]["message"])"""),
+    ("md", """## Results of this chapter
+
+Each artefact's path, size in MiB and which checks passed or were skipped (an artefact whose check fails is
+not kept, so a listed one passed what ran), and what happened with the Hub; saved to `results/05.json`."""),
+    ("code", """show.record_results(run, "05", summary.key_results(exported))"""),
 ]

@@ -1,0 +1,58 @@
+"""Write the adapter and merged-model folders as downstream tools load them.
+
+Both folders get the training tokenizer with the chat template that renders the
+training prompt token for token (`prompts.CHAT_TEMPLATE`) and a pad token distinct
+from EOS, so `apply_chat_template` + `generate` behave as in training.
+
+    tok = with_chat_template(tokenizer)
+    write_adapter("runs/default/train/adapter", "out/adapter", tok)          # PeftModel.from_pretrained
+    write_merged(base_dir, "out/adapter", "out/merged_16bit", tok, "bfloat16")  # AutoModelForCausalLM
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+
+def with_chat_template(tokenizer):
+    """The tokenizer with the template that renders the training prompt (changed in place, returned)."""
+    from r1helpers.core import prompts
+
+    tokenizer.chat_template = prompts.CHAT_TEMPLATE
+    return tokenizer
+
+
+def write_adapter(adapter_dir: Path, out_dir: Path, tokenizer) -> None:
+    """Copy the adapter's weights and config into `out_dir` and save the tokenizer beside them."""
+    out_dir = Path(out_dir)
+    for name in ADAPTER_FILES:
+        shutil.copy2(Path(adapter_dir) / name, out_dir / name)
+    tokenizer.save_pretrained(str(out_dir))
+
+
+def write_merged(base_dir: Path, adapter_dir: Path, out_dir: Path, tokenizer, dtype: str) -> dict[str, Any]:
+    """Merge the adapter into the base's 16-bit weights in `out_dir`, add the tokenizer, check every weight.
+
+    Returns {"merge": MergeReport as a dict, "weights": merge.weight_check's result}.
+    """
+    from r1helpers.export.merge import merge_lora, weight_check
+
+    report = merge_lora(base_dir, adapter_dir, out_dir, dtype)
+    tokenizer.save_pretrained(str(out_dir))
+    fix_generation_config(Path(out_dir), tokenizer)
+    return {"merge": asdict(report), "weights": weight_check(base_dir, adapter_dir, out_dir)}
+
+
+def fix_generation_config(folder: Path, tokenizer) -> None:
+    """Pad distinct from EOS, as in training, so batched generation stops at EOS."""
+    path = Path(folder) / "generation_config.json"
+    gen = json.loads(path.read_text()) if path.is_file() else {}
+    gen.update(bos_token_id=tokenizer.bos_token_id, eos_token_id=gen.get("eos_token_id", tokenizer.eos_token_id),
+               pad_token_id=tokenizer.pad_token_id)
+    path.write_text(json.dumps(gen, indent=2) + "\n")

@@ -1,0 +1,103 @@
+"""How much an export writes, and whether the disks it goes to can hold it: checked before writing.
+
+An 8B export is large (merged 16-bit about 16 GB, GGUF q8_0 about 8.5 GB, q4_k_m about
+5 GB), and Kaggle's /kaggle/working keeps only about 19.5 GB. `plan_sizes` estimates every
+file from the parameter count; `check_space` groups them by disk and raises
+`ExportSpaceError`, with what to change, when one does not fit (with a margin).
+
+    items = plan_sizes(Path("/kaggle/tmp/export"), 8_030_261_248, adapter_bytes=168_000_000,
+                       keep_merged=True, gguf_kinds=["q8_0", "q4_k_m"], merged_dtype="bfloat16")
+    check_space(items)   # {folder: {"needed_bytes": ..., "free_bytes": ...}} or ExportSpaceError
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# Beside the estimate: filesystem slack, tokenizer files, card, temporary check files.
+SPACE_MARGIN_BYTES = 512 * 2**20
+SPACE_MARGIN_FRACTION = 0.05
+
+
+class ExportSpaceError(RuntimeError):
+    """The export would not fit on the disk it is written to; nothing was written."""
+
+
+@dataclass
+class Planned:
+    what: str
+    where: Path
+    bytes: int
+
+
+def dir_bytes(folder: Path) -> int:
+    """Total size of the files under `folder`."""
+    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
+
+
+def plan_sizes(out: Path, parameters: int, adapter_bytes: int, *, keep_merged: bool, gguf_kinds: list[str],
+               merged_dtype: str, download_bytes: int = 0, download_dir: Path | None = None) -> list[Planned]:
+    """Every large thing an export writes, with its estimated size and the folder it lands in.
+
+    The merged 16-bit model is written whenever GGUF needs it (then deleted). q4_k_m is
+    quantized from an unquantized GGUF of the merged model's type, written temporarily
+    when not asked for. `download_bytes` (base weights not yet local) land in `download_dir`.
+    """
+    from r1helpers.export.gguf import BYTES_PER_PARAM, source_kind
+
+    items = [Planned("adapter", out, adapter_bytes)]
+    if keep_merged or gguf_kinds:
+        note = "" if keep_merged else " (temporary, for GGUF)"
+        items.append(Planned(f"merged 16-bit{note}", out, 2 * parameters))
+    items += [Planned(f"GGUF {k}", out, int(BYTES_PER_PARAM[k] * parameters)) for k in gguf_kinds]
+    if "q4_k_m" in gguf_kinds and source_kind(merged_dtype) not in gguf_kinds:
+        items.append(Planned(f"GGUF {source_kind(merged_dtype)} (temporary, quantized to q4_k_m)", out,
+                             2 * parameters))
+    if download_bytes:
+        items.append(Planned("base model download", Path(download_dir or out), download_bytes))
+    return items
+
+
+def _existing(path: Path) -> Path:
+    path = Path(path)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def free_bytes(path: Path) -> int:
+    """Free bytes on the disk that holds `path` (or its nearest existing parent)."""
+    return shutil.disk_usage(_existing(path)).free
+
+
+def check_space(items: list[Planned]) -> dict[str, Any]:
+    """Refuse before writing when a disk cannot hold what goes onto it (with a margin)."""
+    by_disk: dict[int, list[Planned]] = {}
+    for item in items:
+        by_disk.setdefault(os.stat(_existing(item.where)).st_dev, []).append(item)
+    report = {}
+    for group in by_disk.values():
+        where = group[0].where
+        need = sum(i.bytes for i in group)
+        need = int(need * (1 + SPACE_MARGIN_FRACTION)) + SPACE_MARGIN_BYTES
+        free = free_bytes(where)
+        report[str(where)] = {"needed_bytes": need, "free_bytes": free}
+        if need > free:
+            raise ExportSpaceError(space_message(group, need, free))
+    return report
+
+
+def space_message(group: list[Planned], need: int, free: int) -> str:
+    gb = lambda b: f"{b / 1e9:.1f} GB"  # noqa: E731
+    parts = ", ".join(f"{i.what} {gb(i.bytes)}" for i in group)
+    return (
+        f"export refused: it needs about {gb(need)} in {group[0].where} ({parts}, plus margin) but only {gb(free)} "
+        "is free there. Nothing was written. Set export.output_dir to a larger disk (on Kaggle "
+        "export.output_dir=/kaggle/tmp/export: /kaggle/working keeps only about 19.5 GB), free space (an earlier "
+        "export stays until the new one is complete), or export less (export.gguf=[q4_k_m] or [], "
+        "export.save_merged_16bit=false)."
+    )

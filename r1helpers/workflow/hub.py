@@ -1,0 +1,77 @@
+"""Model cards and the Hub push (or its dry run) for stage 05, from the config and the run folder.
+
+The cards and the upload are plain helpers in `r1helpers.export.hub`; this module fills
+them in from `cfg` (the recipe, `export.hub_repo`, `export.push`, `export.hub_private`)
+and the run folder (training metrics, the stage 04 comparison, `export/hub/` for a dry run).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from r1helpers.core.config import Config
+from r1helpers.core.runs import Run, read_json
+from r1helpers.export import hub
+
+
+def repo_base(cfg: Config, run: Run) -> str:
+    """export.hub_repo, or a placeholder name for the dry run."""
+    return cfg.export.hub_repo or hub.default_repo(cfg.model.name, run.root.name)
+
+
+def _training_metrics(run: Run) -> dict[str, Any]:
+    try:
+        return read_json(run.path("train_metrics"))
+    except (OSError, ValueError):
+        return {}
+
+
+def _num(x: Any) -> str:
+    return f"{x:.4g}" if isinstance(x, (int, float)) else "-"
+
+
+def recipe_lines(cfg: Config, train_metrics: dict[str, Any] | None = None) -> list[str]:
+    """How the model was trained, as the card's bullet lines."""
+    d, lo, t, m = cfg.data, cfg.lora, cfg.train, cfg.model
+    train = train_metrics or {}
+    lines = [
+        f"- Base model: `{m.name}`" + (f" (revision `{m.revision}`)" if m.revision else ""),
+        f"- Dataset: `{d.source}`" + (f", config `{d.config_name}`" if d.config_name else "")
+        + f", split `{d.split}`: the first {d.train_rows} rows train; the next {d.eval_rows} are held out and never "
+          f"trained on; rows over {m.max_seq_length} tokens: {d.overlong}",
+        f"- LoRA: r={lo.r}, alpha={lo.alpha}, dropout={lo.dropout}, bias={lo.bias}, on {', '.join(lo.target_modules)}",
+        f"- Training: {t.max_steps} steps, batch {t.per_device_train_batch_size} x accumulation "
+        f"{t.gradient_accumulation_steps}, learning rate {t.learning_rate} ({t.lr_scheduler_type}, warm-up "
+        f"{t.warmup_steps}), optimizer {t.optim}, weight decay {t.weight_decay}, seed {t.seed}",
+        f"- Base weights while training: {'4-bit (QLoRA)' if m.load_in_4bit else 'full precision'}; the export merges "
+        "the adapter into the base model's 16-bit weights, not into dequantized 4-bit ones",
+    ]
+    if train.get("train_loss") is not None:
+        lines.append(f"- Final training loss: {_num(train['train_loss'])} ({train.get('backend', '?')} backend, "
+                     f"{_num(train.get('seconds'))} s)")
+    return lines
+
+
+def card(cfg: Config, run: Run, kind: str, files: list[tuple[str, int]],
+         checks: dict[str, Any] | None = None) -> str:
+    """The model card of one artefact (adapter | merged | gguf) of this run."""
+    return hub.model_card(
+        kind, hub.repo_ids(repo_base(cfg, run))[kind], files, base_model=cfg.model.name,
+        recipe=recipe_lines(cfg, _training_metrics(run)), dataset=cfg.data.source, train_rows=cfg.data.train_rows,
+        max_steps=cfg.train.max_steps, comparison=hub.comparison_summary(run.path("comparison")), checks=checks,
+        demo=cfg.profile == "cpu")
+
+
+def publish(cfg: Config, run: Run, artefacts: dict[str, Path]) -> dict[str, Any]:
+    """Push the artefacts named in export.push, or write the dry run into `export/hub/`; say which."""
+    from r1helpers.core.secrets import load_secrets
+
+    load_secrets(ask=False)
+    chosen = {k: Path(v) for k, v in artefacts.items() if k in cfg.export.push}
+    reason = hub.why_not_push(cfg.export.push, cfg.export.hub_repo)
+    repos = hub.repo_ids(repo_base(cfg, run))
+    if reason is None:
+        return hub.push(chosen, repos, cfg.export.hub_private, os.environ["HF_TOKEN"])
+    return hub.dry_run(chosen, repos, reason, run.stage_dir("export") / "hub", cfg.export.hub_private)
