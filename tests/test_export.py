@@ -135,7 +135,8 @@ def test_merged_16bit_model_gives_base_plus_adapter_logits_with_plain_transforme
 
     folder = exported.out / "merged_16bit"
     config = json.loads((folder / "config.json").read_text())
-    assert config["dtype"] == "bfloat16" and "quantization_config" not in config
+    # merged_dtype=auto merges in float16 first: its 3 more mantissa bits keep a small LoRA update.
+    assert config["dtype"] == "float16" and "quantization_config" not in config
     assert list(folder.glob("*.safetensors"))
     gen = json.loads((folder / "generation_config.json").read_text())
     assert gen["eos_token_id"] == tokenizer.eos_token_id and gen["pad_token_id"] == tokenizer.pad_token_id
@@ -169,8 +170,8 @@ def test_merge_is_one_rounding_of_base_plus_lora_in_16_bit(exported, base_dir):
             continue
         b = lora[key.replace(".lora_A.", ".lora_B.")]
         name = key.split(".lora_A.")[0].removeprefix("base_model.model.") + ".weight"
-        expected = (base[name].float() + scale * (b.float() @ a.float())).to(torch.bfloat16)
-        assert merged[name].dtype == torch.bfloat16 and torch.equal(merged[name], expected), name
+        expected = (base[name].float() + scale * (b.float() @ a.float())).to(torch.float16)
+        assert merged[name].dtype == torch.float16 and torch.equal(merged[name], expected), name
         checked += 1
     assert checked == len(acfg["target_modules"]) * 2  # two layers in the tiny model
     assert exported.record["artefacts"]["merged"]["checks"]["weights"]["max_error_in_rounding_units"] <= 1.0
@@ -189,7 +190,7 @@ def test_merge_of_a_sharded_base_keeps_its_shards_and_loads(exported, base_dir, 
     assert len(shards) > 1
     out = tmp_path / "merged"
     out.mkdir()
-    report = merge_lora(sharded, exported.adapter, out, "bfloat16")
+    report = merge_lora(sharded, exported.adapter, out, "float16")
     assert report.shards == shards and (out / "model.safetensors.index.json").is_file()
     assert weight_check(sharded, exported.adapter, out)["max_error_in_rounding_units"] <= 1.0
     single = load_file(str(exported.out / "merged_16bit" / "model.safetensors"))
@@ -387,7 +388,7 @@ def test_export_refuses_before_writing_when_free_space_is_too_small(exported, cf
     monkeypatch.setattr(space, "free_bytes", lambda path: 10 * 2**20)
     with pytest.raises(export.ExportSpaceError, match=r"export refused: it needs about .* GB in .* only 0\.0 GB "
                                                       r"is free there\. Nothing was written"):
-        export.export(elsewhere, exported.run, force=True)
+        export._export(elsewhere, exported.run)  # the build itself: the run folder's ownership is tested apart
     assert not out.exists()
     assert (exported.out / "exported.json").read_text() == before
 
@@ -399,3 +400,72 @@ def test_space_plan_counts_every_file_the_export_writes(exported):
     written.update({f"GGUF {k}": f["bytes"] for k, f in exported.record["artefacts"]["gguf"]["files"].items()})
     for what, size in written.items():
         assert size <= planned[what] * 1.2 + 2**20, (what, size, planned[what])
+
+
+# ---- nothing half-made is reused, nothing orphaned is kept (issue 13), the merge keeps the adapter (issue 14) ----
+
+def _reexport(cfg, run, adapter, monkeypatch, **kw):
+    monkeypatch.setattr(steps, "ensure_trained", lambda *a, **k: steps.TrainResult(adapter, [], {}))
+    return export.export(cfg, run, **kw)
+
+
+def test_every_artefact_records_the_adapter_it_came_from(exported):
+    trained = export.adapter_hash(exported.adapter)
+    arts = exported.record["artefacts"]
+    assert {a["adapter_sha256"] for a in arts.values()} == {trained} and {"adapter", "merged", "gguf"} <= set(arts)
+
+
+def test_an_export_whose_adapter_was_replaced_is_made_again(exported, cfg, monkeypatch, capsys, tmp_path):
+    import shutil
+
+    run = Run.open(tmp_path / "run")
+    shutil.copytree(exported.run.root, run.root, dirs_exist_ok=True)
+    record = json.loads(run.path("exported").read_text())
+    for art in record["artefacts"].values():  # the copy's own paths
+        art["path"] = art["path"].replace(str(exported.run.root), str(run.root))
+    write_json_atomic(run.path("exported"), record)
+    run.write_manifest(cfg, "export", must_exist=[a["path"] for a in record["artefacts"].values()])
+    monkeypatch.setattr(export, "adapter_hash", lambda d: "another" if "train" in str(d) else "old")
+    assert export.matches_adapter(run) is not None
+    monkeypatch.setattr(export, "_export", lambda c, r: "made again")
+    assert _reexport(cfg, run, exported.adapter, monkeypatch) == "made again"
+    assert "not reusing the recorded export" in capsys.readouterr().out
+
+
+def test_merge_falls_back_to_the_dtype_that_keeps_the_adapter(exported, cfg, monkeypatch):
+    """On the tiny model a bfloat16 merge rounds the adapter's update away (greedy tokens change; the same
+    failure a real model showed): tried first, it fails its check and float16, which passes, is kept."""
+    from r1helpers.export import checks as ec
+
+    ctx = _context(exported, cfg)
+    record, path, dtype = export.merge_keeping_the_adapter(ctx, ["bfloat16", "float16"])
+    assert dtype == "float16" and record["dtype"] == "float16"
+    assert record["dtype_tried"][0].startswith("bfloat16: ") and "greedy tokens differ" in record["dtype_tried"][0]
+    assert "float16 passed" in ctx.notes[-1]
+    assert export.dtype_candidates("auto", "bfloat16")[0] == "float16"
+    import shutil
+
+    shutil.rmtree(path)  # the kept temporary merge, which _export_all deletes after writing GGUF
+    monkeypatch.setattr(ec, "check_merged", lambda folder, probes: (_ for _ in ()).throw(
+        ec.ExportCheckError("greedy tokens differ")))
+    ctx = _context(exported, cfg)
+    assert export.merge_keeping_the_adapter(ctx, ["float16", "bfloat16"])[:2] == (None, None)
+    assert "use the adapter on the base model" in ctx.notes[-1]
+    assert not list(ctx.out.glob(export.MERGED_FOR_GGUF + "*")), "no temporary merge is left behind"
+
+
+def _context(exported, cfg):
+    from r1helpers.export import checks as ec
+
+    tok = export.export_tokenizer(cfg)
+    prepared = steps.prepare(cfg, exported.run)
+    ids, texts = export.probe_prompts(cfg, prepared, tok)
+    out = exported.out.parent / "ctx-export"
+    out.mkdir(exist_ok=True)
+    import shutil
+
+    shutil.copytree(exported.out / "adapter", out / "adapter", dirs_exist_ok=True)
+    base = export.locate_base(cfg.model.name, cfg.model.revision)
+    return export.Context(apply_overrides(cfg, {"export.save_merged_16bit": False}), exported.run, out,
+                          export.fetch_base(base, None), exported.adapter, tok, ids, texts,
+                          ec.logits_fit(base.parameters), [])

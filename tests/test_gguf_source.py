@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from r1helpers import gguf_source as g
+from r1helpers.modeling import gguf_source as g
 
 PROMPT = "The patient presents with fever, cough and"
 

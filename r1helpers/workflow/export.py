@@ -19,8 +19,10 @@ the run folder.
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,14 +102,20 @@ def export_merged(ctx: Context, dtype: str, keep: bool) -> tuple[dict[str, Any],
         probes = ec.adapter_reference(ctx.base_dir, ctx.out / "adapter", ctx.prompts, ctx.cfg.export.check_tokens)
         free_memory()
     path = ctx.out / "merged_16bit"
-    target = path if keep else Path(tempfile.mkdtemp(dir=ctx.out, prefix=".merged-for-gguf-"))
-    with atomic_dir(target) as tmp:
-        checks = write_merged(ctx.base_dir, ctx.out / "adapter", tmp, ctx.tokenizer, dtype)
-        if probes is not None:
-            checks["logits_vs_adapter"] = ec.check_merged(tmp, probes)
-        if keep:
-            _card(ctx, "merged", tmp, checks)
-    free_memory()
+    target = path if keep else Path(tempfile.mkdtemp(dir=ctx.out, prefix=MERGED_FOR_GGUF))
+    try:
+        with atomic_dir(target) as tmp:
+            checks = write_merged(ctx.base_dir, ctx.out / "adapter", tmp, ctx.tokenizer, dtype)
+            if probes is not None:
+                checks["logits_vs_adapter"] = ec.check_merged(tmp, probes)
+            if keep:
+                _card(ctx, "merged", tmp, checks)
+    except BaseException:
+        if not keep:  # the temporary merge for GGUF is never left behind (a merged 8B model is 16 GB)
+            shutil.rmtree(target, ignore_errors=True)
+        raise
+    finally:
+        free_memory()
     record = {"path": str(target), "bytes": dir_bytes(target), "dtype": checks["merge"]["dtype"], "checks": checks}
     return record, target, probes
 
@@ -194,8 +202,48 @@ def probe_prompts(cfg: Config, prepared, tokenizer) -> tuple[list[list[int]], li
             [prompts.build_prompt(q) for q in questions])
 
 
+MERGED_FOR_GGUF = ".merged-for-gguf-"  # a temporary merge, when GGUF is wanted but merged_16bit is not kept
+
+
+def adapter_hash(adapter_dir: Path) -> str:
+    """sha256 of the adapter's weights: every exported artefact records the adapter it was made from."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in sorted(Path(adapter_dir).glob("adapter_model.*")):
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def matches_adapter(run: Run) -> str | None:
+    """Why the recorded export does not match the trained adapter (a killed export), or None when it does."""
+    try:
+        record = read_json(run.path("exported"))
+    except (OSError, ValueError):
+        return "exported.json is missing or unreadable"
+    trained = adapter_hash(run.path("adapter"))
+    for name, art in record.get("artefacts", {}).items():
+        if art.get("adapter_sha256") != trained:
+            return f"{name} was made from another adapter than train/adapter"
+    exported = record.get("artefacts", {}).get("adapter")
+    if exported and adapter_hash(Path(exported["path"])) != trained:
+        return f"{exported['path']} holds another adapter than train/adapter"
+    return None
+
+
 def export(cfg: Config, run: Run, force: bool = False) -> dict[str, Any]:
-    """Adapter, merged 16-bit model and GGUF files, each checked; then the Hub push or its dry run."""
+    """Adapter, merged 16-bit model and GGUF files, each checked; then the Hub push or its dry run.
+
+    A finished export is reused only when every artefact was made from the adapter now in
+    train/adapter (sha256); one that is not (an export killed half-way) is made again.
+    """
+    if not force and run.is_current(cfg, "export"):
+        why = matches_adapter(run)
+        if why:
+            print(f"export: not reusing the recorded export: {why}; exporting again", flush=True)
+            run.manifest_path("export").unlink()  # unfinished work: replaced, not protected
     return run.reuse_or_build(cfg, "export", lambda: _export(cfg, run), lambda: read_json(run.path("exported")),
                               force=force)
 
@@ -222,6 +270,15 @@ def _export(cfg: Config, run: Run) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     if out != run.stage_dir("export"):
         notes.append(f"large files in {out} (export.output_dir / Kaggle's /kaggle/tmp), records in the run folder")
+    for stale in out.glob(MERGED_FOR_GGUF + "*"):  # left by a killed export (this process holds the run's lock)
+        shutil.rmtree(stale, ignore_errors=True)
+        notes.append(f"removed {stale.name}, a temporary merge left by an interrupted export")
+    if not cfg.export.save_merged_16bit and (out / "merged_16bit").exists():
+        kept = out / "replaced" / f"merged_16bit-{time.strftime('%Y%m%d-%H%M%S')}"
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(out / "merged_16bit", kept)
+        notes.append(f"export.save_merged_16bit=false: the earlier merged model moved aside to {kept} (delete it "
+                     "yourself to free the space)")
     base_dir = fetch_base(base, cfg.model.revision)
     tokenizer = export_tokenizer(cfg)
     ids, texts = probe_prompts(cfg, prepared, tokenizer)
@@ -232,6 +289,40 @@ def _export(cfg: Config, run: Run) -> dict[str, Any]:
     return _export_all(ctx, dtype, quantizer, items, space)
 
 
+def dtype_candidates(requested: str, auto_choice: str) -> list[str]:
+    """The 16-bit types to try merging in, in order. `auto`: float16 first (three more mantissa bits
+    than bfloat16 keep a small LoRA update that a bfloat16 merge can round away; Llama weights fit
+    its range, and a weight that does not makes the check fail), then the checkpoint's own type."""
+    if requested != "auto":
+        return [requested]
+    return list(dict.fromkeys(["float16", auto_choice, "bfloat16"]))
+
+
+def merge_keeping_the_adapter(ctx: Context, candidates: list[str]) -> tuple[dict[str, Any] | None, Path | None, str]:
+    """Merge in the first 16-bit type whose result passes the check against base + adapter.
+
+    When none passes, nothing merged is kept (and no GGUF is made from it): the adapter, loaded
+    on the base model with peft, is then the export to use, and the notes say so.
+    """
+    from r1helpers.export.checks import ExportCheckError
+
+    failures = []
+    for dtype in candidates:
+        try:
+            record, path, _ = export_merged(ctx, dtype, keep=ctx.cfg.export.save_merged_16bit)
+        except ExportCheckError as e:
+            failures.append(f"{dtype}: {e}")
+            print(f"merge in {dtype} failed its check ({e})", flush=True)
+            continue
+        record["dtype_tried"] = failures + [f"{dtype}: passed"]
+        if failures:
+            ctx.notes.append(f"merged in {dtype}: " + "; ".join(failures) + f"; {dtype} passed")
+        return record, path, dtype
+    ctx.notes.append("no 16-bit merge kept the adapter's effect (" + "; ".join(failures) + "): no merged model or "
+                     "GGUF is exported; use the adapter on the base model (peft), which is what was trained")
+    return None, None, candidates[-1]
+
+
 def _export_all(ctx: Context, dtype: str, quantizer, items: list[Planned], space: dict[str, Any]) -> dict[str, Any]:
     from r1helpers.workflow.hub import publish
 
@@ -240,7 +331,8 @@ def _export_all(ctx: Context, dtype: str, quantizer, items: list[Planned], space
     print(f"adapter: {artefacts['adapter']['path']}")
     merged_path = None
     if cfg.export.save_merged_16bit or cfg.export.gguf:
-        record, merged_path, _ = export_merged(ctx, dtype, keep=cfg.export.save_merged_16bit)
+        record, merged_path, dtype = merge_keeping_the_adapter(ctx, dtype_candidates(cfg.export.merged_dtype, dtype))
+    if merged_path is not None:
         if isinstance(record["checks"].get("logits_vs_adapter"), dict):  # it passed, with this folder as reference
             artefacts["adapter"]["checks"]["loads_with_peft"] = {
                 "passed": True, "how": "PeftModel.from_pretrained(base, this folder) was the reference the merged "
@@ -255,6 +347,9 @@ def _export_all(ctx: Context, dtype: str, quantizer, items: list[Planned], space
     finally:
         if merged_path is not None and not cfg.export.save_merged_16bit:
             shutil.rmtree(merged_path, ignore_errors=True)
+    trained = adapter_hash(ctx.adapter_dir)
+    for art in artefacts.values():
+        art["adapter_sha256"] = trained
     hub = publish(cfg, run, {k: Path(v["path"]) for k, v in artefacts.items()})
     print(hub["message"])
     record = {"output_dir": str(ctx.out), "artefacts": artefacts, "notes": ctx.notes, "hub": hub,

@@ -16,7 +16,7 @@ from typing import Any
 
 from r1helpers.core.config import Config, validate
 from r1helpers.core.ddp import barrier, is_main_process, per_process, print0, trainer_kwargs, world_size
-from r1helpers.core.hardware import BackendChoice, choose_backend, free_memory, is_oom
+from r1helpers.core.hardware import BackendChoice, choose_backend, free_memory, headless, is_oom
 from r1helpers.core.runs import (Run, atomic_dir, read_json, read_jsonl, stage_fingerprint, write_json_atomic,
                                  write_jsonl_atomic, write_text_atomic)
 from r1helpers.data import DataError, Report, example_lengths, length_stats, load_rows, select_rows, tokenize_rows
@@ -284,7 +284,7 @@ def sft_arguments_for(cfg: Config, plan: BatchPlan, output_dir: Path, *, backend
         weight_decay=t.weight_decay, lr_scheduler_type=t.lr_scheduler_type, seed=t.seed,
         logging_steps=t.logging_steps, eval_steps=t.eval_steps, save_steps=t.save_steps,
         max_seq_length=cfg.model.max_seq_length, mixed_precision=dtype if on_gpu else "no", has_eval=has_eval,
-        report_to=report_to, run_name=run_name, progress_bars=os.environ.get("R1HELPERS_HEADLESS") != "1",
+        report_to=report_to, run_name=run_name, progress_bars=not headless(),
         ddp=trainer_kwargs(),
     )
 
