@@ -307,7 +307,7 @@ class Run:
         src = self.stage_dir(stage)
         if not src.exists():
             return None
-        dest = self.root / "replaced" / f"{stage}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+        dest = self.root / "replaced" / f"{stage}-{time.strftime('%Y%m%d-%H%M%S')}-{time.time_ns() % 10**9}"
         dest.parent.mkdir(parents=True, exist_ok=True)
         os.replace(src, dest)
         print(f"{stage}: the previous outputs (other settings) moved aside to {dest}", flush=True)
