@@ -318,3 +318,126 @@ def test_option_loglikelihoods_rejects_bad_normalisation(tiny_lm):
     model, tokenizer = tiny_lm
     with pytest.raises(ValueError, match="normalize"):
         acc.option_loglikelihoods(model, tokenizer, "the patient", {"A": "epinephrine"}, normalize="max")
+
+
+# ---- grading generated answers, and both models on one set --------------------------------------
+
+ROW = {"id": "q1", "question": "Which drug first in anaphylaxis?",
+       "options": {"A": "Oral antihistamine", "B": "Intramuscular epinephrine", "C": "IV fluids only",
+                   "D": "Inhaled salbutamol"}, "answer_idx": "B", "answer": "Intramuscular epinephrine"}
+
+
+def test_option_from_text_needs_exactly_one_option():
+    assert acc.option_from_text("intramuscular epinephrine.", ROW["options"]) == "B"
+    assert acc.option_from_text("Epinephrine", ROW["options"]) is None  # not an option's whole text
+    assert acc.option_from_text("", ROW["options"]) is None
+    assert acc.option_from_text("x", {"A": "X", "B": "x."}) is None  # two options read the same
+
+
+@pytest.mark.parametrize("generated, letter, by, correct, exact", [
+    ("r</think>\nThe answer is B.", "B", "letter", True, False),
+    ("r</think>\nIntramuscular epinephrine.", "B", "text", True, True),   # no letter: the gold text counts
+    ("r</think>\nOral antihistamine", "A", "text", False, False),
+    ("r</think>\nEpinephrine, quickly.", None, None, False, False),        # unparseable: wrong
+    ("The answer is B but I keep thinking", None, None, False, False),    # never closed </think>
+])
+def test_grade_mcq_generation(generated, letter, by, correct, exact):
+    g = acc.grade_mcq_generation(generated, ROW)
+    assert (g["letter"], g["by"], g["correct"], g["unparsed"], g["exact_match"]) == (letter, by, correct,
+                                                                                     letter is None, exact)
+
+
+def _answers(letters: str, texts: list[str] | None = None) -> list[dict]:
+    out = []
+    for k, letter in enumerate(letters):
+        rec = {"id": f"q{k}", "likelihood_letter": letter}
+        if texts is not None:
+            rec.update(generated=texts[k], think_closed="</think>" in texts[k], finished=True, new_tokens=5)
+        out.append(rec)
+    return out
+
+
+def test_mcq_comparison_by_hand():
+    rows = [{**ROW, "id": f"q{k}"} for k in range(5)]  # gold B every time
+    base = _answers("BBAAA", ["r</think>B", "r</think>A", "thinking", "r</think>Intramuscular epinephrine", "x"])
+    tuned = _answers("BABBB", ["r</think>B", "r</think>B", "r</think>B", "r</think>C", "r</think>Maybe"])
+    out = acc.mcq_comparison(rows, base, tuned, samples=500, seed=1)
+    lik, gen = out["scorings"]["likelihood"], out["scorings"]["generated"]
+    # likelihood: base right on q0, q1 (2/5); tuned right on q0, q2, q3, q4 (4/5); lost q1, gained q2-q4.
+    assert (lik["before"]["correct"], lik["after"]["correct"]) == (2, 4)
+    assert (lik["mcnemar"]["b"], lik["mcnemar"]["c"]) == (1, 3)
+    assert lik["mcnemar"]["p_value"] == pytest.approx(2 * (1 + 4) / 16)  # min(b, c) = 1 of 4 discordant
+    assert lik["before"]["ci95"] == list(acc.wilson_interval(2, 5))
+    # generated: base right on q0 (letter) and q3 (gold text); q2 unclosed and q4 letterless are unparseable.
+    assert (gen["before"]["correct"], gen["before"]["unparsed"], gen["before"]["by_text"]) == (2, 2, 1)
+    assert (gen["before"]["exact_match"], gen["before"]["think_closed"]) == (1, 3)
+    assert (gen["after"]["correct"], gen["after"]["unparsed"]) == (3, 1)
+    assert out["items"][3]["base"]["generated_by"] == "text"
+    rows_out = acc.summary_rows(out)
+    assert [r["scoring"] for r in rows_out] == ["likelihood", "generated"]
+    assert rows_out[0]["before"] == "2/5 = 40.0%" and rows_out[0]["change (points)"] == "+40.0"
+    assert rows_out[1]["unparseable before / after"] == "2 / 1" and rows_out[0]["unparseable before / after"] == "-"
+    assert acc.summary_rows(None) == []
+
+
+def test_mcq_comparison_without_generation_and_mismatches():
+    rows = [{**ROW, "id": f"q{k}"} for k in range(3)]
+    out = acc.mcq_comparison(rows, _answers("BBB"), _answers("AAA"), samples=200)
+    assert out["scorings"]["generated"] is None and out["scorings"]["likelihood"]["delta"] == -1.0
+    with pytest.raises(ValueError, match="both models"):
+        acc.mcq_comparison(rows, _answers("BB"), _answers("BBB"))
+    with pytest.raises(ValueError, match="keep the rows' order"):
+        acc.mcq_comparison(rows, _answers("BBB")[::-1], _answers("BBB"))
+
+
+def test_sample_name_loads_the_bundled_file():
+    assert acc.load_mcq_rows(acc.SAMPLE_MCQ, limit=3) == acc.load_mcq_rows(acc.sample_mcq_path(), limit=3)
+
+
+def _tiny_rows():
+    return [{"id": "t1", "question": "the patient has chest pain", "answer_idx": "A", "answer": "epinephrine",
+             "options": {"A": "epinephrine", "B": "magnesium sulfate", "C": "needle decompression"}},
+            {"id": "t2", "question": "give intramuscular epinephrine", "answer_idx": "B", "answer": "low blood",
+             "options": {"A": "tension pneumothorax", "B": "low blood"}}]
+
+
+def test_answer_mcq_uses_the_recipe_prompt_and_generate(tiny_lm):
+    from r1helpers.core import prompts
+    from r1helpers.inference.generate import generate
+
+    model, tokenizer = tiny_lm
+    rows = _tiny_rows()
+    decoding = dict(max_new_tokens=6, batch_size=2, do_sample=False, seed=1, progress=False)
+    answers = acc.answer_mcq(model, tokenizer, rows, decoding=decoding)
+    for row, a in zip(rows, answers):
+        prompt = prompts.build_prompt(acc.mcq_question(row))
+        assert a["likelihood_letter"] == acc.predict_by_likelihood(model, tokenizer, prompt, row["options"])
+        assert set(a["likelihood_scores"]) == set(row["options"])
+    gens = generate(model, tokenizer, [acc.mcq_question(r) for r in rows], **decoding)
+    assert [a["generated"] for a in answers] == [g["generated"] for g in gens]
+    assert all(a["new_tokens"] <= 6 + 1 for a in answers)
+    assert "generated" not in acc.answer_mcq(model, tokenizer, rows)[0]
+
+
+def test_answer_mcq_before_after_base_side_is_the_model_without_adapter(tiny_lm):
+    torch = pytest.importorskip("torch")
+    peft = pytest.importorskip("peft")
+    import copy
+
+    model, tokenizer = tiny_lm
+    rows = _tiny_rows()
+    plain = acc.answer_mcq(model, tokenizer, rows)
+    wrapped = peft.get_peft_model(copy.deepcopy(model), peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"]))
+    with torch.no_grad():
+        for name, p in wrapped.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5, generator=torch.Generator().manual_seed(len(name)))
+    both = acc.answer_mcq_before_after(wrapped, tokenizer, rows, decoding=dict(max_new_tokens=4, progress=False))
+    for a, b in zip(plain, both["base"]):
+        assert a["likelihood_letter"] == b["likelihood_letter"]
+        for k in a["likelihood_scores"]:
+            assert b["likelihood_scores"][k] == pytest.approx(a["likelihood_scores"][k], abs=1e-4)
+    moved = [abs(t["likelihood_scores"][k] - b["likelihood_scores"][k])
+             for t, b in zip(both["tuned"], both["base"]) for k in b["likelihood_scores"]]
+    assert max(moved) > 1e-3, "the adapter is on for the fine-tuned side"
+    assert all("generated" in r for r in both["base"] + both["tuned"])

@@ -64,7 +64,7 @@ def _record(qid, question, ref, generated, finished=True):
             "finished": finished, "new_tokens": words(generated) + int(finished)}
 
 
-def _fake(cfg, nll_delta: float):
+def _fake(cfg, nll_delta: float, mcq=None):
     questions = [(f"eval-{k}", f"Question {k}?", f"Answer number {k} is nitroglycerin.") for k in range(6)]
     base = [_record("example-0", "Example <b>question</b>", None, "thinking")]
     base += [_record(q, t, r, "I think and think", finished=False) for q, t, r in questions]
@@ -77,7 +77,28 @@ def _fake(cfg, nll_delta: float):
     return compare.build_comparison(nll, base, tuned, words, primary_metric=c.primary_metric,
                                     bootstrap_samples=c.bootstrap_samples, seed=c.seed,
                                     settings=steps.comparison_settings(cfg), notes=["a note"],
-                                    log_history=[{"step": 1, "loss": 3.0}, {"step": 1, "eval_loss": 2.9}])
+                                    log_history=[{"step": 1, "loss": 3.0}, {"step": 1, "eval_loss": 2.9}],
+                                    **({} if mcq is None else {"mcq_rows": mcq[0], "mcq_answers": mcq[1]}))
+
+
+def _mcq(before_right: int, after_right: int, n: int = 24, generated: tuple[str, str] | None = None):
+    """Hand-made answers to the bundled sample: the first k questions right (by likelihood), the rest wrong."""
+    from r1helpers.evaluate import accuracy as acc
+
+    rows = acc.load_mcq_rows(acc.SAMPLE_MCQ, limit=n)
+
+    def side(k: int, text: str | None):
+        out = []
+        for i, r in enumerate(rows):
+            wrong = next(x for x in r["options"] if x != r["answer_idx"])
+            rec = {"id": r["id"], "likelihood_letter": r["answer_idx"] if i < k else wrong}
+            if text is not None:
+                rec.update(generated=text, think_closed="</think>" in text, finished=True, new_tokens=9)
+            out.append(rec)
+        return out
+
+    gb, ga = generated or (None, None)
+    return rows, {"base": side(before_right, gb), "tuned": side(after_right, ga)}
 
 
 def _metric(result, key):
@@ -95,14 +116,76 @@ def test_comparison_excludes_example_questions_from_reference_metrics(cfg):
     assert _metric(result, "semantic_similarity")["verdict"] == "no data"
 
 
-def test_verdict_and_headline_follow_the_primary_metric(cfg):
-    helped, hurt, same = _fake(cfg, -0.2), _fake(cfg, 0.3), _fake(cfg, 0.0)
-    assert helped["verdict"] == "helped" and helped["headline"].startswith("Fine-tuning helped")
-    assert hurt["verdict"] == "hurt" and hurt["headline"].startswith("Fine-tuning hurt")
-    assert same["verdict"] == "no significant change" and "6 ties" in same["headline"]
-    nll = _metric(helped, "completion_nll")
+def test_lower_nll_alone_is_never_called_helped(cfg):
+    """The issue's case: held-out NLL falls on every question, correctness is not measured or not better."""
+    fits, worse_fit, same = _fake(cfg, -0.2), _fake(cfg, 0.3), _fake(cfg, 0.0)
+    assert fits["verdict"] == "correctness not measured"
+    assert fits["headline"].startswith("Fits the held-out data better (completion NLL")
+    assert "correctness not measured" in fits["headline"]
+    assert worse_fit["verdict"] == "correctness not measured"
+    assert worse_fit["headline"].startswith("Fits the held-out data worse")
+    assert same["headline"].startswith("No clear change in fit to the held-out data")
+    for r in (fits, worse_fit, same):
+        assert "helped" not in r["headline"] and "hurt" not in r["headline"]
+    nll = _metric(fits, "completion_nll")
+    assert nll["verdict"] == "better", "per-metric verdicts are kept"
     assert nll["delta"] == pytest.approx(-0.2) and nll["ci"][1] < 0
     assert nll["perplexity_after"] < nll["perplexity_before"]
+    assert nll["win_tie_loss"] == {"wins": 6, "ties": 0, "losses": 0}
+
+    # Same accuracy before and after (12 of 24 right by likelihood; no letter stated after </think>).
+    flat = _fake(cfg, -0.2, _mcq(12, 12, generated=("thinking, never closed", "thinking, never closed")))
+    assert flat["verdict"] == "no evidence of better answers"
+    assert "helped" not in flat["headline"]
+    assert flat["headline"].startswith("Fits the held-out data better")
+    assert "correctness not improved (by option likelihood: accuracy 50% → 50% of 24 questions" in flat["headline"]
+    assert "unparseable 24 → 24" in flat["headline"]
+    assert flat["findings"]["fit"]["metrics"]["completion_nll"]["verdict"] == "better"
+    assert flat["findings"]["correctness"]["verdict"] == "no evidence of better answers"
+
+
+def test_better_accuracy_with_an_interval_above_zero_is_helped(cfg):
+    # 6 of 24 right before, 20 of 24 after, the same 6 still right: 14 gained, none lost.
+    result = _fake(cfg, 0.0, _mcq(6, 20))
+    acc_l = result["accuracy"]["scorings"]["likelihood"]
+    assert acc_l["before"]["correct"] == 6 and acc_l["after"]["correct"] == 20
+    assert acc_l["mcnemar"]["b"] == 0 and acc_l["mcnemar"]["c"] == 14
+    assert acc_l["mcnemar"]["p_value"] == pytest.approx(2 / 2**14)  # exact two-sided binomial
+    assert acc_l["delta"] == pytest.approx(14 / 24) and acc_l["delta_ci95"][0] > 0
+    assert result["accuracy"]["scorings"]["generated"] is None
+    assert _metric(result, "accuracy_likelihood")["ci"] == acc_l["delta_ci95"], "one bootstrap, one interval"
+    assert _metric(result, "accuracy_generated")["verdict"] == "not measured"
+    assert result["verdict"] == "helped"
+    assert result["headline"].startswith("Fine-tuning helped: more often right (by option likelihood: "
+                                         "accuracy 25% → 83% of 24 questions")
+    assert "no clear change in fit" in result["headline"], "the fit is reported beside it, not folded in"
+    lost = _fake(cfg, -0.2, _mcq(20, 6))
+    assert lost["verdict"] == "hurt" and lost["headline"].startswith("Fine-tuning hurt: less often right")
+
+
+def test_stated_letters_decide_when_they_improve(cfg):
+    rows, answers = _mcq(12, 12, generated=("no answer", "no answer"))
+    for k, (b, t) in enumerate(zip(answers["base"], answers["tuned"])):
+        b["generated"] = "I am not sure"  # never closes </think>: unparseable, counted wrong
+        t["generated"] = f"short reasoning\n</think>\nThe answer is {rows[k]['answer_idx']}."
+        t["think_closed"] = True
+    result = _fake(cfg, 0.1, (rows, answers))
+    gen = result["accuracy"]["scorings"]["generated"]
+    assert gen["before"]["unparsed"] == 24 and gen["after"]["unparsed"] == 0 and gen["after"]["correct"] == 24
+    assert gen["after"]["think_closed"] == 24 and gen["before"]["think_closed"] == 0
+    assert result["verdict"] == "helped"
+    assert result["headline"].startswith("Fine-tuning helped: more often right (by stated letter")
+    assert "; fits the held-out data worse (completion NLL" in result["headline"]
+    # The primary metric can make one scoring the judge: by likelihood nothing changed.
+    only_l = compare.build_comparison(result["nll"], *_gens(), words, primary_metric="accuracy_likelihood",
+                                      bootstrap_samples=200, seed=0, mcq_rows=rows, mcq_answers=answers)
+    assert only_l["verdict"] == "no evidence of better answers"
+    assert only_l["findings"]["correctness"]["judged_by"] == ["accuracy_likelihood"]
+
+
+def _gens():
+    base = [_record(f"eval-{k}", f"Question {k}?", "Ref.", "thinking", finished=False) for k in range(6)]
+    return base, base
 
 
 def test_generations_with_different_decoding_are_refused(cfg, tmp_path):
@@ -135,21 +218,44 @@ def assert_self_contained(page: str) -> None:
 def test_report_is_self_contained_and_escapes_model_text(cfg, tmp_path):
     result = _fake(cfg, -0.2)
     json_path, html_path = compare.write_outputs(result, tmp_path)
-    assert json.loads(json_path.read_text())["verdict"] == "helped"
+    assert json.loads(json_path.read_text())["verdict"] == "correctness not measured"
     page = html_path.read_text()
-    assert "Verdict: helped." in page
+    assert "Verdict: correctness not measured." in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "&lt;b&gt;question&lt;/b&gt;" in page
     assert_self_contained(page)
     assert page.count("data:image/png;base64,") == 4  # NLL, generations, deltas, loss
     assert "(no answer: the reasoning never closed before max_new_tokens)" in page
+    for q in ("1. Fits the data?", "2. Behaves as trained?", "3. More often right?"):
+        assert q in page
+
+
+def test_report_shows_the_accuracy_table(cfg, tmp_path):
+    result = _fake(cfg, -0.2, _mcq(6, 20, generated=("x\n</think>\n<script>B</script>", "y")))
+    _, html_path = compare.write_outputs(result, tmp_path)
+    page = html_path.read_text()
+    assert "Verdict: helped." in page
+    assert page.count("data:image/png;base64,") == 5  # and the accuracy figure
+    for text in ("6/24 = 25.0%", "20/24 = 83.3%", "McNemar p", "before 95% Wilson", "unparseable before / after",
+                 "every multiple-choice question", "&lt;script&gt;B&lt;/script&gt;"):
+        assert text in page, text
+    assert_self_contained(page)
 
 
 def test_tables_for_the_notebook(cfg):
-    result = _fake(cfg, -0.2)
+    result = _fake(cfg, -0.2, _mcq(6, 9, generated=("r</think>A", "r</think>Vitamin")))
     table = compare.summary_table(result)
     assert list(table.columns[:5]) == ["n", "before", "after", "delta", "95% CI"]
     assert len(table) == len(compare.SPECS)
+    assert list(compare.summary_table(result, "fit").index) == [m.label for m in compare.TEACHER_FORCED]
+    assert set(compare.summary_table(result, "behaviour")["n"]) == {6, 0}  # semantic similarity: no embedder
+    acc_table = compare.accuracy_table(result)
+    assert list(acc_table.index) == ["likelihood", "generated"] and set(acc_table["n"]) == {24}
+    assert acc_table.loc["generated", "unparseable before / after"] == "0 / 24"
+    assert acc_table.loc["likelihood", "before 95% Wilson"] == "[12.0%, 44.9%]"  # Wilson for 6/24, by hand below
+    assert len(compare.findings_table(result)) == 3
+    mcq = compare.mcq_side_by_side(result)
+    assert len(mcq) == 24 and mcq["fine-tuned stated"].iloc[0] == "(unparseable)"
     side = compare.side_by_side(result)
     assert list(side.columns[:4]) == ["question", "reference", "base answer", "fine-tuned answer"]
     assert len(side) == 7
@@ -189,8 +295,13 @@ def test_zero_step_adapter_shows_no_significant_change(cfg, prepared_run, tmp_pa
     for key in ("cot_nll", "answer_nll", "completion_nll"):
         m = _metric(result, key)
         assert m["n"] == len(prepared.eval) and m["delta"] == 0.0 and m["verdict"] == "no significant change"
-    assert result["verdict"] == "no significant change"
-    assert "Verdict: no significant change." in steps.report_path(run).read_text()
+    for scoring in ("likelihood", "generated"):  # a zero-step adapter is the base model: same picks, same text
+        s = result["accuracy"]["scorings"][scoring]
+        assert s["n"] == 24 and s["delta"] == 0.0 and s["mcnemar"]["discordant"] == 0
+    items = result["accuracy"]["items"]
+    assert all(it["base"]["generated"] == it["tuned"]["generated"] for it in items)
+    assert result["verdict"] == "no evidence of better answers"
+    assert "Verdict: no evidence of better answers." in steps.report_path(run).read_text()
     assert not run.is_current(cfg, "compare"), "a foreign adapter never marks the stage current"
 
 
@@ -215,18 +326,31 @@ def test_reused_outputs_load_no_model(cfg, prepared_run, trained_comparison):
     assert used["baseline"] == used["finetuned"] and used["baseline"]["max_new_tokens"] == cfg.infer.max_new_tokens
 
 
-def test_trained_tiny_model_improves_held_out_nll_and_the_report_says_so(cfg, trained_comparison):
+def test_trained_tiny_model_fits_better_but_is_not_called_helped(cfg, trained_comparison):
+    """End to end through steps.compare with the bundled MCQ sample: NLL falls, accuracy does not rise."""
     run, result = trained_comparison
     for key in ("cot_nll", "answer_nll", "completion_nll"):
         m = _metric(result, key)
         assert m["after"] < m["before"] and m["verdict"] == "better", m
-    assert result["verdict"] == "helped" and result["headline"].startswith("Fine-tuning helped")
+    mcq = result["accuracy"]
+    assert mcq["n"] == 24 and set(mcq["scorings"]) == {"likelihood", "generated"}
+    for scoring in ("likelihood", "generated"):
+        assert _metric(result, f"accuracy_{scoring}")["verdict"] != "better"
+    gen = mcq["scorings"]["generated"]
+    for side in ("before", "after"):  # an answer whose reasoning never closed is unparseable, and wrong
+        assert gen[side]["unparsed"] >= gen["n"] - gen[side]["think_closed"]
+    assert all(not it[s]["generated_correct"] for it in mcq["items"] for s in ("base", "tuned")
+               if it[s]["generated_unparsed"])
+    assert result["verdict"] == "no evidence of better answers"
+    assert result["headline"].startswith("Fits the held-out data better") and "helped" not in result["headline"]
+    assert "correctness not improved" in result["headline"]
     saved = json.loads((run.stage_dir("compare") / "comparison.json").read_text())
-    assert saved["verdict"] == "helped"
+    assert saved["verdict"] == "no evidence of better answers" and saved["findings"]["fit"]["answer"]
     page = steps.report_path(run).read_text()
-    assert "Verdict: helped." in page and page.count("data:image/png;base64,") == 4
+    assert "Verdict: no evidence of better answers." in page and page.count("data:image/png;base64,") == 5
     assert_self_contained(page)
     assert any(n.startswith("semantic similarity") for n in result["notes"])
+    assert any(n.startswith("multiple-choice: 24 questions") for n in result["notes"])
     assert any("eval_loss" in r for r in result["log_history"]), "held-out loss logged during training"
     assert run.is_current(cfg, "compare")
     again = steps.compare(cfg, run, None, [], [])
@@ -238,6 +362,6 @@ def test_figures_render_for_the_notebook(trained_comparison):
 
     _, result = trained_comparison
     figs = report.figures(result)
-    assert set(figs) == {"teacher-forced", "generation", "deltas", "loss"}
+    assert set(figs) == {"teacher-forced", "generation", "deltas", "accuracy", "loss"}
     for fig in figs.values():
         plt.close(fig)

@@ -73,8 +73,11 @@ def test_build_comparison_verdict_follows_the_primary_metric():
                                       bootstrap_samples=300, seed=0, settings={"model": "tiny"})
     by_rouge = compare.build_comparison(nll, base, tuned, words, primary_metric="rouge_l",
                                         bootstrap_samples=300, seed=0, settings={"model": "tiny"})
-    assert by_nll["verdict"] == "helped" and by_rouge["verdict"] == "hurt"
-    assert by_nll["headline"].startswith("Fine-tuning helped: completion NLL")
+    # Without a multiple-choice set nothing says whether answers are right: never "helped" or "hurt".
+    assert by_nll["verdict"] == by_rouge["verdict"] == "correctness not measured"
+    assert by_nll["headline"].startswith("Fits the held-out data better (completion NLL")
+    assert by_rouge["headline"].startswith("Answers further from the references (ROUGE-L")
+    assert compare.metric(by_rouge, "rouge_l")["verdict"] == "worse"
     assert compare.metric(by_nll, "completion_nll")["delta"] == pytest.approx(-0.3)
     assert compare.metric(by_nll, "think_closed")["before"] == 1.0 and compare.metric(by_nll, "think_closed")["after"] == 0.0
     s = by_nll["settings"]
@@ -88,10 +91,11 @@ def test_key_numbers_quote_the_primary_metric_and_the_rates():
     result = compare.build_comparison(nll, base, tuned, words, bootstrap_samples=200, seed=0)
     k = compare.key_numbers(result)
     p = compare.metric(result, "completion_nll")
-    assert k["verdict"] == "helped" and k["primary delta"] == p["delta"]
-    assert [k["primary 95% CI low"], k["primary 95% CI high"]] == p["ci"]
-    assert k["closed </think> rate before"] == 1.0 and k["closed </think> rate after"] == 0.0
-    assert k["EOS rate after"] == 0.0 and k["held-out questions generated"] == 8
+    assert k["verdict"] == "correctness not measured" and k["fit: delta"] == p["delta"]
+    assert [k["fit: 95% CI low"], k["fit: 95% CI high"]] == p["ci"] and k["fit: verdict"] == "better"
+    assert k["behaviour: closed </think> rate before"] == 1.0 and k["behaviour: closed </think> rate after"] == 0.0
+    assert k["behaviour: EOS rate after"] == 0.0 and k["behaviour: n (held-out questions generated)"] == 8
+    assert k["correctness: accuracy by likelihood"] == "not measured"
 
 
 def test_write_outputs_round_trips_the_comparison(tmp_path):
@@ -100,7 +104,7 @@ def test_write_outputs_round_trips_the_comparison(tmp_path):
                                       settings={"model": "tiny"})
     json_path, html_path = compare.write_outputs(result, tmp_path)
     assert json.loads(json_path.read_text())["headline"] == result["headline"]
-    assert "Verdict: helped." in html_path.read_text()
+    assert "Verdict: correctness not measured." in html_path.read_text()
 
 
 class LetterEmbedder:

@@ -122,3 +122,22 @@ def test_perplexity_is_exp_of_nll():
     assert metrics.perplexity(math.log(50)) == pytest.approx(50)
     assert metrics.perplexity(None) is None
     assert math.isfinite(metrics.perplexity(1e6))
+
+
+def test_repeated_4gram_share_by_hand():
+    # "a b c d a b c d": 4-grams abcd, bcda, cdab, dabc, abcd -> 5 in all, 4 distinct: 1 of 5 repeats.
+    assert metrics.repeated_ngram_share("a b c d a b c d") == pytest.approx(1 / 5)
+    assert metrics.repeated_ngram_share("one two three four five") == 0.0
+    # A loop: "x y" twelve times is 24 words, 21 4-grams, only two distinct ("x y x y", "y x y x").
+    assert metrics.repeated_ngram_share("x y " * 12) == pytest.approx(19 / 21)
+    assert metrics.repeated_ngram_share("too short here") is None  # fewer than 4 words: no 4-grams
+    assert metrics.repeated_ngram_share("A, b. C; d! a b c d") == pytest.approx(1 / 5)  # case and punctuation ignored
+
+
+def test_score_generation_measures_repetition_without_the_tags():
+    looping = score_generation("the dose the dose the dose the dose\n</think>\nthe dose", True, None, words)
+    assert looping.repetition == pytest.approx(metrics.repeated_ngram_share("the dose " * 5))
+    assert looping.repetition > 0.5
+    varied = score_generation("Check airway, breathing, circulation.\n</think>\nGive epinephrine now.", True, None, words)
+    assert varied.repetition == 0.0
+    assert score_generation("short\n</think>\nyes", True, None, words).repetition is None

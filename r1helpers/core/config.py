@@ -183,19 +183,33 @@ class InferConfig:
         _check(self.num_eval_questions >= 0, "infer.num_eval_questions", "must be >= 0")
 
 
+PRIMARY_METRICS = ("completion_nll", "cot_nll", "answer_nll", "rouge_l", "semantic_similarity", "accuracy_likelihood",
+                   "accuracy_generated")
+
+
 @dataclass
 class CompareConfig:
     nll_rows: int = field(default=50, metadata={"help": "held-out rows scored teacher-forced (0: all)"})
     embedding_model: str | None = field(default="sentence-transformers/all-MiniLM-L6-v2", metadata={"help": "sentence-embedding model for semantic similarity: Hub id or local folder (None: skip)"})
     bootstrap_samples: int = field(default=1000, metadata={"help": "resamples for confidence intervals"})
     seed: int = field(default=3407, metadata={"help": "bootstrap seed"})
-    primary_metric: Literal["completion_nll", "cot_nll", "answer_nll", "rouge_l", "semantic_similarity"] = field(default="completion_nll", metadata={"help": "metric whose interval gives the verdict: completion_nll | cot_nll | answer_nll | rouge_l | semantic_similarity"})
+    primary_metric: Literal["completion_nll", "cot_nll", "answer_nll", "rouge_l", "semantic_similarity", "accuracy_likelihood", "accuracy_generated"] = field(default="completion_nll", metadata={"help": "fit metric the headline quotes: completion_nll | cot_nll | answer_nll | rouge_l | semantic_similarity; or the one accuracy that decides the verdict: accuracy_likelihood | accuracy_generated (else either accuracy can)"})
+    mcq_source: str | None = field(default="GBaker/MedQA-USMLE-4-options", metadata={"help": "multiple-choice set for accuracy before/after: Hub id, local .jsonl/.json/.parquet, or r1helpers/sample-mcq (bundled 24 questions); None: correctness not measured"})
+    mcq_split: str = field(default="test", metadata={"help": "split of a Hub mcq_source"})
+    mcq_rows: int = field(default=50, metadata={"help": "multiple-choice questions scored, the first N (0: all)"})
+    mcq_generate: bool = field(default=True, metadata={"help": "also score the letter each model states after </think> (generation with the infer decoding); false: option likelihood only"})
 
     def __post_init__(self) -> None:
         _check(self.nll_rows >= 0, "compare.nll_rows", "must be >= 0")
         _check(self.bootstrap_samples >= 100, "compare.bootstrap_samples", "must be >= 100")
-        _one_of(self.primary_metric, "compare.primary_metric",
-                ("completion_nll", "cot_nll", "answer_nll", "rouge_l", "semantic_similarity"))
+        _one_of(self.primary_metric, "compare.primary_metric", PRIMARY_METRICS)
+        _check(self.mcq_rows >= 0, "compare.mcq_rows", "must be >= 0")
+        _check(self.mcq_source is None or bool(str(self.mcq_source).strip()), "compare.mcq_source",
+               "must be a Hub id, a file, r1helpers/sample-mcq, or null")
+        _check(not self.primary_metric.startswith("accuracy") or self.mcq_source is not None,
+               "compare.primary_metric", f"{self.primary_metric} needs compare.mcq_source (it is null)")
+        _check(self.primary_metric != "accuracy_generated" or self.mcq_generate, "compare.primary_metric",
+               "accuracy_generated needs compare.mcq_generate=true")
 
 
 # GGUF types: the first three written by r1helpers.export.gguf, q4_k_m by llama.cpp's quantizer.

@@ -47,6 +47,8 @@ from typing import Any
 
 THINK_CLOSE = "</think>"
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
+# compare.mcq_source's name for the bundled sample (as data.source's "r1helpers/sample").
+SAMPLE_MCQ = "r1helpers/sample-mcq"
 
 
 # ---- loading ------------------------------------------------------------------------------------
@@ -168,7 +170,8 @@ def _normalise_row(row: Any, label: str, where: str, default_id: str) -> dict[st
 def load_mcq_rows(source: str | os.PathLike, split: str = "test", limit: int | None = None) -> list[dict[str, Any]]:
     """Multiple-choice questions as {"id", "question", "options": {letter: text}, "answer_idx", "answer"}.
 
-    `source` is a local .jsonl, .json or .parquet file (`split` is then ignored), or
+    `source` is a local .jsonl, .json or .parquet file (`split` is then ignored),
+    "r1helpers/sample-mcq" (the bundled 24-question sample), or
     a Hub dataset id read with `datasets.load_dataset(source, split=split)`, e.g.
     "GBaker/MedQA-USMLE-4-options". Options may be a dict of letter -> text, a list
     of {"key", "value"} records (as some MedQA copies on the Hub store them), or a
@@ -177,6 +180,8 @@ def load_mcq_rows(source: str | os.PathLike, split: str = "test", limit: int | N
     """
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be None or >= 0, got {limit}")
+    if str(source) == SAMPLE_MCQ:
+        source = sample_mcq_path()
     path = Path(source).expanduser()
     if path.suffix.lower() in LOCAL_SUFFIXES or path.is_file():
         if not path.is_file():
@@ -478,3 +483,167 @@ def accuracy_summary(before_correct: Sequence[bool], after_correct: Sequence[boo
     out["verdict"] = "better" if lo > 0 else "worse" if hi < 0 else "no clear change"
     out["bootstrap"] = {"samples": samples, "seed": seed}
     return out
+
+
+# ---- both models on one multiple-choice set -----------------------------------------------------
+
+def mcq_question(row: dict[str, Any]) -> str:
+    """What goes where the recipe puts the question: `format_question` of the row."""
+    return format_question(row["question"], row["options"])
+
+
+def option_from_text(answer: str, options: dict[str, str]) -> str | None:
+    """The letter of the option whose text the answer is (after `normalise_text`); None if none or several."""
+    said = normalise_text(answer)
+    hits = [k for k, v in options.items() if said and normalise_text(v) == said]
+    return hits[0] if len(hits) == 1 else None
+
+
+def grade_mcq_generation(generated: str, row: dict[str, Any], think_close: str | None = THINK_CLOSE) -> dict[str, Any]:
+    """How one generated answer to a multiple-choice row is scored.
+
+    The letter is `parse_answer_letter` (text after the last `think_close` only). When
+    no letter can be read, an answer whose whole text is one option's text (after
+    `normalise_text`, e.g. "Iron deficiency anemia.") counts as that option. `exact_match`
+    says whether the answer text equals the row's gold answer string after normalisation.
+    `unparsed` answers are wrong: never dropped.
+    """
+    generated = generated or ""
+    if think_close:
+        answer = generated.rsplit(think_close, 1)[1] if think_close in generated else ""
+    else:
+        answer = generated
+    letter = parse_answer_letter(generated, list(row["options"]), think_close)
+    by = "letter" if letter else None
+    if letter is None and answer.strip():
+        letter = option_from_text(answer, row["options"])
+        by = "text" if letter else None
+    return {"letter": letter, "by": by, "correct": letter is not None and letter == row["answer_idx"],
+            "unparsed": letter is None, "exact_match": bool(answer.strip()) and exact_match(answer, row["answer"])}
+
+
+def answer_mcq(model, tokenizer, rows: Sequence[dict[str, Any]], *, decoding: dict[str, Any] | None = None,
+               normalize: str = "mean") -> list[dict[str, Any]]:
+    """One model's answers to multiple-choice rows, in their order.
+
+    Per row: `likelihood_letter`, the option whose text is most probable right after the
+    recipe's prompt around `mcq_question(row)` (`option_loglikelihoods`, ranked by
+    `normalize`; no generation), with the scores. With `decoding` (the keyword arguments
+    of `r1helpers.inference.generate.generate`, e.g. max_new_tokens, batch_size,
+    do_sample, seed) the model also answers by generation from the same prompt:
+    `generated`, `think_closed`, `finished`, `new_tokens`. Grading is left to
+    `mcq_comparison`, which needs no model.
+    """
+    from r1helpers.core import prompts
+
+    out = []
+    for row in rows:
+        prompt = prompts.build_prompt(mcq_question(row))
+        scores = option_loglikelihoods(model, tokenizer, prompt, row["options"], normalize=normalize)
+        out.append({"id": row["id"], "likelihood_letter": best_letter(scores[normalize]),
+                    "likelihood_scores": {k: round(v, 5) for k, v in scores[normalize].items()}})
+    if decoding is not None and rows:
+        from r1helpers.inference.generate import generate
+
+        records = generate(model, tokenizer, [mcq_question(r) for r in rows], **decoding)
+        for rec, g in zip(out, records):
+            rec.update(generated=g["generated"], think_closed=g["think_closed"], finished=g["finished"],
+                       new_tokens=g["new_tokens"])
+    return out
+
+
+def answer_mcq_before_after(model, tokenizer, rows: Sequence[dict[str, Any]], *,
+                            decoding: dict[str, Any] | None = None, normalize: str = "mean") -> dict[str, list]:
+    """`answer_mcq` with the LoRA adapter off (the base model) and on, from one loaded peft model.
+
+    Disabling a LoRA adapter gives exactly the base weights (as for the teacher-forced
+    NLL), so no second model loads and both sides get the same prompts and decoding.
+    """
+    os.environ.setdefault("UNSLOTH_RETURN_LOGITS", "1")
+    with model.disable_adapter():
+        base = answer_mcq(model, tokenizer, rows, decoding=decoding, normalize=normalize)
+    return {"base": base, "tuned": answer_mcq(model, tokenizer, rows, decoding=decoding, normalize=normalize)}
+
+
+SCORINGS = {
+    "likelihood": "most probable option text after the prompt (log-likelihood, no generation)",
+    "generated": "letter stated after </think> in a generated answer (unparseable counted wrong)",
+}
+
+
+def mcq_comparison(rows: Sequence[dict[str, Any]], base: Sequence[dict[str, Any]], tuned: Sequence[dict[str, Any]],
+                   samples: int = 1000, seed: int = 3407) -> dict[str, Any]:
+    """Accuracy before and after, per scoring, with Wilson intervals, McNemar and a paired bootstrap.
+
+    `base` and `tuned` are `answer_mcq` results for `rows` (same order). The generated
+    scoring is present only when both sides generated. Returns {"n", "scorings":
+    {"likelihood": accuracy_summary + counts, "generated": ... or None}, "items": per
+    question}.
+    """
+    rows = list(rows)
+    if not (len(rows) == len(base) == len(tuned)):
+        raise ValueError(f"{len(rows)} questions but {len(base)} base and {len(tuned)} fine-tuned answers; "
+                         "answer every question with both models")
+    for r, b, t in zip(rows, base, tuned):
+        if not (r["id"] == b["id"] == t["id"]):
+            raise ValueError(f"question {r['id']}: answers are for {b['id']} and {t['id']}; keep the rows' order")
+    items = []
+    for r, b, t in zip(rows, base, tuned):
+        item = {"id": r["id"], "question": r["question"], "options": r["options"], "gold": r["answer_idx"],
+                "answer": r["answer"]}
+        for side, rec in (("base", b), ("tuned", t)):
+            entry = {"likelihood_letter": rec["likelihood_letter"],
+                     "likelihood_correct": rec["likelihood_letter"] == r["answer_idx"],
+                     "likelihood_scores": rec.get("likelihood_scores")}
+            if rec.get("generated") is not None:
+                entry.update(generated=rec["generated"], think_closed=bool(rec.get("think_closed")),
+                             finished=bool(rec.get("finished")), new_tokens=rec.get("new_tokens"),
+                             **{f"generated_{k}": v for k, v in grade_mcq_generation(rec["generated"], r).items()})
+            item[side] = entry
+        items.append(item)
+
+    scorings: dict[str, Any] = {"likelihood": None, "generated": None}
+    if items:
+        before = [it["base"]["likelihood_correct"] for it in items]
+        after = [it["tuned"]["likelihood_correct"] for it in items]
+        scorings["likelihood"] = {"label": SCORINGS["likelihood"],
+                                  **accuracy_summary(before, after, samples=samples, seed=seed)}
+    if items and all("generated_correct" in it[s] for it in items for s in ("base", "tuned")):
+        before = [it["base"]["generated_correct"] for it in items]
+        after = [it["tuned"]["generated_correct"] for it in items]
+        unparsed = {s: sum(it[s]["generated_unparsed"] for it in items) for s in ("base", "tuned")}
+        summary = accuracy_summary(before, after, unparsed["base"], unparsed["tuned"], samples=samples, seed=seed)
+        for side, s in (("before", "base"), ("after", "tuned")):
+            summary[side].update(
+                by_text=sum(it[s]["generated_by"] == "text" for it in items),
+                exact_match=sum(it[s]["generated_exact_match"] for it in items),
+                think_closed=sum(it[s]["think_closed"] for it in items),
+                eos=sum(it[s]["finished"] for it in items))
+        scorings["generated"] = {"label": SCORINGS["generated"], **summary}
+    return {"n": len(items), "scorings": scorings, "items": items}
+
+
+def summary_rows(mcq: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """One row per scoring of `mcq_comparison`'s result: before and after with 95% Wilson intervals,
+    the change in points with its paired bootstrap interval, McNemar's exact p and discordant counts,
+    unparseable counts, n and the verdict. Empty for None."""
+    if not mcq:
+        return []
+    rows = []
+    for scoring, s in mcq["scorings"].items():
+        if s is None:
+            continue
+        b, a, mc = s["before"], s["after"], s["mcnemar"]
+        rows.append({
+            "scoring": scoring, "n": s["n"],
+            "before": f"{b['correct']}/{s['n']} = {b['accuracy']:.1%}",
+            "before 95% Wilson": "[{:.1%}, {:.1%}]".format(*b["ci95"]),
+            "after": f"{a['correct']}/{s['n']} = {a['accuracy']:.1%}",
+            "after 95% Wilson": "[{:.1%}, {:.1%}]".format(*a["ci95"]),
+            "change (points)": f"{100 * s['delta']:+.1f}",
+            "change 95% CI (paired bootstrap)": "[{:+.1f}, {:+.1f}]".format(*(100 * x for x in s["delta_ci95"])),
+            "McNemar p": round(mc["p_value"], 4), "right only before / only after": f"{mc['b']} / {mc['c']}",
+            "unparseable before / after": f"{b['unparsed']} / {a['unparsed']}" if scoring == "generated" else "-",
+            "verdict": {"no clear change": "no significant change"}.get(s["verdict"], s["verdict"]),
+        })
+    return rows

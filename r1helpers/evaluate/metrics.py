@@ -50,6 +50,20 @@ def rouge_l(prediction: str, reference: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
+def repeated_ngram_share(text: str, n: int = 4) -> float | None:
+    """Share of the text's word n-grams that repeat an earlier one (0: none repeats; near 1: a loop).
+
+    Words are `rouge_tokens` (lower-cased alphanumeric runs). Of the k n-grams in the
+    text, the share is (k - number of distinct n-grams) / k: "a b c d a b c d" has five
+    4-grams, four distinct, so 1/5. A text of fewer than n words has no n-grams: None.
+    """
+    words = rouge_tokens(text)
+    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+    if not grams:
+        return None
+    return (len(grams) - len(set(grams))) / len(grams)
+
+
 def perplexity(nll: float | None) -> float | None:
     """exp(mean NLL); capped so a diverged model gives a large number, not an overflow."""
     if nll is None:
@@ -69,6 +83,7 @@ class GenerationScores:
     reasoning_tokens: int
     answer_tokens: int
     rouge_l: float | None
+    repetition: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -83,7 +98,9 @@ def score_generation(
     The prompt opens the reasoning block, so "opened" means the model wrote
     reasoning inside it (or re-opened it itself); "closed" means it reached
     `</think>`. Without EOS the text was cut at max_new_tokens, and any answer
-    it holds is partial. ROUGE-L needs a reference: None without one.
+    it holds is partial. ROUGE-L needs a reference: None without one. `repetition` is
+    `repeated_ngram_share` of the reasoning and answer together, without the tags (lower
+    is better: a model stuck in a loop repeats its 4-grams).
 
     Lengths are the text re-encoded by `count_tokens`, except an unclosed block
     given `new_tokens`: every generated token was reasoning then, so that count is exact.
@@ -102,6 +119,7 @@ def score_generation(
         reasoning_tokens=reasoning_tokens,
         answer_tokens=count_tokens(parsed.answer) if parsed.answer else 0,
         rouge_l=None if reference_answer is None else rouge_l(parsed.answer, reference_answer),
+        repetition=repeated_ngram_share(f"{parsed.reasoning}\n{parsed.answer}"),
     )
 
 

@@ -15,7 +15,8 @@ from typing import Any
 
 
 COLORS = {"base": "#8c8c8c", "tuned": "#1f77b4", "better": "#2ca02c", "worse": "#d62728", "same": "#7f7f7f"}
-RATE_KEYS = ("think_opened", "think_closed", "eos", "cut_at_limit", "empty_answer", "rouge_l", "semantic_similarity")
+RATE_KEYS = ("think_opened", "think_closed", "eos", "cut_at_limit", "empty_answer", "repetition", "rouge_l",
+             "semantic_similarity")
 LENGTH_KEYS = ("reasoning_tokens", "answer_tokens")
 NLL_KEYS = ("cot_nll", "answer_nll", "completion_nll")
 
@@ -92,6 +93,40 @@ def delta_figure(result: dict[str, Any]):
     return fig
 
 
+def accuracy_figure(result: dict[str, Any]):
+    """Accuracy before and after per scoring with 95% Wilson intervals; the change with its paired interval."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    scorings = [(k, v) for k, v in result["accuracy"]["scorings"].items() if v is not None]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 1.2 + 0.9 * len(scorings)))
+    y = np.arange(len(scorings))
+    for offset, side, label, color in ((-0.2, "before", "base", COLORS["base"]),
+                                       (0.2, "after", "fine-tuned", COLORS["tuned"])):
+        acc = np.array([v[side]["accuracy"] for _, v in scorings])
+        lo = np.array([v[side]["ci95"][0] for _, v in scorings])
+        hi = np.array([v[side]["ci95"][1] for _, v in scorings])
+        left.barh(y + offset, acc, 0.4, xerr=[acc - lo, hi - acc], label=label, color=color, capsize=3)
+    chance = [1 / len(it["options"]) for it in result["accuracy"]["items"]]
+    if chance:
+        left.axvline(sum(chance) / len(chance), color="black", linestyle=":", linewidth=1, label="chance")
+    left.set_yticks(y, [k for k, _ in scorings], fontsize=8)
+    left.set_xlim(0, 1)
+    left.invert_yaxis()
+    left.set_title(f"multiple-choice accuracy, {result['accuracy']['n']} questions (95% Wilson)", fontsize=10)
+    left.legend(fontsize=8)
+    for k, (_, v) in enumerate(scorings):
+        color = COLORS.get(v["verdict"], COLORS["same"])
+        right.plot([100 * x for x in v["delta_ci95"]], [k, k], color=color, linewidth=2)
+        right.plot([100 * v["delta"]], [k], "o", color=color)
+    right.axvline(0, color="black", linewidth=0.8)
+    right.set_yticks(y, [k for k, _ in scorings], fontsize=8)
+    right.invert_yaxis()
+    right.set_title("change in accuracy (points), 95% paired bootstrap", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
 def loss_figure(result: dict[str, Any]):
     import matplotlib.pyplot as plt
 
@@ -108,10 +143,17 @@ def loss_figure(result: dict[str, Any]):
     return fig
 
 
+def _measured(result: dict[str, Any]) -> bool:
+    mcq = result.get("accuracy")
+    return bool(mcq) and any(v is not None for v in mcq["scorings"].values())
+
+
 def figures(result: dict[str, Any]) -> dict[str, Any]:
-    """The plots of a comparison, by name; the loss curve only when training logged one."""
+    """The plots of a comparison, by name; accuracy only when measured, the loss curve only when logged."""
     figs = {"teacher-forced": teacher_forced_figure(result), "generation": generation_figure(result),
             "deltas": delta_figure(result)}
+    if _measured(result):
+        figs["accuracy"] = accuracy_figure(result)
     if result.get("log_history"):
         figs["loss"] = loss_figure(result)
     return figs
@@ -151,7 +193,7 @@ th{background:#f4f4f4;text-align:left}td.num{text-align:right;font-variant-numer
 .better{color:#1e7b1e;font-weight:600}.worse{color:#b22222;font-weight:600}
 .text{white-space:pre-wrap;max-height:18em;overflow:auto;min-width:18em;max-width:34em}
 .scores{font-size:0.8em;color:#555;margin-top:4px}details summary{cursor:pointer;color:#555;font-size:0.85em}
-img{max-width:100%;border:1px solid #eee;margin:6px 0}
+img{max-width:100%;border:1px solid #eee;margin:6px 0}.answer{margin:6px 0 10px 0}
 """
 
 
@@ -165,11 +207,13 @@ def _inline(d: dict[str, Any]) -> str:
     return ", ".join(f"{k}={fmt(v)}" for k, v in d.items())
 
 
-def _metrics_table(result: dict[str, Any]) -> str:
+def _metrics_table(result: dict[str, Any], keys: list[str] | None = None) -> str:
     head = ("<tr><th>metric</th><th>group</th><th>n</th><th>better</th><th>before</th><th>after</th><th>delta</th>"
             "<th>95% CI of delta</th><th>verdict</th><th>win / tie / loss</th></tr>")
     rows = []
     for m in result["metrics"]:
+        if keys is not None and m["key"] not in keys:
+            continue
         ci = "–" if not m["ci"] else f"[{m['ci'][0]:+.4g}, {m['ci'][1]:+.4g}]"
         wtl = "–" if not m["win_tie_loss"] else "{wins} / {ties} / {losses}".format(**m["win_tie_loss"])
         extra = ""
@@ -219,26 +263,100 @@ def _side_by_side(result: dict[str, Any]) -> str:
     return f"<table>{head}{''.join(rows)}</table>"
 
 
+def _accuracy_table(result: dict[str, Any]) -> str:
+    from r1helpers.evaluate.accuracy import summary_rows
+
+    rows = summary_rows(result.get("accuracy"))
+    if not rows:
+        return ""
+    head = "".join(f"<th>{esc(k)}</th>" for k in rows[0])
+    body = "".join("<tr>" + "".join(f"<td class='{'num' if k not in ('scoring', 'verdict') else esc(v)}'>{esc(v)}</td>"
+                                    for k, v in r.items()) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _generated_counts(result: dict[str, Any]) -> str:
+    s = (result.get("accuracy") or {}).get("scorings", {}).get("generated")
+    if not s:
+        return ""
+    b, a = s["before"], s["after"]
+    return (f"<p>Generated multiple-choice answers ({s['n']} per model): reasoning closed with &lt;/think&gt; "
+            f"{b['think_closed']} → {a['think_closed']}, EOS reached {b['eos']} → {a['eos']}, unparseable "
+            f"(counted wrong) {b['unparsed']} → {a['unparsed']}, read from the option text instead of a letter "
+            f"{b['by_text']} → {a['by_text']}, answer text equal to the gold answer (normalised) "
+            f"{b['exact_match']} → {a['exact_match']}.</p>")
+
+
+def _mcq_items(result: dict[str, Any]) -> str:
+    items = (result.get("accuracy") or {}).get("items") or []
+    if not items:
+        return ""
+    generated = "generated_letter" in items[0]["base"]
+    head = ("<tr><th>id</th><th>question</th><th>gold</th><th>base: likelihood</th><th>fine-tuned: likelihood</th>"
+            + ("<th>base: stated</th><th>fine-tuned: stated</th>" if generated else "") + "</tr>")
+
+    def pick(e: dict[str, Any], kind: str) -> str:
+        letter = e.get(f"{kind}_letter")
+        ok = e.get(f"{kind}_correct")
+        cell = esc(letter or "(unparseable)")
+        if kind == "generated":
+            cell += (f"<details><summary>answer</summary><div class='text'>{esc(e.get('generated') or '')}"
+                     "</div></details>")
+        return f"<td class='{'better' if ok else 'worse'}'>{cell}</td>"
+
+    rows = []
+    for it in items:
+        opts = "\n".join(f"{k}. {v}" for k, v in it["options"].items())
+        rows.append(f"<tr><td>{esc(it['id'])}</td><td><div class='text'>{esc(it['question'])}\n\n{esc(opts)}</div></td>"
+                    f"<td>{esc(it['gold'])}</td>{pick(it['base'], 'likelihood')}{pick(it['tuned'], 'likelihood')}"
+                    + (f"{pick(it['base'], 'generated')}{pick(it['tuned'], 'generated')}" if generated else "")
+                    + "</tr>")
+    return f"<details><summary>every multiple-choice question</summary><table>{head}{''.join(rows)}</table></details>"
+
+
+def _img(images: dict[str, str], name: str) -> str:
+    data = images.get(name)
+    return "" if data is None else f"<img alt='{esc(name)}' src='data:image/png;base64,{data}'>"
+
+
+def _answer(result: dict[str, Any], name: str) -> str:
+    f = (result.get("findings") or {}).get(name)
+    return "" if not f else f"<p class='answer'><b>Answer:</b> {esc(f['answer'])}</p>"
+
+
 def render(result: dict[str, Any], images: dict[str, str]) -> str:
     """The whole page as one string."""
     css_class = {"helped": "helped", "hurt": "hurt"}.get(result["verdict"], "neutral")
-    imgs = "".join(f"<h3>{esc(name)}</h3><img alt='{esc(name)}' src='data:image/png;base64,{data}'>"
-                   for name, data in images.items())
     notes = "".join(f"<li>{esc(n)}</li>" for n in result["notes"])
+    fit, behaviour, right = (list(result["findings"][k]["metrics"]) for k in ("fit", "behaviour", "correctness"))
     return (
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
         "<meta name='viewport' content='width=device-width, initial-scale=1'>"
         f"<title>Before / after fine-tuning: {esc(result['settings']['model'])}</title><style>{CSS}</style></head><body>"
-        "<h1>Did fine-tuning help? Base vs fine-tuned on held-out questions</h1>"
+        "<h1>Did fine-tuning help? Base vs fine-tuned, three questions</h1>"
         f"<div class='headline {css_class}'><b>Verdict: {esc(result['verdict'])}.</b> {esc(result['headline'])}</div>"
-        "<p>Held-out rows were never trained on. Teacher-forced NLL scores the reference reasoning and answer "
-        "under each model (no generation); the generation metrics use the same prompts, decoding and seed for "
-        "both. Intervals are 95% paired bootstrap intervals over questions; a verdict is <i>better</i> or "
-        "<i>worse</i> only when the interval excludes zero.</p>"
+        "<p>Three questions are answered separately. <b>Fits the data?</b> Held-out NLL of the reference reasoning "
+        "and answer. <b>Behaves as trained?</b> What the generated held-out answers do. <b>More often right?</b> "
+        "Multiple-choice accuracy before and after. Lower held-out loss says the model fits the data's style "
+        "better; it does not say the answers are better, so the verdict is <i>helped</i> only when accuracy "
+        "improves with a 95% interval that excludes zero (<i>hurt</i> when it falls likewise). Intervals of "
+        "deltas are 95% paired bootstrap intervals over questions; a metric is <i>better</i> or <i>worse</i> "
+        "only when its interval excludes zero; <i>n</i> is the number of questions a metric rests on.</p>"
+        f"<h2>1. Fits the data? (teacher-forced NLL on held-out rows)</h2>{_answer(result, 'fit')}"
+        f"{_metrics_table(result, fit)}{_img(images, 'teacher-forced')}"
+        f"<h2>2. Behaves as trained? (generated held-out answers)</h2>{_answer(result, 'behaviour')}"
+        f"{_metrics_table(result, behaviour)}{_img(images, 'generation')}"
+        f"<h2>3. More often right? (multiple-choice accuracy)</h2>{_answer(result, 'correctness')}"
+        f"{_accuracy_table(result)}{_generated_counts(result)}{_metrics_table(result, right)}"
+        f"{_img(images, 'accuracy')}{_mcq_items(result)}"
+        "<p>Unparseable generated answers (reasoning never closed, or no letter and no option text after "
+        "&lt;/think&gt;) are counted wrong, never dropped. McNemar's exact test uses only the questions on which "
+        "the two models disagree; the paired bootstrap resamples questions. On a few dozen questions both are "
+        "rough: a non-significant change is not evidence of no effect.</p>"
+        f"<h2>All deltas</h2>{_img(images, 'deltas')}"
+        + (f"<h2>Training</h2>{_img(images, 'loss')}" if "loss" in images else "")
+        + f"<h2>Side by side (held-out questions)</h2>{_side_by_side(result)}"
         f"<h2>Settings</h2>{_kv_table(result['settings'])}<ul>{notes}</ul>"
-        f"<h2>Metrics</h2>{_metrics_table(result)}"
-        f"<h2>Plots</h2>{imgs}"
-        f"<h2>Side by side</h2>{_side_by_side(result)}"
         "</body></html>\n"
     )
 

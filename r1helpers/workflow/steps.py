@@ -19,6 +19,7 @@ from r1helpers.core.hardware import BackendChoice, choose_backend, free_memory, 
 from r1helpers.core.runs import (Run, RunFolderConflict, atomic_dir, read_json, read_jsonl, stage_fingerprint,
                                  stage_settings, write_json_atomic, write_jsonl_atomic, write_text_atomic)
 from r1helpers.data import DataError, Report, example_lengths, length_stats, load_rows, select_rows, tokenize_rows
+from r1helpers.evaluate import accuracy
 from r1helpers.evaluate.compare import (answer_similarities, build_comparison, load_embedder, pair_generations,
                                         teacher_forced, write_outputs)
 from r1helpers.inference.generate import generate
@@ -642,8 +643,52 @@ def comparison_settings(cfg: Config) -> dict[str, Any]:
     decoding = {"do_sample": i.do_sample, "max_new_tokens": i.max_new_tokens, "seed": i.seed}
     if i.do_sample:
         decoding.update(temperature=i.temperature, top_p=i.top_p)
+    c = cfg.compare
+    mcq: dict[str, Any] = {"source": c.mcq_source}
+    if c.mcq_source is None:
+        mcq["reason"] = "compare.mcq_source is null"
+    else:
+        mcq.update(split=c.mcq_split, rows=c.mcq_rows, generate=c.mcq_generate,
+                   likelihood="mean log-probability per token of each option's text after the prompt")
     return {"model": cfg.model.name, "profile": cfg.profile, "max_seq_length": cfg.model.max_seq_length,
-            "decoding": decoding, "embedding_model": cfg.compare.embedding_model}
+            "decoding": decoding, "embedding_model": c.embedding_model, "mcq": mcq}
+
+
+def mcq_rows(cfg: Config) -> list[dict[str, Any]] | None:
+    """The multiple-choice questions of compare.mcq_source (the first compare.mcq_rows; 0: all), or None."""
+    c = cfg.compare
+    if c.mcq_source is None:
+        return None
+    try:
+        return accuracy.load_mcq_rows(c.mcq_source, split=c.mcq_split, limit=c.mcq_rows or None)
+    except ValueError:
+        raise  # names the file, the row and the field
+    except Exception as e:  # the Hub unreachable, a wrong id or split
+        raise RuntimeError(f"compare.mcq_source={c.mcq_source!r} (split {c.mcq_split!r}) could not be loaded "
+                           f"({type(e).__name__}: {str(e)[:300]}); set compare.mcq_source to a local file, to "
+                           "r1helpers/sample-mcq, or to null (correctness is then not measured)") from e
+
+
+def mcq_preview(cfg: Config) -> dict[str, Any]:
+    """What stage 04 passes to the accuracy helpers: the set, how many questions, the decoding of the
+    generated answers (None: likelihood only) and the first question's prompt exactly as the model sees it."""
+    from r1helpers.core import prompts
+
+    rows = mcq_rows(cfg)
+    c = cfg.compare
+    return {"source": c.mcq_source, "split": c.mcq_split, "questions": len(rows) if rows else 0,
+            "scored by": ("not measured" if rows is None else "option likelihood"
+                          + (" and stated letter" if c.mcq_generate else "")),
+            "decoding": mcq_decoding(cfg),
+            "first prompt": prompts.build_prompt(accuracy.mcq_question(rows[0])) if rows else None}
+
+
+def mcq_decoding(cfg: Config) -> dict[str, Any] | None:
+    """The decoding of the multiple-choice generations: the held-out generations' (never streamed), or None
+    when compare.mcq_generate is false."""
+    if not cfg.compare.mcq_generate:
+        return None
+    return {k: v for k, v in generation_kwargs(cfg).items() if k != "stream"}
 
 
 def compare(cfg: Config, run: Run, prepared, baseline: list[dict], tuned: list[dict],
@@ -666,19 +711,27 @@ def _compare(cfg: Config, run: Run, prepared, baseline: list[dict], tuned: list[
              model: FinetunedModel) -> dict[str, Any]:
     check_same_decoding(run)
     pair_generations(baseline, tuned)  # refuse mismatched question sets before any model loads
+    mcq = mcq_rows(cfg)  # a bad source or row fails here, before any model loads
     lm = model.get()
     tok, backend = lm.tokenizer, lm.backend.name
     nll = teacher_forced(lm.model, tok, nll_rows(cfg, prepared), cfg.model.max_seq_length)
+    # Both sides from the one loaded model: the adapter disabled is the base model, as for the NLL.
+    answers = None if mcq is None else accuracy.answer_mcq_before_after(lm.model, tok, mcq, decoding=mcq_decoding(cfg))
     del lm
     model.release()  # nothing below needs the model; the embedder runs on the CPU
     notes = [f"adapter: {model.adapter_dir}", f"backend: {backend}"]
+    if mcq is not None:
+        notes.append(f"multiple-choice: {len(mcq)} questions of {cfg.compare.mcq_source}, scored by option "
+                     "likelihood" + (" and by the letter stated in a generated answer" if cfg.compare.mcq_generate
+                                     else " only (compare.mcq_generate is false)"))
     sims, note = _similarities(cfg, baseline, tuned)
     notes.append(note)
     c = cfg.compare
     result = build_comparison(
         nll, baseline, tuned, lambda s: len(tok(s, add_special_tokens=False)["input_ids"]),
         primary_metric=c.primary_metric, bootstrap_samples=c.bootstrap_samples, seed=c.seed,
-        settings=comparison_settings(cfg), sims=sims, notes=notes, log_history=model.log_history)
+        settings=comparison_settings(cfg), sims=sims, notes=notes, log_history=model.log_history,
+        mcq_rows=mcq, mcq_answers=answers)
     write_outputs(result, run.stage_dir("compare"))
     if model.own_adapter:
         run.write_manifest(cfg, "compare", verdict=result["verdict"], headline=result["headline"])

@@ -3,48 +3,65 @@
 CELLS = [
     ("md", """# 04 · Before / after comparison
 
-Did fine-tuning change the model, and in which way? This chapter puts the base model and the fine-tuned model
-(base + the LoRA adapter from chapter 03) side by side on **held-out** questions: rows of the dataset that
-training never saw. Both models get the same prompts, the same decoding settings and the same seed, so the
-only difference between the two columns is the adapter.
+Did fine-tuning make the model better, and in which sense? This chapter puts the base model and the fine-tuned
+model (base + the LoRA adapter from chapter 03) side by side and asks **three separate questions**:
 
-Two families of measurements answer two different questions:
+1. **Fits the data?** How probable does each model find the *reference* reasoning and answer of held-out rows
+   (teacher-forced NLL, no generation)?
+2. **Behaves as trained?** What do the generated held-out answers do: is the reasoning closed with `</think>`,
+   does the model stop (EOS) before the token limit, how long and how repetitive is what it writes?
+3. **More often right?** On a multiple-choice medical set with one gold letter per question, how often does each
+   model pick the right option?
 
-- **Teacher-forced NLL** (no generation): how probable does each model find the *reference* reasoning and
-  answer written in the dataset? This measures how well a model fits the data's style.
-- **Generation metrics**: what each model actually writes when asked. Did it close its reasoning block with
-  `</think>`, did it stop (EOS) before the token limit, how long are its reasoning and answer, and how close is
-  its answer to the reference (ROUGE-L and semantic similarity)?
+The three are kept apart on purpose. Lower held-out loss says the model fits the data's style better; it does
+not say the answers are better. In one run of this project a real small model lowered its NLL on 48 of 48
+held-out questions while its multiple-choice accuracy stayed at chance and it never once closed `</think>`. So
+the overall verdict says "helped" only when question 3 shows better accuracy with an interval that excludes zero.
+
+Both models get the same prompts, the same decoding settings and the same seed, so the only difference between
+the two columns is the adapter.
 
 **What it needs.** The prepared data (chapter 02), the base model's generations (chapter 01) and the trained
-adapter (chapter 03). Each is reused from the run folder when it was made with the current settings;
-otherwise this notebook rebuilds it first (training included), so it also works when opened alone.
+adapter (chapter 03); each is reused from the run folder when made with the current settings, otherwise rebuilt
+here first (training included), so this notebook also works opened alone. The multiple-choice set comes from
+`compare.mcq_source`: MedQA-USMLE (4 options, test split) from the Hugging Face Hub in the seed recipe, a bundled
+24-question sample in the CPU profile.
 
 **What it writes.** `finetuned/generations.jsonl` (the fine-tuned model's answers), `compare/comparison.json`
-(every number below) and `compare/report.html`, a single page that opens in any browser without a network.
-The last cell writes `results/04.json`.
+(every number below, per question too) and `compare/report.html`, one page that opens in any browser without a
+network. The last cell writes `results/04.json`.
 
-**How long.** On a Kaggle T4, with chapters 01 and 03 done: loading the 8B model in 4-bit takes about
-2 minutes, generating the example question and 8 held-out answers of up to 1,200 tokens about 2-4 minutes
-(roughly 15-25 tokens/s per sequence at batch 8), and scoring 50 held-out rows teacher-forced, once with
-the adapter off and once on, a few minutes more: **about 5-10 minutes** in all. These are estimates from
-the benchmark numbers, not measurements on a T4. The CPU profile's tiny model takes well under a minute."""),
+**How long.** Estimates for a Kaggle T4 from the benchmark numbers, not measurements: loading the 8B model in
+4-bit about 2 minutes; generating the example and 50 held-out answers of up to 1,200 tokens at batch 8 (roughly
+15-25 tokens/s per sequence) about 6-9 minutes; teacher-forced NLL of 50 rows, adapter off and on, 2-3 minutes;
+multiple-choice option likelihoods for 50 questions, both models, 1-2 minutes; and generated multiple-choice
+answers for 50 questions, both models, about 12-19 minutes. **About 25-35 minutes in all**, or 10-15 minutes with
+`compare.mcq_generate = False`. The CPU profile's tiny model takes about a minute."""),
     ("md", """## The settings this chapter uses
 
-Two config sections decide everything below. `infer` is the decoding: greedy (`do_sample=False`) or sampling
-with `temperature`/`top_p`, at most `max_new_tokens` per answer, `batch_size` questions at once, the recipe's
-`example_questions` plus the first `num_eval_questions` held-out questions. `compare` is the scoring:
-`nll_rows` held-out rows scored teacher-forced (0: all), the `embedding_model` for semantic similarity, the
-number of `bootstrap_samples` and their `seed`, and the `primary_metric` whose interval gives the verdict."""),
+Two config sections decide everything below. `infer` is the decoding, shared by every generation here: greedy
+(`do_sample=False`) or sampling with `temperature`/`top_p`, at most `max_new_tokens` per answer, `batch_size`
+questions at once, the recipe's `example_questions` plus the first `num_eval_questions` held-out questions.
+`compare` is the scoring: `nll_rows` held-out rows scored teacher-forced (0: all), the `embedding_model` for
+semantic similarity, the `bootstrap_samples` and their `seed`, the multiple-choice set (`mcq_source`,
+`mcq_split`, `mcq_rows`), whether the models also answer it by generation (`mcq_generate`), and
+`primary_metric`."""),
     ("code", """from r1helpers.core import show
 from r1helpers.evaluate import compare
 from r1helpers.workflow import steps
 show.config_table(cfg).filter(regex=r"^(infer|compare)\\.", axis=0)"""),
-    ("md", """To change a value, set it on `cfg` before the cells below run, e.g. `cfg.compare.nll_rows = 20` or
-`cfg.compare.primary_metric = "answer_nll"`, or pass `overrides={"compare.nll_rows": 20}` to papermill. Every
-step reads `cfg` when it runs and compares it with what the run folder was made with, so a changed value is
-what this chapter uses: changing `infer` regenerates both models' answers (the comparison must use one
-decoding), changing `compare` only rescores."""),
+    ("md", """To change a value, set it on `cfg` before the cells below run, e.g. `cfg.compare.mcq_rows = 100`,
+`cfg.compare.mcq_generate = False` (likelihood scoring only, much faster), `cfg.compare.mcq_source = None` (no
+accuracy: the verdict then reads "correctness not measured") or `cfg.compare.mcq_source = "my_questions.jsonl"`
+(rows with `question`, `options` {letter: text}, `answer_idx` and `answer`). Papermill takes the same as
+`overrides={"compare.mcq_rows": 100}`. Every step reads `cfg` when it runs and compares it with what the run
+folder was made with, so a changed value is what this chapter uses: changing `infer` regenerates both models'
+answers (the comparison must use one decoding), changing `compare` only rescores.
+
+`primary_metric` does not make the verdict "helped" by itself. A fit metric (`completion_nll`, `cot_nll`,
+`answer_nll`, `rouge_l`, `semantic_similarity`) only chooses which number the headline quotes for question 1.
+`accuracy_likelihood` or `accuracy_generated` makes that one accuracy scoring decide the verdict alone; by
+default either scoring can."""),
     ("md", """## The inputs: held-out rows and the base model's answers
 
 `steps.prepare` returns the training and held-out splits of chapter 02; `steps.baseline` the base model's
@@ -56,10 +73,11 @@ print(len(prepared.eval), "held-out rows;", len(baseline), "questions answered b
     ("md", """## The fine-tuned model's answers
 
 `steps.FinetunedModel` stands for base + adapter. It loads the weights on first use only, and then the same
-loaded model serves both the generation here and the teacher-forced scoring further down: an 8B model is
-loaded once in this chapter, not twice. When the run folder already holds current generations and a current
-comparison, nothing loads at all (the count printed after the comparison says how many loads happened). `steps.finetuned` generates with exactly the questions and `cfg.infer`
-settings the base model had."""),
+loaded model serves the generation here, the teacher-forced scoring and the multiple-choice scoring further down.
+For the base side of those scores the adapter is switched off (`with model.disable_adapter():`), which gives
+exactly the base weights: an 8B model is loaded once in this chapter, not twice. When the run folder already
+holds current generations and a current comparison, nothing loads at all. `steps.finetuned` generates with
+exactly the questions and `cfg.infer` settings the base model had."""),
     ("code", """tuned_model = steps.FinetunedModel(cfg, run, prepared)  # loads on first use, then shared
 tuned = steps.finetuned(cfg, run, prepared, loaded=tuned_model)
 show.generations_table(tuned)"""),
@@ -68,59 +86,107 @@ show.generations_table(tuned)"""),
 when they are not (rerun chapter 01 and this one with one setting)."""),
     ("code", """import pandas as pd
 pd.DataFrame(steps.decoding_used(run))"""),
-    ("md", """## What is measured
+    ("md", """## The multiple-choice set
 
-**Teacher-forced NLL and perplexity.** Each held-out row is fed to the model exactly as in training (prompt,
-reference reasoning, `</think>`, reference answer, EOS) and the model's probability of every reference token
-is read off in one forward pass, with no generation. The mean negative log-likelihood per token (in nats) is
-reported for the reasoning span, for the answer span (including EOS: learning to stop is part of answering)
-and for the whole completion; perplexity is `exp(NLL)`. One loaded model scores both sides: with the LoRA
-adapter disabled it *is* the base model, so the two scores differ by the adapter alone. Lower means the model
-finds the dataset's reasoning and answers more probable, i.e. it fits the data's style better.
+Each question is put where the recipe puts a question, so the model sees the prompt it was trained on: the
+vignette, its lettered options one per line and a request for the letter, then `### Response:` and `<think>`.
+`steps.mcq_preview` shows what the stage passes on: the set, the number of questions, the decoding of the
+generated answers (the `infer` settings above, never streamed) and the first prompt exactly as the model
+receives it."""),
+    ("code", """preview = steps.mcq_preview(cfg)
+print(preview.pop("first prompt"))
+pd.Series(preview, name="value").to_frame()"""),
+    ("md", """## How each question is measured, and how to read it
 
-**Generation metrics**, on the held-out questions only (the example question has no reference):
-- *reasoning block closed*: the model wrote `</think>` and then an answer;
-- *EOS reached* / *cut at max_new_tokens*: it stopped by itself, or the token limit cut it off (any answer
-  is then partial);
-- *empty answer*, *reasoning length* and *answer length* in tokens (lengths have no "better" direction);
-- *ROUGE-L F1*: word overlap of the answer with the reference answer, by longest common subsequence;
-- *semantic similarity*: cosine similarity of sentence embeddings (`compare.embedding_model`) of answer and
-  reference; skipped with a note when that model is not available.
+**1. Fits the data?** Each held-out row is fed to the model exactly as in training (prompt, reference
+reasoning, `</think>`, reference answer, EOS) and the probability of every reference token is read off in one
+forward pass. The mean negative log-likelihood per token (nats) is reported for the reasoning span, for the answer
+span (including EOS) and for the whole completion; perplexity is `exp(NLL)`. *Read it as:* a negative delta
+means the fine-tuned model finds the dataset's reasoning and answers more probable, i.e. it imitates the
+references' wording and structure better. It says nothing about whether what the model writes is right.
 
-**Intervals and the verdict.** Every metric is computed per question for both models and differenced
-(after minus before). Resampling the questions with replacement (`compare.bootstrap_samples` times) gives a
-**95% paired bootstrap interval** of the mean difference: how far the delta could move on another draw of
-held-out questions. **Win/tie/loss** counts questions where the fine-tuned model was better, equal or worse. A
-metric is called *better* or *worse* only when its interval excludes zero, otherwise *no significant change*.
-The overall verdict is "helped" only when the **primary metric**'s interval (`compare.primary_metric`, by
-default the completion NLL) lies entirely on the better side of zero, "hurt" when on the worse side."""),
+**2. Behaves as trained?** On the generated held-out answers (`infer.num_eval_questions`, 50 by default):
+the share that closed the reasoning block, that reached EOS, that were cut at `max_new_tokens`, that had an empty
+answer; reasoning and answer lengths in tokens (no "better" direction); the share of repeated word 4-grams in
+the text (a model stuck in a loop repeats its 4-grams; lower is better); and ROUGE-L and semantic similarity of
+the answer to the reference (closeness to one reference text, not correctness). *Read it as:* did fine-tuning
+teach the format: think, close `</think>`, answer, stop? A model that never closes `</think>` has given no answer.
+
+**3. More often right?** Every multiple-choice question is scored for both models in two ways:
+- *by option likelihood* (cheap, no generation): the mean log-probability per token of each option's text right
+  after the prompt; the most probable option is the model's pick. It measures which option the model's
+  knowledge favours, not what it would say after reasoning.
+- *by stated letter*: the model generates an answer with the same decoding as above; the letter it states
+  after `</think>` is read ("B", "(B)", "Answer: B", "The answer is B", ...). An answer with no letter whose
+  whole text is one option's text counts as that option. An answer that cannot be read, for example because the
+  reasoning never closed, is **counted wrong, never dropped**: dropping it would reward a model for not
+  answering, and both models would no longer be scored on the same questions.
+
+*Read it as:* accuracy before and after with 95% Wilson intervals; the change with a 95% paired bootstrap
+interval (questions resampled in pairs); McNemar's exact test, which uses only the questions where one model
+was right and the other wrong; and the unparseable counts, so that a change in format is not mistaken for a
+change in knowledge. With four options chance is 25%.
+
+**Intervals, n and verdicts.** Every metric is computed per question for both models and differenced (after
+minus before); resampling questions `compare.bootstrap_samples` times gives a 95% interval of the mean
+difference. `n` is the number of questions a metric rests on (a question missing on either side is left out of
+both). A metric is *better* or *worse* only when its interval excludes zero, otherwise *no significant
+change*."""),
     ("code", """comparison = steps.compare(cfg, run, prepared, baseline, tuned, loaded=tuned_model)
 print("fine-tuned model loads in this chapter:", tuned_model.loads)
-show.lines([comparison["headline"], *comparison["notes"]])"""),
+show.lines([f"Verdict: {comparison['verdict']}.", comparison["headline"], *comparison["notes"]])"""),
+    ("md", """## The three answers
+
+One line per question, in words, with the numbers each answer rests on."""),
+    ("code", """compare.findings_table(comparison)"""),
+    ("md", """### 1. Fits the data?
+
+Reasoning, answer and completion NLL: before, after, the delta with its 95% interval, the verdict,
+win/tie/loss (questions where the fine-tuned model's NLL was lower, equal or higher) and `n`."""),
+    ("code", """compare.summary_table(comparison, "fit")"""),
+    ("md", """### 2. Behaves as trained?
+
+Rates are shares of the `n` generated held-out answers (0 to 1); lengths are mean tokens; repeated 4-grams is
+the mean share per answer. Look first at *reasoning block closed* and *EOS reached*: if they stay near 0, the
+model is not producing finished answers, whatever its NLL did."""),
+    ("code", """compare.summary_table(comparison, "behaviour")"""),
+    ("md", """### 3. More often right?
+
+One row per scoring: accuracy before and after (right / n) with 95% Wilson intervals, the change in percentage
+points with its 95% paired bootstrap interval, McNemar's p with the discordant counts (right only before / right
+only after), the unparseable answers of each model (stated-letter scoring only) and the verdict. On a few dozen
+questions both tests are rough: an interval of ±15 points is common, so "no significant change" often means
+"too few questions to tell", not "no effect"."""),
+    ("code", """compare.accuracy_table(comparison)"""),
+    ("md", """Question by question: the gold letter, each model's most probable option and the letter it stated
+("(unparseable)" when none could be read, counted wrong)."""),
+    ("code", """compare.mcq_side_by_side(comparison).head(12)"""),
     ("md", """## What the verdict does and does not mean
 
-With the default primary metric, "helped" means: **the fine-tuned model fits the held-out data's reasoning
-and answers better** (lower NLL), with a 95% interval that excludes zero. It does **not** mean the model
-answers medical questions better. Lower held-out loss is not better answers. In one run of this project a
-real small model lowered its NLL on 48 of 48 held-out questions, while its multiple-choice accuracy stayed at
-chance and it never once closed `</think>`: it had learned the style of the reasoning traces, not to reason
-to a correct, finished answer. The CPU profile's tiny model shows the same pattern in miniature: its NLL falls
-on every held-out row while none of its generations closes `</think>`. So read the verdict together with the
-generation rows: did `</think>` and EOS
-rates go up, did answers get closer to the references? And remember what a small held-out set can show: with
-8 generated questions a generation metric's interval is wide, and "no significant change" often means "too
-few questions to tell", not "no effect". ROUGE-L and semantic similarity measure closeness to one reference
-text; neither checks medical correctness.
+The overall verdict is one of four:
+- **helped**: accuracy improved under at least one scoring (the headline names which) with a 95% paired
+  interval above zero, and no scoring got worse;
+- **hurt**: accuracy fell likewise;
+- **no evidence of better answers**: accuracy was measured and no such improvement was shown (or the two
+  scorings disagree);
+- **correctness not measured**: no multiple-choice set (`compare.mcq_source` is null).
 
-The table has one row per metric: before (base), after (fine-tuned), delta, the 95% interval of the delta,
-which direction is better, the verdict and win/tie/loss."""),
-    ("code", """compare.summary_table(comparison)"""),
+"Helped" means: on these multiple-choice questions, with this decoding, the fine-tuned model picked the right
+option more often than its base, by more than the question-to-question noise. It does **not** mean the model is
+safe or correct on free-text questions, that its reasoning is sound, or that the gain carries over to other
+question types; a multiple-choice set measures recognising the right option, not writing it. "No evidence of
+better answers" does not mean fine-tuning failed: the model may fit the data better (question 1) and follow the
+format better (question 2) without a measurable gain in correctness on this many questions. The CPU profile's
+tiny model is the extreme case: its NLL falls on every held-out row, yet it is a random network that answers
+nothing, and its verdict reads accordingly."""),
     ("md", """## Figures
 
 The first figure shows mean NLL per token for both models and, per question, the base NLL against the
-fine-tuned NLL (points below the diagonal improved). The second shows the generation rates and the mean
-lengths. The third draws every delta with its 95% interval: an interval crossing the vertical zero line is no
-evidence either way; green is better, red worse. The last is the training and held-out loss of chapter 03."""),
+fine-tuned NLL (points below the diagonal improved). The second shows the generation rates and mean lengths. The
+third draws every delta with its 95% interval: an interval crossing the vertical zero line is no evidence either
+way; green is better, red worse. The accuracy figure shows both scorings with Wilson intervals (the dotted line
+is chance) and the change in points with its paired interval. The last is chapter 03's training and held-out
+loss."""),
     ("code", """%matplotlib inline
 compare.figures(comparison);"""),
     ("md", """## Side by side
@@ -131,14 +197,15 @@ follows with no reference. An empty answer means the reasoning never closed with
     ("code", """compare.side_by_side(comparison)"""),
     ("md", """## The report
 
-The same tables, figures and answers (with each model's reasoning folded under the answer) are in one HTML
-file in the run folder. It has no scripts and no links, plots are embedded, and model text is escaped, so it
-is safe to open and to share."""),
+The same three sections, tables, figures and answers (each model's reasoning folded under its answer, every
+multiple-choice question with both models' picks) are in one HTML file in the run folder. It has no scripts and
+no links, plots are embedded, and model text is escaped, so it is safe to open and to share."""),
     ("code", """print("report:", steps.report_path(run).as_uri())"""),
     ("md", """## Results of this chapter
 
-The verdict, the headline, the primary metric before and after with its delta and 95% interval, the rates of
-closed `</think>` and of EOS before and after, and the number of questions behind them; saved to
-`results/04.json` in the run folder."""),
+The verdict and headline; for question 1 the fit metric before and after with its delta, 95% interval and `n`;
+for question 2 the rates of closed `</think>` and EOS and the repeated 4-gram share before and after; for
+question 3 the accuracy before and after under each scoring, the 95% interval of the change, McNemar's p and the
+unparseable counts. Saved to `results/04.json` in the run folder."""),
     ("code", """show.record_results(run, "04", compare.key_numbers(comparison))"""),
 ]
