@@ -413,6 +413,7 @@ def findings(result: dict[str, Any]) -> dict[str, Any]:
     fit_key = result["primary_metric"] if result["primary_metric"] not in ACCURACY_KEYS else "completion_nll"
     answers = {"fit": fit_clause(metric(result, fit_key)), "behaviour": behaviour_clause(result),
                "correctness": correctness_clause(result)}
+    answers = {k: v[0].upper() + v[1:] for k, v in answers.items()}
     out = {}
     for name, (question, keys) in FINDINGS.items():
         out[name] = {"question": question, "answer": answers[name],

@@ -121,6 +121,7 @@ def accuracy_figure(result: dict[str, Any]):
         right.plot([100 * v["delta"]], [k], "o", color=color)
     right.axvline(0, color="black", linewidth=0.8)
     right.set_yticks(y, [k for k, _ in scorings], fontsize=8)
+    right.set_ylim(-0.6, len(scorings) - 0.4)
     right.invert_yaxis()
     right.set_title("change in accuracy (points), 95% paired bootstrap", fontsize=10)
     fig.tight_layout()
