@@ -25,14 +25,15 @@ otherwise this notebook rebuilds it first (training included), so it also works 
 The last cell writes `results/04.json`.
 
 **How long.** On a Kaggle T4, with chapters 01 and 03 done: loading the 8B model in 4-bit takes about
-2 minutes, generating the example question and 8 held-out answers of up to 1,200 tokens about 2-4 minutes
-(roughly 15-25 tokens/s per sequence at batch 8), and scoring 50 held-out rows teacher-forced, once with
+2 minutes, generating the example question and the held-out answers of up to 1,200 tokens several minutes
+(roughly 15-25 tokens/s per sequence, in batches planned from the GPU's memory), and scoring 50 held-out rows teacher-forced, once with
 the adapter off and once on, a few minutes more: **about 5-10 minutes** in all. These are estimates from
 the benchmark numbers, not measurements on a T4. The CPU profile's tiny model takes well under a minute."""),
     ("md", """## The settings this chapter uses
 
 Two config sections decide everything below. `infer` is the decoding: greedy (`do_sample=False`) or sampling
-with `temperature`/`top_p`, at most `max_new_tokens` per answer, `batch_size` questions at once, the recipe's
+with `temperature`/`top_p`, at most `max_new_tokens` per answer, `batch_size` questions at once (0: as many as
+the GPU's memory holds), the generation `path` (chapter 01 explains the choice), the recipe's
 `example_questions` plus the first `num_eval_questions` held-out questions. `compare` is the scoring:
 `nll_rows` held-out rows scored teacher-forced (0: all), the `embedding_model` for semantic similarity, the
 number of `bootstrap_samples` and their `seed`, and the `primary_metric` whose interval gives the verdict."""),
@@ -59,13 +60,15 @@ print(len(prepared.eval), "held-out rows;", len(baseline), "questions answered b
 loaded model serves both the generation here and the teacher-forced scoring further down: an 8B model is
 loaded once in this chapter, not twice. When the run folder already holds current generations and a current
 comparison, nothing loads at all (the count printed after the comparison says how many loads happened). `steps.finetuned` generates with exactly the questions and `cfg.infer`
-settings the base model had."""),
+settings the base model had, and on the generation path the base model's generations recorded (same weights,
+same KV cache); it prints that path and its batch plan when it generates."""),
     ("code", """tuned_model = steps.FinetunedModel(cfg, run, prepared)  # loads on first use, then shared
 tuned = steps.finetuned(cfg, run, prepared, loaded=tuned_model)
 show.generations_table(tuned)"""),
     ("md", """A comparison is only fair when both models decoded the same way. Each generation stage recorded its
-`infer` settings in its manifest; the two columns below must be identical, and `steps.compare` refuses to run
-when they are not (rerun chapter 01 and this one with one setting)."""),
+`infer` settings, its generation path and the weights it ran on (4-bit or 16-bit) in its manifest; the two columns
+below must be identical, and `steps.compare` refuses to run when they are not (rerun chapter 01 and this one with
+one setting). The batch may differ between the two (the adapter takes a little memory); it changes no setting."""),
     ("code", """import pandas as pd
 pd.DataFrame(steps.decoding_used(run))"""),
     ("md", """## What is measured
