@@ -74,7 +74,8 @@ def test_cpu_and_explicit_requests():
 def test_fallbacks_keep_the_reason_and_end_at_dynamic():
     static = choose_generation_path("auto", backend="unsloth", **FOUR_BIT, **H200)
     same = fallback_path(static, "BackendCompilerFailed: boom", failed_at="generate", backend="unsloth", **FOUR_BIT)
-    assert (same.path, same.load_in_4bit, same.dtype) == ("dynamic", False, "bfloat16") and paths.same_weights(static, same)
+    assert (same.path, same.load_in_4bit, same.dtype) == ("dynamic", False, "bfloat16")
+    assert paths.same_weights(static, same)
     assert "static_16bit (bfloat16) failed to generate: BackendCompilerFailed: boom" in same.passed_over[-1]
     unsl = fallback_path(static, "OutOfMemoryError", failed_at="load", backend="unsloth", **FOUR_BIT)
     assert unsl.path == "unsloth" and unsl.load_in_4bit and not paths.same_weights(static, unsl)
@@ -216,6 +217,22 @@ def test_a_failing_static_path_falls_back_with_the_reason(small_cfg, prepared_ru
     assert "static_16bit (float32) failed to generate: RuntimeError: compiling the decoding step failed" in \
         m["generation"]["passed_over"][-1]
     assert "falling back to dynamic" in capsys.readouterr().out
+
+
+def test_static_baseline_is_the_base_model_through_a_zero_adapter(small_cfg, prepared_run):
+    """The static path generates through a LoRA with B = 0: the base model's answers, and the model passed in
+    comes back without adapter layers."""
+    run, prepared = prepared_run
+    dynamic = steps.baseline(small_cfg, run, prepared, force=True)
+    cfg = load_config("cpu", {"infer.path": "static_16bit", "infer.max_new_tokens": 6, "infer.num_eval_questions": 4,
+                              "data.train_rows": 8, "data.eval_rows": 4, "model.max_seq_length": 256,
+                              "data.overlong": "truncate"})
+    loaded, path = steps.load_for_generation(cfg, steps.generation_path(cfg, run, "baseline"))
+    static = steps.baseline(cfg, run, prepared, loaded=loaded, force=True)
+    m = run.read_manifest("baseline")
+    assert m["generation_path"] == "static_16bit" and m["generation"]["model_class"] == "PeftModelForCausalLM"
+    assert [r["generated"] for r in static] == [r["generated"] for r in dynamic]
+    assert not any("lora" in name for name, _ in loaded.model.named_modules())
 
 
 def test_different_paths_are_refused(small_cfg, tmp_path):

@@ -71,7 +71,8 @@ def row_streamer(tokenizer, row: int):
 
 def prompt_lengths(tokenizer, questions: list[str]) -> list[int]:
     """Tokens of each question's prompt, BOS included: what a row of the batch holds before generating."""
-    return [len(ids) for ids in tokenizer([prompts.build_prompt(q) for q in questions], add_special_tokens=True)["input_ids"]]
+    enc = tokenizer([prompts.build_prompt(q) for q in questions], add_special_tokens=True)
+    return [len(ids) for ids in enc["input_ids"]]
 
 
 def cache_dtype_bytes(model) -> int:
@@ -102,6 +103,25 @@ def plan_for_model(model, tokenizer, questions: list[str], *, max_new_tokens: in
                            max_batch=max_batch, path=path, kv_slack_tokens=kv_slack_tokens)
 
 
+class StepClock:
+    """A logits processor that only notes the time of each decoding step (the scores pass unchanged): the
+    first step follows the prefill (and, with a static cache on CUDA, the decoding step's compilation)."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    def __call__(self, input_ids, scores):
+        self.times.append(time.perf_counter())
+        return scores
+
+    def split(self, t0: float, rows: int) -> tuple[float, float, int]:
+        """(seconds until the second step: prefill, first step and any compilation; seconds of the steps
+        after it; tokens those later steps produced, pad tokens of finished rows included)."""
+        if len(self.times) < 3:
+            return (self.times[-1] - t0 if self.times else 0.0), 0.0, 0
+        return self.times[1] - t0, self.times[-1] - self.times[1], rows * (len(self.times) - 2)
+
+
 def generate(model, tokenizer, questions: list[str], *, max_new_tokens: int, batch_size: int = 8,
              do_sample: bool = False, temperature: float = 0.6, top_p: float = 0.95, seed: int = 3407,
              stream: bool = False, progress: bool = True, cache_implementation: str | None = None,
@@ -115,8 +135,10 @@ def generate(model, tokenizer, questions: list[str], *, max_new_tokens: int, bat
     question's answer as it is generated (not when headless). `batch_size=0` plans the batch from the
     GPU's free memory (`plan_for_model`; 8 on a CPU). `cache_implementation`: None (the dynamic KV cache)
     or "static" (compiled decoding on CUDA; see the module's notes). A batch that runs out of GPU memory
-    is halved and tried again. `stats`, when given, receives the batch sizes run, each batch's seconds,
-    the out-of-memory retries and the peak GPU memory reserved.
+    is halved and tried again. `stats`, when given, receives the batch sizes run, each batch's seconds
+    (and of those, `warmup_seconds`: prefill, first step and any compilation; then `decode_seconds` for the
+    remaining steps and the tokens they made, `decode_tokens`), the out-of-memory retries and the peak
+    GPU memory reserved.
 
         records = generate(model, tokenizer, ["What causes scurvy?"], max_new_tokens=1200, batch_size=8)
     """
@@ -149,7 +171,10 @@ def generate(model, tokenizer, questions: list[str], *, max_new_tokens: int, bat
         gen_kwargs.update(temperature=temperature, top_p=top_p)
     else:
         gen_kwargs.update(temperature=None, top_p=None, top_k=None)
-    run_stats: dict[str, Any] = {"batches": [], "batch_seconds": [], "oom_retries": 0}
+    from transformers import LogitsProcessorList
+
+    run_stats: dict[str, Any] = {"batches": [], "batch_seconds": [], "warmup_seconds": [], "decode_seconds": [],
+                                 "decode_tokens": [], "oom_retries": 0}
     on_cuda = device.type == "cuda"
     if on_cuda:
         torch.cuda.reset_peak_memory_stats(device)
@@ -167,11 +192,13 @@ def generate(model, tokenizer, questions: list[str], *, max_new_tokens: int, bat
         if streaming:
             print(f"--- streaming the answer to: {questions[0][:120]}", flush=True)
         torch.manual_seed(seed)
+        clock = StepClock()
         t0 = time.perf_counter()
         out = None
         try:
             with torch.inference_mode():
-                out = model.generate(**enc, **gen_kwargs, streamer=streamer)
+                out = model.generate(**enc, **gen_kwargs, streamer=streamer,
+                                     logits_processor=LogitsProcessorList([clock]))
         except RuntimeError as e:
             if not is_oom(e):
                 raise
@@ -190,8 +217,12 @@ def generate(model, tokenizer, questions: list[str], *, max_new_tokens: int, bat
                   f"(set infer.batch_size={batch_size} to start there)", flush=True)
             continue
         seconds = time.perf_counter() - t0
+        warmup, decode, decode_tokens = clock.split(t0, len(rows))
         run_stats["batches"].append(len(rows))
         run_stats["batch_seconds"].append(round(seconds, 3))
+        run_stats["warmup_seconds"].append(round(warmup, 3))
+        run_stats["decode_seconds"].append(round(decode, 3))
+        run_stats["decode_tokens"].append(decode_tokens)
         stream_pending = stream_pending and not streaming
         new = out[:, enc["input_ids"].shape[1] :]
         for row, i in enumerate(idx):

@@ -110,8 +110,9 @@ def choose_generation_path(requested: str = "auto", *, on_gpu: bool, backend: st
                                   "faster here)", "transformers", False, dtype, notes)
         if requested == "unsloth":
             notes.append("unsloth: needs an NVIDIA GPU")
-        return GenerationPath("dynamic", "no GPU: full-precision weights and the dynamic KV cache (a static cache pays "
-                              "only where the decoding step is compiled, on a GPU)", "transformers", False, dtype, notes)
+        return GenerationPath("dynamic", "no GPU: full-precision weights and the dynamic KV cache (a static cache "
+                              "pays only where the decoding step is compiled, on a GPU)", "transformers", False, dtype,
+                              notes)
     room = headroom * (gpu_gib or 0.0) - used_gib
     need_rows = max(1, min(min_rows, rows))
     need = weights_16bit_gib + need_rows * kv_gib_per_row

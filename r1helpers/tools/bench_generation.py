@@ -90,7 +90,10 @@ def _timed(loaded, questions, cfg, plan, gp) -> tuple[dict[str, Any], list[dict]
     torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
     tokens = sum(r["new_tokens"] for r in records)
+    decode_s, decode_tokens = sum(stats["decode_seconds"]), sum(stats["decode_tokens"])
     return {"seconds": round(seconds, 2), "generated_tokens": tokens, "tokens_per_second": round(tokens / seconds, 1),
+            "warmup_seconds": stats["warmup_seconds"], "decode_tokens_per_second":
+            round(decode_tokens / decode_s, 1) if decode_s else None,
             "peak_reserved_gib": stats.get("peak_gpu_reserved_gib"), "batches": stats.get("batches"),
             "oom_retries": stats.get("oom_retries")}, records
 
@@ -138,7 +141,7 @@ def equality_check(loaded, questions: list[str], plan_batch: int, max_cache_len:
     rows = {i: first.index(i) for i in picks}
     s_agree = [_agree(static[rows[i]], single[i]) for i in picks]
     d_agree = [_agree(dynamic[rows[i]], single[i]) for i in picks]
-    return {"check": "static_16bit vs dynamic batch-1, first tokens", "tokens": n, "prompts": len(picks),
+    return {"check": "static_16bit vs dynamic batch-1, first tokens", "tokens": n, "check_prompts": len(picks),
             "static_agrees_tokens": s_agree, "batched_dynamic_agrees_tokens": d_agree,
             "static_equal": all(a == n for a in s_agree), "static_equals_batched_dynamic":
             [static[rows[i]] == dynamic[rows[i]] for i in picks]}
@@ -146,6 +149,11 @@ def equality_check(loaded, questions: list[str], plan_batch: int, max_cache_len:
 
 def run_path(path: str, model_dir: str, adapter_dir: str, prompts_n: int, new_tokens: int) -> list[dict[str, Any]]:
     """One path in this process: load as the stages do, plan, generate (twice for static_16bit), measure."""
+    from r1helpers.core.hardware import unsloth_importable
+
+    # As in a notebook, where r1helpers.start() imports Unsloth on a GPU that supports it (it patches torch.compile
+    # settings and transformers for the whole process), before anything else loads.
+    unsloth_imported, _ = unsloth_importable()
     import torch
 
     from r1helpers.data import load_sample_rows
@@ -156,7 +164,8 @@ def run_path(path: str, model_dir: str, adapter_dir: str, prompts_n: int, new_to
     cfg = _config(model_dir, path, new_tokens)
     questions = [r["Question"] for r in load_sample_rows()][:prompts_n]
     base: dict[str, Any] = {"measure": path, "prompts": len(questions), "new_tokens": new_tokens,
-                            "gpu": torch.cuda.get_device_name(), "gpu_gib_cap": gpu_cap_gib()}
+                            "gpu": torch.cuda.get_device_name(), "gpu_gib_cap": gpu_cap_gib(),
+                            "unsloth_imported": unsloth_imported}
     t0 = time.perf_counter()
     gp = generation_path(cfg)
     loaded, gp = load_for_generation(cfg, gp, Path(adapter_dir))
@@ -168,8 +177,13 @@ def run_path(path: str, model_dir: str, adapter_dir: str, prompts_n: int, new_to
     out = []
     first, records = _timed(loaded, questions, cfg, plan, gp)
     if gp.path == "static_16bit":
+        from torch._dynamo.utils import counters
+
         inner = loaded.model.get_base_model() if hasattr(loaded.model, "get_base_model") else loaded.model
         base["compiled"] = hasattr(inner, "_compiled_call")
+        base["dynamo_unique_graphs"] = counters["stats"]["unique_graphs"]
+        base["dynamo_graph_breaks"] = sum(counters["graph_break"].values())
+        base["suppress_errors"] = bool(torch._dynamo.config.suppress_errors)
         out.append({**base, **first, "call": "first (compiles the decoding step)"})
         torch.cuda.reset_peak_memory_stats()
         second, _ = _timed(loaded, questions, cfg, plan, gp)

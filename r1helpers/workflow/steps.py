@@ -589,7 +589,8 @@ def generation_plan(cfg: Config, loaded: Loaded, path: GenerationPath, questions
                           gpu_gib=mem.total_gib if mem else None, used_gib=mem.used_gib if mem else 0.0)
     if cfg.infer.batch_size > 0:
         plan.batch_size = min(cfg.infer.batch_size, max(1, len(questions)))
-        plan.reason = f"infer.batch_size={cfg.infer.batch_size} as set (0 plans it from memory; the plan: {plan.reason})"
+        plan.reason = (f"infer.batch_size={cfg.infer.batch_size} as set (0 plans it from memory; the plan: "
+                       f"{plan.reason})")
     return plan
 
 
@@ -598,11 +599,25 @@ def _matches(loaded: Loaded, path: GenerationPath) -> bool:
     return (b.name, b.load_in_4bit, b.dtype) == (path.backend, path.load_in_4bit, path.dtype)
 
 
-def load_for_generation(cfg: Config, path: GenerationPath, adapter_dir: Path | None = None) -> tuple[Loaded, GenerationPath]:
+def _failure(e: BaseException) -> str:
+    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+
+
+def _fallback(cfg: Config, path: GenerationPath, why: str, failed_at: str) -> GenerationPath | None:
+    b = choose_backend(cfg, try_import=False)
+    return fallback_path(path, why, failed_at=failed_at, backend=b.name, dtype=b.dtype, load_in_4bit=b.load_in_4bit)
+
+
+def load_for_generation(cfg: Config, path: GenerationPath,
+                        adapter_dir: Path | None = None) -> tuple[Loaded, GenerationPath]:
     """The base model (or base + the adapter in `adapter_dir`) loaded for `path` and switched to inference;
-    a path whose loading fails falls back (`inference.paths.fallback_path`), the reason kept in the path."""
+    a path whose loading fails falls back (`inference.paths.fallback_path`), the reason kept in the path.
+    A model that is not there is missing for every path and raises, except for static_16bit: a cache may
+    hold only the 4-bit checkpoint that Unsloth loads."""
     from r1helpers.modeling.load import ModelError, for_inference
 
+    if adapter_dir is not None and not (Path(adapter_dir) / "adapter_config.json").is_file():
+        raise ModelError(f"{adapter_dir}: no LoRA adapter there (adapter_config.json missing)")
     while True:
         try:
             if path.path == "unsloth":
@@ -612,18 +627,17 @@ def load_for_generation(cfg: Config, path: GenerationPath, adapter_dir: Path | N
             choice = path.backend_choice()
             loaded = load_finetuned_for(cfg, adapter_dir, choice) if adapter_dir else load_base_for(cfg, choice)
             return for_inference(loaded), path
-        except (ModelError, OSError):
-            raise  # a model or adapter that is not there is missing for every path
         except Exception as e:
-            why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-            b = choose_backend(cfg, try_import=False)
-            nxt = fallback_path(path, why, failed_at="load", backend=b.name, dtype=b.dtype,
-                                load_in_4bit=b.load_in_4bit)
+            if isinstance(e, (ModelError, OSError)) and path.path != "static_16bit":
+                raise
+            why = _failure(e)
+            nxt = _fallback(cfg, path, why, "load")
             if nxt is None:
                 raise
-            print(f"generation path {path.path} did not load ({why[:200]}): trying {nxt.path}", flush=True)
-            free_memory()
-            path = nxt
+        # Out of the except block, so the failed attempt's tensors (held by its traceback) can be freed.
+        print(f"generation path {path.path} did not load ({why[:200]}): trying {nxt.path}", flush=True)
+        free_memory()
+        path = nxt
 
 
 def generate_stage(cfg: Config, run: Run, stage: str, loaded: Loaded, prepared, path: GenerationPath | None = None,
@@ -638,7 +652,6 @@ def generate_stage(cfg: Config, run: Run, stage: str, loaded: Loaded, prepared, 
     items = question_set(cfg, prepared)
     questions = [it["question"] for it in items]
     path = path or generation_path(cfg, run, stage)
-    t0 = time.perf_counter()
     while True:
         plan = generation_plan(cfg, loaded, path, questions)
         print(f"{stage}: generation path {path.path} ({path.weights}): {path.reason}", flush=True)
@@ -650,17 +663,15 @@ def generate_stage(cfg: Config, run: Run, stage: str, loaded: Loaded, prepared, 
                                stats=stats)
             break
         except Exception as e:
-            why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-            b = choose_backend(cfg, try_import=False)
-            nxt = fallback_path(path, why, failed_at="generate", backend=b.name, dtype=b.dtype,
-                                load_in_4bit=b.load_in_4bit)
+            why = _failure(e)
+            nxt = _fallback(cfg, path, why, "generate")
             if nxt is None or (reload is None and not same_weights(path, nxt)):
                 raise
-            print(f"{stage}: generation path {path.path} failed ({why[:200]}): falling back to {nxt.path}", flush=True)
-            free_memory()
-            if not same_weights(path, nxt):
-                loaded, nxt = reload(nxt)
-            path = nxt
+        print(f"{stage}: generation path {path.path} failed ({why[:200]}): falling back to {nxt.path}", flush=True)
+        free_memory()
+        if not same_weights(path, nxt):
+            loaded, nxt = reload(nxt)
+        path = nxt
     seconds = time.perf_counter() - t0
     records = [{**it, **out, "model": stage} for it, out in zip(items, outputs)]
     write_jsonl_atomic(run.path(stage), records)
@@ -672,9 +683,38 @@ def generate_stage(cfg: Config, run: Run, stage: str, loaded: Loaded, prepared, 
     run.write_manifest(cfg, stage, questions=len(records), seconds=round(seconds, 2), generated_tokens=new_tokens,
                        tokens_per_second=tps, backend=loaded.backend.name, generation_path=path.path,
                        batch_size=plan.batch_size, peak_gpu_reserved_gib=stats.get("peak_gpu_reserved_gib"),
-                       generation={**path.record(), "device": device, "plan": asdict(plan), "stats": stats,
-                                   "gpu_gib_cap": gpu_cap_gib()})
+                       generation={**path.record(), "device": device, "model_class": type(loaded.model).__name__,
+                                   "plan": asdict(plan), "stats": stats, "gpu_gib_cap": gpu_cap_gib()})
     return records
+
+
+def zero_adapter(cfg: Config, loaded: Loaded, path: GenerationPath) -> tuple[Loaded, Any]:
+    """On the static_16bit path, the base model wrapped in a LoRA adapter of cfg.lora's shape whose B is zero,
+    and a function that takes it off again (the model passed in is restored in place).
+
+    B = 0 makes every adapter's contribution exactly zero, so the outputs are the base model's bit for bit,
+    while the decoding step has the same graph as the fine-tuned model's in stage 04: that one's compilation
+    then comes from torch's compile cache, and both models run the same kernels. Elsewhere (no compilation)
+    and on any failure, the model is returned as it is.
+    """
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    if path.path != "static_16bit" or isinstance(loaded.model, PeftModel):
+        return loaded, lambda: None
+    lc = cfg.lora
+    try:
+        wrapped = get_peft_model(loaded.model, LoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout,
+                                                          bias=lc.bias, target_modules=list(lc.target_modules),
+                                                          task_type="CAUSAL_LM"))
+        wrapped.requires_grad_(False)
+        wrapped.eval()
+        if any(float(p.abs().max()) != 0.0 for n, p in wrapped.named_parameters() if "lora_B" in n):
+            wrapped.unload()
+            raise ValueError("lora_B was not initialised to zero")
+    except Exception as e:
+        print(f"baseline: generating without a zero adapter ({type(e).__name__}: {str(e)[:200]})", flush=True)
+        return loaded, lambda: None
+    return Loaded(wrapped, loaded.tokenizer, loaded.backend), wrapped.unload
 
 
 def baseline(cfg: Config, run: Run, prepared, loaded: Loaded | None = None, force: bool = False) -> list[dict[str, Any]]:
@@ -682,7 +722,9 @@ def baseline(cfg: Config, run: Run, prepared, loaded: Loaded | None = None, forc
 
     `loaded`: the base model already loaded for `generation_path(cfg, run, "baseline")` and switched to
     inference (`for_inference`); without it (or when it was loaded otherwise) the model is loaded here,
-    only if the generations must be made.
+    only if the generations must be made. On the static_16bit path it generates through a zero LoRA
+    adapter (`zero_adapter`: the base model's outputs exactly, the fine-tuned model's compiled graph),
+    taken off again afterwards.
     """
 
     def make() -> list[dict[str, Any]]:
@@ -695,8 +737,12 @@ def baseline(cfg: Config, run: Run, prepared, loaded: Loaded | None = None, forc
             model = None
         if model is None:
             model, path = load_for_generation(cfg, path)
-        return generate_stage(cfg, run, "baseline", model, prepared, path,
-                              reload=lambda p: load_for_generation(cfg, p))
+        model, take_off = zero_adapter(cfg, model, path)
+        try:
+            return generate_stage(cfg, run, "baseline", model, prepared, path,
+                                  reload=lambda p: load_for_generation(cfg, p))
+        finally:
+            take_off()
 
     return run.reuse_or_build(cfg, "baseline", make, lambda: read_jsonl(run.path("baseline")), force=force)
 
