@@ -208,18 +208,19 @@ class GPUMemory:
     capped: bool
 
 
-def gpu_memory(cap_gib: float | None = None) -> GPUMemory | None:
+def gpu_memory(cap_gib: float | None = None, exclude_own: bool = False) -> GPUMemory | None:
     """This process's GPU: its memory (or `cap_gib`, when smaller) and what is in use now; None without CUDA.
 
-    Blocks torch's caching allocator holds but does not use count as free.
+    Blocks torch's caching allocator holds but does not use count as free; `exclude_own` counts this
+    process's tensors as free too (a decision made as if nothing were loaded yet, whatever is).
     """
     import torch
 
     if not torch.cuda.is_available():
         return None
     free, total = torch.cuda.mem_get_info()
-    cached = torch.cuda.memory_reserved() - torch.cuda.memory_allocated()
-    used = max(0.0, (total - free - cached) / GIB)
+    own = torch.cuda.memory_reserved() if exclude_own else torch.cuda.memory_reserved() - torch.cuda.memory_allocated()
+    used = max(0.0, (total - free - own) / GIB)
     total_gib = total / GIB
     if cap_gib is not None and cap_gib < total_gib:
         return GPUMemory(cap_gib, used, True)

@@ -553,7 +553,7 @@ def generation_path(cfg: Config, run: Run | None = None, stage: str | None = Non
     bc = choose_backend(cfg, hw, try_import=False)
     dims = AutoConfig.from_pretrained(resolve_model_path(cfg.model.name), revision=cfg.model.revision)
     half = bc.dtype if bc.dtype in ("bfloat16", "float16") else "bfloat16"
-    mem = gpu_memory(cap)
+    mem = gpu_memory(cap, exclude_own=True)  # the same choice before and after this process loads a model
     kw = dict(on_gpu=on_gpu, dtype=bc.dtype, load_in_4bit=bc.load_in_4bit,
               gpu_gib=mem.total_gib if mem else None, used_gib=mem.used_gib if mem else 0.0,
               weights_16bit_gib=estimated_weights_gib(dims, False, half),
