@@ -10,6 +10,8 @@
 #   tools/gpu_run.sh budget                # training stage with and without a token budget: same losses?
 #   tools/gpu_run.sh launcher              # the training stage through the DDP launcher on the visible GPUs
 #   tools/gpu_run.sh series8b [ARGS]       # stages 00-05 of the seed recipe on the 8B shape (bench_series)
+#   tools/gpu_run.sh genpaths [ARGS]       # each generation path on the 8B shape: tokens/s, peak GiB, equality
+#   TAG=t4 tools/gpu_run.sh genpaths --gpu-gib 15 --paths unsloth   # the T4's path under a 15 GiB cap
 #
 # Results go to $OUT (or ./gpu-out) as small files.
 set -uo pipefail
@@ -70,6 +72,10 @@ PY
     tar czf "$OUT/series8b-${TAG:-default}-run.tgz" -C /tmp/r1series --exclude='*.safetensors' --exclude='*.gguf' \
       --exclude='*.bin' --exclude='checkpoints' --exclude='*.pt' --exclude='*.pth' run 2>/dev/null
     ;;
+  genpaths)
+    shift
+    $PY -m r1helpers.tools.bench_generation --out "$OUT/genpaths-${TAG:-default}.jsonl" "$@" 2>&1 | tee "$OUT/genpaths-${TAG:-default}.log" | grep -E "^GENPATH|genpaths:|ready in|Error|error" | head -40
+    ;;
   *)
-    echo "usage: $0 series|pfcheck|bench CONFIGS|launcher" >&2; exit 2 ;;
+    echo "usage: $0 series|pfcheck|bench CONFIGS|budget|launcher|series8b|genpaths" >&2; exit 2 ;;
 esac

@@ -166,7 +166,7 @@ def per_process_accumulation(per_device: int, accumulation: int, processes: int)
 @dataclass
 class InferConfig:
     max_new_tokens: int = field(default=1200, metadata={"help": "tokens generated per answer at most"})
-    batch_size: int = field(default=8, metadata={"help": "questions generated together"})
+    batch_size: int = field(default=0, metadata={"help": "0: auto (the largest batch whose KV cache fits the GPU's free memory; 8 on CPU) | N: N questions generated together"})
     do_sample: bool = field(default=False, metadata={"help": "sample (True) or greedy (False)"})
     temperature: float = field(default=0.6, metadata={"help": "sampling temperature when do_sample"})
     top_p: float = field(default=0.95, metadata={"help": "nucleus sampling when do_sample"})
@@ -174,10 +174,12 @@ class InferConfig:
     num_eval_questions: int = field(default=50, metadata={"help": "held-out questions generated besides the examples"})
     example_questions: list[str] = field(default_factory=lambda: [EXAMPLE_QUESTION], metadata={"help": "always asked"})
     stream: bool = field(default=False, metadata={"help": "print the first example's answer token by token as it is generated (in a notebook; never headless)"})
+    path: Literal["auto", "unsloth", "static_16bit", "dynamic"] = field(default="auto", metadata={"help": "auto (16-bit weights + static KV cache, compiled, where they fit; else Unsloth's inference path; else the dynamic cache) | unsloth | static_16bit | dynamic; both generation stages use one path"})
 
     def __post_init__(self) -> None:
         _check(self.max_new_tokens >= 1, "infer.max_new_tokens", "must be >= 1")
-        _check(self.batch_size >= 1, "infer.batch_size", "must be >= 1")
+        _check(self.batch_size >= 0, "infer.batch_size", "must be >= 0 (0: auto)")
+        _one_of(self.path, "infer.path", ("auto", "unsloth", "static_16bit", "dynamic"))
         _check(self.temperature > 0.0, "infer.temperature", "must be > 0")
         _check(0.0 < self.top_p <= 1.0, "infer.top_p", "must be in (0, 1]")
         _check(self.num_eval_questions >= 0, "infer.num_eval_questions", "must be >= 0")

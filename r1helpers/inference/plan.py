@@ -61,21 +61,35 @@ def kv_cache_bytes_per_token(num_layers: int, num_kv_heads: int, head_dim: int, 
     return 2 * num_layers * num_kv_heads * head_dim * dtype_bytes
 
 
+def kv_cache_bytes_for(model_config, dtype_bytes: int = 2) -> int:
+    """`kv_cache_bytes_per_token` from a model's config (a transformers `PretrainedConfig` or any object with
+    its attributes): `num_hidden_layers`, `num_key_value_heads` (default: `num_attention_heads`) and
+    `head_dim` (default: `hidden_size / num_attention_heads`). `dtype_bytes`: the cache's type, the
+    compute type (2 for bf16/fp16, also under 4-bit weights; 4 for fp32 on a CPU).
+
+        kv_cache_bytes_for(AutoConfig.from_pretrained("unsloth/DeepSeek-R1-Distill-Llama-8B"))  # 131072
+    """
+    heads = model_config.num_attention_heads
+    kv_heads = getattr(model_config, "num_key_value_heads", None) or heads
+    head_dim = getattr(model_config, "head_dim", None) or model_config.hidden_size // heads
+    return kv_cache_bytes_per_token(model_config.num_hidden_layers, kv_heads, head_dim, dtype_bytes)
+
+
 @dataclass
 class GenerationPlan:
     batch_size: int
     sort_by_length: bool
-    tokens_per_row: int  # longest prompt + max_new_tokens: what each row's cache holds at the end
+    tokens_per_row: int  # longest prompt + max_new_tokens (+ kv_slack_tokens): what each row's cache holds at the end
     kv_gib_per_row: float
     budget_gib: float  # memory left for the rows: headroom x free_gib - weights_gib (0.0 without a GPU)
     reason: str  # one sentence for a person
-    path: str  # the generation path planned for: "unsloth", "static_cache", "merged_16bit", "dynamic", ...
+    path: str  # the generation path planned for: "unsloth", "static_16bit", "dynamic" (r1helpers.inference.paths)
 
 
 def plan_generation(n_prompts: int, longest_prompt_tokens: int, max_new_tokens: int, kv_bytes_per_token: int,
                     free_gib: float | None, weights_gib: float = 0.0, logits_bytes_per_row: int = 0,
                     activation_bytes_per_row: int = 0, headroom: float = 0.85, max_batch: int = 128,
-                    min_batch: int = 1, path: str = "dynamic") -> GenerationPlan:
+                    min_batch: int = 1, path: str = "dynamic", kv_slack_tokens: int = 0) -> GenerationPlan:
     """The largest batch whose rows fit in `headroom x free_gib` beside the weights.
 
     Each row costs its KV cache at `longest_prompt_tokens + max_new_tokens` tokens plus its
@@ -87,16 +101,18 @@ def plan_generation(n_prompts: int, longest_prompt_tokens: int, max_new_tokens: 
     `max_batch` and raised to `min_batch` (with a warning in the reason if that is over the
     estimate). `free_gib=None` (no GPU) gives a fixed batch of up to 8. If not even one row
     fits, the plan is batch 1 and the reason says how far to lower `max_new_tokens`.
+    `kv_slack_tokens`: cache a row may hold beyond `longest_prompt_tokens + max_new_tokens` (Unsloth's
+    inference path grows its cache 512 tokens at a time, so it can hold up to 512 more).
     """
-    if n_prompts < 0 or longest_prompt_tokens < 0 or max_new_tokens < 0:
-        raise ValueError("n_prompts, longest_prompt_tokens and max_new_tokens must not be negative")
+    if n_prompts < 0 or longest_prompt_tokens < 0 or max_new_tokens < 0 or kv_slack_tokens < 0:
+        raise ValueError("n_prompts, longest_prompt_tokens, max_new_tokens and kv_slack_tokens must not be negative")
     if kv_bytes_per_token < 1:
         raise ValueError(f"kv_bytes_per_token must be at least 1, got {kv_bytes_per_token}")
     if not 0 < headroom <= 1:
         raise ValueError(f"headroom is a share of the GPU's memory, in (0, 1]; got {headroom}")
     if not 1 <= min_batch <= max_batch:
         raise ValueError(f"need 1 <= min_batch <= max_batch, got min_batch={min_batch}, max_batch={max_batch}")
-    tokens = longest_prompt_tokens + max_new_tokens
+    tokens = longest_prompt_tokens + max_new_tokens + kv_slack_tokens
     kv_row = tokens * kv_bytes_per_token
     row_bytes = kv_row + logits_bytes_per_row + activation_bytes_per_row
     cap = max(1, min(n_prompts, max_batch))
@@ -113,7 +129,7 @@ def plan_generation(n_prompts: int, longest_prompt_tokens: int, max_new_tokens: 
     fits = int(budget * GIB // row_bytes) if budget > 0 else 0
     if fits < 1:
         spare = budget * GIB - logits_bytes_per_row - activation_bytes_per_row
-        new_tokens = int(spare // kv_bytes_per_token) - longest_prompt_tokens
+        new_tokens = int(spare // kv_bytes_per_token) - longest_prompt_tokens - kv_slack_tokens
         if new_tokens < 1:
             advice = (f"the {weights_gib:.1f} GiB of weights leave no room in {headroom:.0%} of {free_gib:.1f} GiB, "
                       f"so lowering max_new_tokens (now {max_new_tokens}) will not be enough: load the model in "

@@ -9,7 +9,9 @@ range 440-900) are close to the real data's with the Llama-3 tokenizer (median 7
 p90 950), then runs `python -m r1helpers.pipeline` with the seed recipe (4-bit QLoRA, 60 steps,
 max_new_tokens 1200) on the sample rows, with the comparison's default evaluation workload. Random
 weights never emit EOS, so every answer runs to max_new_tokens: the worst case for generation.
-It prints each stage's wall time with the tokens/s and peak GPU memory its manifest recorded.
+It prints each stage's wall time with the tokens/s and peak GPU memory its manifest recorded, and for
+the two generation stages together (01 and 04) the tokens/s over both, with each one's generation path
+and batch (`generation_path`, `batch_size`, `tokens_per_second`, `peak_gpu_reserved_gib` in their manifests).
 A benchmark prints measurements; nothing here is a timed test.
 """
 
@@ -83,6 +85,33 @@ def stage_row(run_dir: Path, stage: str, seconds: float | None) -> dict[str, Any
     return row
 
 
+def generation_summary(run_dir: Path) -> dict[str, Any]:
+    """Both generation stages together: tokens, seconds, tokens/s, and each stage's path, batch and peak memory."""
+    out: dict[str, Any] = {}
+    tokens = seconds = 0.0
+    for name in ("baseline", "finetuned"):
+        path = run_dir / name / "manifest.json"
+        if not path.is_file():
+            continue
+        m = json.loads(path.read_text())
+        tokens += m.get("generated_tokens") or 0
+        seconds += m.get("seconds") or 0
+        gen = m.get("generation") or {}
+        stats = gen.get("stats") or {}
+        decode_s = sum(stats.get("decode_seconds") or [])
+        out[name] = {"path": m.get("generation_path"), "weights": gen.get("weights"), "batch": m.get("batch_size"),
+                     "tokens_per_second": m.get("tokens_per_second"), "peak_gpu_reserved_gib":
+                     m.get("peak_gpu_reserved_gib"), "passed_over": gen.get("passed_over"),
+                     # prefill + first step (+ compiling the decoding step on the static_16bit path), per batch
+                     "warmup_seconds": stats.get("warmup_seconds"),
+                     "decode_tokens_per_second": round(sum(stats.get("decode_tokens") or []) / decode_s, 1)
+                     if decode_s else None}
+    out["tokens"] = int(tokens)
+    out["seconds"] = round(seconds, 1)
+    out["tokens_per_second"] = round(tokens / seconds, 1) if seconds else None
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", default="/tmp/r1series", help="model and run folder go here")
@@ -117,11 +146,13 @@ def main(argv: list[str] | None = None) -> int:
     rows = [stage_row(run_dir, s, timings.get(s)) for s in args.stages.split(",")]
     from r1helpers.core.hardware import package_versions
 
+    generation = generation_summary(run_dir)
     report = {"gpu": torch.cuda.get_device_name(), "gpu_gib_cap": args.gpu_gib, "model_build_seconds": round(built, 1),
               "series_wall_seconds": round(wall, 1), "returncode": proc.returncode, "stages": rows,
-              "versions": package_versions(), "command": cmd}
+              "generation": generation, "versions": package_versions(), "command": cmd}
     for r in rows:
         print(json.dumps(r), flush=True)
+    print("generation: " + json.dumps(generation), flush=True)
     print(f"series wall (stages {args.stages}): {wall:.0f} s; exit {proc.returncode}")
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=2))

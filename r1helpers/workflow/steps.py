@@ -15,14 +15,18 @@ from typing import Any
 
 from r1helpers.core.config import Config, validate
 from r1helpers.core.ddp import barrier, is_main_process, per_process, print0, trainer_kwargs, world_size
-from r1helpers.core.hardware import BackendChoice, choose_backend, free_memory, headless, is_oom
+from r1helpers.core.hardware import (BackendChoice, choose_backend, free_memory, headless, is_oom,
+                                     unsloth_importable)
 from r1helpers.core.runs import (Run, RunFolderConflict, atomic_dir, read_json, read_jsonl, stage_fingerprint,
                                  stage_settings, write_json_atomic, write_jsonl_atomic, write_text_atomic)
 from r1helpers.data import DataError, Report, example_lengths, length_stats, load_rows, select_rows, tokenize_rows
 from r1helpers.evaluate import accuracy
 from r1helpers.evaluate.compare import (answer_similarities, build_comparison, load_embedder, pair_generations,
                                         teacher_forced, write_outputs)
-from r1helpers.inference.generate import generate
+from r1helpers.inference.generate import generate, plan_for_model
+from r1helpers.inference.paths import (PATHS, GenerationPath, apply_gpu_cap, choose_generation_path, fallback_path,
+                                       gpu_cap_gib, gpu_memory, same_weights)
+from r1helpers.inference.plan import GenerationPlan, kv_cache_bytes_for
 from r1helpers.modeling.load import Loaded, expected_lora_parameters, trainable_parameters
 from r1helpers.training.plan import BatchPlan, gpu_memory_gib, plan_batches
 from r1helpers.training.sft import last_value, latest_checkpoint, make_trainer, sft_arguments, wandb_reachable
@@ -517,40 +521,229 @@ def question_set(cfg: Config, prepared) -> list[dict[str, Any]]:
     return items + eval_questions(prepared, cfg.infer.num_eval_questions)
 
 
-def generation_kwargs(cfg: Config) -> dict[str, Any]:
-    """The decoding settings of `inference.generate.generate` from cfg.infer (the same for base and fine-tuned)."""
+GENERATION_OTHER = {"baseline": "finetuned", "finetuned": "baseline"}
+
+
+def generation_path(cfg: Config, run: Run | None = None, stage: str | None = None, *,
+                    prompt_tokens: int = 512) -> GenerationPath:
+    """The generation path (infer.path; auto: `inference.paths.choose_generation_path` on this GPU) and why,
+    decided before any model loads, from the model's config and the GPU's memory.
+
+    Both generation stages must decode alike: with infer.path=auto, `stage` ("baseline" or "finetuned")
+    follows the path the other stage recorded when its generations are current in `run`. R1HELPERS_GPU_GIB
+    caps this process's GPU memory first (as on a smaller GPU). `prompt_tokens`: the longest prompt, for
+    the KV cache a row needs (512 when not known: the medical questions' prompts are ~100-300 tokens).
+    """
+    from transformers import AutoConfig
+
+    from r1helpers.core.hardware import detect_hardware
+    from r1helpers.modeling.load import estimated_weights_gib
+    from r1helpers.modeling.tiny import resolve_model_path
+
+    cfg = validate(cfg)
+    cap = gpu_cap_gib()
+    apply_gpu_cap(cap)
+    hw = detect_hardware()
+    on_gpu = hw.device == "cuda"
+    other = GENERATION_OTHER.get(stage or "")
+    if cfg.infer.path == "auto" and run is not None and other and run.is_current(cfg, other):
+        rec = (run.read_manifest(other) or {}).get("generation")
+        if rec and rec.get("generation_path") in PATHS and (rec.get("device") == "cuda") == on_gpu:
+            return GenerationPath.from_record(rec, f"the path {other} took ({rec.get('reason', '')}), so that both "
+                                              "models are generated with the same weights and decoding")
+    bc = choose_backend(cfg, hw, try_import=False)
+    dims = AutoConfig.from_pretrained(resolve_model_path(cfg.model.name), revision=cfg.model.revision)
+    half = bc.dtype if bc.dtype in ("bfloat16", "float16") else "bfloat16"
+    mem = gpu_memory(cap, exclude_own=True)  # the same choice before and after this process loads a model
+    kw = dict(on_gpu=on_gpu, dtype=bc.dtype, load_in_4bit=bc.load_in_4bit,
+              gpu_gib=mem.total_gib if mem else None, used_gib=mem.used_gib if mem else 0.0,
+              weights_16bit_gib=estimated_weights_gib(dims, False, half),
+              kv_gib_per_row=kv_cache_bytes_for(dims, 2) * (prompt_tokens + cfg.infer.max_new_tokens) / 2**30,
+              rows=len(cfg.infer.example_questions) + cfg.infer.num_eval_questions)
+    path = choose_generation_path(cfg.infer.path, backend=bc.name, **kw)
+    if path.path == "unsloth":
+        ok, why = unsloth_importable()
+        if not ok:
+            path = choose_generation_path(cfg.infer.path, backend="transformers", passed_over=[f"unsloth: {why}"], **kw)
+    return path
+
+
+def generation_kwargs(cfg: Config, plan: GenerationPlan | None = None,
+                      path: GenerationPath | None = None) -> dict[str, Any]:
+    """The decoding settings of `inference.generate.generate` from cfg.infer (the same for base and fine-tuned),
+    with the planned batch (`plan`; else infer.batch_size, 0: generate plans it) and the path's KV cache."""
     i = cfg.infer
-    return dict(max_new_tokens=i.max_new_tokens, batch_size=i.batch_size, do_sample=i.do_sample,
-                temperature=i.temperature, top_p=i.top_p, seed=i.seed, stream=i.stream)
+    kwargs = dict(max_new_tokens=i.max_new_tokens, batch_size=plan.batch_size if plan else i.batch_size,
+                  do_sample=i.do_sample, temperature=i.temperature, top_p=i.top_p, seed=i.seed, stream=i.stream)
+    if path is not None and path.cache_implementation:
+        kwargs["cache_implementation"] = path.cache_implementation
+    return kwargs
 
 
-def generate_stage(cfg: Config, run: Run, stage: str, loaded: Loaded, prepared) -> list[dict]:
-    """Write `<stage>/generations.jsonl` ("baseline" or "finetuned"), one record per question."""
+def generation_plan(cfg: Config, loaded: Loaded, path: GenerationPath, questions: list[str]) -> GenerationPlan:
+    """The batch: infer.batch_size when set, else planned from the GPU's memory now (weights loaded) and the
+    model's KV cache at the longest prompt + infer.max_new_tokens (`inference.generate.plan_for_model`)."""
+    on_gpu = loaded.device.type == "cuda"
+    mem = gpu_memory(gpu_cap_gib()) if on_gpu else None
+    plan = plan_for_model(loaded.model, loaded.tokenizer, questions, max_new_tokens=cfg.infer.max_new_tokens,
+                          path=path.path, kv_slack_tokens=path.kv_slack_tokens,
+                          gpu_gib=mem.total_gib if mem else None, used_gib=mem.used_gib if mem else 0.0)
+    if cfg.infer.batch_size > 0:
+        plan.batch_size = min(cfg.infer.batch_size, max(1, len(questions)))
+        plan.reason = (f"infer.batch_size={cfg.infer.batch_size} as set (0 plans it from memory; the plan: "
+                       f"{plan.reason})")
+    return plan
+
+
+def _matches(loaded: Loaded, path: GenerationPath) -> bool:
+    b = loaded.backend
+    return (b.name, b.load_in_4bit, b.dtype) == (path.backend, path.load_in_4bit, path.dtype)
+
+
+def _failure(e: BaseException) -> str:
+    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+
+
+def _fallback(cfg: Config, path: GenerationPath, why: str, failed_at: str) -> GenerationPath | None:
+    b = choose_backend(cfg, try_import=False)
+    return fallback_path(path, why, failed_at=failed_at, backend=b.name, dtype=b.dtype, load_in_4bit=b.load_in_4bit)
+
+
+def load_for_generation(cfg: Config, path: GenerationPath,
+                        adapter_dir: Path | None = None) -> tuple[Loaded, GenerationPath]:
+    """The base model (or base + the adapter in `adapter_dir`) loaded for `path` and switched to inference;
+    a path whose loading fails falls back (`inference.paths.fallback_path`), the reason kept in the path.
+    A model that is not there is missing for every path and raises, except for static_16bit: a cache may
+    hold only the 4-bit checkpoint that Unsloth loads."""
+    from r1helpers.modeling.load import ModelError, for_inference
+
+    if adapter_dir is not None and not (Path(adapter_dir) / "adapter_config.json").is_file():
+        raise ModelError(f"{adapter_dir}: no LoRA adapter there (adapter_config.json missing)")
+    while True:
+        try:
+            if path.path == "unsloth":
+                ok, why = unsloth_importable()
+                if not ok:
+                    raise RuntimeError(why)
+            choice = path.backend_choice()
+            loaded = load_finetuned_for(cfg, adapter_dir, choice) if adapter_dir else load_base_for(cfg, choice)
+            return for_inference(loaded), path
+        except Exception as e:
+            if isinstance(e, (ModelError, OSError)) and path.path != "static_16bit":
+                raise
+            why = _failure(e)
+            nxt = _fallback(cfg, path, why, "load")
+            if nxt is None:
+                raise
+        # Out of the except block, so the failed attempt's tensors (held by its traceback) can be freed.
+        print(f"generation path {path.path} did not load ({why[:200]}): trying {nxt.path}", flush=True)
+        free_memory()
+        path = nxt
+
+
+def generate_stage(cfg: Config, run: Run, stage: str, loaded: Loaded, prepared, path: GenerationPath | None = None,
+                   reload=None) -> list[dict]:
+    """Write `<stage>/generations.jsonl` ("baseline" or "finetuned"), one record per question, and its manifest
+    (the path, the batch plan, tokens/s, peak GPU memory).
+
+    `path`: how `loaded` was loaded (default: `generation_path`). A path that fails to generate falls back
+    (`inference.paths.fallback_path`); `reload(path) -> (Loaded, GenerationPath)` loads the model for a
+    fallback on other weights (without it, only a fallback on the same weights is possible).
+    """
     items = question_set(cfg, prepared)
-    t0 = time.perf_counter()
-    outputs = generate(loaded.model, loaded.tokenizer, [it["question"] for it in items], **generation_kwargs(cfg))
+    questions = [it["question"] for it in items]
+    path = path or generation_path(cfg, run, stage)
+    while True:
+        plan = generation_plan(cfg, loaded, path, questions)
+        print(f"{stage}: generation path {path.path} ({path.weights}): {path.reason}", flush=True)
+        print(f"{stage}: batch {plan.batch_size} for {len(questions)} questions: {plan.reason}", flush=True)
+        stats: dict[str, Any] = {}
+        t0 = time.perf_counter()
+        try:
+            outputs = generate(loaded.model, loaded.tokenizer, questions, **generation_kwargs(cfg, plan, path),
+                               stats=stats)
+            break
+        except Exception as e:
+            why = _failure(e)
+            nxt = _fallback(cfg, path, why, "generate")
+            if nxt is None or (reload is None and not same_weights(path, nxt)):
+                raise
+        print(f"{stage}: generation path {path.path} failed ({why[:200]}): falling back to {nxt.path}", flush=True)
+        free_memory()
+        if not same_weights(path, nxt):
+            loaded, nxt = reload(nxt)
+        path = nxt
     seconds = time.perf_counter() - t0
     records = [{**it, **out, "model": stage} for it, out in zip(items, outputs)]
     write_jsonl_atomic(run.path(stage), records)
     new_tokens = sum(r["new_tokens"] for r in records)
-    run.write_manifest(cfg, stage, questions=len(records), seconds=round(seconds, 2),
-                       generated_tokens=new_tokens, tokens_per_second=round(new_tokens / max(seconds, 1e-9), 1),
-                       backend=loaded.backend.name)
+    tps = round(new_tokens / max(seconds, 1e-9), 1)
+    device = loaded.device.type
+    print(f"{stage}: {new_tokens} tokens in {seconds:.1f} s ({tps} tokens/s); peak GPU memory reserved "
+          f"{stats.get('peak_gpu_reserved_gib', 'n/a')} GiB", flush=True)
+    run.write_manifest(cfg, stage, questions=len(records), seconds=round(seconds, 2), generated_tokens=new_tokens,
+                       tokens_per_second=tps, backend=loaded.backend.name, generation_path=path.path,
+                       batch_size=plan.batch_size, peak_gpu_reserved_gib=stats.get("peak_gpu_reserved_gib"),
+                       generation={**path.record(), "device": device, "model_class": type(loaded.model).__name__,
+                                   "plan": asdict(plan), "stats": stats, "gpu_gib_cap": gpu_cap_gib()})
     return records
+
+
+def zero_adapter(cfg: Config, loaded: Loaded, path: GenerationPath) -> tuple[Loaded, Any]:
+    """On the static_16bit path, the base model wrapped in a LoRA adapter of cfg.lora's shape whose B is zero,
+    and a function that takes it off again (the model passed in is restored in place).
+
+    B = 0 makes every adapter's contribution exactly zero, so the outputs are the base model's bit for bit,
+    while the decoding step has the same graph as the fine-tuned model's in stage 04: that one's compilation
+    then comes from torch's compile cache, and both models run the same kernels. Elsewhere (no compilation)
+    and on any failure, the model is returned as it is.
+    """
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    if path.path != "static_16bit" or isinstance(loaded.model, PeftModel):
+        return loaded, lambda: None
+    lc = cfg.lora
+    try:
+        wrapped = get_peft_model(loaded.model, LoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout,
+                                                          bias=lc.bias, target_modules=list(lc.target_modules),
+                                                          task_type="CAUSAL_LM"))
+        wrapped.requires_grad_(False)
+        wrapped.eval()
+        if any(float(p.abs().max()) != 0.0 for n, p in wrapped.named_parameters() if "lora_B" in n):
+            wrapped.unload()
+            raise ValueError("lora_B was not initialised to zero")
+    except Exception as e:
+        print(f"baseline: generating without a zero adapter ({type(e).__name__}: {str(e)[:200]})", flush=True)
+        return loaded, lambda: None
+    return Loaded(wrapped, loaded.tokenizer, loaded.backend), wrapped.unload
 
 
 def baseline(cfg: Config, run: Run, prepared, loaded: Loaded | None = None, force: bool = False) -> list[dict[str, Any]]:
     """Generations of the base model (stage 01), reused when current.
 
-    `loaded`: the base model already loaded with cfg.model's values and switched to inference
-    (`for_inference`); without it the model is loaded here, only if the generations must be made.
+    `loaded`: the base model already loaded for `generation_path(cfg, run, "baseline")` and switched to
+    inference (`for_inference`); without it (or when it was loaded otherwise) the model is loaded here,
+    only if the generations must be made. On the static_16bit path it generates through a zero LoRA
+    adapter (`zero_adapter`: the base model's outputs exactly, the fine-tuned model's compiled graph),
+    taken off again afterwards.
     """
 
     def make() -> list[dict[str, Any]]:
-        from r1helpers.modeling.load import for_inference
-
-        model = loaded if loaded is not None else for_inference(load_base_for(cfg))
-        return generate_stage(cfg, run, "baseline", model, prepared)
+        path = generation_path(cfg, run, "baseline")
+        model = loaded
+        if model is not None and not _matches(model, path):
+            print(f"baseline: the model passed in ({model.backend.name}, {model.backend.dtype}, 4-bit "
+                  f"{model.backend.load_in_4bit}) is not what generation path {path.path} needs ({path.weights}, "
+                  f"{path.backend}): loading that", flush=True)
+            model = None
+        if model is None:
+            model, path = load_for_generation(cfg, path)
+        model, take_off = zero_adapter(cfg, model, path)
+        try:
+            return generate_stage(cfg, run, "baseline", model, prepared, path,
+                                  reload=lambda p: load_for_generation(cfg, p))
+        finally:
+            take_off()
 
     return run.reuse_or_build(cfg, "baseline", make, lambda: read_jsonl(run.path("baseline")), force=force)
 
@@ -559,7 +752,8 @@ class FinetunedModel:
     """Base + adapter, loaded on first use, then shared by stage 04's generation and its scoring.
 
     Nothing loads when the run folder's generations and comparison are both reused; otherwise
-    the model loads once. `adapter_dir` None means the run's own adapter (trained first when
+    the model loads once, for the generation path (`generation_path(cfg, run, "finetuned")`: the
+    baseline's when current). `adapter_dir` None means the run's own adapter (trained first when
     missing or made with other settings). `loads` counts the loads, `release()` frees the memory.
     """
 
@@ -569,6 +763,7 @@ class FinetunedModel:
         self._adapter_dir = None if adapter_dir is None else Path(adapter_dir)
         self._trained: TrainResult | None = None
         self._loaded: Loaded | None = None
+        self.path: GenerationPath | None = None
         self.loads = 0
 
     def _train(self) -> TrainResult:
@@ -587,11 +782,17 @@ class FinetunedModel:
 
     def get(self) -> Loaded:
         if self._loaded is None:
-            from r1helpers.modeling.load import for_inference
-
-            self._loaded = for_inference(load_finetuned_for(self.cfg, self.adapter_dir))
+            adapter = self.adapter_dir  # trains first when needed, before the path looks at the GPU's memory
+            path = self.path or generation_path(self.cfg, self.run, "finetuned")
+            self._loaded, self.path = load_for_generation(self.cfg, path, adapter)
             self.loads += 1
         return self._loaded
+
+    def switch(self, path: GenerationPath) -> tuple[Loaded, GenerationPath]:
+        """Load again for another generation path (a fallback); returns the model and the path it loaded for."""
+        self.release()
+        self.path = path
+        return self.get(), self.path
 
     def release(self) -> None:
         """Drop the weights (GPU memory back to the allocator); a later get() loads again."""
@@ -606,11 +807,16 @@ def finetuned(cfg: Config, run: Run, prepared, force: bool = False,
               loaded: FinetunedModel | None = None) -> list[dict[str, Any]]:
     """Generations of base + adapter (stage 04); trains first if the adapter is missing or stale.
 
-    Pass `loaded` (a FinetunedModel) to share one loaded model with `compare`.
+    Pass `loaded` (a FinetunedModel) to share one loaded model with `compare`. The generation path is
+    the baseline's when its generations are current, so both models decode alike.
     """
     model = loaded if loaded is not None else FinetunedModel(cfg, run, prepared)
-    return run.reuse_or_build(cfg, "finetuned", lambda: generate_stage(cfg, run, "finetuned", model.get(), prepared),
-                              lambda: read_jsonl(run.path("finetuned")), force=force)
+
+    def make() -> list[dict[str, Any]]:
+        lm = model.get()
+        return generate_stage(cfg, run, "finetuned", lm, prepared, model.path, reload=model.switch)
+
+    return run.reuse_or_build(cfg, "finetuned", make, lambda: read_jsonl(run.path("finetuned")), force=force)
 
 
 # ---- 04 comparison ------------------------------------------------------------------------------
@@ -622,19 +828,35 @@ def nll_rows(cfg: Config, prepared) -> list[dict[str, Any]]:
 
 
 def decoding_used(run: Run) -> dict[str, dict[str, Any] | None]:
-    """The infer settings each generation stage recorded in its manifest (None: not generated yet)."""
+    """The infer settings each generation stage recorded in its manifest, with its generation path and
+    weights (None: not generated yet)."""
     out = {}
     for stage in ("baseline", "finetuned"):
         manifest = run.read_manifest(stage)
-        out[stage] = manifest["settings"].get("infer") if manifest else None
+        if manifest is None or manifest["settings"].get("infer") is None:
+            out[stage] = None
+            continue
+        gen = manifest.get("generation") or {}
+        out[stage] = {**manifest["settings"]["infer"], "generation_path": manifest.get("generation_path"),
+                      "weights": gen.get("weights")}
     return out
 
 
 def check_same_decoding(run: Run) -> None:
-    """Both generation stages must have used one decoding setup, or the comparison is not fair."""
+    """Both generation stages must have used one decoding setup and one generation path (same weights,
+    same KV cache), or the comparison is not fair."""
     used = decoding_used(run)
-    if all(v is not None for v in used.values()) and used["baseline"] != used["finetuned"]:
+    if any(v is None for v in used.values()):
+        return
+    path_keys = ("generation_path", "weights")
+    b, f = used["baseline"], used["finetuned"]
+    if {k: v for k, v in b.items() if k not in path_keys} != {k: v for k, v in f.items() if k not in path_keys}:
         raise ValueError("baseline and fine-tuned generations used different infer settings; rerun stages 01 and 04")
+    if [b[k] for k in path_keys] != [f[k] for k in path_keys]:
+        raise ValueError(
+            f"baseline and fine-tuned generations took different generation paths (baseline: {b['generation_path']}, "
+            f"{b['weights']}; fine-tuned: {f['generation_path']}, {f['weights']}), so their decoding differs; set "
+            "infer.path to one path and rerun stages 01 and 04")
 
 
 def comparison_settings(cfg: Config) -> dict[str, Any]:

@@ -38,8 +38,19 @@ example (`tests/test_prompts.py` checks this). The tokenizer adds the begin-of-s
 not part of the text."""),
     ("md", """## Loading the base model
 
-`choose_backend(cfg)` decides the backend and the dtype for this GPU (notebook 00 shows the reasons), and
-`load_base` loads the model with plain arguments:
+First, how to generate. `steps.generation_path(cfg, run, "baseline")` picks the generation path for this notebook
+and for notebook 04 (`infer.path`; `auto` takes the fastest one this GPU and the installed libraries offer, and
+says why):
+
+- `static_16bit`: the base weights in 16-bit with a static KV cache, whose decoding step transformers compiles
+  (about a minute, once) and then runs as CUDA graphs. It needs room for 16-bit weights (about 16 GB for the 8B
+  model) beside the cache, so `auto` takes it on an A100 or H100, not on a 16 GB T4. The fine-tuned model later
+  gets the LoRA adapter as a separate module, not merged into the 16-bit weights.
+- `unsloth`: the 4-bit weights through Unsloth's inference path: the choice on a T4.
+- `dynamic`: plain generation with the dynamic KV cache, on a CPU or where Unsloth is not available.
+
+Both models of the comparison use one path, with the same weights and cache: notebook 04 follows the path recorded
+here. `load_base` then loads the model with plain arguments, taken from that path:
 
 - `name`: the Hub id or a local folder (`model.name`);
 - `max_seq_length`: the longest sequence Unsloth prepares the model for (`model.max_seq_length`); the transformers
@@ -47,17 +58,18 @@ not part of the text."""),
 - `load_in_4bit`: store the weights in 4-bit nf4 with bitsandbytes (QLoRA), about 5.5 GB instead of 16 GB for the
   8B model; CUDA only;
 - `dtype`: bf16 or fp16 on a GPU, float32 on a CPU;
-- `backend`: `"unsloth"` or `"transformers"`.
+- `backend`: `"unsloth"` or `"transformers"` (notebook 00 shows why this GPU gets which).
 
 `for_inference` then switches the model to evaluation mode with the key-value cache on (and, with Unsloth, to its
 faster generation path). The model is loaded once in this notebook and passed on to every generation below."""),
-    ("code", """from r1helpers.core.hardware import choose_backend
-from r1helpers.modeling import load
-choice = choose_backend(cfg)
-loaded = load.load_base(cfg.model.name, max_seq_length=cfg.model.max_seq_length, load_in_4bit=choice.load_in_4bit,
-                        dtype=choice.dtype, backend=choice.name, revision=cfg.model.revision)
+    ("code", """from r1helpers.modeling import load
+from r1helpers.workflow import steps
+gen_path = steps.generation_path(cfg, run, "baseline")  # infer.path: how both models generate, and why
+print(f"generation path {gen_path.path}: {gen_path.reason}")
+loaded = load.load_base(cfg.model.name, max_seq_length=cfg.model.max_seq_length, load_in_4bit=gen_path.load_in_4bit,
+                        dtype=gen_path.dtype, backend=gen_path.backend, revision=cfg.model.revision)
 loaded = load.for_inference(loaded)
-print(f"{choice.name} ({choice.reason}); dtype {choice.dtype}; 4-bit {choice.load_in_4bit}; on {loaded.device}")"""),
+print(f"{gen_path.backend}; weights {gen_path.weights}; on {loaded.device}")"""),
     ("md", """The prompt as token ids, and its last tokens. In the R1 tokenizer `<think>` is one token of its own, so the
 model's first generated token follows it directly."""),
     ("code", """prompt_ids = prompts.encode_prompt(loaded.tokenizer, question)
@@ -73,8 +85,10 @@ output into reasoning and answer. The decoding settings come from `cfg.infer`, v
 - `do_sample=False`: greedy decoding, the most likely token each step. It makes the baseline and fine-tuned runs
   repeatable and comparable. `temperature` and `top_p` apply only when `do_sample=True` (DeepSeek suggests 0.6 and
   0.95 for sampling); `seed` fixes the sampling.
-- `batch_size`: how many questions are generated together. Prompts are padded on the left to a common length, so
-  that every row's next token comes at the same position; here there is one question, so one batch.
+- `batch_size`: how many questions are generated together (0, the default: as many as the GPU's free memory holds,
+  planned from the KV cache each row needs at the longest prompt plus `max_new_tokens`; 8 on a CPU). Prompts are
+  padded on the left to a common length, so that every row's next token comes at the same position; here there is
+  one question, so one batch, with the dynamic KV cache (one question is not worth compiling a decoding step for).
 - `stream`: prints the answer as it is generated (never in a headless run)."""),
     ("code", """from r1helpers.inference.generate import generate
 i = cfg.infer
@@ -104,24 +118,31 @@ Notebook 04 reports these shares for both models, because a mean over answers th
     ("md", """## The held-out questions, through the run folder
 
 `steps.baseline(cfg, run, prepared, loaded=loaded)` generates the example question(s) plus the first
-`infer.num_eval_questions` held-out questions, which training never sees, in batches of `infer.batch_size`, with the
-decoding settings above, and writes `baseline/generations.jsonl`. When the run folder already holds generations made
+`infer.num_eval_questions` held-out questions, which training never sees, with the decoding settings above on the
+generation path chosen earlier, and writes `baseline/generations.jsonl`. It prints the path and the batch plan:
+with `infer.batch_size=0` the batch is the largest whose KV cache fits the GPU memory left after the weights
+(`inference.plan.plan_generation`), questions sorted by prompt length, longest first. A row that has finished still
+rides along, decoding padding, until every row of its batch has finished or reached `max_new_tokens` (the batch
+stops as soon as all rows have produced EOS); sorting keeps rows of similar length together. If the path fails (the
+compiled decoding step does not build, say), the stage falls back to the next path and records why. When the run folder already holds generations made
 with the same model, data and `infer` settings, it reuses them instead, and the model passed in is not used. The
 held-out split comes from `steps.prepare`, which reuses notebook 02's output or builds it with the tokenizer already
 loaded. The example question is generated again, this time in a batch with held-out questions, so that this file
 and notebook 04's `finetuned/generations.jsonl` hold the same question set. Its answer can differ in a few tokens
 from the one above: padding a prompt in a batch changes the arithmetic slightly, and greedy decoding follows any
 change in the most likely token."""),
-    ("code", """from r1helpers.workflow import steps
-prepared = steps.prepare(cfg, run, tokenizer=loaded.tokenizer)  # notebook 02's splits (built here if missing)
+    ("code", """prepared = steps.prepare(cfg, run, tokenizer=loaded.tokenizer)  # notebook 02's splits (built here if missing)
 baseline = steps.baseline(cfg, run, prepared, loaded=loaded)  # reuses or writes baseline/generations.jsonl
 show.generations_table(baseline)"""),
     ("md", """## Results
 
 How the base model's answers ended: how many questions, the share that closed `</think>`, the share that reached EOS
-(the rest were cut at `max_new_tokens`), the mean number of new tokens, and the speed over the whole stage (new
-tokens per second of generation, all batches together). Written to `results/01.json`."""),
+(the rest were cut at `max_new_tokens`), the mean number of new tokens, the speed over the whole stage (new
+tokens per second of generation, all batches together, a compilation included), and the generation plan the
+manifest recorded: path, batch and peak GPU memory reserved. Written to `results/01.json`."""),
     ("code", """from r1helpers.inference.generate import summarize
 manifest = run.read_manifest("baseline")
-show.record_results(run, "01", {**summarize(baseline), "tokens per second": manifest["tokens_per_second"]})"""),
+show.record_results(run, "01", {**summarize(baseline), "tokens per second": manifest["tokens_per_second"],
+                                "generation path": manifest.get("generation_path"), "batch": manifest.get("batch_size"),
+                                "peak GPU GiB reserved": manifest.get("peak_gpu_reserved_gib")})"""),
 ]

@@ -32,20 +32,21 @@ here first (training included), so this notebook also works opened alone. The mu
 network. The last cell writes `results/04.json`.
 
 **How long.** Estimates for a Kaggle T4 from the benchmark numbers, not measurements: loading the 8B model in
-4-bit about 2 minutes; generating the example and 50 held-out answers of up to 1,200 tokens at batch 8 (roughly
-15-25 tokens/s per sequence) about 6-9 minutes; teacher-forced NLL of 50 rows, adapter off and on, 2-3 minutes;
-multiple-choice option likelihoods for 50 questions, both models, 1-2 minutes; and generated multiple-choice
-answers for 50 questions, both models, about 12-19 minutes. **About 25-35 minutes in all**, or 10-15 minutes with
-`compare.mcq_generate = False`. The CPU profile's tiny model takes about a minute."""),
+4-bit about 2 minutes; generating the example and 50 held-out answers of up to 1,200 tokens, in batches planned
+from the GPU's memory (roughly 15-25 tokens/s per sequence), several minutes; teacher-forced NLL of 50 rows,
+adapter off and on, 2-3 minutes; multiple-choice option likelihoods for 50 questions, both models, 1-2 minutes;
+and generated multiple-choice answers for 50 questions, both models, about 12-19 minutes. **About 25-35 minutes
+in all**, or 10-15 minutes with `compare.mcq_generate = False`. The CPU profile's tiny model takes about a
+minute."""),
     ("md", """## The settings this chapter uses
 
 Two config sections decide everything below. `infer` is the decoding, shared by every generation here: greedy
 (`do_sample=False`) or sampling with `temperature`/`top_p`, at most `max_new_tokens` per answer, `batch_size`
-questions at once, the recipe's `example_questions` plus the first `num_eval_questions` held-out questions.
-`compare` is the scoring: `nll_rows` held-out rows scored teacher-forced (0: all), the `embedding_model` for
-semantic similarity, the `bootstrap_samples` and their `seed`, the multiple-choice set (`mcq_source`,
-`mcq_split`, `mcq_rows`), whether the models also answer it by generation (`mcq_generate`), and
-`primary_metric`."""),
+questions at once (0: as many as the GPU's memory holds), the generation `path` (chapter 01 explains the
+choice), the recipe's `example_questions` plus the first `num_eval_questions` held-out questions. `compare` is
+the scoring: `nll_rows` held-out rows scored teacher-forced (0: all), the `embedding_model` for semantic
+similarity, the `bootstrap_samples` and their `seed`, the multiple-choice set (`mcq_source`, `mcq_split`,
+`mcq_rows`), whether the models also answer it by generation (`mcq_generate`), and `primary_metric`."""),
     ("code", """from r1helpers.core import show
 from r1helpers.evaluate import compare
 from r1helpers.workflow import steps
@@ -77,13 +78,15 @@ loaded model serves the generation here, the teacher-forced scoring and the mult
 For the base side of those scores the adapter is switched off (`with model.disable_adapter():`), which gives
 exactly the base weights: an 8B model is loaded once in this chapter, not twice. When the run folder already
 holds current generations and a current comparison, nothing loads at all. `steps.finetuned` generates with
-exactly the questions and `cfg.infer` settings the base model had."""),
+exactly the questions and `cfg.infer` settings the base model had, on the generation path the base model's
+generations recorded (same weights, same KV cache); it prints that path and its batch plan when it generates."""),
     ("code", """tuned_model = steps.FinetunedModel(cfg, run, prepared)  # loads on first use, then shared
 tuned = steps.finetuned(cfg, run, prepared, loaded=tuned_model)
 show.generations_table(tuned)"""),
     ("md", """A comparison is only fair when both models decoded the same way. Each generation stage recorded its
-`infer` settings in its manifest; the two columns below must be identical, and `steps.compare` refuses to run
-when they are not (rerun chapter 01 and this one with one setting)."""),
+`infer` settings, its generation path and the weights it ran on (4-bit or 16-bit) in its manifest; the two columns
+below must be identical, and `steps.compare` refuses to run when they are not (rerun chapter 01 and this one with
+one setting). The batch may differ between the two (the adapter takes a little memory); it changes no setting."""),
     ("code", """import pandas as pd
 pd.DataFrame(steps.decoding_used(run))"""),
     ("md", """## The multiple-choice set

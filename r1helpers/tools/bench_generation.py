@@ -1,0 +1,269 @@
+"""Each generation path measured on the 8B shape: tokens/s and peak GPU memory at the planned batch.
+
+    tools/gpu_run.sh genpaths                      # = python -m r1helpers.tools.bench_generation
+    python -m r1helpers.tools.bench_generation --gpu-gib 15 --paths unsloth   # a T4's memory
+
+The model is bench_series' random bf16 Llama-3.1-8B shape with the tiny tokenizer; the adapter a random
+LoRA (r 16, alpha 16, all seven projections, B not zero) written beside it. Each path runs in its own
+process (importing Unsloth patches transformers for the whole process), loads base + adapter the way the
+generation stages do (`workflow.steps.load_for_generation`), plans the batch (`generation_plan`) and
+generates `--new-tokens` for `--prompts` of the bundled sample questions with `inference.generate.generate`:
+
+- static_16bit: bf16 weights + LoRA, static KV cache; a first call (which compiles the decoding step), then
+  a second, timed alone; then checks that its first 16 greedy tokens on 4 prompts agree with dynamic-cache
+  batch-1 generation on the same weights (and, for scale, how far batched dynamic generation agrees);
+- dynamic_16bit: the same weights with the dynamic cache (what the static cache buys);
+- unsloth: 4-bit base + LoRA through Unsloth's inference path;
+- dynamic_4bit: transformers + bitsandbytes 4-bit + LoRA, dynamic cache (the fallback; not run by default).
+
+Random weights seldom emit EOS, so nearly every row runs to `--new-tokens`. One JSON line per
+measurement, prefixed `GENPATH `. A benchmark prints measurements; nothing here is a timed test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+DEFAULT_PATHS = ("static_16bit", "dynamic_16bit", "unsloth")
+ALL_PATHS = (*DEFAULT_PATHS, "dynamic_4bit")
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def build_adapter(model_dir: Path, out: Path, r: int = 16, alpha: int = 16, seed: int = 0) -> Path:
+    """A random LoRA adapter for `model_dir`'s shapes, written without loading the model (B ~ N(0, 0.02))."""
+    import torch
+    from peft import LoraConfig
+    from safetensors.torch import save_file
+    from transformers import AutoConfig
+
+    from r1helpers.modeling.load import lora_shapes
+
+    if (out / "adapter_model.safetensors").is_file():
+        return out
+    dims = AutoConfig.from_pretrained(str(model_dir))
+    shapes = lora_shapes(dims)
+    where = {m: "self_attn" if m in ("q_proj", "k_proj", "v_proj", "o_proj") else "mlp" for m in LORA_TARGETS}
+    g = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for layer in range(dims.num_hidden_layers):
+        for m in LORA_TARGETS:
+            fan_in, fan_out = shapes[m]
+            key = f"base_model.model.model.layers.{layer}.{where[m]}.{m}"
+            tensors[f"{key}.lora_A.weight"] = (torch.randn(r, fan_in, generator=g) / fan_in**0.5).to(torch.bfloat16)
+            tensors[f"{key}.lora_B.weight"] = (torch.randn(fan_out, r, generator=g) * 0.02).to(torch.bfloat16)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(out / "adapter_model.safetensors"))
+    LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=LORA_TARGETS, task_type="CAUSAL_LM",
+               base_model_name_or_path=str(model_dir)).save_pretrained(str(out))
+    return out
+
+
+def _config(model_dir: str, path: str, new_tokens: int):
+    from r1helpers.core.config import load_config
+
+    infer_path = {"dynamic_16bit": "dynamic", "dynamic_4bit": "dynamic"}.get(path, path)
+    over = {"model.name": model_dir, "infer.path": infer_path, "infer.max_new_tokens": new_tokens,
+            "model.backend": "unsloth" if path == "unsloth" else "transformers"}
+    if path == "dynamic_16bit":
+        over["model.load_in_4bit"] = False
+    return load_config("seed", over)
+
+
+def _timed(loaded, questions, cfg, plan, gp) -> tuple[dict[str, Any], list[dict]]:
+    import torch
+
+    from r1helpers.inference.generate import generate
+    from r1helpers.workflow.steps import generation_kwargs
+
+    stats: dict[str, Any] = {}
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    records = generate(loaded.model, loaded.tokenizer, questions, **{**generation_kwargs(cfg, plan, gp),
+                                                                      "progress": False, "stream": False}, stats=stats)
+    torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    tokens = sum(r["new_tokens"] for r in records)
+    decode_s, decode_tokens = sum(stats["decode_seconds"]), sum(stats["decode_tokens"])
+    return {"seconds": round(seconds, 2), "generated_tokens": tokens, "tokens_per_second": round(tokens / seconds, 1),
+            "warmup_seconds": stats["warmup_seconds"], "decode_tokens_per_second":
+            round(decode_tokens / decode_s, 1) if decode_s else None,
+            "peak_reserved_gib": stats.get("peak_gpu_reserved_gib"), "batches": stats.get("batches"),
+            "oom_retries": stats.get("oom_retries")}, records
+
+
+def _first_tokens(loaded, questions: list[str], rows: list[int], n: int, **extra) -> list[list[int]]:
+    """Greedy token ids (the first `n`) of `rows` of `questions` generated as one left-padded batch."""
+    import torch
+
+    from r1helpers.core import prompts
+
+    tok = loaded.tokenizer
+    enc = tok([prompts.build_prompt(questions[i]) for i in rows], return_tensors="pt", padding=True).to(loaded.device)
+    with torch.inference_mode():
+        out = loaded.model.generate(**enc, max_new_tokens=n, do_sample=False, temperature=None, top_p=None, top_k=None,
+                                    eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **extra)
+    return out[:, enc["input_ids"].shape[1]:].tolist()
+
+
+def _agree(a: list[int], b: list[int]) -> int:
+    """Tokens the two sequences share from the start."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def equality_check(loaded, questions: list[str], plan_batch: int, max_cache_len: int, n: int = 16,
+                   k: int = 4) -> dict[str, Any]:
+    """The static path's first `n` greedy tokens on `k` prompts against dynamic-cache batch-1 generation.
+
+    The static batch is the planned batch's first one (same shape as measured, so no new compilation);
+    batched dynamic generation of the same rows shows how much bf16 batching alone moves the tokens."""
+    from r1helpers.core import prompts
+    from r1helpers.inference.plan import order_by_length
+
+    tok = loaded.tokenizer
+    order = order_by_length([len(tok(prompts.build_prompt(q))["input_ids"]) for q in questions])
+    first = order[:plan_batch]
+    picks = [first[j * (len(first) - 1) // max(1, k - 1)] for j in range(k)] if len(first) >= k else first
+    static = _first_tokens(loaded, questions, first, n, cache_implementation="static", max_cache_len=max_cache_len)
+    dynamic = _first_tokens(loaded, questions, first, n)
+    single = {i: _first_tokens(loaded, questions, [i], n)[0] for i in picks}
+    rows = {i: first.index(i) for i in picks}
+    s_agree = [_agree(static[rows[i]], single[i]) for i in picks]
+    d_agree = [_agree(dynamic[rows[i]], single[i]) for i in picks]
+    return {"check": "static_16bit vs dynamic batch-1, first tokens", "tokens": n, "check_prompts": len(picks),
+            "static_agrees_tokens": s_agree, "batched_dynamic_agrees_tokens": d_agree,
+            "static_equal": all(a == n for a in s_agree), "static_equals_batched_dynamic":
+            [static[rows[i]] == dynamic[rows[i]] for i in picks]}
+
+
+def run_path(path: str, model_dir: str, adapter_dir: str, prompts_n: int, new_tokens: int) -> list[dict[str, Any]]:
+    """One path in this process: load as the stages do, plan, generate (twice for static_16bit), measure."""
+    from r1helpers.core.hardware import unsloth_importable
+
+    # As in a notebook, where r1helpers.start() imports Unsloth on a GPU that supports it (it patches torch.compile
+    # settings and transformers for the whole process), before anything else loads.
+    unsloth_imported, _ = unsloth_importable()
+    import torch
+
+    from r1helpers.data import load_sample_rows
+    from r1helpers.inference.paths import apply_gpu_cap, gpu_cap_gib
+    from r1helpers.workflow.steps import generation_path, generation_plan, load_for_generation
+
+    apply_gpu_cap(gpu_cap_gib())
+    cfg = _config(model_dir, path, new_tokens)
+    questions = [r["Question"] for r in load_sample_rows()][:prompts_n]
+    base: dict[str, Any] = {"measure": path, "prompts": len(questions), "new_tokens": new_tokens,
+                            "gpu": torch.cuda.get_device_name(), "gpu_gib_cap": gpu_cap_gib(),
+                            "unsloth_imported": unsloth_imported}
+    t0 = time.perf_counter()
+    gp = generation_path(cfg)
+    loaded, gp = load_for_generation(cfg, gp, Path(adapter_dir))
+    base.update(load_seconds=round(time.perf_counter() - t0, 1), generation_path=gp.path, weights=gp.weights,
+                path_reason=gp.reason, passed_over=gp.passed_over,
+                weights_gib=round(torch.cuda.memory_allocated() / 2**30, 2))
+    plan = generation_plan(cfg, loaded, gp, questions)
+    base.update(batch=plan.batch_size, plan_reason=plan.reason)
+    out = []
+    first, records = _timed(loaded, questions, cfg, plan, gp)
+    if gp.path == "static_16bit":
+        from torch._dynamo.utils import counters
+
+        inner = loaded.model.get_base_model() if hasattr(loaded.model, "get_base_model") else loaded.model
+        base["compiled"] = hasattr(inner, "_compiled_call")
+        base["dynamo_unique_graphs"] = counters["stats"]["unique_graphs"]
+        base["dynamo_graph_breaks"] = sum(counters["graph_break"].values())
+        base["suppress_errors"] = bool(torch._dynamo.config.suppress_errors)
+        out.append({**base, **first, "call": "first (compiles the decoding step)"})
+        torch.cuda.reset_peak_memory_stats()
+        second, _ = _timed(loaded, questions, cfg, plan, gp)
+        out.append({**base, **second, "call": "second (compiled)"})
+        from r1helpers.inference.generate import prompt_lengths
+
+        max_cache_len = max(prompt_lengths(loaded.tokenizer, questions)) + new_tokens
+        try:
+            out.append({**base, **equality_check(loaded, questions, plan.batch_size, max_cache_len)})
+        except Exception as e:  # report, keep the measurements
+            out.append({**base, "check": "static_16bit equality", "error": f"{type(e).__name__}: {str(e)[:300]}"})
+    else:
+        out.append({**base, **first, "call": "first"})
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--work", default="/tmp/r1series", help="model and adapter go here (shared with bench_series)")
+    p.add_argument("--paths", default=",".join(DEFAULT_PATHS), help=f"some of {','.join(ALL_PATHS)}")
+    p.add_argument("--prompts", type=int, default=50)
+    p.add_argument("--new-tokens", type=int, default=256)
+    p.add_argument("--gpu-gib", type=float, default=None, help="cap each path's process at this much GPU memory")
+    p.add_argument("--timeout", type=int, default=240, help="seconds one path may take")
+    p.add_argument("--out", default=None, help="JSON lines file")
+    p.add_argument("--one", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--model", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--adapter", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.one:
+        try:
+            rows = run_path(args.one, args.model, args.adapter, args.prompts, args.new_tokens)
+        except Exception as e:
+            import traceback
+
+            traceback.print_exc()
+            rows = [{"measure": args.one, "error": f"{type(e).__name__}: {str(e)[:400]}"}]
+        for r in rows:
+            print("GENPATH " + json.dumps(r), flush=True)
+        return 0
+    import torch
+
+    if not torch.cuda.is_available():
+        print("the generation-path benchmark needs a CUDA GPU", file=sys.stderr)
+        return 2
+    from r1helpers.tools.bench_series import build_model
+
+    unknown = [x for x in args.paths.split(",") if x not in ALL_PATHS]
+    if unknown:
+        p.error(f"--paths: unknown {unknown}; choose from {ALL_PATHS}")
+    work = Path(args.work)
+    t0 = time.perf_counter()
+    model = build_model(work / "llama8b-random-tinytok")
+    adapter = build_adapter(model, work / "genpaths-adapter")
+    print(f"model and adapter ready in {time.perf_counter() - t0:.0f} s", flush=True)
+    env = {**os.environ, "R1HELPERS_HEADLESS": "1"}
+    if args.gpu_gib:
+        env["R1HELPERS_GPU_GIB"] = str(args.gpu_gib)
+    results = []
+    for path in args.paths.split(","):
+        cmd = [sys.executable, "-m", "r1helpers.tools.bench_generation", "--one", path, "--model", str(model),
+               "--adapter", str(adapter), "--prompts", str(args.prompts), "--new-tokens", str(args.new_tokens)]
+        t1 = time.perf_counter()
+        try:
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
+            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("GENPATH ")]
+            rows = [json.loads(ln[len("GENPATH "):]) for ln in lines]
+            if not rows:
+                rows = [{"measure": path, "error": f"exit {proc.returncode}: {proc.stderr[-600:]}"}]
+        except subprocess.TimeoutExpired:
+            rows = [{"measure": path, "error": f"over {args.timeout} s"}]
+        for r in rows:
+            r["process_seconds"] = round(time.perf_counter() - t1, 1)
+            print("GENPATH " + json.dumps(r), flush=True)
+        results += rows
+    if args.out:
+        Path(args.out).write_text("".join(json.dumps(r) + "\n" for r in results))
+    print(f"genpaths: {time.perf_counter() - t0:.0f} s in all", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,246 @@
+"""Generation paths: which one each machine gets and why, that each gives the answers of plain batch-1
+generation, and that a failing path falls back with its reason recorded.
+
+    HF_HUB_OFFLINE=1 .venv/bin/python -m pytest -q tests/test_generation_paths.py
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from r1helpers.core import prompts
+from r1helpers.core.config import TINY_MODEL, load_config
+from r1helpers.core.runs import Run, write_jsonl_atomic
+from r1helpers.data import load_sample_rows
+from r1helpers.inference import paths
+from r1helpers.inference.generate import generate, plan_for_model
+from r1helpers.inference.paths import choose_generation_path, fallback_path
+from r1helpers.modeling import load
+from r1helpers.workflow import steps
+
+KV_ROW_8B = 128 * 1024 * 1400 / 2**30  # one row of the 8B's cache at 200 + 1200 tokens, ~0.17 GiB
+W16_8B = 15.0
+H200 = dict(on_gpu=True, gpu_gib=139.0, used_gib=0.6, weights_16bit_gib=W16_8B, kv_gib_per_row=KV_ROW_8B, rows=51)
+T4 = dict(on_gpu=True, gpu_gib=15.0, used_gib=0.4, weights_16bit_gib=W16_8B, kv_gib_per_row=KV_ROW_8B, rows=51)
+FOUR_BIT = dict(dtype="bfloat16", load_in_4bit=True)
+
+
+# ---- the choice ------------------------------------------------------------------------------------
+
+def test_large_gpu_takes_16bit_weights_with_a_static_cache():
+    p = choose_generation_path("auto", backend="unsloth", **FOUR_BIT, **H200)
+    assert (p.path, p.backend, p.load_in_4bit, p.dtype) == ("static_16bit", "transformers", False, "bfloat16")
+    assert p.cache_implementation == "static" and p.weights == "bfloat16" and p.kv_slack_tokens == 0
+    assert "fit in" in p.reason and "unmerged" in p.reason
+
+
+def test_t4_takes_unsloth_else_the_dynamic_cache_on_4bit_weights():
+    p = choose_generation_path("auto", backend="unsloth", dtype="float16", load_in_4bit=True, **T4)
+    assert (p.path, p.backend, p.load_in_4bit, p.dtype) == ("unsloth", "unsloth", True, "float16")
+    assert p.cache_implementation is None and p.kv_slack_tokens == paths.UNSLOTH_KV_INCREMENT
+    assert any(n.startswith("static_16bit:") and "do not fit" in n for n in p.passed_over)
+    q = choose_generation_path("auto", backend="transformers", dtype="float16", load_in_4bit=True, **T4)
+    assert (q.path, q.backend, q.load_in_4bit) == ("dynamic", "transformers", True)
+    assert q.weights == "4-bit nf4, float16 compute"
+
+
+def test_16bit_needs_room_for_min_rows_of_cache():
+    l4 = {**H200, "gpu_gib": 22.0}  # 16-bit weights fit, but not 32 rows of cache beside them
+    assert choose_generation_path("auto", backend="unsloth", **FOUR_BIT, **l4).path == "unsloth"
+    assert choose_generation_path("auto", backend="unsloth", **FOUR_BIT, **{**l4, "rows": 4}).path == "static_16bit"
+    # asked for explicitly, one row beside the weights is enough
+    assert choose_generation_path("static_16bit", backend="unsloth", **FOUR_BIT, **l4).path == "static_16bit"
+    told = choose_generation_path("static_16bit", backend="unsloth", **FOUR_BIT, **T4)
+    assert told.path == "unsloth" and "not even one row" in told.passed_over[0]
+
+
+def test_cpu_and_explicit_requests():
+    cpu = dict(on_gpu=False, backend="transformers", dtype="float32", load_in_4bit=False)
+    p = choose_generation_path("auto", **cpu)
+    assert (p.path, p.dtype, p.load_in_4bit) == ("dynamic", "float32", False) and "no GPU" in p.reason
+    s = choose_generation_path("static_16bit", **cpu)
+    assert (s.path, s.dtype, s.cache_implementation) == ("static_16bit", "float32", "static")
+    u = choose_generation_path("unsloth", **cpu)
+    assert u.path == "dynamic" and "needs an NVIDIA GPU" in u.passed_over[0]
+    d = choose_generation_path("dynamic", backend="unsloth", **FOUR_BIT, **H200)
+    assert (d.path, d.backend, d.load_in_4bit) == ("dynamic", "transformers", True)
+    t = choose_generation_path("unsloth", backend="transformers", **FOUR_BIT, **H200)
+    assert t.path == "dynamic" and "backend is transformers" in t.passed_over[0]
+    with pytest.raises(ValueError):
+        choose_generation_path("fastest", **cpu)
+
+
+def test_fallbacks_keep_the_reason_and_end_at_dynamic():
+    static = choose_generation_path("auto", backend="unsloth", **FOUR_BIT, **H200)
+    same = fallback_path(static, "BackendCompilerFailed: boom", failed_at="generate", backend="unsloth", **FOUR_BIT)
+    assert (same.path, same.load_in_4bit, same.dtype) == ("dynamic", False, "bfloat16")
+    assert paths.same_weights(static, same)
+    assert "static_16bit (bfloat16) failed to generate: BackendCompilerFailed: boom" in same.passed_over[-1]
+    unsl = fallback_path(static, "OutOfMemoryError", failed_at="load", backend="unsloth", **FOUR_BIT)
+    assert unsl.path == "unsloth" and unsl.load_in_4bit and not paths.same_weights(static, unsl)
+    dyn = fallback_path(unsl, "ImportError", failed_at="generate", backend="unsloth", **FOUR_BIT)
+    assert (dyn.path, dyn.backend, dyn.load_in_4bit) == ("dynamic", "transformers", True) and len(dyn.passed_over) == 2
+    assert fallback_path(dyn, "x", failed_at="generate", backend="unsloth", **FOUR_BIT) is None
+    assert fallback_path(static, "x", failed_at="load", backend="transformers", **FOUR_BIT).path == "dynamic"
+
+
+def test_gpu_cap_from_the_environment():
+    assert paths.gpu_cap_gib({}) is None and paths.gpu_cap_gib({paths.GPU_GIB_ENV: " 15 "}) == 15.0
+    for bad in ("fifteen", "0"):
+        with pytest.raises(ValueError, match=paths.GPU_GIB_ENV):
+            paths.gpu_cap_gib({paths.GPU_GIB_ENV: bad})
+
+
+# ---- the same answers on every path ------------------------------------------------------------------
+
+PLAIN = dict(max_seq_length=1024, load_in_4bit=False, dtype="float32", backend="transformers")
+NEW = 24
+
+
+@pytest.fixture(scope="module")
+def lora_model(tiny_model_dir):
+    """The tiny model in fp32 with a LoRA whose B is not zero, so the adapter changes the answers."""
+    from peft import LoraConfig, get_peft_model
+
+    base = load.load_base(TINY_MODEL, **PLAIN)
+    model = get_peft_model(base.model, LoraConfig(r=8, lora_alpha=16, task_type="CAUSAL_LM", target_modules=[
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.3)
+    return model.eval(), base.tokenizer
+
+
+def plain_batch_one(model, tok, question: str) -> list[int]:
+    """model.generate on one unpadded prompt with the dynamic cache: the reference."""
+    enc = tok(prompts.build_prompt(question), return_tensors="pt")
+    with torch.inference_mode():
+        out = model.generate(**enc, max_new_tokens=NEW, do_sample=False, temperature=None, top_p=None, top_k=None,
+                             eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    ids = out[0, enc["input_ids"].shape[1]:].tolist()
+    return ids[: ids.index(tok.eos_token_id)] if tok.eos_token_id in ids else ids
+
+
+@pytest.mark.parametrize("cache", [None, "static"])
+def test_each_path_gives_the_answers_of_plain_batch_one_generation(lora_model, cache):
+    model, tok = lora_model
+    questions = [r["Question"] for r in load_sample_rows()[:5]]
+    reference = [tok.decode(plain_batch_one(model, tok, q), skip_special_tokens=True) for q in questions]
+    stats: dict = {}
+    got = generate(model, tok, questions, max_new_tokens=NEW, batch_size=3, progress=False,
+                   cache_implementation=cache, stats=stats)
+    assert [r["generated"] for r in got] == reference
+    assert len({r["generated"] for r in got}) == len(questions), "distinct answers, so the check means something"
+    # The static cache fills the short last batch so the compiled step keeps one shape; the dynamic one does not.
+    assert stats["batches"] == ([3, 3] if cache == "static" else [3, 2])
+
+
+def test_batch_zero_plans_from_the_machine(lora_model):
+    model, tok = lora_model
+    questions = [r["Question"] for r in load_sample_rows()[:10]]
+    plan = plan_for_model(model, tok, questions, max_new_tokens=NEW)
+    assert plan.batch_size == 8 and "No GPU" in plan.reason
+    on_gpu = plan_for_model(model, tok, questions, max_new_tokens=1200, gpu_gib=15.0, used_gib=14.0)
+    assert on_gpu.batch_size >= 1 and on_gpu.tokens_per_row > 1200
+    stats: dict = {}
+    generate(model, tok, questions, max_new_tokens=2, batch_size=0, progress=False, stats=stats)
+    assert stats["batches"] == [8, 2]
+
+
+# ---- the stages --------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def small_cfg():
+    return load_config("cpu", {"infer.max_new_tokens": 6, "infer.num_eval_questions": 4, "data.train_rows": 8,
+                               "data.eval_rows": 4, "model.max_seq_length": 256, "data.overlong": "truncate"})
+
+
+@pytest.fixture(scope="module")
+def prepared_run(tmp_path_factory, tiny_model_dir, tokenizer, small_cfg):
+    run = Run.open(tmp_path_factory.mktemp("paths") / "run")
+    return run, steps.prepare(small_cfg, run, tokenizer)
+
+
+def test_baseline_records_the_path_and_the_plan(small_cfg, prepared_run, capsys):
+    run, prepared = prepared_run
+    records = steps.baseline(small_cfg, run, prepared, force=True)
+    m = run.read_manifest("baseline")
+    assert m["generation_path"] == "dynamic" and m["batch_size"] == len(records) == 5
+    assert m["tokens_per_second"] > 0 and m["peak_gpu_reserved_gib"] is None
+    g = m["generation"]
+    assert g["device"] == "cpu" and g["weights"] == "float32" and "No GPU" in g["plan"]["reason"]
+    assert g["stats"]["batches"] == [5]
+    out = capsys.readouterr().out
+    assert "baseline: generation path dynamic" in out and "baseline: batch 5 for 5 questions" in out
+    assert steps.decoding_used(run)["baseline"]["generation_path"] == "dynamic"
+
+
+def test_finetuned_follows_the_baseline_path(small_cfg, prepared_run):
+    run, prepared = prepared_run
+    static = choose_generation_path("static_16bit", on_gpu=False, backend="transformers", dtype="float32",
+                                    load_in_4bit=False)
+    write_jsonl_atomic(run.path("baseline"), [{"id": "x"}])
+    run.write_manifest(small_cfg, "baseline", generation_path="static_16bit",
+                       generation={**static.record(), "device": "cpu"})
+    followed = steps.generation_path(small_cfg, run, "finetuned")
+    assert followed.path == "static_16bit" and "the path baseline took" in followed.reason
+    assert steps.generation_path(small_cfg, run, "baseline").path == "dynamic", "auto decides afresh for itself"
+    forced = load_config("cpu", {**{"infer.path": "dynamic"}})
+    assert steps.generation_path(forced, run, "finetuned").path == "dynamic"
+
+
+def test_a_failing_static_path_falls_back_with_the_reason(small_cfg, prepared_run, capsys):
+    run, prepared = prepared_run
+    cfg = load_config("cpu", {"infer.path": "static_16bit", "infer.max_new_tokens": 6, "infer.num_eval_questions": 4,
+                              "data.train_rows": 8, "data.eval_rows": 4, "model.max_seq_length": 256,
+                              "data.overlong": "truncate"})
+    path = steps.generation_path(cfg, run, "baseline")
+    assert path.path == "static_16bit"
+    loaded, path = steps.load_for_generation(cfg, path)
+    real = loaded.model.generate
+    calls = []
+
+    def no_static(**kwargs):
+        calls.append(kwargs.get("cache_implementation"))
+        if kwargs.get("cache_implementation") == "static":
+            raise RuntimeError("compiling the decoding step failed")
+        return real(**kwargs)
+
+    loaded.model.generate = no_static
+    records = steps.baseline(cfg, run, prepared, loaded=loaded, force=True)
+    m = run.read_manifest("baseline")
+    assert len(records) == 5 and calls == ["static", None]
+    assert m["generation_path"] == "dynamic" and m["generation"]["weights"] == "float32"
+    assert "static_16bit (float32) failed to generate: RuntimeError: compiling the decoding step failed" in \
+        m["generation"]["passed_over"][-1]
+    assert "falling back to dynamic" in capsys.readouterr().out
+
+
+def test_static_baseline_is_the_base_model_through_a_zero_adapter(small_cfg, prepared_run):
+    """The static path generates through a LoRA with B = 0: the base model's answers, and the model passed in
+    comes back without adapter layers."""
+    run, prepared = prepared_run
+    dynamic = steps.baseline(small_cfg, run, prepared, force=True)
+    cfg = load_config("cpu", {"infer.path": "static_16bit", "infer.max_new_tokens": 6, "infer.num_eval_questions": 4,
+                              "data.train_rows": 8, "data.eval_rows": 4, "model.max_seq_length": 256,
+                              "data.overlong": "truncate"})
+    loaded, path = steps.load_for_generation(cfg, steps.generation_path(cfg, run, "baseline"))
+    static = steps.baseline(cfg, run, prepared, loaded=loaded, force=True)
+    m = run.read_manifest("baseline")
+    assert m["generation_path"] == "static_16bit" and m["generation"]["model_class"] == "PeftModelForCausalLM"
+    assert [r["generated"] for r in static] == [r["generated"] for r in dynamic]
+    assert not any("lora" in name for name, _ in loaded.model.named_modules())
+
+
+def test_different_paths_are_refused(small_cfg, tmp_path):
+    run = Run.open(tmp_path / "run")
+    rec = choose_generation_path("auto", on_gpu=False, backend="transformers", dtype="float32", load_in_4bit=False)
+    run.write_manifest(small_cfg, "baseline", generation_path="static_16bit", generation={"weights": "bfloat16"})
+    run.write_manifest(small_cfg, "finetuned", generation_path=rec.path, generation={"weights": rec.weights})
+    with pytest.raises(ValueError, match="different generation paths"):
+        steps.check_same_decoding(run)
+    run.write_manifest(small_cfg, "baseline", generation_path=rec.path, generation={"weights": rec.weights})
+    steps.check_same_decoding(run)
