@@ -28,8 +28,12 @@ FOUR_BIT = dict(dtype="bfloat16", load_in_4bit=True)
 
 # ---- the choice ------------------------------------------------------------------------------------
 
-def test_large_gpu_takes_16bit_weights_with_a_static_cache():
-    p = choose_generation_path("auto", backend="unsloth", **FOUR_BIT, **H200)
+def test_large_gpu_takes_unsloth_where_it_runs_else_16bit_weights_with_a_static_cache():
+    """Measured on the H200 (8B, 50 rows x 256 tokens): Unsloth's path 562 tokens/s, the static cache's
+    compilation over 150 s with Unsloth imported: auto takes Unsloth where it is the backend."""
+    u = choose_generation_path("auto", backend="unsloth", **FOUR_BIT, **H200)
+    assert u.path == "unsloth" and any("over 150 s" in n for n in u.passed_over)
+    p = choose_generation_path("auto", backend="transformers", **FOUR_BIT, **H200)
     assert (p.path, p.backend, p.load_in_4bit, p.dtype) == ("static_16bit", "transformers", False, "bfloat16")
     assert p.cache_implementation == "static" and p.weights == "bfloat16" and p.kv_slack_tokens == 0
     assert "fit in" in p.reason and "unmerged" in p.reason
@@ -48,7 +52,8 @@ def test_t4_takes_unsloth_else_the_dynamic_cache_on_4bit_weights():
 def test_16bit_needs_room_for_min_rows_of_cache():
     l4 = {**H200, "gpu_gib": 22.0}  # 16-bit weights fit, but not 32 rows of cache beside them
     assert choose_generation_path("auto", backend="unsloth", **FOUR_BIT, **l4).path == "unsloth"
-    assert choose_generation_path("auto", backend="unsloth", **FOUR_BIT, **{**l4, "rows": 4}).path == "static_16bit"
+    assert choose_generation_path("auto", backend="transformers", **FOUR_BIT, **{**l4, "rows": 4}).path == "static_16bit"
+    assert choose_generation_path("auto", backend="transformers", **FOUR_BIT, **l4).path == "dynamic"
     # asked for explicitly, one row beside the weights is enough
     assert choose_generation_path("static_16bit", backend="unsloth", **FOUR_BIT, **l4).path == "static_16bit"
     told = choose_generation_path("static_16bit", backend="unsloth", **FOUR_BIT, **T4)
@@ -72,7 +77,7 @@ def test_cpu_and_explicit_requests():
 
 
 def test_fallbacks_keep_the_reason_and_end_at_dynamic():
-    static = choose_generation_path("auto", backend="unsloth", **FOUR_BIT, **H200)
+    static = choose_generation_path("static_16bit", backend="unsloth", **FOUR_BIT, **H200)
     same = fallback_path(static, "BackendCompilerFailed: boom", failed_at="generate", backend="unsloth", **FOUR_BIT)
     assert (same.path, same.load_in_4bit, same.dtype) == ("dynamic", False, "bfloat16")
     assert paths.same_weights(static, same)

@@ -92,12 +92,13 @@ def choose_generation_path(requested: str = "auto", *, on_gpu: bool, backend: st
     other processes), `weights_16bit_gib`: the base weights in 16-bit, `kv_gib_per_row`: one row's KV cache at
     the longest prompt + max_new_tokens, `rows`: the questions to answer.
 
-    auto: no GPU -> dynamic; 16-bit weights + min(min_rows, rows) rows fit in `headroom` of the GPU ->
-    static_16bit; Unsloth is the backend -> unsloth; else dynamic (the training backend's weights). A path
-    asked for that cannot run here falls to auto's next choice, and the reason says why.
+    auto: no GPU -> dynamic; Unsloth is the backend -> unsloth (measured fastest on the H200, see
+    BENCHMARKS.md); 16-bit weights + min(min_rows, rows) rows fit in `headroom` of the GPU -> static_16bit;
+    else dynamic (the training backend's weights). A path asked for that cannot run here falls to auto's
+    next choice, and the reason says why.
 
-        choose_generation_path(on_gpu=True, backend="unsloth", dtype="bfloat16", load_in_4bit=True, gpu_gib=139,
-                               weights_16bit_gib=15, kv_gib_per_row=0.17, rows=51).path  # "static_16bit"
+        choose_generation_path(on_gpu=True, backend="transformers", dtype="bfloat16", load_in_4bit=True,
+                               gpu_gib=139, weights_16bit_gib=15, kv_gib_per_row=0.17, rows=51).path  # "static_16bit"
     """
     if requested not in ("auto", *PATHS):
         raise ValueError(f"infer.path must be one of {('auto', *PATHS)}, got {requested!r}")
@@ -126,13 +127,14 @@ def choose_generation_path(requested: str = "auto", *, on_gpu: bool, backend: st
                                   "(unmerged), static KV cache, decoding step compiled", "transformers", False, half,
                                   notes)
         notes.append(f"static_16bit: not even one row fits beside 16-bit weights ({sizes})")
-    elif requested == "auto" and fits_16bit:
+    elif requested == "auto" and fits_16bit and backend != "unsloth":
         return GenerationPath("static_16bit", f"{sizes}: {half} weights + the LoRA adapter (unmerged) with a static KV "
-                              "cache, whose decoding step transformers compiles (CUDA graphs): the fastest path "
-                              "measured (H200, 8B: 2,520 tokens/s at batch 32 against 808 for Unsloth's 4-bit path)",
+                              "cache, whose decoding step transformers compiles (CUDA graphs)",
                               "transformers", False, half, notes)
     elif requested == "auto":
-        notes.append(f"static_16bit: {sizes}")
+        notes.append(f"static_16bit: {sizes}" + ("; not taken by auto where Unsloth runs: measured on the H200 with "
+                     "Unsloth imported (8B, 50 rows x 256 tokens), compiling the static cache's decoding step took "
+                     "over 150 s, while Unsloth's path generated 562 tokens/s" if backend == "unsloth" else ""))
     if requested in ("auto", "unsloth", "static_16bit"):
         if backend == "unsloth":
             return GenerationPath("unsloth", ("infer.path=unsloth: " if requested == "unsloth" else "") +
