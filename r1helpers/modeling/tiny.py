@@ -14,7 +14,7 @@ import hashlib
 import os
 from pathlib import Path
 
-from r1helpers.core.config import TINY_MODEL
+from r1helpers.core.config import TINY_MODEL  # noqa: F401  (the id this module builds)
 
 BOS = "<｜begin▁of▁sentence｜>"
 EOS = "<｜end▁of▁sentence｜>"
@@ -110,5 +110,8 @@ def ensure_tiny_model() -> Path:
 
 
 def resolve_model_path(name: str) -> str:
-    """Map the CPU profile's model id to its locally built folder; pass anything else through."""
-    return str(ensure_tiny_model()) if name == TINY_MODEL else name
+    """Map the project's local model ids (the CPU profile's tiny model, the smollm2 profile's SmolLM2)
+    to their folders; pass anything else through. Defined in `r1helpers.modeling.local`."""
+    from r1helpers.modeling.local import resolve_model_path as resolve
+
+    return resolve(name)
