@@ -17,7 +17,7 @@ SHELL := /bin/bash
 PIP := PYTHONWARNINGS="ignore:Editable installation" $(PY) -m pip --quiet --disable-pip-version-check
 QUIET := 2>&1 | { grep -v "^WARNING: Location 'file:" || true; }
 
-.PHONY: setup run test test-fast test-slow notebooks strip quality bench clean kaggle
+.PHONY: setup run test test-fast test-slow lint notebooks strip quality bench bench-series clean kaggle
 
 $(VENV)/.installed: pyproject.toml
 	@echo "setting up $(VENV) (first time: a few minutes)"
@@ -38,6 +38,10 @@ run: setup
 test: setup
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -rs tests
 
+# The package's layers (core -> stages -> orchestration -> tools) as import-linter contracts in pyproject.toml.
+lint: setup
+	$(VENV)/bin/lint-imports
+
 test-fast: setup
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow" tests
 
@@ -52,6 +56,10 @@ strip: setup
 
 bench: setup
 	$(PY) -m r1helpers.tools.bench --out $(RUN_DIR)-bench.json $(ARGS)
+
+# Stages 00-05 of the seed recipe on the 8B shape (random weights), each stage timed (needs a CUDA GPU).
+bench-series: setup
+	$(PY) -m r1helpers.tools.bench_series --out $(RUN_DIR)-series.json $(ARGS)
 
 # build/kaggle/: the r1helpers dataset and one kernel folder per notebook (each asking for a T4); pushed
 # with the kaggle CLI (2.2.5+) when credentials are set, else it prints what it would push.

@@ -210,3 +210,38 @@ def test_integer_columns_in_parquet_are_refused_with_name_and_type(tmp_path):
     ds, origin = load_rows(str(path))
     with pytest.raises(DataError, match=r"column 'Response' holds int64 values \(row 0: 1\), not text"):
         select_rows(ds, train_rows=2, eval_rows=1, origin=origin)
+
+
+# ---- 11: W&B forced online without a network ---------------------------------------------------
+
+def test_forced_online_wandb_without_network_logs_offline_with_a_note(monkeypatch, cpu_cfg):
+    import socket
+
+    from r1helpers.workflow.steps import wandb_choice
+
+    pytest.importorskip("wandb")
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()  # nothing listens there now
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{port}")
+    cfg = apply_overrides(cpu_cfg, {"train.wandb": "online"})
+    mode, note = wandb_choice(cfg)
+    assert mode == "offline" and f"127.0.0.1:{port} does not answer" in note and "wandb sync" in note
+    with socket.socket() as server:  # the client's own host and port answer: online as asked
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{server.getsockname()[1]}")
+        assert wandb_choice(cfg)[0] == "online"
+
+
+# ---- 3: what the notebooks print reaches the console ------------------------------------------
+
+@pytest.mark.slow
+def test_notebook_output_reaches_the_console(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "r1helpers.pipeline", "--run-dir", str(tmp_path / "run"), "--profile", "cpu",
+         "--stages", "00"], cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True,
+        timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "run folder:" in proc.stdout + proc.stderr, "a line printed inside notebook 00 reaches the console"

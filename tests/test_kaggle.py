@@ -580,3 +580,34 @@ def test_a_secret_stops_the_build_and_is_never_shown(tmp_path, monkeypatch, caps
     assert "r1helpers-dataset/r1helpers-0.1.0-py3-none-any.whl!r1helpers/mod.py" in err
     assert "00_setup" not in err, "the notebook's saved output was dropped, not shipped"
     assert secret not in err and not out.exists(), "nothing pushed, nothing left on disk, the secret not shown"
+
+
+def _parameters_with(repo: Path, line: str) -> None:
+    path = repo / "notebooks" / NOTEBOOKS[0].name
+    nb = nbformat.read(path, as_version=4)
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    cell.source += "\n" + line
+    nbformat.write(nb, path)
+
+
+def test_a_wandb_key_written_in_a_notebook_is_found_by_its_shape(tmp_path, monkeypatch):
+    """WANDB_API_KEY unset here: the planted key is still found, by the shape of a W&B key written down."""
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    repo = fake_repo(tmp_path, monkeypatch)
+    key = "".join("0123456789abcdef"[(7 * i) % 16] for i in range(40))
+    _parameters_with(repo, f'overrides = {{"train.wandb": "online", "wandb_api_key": "{key}"}}')
+    with pytest.raises(RuntimeError, match="a secret is written in") as e:
+        kaggle_push.build(tmp_path / "out", "alice", repo=repo)
+    assert key not in str(e.value) and not (tmp_path / "out").exists()
+
+
+def test_a_key_set_only_in_dotenv_is_found_by_its_value(tmp_path, monkeypatch):
+    """The notebooks read .env (r1helpers.core.secrets): so does the build's check."""
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("R1HELPERS_DOTENV", raising=False)
+    repo = fake_repo(tmp_path, monkeypatch)
+    (repo / ".env").write_text("WANDB_API_KEY=short-but-secret-42\n")
+    _parameters_with(repo, 'note = "short-but-secret-42"')
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(RuntimeError, match="a secret is written in"):
+        kaggle_push.build(tmp_path / "out", "alice", repo=repo)

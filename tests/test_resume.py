@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from r1helpers.core.config import ConfigError, load_config
-from r1helpers.core.runs import Run, stage_fingerprint
+from r1helpers.core.runs import Run, RunFolderConflict, stage_fingerprint
 from r1helpers.training.sft import latest_checkpoint
 from r1helpers.workflow.steps import _checkpoint_dir
 
@@ -137,6 +137,10 @@ def test_killed_training_resumes_and_matches_uninterrupted(tmp_path):
     assert weight_diff <= ATOL and log_diff <= ATOL
     assert _max_weight_diff(_adapter(tmp_path / "over"), reference) <= ATOL
     assert sorted(_history(tmp_path / "resumed")) == sorted(history) == list(range(1, 13))
+    # The resumed run reports the whole run: the mean of every logged loss, and both sessions' time.
+    straight_metrics = json.loads((tmp_path / "straight" / "train" / "metrics.json").read_text())
+    assert abs(metrics["train_loss"] - straight_metrics["train_loss"]) <= 1e-4
+    assert metrics["seconds"] > metrics["seconds_this_session"] > 0
 
 
 def _fake_checkpoint(ckpt_dir: Path, step: int, state: str | None = None, adapter: bool = True) -> Path:
@@ -161,7 +165,7 @@ def test_latest_checkpoint_skips_unfinished_ones(tmp_path):
     assert latest_checkpoint(tmp_path) is None
 
 
-def test_checkpoints_kept_resumed_or_discarded(tmp_path):
+def test_checkpoints_kept_resumed_refused_or_moved_aside(tmp_path):
     run = Run.open(tmp_path / "run")
     cfg = load_config("cpu")
     ckpts, resume_from = _checkpoint_dir(cfg, run, resume=True)
@@ -169,12 +173,18 @@ def test_checkpoints_kept_resumed_or_discarded(tmp_path):
     _fake_checkpoint(ckpts, 8)
     # Same settings: resumed. The checkpoint interval is not a setting of the result.
     assert _checkpoint_dir(load_config("cpu", {"train.save_steps": 3}), run, True)[1] == ckpts / "checkpoint-8"
-    # Start over on request.
+    # Other settings: refused, naming the field, and the checkpoints stay where they are.
+    with pytest.raises(RunFolderConflict, match=r"fields that differ: train\.learning_rate"):
+        _checkpoint_dir(load_config("cpu", {"train.learning_rate": 1e-3}), run, True)
+    assert (ckpts / "checkpoint-8").is_dir()
+    # Start over on request: moved aside, never deleted.
     assert _checkpoint_dir(cfg, run, resume=False)[1] is None and not (ckpts / "checkpoint-8").exists()
-    # Other settings: never resumed.
+    assert len(list((run.root / "replaced").glob("checkpoints-*/checkpoint-8"))) == 1
+    # Other settings with overwrite: moved aside too.
     _fake_checkpoint(ckpts, 8)
+    run.overwrite = True
     assert _checkpoint_dir(load_config("cpu", {"train.learning_rate": 1e-3}), run, True)[1] is None
-    assert not (ckpts / "checkpoint-8").exists()
+    assert len(list((run.root / "replaced").glob("checkpoints-*/checkpoint-8"))) == 2
 
 
 def test_resume_and_interval_are_not_part_of_the_fingerprint():

@@ -113,3 +113,22 @@ def test_record_results_writes_json_and_returns_one_column(tmp_path):
     record_results(run, "02", {"rows trained": 8})  # a rerun replaces the file whole
     assert read_json(run.root / "results" / "02.json") == {"rows trained": 8}
     assert sorted(p.name for p in (run.root / "results").iterdir()) == ["02.json"]
+
+
+def test_a_temporary_folder_another_live_process_is_writing_is_left_alone(tmp_path):
+    """Two processes building the same output (two runs starting at once) must not delete each other's work."""
+    import subprocess
+    import sys
+
+    writer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        live = tmp_path / f".tiny-llama.{writer.pid}.x1.tmp"
+        live.mkdir()
+        dead = tmp_path / ".tiny-llama.999999999.x2.tmp"
+        dead.mkdir()
+        with atomic_dir(tmp_path / "tiny-llama") as tmp:
+            (tmp / "f").write_text("x")
+        assert live.is_dir() and not dead.exists() and (tmp_path / "tiny-llama" / "f").is_file()
+    finally:
+        writer.kill()
+        writer.wait()

@@ -118,6 +118,19 @@ def restore_moved_aside(folder: Path) -> list[Path]:
     return restored
 
 
+def _writer_alive(pid_text: str) -> bool:
+    """Whether the process whose pid a temporary folder's name holds is still running (not this one)."""
+    if not pid_text.isdigit() or int(pid_text) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 @contextlib.contextmanager
 def atomic_dir(final: Path) -> Iterator[Path]:
     """Yield a temporary folder beside `final`; on success it replaces `final` in one rename.
@@ -128,11 +141,12 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     final.parent.mkdir(parents=True, exist_ok=True)
     restore_moved_aside(final.parent)
     # A save killed outright leaves its temporary folder (gigabytes for a merged model; Kaggle's
-    # working folder holds ~19.5 GB): the next save of the same output clears it first.
+    # working folder holds ~19.5 GB): the next save of the same output clears it first, unless the
+    # process that made it (its pid is in the name) is still writing it.
     for stale in final.parent.glob(f".{glob.escape(final.name)}.*.tmp"):
-        if stale.is_dir():
+        if stale.is_dir() and not _writer_alive(stale.name[len(final.name) + 2:].split(".", 1)[0]):
             shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.{os.getpid()}.", suffix=".tmp"))
     old = None
     try:
         yield tmp
@@ -307,7 +321,7 @@ class Run:
         src = self.stage_dir(stage)
         if not src.exists():
             return None
-        dest = self.root / "replaced" / f"{stage}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+        dest = self.root / "replaced" / f"{stage}-{time.strftime('%Y%m%d-%H%M%S')}-{time.time_ns() % 10**9}"
         dest.parent.mkdir(parents=True, exist_ok=True)
         os.replace(src, dest)
         print(f"{stage}: the previous outputs (other settings) moved aside to {dest}", flush=True)

@@ -79,24 +79,24 @@ def environment_table(env: dict[str, Any]):
 
 
 def config_table(cfg: Config):
-    """Every config field: its value, who set it (the seed recipe, the profile, or you), and what it means."""
-    from r1helpers.core.config import FIELDS, PROFILES
+    """Every config field: its value, who set it (the seed recipe, the profile's recipe, or you), and what it means."""
+    from r1helpers.core.config import FIELDS, load_config, profiles
 
     flat = cfg.to_dict()
-    recipe = Config().to_dict()
-    profile = PROFILES.get(cfg.profile, {})
+    seed = Config().to_dict()
+    recipe = load_config(cfg.profile).to_dict() if cfg.profile in profiles() else seed
     rows = []
     for key, (_, f) in FIELDS.items():
         section, _, leaf = key.rpartition(".")
         if not section:
             continue  # `profile` is shown apart
         value = flat[section][leaf]
-        if key in profile and value == profile[key]:
-            by = f"profile {cfg.profile}"
-        elif key not in profile and value == recipe[section][leaf]:
+        if value != recipe[section][leaf]:
+            by = "you (overrides, config_file or cfg.…)"
+        elif value == seed[section][leaf]:
             by = "seed recipe"
         else:
-            by = "you (overrides, config_file or cfg.…)"
+            by = f"recipes/{cfg.profile}.yaml"
         rows.append((key, value, by, f.metadata.get("help", "")))
     return _pd().DataFrame(rows, columns=["field", "value", "set by", "meaning"]).set_index("field")
 

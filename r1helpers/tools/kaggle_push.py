@@ -116,20 +116,30 @@ def clean_notebook_copy(src: Path, dest: Path) -> None:
     nbformat.write(nb, dest)
 
 
-def _secret_values(environ: Mapping[str, str]) -> list[bytes]:
-    from r1helpers.core.secrets import SECRETS
+# A W&B API key's shape, where it is written down as one: assigned to a W&B key name or passed to
+# wandb.login, as 40 hex characters (or a newer, longer key), whatever this process knows of its value.
+WANDB_KEY_PATTERN = re.compile(
+    rb"""(?i)(?:wandb[\w.-]*key|wandb\.login\([^)]{0,40}key)\W{0,12}([0-9a-f]{40}|[A-Za-z0-9_-]{40,120})""")
+
+
+def _secret_values(environ: Mapping[str, str], repo: Path | None = None) -> list[bytes]:
+    """The secrets' values in this process and in the `.env` files the notebooks read (from `repo`)."""
+    from r1helpers.core.secrets import SECRETS, _dotenv_values, dotenv_files
 
     names = [alias for aliases in SECRETS.values() for alias in aliases] + list(KAGGLE_SECRETS)
-    return [v.encode() for v in dict.fromkeys(environ.get(n, "") for n in names) if len(v) >= 8]
+    dotenv = _dotenv_values(dotenv_files(repo)) if repo is not None else {}
+    found = [environ.get(n, "") for n in names] + [dotenv.get(n, "") for n in names]
+    return [v.encode() for v in dict.fromkeys(found) if len(v) >= 8]
 
 
-def leaked_secrets(folder: Path, environ: Mapping[str, str] = os.environ) -> list[str]:
+def leaked_secrets(folder: Path, environ: Mapping[str, str] = os.environ, repo: Path | None = None) -> list[str]:
     """Files under `folder`, and files inside its wheels, holding a secret: named, the secret never shown.
 
     A secret is the value of HF_TOKEN, WANDB_API_KEY (and their aliases), KAGGLE_KEY or
-    KAGGLE_API_TOKEN in this process, or anything shaped like a Hugging Face token.
+    KAGGLE_API_TOKEN in this process or in the `.env` files beside `repo` (what the notebooks
+    read), anything shaped like a Hugging Face token, or a W&B key written down as one.
     """
-    values = _secret_values(environ)
+    values = _secret_values(environ, repo)
     hits = []
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         rel = str(path.relative_to(folder))
@@ -137,7 +147,8 @@ def leaked_secrets(folder: Path, environ: Mapping[str, str] = os.environ) -> lis
         if path.suffix == ".whl" and zipfile.is_zipfile(path):
             with zipfile.ZipFile(path) as wheel:
                 blobs += [(f"{rel}!{name}", wheel.read(name)) for name in wheel.namelist()]
-        hits += [where for where, data in blobs if HF_TOKEN_PATTERN.search(data) or any(v in data for v in values)]
+        hits += [where for where, data in blobs if HF_TOKEN_PATTERN.search(data) or WANDB_KEY_PATTERN.search(data)
+                 or any(v in data for v in values)]
     return hits
 
 
@@ -175,7 +186,7 @@ def build(out: Path, username: str | None, repo: Path | None = None,
         _write_json(folder / "kernel-metadata.json", metas[-1])
         kernels.append(folder)
     (out / "README.md").write_text(readme(user, kernels, metas))
-    leaks = leaked_secrets(out)
+    leaks = leaked_secrets(out, repo=repo)
     if leaks:  # nothing of it may stay on disk, where a later push or a copy would take it along
         shutil.rmtree(out)
         raise RuntimeError(f"a secret is written in {', '.join(leaks)}: remove it there and build again "

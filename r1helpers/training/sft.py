@@ -90,14 +90,22 @@ def make_trainer(model, tokenizer, train_dataset, eval_dataset, sft_args: dict[s
                           train_dataset=train_dataset, eval_dataset=eval_dataset)
 
 
-def wandb_reachable(timeout: float = 3.0) -> bool:
-    """An online run without network hangs in retries; check the API host answers first."""
-    import socket
+def wandb_endpoint() -> str:
+    """host:port the W&B client talks to: WANDB_BASE_URL (a self-hosted server) or api.wandb.ai:443."""
     from urllib.parse import urlparse
 
-    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or "api.wandb.ai"
+    url = urlparse(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai")
+    port = url.port or (80 if url.scheme == "http" else 443)
+    return f"{url.hostname or 'api.wandb.ai'}:{port}"
+
+
+def wandb_reachable(timeout: float = 3.0) -> bool:
+    """An online run without network hangs in retries; check that the client's own host and port answer."""
+    import socket
+
+    host, _, port = wandb_endpoint().rpartition(":")
     try:
-        socket.create_connection((host, 443), timeout=timeout).close()
+        socket.create_connection((host, int(port)), timeout=timeout).close()
     except OSError:
         return False
     return True

@@ -8,7 +8,6 @@ the run folder, decide what is current, and record manifests.
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -17,8 +16,8 @@ from typing import Any
 from r1helpers.core.config import Config, validate
 from r1helpers.core.ddp import barrier, is_main_process, per_process, print0, trainer_kwargs, world_size
 from r1helpers.core.hardware import BackendChoice, choose_backend, free_memory, headless, is_oom
-from r1helpers.core.runs import (Run, atomic_dir, read_json, read_jsonl, stage_fingerprint, write_json_atomic,
-                                 write_jsonl_atomic, write_text_atomic)
+from r1helpers.core.runs import (Run, RunFolderConflict, atomic_dir, read_json, read_jsonl, stage_fingerprint,
+                                 stage_settings, write_json_atomic, write_jsonl_atomic, write_text_atomic)
 from r1helpers.data import DataError, Report, example_lengths, length_stats, load_rows, select_rows, tokenize_rows
 from r1helpers.evaluate.compare import (answer_similarities, build_comparison, load_embedder, pair_generations,
                                         teacher_forced, write_outputs)
@@ -154,6 +153,12 @@ def wandb_choice(cfg: Config) -> tuple[str | None, str]:
         return None, "W&B not installed: logging to the run folder only (pip install wandb to add it)"
     if mode == "auto":
         mode = "online" if os.environ.get("WANDB_API_KEY") and wandb_reachable() else "offline"
+    elif mode == "online" and not wandb_reachable():
+        # Forced online without a network, the client retries for minutes and then fails the stage.
+        from r1helpers.training.sft import wandb_endpoint
+
+        return "offline", (f"W&B offline: train.wandb=online but {wandb_endpoint()} does not answer, so this run "
+                           "logs offline instead of failing; sync later with `wandb sync` on the offline run folder")
     if cfg.train.wandb != "auto":
         why = f"train.wandb={cfg.train.wandb}"
     elif mode == "online":
@@ -181,19 +186,44 @@ def wandb_setup(cfg: Config, run: Run) -> tuple[list[str], str]:
 
 
 def _checkpoint_dir(cfg: Config, run: Run, resume: bool) -> tuple[Path, Path | None]:
-    """Rank 0 clears or keeps the checkpoints; every rank then resumes from the same one."""
+    """Rank 0 keeps the checkpoints, or moves them aside; every rank then resumes from the same one.
+
+    Checkpoints of an unfinished training made with other settings are refused (they may hold
+    45 minutes of a Kaggle T4), unless the run folder was opened with overwrite; then, and when
+    train.resume=false asks to start over, they are moved to <run>/replaced/, never deleted.
+    """
     ckpt = run.path("checkpoints")
-    stamp = ckpt / "fingerprint.txt"
+    stamp, recorded = ckpt / "fingerprint.txt", ckpt / "settings.json"
     fp = stage_fingerprint(cfg, "train")
     if is_main_process():
-        if ckpt.exists() and (not resume or not stamp.is_file() or stamp.read_text().strip() != fp):
-            print("starting over: discarding checkpoints " + (
-                "(train.resume=false)" if not resume else "made with other settings"))
-            shutil.rmtree(ckpt)
+        has_work = ckpt.exists() and any(ckpt.glob("checkpoint-*"))
+        other = has_work and (not stamp.is_file() or stamp.read_text().strip() != fp)
+        if other and not run.overwrite:
+            old = read_json(recorded) if recorded.is_file() else {}
+            changed = [k for k in _diff_keys(old, stage_settings(cfg, "train"))] if old else ["unknown"]
+            raise RunFolderConflict(
+                f"{ckpt} holds checkpoints of an unfinished training made with other settings (fields that "
+                f"differ: {', '.join(changed[:8])}), so they are not discarded. Rerun with the settings they were "
+                f"made with to resume, use another run folder (--run-dir), or pass --overwrite (overwrite=True) "
+                f"to move them aside to {run.root / 'replaced'}/ and start over; nothing is deleted."
+            )
+        if has_work and (other or not resume):
+            dest = run.root / "replaced" / f"checkpoints-{time.strftime('%Y%m%d-%H%M%S')}-{time.time_ns() % 10**9}"
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(ckpt, dest)
+            print("starting over: the checkpoints " + ("(train.resume=false)" if not other else
+                  "made with other settings") + f" moved aside to {dest}", flush=True)
         ckpt.mkdir(parents=True, exist_ok=True)
         write_text_atomic(stamp, fp + "\n")
+        write_json_atomic(recorded, stage_settings(cfg, "train"))
     barrier()
     return ckpt, latest_checkpoint(ckpt) if resume else None
+
+
+def _diff_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [k for key in sorted(set(old) | set(new)) for k in _diff_keys(old.get(key), new.get(key), f"{prefix}{key}.")]
+    return [] if old == new else [prefix.rstrip(".")]
 
 
 @dataclass
@@ -318,6 +348,8 @@ def train(cfg: Config, run: Run, loaded: Loaded, prepared, resume: bool | None =
                            args, token_budget=plan.token_budget)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
+    earlier = _elapsed_before(resume_from)  # the interrupted sessions' training time, kept in each checkpoint
+    trainer.add_callback(ElapsedInCheckpoints(earlier))
     t0 = time.perf_counter()
     try:
         result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
@@ -330,18 +362,24 @@ def train(cfg: Config, run: Run, loaded: Loaded, prepared, resume: bool | None =
             import wandb
 
             wandb.finish()
-    seconds = time.perf_counter() - t0
+    session_seconds = time.perf_counter() - t0
+    seconds = earlier + session_seconds
     trainable, total = trainable_parameters(loaded.model)
     history = trainer.state.log_history
     tokens = last_value(history, "num_tokens")  # TRL counts the tokens trained on (all ranks), from step 0
     metrics = {
         **{k: v for k, v in result.metrics.items() if isinstance(v, (int, float))},
+        # After a resume the trainer's train_loss and runtime cover only the resumed steps: the whole
+        # run's mean of the logged losses and its time over every session are what a reader expects.
+        "train_loss": _rounded(_mean_logged_loss(history)),
+        "train_loss_this_session": _rounded(result.metrics.get("train_loss")),
         "global_step": trainer.state.global_step,
         "seconds": round(seconds, 2),
+        "seconds_this_session": round(session_seconds, 2),
         "resumed_from": resume_from.name if resume_from else None,
         "final_train_loss": _rounded(last_value(history, "loss")),
         "final_eval_loss": _rounded(last_value(history, "eval_loss")),
-        "tokens_per_second": round(tokens / seconds, 1) if tokens and not resume_from else None,
+        "tokens_per_second": round(tokens / seconds, 1) if tokens and seconds else None,
         "trainable_parameters": trainable,
         "total_parameters": total,
         "backend": loaded.backend.name,
@@ -364,6 +402,37 @@ def train(cfg: Config, run: Run, loaded: Loaded, prepared, resume: bool | None =
         run.write_manifest(cfg, "train", metrics=metrics)
     barrier()
     return TrainResult(adapter_dir, history, metrics)
+
+
+ELAPSED_FILE = "r1helpers_elapsed.json"
+
+
+def _elapsed_before(resume_from: Path | None) -> float:
+    if resume_from is None or not (resume_from / ELAPSED_FILE).is_file():
+        return 0.0
+    return float(read_json(resume_from / ELAPSED_FILE).get("seconds", 0.0))
+
+
+def _mean_logged_loss(history: list[dict[str, Any]]) -> float | None:
+    losses = [r["loss"] for r in history if "loss" in r]
+    return sum(losses) / len(losses) if losses else None
+
+
+class ElapsedInCheckpoints:
+    """Writes the training time so far into each checkpoint, so a resumed run reports the whole run's time."""
+
+    def __init__(self, earlier: float) -> None:
+        self.earlier, self.t0 = earlier, time.perf_counter()
+
+    def __getattr__(self, name: str):  # the TrainerCallback events this does not handle
+        if name.startswith("on_"):
+            return lambda *a, **k: None
+        raise AttributeError(name)
+
+    def on_save(self, args, state, control, **kwargs):
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if is_main_process() and folder.is_dir():
+            write_json_atomic(folder / ELAPSED_FILE, {"seconds": self.earlier + time.perf_counter() - self.t0})
 
 
 def _rounded(x: float | None, digits: int = 4) -> float | None:
