@@ -41,7 +41,7 @@ from typing import Any
 # The pad token is chosen as the project's loader chooses it (model.pad_token, else a special token
 # that is not EOS/BOS); `adds_bos` decides whether the chat template starts with BOS.
 from r1helpers.core.prompts import adds_bos
-from r1helpers.modeling.load import PAD_CANDIDATES, choose_pad_token
+from r1helpers.modeling.tokens import PAD_CANDIDATES, choose_pad_token
 
 __all__ = ["PAD_CANDIDATES", "adds_bos", "choose_pad_token", "find_smollm2_gguf", "fix_pretokenizer",
            "fix_special_tokens", "gguf_special_tokens", "load_gguf_model", "materialise"]

@@ -488,7 +488,7 @@ def training_preview(cfg: Config, run: Run, prepared, processes: int = 1) -> dic
 
     from r1helpers.core.hardware import choose_backend
     from r1helpers.modeling.load import estimated_weights_gib
-    from r1helpers.modeling.tiny import resolve_model_path
+    from r1helpers.modeling.local import resolve_model_path
 
     cfg = validate(cfg)
     backend = choose_backend(cfg, processes=processes)

@@ -47,7 +47,9 @@ not part of the text."""),
 - `load_in_4bit`: store the weights in 4-bit nf4 with bitsandbytes (QLoRA), about 5.5 GB instead of 16 GB for the
   8B model; CUDA only;
 - `dtype`: bf16 or fp16 on a GPU, float32 on a CPU;
-- `backend`: `"unsloth"` or `"transformers"`.
+- `backend`: `"unsloth"` or `"transformers"`;
+- `pad_token`: the token batches are padded with (`model.pad_token`; `None` picks one that is not EOS, see
+  notebook 02).
 
 `for_inference` then switches the model to evaluation mode with the key-value cache on (and, with Unsloth, to its
 faster generation path). The model is loaded once in this notebook and passed on to every generation below."""),
@@ -55,7 +57,8 @@ faster generation path). The model is loaded once in this notebook and passed on
 from r1helpers.modeling import load
 choice = choose_backend(cfg)
 loaded = load.load_base(cfg.model.name, max_seq_length=cfg.model.max_seq_length, load_in_4bit=choice.load_in_4bit,
-                        dtype=choice.dtype, backend=choice.name, revision=cfg.model.revision)
+                        dtype=choice.dtype, backend=choice.name, revision=cfg.model.revision,
+                        pad_token=cfg.model.pad_token)
 loaded = load.for_inference(loaded)
 print(f"{choice.name} ({choice.reason}); dtype {choice.dtype}; 4-bit {choice.load_in_4bit}; on {loaded.device}")"""),
     ("md", """The prompt as token ids, and its last tokens. In the R1 tokenizer `<think>` is one token of its own, so the
