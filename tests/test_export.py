@@ -76,7 +76,7 @@ def exported(cfg, tokenizer, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def base_dir(cfg):
-    from r1helpers.modeling.tiny import resolve_model_path
+    from r1helpers.modeling.local import resolve_model_path
 
     return Path(resolve_model_path(cfg.model.name))
 

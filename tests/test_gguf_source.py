@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import pytest
 
 from r1helpers.modeling import gguf_source as g
+from r1helpers.modeling.load import ModelError
 
 PROMPT = "The patient presents with fever, cough and"
 
@@ -63,6 +64,7 @@ def test_gguf_metadata_says_eos_im_end(gguf_path):
     assert (meta["bos_token_id"], meta["bos_token"]) == (1, "<|im_start|>")
     assert meta["pad_token_id"] == meta["eos_token_id"]  # why a pad must be chosen
     assert meta["add_bos_token"] is False
+    assert (meta["tokenizer_model"], meta["pre"]) == ("gpt2", "smollm")
 
 
 class _FakeTok(SimpleNamespace):
@@ -87,9 +89,9 @@ def test_choose_pad_token_order():
     tok = _fake(llama3, eos="<|end_of_text|>", bos="<|begin_of_text|>", pad="<|end_of_text|>")
     assert g.choose_pad_token(tok) == "<|finetune_right_pad_id|>"
     assert g.choose_pad_token(tok, preferred="<|reserved_special_token_0|>") == "<|reserved_special_token_0|>"
-    with pytest.raises(ValueError, match="EOS"):
+    with pytest.raises(ModelError, match=r"model\.pad_token='<\|end_of_text\|>' is the EOS"):
         g.choose_pad_token(tok, preferred="<|end_of_text|>")
-    with pytest.raises(ValueError, match="vocabulary"):
+    with pytest.raises(ModelError, match="vocabulary"):
         g.choose_pad_token(tok, preferred="<nope>")
     # an existing distinct pad is kept
     tok = _fake(llama3, eos="<|end_of_text|>", pad="<|reserved_special_token_0|>")
@@ -100,8 +102,9 @@ def test_choose_pad_token_order():
     assert g.choose_pad_token(tok) == "<|endoftext|>"
     # nothing usable
     tok = _fake(["</s>", "a"], eos="</s>", specials=["</s>"])
-    with pytest.raises(ValueError, match="resize_token_embeddings"):
+    with pytest.raises(ModelError, match="Set model.pad_token") as e:
         g.choose_pad_token(tok)
+    assert "resize_token_embeddings" in str(e.value)
 
 
 # ---------------------------------------------------------------- slow: real model

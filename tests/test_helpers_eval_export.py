@@ -184,7 +184,7 @@ def test_teacher_forced_with_the_adapter_off_is_the_base_model(cpu_cfg, tiny, ro
 
 @pytest.fixture(scope="module")
 def base_dir(cpu_cfg, tiny_model_dir):
-    from r1helpers.modeling.tiny import resolve_model_path
+    from r1helpers.modeling.local import resolve_model_path
 
     return Path(resolve_model_path(cpu_cfg.model.name))
 

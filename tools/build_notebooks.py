@@ -34,7 +34,7 @@ r1helpers.setup()  # on Kaggle: one GPU, caches on /kaggle/tmp, the pinned packa
 
 PARAMETERS = '''\
 run_dir = "../runs/default"  # run folder shared by all six notebooks
-profile = "auto"             # auto | seed (the 8B recipe, on a GPU) | cpu (tiny model, sample data)
+profile = "auto"             # auto | seed (the 8B recipe, on a GPU) | cpu (tiny model, sample data) | smollm2 (SmolLM2-135M, sample data, CPU)
 config_file = None           # optional YAML of field overrides, e.g. "../recipes/my-run.yaml"
 overrides = {}               # e.g. {"train.max_steps": 30, "data.train_rows": 200}
 overwrite = False            # True: replace finished work made with other settings (moved aside, never deleted)'''

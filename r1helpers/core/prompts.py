@@ -83,23 +83,52 @@ def split_output(generated: str) -> ParsedOutput:
     return ParsedOutput(reasoning=text[: m.start()].strip(), answer=text[m.end():].strip(), think_closed=True)
 
 
-# A chat template that renders exactly `build_prompt` for one user turn with
-# add_generation_prompt=True, and the training text for a user + assistant pair.
-# The R1-distill tokenizer's own template differs (it strips reasoning from
-# assistant turns), so exports ship this one to keep every runtime consistent.
-CHAT_TEMPLATE = (
-    "{{ bos_token }}"
-    "{%- for message in messages %}"
-    "{%- if message['role'] == 'user' %}"
-    + "{{ '"
-    + PREAMBLE.replace("\n", "\\n").replace("'", "\\'")
-    + "\\n\\n### Instruction:\\n"
-    + INSTRUCTION.replace("\n", "\\n").replace("'", "\\'")
-    + "\\n\\n### Question:\\n' + message['content'] | trim + '\\n\\n### Response:\\n"
-    + THINK_OPEN
-    + "' }}"
-    "{%- elif message['role'] == 'assistant' %}"
-    "{{ '\\n' + message['content'] | trim + eos_token }}"
-    "{%- endif %}"
-    "{%- endfor %}"
-)
+def adds_bos(tokenizer) -> bool:
+    """Whether `tokenizer(text)` starts the ids with BOS (Llama-3 and the R1 distills: yes; SmolLM2: no).
+
+    The training prompt is tokenized with the tokenizer's own special tokens, so the chat template
+    must start with `{{ bos_token }}` exactly when the tokenizer adds one.
+    """
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        return False
+    with_special = tokenizer("hi", add_special_tokens=True)["input_ids"]
+    without = tokenizer("hi", add_special_tokens=False)["input_ids"]
+    return len(with_special) > len(without) and with_special[0] == bos
+
+
+def chat_template(bos: bool = True) -> str:
+    """A Jinja chat template that renders exactly `build_prompt` for one user turn with
+    add_generation_prompt=True, and the training text for a user + assistant pair.
+
+    `bos`: start with `{{ bos_token }}`, for a tokenizer that adds BOS to the training text
+    (`adds_bos`); a tokenizer that adds none (SmolLM2) gets a template without it, or the rendered
+    prompt would carry a BOS the model never saw in training. The R1-distill tokenizer's own
+    template differs (it strips reasoning from assistant turns), so exports ship this one to keep
+    every runtime consistent.
+    """
+    return (
+        ("{{ bos_token }}" if bos else "")
+        + "{%- for message in messages %}"
+        "{%- if message['role'] == 'user' %}"
+        + "{{ '"
+        + PREAMBLE.replace("\n", "\\n").replace("'", "\\'")
+        + "\\n\\n### Instruction:\\n"
+        + INSTRUCTION.replace("\n", "\\n").replace("'", "\\'")
+        + "\\n\\n### Question:\\n' + message['content'] | trim + '\\n\\n### Response:\\n"
+        + THINK_OPEN
+        + "' }}"
+        "{%- elif message['role'] == 'assistant' %}"
+        "{{ '\\n' + message['content'] | trim + eos_token }}"
+        "{%- endif %}"
+        "{%- endfor %}"
+    )
+
+
+def template_for(tokenizer) -> str:
+    """The chat template matching how this tokenizer encodes the training prompt (with BOS or without)."""
+    return chat_template(bos=adds_bos(tokenizer))
+
+
+# The template for tokenizers that add BOS (the seed recipe's R1 distill and the tiny model).
+CHAT_TEMPLATE = chat_template(bos=True)

@@ -48,7 +48,7 @@ def _numel(shape: tuple[int, ...]) -> int:
 def locate_base(name: str, revision: str | None = None) -> BaseCheckpoint:
     """Find the base checkpoint `name` (Hub id or folder) without downloading it; count its parameters."""
     from r1helpers.export.gguf import tensor_shapes
-    from r1helpers.modeling.tiny import resolve_model_path
+    from r1helpers.modeling.local import resolve_model_path
 
     resolved = resolve_model_path(name)
     folder = Path(resolved) if Path(resolved).is_dir() else _cached_snapshot(resolved, revision)

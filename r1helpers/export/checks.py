@@ -313,16 +313,20 @@ def gguf_metadata_check(gguf_path: Path, tokenizer, question: str) -> dict[str, 
     for key, tid in (("bos", tokenizer.bos_token_id), ("eos", tokenizer.eos_token_id), ("padding", tokenizer.pad_token_id)):
         if md.get(f"tokenizer.ggml.{key}_token_id") != tid:
             raise ExportCheckError(f"{gguf_path.name}: {key} id {md.get(f'tokenizer.ggml.{key}_token_id')} != {tid}")
+    bos = prompts.adds_bos(tokenizer)
+    if md.get("tokenizer.ggml.add_bos_token") is not None and bool(md["tokenizer.ggml.add_bos_token"]) != bos:
+        raise ExportCheckError(f"{gguf_path.name}: add_bos_token={md['tokenizer.ggml.add_bos_token']} but the "
+                               f"training tokenizer {'adds' if bos else 'adds no'} BOS")
     template = md.get("tokenizer.chat_template")
-    if template != prompts.CHAT_TEMPLATE:
+    if template != prompts.chat_template(bos=bos):
         raise ExportCheckError(f"{gguf_path.name}: tokenizer.chat_template is not the training prompt's template")
     rendered = render_template(template, question, tokenizer.bos_token, tokenizer.eos_token)
-    if rendered != tokenizer.bos_token + prompts.build_prompt(question):
+    if rendered != (tokenizer.bos_token if bos else "") + prompts.build_prompt(question):
         raise ExportCheckError(f"{gguf_path.name}: the chat template renders another prompt than training used")
     if tokenizer(rendered, add_special_tokens=False)["input_ids"] != prompts.encode_prompt(tokenizer, question):
         raise ExportCheckError(f"{gguf_path.name}: the rendered template tokenizes differently from training")
-    return {"tokens": len(tokens), "pre_tokenizer": md.get("tokenizer.ggml.pre"),
-            "chat_template": "prompts.CHAT_TEMPLATE; renders the training prompt token for token"}
+    return {"tokens": len(tokens), "pre_tokenizer": md.get("tokenizer.ggml.pre"), "adds_bos": bos,
+            "chat_template": f"prompts.chat_template(bos={bos}); renders the training prompt token for token"}
 
 
 def main(argv: list[str]) -> int:

@@ -1,8 +1,10 @@
 """Write the adapter and merged-model folders as downstream tools load them.
 
 Both folders get the training tokenizer with the chat template that renders the
-training prompt token for token (`prompts.CHAT_TEMPLATE`) and a pad token distinct
-from EOS, so `apply_chat_template` + `generate` behave as in training.
+training prompt token for token (`prompts.template_for(tokenizer)`: with a leading
+`{{ bos_token }}` only when the tokenizer adds BOS, as the R1 distill does and SmolLM2
+does not) and a pad token distinct from EOS, so `apply_chat_template` + `generate`
+behave as in training.
 
     tok = with_chat_template(tokenizer)
     write_adapter("runs/default/train/adapter", "out/adapter", tok)          # PeftModel.from_pretrained
@@ -21,10 +23,15 @@ ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
 def with_chat_template(tokenizer):
-    """The tokenizer with the template that renders the training prompt (changed in place, returned)."""
+    """The tokenizer with the template that renders the training prompt (changed in place, returned).
+
+    The template starts with BOS exactly when the tokenizer adds BOS to the training text
+    (`prompts.adds_bos`), so rendering a question and tokenizing it without special tokens gives the
+    training prompt's ids.
+    """
     from r1helpers.core import prompts
 
-    tokenizer.chat_template = prompts.CHAT_TEMPLATE
+    tokenizer.chat_template = prompts.template_for(tokenizer)
     return tokenizer
 
 

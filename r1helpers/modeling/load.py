@@ -13,15 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from r1helpers.core.hardware import BackendChoice
-from r1helpers.modeling.tiny import resolve_model_path
-
-# Llama-3 tokenizers carry reserved tokens that make a pad distinct from EOS
-# without resizing embeddings (which 4-bit weights cannot do cheaply).
-PAD_CANDIDATES = ("<|finetune_right_pad_id|>", "<｜▁pad▁｜>", "<|reserved_special_token_0|>", "<|pad|>", "<pad>")
-
-
-class ModelError(RuntimeError):
-    """The model or tokenizer cannot be used as configured."""
+from r1helpers.modeling.local import resolve_model_path
+# The pad token's helpers live in modeling.tokens (gguf_source uses them too); load.* names them as before.
+from r1helpers.modeling.tokens import PAD_CANDIDATES, ModelError, choose_pad_token, ensure_pad_token  # noqa: F401
 
 
 def _torch_dtype(name: str):
@@ -30,23 +24,10 @@ def _torch_dtype(name: str):
     return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[name]
 
 
-def ensure_pad_token(tokenizer) -> str:
-    """Make pad differ from EOS; otherwise EOS is masked out of the loss and generation never stops."""
-    if tokenizer.pad_token is not None and tokenizer.pad_token_id != tokenizer.eos_token_id:
-        return f"pad token {tokenizer.pad_token!r} differs from EOS"
-    vocab = tokenizer.get_vocab()
-    for cand in PAD_CANDIDATES:
-        if cand in vocab and vocab[cand] != tokenizer.eos_token_id:
-            tokenizer.pad_token = cand
-            return f"pad token set to {cand!r} (was EOS or unset)"
-    raise ModelError(
-        "the tokenizer has no pad token distinct from EOS and none of "
-        f"{PAD_CANDIDATES} exists; add one and resize the embeddings"
-    )
-
-
-def load_tokenizer(name: str, revision: str | None = None):
+def load_tokenizer(name: str, revision: str | None = None, pad_token: str | None = None):
     """The model's tokenizer, with a pad token distinct from EOS and left padding (for batched generation).
+
+    `pad_token`: the pad to use (model.pad_token); None picks one (`choose_pad_token`).
 
         tok = load_tokenizer("unsloth/DeepSeek-R1-Distill-Llama-8B")
     """
@@ -57,7 +38,7 @@ def load_tokenizer(name: str, revision: str | None = None):
         tok = AutoTokenizer.from_pretrained(path, revision=revision)
     except OSError as e:
         raise ModelError(f"model.name={name!r}: tokenizer not found locally or on the Hub ({e})") from None
-    ensure_pad_token(tok)
+    ensure_pad_token(tok, pad_token)
     tok.padding_side = "left"  # generation pads on the left; the trainer's collator pads itself
     return tok
 
@@ -78,12 +59,15 @@ DTYPES = ("bfloat16", "float16", "float32")
 
 
 def load_base(name: str, *, max_seq_length: int, load_in_4bit: bool, dtype: str, backend: str,
-              revision: str | None = None) -> Loaded:
+              revision: str | None = None, pad_token: str | None = None) -> Loaded:
     """The base model and its tokenizer, ready for LoRA or inference.
 
     `backend` is "unsloth" or "transformers" and `dtype` "bfloat16", "float16" or "float32":
     decided values, not "auto" (`r1helpers.core.hardware.choose_backend(cfg)` decides them
     from the GPU). `load_in_4bit` quantizes the weights to nf4 with bitsandbytes (CUDA only).
+    `pad_token` (model.pad_token): the pad token; None picks one that is not EOS (`choose_pad_token`).
+    The model's generation config gets the tokenizer's pad and EOS ids, so generation stops where
+    training taught it to.
 
         loaded = load_base("unsloth/DeepSeek-R1-Distill-Llama-8B", max_seq_length=2048,
                            load_in_4bit=True, dtype="float16", backend="unsloth")
@@ -124,11 +108,25 @@ def load_base(name: str, *, max_seq_length: int, load_in_4bit: bool, dtype: str,
         except OSError as e:
             raise ModelError(f"model.name={name!r}: not found locally or on the Hub ({e})") from None
         tok = None
-    tok = tok if tok is not None else load_tokenizer(name, revision)
-    ensure_pad_token(tok)
+    tok = tok if tok is not None else load_tokenizer(name, revision, pad_token)
+    ensure_pad_token(tok, pad_token)
     tok.padding_side = "left"
-    model.generation_config.pad_token_id = tok.pad_token_id
+    keep_special_tokens(model, tok)
     return Loaded(model, tok, choice)
+
+
+def keep_special_tokens(model, tokenizer) -> None:
+    """The generation config takes the tokenizer's pad id, and its EOS id where it lacks it.
+
+    A generation config that lists several EOS ids (Llama-3 instruct models stop at either) keeps
+    them; the tokenizer's EOS, which every training example ends with, is added when missing.
+    """
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    eos = model.generation_config.eos_token_id
+    listed = eos if isinstance(eos, list) else ([] if eos is None else [eos])
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in listed:
+        model.generation_config.eos_token_id = ([*listed, tokenizer.eos_token_id] if listed
+                                                else tokenizer.eos_token_id)
 
 
 def add_lora(model, *, r: int, alpha: int, target_modules: list[str], dropout: float = 0.0, bias: str = "none",
@@ -207,12 +205,12 @@ def estimated_weights_gib(model_config, load_in_4bit: bool, dtype: str = "bfloat
 
 
 def load_finetuned(adapter_dir: str | Path, *, name: str, max_seq_length: int, load_in_4bit: bool, dtype: str,
-                   backend: str, revision: str | None = None) -> Loaded:
+                   backend: str, revision: str | None = None, pad_token: str | None = None) -> Loaded:
     """The base model (same keyword arguments as `load_base`) plus a saved LoRA adapter, for inference."""
     from peft import PeftModel
 
     base = load_base(name, max_seq_length=max_seq_length, load_in_4bit=load_in_4bit, dtype=dtype, backend=backend,
-                     revision=revision)
+                     revision=revision, pad_token=pad_token)
     model = PeftModel.from_pretrained(base.model, str(adapter_dir))
     return Loaded(model, base.tokenizer, base.backend)
 

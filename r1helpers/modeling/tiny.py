@@ -6,6 +6,9 @@ is a randomly initialised `LlamaForCausalLM`. Everything downstream (LoRA, SFT,
 generation, merge, GGUF) runs on it exactly as on the 8B model.
 
     python -c "from r1helpers.modeling.tiny import ensure_tiny_model; print(ensure_tiny_model())"
+
+Configs name it `r1helpers/tiny-llama` (core.config.TINY_MODEL); `r1helpers.modeling.local.resolve_model_path`
+maps that id to this folder.
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ import hashlib
 import os
 from pathlib import Path
 
-from r1helpers.core.config import TINY_MODEL
 
 BOS = "<｜begin▁of▁sentence｜>"
 EOS = "<｜end▁of▁sentence｜>"
@@ -108,7 +110,3 @@ def ensure_tiny_model() -> Path:
         build_tiny_model(out)
     return out
 
-
-def resolve_model_path(name: str) -> str:
-    """Map the CPU profile's model id to its locally built folder; pass anything else through."""
-    return str(ensure_tiny_model()) if name == TINY_MODEL else name

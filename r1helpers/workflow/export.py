@@ -142,12 +142,12 @@ def export_gguf(ctx: Context, merged: Path, dtype: str, quantizer) -> dict[str, 
                 temporary = not src.is_file()
                 if temporary:
                     src = tmp / f".{file_name(stem, source)}"
-                    write_gguf(merged, src, source, stem, ctx.cfg.model.name, _template())
+                    write_gguf(merged, src, source, stem, ctx.cfg.model.name, ctx.tokenizer.chat_template)
                 quantizer.quantize(src, target, kind)
                 if temporary:
                     src.unlink()
             else:
-                write_gguf(merged, target, kind, stem, ctx.cfg.model.name, _template())
+                write_gguf(merged, target, kind, stem, ctx.cfg.model.name, ctx.tokenizer.chat_template)
             print(f"wrote {target.name} ({target.stat().st_size / 2**20:.1f} MiB); checking it")
             files[kind] = {"file": target.name, "bytes": target.stat().st_size,
                            "checks": check_one_gguf(ctx, target, kind, merged, probes)}
@@ -156,12 +156,6 @@ def export_gguf(ctx: Context, merged: Path, dtype: str, quantizer) -> dict[str, 
             write_text_atomic(tmp / "Modelfile", modelfile(names[-1]))
         _card(ctx, "gguf", tmp, {k: v["checks"] for k, v in files.items()})
     return {"path": str(path), "bytes": dir_bytes(path), "files": files}
-
-
-def _template() -> str:
-    from r1helpers.core import prompts
-
-    return prompts.CHAT_TEMPLATE
 
 
 def check_one_gguf(ctx: Context, path: Path, kind: str, merged: Path, probes) -> dict[str, Any]:

@@ -60,8 +60,7 @@ def card(cfg: Config, run: Run, kind: str, files: list[tuple[str, int]],
     return hub.model_card(
         kind, hub.repo_ids(repo_base(cfg, run))[kind], files, base_model=cfg.model.name,
         recipe=recipe_lines(cfg, _training_metrics(run)), dataset=cfg.data.source, train_rows=cfg.data.train_rows,
-        max_steps=cfg.train.max_steps, comparison=hub.comparison_summary(run.path("comparison")), checks=checks,
-        demo=cfg.profile == "cpu")
+        max_steps=cfg.train.max_steps, comparison=hub.comparison_summary(run.path("comparison")), checks=checks)
 
 
 def publish(cfg: Config, run: Run, artefacts: dict[str, Path]) -> dict[str, Any]:

@@ -35,16 +35,16 @@ from r1helpers.training.sft import last_value, latest_checkpoint, make_trainer, 
 # ---- models, from the config ---------------------------------------------------------------------
 
 def load_tokenizer_for(cfg: Config):
-    """`modeling.load.load_tokenizer` with cfg.model's name and revision."""
+    """`modeling.load.load_tokenizer` with cfg.model's name, revision and pad token."""
     from r1helpers.modeling.load import load_tokenizer
 
-    return load_tokenizer(cfg.model.name, revision=cfg.model.revision)
+    return load_tokenizer(cfg.model.name, revision=cfg.model.revision, pad_token=cfg.model.pad_token)
 
 
 def model_kwargs(cfg: Config, choice: BackendChoice) -> dict[str, Any]:
     """The keyword arguments of `load_base` / `load_finetuned` for this config and backend choice."""
     return dict(name=cfg.model.name, max_seq_length=cfg.model.max_seq_length, load_in_4bit=choice.load_in_4bit,
-                dtype=choice.dtype, backend=choice.name, revision=cfg.model.revision)
+                dtype=choice.dtype, backend=choice.name, revision=cfg.model.revision, pad_token=cfg.model.pad_token)
 
 
 def load_base_for(cfg: Config, choice: BackendChoice | None = None) -> Loaded:
@@ -493,7 +493,7 @@ def training_preview(cfg: Config, run: Run, prepared, processes: int = 1) -> dic
 
     from r1helpers.core.hardware import choose_backend
     from r1helpers.modeling.load import estimated_weights_gib
-    from r1helpers.modeling.tiny import resolve_model_path
+    from r1helpers.modeling.local import resolve_model_path
 
     cfg = validate(cfg)
     backend = choose_backend(cfg, processes=processes)

@@ -58,7 +58,9 @@ here. `load_base` then loads the model with plain arguments, taken from that pat
 - `load_in_4bit`: store the weights in 4-bit nf4 with bitsandbytes (QLoRA), about 5.5 GB instead of 16 GB for the
   8B model; CUDA only;
 - `dtype`: bf16 or fp16 on a GPU, float32 on a CPU;
-- `backend`: `"unsloth"` or `"transformers"` (notebook 00 shows why this GPU gets which).
+- `backend`: `"unsloth"` or `"transformers"` (notebook 00 shows why this GPU gets which);
+- `pad_token`: the token batches are padded with (`model.pad_token`; `None` picks one that is not EOS, see
+  notebook 02).
 
 `for_inference` then switches the model to evaluation mode with the key-value cache on (and, with Unsloth, to its
 faster generation path). The model is loaded once in this notebook and passed on to every generation below."""),
@@ -67,7 +69,8 @@ from r1helpers.workflow import steps
 gen_path = steps.generation_path(cfg, run, "baseline")  # infer.path: how both models generate, and why
 print(f"generation path {gen_path.path}: {gen_path.reason}")
 loaded = load.load_base(cfg.model.name, max_seq_length=cfg.model.max_seq_length, load_in_4bit=gen_path.load_in_4bit,
-                        dtype=gen_path.dtype, backend=gen_path.backend, revision=cfg.model.revision)
+                        dtype=gen_path.dtype, backend=gen_path.backend, revision=cfg.model.revision,
+                        pad_token=cfg.model.pad_token)
 loaded = load.for_inference(loaded)
 print(f"{gen_path.backend}; weights {gen_path.weights}; on {loaded.device}")"""),
     ("md", """The prompt as token ids, and its last tokens. In the R1 tokenizer `<think>` is one token of its own, so the

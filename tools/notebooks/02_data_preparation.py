@@ -53,7 +53,7 @@ or reuses the saved splits when they were made with the same `model.name`, `mode
 settings. It takes the tokenizer, loaded once here with `load_tokenizer` (which also sets a pad token, see below)."""),
     ("code", """from r1helpers.modeling import load
 from r1helpers.workflow import steps
-tokenizer = load.load_tokenizer(cfg.model.name, revision=cfg.model.revision)
+tokenizer = load.load_tokenizer(cfg.model.name, revision=cfg.model.revision, pad_token=cfg.model.pad_token)
 prepared = steps.prepare(cfg, run, tokenizer=tokenizer)  # reuses data/ when made with these settings
 show.lines(prepared.stats["report"])"""),
     ("code", """train_src, held_src = prepared.train["source_row"], prepared.eval["source_row"]
@@ -120,8 +120,11 @@ Batches pad shorter examples to a common length with the pad token. The pad toke
   padding.
 
 Llama-3 tokenizers often leave pad unset, and a common fix sets it to EOS. `load.ensure_pad_token` (called by
-`load_tokenizer`) keeps a pad token that already differs from EOS, and otherwise picks one of the tokenizer's own
-reserved tokens (`load.PAD_CANDIDATES`), so that the embeddings need no new row, which 4-bit weights make costly."""),
+`load_tokenizer`) uses `model.pad_token` when it is set (it must be an existing token that is neither EOS nor BOS);
+otherwise it keeps a pad token that already differs from EOS, then tries the Llama-3 tokenizer's own reserved
+tokens (`load.PAD_CANDIDATES`), then any other existing special token that is not EOS or BOS (SmolLM2's
+`<|endoftext|>`), so that the embeddings need no new row, which 4-bit weights make costly. When none exists it
+stops with an error that names `model.pad_token`."""),
     ("code", """print(f"EOS: {tokenizer.eos_token!r} id {tokenizer.eos_token_id}")
 print(f"pad: {tokenizer.pad_token!r} id {tokenizer.pad_token_id}")
 print(load.ensure_pad_token(tokenizer))

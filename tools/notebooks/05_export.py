@@ -54,15 +54,19 @@ model behind."""),
     ("md", """## The chat template is the training prompt
 
 A model fine-tuned on one prompt format answers best when it is prompted the same way. Every export carries a
-chat template (`prompts.CHAT_TEMPLATE`, in `tokenizer_config.json` and inside each GGUF) that renders a user
-message into exactly the training prompt: the preamble, the medical-expert instruction, the question, and
-`### Response:` followed by `<think>`. So `tokenizer.apply_chat_template(...)` in transformers, llama.cpp's
+chat template (`prompts.template_for(tokenizer)`, in `tokenizer_config.json` and inside each GGUF) that renders a
+user message into exactly the training prompt: the preamble, the medical-expert instruction, the question, and
+`### Response:` followed by `<think>`. It starts with the BOS token only when the tokenizer puts BOS before the
+training text (the R1 distill's does; SmolLM2's, in the `smollm2` profile, does not), so the rendered prompt has
+the training prompt's token ids, not one token more. So `tokenizer.apply_chat_template(...)` in transformers, llama.cpp's
 chat mode and LM Studio all build the prompt the model was trained on. Here it is rendered the way llama.cpp
 and LM Studio do (Jinja), for the recipe's example question:"""),
     ("code", """question = cfg.infer.example_questions[0]
-rendered = checks.render_template(prompts.CHAT_TEMPLATE, question, bos="<BOS>", eos="<EOS>")
+tokenizer = export.export_tokenizer(cfg)  # the training tokenizer with the template that follows its BOS
+rendered = checks.render_template(tokenizer.chat_template, question, bos=tokenizer.bos_token, eos=tokenizer.eos_token)
 print(rendered)
-print("identical to the training prompt:", rendered == "<BOS>" + prompts.build_prompt(question))"""),
+print("same token ids as the training prompt:",
+      tokenizer(rendered, add_special_tokens=False)["input_ids"] == prompts.encode_prompt(tokenizer, question))"""),
     ("md", """## Run the export
 
 `export.export` does, in order: find the base weights and check the disk space; copy the adapter with the

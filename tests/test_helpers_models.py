@@ -1,0 +1,173 @@
+"""Helpers that make a model other than Llama 3 go through the pipeline (docs/helpers-models.md):
+the pad token (model.pad_token, a general fallback), the chat template that follows the tokenizer's
+BOS, the local model ids, the GGUF writer's pre-tokenizer names and the model card's wording.
+Tiny model and plain dicts only: fast. SmolLM2 itself: tests/test_smollm2.py."""
+
+from __future__ import annotations
+
+import pytest
+
+from r1helpers.core import prompts
+from r1helpers.core.config import SMOLLM2_MODEL, TINY_MODEL, load_config
+from r1helpers.modeling import load
+
+
+# ---- pad token ---------------------------------------------------------------------------------------
+
+def test_model_pad_token_is_a_config_field_of_every_recipe():
+    from r1helpers.core.config import FIELDS, profiles
+
+    assert all(load_config(p).model.pad_token is None for p in profiles())  # automatic everywhere
+    assert load_config("cpu", {"model.pad_token": "<|pad|>"}).model.pad_token == "<|pad|>"
+    assert load_config("cpu", {"pad_token": "null"}).model.pad_token is None
+    assert "None: automatic" in FIELDS["model.pad_token"][1].metadata["help"]
+
+
+def test_configured_pad_token_is_used_and_a_bad_one_named(tiny_model_dir):
+    from r1helpers.modeling.tiny import THINK_TOKENS
+
+    tok = load.load_tokenizer(TINY_MODEL, pad_token=THINK_TOKENS[1])
+    assert tok.pad_token == "</think>" and tok.pad_token_id != tok.eos_token_id
+    with pytest.raises(load.ModelError, match=r"model\.pad_token=.*is the EOS or BOS token"):
+        load.load_tokenizer(TINY_MODEL, pad_token=tok.eos_token)
+    with pytest.raises(load.ModelError, match=r"model\.pad_token='<nope>' is not in the tokenizer's vocabulary"):
+        load.load_tokenizer(TINY_MODEL, pad_token="<nope>")
+
+
+def test_load_base_passes_the_pad_token_to_the_generation_config(tiny_model_dir):
+    base = load.load_base(TINY_MODEL, max_seq_length=256, load_in_4bit=False, dtype="float32",
+                          backend="transformers", pad_token="</think>")
+    assert base.tokenizer.pad_token == "</think>"
+    assert base.model.generation_config.pad_token_id == base.tokenizer.pad_token_id
+    assert base.model.generation_config.eos_token_id == base.tokenizer.eos_token_id
+
+
+def test_without_a_reserved_pad_another_special_token_is_chosen(tiny_model_dir):
+    """A tokenizer that knows none of the Llama-3 pad names (SmolLM2-like): a special token that is not EOS/BOS."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<|endoftext|>": 0, "<|im_start|>": 1, "<|im_end|>": 2, "a": 3, "b": 4}
+    raw = Tokenizer(models.WordLevel(vocab, unk_token="<|endoftext|>"))
+    raw.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=raw, bos_token="<|im_start|>", eos_token="<|im_end|>",
+                                  unk_token="<|endoftext|>")
+    assert tok.pad_token is None
+    message = load.ensure_pad_token(tok)
+    assert tok.pad_token == "<|endoftext|>" and "was unset" in message
+    tok.pad_token = tok.eos_token
+    assert "was EOS" in load.ensure_pad_token(tok) and tok.pad_token == "<|endoftext|>"
+    bare = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"</s>": 0, "a": 1}, unk_token="a")),
+                                   eos_token="</s>")
+    with pytest.raises(load.ModelError, match="Set model.pad_token"):
+        load.ensure_pad_token(bare)
+
+
+# ---- chat template -----------------------------------------------------------------------------------
+
+def test_chat_template_starts_with_bos_only_when_the_tokenizer_adds_it(tokenizer):
+    assert prompts.adds_bos(tokenizer) is True
+    assert prompts.template_for(tokenizer) == prompts.CHAT_TEMPLATE == prompts.chat_template(bos=True)
+    assert prompts.chat_template(bos=True) == "{{ bos_token }}" + prompts.chat_template(bos=False)
+    q = "What causes scurvy?"
+    from r1helpers.export.checks import render_template
+
+    assert render_template(prompts.chat_template(bos=False), q, "<B>", "<E>") == prompts.build_prompt(q)
+
+
+def test_exported_template_renders_the_training_prompt_ids_on_the_tiny_model(tokenizer):
+    """Rendering the template for a question, then tokenizing it as runtimes do, gives the training prompt's ids."""
+    import copy
+
+    from r1helpers.data import load_sample_rows
+    from r1helpers.export.files import with_chat_template
+
+    tok = with_chat_template(copy.deepcopy(tokenizer))
+    for row in load_sample_rows()[:5]:
+        chat = [{"role": "user", "content": row["Question"]}]
+        ids = tok.apply_chat_template(chat, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+        assert ids == prompts.encode_prompt(tok, row["Question"])
+        full = chat + [{"role": "assistant", "content": f"{row['Complex_CoT']}\n</think>\n{row['Response']}"}]
+        ids = tok.apply_chat_template(full, tokenize=True, return_dict=True)["input_ids"]
+        assert ids == prompts.encode_example(tok, row["Question"], row["Complex_CoT"], row["Response"])[0]
+
+
+# ---- local models ------------------------------------------------------------------------------------
+
+def test_local_ids_resolve_to_folders_and_others_pass_through(tiny_model_dir):
+    from r1helpers.modeling.local import model_origin, resolve_model_path
+
+    assert resolve_model_path(TINY_MODEL) == str(tiny_model_dir)
+    assert resolve_model_path("org/model") == "org/model"
+    assert load_config("smollm2").model.name == SMOLLM2_MODEL
+    assert model_origin(TINY_MODEL).pretrained is False and "randomly initialised" in model_origin(TINY_MODEL).summary
+    smol = model_origin(SMOLLM2_MODEL)
+    assert smol.pretrained and smol.hub_id == "HuggingFaceTB/SmolLM2-135M-Instruct" and smol.license == "apache-2.0"
+    assert model_origin("unsloth/DeepSeek-R1-Distill-Llama-8B") == model_origin("org/model")
+
+
+def test_smollm2_profile_keeps_enough_short_rows():
+    """At max_seq_length 512 most sample rows are too long for SmolLM2's tokenizer; the recipe's row ranges
+    were chosen so that 9 training and 6 held-out rows remain (measured in the pipeline run; tests/test_smollm2.py
+    counts the short rows with the real tokenizer)."""
+    cfg = load_config("smollm2")
+    assert (cfg.model.max_seq_length, cfg.data.overlong, cfg.model.load_in_4bit) == (512, "drop", False)
+    assert cfg.train.per_device_train_batch_size * cfg.train.max_steps == 8
+    assert cfg.export.gguf and set(cfg.export.gguf) <= {"f16", "bf16", "q8_0"}
+
+
+# ---- GGUF writer: which tokenizers ---------------------------------------------------------------------
+
+def _tok_json(pre, normalizer=None):
+    return {"model": {"type": "BPE"}, "normalizer": normalizer, "pre_tokenizer": pre}
+
+
+def test_gguf_writer_names_llama3_smollm_and_gpt2_pretokenizers_and_refuses_others():
+    from r1helpers.export.gguf import GGUFError, adds_bos, pretokenizer_name
+    from r1helpers.modeling.tiny import LLAMA3_SPLIT
+
+    bl = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+    llama3 = {"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": LLAMA3_SPLIT}, "behavior": "Isolated"}, {**bl, "use_regex": False}]}
+    smollm = {"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": True}, bl]}
+    assert pretokenizer_name(_tok_json(llama3)) == "llama-bpe"
+    assert pretokenizer_name(_tok_json(smollm)) == "smollm"
+    assert pretokenizer_name(_tok_json(bl, {"type": "Sequence", "normalizers": []})) == "gpt2"
+    refused = [
+        _tok_json({"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": False}, bl]}),
+        _tok_json({**bl, "add_prefix_space": True}),
+        _tok_json(bl, {"type": "NFC"}),
+        {"model": {"type": "Unigram"}, "pre_tokenizer": {"type": "Metaspace"}},
+    ]
+    for tj in refused:
+        with pytest.raises(GGUFError, match="convert_hf_to_gguf.py"):
+            pretokenizer_name(tj)
+    bos_first = {"type": "TemplateProcessing", "single": [{"SpecialToken": {"id": "<s>"}}, {"Sequence": {"id": "A"}}]}
+    assert adds_bos({"post_processor": bos_first}) is True
+    assert adds_bos({"post_processor": {"type": "TemplateProcessing", "single": [{"Sequence": {"id": "A"}}]}}) is False
+    assert adds_bos({"post_processor": None}) is False
+
+
+def test_tiny_gguf_says_llama_bpe_and_adds_bos(tiny_model_dir, tmp_path):
+    from r1helpers.export.gguf import read_metadata, write_gguf
+
+    path = write_gguf(tiny_model_dir, tmp_path / "t-F16.gguf", "f16", "t", TINY_MODEL, prompts.CHAT_TEMPLATE)
+    md = read_metadata(path)
+    assert md["tokenizer.ggml.pre"] == "llama-bpe" and md["tokenizer.ggml.add_bos_token"] is True
+    assert "general.base_model.0.repo_url" not in md  # a local id is no Hub repository
+
+
+# ---- model cards ---------------------------------------------------------------------------------------
+
+def test_model_card_words_the_base_model_from_the_model_not_the_profile():
+    from r1helpers.export import hub
+
+    def card(name):
+        return hub.model_card("merged", "you/r1", [], base_model=name, recipe=[])
+
+    tiny, smol, hubbed = card(TINY_MODEL), card(SMOLLM2_MODEL), card("unsloth/DeepSeek-R1-Distill-Llama-8B")
+    assert "randomly initialised" in tiny and "does not answer anything" in tiny
+    assert "randomly initialised" not in smol and "real pretrained 135M-parameter model" in smol
+    assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct\n" in smol and "license: apache-2.0" in smol
+    assert "randomly initialised" not in hubbed and "license: llama3.1" in hubbed
+    assert "base_model: unsloth/DeepSeek-R1-Distill-Llama-8B\n" in hubbed
