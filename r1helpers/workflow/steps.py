@@ -538,7 +538,7 @@ def generation_path(cfg: Config, run: Run | None = None, stage: str | None = Non
 
     from r1helpers.core.hardware import detect_hardware
     from r1helpers.modeling.load import estimated_weights_gib
-    from r1helpers.modeling.tiny import resolve_model_path
+    from r1helpers.modeling.local import resolve_model_path
 
     cfg = validate(cfg)
     cap = gpu_cap_gib()
