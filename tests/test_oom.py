@@ -200,7 +200,7 @@ def test_interrupted_gguf_save_keeps_the_previous_files(tmp_path, monkeypatch, s
         raise KeyboardInterrupt
 
     cfg = dataclasses.replace(small_cfg, export=dataclasses.replace(small_cfg.export, gguf=["f16", "q8_0"]))
-    ctx = SimpleNamespace(cfg=cfg, out=tmp_path, logits_ok=False)
+    ctx = SimpleNamespace(cfg=cfg, out=tmp_path, logits_ok=False, tokenizer=SimpleNamespace(chat_template="{{ x }}"))
     monkeypatch.setattr(export, "check_one_gguf", lambda *a, **k: {})
     monkeypatch.setattr(export, "_card", lambda *a, **k: None)  # the model card needs a whole run
     monkeypatch.setattr(gguf_export, "write_gguf", write)
