@@ -110,3 +110,31 @@ def test_batches_cover_every_index_once():
     assert batches([], 4) == []
     with pytest.raises(ValueError):
         batches(order, 0)
+
+
+def test_kv_cache_bytes_from_a_model_config():
+    from types import SimpleNamespace
+
+    from r1helpers.inference.plan import kv_cache_bytes_for
+
+    llama8b = SimpleNamespace(num_hidden_layers=32, num_key_value_heads=8, num_attention_heads=32, hidden_size=4096)
+    assert kv_cache_bytes_for(llama8b) == 131072  # 32 layers x 8 KV heads x 128 dims x keys and values x 2 bytes
+    assert kv_cache_bytes_for(llama8b, dtype_bytes=4) == 2 * 131072
+
+
+def test_prompt_lengths_count_the_prompt_the_model_sees(tokenizer):
+    from r1helpers.core import prompts
+    from r1helpers.inference.generate import prompt_lengths
+
+    q = "What causes scurvy?"
+    assert prompt_lengths(tokenizer, [q, q + " And rickets?"])[0] == len(prompts.encode_prompt(tokenizer, q))
+
+
+def test_gpu_memory_is_none_without_cuda():
+    import torch
+
+    from r1helpers.inference.paths import gpu_memory
+
+    if torch.cuda.is_available():
+        pytest.skip("a CPU-only check")
+    assert gpu_memory() is None and gpu_memory(15.0) is None
