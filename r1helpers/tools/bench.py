@@ -17,6 +17,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -81,8 +82,11 @@ def sample_lengths(n: int, seed: int, lengths_from: str | None, max_len: int) ->
     return [int(x) for x in xs], f"log-normal estimate {d}"
 
 
-def build_random_model(out: Path, layers: int | None = None) -> Path:
-    """A random model in the 8B shape, saved in bf16 with a small tokenizer (ids are drawn directly)."""
+def build_random_model(out: Path, layers: int | None = None, tokenizer=None) -> Path:
+    """A random model in the 8B shape, saved in bf16 (written to a temporary folder, then renamed).
+
+    `tokenizer`: the one saved with it; by default a small one (the benchmark draws token ids directly).
+    """
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -91,17 +95,20 @@ def build_random_model(out: Path, layers: int | None = None) -> Path:
     if (out / "config.json").is_file():
         return out
     dims = {**LLAMA_8B, **({"num_hidden_layers": layers} if layers else {})}
-    tok = build_tokenizer(["a b c d e f g h i j k l m n o p q r s t u v w x y z"] * 10, vocab_size=300)
+    tok = tokenizer or build_tokenizer(["a b c d e f g h i j k l m n o p q r s t u v w x y z"] * 10, vocab_size=300)
     config = LlamaConfig(**dims, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                         pad_token_id=tok.pad_token_id, tie_word_embeddings=False)
+                         pad_token_id=tok.pad_token_id, tie_word_embeddings=False, torch_dtype="bfloat16")
     torch.manual_seed(0)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
     with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
         torch.set_default_dtype(torch.bfloat16)
         model = LlamaForCausalLM(config)
         torch.set_default_dtype(torch.float32)
-    model.save_pretrained(str(out), max_shard_size="5GB")
-    tok.save_pretrained(str(out))
+    model.save_pretrained(str(tmp), max_shard_size="5GB")
+    tok.save_pretrained(str(tmp))
     del model
+    os.replace(tmp, out)
     return out
 
 

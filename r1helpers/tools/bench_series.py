@@ -33,29 +33,14 @@ MANIFESTS = {"01": ("baseline",), "02": ("data",), "03": ("train",), "04": ("fin
 
 def build_model(out: Path) -> Path:
     """The 8B shape with random bf16 weights and the tiny model's tokenizer (its ids < 2048 are used)."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer
 
     from r1helpers.modeling.tiny import ensure_tiny_model
-    from r1helpers.tools.bench import LLAMA_8B
+    from r1helpers.tools.bench import build_random_model
 
     if (out / "config.json").is_file():
         return out
-    tok = AutoTokenizer.from_pretrained(ensure_tiny_model())
-    config = LlamaConfig(**LLAMA_8B, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                         pad_token_id=tok.pad_token_id, tie_word_embeddings=False, torch_dtype="bfloat16")
-    torch.manual_seed(0)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
-        torch.set_default_dtype(torch.bfloat16)
-        model = LlamaForCausalLM(config)
-        torch.set_default_dtype(torch.float32)
-    model.save_pretrained(str(tmp), max_shard_size="5GB")
-    tok.save_pretrained(str(tmp))
-    del model
-    os.replace(tmp, out)
-    return out
+    return build_random_model(out, tokenizer=AutoTokenizer.from_pretrained(ensure_tiny_model()))
 
 
 def series_overrides(model: Path, eval_rows: int, extra: list[str]) -> list[str]:
