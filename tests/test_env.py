@@ -181,7 +181,7 @@ PROPS = {
     ("T4", 1, "2", "unsloth", "float16", "2 GPUs seen (Tesla T4 x2); this notebook trains on GPU 0"),
     ("P100", 1, "", "transformers", "float16", "Kaggle has retired the P100"),
     ("H100", 1, "", "unsloth", "bfloat16", "native bf16, training in bf16"),
-    (None, 0, "", "transformers", "float32", "the CPU profile checks the pipeline"),
+    (None, 0, "", "transformers", "float32", "no CUDA GPU: the seed recipe needs one"),
 ], ids=["T4", "T4x2-pinned", "P100", "H100", "CPU"])
 def test_decision_from_injected_device_properties(monkeypatch, gpu, count, seen, backend, dtype, says):
     """detect_hardware reads torch.cuda as a Kaggle T4 / T4 x2 (second GPU hidden), P100, H100 or CPU shows it."""

@@ -325,7 +325,11 @@ def hardware_notes(cfg: Config, hw: Hardware, choice: BackendChoice | None = Non
     """The lines a person on this machine should read before anything loads."""
     if hw.device != "cuda":
         where = " (on Kaggle: Settings > Accelerator > 'GPU T4 x2', then run again)" if kaggle else ""
-        return [f"no CUDA GPU: the seed recipe needs one{where}; the CPU profile checks the pipeline"]
+        what = {"cpu": "the CPU profile (a tiny random model) checks the pipeline",
+                "seed": "its 8B model on a CPU is impractically slow; the CPU profile (--profile cpu, a tiny random "
+                        "model) checks the pipeline"}.get(
+            cfg.profile, f"the {cfg.profile} profile runs on the CPU ({cfg.model.name}), slowly but for real")
+        return [f"no CUDA GPU: the seed recipe needs one{where}; {what}"]
     gpu = hw.gpu
     cap = f"{gpu.capability[0]}.{gpu.capability[1]}"
     notes = []
