@@ -153,16 +153,21 @@ HOLDER = textwrap.dedent("""
 """)
 
 
-def test_a_second_run_on_the_folder_says_who_holds_it_and_waits(tmp_path):
+def _holder(tmp_path, seconds: str, wait: bool = False):
+    """HOLDER on tmp_path/run: started in the background, or (wait) run to its end."""
     script = tmp_path / "holder.py"
     script.write_text(HOLDER)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    first = subprocess.Popen([sys.executable, str(script), str(tmp_path / "run"), "4"], env=env,
-                             stdout=subprocess.PIPE, text=True)
+    cmd, env = [sys.executable, str(script), str(tmp_path / "run"), seconds], {**os.environ, "PYTHONPATH": str(ROOT)}
+    if wait:
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True)
+
+
+def test_a_second_run_on_the_folder_says_who_holds_it_and_waits(tmp_path):
+    first = _holder(tmp_path, "4")
     assert first.stdout.readline().strip() == "holding"
     t0 = time.perf_counter()
-    second = subprocess.run([sys.executable, str(script), str(tmp_path / "run"), "0"], env=env,
-                            capture_output=True, text=True, timeout=120)
+    second = _holder(tmp_path, "0", wait=True)
     assert first.wait(timeout=60) == 0 and first.stdout.read().strip() == "built"
     assert f"being written by pid {first.pid}" in second.stdout and "waiting" in second.stdout
     assert second.stdout.strip().splitlines()[-1] == "reused", second.stdout + second.stderr
@@ -170,16 +175,11 @@ def test_a_second_run_on_the_folder_says_who_holds_it_and_waits(tmp_path):
 
 
 def test_a_killed_holder_releases_the_folder(tmp_path):
-    script = tmp_path / "holder.py"
-    script.write_text(HOLDER)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    first = subprocess.Popen([sys.executable, str(script), str(tmp_path / "run"), "600"], env=env,
-                             stdout=subprocess.PIPE, text=True)
+    first = _holder(tmp_path, "600")
     assert first.stdout.readline().strip() == "holding"
     first.kill()
     first.wait()
-    second = subprocess.run([sys.executable, str(script), str(tmp_path / "run"), "0"], env=env,
-                            capture_output=True, text=True, timeout=120)
+    second = _holder(tmp_path, "0", wait=True)
     assert second.stdout.strip().splitlines()[-1] == "built", second.stdout + second.stderr
 
 

@@ -233,13 +233,14 @@ def export(cfg: Config, run: Run, force: bool = False) -> dict[str, Any]:
     A finished export is reused only when every artefact was made from the adapter now in
     train/adapter (sha256); one that is not (an export killed half-way) is made again.
     """
-    if not force and run.is_current(cfg, "export"):
-        why = matches_adapter(run)
-        if why:
-            print(f"export: not reusing the recorded export: {why}; exporting again", flush=True)
-            run.manifest_path("export").unlink()  # unfinished work: replaced, not protected
-    return run.reuse_or_build(cfg, "export", lambda: _export(cfg, run), lambda: read_json(run.path("exported")),
-                              force=force)
+    with run.lock("export"):  # the check and the rebuild under one hold of the run folder (re-entrant)
+        if not force and run.is_current(cfg, "export"):
+            why = matches_adapter(run)
+            if why:
+                print(f"export: not reusing the recorded export: {why}; exporting again", flush=True)
+                run.manifest_path("export").unlink()  # unfinished work: replaced, not protected
+        return run.reuse_or_build(cfg, "export", lambda: _export(cfg, run),
+                                  lambda: read_json(run.path("exported")), force=force)
 
 
 def _export(cfg: Config, run: Run) -> dict[str, Any]:

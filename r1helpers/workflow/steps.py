@@ -354,7 +354,7 @@ def train(cfg: Config, run: Run, loaded: Loaded, prepared, resume: bool | None =
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     earlier = _elapsed_before(resume_from)  # the interrupted sessions' training time, kept in each checkpoint
-    trainer.add_callback(ElapsedInCheckpoints(earlier))
+    trainer.add_callback(elapsed_in_checkpoints(earlier))
     t0 = time.perf_counter()
     try:
         result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
@@ -423,21 +423,20 @@ def _mean_logged_loss(history: list[dict[str, Any]]) -> float | None:
     return sum(losses) / len(losses) if losses else None
 
 
-class ElapsedInCheckpoints:
-    """Writes the training time so far into each checkpoint, so a resumed run reports the whole run's time."""
+def elapsed_in_checkpoints(earlier: float):
+    """A TrainerCallback that writes the training time so far into each checkpoint, so a resumed run
+    reports the whole run's time (transformers is imported here, not when this module loads)."""
+    from transformers import TrainerCallback
 
-    def __init__(self, earlier: float) -> None:
-        self.earlier, self.t0 = earlier, time.perf_counter()
+    t0 = time.perf_counter()
 
-    def __getattr__(self, name: str):  # the TrainerCallback events this does not handle
-        if name.startswith("on_"):
-            return lambda *a, **k: None
-        raise AttributeError(name)
+    class ElapsedInCheckpoints(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if is_main_process() and folder.is_dir():
+                write_json_atomic(folder / ELAPSED_FILE, {"seconds": earlier + time.perf_counter() - t0})
 
-    def on_save(self, args, state, control, **kwargs):
-        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        if is_main_process() and folder.is_dir():
-            write_json_atomic(folder / ELAPSED_FILE, {"seconds": self.earlier + time.perf_counter() - self.t0})
+    return ElapsedInCheckpoints()
 
 
 def _rounded(x: float | None, digits: int = 4) -> float | None:
