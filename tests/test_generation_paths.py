@@ -97,6 +97,26 @@ def test_gpu_cap_from_the_environment():
             paths.gpu_cap_gib({paths.GPU_GIB_ENV: bad})
 
 
+def test_static_cache_compiles_under_torch_defaults_not_unsloths():
+    """Unsloth's import sets suppress_errors=True and recompile_limit=1024 (among others) for the whole process;
+    the static cache's decoding step compiles under torch's defaults, and Unsloth's values come back after."""
+    import torch._dynamo.config as dynamo
+    import torch._inductor.config as inductor
+
+    from r1helpers.inference.generate import changed_compile_settings, torch_compile_defaults
+
+    assert changed_compile_settings() == {}
+    with dynamo.patch(suppress_errors=True, recompile_limit=1024), inductor.patch({"cuda.use_fast_math": True}):
+        assert changed_compile_settings() == {"dynamo.suppress_errors": (True, False),
+                                              "dynamo.recompile_limit": (1024, 8),
+                                              "inductor.cuda.use_fast_math": (True, False)}
+        with torch_compile_defaults():
+            assert changed_compile_settings() == {}
+            assert dynamo.recompile_limit == 8 and dynamo.suppress_errors is False
+        assert dynamo.recompile_limit == 1024 and inductor.cuda.use_fast_math is True
+    assert changed_compile_settings() == {}
+
+
 # ---- the same answers on every path ------------------------------------------------------------------
 
 PLAIN = dict(max_seq_length=1024, load_in_4bit=False, dtype="float32", backend="transformers")

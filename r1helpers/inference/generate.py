@@ -20,19 +20,75 @@ the KV cache for the whole batch; on CUDA transformers then compiles the decodin
 mode "reduce-overhead": CUDA graphs) the first time, which takes a minute or so and makes every later
 step far cheaper. All batches then share one cache length (the longest prompt of all + max_new_tokens,
 `max_cache_len`) and a short last batch is filled up with copies of a prompt whose answers are thrown
-away, so the compiled step is reused instead of compiled again for a new shape.
+away, so the compiled step is reused instead of compiled again for a new shape. It compiles under
+torch's default compile settings (`torch_compile_defaults`), not those Unsloth's import sets for training.
 
     python -m r1helpers.pipeline --stages 01
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
-from typing import Any
+from typing import Any, Iterator
 
 from r1helpers.core import prompts
 from r1helpers.core.hardware import free_memory, headless, is_oom
 from r1helpers.inference.plan import GenerationPlan, kv_cache_bytes_for, order_by_length, plan_generation
+
+
+# torch.compile settings that importing Unsloth changes for the whole process (unsloth_zoo.patching_utils.
+# patch_torch_compile), and that the static cache's compiled decoding step must not run under. Among them:
+# suppress_errors=True turns a failed compilation into an eager run that compiles again on the next step,
+# and recompile_limit=1024 lets a guard that fails on every step recompile up to 1,024 times; together,
+# a decoding step that never finishes compiling instead of an error or a fallback after 8 tries.
+DYNAMO_KEYS = ("suppress_errors", "recompile_limit", "accumulated_recompile_limit", "capture_scalar_outputs",
+               "capture_dynamic_output_shape_ops", "do_not_emit_runtime_asserts", "allow_unspec_int_on_nn_module")
+INDUCTOR_KEYS = ("debug", "dce", "memory_planning", "memory_pool", "efficient_conv_bn_eval_fx_passes",
+                 "dynamic_scale_rblock", "max_autotune", "max_autotune_pointwise", "coordinate_descent_tuning",
+                 "aggressive_fusion", "freezing", "autotune_fallback_to_aten", "autotune_multi_device",
+                 "max_autotune_gemm_backends", "cuda.enable_cuda_lto", "cuda.use_fast_math", "cuda.compile_opt_level")
+
+
+def _defaults(config, keys: tuple[str, ...]) -> dict[str, Any]:
+    """torch's own default of each key that this torch has (aliases, whose default is a sentinel, skipped)."""
+    table = getattr(config, "_config", {})
+    out = {}
+    for key in keys:
+        entry = table.get(key)
+        default = getattr(entry, "default", None)
+        if entry is not None and isinstance(default, (bool, int, float, str)):
+            out[key] = default
+    return out
+
+
+def changed_compile_settings() -> dict[str, tuple[Any, Any]]:
+    """The torch.compile settings (of DYNAMO_KEYS and INDUCTOR_KEYS) that differ from torch's defaults in this
+    process, as {"dynamo.key": (now, default)}: empty unless something such as Unsloth's import changed them."""
+    import torch._dynamo.config as dynamo
+    import torch._inductor.config as inductor
+
+    out = {}
+    for name, config, keys in (("dynamo", dynamo, DYNAMO_KEYS), ("inductor", inductor, INDUCTOR_KEYS)):
+        for key, default in _defaults(config, keys).items():
+            now = getattr(config, key) if "." not in key else getattr(getattr(config, key.split(".")[0]),
+                                                                      key.split(".", 1)[1])
+            if now != default:
+                out[f"{name}.{key}"] = (now, default)
+    return out
+
+
+@contextlib.contextmanager
+def torch_compile_defaults() -> Iterator[None]:
+    """Run the block with torch's default torch.compile settings for DYNAMO_KEYS and INDUCTOR_KEYS, restored
+    afterwards: the static cache's decoding step then compiles as it would without Unsloth imported (or fails
+    with an error, which `generate`'s caller turns into a fallback), while Unsloth's own settings stay in force
+    for training."""
+    import torch._dynamo.config as dynamo
+    import torch._inductor.config as inductor
+
+    with dynamo.patch(_defaults(dynamo, DYNAMO_KEYS)), inductor.patch(_defaults(inductor, INDUCTOR_KEYS)):
+        yield
 
 
 class LineProgress:
@@ -176,6 +232,8 @@ def generate(model, tokenizer, questions: list[str], *, max_new_tokens: int, bat
     run_stats: dict[str, Any] = {"batches": [], "batch_seconds": [], "warmup_seconds": [], "decode_seconds": [],
                                  "decode_tokens": [], "oom_retries": 0}
     on_cuda = device.type == "cuda"
+    if static and on_cuda:
+        run_stats["compile_settings_restored"] = sorted(changed_compile_settings())
     if on_cuda:
         torch.cuda.reset_peak_memory_stats(device)
     bar = progress_bar(len(questions), "generating") if progress else None
@@ -196,7 +254,7 @@ def generate(model, tokenizer, questions: list[str], *, max_new_tokens: int, bat
         t0 = time.perf_counter()
         out = None
         try:
-            with torch.inference_mode():
+            with torch.inference_mode(), (torch_compile_defaults() if static and on_cuda else contextlib.nullcontext()):
                 out = model.generate(**enc, **gen_kwargs, streamer=streamer,
                                      logits_processor=LogitsProcessorList([clock]))
         except RuntimeError as e:

@@ -12,6 +12,7 @@ generates `--new-tokens` for `--prompts` of the bundled sample questions with `i
 - static_16bit: bf16 weights + LoRA, static KV cache; a first call (which compiles the decoding step), then
   a second, timed alone; then checks that its first 16 greedy tokens on 4 prompts agree with dynamic-cache
   batch-1 generation on the same weights (and, for scale, how far batched dynamic generation agrees);
+- static_16bit_plain: the same in a process that never imports Unsloth (what Unsloth's import costs it);
 - dynamic_16bit: the same weights with the dynamic cache (what the static cache buys);
 - unsloth: 4-bit base + LoRA through Unsloth's inference path;
 - dynamic_4bit: transformers + bitsandbytes 4-bit + LoRA, dynamic cache (the fallback; not run by default).
@@ -31,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-DEFAULT_PATHS = ("static_16bit", "dynamic_16bit", "unsloth")
+DEFAULT_PATHS = ("static_16bit", "static_16bit_plain", "dynamic_16bit", "unsloth")
 ALL_PATHS = (*DEFAULT_PATHS, "dynamic_4bit")
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -68,7 +69,7 @@ def build_adapter(model_dir: Path, out: Path, r: int = 16, alpha: int = 16, seed
 def _config(model_dir: str, path: str, new_tokens: int):
     from r1helpers.core.config import load_config
 
-    infer_path = {"dynamic_16bit": "dynamic", "dynamic_4bit": "dynamic"}.get(path, path)
+    infer_path = {"dynamic_16bit": "dynamic", "dynamic_4bit": "dynamic", "static_16bit_plain": "static_16bit"}.get(path, path)
     over = {"model.name": model_dir, "infer.path": infer_path, "infer.max_new_tokens": new_tokens,
             "model.backend": "unsloth" if path == "unsloth" else "transformers"}
     if path == "dynamic_16bit":
@@ -95,7 +96,8 @@ def _timed(loaded, questions, cfg, plan, gp) -> tuple[dict[str, Any], list[dict]
             "warmup_seconds": stats["warmup_seconds"], "decode_tokens_per_second":
             round(decode_tokens / decode_s, 1) if decode_s else None,
             "peak_reserved_gib": stats.get("peak_gpu_reserved_gib"), "batches": stats.get("batches"),
-            "oom_retries": stats.get("oom_retries")}, records
+            "oom_retries": stats.get("oom_retries"),
+            "compile_settings_restored": stats.get("compile_settings_restored")}, records
 
 
 def _first_tokens(loaded, questions: list[str], rows: list[int], n: int, **extra) -> list[list[int]]:
@@ -153,7 +155,7 @@ def run_path(path: str, model_dir: str, adapter_dir: str, prompts_n: int, new_to
 
     # As in a notebook, where r1helpers.start() imports Unsloth on a GPU that supports it (it patches torch.compile
     # settings and transformers for the whole process), before anything else loads.
-    unsloth_imported, _ = unsloth_importable()
+    unsloth_imported = False if path.endswith("_plain") else unsloth_importable()[0]
     import torch
 
     from r1helpers.data import load_sample_rows
