@@ -173,3 +173,27 @@ def test_trainer_checkpoints_only_where_the_plan_or_config_says(tmp_path):
     assert seed.gradient_checkpointing is True and seed.gradient_checkpointing_kwargs == {"use_reentrant": False}
     planned = args(load_config("seed"), BatchPlan(8, 1, True, "t", "false", 9000))
     assert planned.gradient_checkpointing is False
+
+
+def test_bench_merge_measures_each_type_against_base_plus_adapter(tiny_model_dir, tmp_path, capsys):
+    """The merge benchmark on the tiny model with a random LoRA: one line per 16-bit type, from a real merge,
+    the weight check read back from disk and the export's logit check, a failing type reported, not raised."""
+    import json
+
+    from r1helpers.tools import bench_merge
+    from r1helpers.tools.bench_generation import build_adapter
+
+    adapter = build_adapter(tiny_model_dir, tmp_path / "adapter", r=8, alpha=16)
+    assert bench_merge.main(["--base", str(tiny_model_dir), "--adapter", str(adapter), "--prompts", "2",
+                             "--tokens", "4", "--work", str(tmp_path)]) == 0
+    rows = [json.loads(ln.split(" ", 1)[1]) for ln in capsys.readouterr().out.splitlines()
+            if ln.startswith("MERGECHECK ")]
+    assert [r["dtype"] for r in rows] == ["bfloat16", "float16"]
+    for r in rows:
+        assert "error" not in r, r
+        assert r["check_device"] == "cpu" and r["merged_tensors"] > 0 and isinstance(r["passed"], bool)
+        assert r["weights"]["weights_changed_by_lora"] > 0 and r["logits"]["prompts"] == 2
+    # float16 keeps three more mantissa bits than bfloat16: fewer of the LoRA's changes round away
+    bf16, fp16 = (r["weights"]["lora_changes_lost_to_rounding"] for r in rows)
+    assert fp16 < bf16
+    assert not list(tmp_path.glob("merge-*")), "the temporary merges are deleted"

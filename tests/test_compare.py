@@ -14,7 +14,7 @@ from r1helpers.evaluate import compare
 from r1helpers import data
 from r1helpers.evaluate import report
 from r1helpers.core.config import apply_overrides
-from r1helpers.core.runs import Run
+from r1helpers.core.runs import read_jsonl, Run
 from r1helpers.workflow import steps
 
 
@@ -355,6 +355,24 @@ def test_trained_tiny_model_fits_better_but_is_not_called_helped(cfg, trained_co
     assert run.is_current(cfg, "compare")
     again = steps.compare(cfg, run, None, [], [])
     assert again["headline"] == result["headline"], "a current comparison is reused"
+
+
+def test_comparison_grades_the_letters_generated_in_stages_01_and_04(cfg, prepared_run, trained_comparison,
+                                                                     monkeypatch):
+    """Stages 01 and 04 answer the multiple-choice questions in their generation batches; the comparison grades
+    those answers and generates nothing itself."""
+    import r1helpers.inference.generate as gen
+
+    run, prepared = prepared_run
+    monkeypatch.setattr(gen, "generate", lambda *a, **k: pytest.fail("the comparison generated again"))
+    result = steps.compare(cfg, run, prepared, steps.baseline(cfg, run, prepared),
+                           steps.finetuned(cfg, run, prepared), force=True)
+    items = result["accuracy"]["items"]
+    for side, stage in (("base", "baseline"), ("tuned", "finetuned")):
+        made = {r["id"]: r for r in read_jsonl(run.path(f"{stage}_mcq"))}
+        assert len(made) == len(items) == 24
+        assert [it[side]["generated"] for it in items] == [made[it["id"]]["generated"] for it in items]
+        assert run.read_manifest(stage)["mcq_questions"] == 24
 
 
 def test_figures_render_for_the_notebook(trained_comparison):

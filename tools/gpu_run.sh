@@ -12,6 +12,7 @@
 #   tools/gpu_run.sh series8b [ARGS]       # stages 00-05 of the seed recipe on the 8B shape (bench_series)
 #   tools/gpu_run.sh genpaths [ARGS]       # each generation path on the 8B shape: tokens/s, peak GiB, equality
 #   TAG=t4 tools/gpu_run.sh genpaths --gpu-gib 15 --paths unsloth   # the T4's path under a 15 GiB cap
+#   tools/gpu_run.sh mergecheck [ARGS]     # after series8b: the trained 8B-shape adapter merged in each 16-bit type
 #
 # Results go to $OUT (or ./gpu-out) as small files.
 set -uo pipefail
@@ -76,6 +77,11 @@ PY
     shift
     $PY -m r1helpers.tools.bench_generation --out "$OUT/genpaths-${TAG:-default}.jsonl" "$@" 2>&1 | tee "$OUT/genpaths-${TAG:-default}.log" | grep -E "^GENPATH|genpaths:|ready in|Error|error" | head -40
     ;;
+  mergecheck)
+    shift
+    $PY -m r1helpers.tools.bench_merge --base /tmp/r1series/llama8b-random-tinytok --adapter /tmp/r1series/run/train/adapter \
+      --work /tmp "$@" 2>&1 | tee "$OUT/mergecheck-${TAG:-default}.log" | grep -E "^MERGECHECK|Error|error" | head -20
+    ;;
   *)
-    echo "usage: $0 series|pfcheck|bench CONFIGS|budget|launcher|series8b|genpaths" >&2; exit 2 ;;
+    echo "usage: $0 series|pfcheck|bench CONFIGS|budget|launcher|series8b|genpaths|mergecheck" >&2; exit 2 ;;
 esac

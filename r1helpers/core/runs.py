@@ -25,12 +25,15 @@ from r1helpers.core.config import Config
 
 T = TypeVar("T")
 
+# The multiple-choice questions that each generation stage answers by generation too (compare.mcq_generate),
+# in the same batches as the held-out questions.
+MCQ_GENERATION = ("compare.mcq_source", "compare.mcq_split", "compare.mcq_rows", "compare.mcq_generate")
 # Which config sections each stage's outputs depend on (upstream stages included).
 STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "data": ("model.name", "model.max_seq_length", "data"),
-    "baseline": ("model", "data", "infer"),
+    "baseline": ("model", "data", "infer", *MCQ_GENERATION),
     "train": ("model", "data", "lora", "train"),
-    "finetuned": ("model", "data", "lora", "train", "infer"),
+    "finetuned": ("model", "data", "lora", "train", "infer", *MCQ_GENERATION),
     "compare": ("model", "data", "lora", "train", "infer", "compare"),
     # The model card quotes the comparison, so a rerun of 04 with other settings refreshes the export.
     "export": ("model", "data", "lora", "train", "infer", "compare", "export"),
@@ -169,11 +172,13 @@ OUTPUTS: dict[str, str] = {
     "dataset": "data/dataset",
     "data_stats": "data/stats.json",
     "baseline": "baseline/generations.jsonl",
+    "baseline_mcq": "baseline/mcq_generations.jsonl",
     "adapter": "train/adapter",
     "checkpoints": "train/checkpoints",
     "log_history": "train/log_history.json",
     "train_metrics": "train/metrics.json",
     "finetuned": "finetuned/generations.jsonl",
+    "finetuned_mcq": "finetuned/mcq_generations.jsonl",
     "comparison": "compare/comparison.json",
     "report": "compare/report.html",
     "exported": "export/exported.json",

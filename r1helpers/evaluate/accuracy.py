@@ -552,6 +552,17 @@ def answer_mcq(model, tokenizer, rows: Sequence[dict[str, Any]], *, decoding: di
     return out
 
 
+def attach_generations(answers: Sequence[dict[str, Any]], generated: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`answer_mcq` results (likelihood only) with generated answers made elsewhere, e.g. in the same batches
+    as other questions: each `generated` record (id, generated, think_closed, finished, new_tokens) joins the
+    answer with its id. Both lists in the same order of the same questions.
+    """
+    if [a["id"] for a in answers] != [g["id"] for g in generated]:
+        raise ValueError("the generated answers are for other questions, or in another order, than the scored ones")
+    return [{**a, "generated": g["generated"], "think_closed": g["think_closed"], "finished": g["finished"],
+             "new_tokens": g["new_tokens"]} for a, g in zip(answers, generated)]
+
+
 def answer_mcq_before_after(model, tokenizer, rows: Sequence[dict[str, Any]], *,
                             decoding: dict[str, Any] | None = None, normalize: str = "mean") -> dict[str, list]:
     """`answer_mcq` with the LoRA adapter off (the base model) and on, from one loaded peft model.

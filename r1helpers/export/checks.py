@@ -7,22 +7,25 @@ when llama-cpp-python is installed, each GGUF run by llama.cpp itself (in a chil
 process, so a crash in C cannot take the notebook down). Greedy tokens are taken
 without stopping at EOS, so every comparison covers the same number of tokens.
 
-Logit checks load whole models in float32; when that does not fit in memory (the 8B
-model on a 30 GB machine), they are skipped with a note and the weight-level checks,
-which read one tensor at a time, stand in for them.
+Logit checks load whole models in float32, on a CUDA GPU whose free memory holds that copy with a
+third to spare (the 8B model on an 80 GB or larger GPU), else on the CPU, with TF32 matmuls off so
+float32 means float32; when it fits in neither (the 8B model on a 30 GB machine with a 16 GB GPU),
+they are skipped with a note and the weight-level checks, which read one tensor at a time, stand in
+for them.
 
     python -m r1helpers.export.checks llama.cpp model.gguf probes.json   # what the child process runs
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -67,28 +70,58 @@ def logits_fit(n_params: int, available: int | None = None) -> bool:
     return available is None or n_params * 4 * 1.5 < available
 
 
+def check_device(n_params: int) -> str:
+    """Where a float32 copy of `n_params` weights runs the logit checks: "cuda" when the GPU's free memory
+    holds it with a third to spare (`logits_fit`), else "cpu"."""
+    import torch
+
+    if torch.cuda.is_available() and logits_fit(n_params, torch.cuda.mem_get_info()[0]):
+        return "cuda"
+    return "cpu"
+
+
+def logits_fit_anywhere(n_params: int) -> bool:
+    """The logit checks can run: a float32 copy fits on the GPU or in the machine's memory."""
+    return check_device(n_params) == "cuda" or logits_fit(n_params)
+
+
+@contextlib.contextmanager
+def full_float32() -> Iterator[None]:
+    """float32 matmuls in full float32 on CUDA (no TF32, which Unsloth's import or a user may turn on)."""
+    import torch
+
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
 # ---- transformers side --------------------------------------------------------------------------
 
 def hf_greedy(model, prompt_ids: list[int], n: int) -> list[int]:
     import torch
 
     out: list[int] = []
-    x, past = torch.tensor([prompt_ids]), None
-    with torch.no_grad():
+    device = next(model.parameters()).device
+    x, past = torch.tensor([prompt_ids], device=device), None
+    with torch.no_grad(), full_float32():
         for _ in range(n):
             o = model(input_ids=x, past_key_values=past, use_cache=True)
             past = o.past_key_values
             nxt = int(o.logits[0, -1].argmax())
             out.append(nxt)
-            x = torch.tensor([[nxt]])
+            x = torch.tensor([[nxt]], device=device)
     return out
 
 
 def hf_logits(model, ids: list[int]) -> np.ndarray:
     import torch
 
-    with torch.no_grad():
-        return model(input_ids=torch.tensor([ids])).logits[0].float().numpy()
+    device = next(model.parameters()).device
+    with torch.no_grad(), full_float32():
+        return model(input_ids=torch.tensor([ids], device=device)).logits[0].float().cpu().numpy()
 
 
 def reference_probes(model, prompts: list[list[int]], n: int) -> list[Probe]:
@@ -136,11 +169,25 @@ def judge(kind: str, result: dict[str, Any], what: str) -> dict[str, Any]:
     return result
 
 
+def float32_parameters(path: Path, gguf_file: str | None = None) -> int:
+    """The parameter count of the model at `path`, from its config (nothing loads)."""
+    from transformers import AutoConfig
+
+    from r1helpers.modeling.load import estimated_weights_gib
+
+    kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+    dims = AutoConfig.from_pretrained(str(path), **kwargs)
+    return int(estimated_weights_gib(dims, False, "float32") * 2**30 / 4)
+
+
 def load_float32(path: Path, gguf_file: str | None = None):
+    """The model at `path` in float32, on the GPU when it fits there (`check_device`), else on the CPU."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+    kwargs: dict[str, Any] = {"gguf_file": gguf_file} if gguf_file else {}
+    if check_device(float32_parameters(path, gguf_file)) == "cuda":
+        kwargs["device_map"] = "cuda"
     return AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, **kwargs).eval()
 
 

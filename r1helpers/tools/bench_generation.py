@@ -87,7 +87,7 @@ def _timed(loaded, questions, cfg, plan, gp) -> tuple[dict[str, Any], list[dict]
     torch.cuda.synchronize()
     t0 = time.perf_counter()
     records = generate(loaded.model, loaded.tokenizer, questions, **{**generation_kwargs(cfg, plan, gp),
-                                                                      "progress": False, "stream": False}, stats=stats)
+                                                                      "progress": True, "stream": False}, stats=stats)
     torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
     tokens = sum(r["new_tokens"] for r in records)
@@ -255,8 +255,9 @@ def main(argv: list[str] | None = None) -> int:
             rows = [json.loads(ln[len("GENPATH "):]) for ln in lines]
             if not rows:
                 rows = [{"measure": path, "error": f"exit {proc.returncode}: {proc.stderr[-600:]}"}]
-        except subprocess.TimeoutExpired:
-            rows = [{"measure": path, "error": f"over {args.timeout} s"}]
+        except subprocess.TimeoutExpired as e:  # keep what the process printed before it was stopped
+            said = "".join(x.decode(errors="replace") if isinstance(x, bytes) else (x or "") for x in (e.stdout, e.stderr))
+            rows = [{"measure": path, "error": f"over {args.timeout} s", "output_tail": said[-1500:]}]
         for r in rows:
             r["process_seconds"] = round(time.perf_counter() - t1, 1)
             print("GENPATH " + json.dumps(r), flush=True)

@@ -558,7 +558,8 @@ def generation_path(cfg: Config, run: Run | None = None, stage: str | None = Non
               gpu_gib=mem.total_gib if mem else None, used_gib=mem.used_gib if mem else 0.0,
               weights_16bit_gib=estimated_weights_gib(dims, False, half),
               kv_gib_per_row=kv_cache_bytes_for(dims, 2) * (prompt_tokens + cfg.infer.max_new_tokens) / 2**30,
-              rows=len(cfg.infer.example_questions) + cfg.infer.num_eval_questions)
+              rows=len(cfg.infer.example_questions) + cfg.infer.num_eval_questions
+              + (cfg.compare.mcq_rows if cfg.compare.mcq_generate and cfg.compare.mcq_source else 0))
     path = choose_generation_path(cfg.infer.path, backend=bc.name, **kw)
     if path.path == "unsloth":
         ok, why = unsloth_importable()
@@ -650,12 +651,15 @@ def generate_stage(cfg: Config, run: Run, stage: str, loaded: Loaded, prepared, 
     fallback on other weights (without it, only a fallback on the same weights is possible).
     """
     items = question_set(cfg, prepared)
-    questions = [it["question"] for it in items]
+    mcq = mcq_rows(cfg) if cfg.compare.mcq_generate else None
+    questions = [it["question"] for it in items] + [accuracy.mcq_question(r) for r in mcq or []]
     path = path or generation_path(cfg, run, stage)
     while True:
         plan = generation_plan(cfg, loaded, path, questions)
         print(f"{stage}: generation path {path.path} ({path.weights}): {path.reason}", flush=True)
-        print(f"{stage}: batch {plan.batch_size} for {len(questions)} questions: {plan.reason}", flush=True)
+        print(f"{stage}: batch {plan.batch_size} for {len(questions)} questions"
+              + (f" ({len(items)} held-out, {len(mcq)} multiple-choice)" if mcq else "") + f": {plan.reason}",
+              flush=True)
         stats: dict[str, Any] = {}
         t0 = time.perf_counter()
         try:
@@ -675,17 +679,45 @@ def generate_stage(cfg: Config, run: Run, stage: str, loaded: Loaded, prepared, 
     seconds = time.perf_counter() - t0
     records = [{**it, **out, "model": stage} for it, out in zip(items, outputs)]
     write_jsonl_atomic(run.path(stage), records)
-    new_tokens = sum(r["new_tokens"] for r in records)
+    must_exist = []
+    if mcq:
+        write_jsonl_atomic(run.path(f"{stage}_mcq"), mcq_generation_records(mcq, outputs[len(items):]))
+        must_exist.append(str(run.path(f"{stage}_mcq")))
+    new_tokens = sum(o["new_tokens"] for o in outputs)
     tps = round(new_tokens / max(seconds, 1e-9), 1)
     device = loaded.device.type
     print(f"{stage}: {new_tokens} tokens in {seconds:.1f} s ({tps} tokens/s); peak GPU memory reserved "
           f"{stats.get('peak_gpu_reserved_gib', 'n/a')} GiB", flush=True)
-    run.write_manifest(cfg, stage, questions=len(records), seconds=round(seconds, 2), generated_tokens=new_tokens,
-                       tokens_per_second=tps, backend=loaded.backend.name, generation_path=path.path,
-                       batch_size=plan.batch_size, peak_gpu_reserved_gib=stats.get("peak_gpu_reserved_gib"),
+    run.write_manifest(cfg, stage, questions=len(records), mcq_questions=len(mcq or []), seconds=round(seconds, 2),
+                       generated_tokens=new_tokens, tokens_per_second=tps, backend=loaded.backend.name,
+                       generation_path=path.path, batch_size=plan.batch_size,
+                       peak_gpu_reserved_gib=stats.get("peak_gpu_reserved_gib"), must_exist=must_exist,
                        generation={**path.record(), "device": device, "model_class": type(loaded.model).__name__,
                                    "plan": asdict(plan), "stats": stats, "gpu_gib_cap": gpu_cap_gib()})
     return records
+
+
+def mcq_generation_records(rows: list[dict[str, Any]], outputs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What a generation stage keeps of its answers to the multiple-choice questions: per question its id and
+    the fields `accuracy.answer_mcq` adds when it generates (graded later, in the comparison)."""
+    return [{"id": r["id"], "generated": o["generated"], "think_closed": o["think_closed"],
+             "finished": o["finished"], "new_tokens": o["new_tokens"]} for r, o in zip(rows, outputs)]
+
+
+def mcq_generations(cfg: Config, run: Run, rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]] | None:
+    """Both models' generated answers to `rows`, as stages 01 and 04 wrote them in their generation batches
+    ({"base": [...], "tuned": [...]}, in the rows' order), or None when either stage's are not current
+    (then the comparison generates them itself)."""
+    out = {}
+    for side, stage in (("base", "baseline"), ("tuned", "finetuned")):
+        path = run.path(f"{stage}_mcq")
+        if not (run.is_current(cfg, stage) and path.is_file()):
+            return None
+        by_id = {r["id"]: r for r in read_jsonl(path)}
+        if any(r["id"] not in by_id for r in rows):
+            return None
+        out[side] = [by_id[r["id"]] for r in rows]
+    return out
 
 
 def zero_adapter(cfg: Config, loaded: Loaded, path: GenerationPath) -> tuple[Loaded, Any]:
@@ -936,8 +968,14 @@ def _compare(cfg: Config, run: Run, prepared, baseline: list[dict], tuned: list[
     lm = model.get()
     tok, backend = lm.tokenizer, lm.backend.name
     nll = teacher_forced(lm.model, tok, nll_rows(cfg, prepared), cfg.model.max_seq_length)
-    # Both sides from the one loaded model: the adapter disabled is the base model, as for the NLL.
-    answers = None if mcq is None else accuracy.answer_mcq_before_after(lm.model, tok, mcq, decoding=mcq_decoding(cfg))
+    # Both sides from the one loaded model: the adapter disabled is the base model, as for the NLL. The generated
+    # answers come from stages 01 and 04, which answered these questions in their generation batches.
+    generated = mcq_generations(cfg, run, mcq) if mcq is not None and cfg.compare.mcq_generate and model.own_adapter \
+        else None
+    answers = None if mcq is None else accuracy.answer_mcq_before_after(
+        lm.model, tok, mcq, decoding=None if generated else mcq_decoding(cfg))
+    if generated:
+        answers = {side: accuracy.attach_generations(answers[side], generated[side]) for side in answers}
     del lm
     model.release()  # nothing below needs the model; the embedder runs on the CPU
     notes = [f"adapter: {model.adapter_dir}", f"backend: {backend}"]

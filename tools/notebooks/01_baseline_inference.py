@@ -8,11 +8,13 @@ exactly the prompt and the decoding settings the fine-tuned model will get in no
 "before" half of the comparison, and it shows what the prompt looks like and how a reasoning model's output is read.
 
 **Needs:** the held-out split from notebook 02; if the run folder does not have it yet (this notebook runs before
-02 in the pipeline), it is built here with the same code. **Writes:** `baseline/generations.jsonl` (one record per
-question: the text, its reasoning and answer, whether it finished), `baseline/manifest.json` (settings, speed) and
-`results/01.json`. **Time on a Kaggle T4** (estimates): about 2 minutes to load the 8B model in 4-bit (plus the
-download of about 6 GB the first time), then generation at roughly 15-25 tokens/s per sequence, so about a minute
-per batch whose answers run to the 1,200-token limit; 5 to 10 minutes in all."""),
+02 in the pipeline), it is built here with the same code. Also the multiple-choice set of notebook 04
+(`compare.mcq_source`), whose questions the base model answers here too. **Writes:** `baseline/generations.jsonl`
+(one record per question: the text, its reasoning and answer, whether it finished), `baseline/mcq_generations.jsonl`
+(the multiple-choice answers), `baseline/manifest.json` (settings, speed) and `results/01.json`. **Time on a Kaggle
+T4** (estimates): about 2 minutes to load the 8B model in 4-bit (plus the download of about 6 GB the first time),
+then generation at roughly 15-25 tokens/s per sequence, so about a minute per batch whose answers run to the
+1,200-token limit; 10 to 20 minutes in all with the 50 multiple-choice questions."""),
     ("md", """## The prompt
 
 One function, `prompts.build_prompt(question)`, builds the text the model sees, in training and at inference. Here
@@ -45,7 +47,9 @@ says why):
 - `static_16bit`: the base weights in 16-bit with a static KV cache, whose decoding step transformers compiles
   (about a minute, once) and then runs as CUDA graphs. It needs room for 16-bit weights (about 16 GB for the 8B
   model) beside the cache, so `auto` takes it on an A100 or H100, not on a 16 GB T4. The fine-tuned model later
-  gets the LoRA adapter as a separate module, not merged into the 16-bit weights.
+  gets the LoRA adapter as a separate module, not merged into the 16-bit weights. Measured on an H200 with the 8B
+  shape it decodes about 2.7 times as fast as Unsloth's path (BENCHMARKS.md). It compiles under torch's default
+  settings, not those Unsloth's import sets for training.
 - `unsloth`: the 4-bit weights through Unsloth's inference path: the choice on a T4.
 - `dynamic`: plain generation with the dynamic KV cache, on a CPU or where Unsloth is not available.
 
@@ -133,7 +137,12 @@ held-out split comes from `steps.prepare`, which reuses notebook 02's output or 
 loaded. The example question is generated again, this time in a batch with held-out questions, so that this file
 and notebook 04's `finetuned/generations.jsonl` hold the same question set. Its answer can differ in a few tokens
 from the one above: padding a prompt in a batch changes the arithmetic slightly, and greedy decoding follows any
-change in the most likely token."""),
+change in the most likely token."
+
+With `compare.mcq_generate` on (the default), the same call also answers notebook 04's multiple-choice questions
+(`compare.mcq_source`, the first `compare.mcq_rows`), in the same batches: one larger batch keeps the GPU busier,
+and on the static-cache path the decoding step is compiled once for all of them. Those answers go to
+`baseline/mcq_generations.jsonl`; notebook 04 grades them against the fine-tuned model's."""),
     ("code", """prepared = steps.prepare(cfg, run, tokenizer=loaded.tokenizer)  # notebook 02's splits (built here if missing)
 baseline = steps.baseline(cfg, run, prepared, loaded=loaded)  # reuses or writes baseline/generations.jsonl
 show.generations_table(baseline)"""),

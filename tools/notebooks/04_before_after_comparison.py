@@ -32,11 +32,12 @@ here first (training included), so this notebook also works opened alone. The mu
 network. The last cell writes `results/04.json`.
 
 **How long.** Estimates for a Kaggle T4 from the benchmark numbers, not measurements: loading the 8B model in
-4-bit about 2 minutes; generating the example and 50 held-out answers of up to 1,200 tokens, in batches planned
-from the GPU's memory (roughly 15-25 tokens/s per sequence), several minutes; teacher-forced NLL of 50 rows,
-adapter off and on, 2-3 minutes; multiple-choice option likelihoods for 50 questions, both models, 1-2 minutes;
-and generated multiple-choice answers for 50 questions, both models, about 12-19 minutes. **About 25-35 minutes
-in all**, or 10-15 minutes with `compare.mcq_generate = False`. The CPU profile's tiny model takes about a
+4-bit about 2 minutes; generating the example and 50 held-out answers, and the answers to the 50 multiple-choice
+questions, of up to 1,200 tokens each, in batches planned from the GPU's memory (roughly 15-25 tokens/s per
+sequence), 10-20 minutes; teacher-forced NLL of 50 rows, adapter off and on, 2-3 minutes; multiple-choice option
+likelihoods for 50 questions, both models, 1-2 minutes. **About 15-25 minutes in all**, or 8-12 minutes with
+`compare.mcq_generate = False`. Measured on an H200 with the 8B shape (BENCHMARKS.md): the fine-tuned model's 101
+answers of 1,200 tokens on the static-cache path in a few minutes. The CPU profile's tiny model takes about a
 minute."""),
     ("md", """## The settings this chapter uses
 
@@ -79,7 +80,11 @@ For the base side of those scores the adapter is switched off (`with model.disab
 exactly the base weights: an 8B model is loaded once in this chapter, not twice. When the run folder already
 holds current generations and a current comparison, nothing loads at all. `steps.finetuned` generates with
 exactly the questions and `cfg.infer` settings the base model had, on the generation path the base model's
-generations recorded (same weights, same KV cache); it prints that path and its batch plan when it generates."""),
+generations recorded (same weights, same KV cache); it prints that path and its batch plan when it generates.
+With `compare.mcq_generate` on, the multiple-choice questions are answered here too, in the same batches as the
+held-out questions (chapter 01 did the same for the base model): one larger batch per model keeps the GPU busier
+than several small ones, and the compiled decoding step of the static-cache path is compiled once. Their answers
+go to `finetuned/mcq_generations.jsonl`; the comparison below grades them."""),
     ("code", """tuned_model = steps.FinetunedModel(cfg, run, prepared)  # loads on first use, then shared
 tuned = steps.finetuned(cfg, run, prepared, loaded=tuned_model)
 show.generations_table(tuned)"""),
@@ -119,7 +124,8 @@ teach the format: think, close `</think>`, answer, stop? A model that never clos
 - *by option likelihood* (cheap, no generation): the mean log-probability per token of each option's text right
   after the prompt; the most probable option is the model's pick. It measures which option the model's
   knowledge favours, not what it would say after reasoning.
-- *by stated letter*: the model generates an answer with the same decoding as above; the letter it states
+- *by stated letter*: the model generates an answer with the same decoding as above (chapter 01 and the cell
+  above did, in their generation batches); the letter it states
   after `</think>` is read ("B", "(B)", "Answer: B", "The answer is B", ...). An answer with no letter whose
   whole text is one option's text counts as that option. An answer that cannot be read, for example because the
   reasoning never closed, is **counted wrong, never dropped**: dropping it would reward a model for not
