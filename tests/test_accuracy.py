@@ -441,3 +441,16 @@ def test_answer_mcq_before_after_base_side_is_the_model_without_adapter(tiny_lm)
              for t, b in zip(both["tuned"], both["base"]) for k in b["likelihood_scores"]]
     assert max(moved) > 1e-3, "the adapter is on for the fine-tuned side"
     assert all("generated" in r for r in both["base"] + both["tuned"])
+
+
+def test_attach_generations_joins_by_id_and_refuses_other_questions():
+    answers = [{"id": "q1", "likelihood_letter": "A"}, {"id": "q2", "likelihood_letter": "C"}]
+    made = [{"id": "q1", "generated": "x</think>B", "think_closed": True, "finished": True, "new_tokens": 5},
+            {"id": "q2", "generated": "y", "think_closed": False, "finished": False, "new_tokens": 9}]
+    joined = acc.attach_generations(answers, made)
+    assert joined[0] == {"id": "q1", "likelihood_letter": "A", "generated": "x</think>B", "think_closed": True,
+                         "finished": True, "new_tokens": 5}
+    assert joined[1]["generated"] == "y" and joined[1]["likelihood_letter"] == "C"
+    assert "generated" not in answers[0], "the answers passed in are not changed"
+    with pytest.raises(ValueError, match="other questions"):
+        acc.attach_generations(answers, made[::-1])

@@ -69,7 +69,7 @@ PY
     ;;
   series8b)
     shift
-    $PY -m r1helpers.tools.bench_series --out "$OUT/series8b-${TAG:-default}.json" "$@" 2>&1 | tee "$OUT/series8b-${TAG:-default}.log" | grep -E "^== |^\{|series wall|error|Error|stopped|profile:" | head -60
+    $PY -m r1helpers.tools.bench_series --out "$OUT/series8b-${TAG:-default}.json" "$@" 2>&1 | tee "$OUT/series8b-${TAG:-default}.log" | grep -E "^== |^\{|series wall|error|Error|stopped|profile:|generation path|: batch [0-9]|tokens in [0-9]|out of memory" | head -80
     tar czf "$OUT/series8b-${TAG:-default}-run.tgz" -C /tmp/r1series --exclude='*.safetensors' --exclude='*.gguf' \
       --exclude='*.bin' --exclude='checkpoints' --exclude='*.pt' --exclude='*.pth' run 2>/dev/null
     ;;

@@ -105,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gpu-gib", type=float, default=None, help="cap each stage's process at this much GPU memory")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="more overrides")
     p.add_argument("--out", default=None, help="JSON results file")
+    p.add_argument("--keep-run", action="store_true",
+                   help="run --stages in the run folder as it is (finished stages are reused), instead of a fresh one: "
+                        "a series split over two calls, e.g. --stages 00,01,02,03 then --keep-run --stages 04,05")
     args = p.parse_args(argv)
     import torch
 
@@ -116,11 +119,14 @@ def main(argv: list[str] | None = None) -> int:
     model = build_model(work / "llama8b-random-tinytok")
     built = time.perf_counter() - t0
     run_dir = work / "run"
-    shutil.rmtree(run_dir, ignore_errors=True)
+    if not args.keep_run:
+        shutil.rmtree(run_dir, ignore_errors=True)
     env = {**os.environ, "R1HELPERS_HEADLESS": "1"}
     if args.gpu_gib:
         env["R1HELPERS_GPU_GIB"] = str(args.gpu_gib)
-    cmd = [sys.executable, "-m", "r1helpers.pipeline", "--run-dir", str(run_dir), "--profile", "seed", "--quiet",
+    # Not --quiet: each notebook's output (generation path, batch, tokens/s) reaches the log as it runs, so a run
+    # stopped by a time limit still says what it measured.
+    cmd = [sys.executable, "-m", "r1helpers.pipeline", "--run-dir", str(run_dir), "--profile", "seed",
            "--stages", args.stages, *series_overrides(model, args.eval_rows, args.set)]
     print("model built in %.0f s; running: %s" % (built, " ".join(cmd)), flush=True)
     t1 = time.perf_counter()
