@@ -276,3 +276,49 @@ def test_different_paths_are_refused(small_cfg, tmp_path):
         steps.check_same_decoding(run)
     run.write_manifest(small_cfg, "baseline", generation_path=rec.path, generation={"weights": rec.weights})
     steps.check_same_decoding(run)
+
+
+def test_grouped_decode_attention_gives_sdpas_answers(lora_model):
+    """The tiny model has grouped-query attention (4 query heads, 2 key/value heads) like the 8B: decoding with
+    `grouped_decode_attention` (no repeat_kv copy) gives the greedy tokens of transformers' SDPA, on both caches,
+    and it really runs for every decoding step."""
+    from transformers import AttentionInterface
+
+    from r1helpers.inference import attention
+
+    model, tok = lora_model
+    inner = model.get_base_model()
+    assert inner.config.num_key_value_heads < inner.config.num_attention_heads
+    questions = [r["Question"] for r in load_sample_rows()[:4]]
+    want = {c: [r["generated"] for r in generate(model, tok, questions, max_new_tokens=NEW, batch_size=4,
+                                                 progress=False, cache_implementation=c)] for c in (None, "static")}
+    calls = []
+
+    def counted(module, query, *args, **kwargs):
+        calls.append(query.shape[2])
+        return attention.grouped_decode_attention(module, query, *args, **kwargs)
+
+    attention.use_grouped_decode(model)
+    AttentionInterface.register(attention.NAME, counted)
+    try:
+        assert inner.config._attn_implementation == attention.NAME
+        for cache in (None, "static"):
+            got = [r["generated"] for r in generate(model, tok, questions, max_new_tokens=NEW, batch_size=4,
+                                                    progress=False, cache_implementation=cache)]
+            assert got == want[cache], cache
+    finally:
+        AttentionInterface.register(attention.NAME, attention.grouped_decode_attention)
+        inner.set_attn_implementation("sdpa")
+    layers = inner.config.num_hidden_layers
+    assert calls.count(1) >= 2 * layers * (NEW - 1) and any(q > 1 for q in calls), "decoding steps and prompts"
+
+
+def test_infer_attention_grouped_decode_reaches_the_loaded_model(tiny_model_dir):
+    from r1helpers.inference import attention
+
+    for setting, want in (("grouped_decode", attention.NAME), ("sdpa", "sdpa")):
+        cfg = load_config("cpu", {"infer.attention": setting})
+        loaded, path = steps.load_for_generation(cfg, steps.generation_path(cfg))
+        assert path.backend == "transformers" and loaded.model.config._attn_implementation == want
+    with pytest.raises(Exception, match="infer.attention"):
+        load_config("cpu", {"infer.attention": "flash"})

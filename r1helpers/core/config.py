@@ -179,12 +179,15 @@ class InferConfig:
     num_eval_questions: int = field(default=50, metadata={"help": "held-out questions generated besides the examples"})
     example_questions: list[str] = field(default_factory=lambda: [EXAMPLE_QUESTION], metadata={"help": "always asked"})
     stream: bool = field(default=False, metadata={"help": "print the first example's answer token by token as it is generated (in a notebook; never headless)"})
-    path: Literal["auto", "unsloth", "static_16bit", "dynamic"] = field(default="auto", metadata={"help": "auto (Unsloth's inference path where Unsloth is the backend, measured fastest on the H200; else 16-bit weights + a static KV cache, compiled, where they fit; else the dynamic cache) | unsloth | static_16bit | dynamic; both generation stages use one path"})
+    path: Literal["auto", "unsloth", "static_16bit", "dynamic"] = field(default="auto", metadata={"help": "auto (16-bit weights + a static KV cache, compiled, where they fit beside 32 rows of cache: measured fastest on the H200; else Unsloth's inference path where Unsloth is the backend; else the dynamic cache) | unsloth | static_16bit | dynamic; both generation stages use one path"})
+
+    attention: Literal["sdpa", "grouped_decode"] = field(default="sdpa", metadata={"help": "attention of a model loaded with transformers while it generates: sdpa (transformers' own, which copies each key/value head for its group of query heads at every step of a padded batch) | grouped_decode (r1helpers.inference.attention: reads each key/value head once; the same answers on the tiny model, not yet measured on a GPU); Unsloth's path has its own"})
 
     def __post_init__(self) -> None:
         _check(self.max_new_tokens >= 1, "infer.max_new_tokens", "must be >= 1")
         _check(self.batch_size >= 0, "infer.batch_size", "must be >= 0 (0: auto)")
         _one_of(self.path, "infer.path", ("auto", "unsloth", "static_16bit", "dynamic"))
+        _one_of(self.attention, "infer.attention", ("sdpa", "grouped_decode"))
         _check(self.temperature > 0.0, "infer.temperature", "must be > 0")
         _check(0.0 < self.top_p <= 1.0, "infer.top_p", "must be in (0, 1]")
         _check(self.num_eval_questions >= 0, "infer.num_eval_questions", "must be >= 0")

@@ -12,6 +12,8 @@ generates `--new-tokens` for `--prompts` of the bundled sample questions with `i
 - static_16bit: bf16 weights + LoRA, static KV cache; a first call (which compiles the decoding step), then
   a second, timed alone; then checks that its first 16 greedy tokens on 4 prompts agree with dynamic-cache
   batch-1 generation on the same weights (and, for scale, how far batched dynamic generation agrees);
+- static_16bit_grouped: the same with `inference.attention.grouped_decode_attention` (no repeat_kv copy of the
+  keys and values at each decoding step);
 - static_16bit_plain: the same in a process that never imports Unsloth (what Unsloth's import costs it);
 - dynamic_16bit: the same weights with the dynamic cache (what the static cache buys);
 - unsloth: 4-bit base + LoRA through Unsloth's inference path;
@@ -32,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-DEFAULT_PATHS = ("static_16bit", "static_16bit_plain", "dynamic_16bit", "unsloth")
+DEFAULT_PATHS = ("static_16bit", "static_16bit_grouped", "static_16bit_plain", "dynamic_16bit", "unsloth")
 ALL_PATHS = (*DEFAULT_PATHS, "dynamic_4bit")
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -69,7 +71,8 @@ def build_adapter(model_dir: Path, out: Path, r: int = 16, alpha: int = 16, seed
 def _config(model_dir: str, path: str, new_tokens: int):
     from r1helpers.core.config import load_config
 
-    infer_path = {"dynamic_16bit": "dynamic", "dynamic_4bit": "dynamic", "static_16bit_plain": "static_16bit"}.get(path, path)
+    infer_path = {"dynamic_16bit": "dynamic", "dynamic_4bit": "dynamic", "static_16bit_plain": "static_16bit",
+                  "static_16bit_grouped": "static_16bit"}.get(path, path)
     over = {"model.name": model_dir, "infer.path": infer_path, "infer.max_new_tokens": new_tokens,
             "model.backend": "unsloth" if path == "unsloth" else "transformers"}
     if path == "dynamic_16bit":
@@ -174,6 +177,12 @@ def run_path(path: str, model_dir: str, adapter_dir: str, prompts_n: int, new_to
     base.update(load_seconds=round(time.perf_counter() - t0, 1), generation_path=gp.path, weights=gp.weights,
                 path_reason=gp.reason, passed_over=gp.passed_over,
                 weights_gib=round(torch.cuda.memory_allocated() / 2**30, 2))
+    if path.endswith("_grouped"):
+        from r1helpers.inference.attention import use_grouped_decode
+
+        use_grouped_decode(loaded.model)
+    base["attention"] = (loaded.model.get_base_model() if hasattr(loaded.model, "get_base_model")
+                         else loaded.model).config._attn_implementation
     plan = generation_plan(cfg, loaded, gp, questions)
     base.update(batch=plan.batch_size, plan_reason=plan.reason)
     out = []

@@ -627,7 +627,12 @@ def load_for_generation(cfg: Config, path: GenerationPath,
                     raise RuntimeError(why)
             choice = path.backend_choice()
             loaded = load_finetuned_for(cfg, adapter_dir, choice) if adapter_dir else load_base_for(cfg, choice)
-            return for_inference(loaded), path
+            loaded = for_inference(loaded)
+            if cfg.infer.attention == "grouped_decode" and path.backend == "transformers":
+                from r1helpers.inference.attention import use_grouped_decode
+
+                use_grouped_decode(loaded.model)
+            return loaded, path
         except Exception as e:
             if isinstance(e, (ModelError, OSError)) and path.path != "static_16bit":
                 raise
