@@ -36,8 +36,8 @@ network. The last cell writes `results/04.json`.
 questions, of up to 1,200 tokens each, in batches planned from the GPU's memory (roughly 15-25 tokens/s per
 sequence), 10-20 minutes; teacher-forced NLL of 50 rows, adapter off and on, 2-3 minutes; multiple-choice option
 likelihoods for 50 questions, both models, 1-2 minutes. **About 15-25 minutes in all**, or 8-12 minutes with
-`compare.mcq_generate = False`. Measured on an H200 with the 8B shape (BENCHMARKS.md): the fine-tuned model's 101
-answers of 1,200 tokens on the static-cache path in a few minutes. The CPU profile's tiny model takes about a
+`compare.mcq_generate = False`. On an H100 or H200 the static-cache path decodes the whole batch at once, after
+about a minute of compilation (BENCHMARKS.md has the measurements). The CPU profile's tiny model takes about a
 minute."""),
     ("md", """## The settings this chapter uses
 
