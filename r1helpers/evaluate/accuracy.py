@@ -522,6 +522,10 @@ def grade_mcq_generation(generated: str, row: dict[str, Any], think_close: str |
             "unparsed": letter is None, "exact_match": bool(answer.strip()) and exact_match(answer, row["answer"])}
 
 
+# What a generated answer to a multiple-choice row carries (from `inference.generate.generate`'s records).
+GENERATED_FIELDS = ("generated", "think_closed", "finished", "new_tokens")
+
+
 def answer_mcq(model, tokenizer, rows: Sequence[dict[str, Any]], *, decoding: dict[str, Any] | None = None,
                normalize: str = "mean") -> list[dict[str, Any]]:
     """One model's answers to multiple-choice rows, in their order.
@@ -547,8 +551,7 @@ def answer_mcq(model, tokenizer, rows: Sequence[dict[str, Any]], *, decoding: di
 
         records = generate(model, tokenizer, [mcq_question(r) for r in rows], **decoding)
         for rec, g in zip(out, records):
-            rec.update(generated=g["generated"], think_closed=g["think_closed"], finished=g["finished"],
-                       new_tokens=g["new_tokens"])
+            rec.update({k: g[k] for k in GENERATED_FIELDS})
     return out
 
 
@@ -559,8 +562,7 @@ def attach_generations(answers: Sequence[dict[str, Any]], generated: Sequence[di
     """
     if [a["id"] for a in answers] != [g["id"] for g in generated]:
         raise ValueError("the generated answers are for other questions, or in another order, than the scored ones")
-    return [{**a, "generated": g["generated"], "think_closed": g["think_closed"], "finished": g["finished"],
-             "new_tokens": g["new_tokens"]} for a, g in zip(answers, generated)]
+    return [{**a, **{k: g[k] for k in GENERATED_FIELDS}} for a, g in zip(answers, generated)]
 
 
 def answer_mcq_before_after(model, tokenizer, rows: Sequence[dict[str, Any]], *,

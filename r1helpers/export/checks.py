@@ -80,11 +80,6 @@ def check_device(n_params: int) -> str:
     return "cpu"
 
 
-def logits_fit_anywhere(n_params: int) -> bool:
-    """The logit checks can run: a float32 copy fits on the GPU or in the machine's memory."""
-    return check_device(n_params) == "cuda" or logits_fit(n_params)
-
-
 @contextlib.contextmanager
 def full_float32() -> Iterator[None]:
     """float32 matmuls in full float32 on CUDA (no TF32, which Unsloth's import or a user may turn on)."""

@@ -277,12 +277,11 @@ def _export(cfg: Config, run: Run) -> dict[str, Any]:
     base_dir = fetch_base(base, cfg.model.revision)
     tokenizer = export_tokenizer(cfg)
     ids, texts = probe_prompts(cfg, prepared, tokenizer)
-    logits_ok = ec.logits_fit_anywhere(base.parameters)
-    if not logits_ok:
-        notes.append("logit checks skipped: a float32 copy fits neither in the GPU's nor in the machine's memory; "
-                     "every weight is checked instead")
-    else:
-        notes.append(f"logit checks in float32 on the {ec.check_device(base.parameters).upper()}")
+    where = ec.check_device(base.parameters)
+    logits_ok = where == "cuda" or ec.logits_fit(base.parameters)
+    notes.append(f"logit checks in float32 on the {where.upper()}" if logits_ok else
+                 "logit checks skipped: a float32 copy fits neither in the GPU's nor in the machine's memory; "
+                 "every weight is checked instead")
     ctx = Context(cfg, run, out, base_dir, trained.adapter_dir, tokenizer, ids, texts, logits_ok, notes)
     return _export_all(ctx, dtype, quantizer, items, space)
 

@@ -705,8 +705,7 @@ def generate_stage(cfg: Config, run: Run, stage: str, loaded: Loaded, prepared, 
 def mcq_generation_records(rows: list[dict[str, Any]], outputs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """What a generation stage keeps of its answers to the multiple-choice questions: per question its id and
     the fields `accuracy.answer_mcq` adds when it generates (graded later, in the comparison)."""
-    return [{"id": r["id"], "generated": o["generated"], "think_closed": o["think_closed"],
-             "finished": o["finished"], "new_tokens": o["new_tokens"]} for r, o in zip(rows, outputs)]
+    return [{"id": r["id"], **{k: o[k] for k in accuracy.GENERATED_FIELDS}} for r, o in zip(rows, outputs)]
 
 
 def mcq_generations(cfg: Config, run: Run, rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]] | None:
