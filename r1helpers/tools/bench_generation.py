@@ -152,8 +152,10 @@ def equality_check(loaded, questions: list[str], plan_batch: int, max_cache_len:
             [static[rows[i]] == dynamic[rows[i]] for i in picks]}
 
 
-def run_path(path: str, model_dir: str, adapter_dir: str, prompts_n: int, new_tokens: int) -> list[dict[str, Any]]:
-    """One path in this process: load as the stages do, plan, generate (twice for static_16bit), measure."""
+def run_path(path: str, model_dir: str, adapter_dir: str, prompts_n: int, new_tokens: int,
+             calls: int = 2) -> list[dict[str, Any]]:
+    """One path in this process: load as the stages do, plan, generate (twice for static_16bit unless
+    `calls` is 1, which also skips the equality check: a stage's own single call), measure."""
     from r1helpers.core.hardware import unsloth_importable
 
     # As in a notebook, where r1helpers.start() imports Unsloth on a GPU that supports it (it patches torch.compile
@@ -196,6 +198,8 @@ def run_path(path: str, model_dir: str, adapter_dir: str, prompts_n: int, new_to
         base["dynamo_graph_breaks"] = sum(counters["graph_break"].values())
         base["suppress_errors"] = bool(torch._dynamo.config.suppress_errors)
         out.append({**base, **first, "call": "first (compiles the decoding step)"})
+        if calls < 2:
+            return out
         torch.cuda.reset_peak_memory_stats()
         second, _ = _timed(loaded, questions, cfg, plan, gp)
         out.append({**base, **second, "call": "second (compiled)"})
@@ -219,6 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--new-tokens", type=int, default=256)
     p.add_argument("--gpu-gib", type=float, default=None, help="cap each path's process at this much GPU memory")
     p.add_argument("--timeout", type=int, default=240, help="seconds one path may take")
+    p.add_argument("--calls", type=int, default=2, choices=(1, 2),
+                   help="static paths: 2 = a compiling call, a timed second call and the equality check; 1 = the "
+                        "first call alone, as a stage makes it")
     p.add_argument("--out", default=None, help="JSON lines file")
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)
     p.add_argument("--model", default=None, help=argparse.SUPPRESS)
@@ -226,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.one:
         try:
-            rows = run_path(args.one, args.model, args.adapter, args.prompts, args.new_tokens)
+            rows = run_path(args.one, args.model, args.adapter, args.prompts, args.new_tokens, args.calls)
         except Exception as e:
             import traceback
 
@@ -256,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for path in args.paths.split(","):
         cmd = [sys.executable, "-m", "r1helpers.tools.bench_generation", "--one", path, "--model", str(model),
-               "--adapter", str(adapter), "--prompts", str(args.prompts), "--new-tokens", str(args.new_tokens)]
+               "--adapter", str(adapter), "--prompts", str(args.prompts), "--new-tokens", str(args.new_tokens),
+               "--calls", str(args.calls)]
         t1 = time.perf_counter()
         try:
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
