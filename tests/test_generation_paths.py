@@ -322,3 +322,63 @@ def test_infer_attention_grouped_decode_reaches_the_loaded_model(tiny_model_dir)
         assert path.backend == "transformers" and loaded.model.config._attn_implementation == want
     with pytest.raises(Exception, match="infer.attention"):
         load_config("cpu", {"infer.attention": "flash"})
+
+
+# ---- which notebooks import Unsloth ------------------------------------------------------------------
+
+LLAMA_8B_CONFIG = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 4096,
+                   "intermediate_size": 14336, "num_attention_heads": 32, "num_hidden_layers": 32,
+                   "num_key_value_heads": 8, "vocab_size": 128256, "tie_word_embeddings": False}
+
+
+@pytest.fixture
+def shapes_8b(tmp_path):
+    """A folder with only the 8B's config.json: enough for every decision made before a model loads."""
+    import json
+
+    folder = tmp_path / "llama8b-config"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(LLAMA_8B_CONFIG))
+    return folder
+
+
+@pytest.mark.parametrize("gpu_gib, imports", [
+    (139.0, {"00": True, "01": False, "02": False, "03": True, "04": False, "05": False}),  # H200: static path
+    (15.0, {"00": True, "01": True, "02": False, "03": True, "04": True, "05": False}),     # T4: Unsloth's path
+], ids=["H200", "T4"])
+def test_start_imports_unsloth_only_in_the_notebooks_that_load_through_it(monkeypatch, tmp_path, shapes_8b,
+                                                                          gpu_gib, imports):
+    """Importing Unsloth took ~45 s per notebook on the H200: notebooks 02 and 05 never load a model through it,
+    01 and 04 only when their generation path is Unsloth's (a T4), 00 checks that it imports, 03 trains with it."""
+    from r1helpers.core import hardware
+    from r1helpers.core.hardware import GPU, Hardware
+    from r1helpers.inference.paths import GPUMemory
+    from r1helpers.workflow import session
+
+    gpu = GPU("NVIDIA H200" if gpu_gib > 100 else "Tesla T4", (9, 0) if gpu_gib > 100 else (7, 5), gpu_gib)
+    monkeypatch.setattr(hardware, "detect_hardware", lambda: Hardware("cuda", [gpu]))
+    monkeypatch.setattr(steps, "gpu_memory", lambda cap=None, exclude_own=False: GPUMemory(gpu_gib, 0.5, False))
+    imported = []
+    monkeypatch.setattr(steps, "unsloth_importable", lambda: imported.append("generation_path") or (True, "imported"))
+    cfg = load_config("seed", {"model.name": str(shapes_8b)})
+    run = Run.open(tmp_path / "run")
+    got = {stage: session.imports_unsloth(cfg, run, stage) for stage in imports}
+    assert got == imports
+    assert len(imported) == (2 if gpu_gib < 100 else 0)  # the generation path imported it where it chose Unsloth
+    assert session.imports_unsloth(cfg, run, None) is True  # a script of one's own: as before
+    with pytest.raises(Exception, match="stage"):
+        session.imports_unsloth(cfg, run, "06")
+
+
+def test_generation_path_is_decided_before_transformers_is_imported(shapes_8b, tmp_path):
+    """Unsloth must come before transformers where it is used, so the decision reads config.json itself."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from r1helpers.core.config import load_config; from r1helpers.workflow import steps\n"
+            f"p = steps.generation_path(load_config('seed', {{'model.name': {str(shapes_8b)!r}}}))\n"
+            "from r1helpers.modeling.local import model_dims\n"
+            f"d = model_dims({str(shapes_8b)!r})\n"
+            "print(p.path, d.num_key_value_heads, 'transformers' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["dynamic", "8", "False"]  # this machine has no GPU

@@ -40,7 +40,7 @@ overrides = {}               # e.g. {"train.max_steps": 30, "data.train_rows": 2
 overwrite = False            # True: replace finished work made with other settings (moved aside, never deleted)'''
 
 START = '''\
-cfg, run = r1helpers.start(run_dir, profile, overrides, config_file, overwrite=overwrite)  # checks every value'''
+cfg, run = r1helpers.start(run_dir, profile, overrides, config_file, overwrite=overwrite, stage="{stage}")  # checks every value'''
 
 
 def load_cells(name: str) -> list[tuple[str, str]]:
@@ -65,7 +65,7 @@ def build(name: str, cells: list[tuple[str, str]] | None = None):
     nb.metadata["language_info"] = {"name": "python"}
     params = new_code_cell(PARAMETERS)
     params.metadata["tags"] = ["parameters"]
-    nb.cells = [new_markdown_cell(intro), new_code_cell(FIRST_CELL), params, new_code_cell(START)]
+    nb.cells = [new_markdown_cell(intro), new_code_cell(FIRST_CELL), params, new_code_cell(START.format(stage=name[:2]))]
     nb.cells += [new_markdown_cell(src) if kind == "md" else new_code_cell(src) for kind, src in body]
     nb.nbformat_minor = 4  # no random cell ids: rebuilding gives the same file
     for c in nb.cells:

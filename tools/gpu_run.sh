@@ -22,6 +22,10 @@ mkdir -p "$OUT"
 if [ ! -d /tmp/site/unsloth ]; then
   mkdir -p /tmp/site && tar xzf .bundle/gpu-site.tgz -C /tmp/site || exit 1
 fi
+# The device's Python cannot write bytecode next to its own packages, so every process compiled ~2,300 source files
+# again (~11 s of the 45 s Unsloth import, tools/import_probe.sh): keep the bytecode under /tmp, as an ordinary
+# install (Kaggle's included) keeps it in __pycache__.
+export PYTHONPYCACHEPREFIX=/tmp/pycache
 export PYTHONPATH=/tmp/site:$PWD HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 MPLBACKEND=Agg TOKENIZERS_PARALLELISM=false
 PY=${PY:-python3}
 

@@ -4,7 +4,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-out}
-export PYTHONPATH=/tmp/site:$PWD HF_HUB_OFFLINE=1
+export PYTHONPATH=/tmp/site:$PWD HF_HUB_OFFLINE=1 PYTHONPYCACHEPREFIX=${PYTHONPYCACHEPREFIX:-/tmp/pycache}
 python3 - "$OUT/import-probe-${1:-x}.txt" <<'PY'
 import cProfile, io, pstats, sys, time
 t = time.time(); import torch; t_torch = time.time() - t

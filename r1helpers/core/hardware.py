@@ -266,6 +266,9 @@ def choose_backend(cfg: Config, hw: Hardware | None = None, try_import: bool = T
             if requested == "unsloth":
                 raise RuntimeError(f"model.backend=unsloth: {why}")
             return BackendChoice("transformers", f"{why}: transformers + peft + bitsandbytes", dtype, four_bit)
+    if not try_import:
+        return BackendChoice("unsloth", f"{gpu.name} supports Unsloth (not imported in this process: it is imported "
+                             "where a model loads through it)", dtype, four_bit)
     return BackendChoice("unsloth", f"{gpu.name} supports Unsloth and it imported", dtype, four_bit)
 
 

@@ -15,7 +15,10 @@ Both folders live under the project's cache, `$R1HELPERS_CACHE` (default `~/.cac
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
 
 from r1helpers.core.config import SMOLLM2_MODEL, TINY_MODEL
 
@@ -31,6 +34,32 @@ def resolve_model_path(name: str) -> str:
 
         return str(materialise(find_smollm2_gguf()))
     return name
+
+
+def model_dims(name: str, revision: str | None = None) -> SimpleNamespace:
+    """The model's `config.json` as attributes (`num_hidden_layers`, `hidden_size`, ...), read without importing
+    transformers: a local folder's file, or the Hub's through huggingface_hub's cache (a few kilobytes).
+
+    The plans need only the shapes; not importing transformers lets a notebook decide whether to import Unsloth
+    first (it patches transformers when imported before it). A multimodal config's `text_config` is used when
+    the top level has no layers.
+
+        model_dims("unsloth/DeepSeek-R1-Distill-Llama-8B").num_key_value_heads   # 8
+    """
+    path = resolve_model_path(name)
+    if Path(path).is_dir():
+        file = Path(path) / "config.json"
+        if not file.is_file():
+            raise FileNotFoundError(f"model.name: {path} has no config.json; point model.name at a transformers "
+                                    "model folder (one saved with save_pretrained) or a Hub model id")
+    else:
+        from huggingface_hub import hf_hub_download
+
+        file = Path(hf_hub_download(path, "config.json", revision=revision))
+    fields = json.loads(file.read_text())
+    if "num_hidden_layers" not in fields and isinstance(fields.get("text_config"), dict):
+        fields = fields["text_config"]
+    return SimpleNamespace(**fields)
 
 
 @dataclass(frozen=True)

@@ -65,6 +65,31 @@ def check_same_run(cfg: Config, recorded: dict[str, Any] | None, root: Path, ove
         )
 
 
+# Which notebooks load a model through Unsloth (importing it takes ~45 s on the H200, BENCHMARKS.md): setup checks
+# that it imports, training trains through it, data preparation and export never use it, and the two generation
+# notebooks only when their generation path is Unsloth's (a T4; `infer.path=auto` takes the static 16-bit path
+# where the weights fit).
+UNSLOTH_STAGES = {"00": True, "02": False, "03": True, "05": False}
+GENERATION_STAGES = {"01": "baseline", "04": "finetuned"}
+
+
+def imports_unsloth(cfg: Config, run: Run, stage: str | None) -> bool:
+    """Whether notebook `stage` loads a model through Unsloth, decided before transformers is imported:
+    Unsloth patches transformers when it is imported first, so `start` imports it (or not) now.
+    `stage=None` (a script of your own): yes, as before."""
+    if stage is None:
+        return True
+    if stage in GENERATION_STAGES:
+        from r1helpers.workflow.steps import generation_path
+
+        # imports Unsloth itself when the path is Unsloth's; reads the model's shapes without transformers
+        return generation_path(cfg, run, GENERATION_STAGES[stage]).backend == "unsloth"
+    if stage not in UNSLOTH_STAGES:
+        raise ConfigError(f"stage: expected one of {sorted({*UNSLOTH_STAGES, *GENERATION_STAGES})} or None, "
+                          f"got {stage!r}")
+    return UNSLOTH_STAGES[stage]
+
+
 def start(
     run_dir: str = "runs/default",
     profile: str = "auto",
@@ -73,8 +98,12 @@ def start(
     secrets: bool = True,
     quiet: bool = False,
     overwrite: bool = False,
+    stage: str | None = None,
 ) -> tuple[Config, Run]:
-    """Check every parameter before anything heavy loads, then record config and environment."""
+    """Check every parameter before anything heavy loads, then record config and environment.
+
+    `stage` ("00" ... "05", the calling notebook): import Unsloth only where that notebook loads a model through
+    it (`imports_unsloth`); None imports it wherever the GPU supports it."""
     if not isinstance(run_dir, (str, os.PathLike)):
         raise ConfigError(f"run_dir: expected a folder path, got {run_dir!r}")
     from r1helpers.core.kaggle_paths import resolve_run_dir
@@ -98,7 +127,7 @@ def start(
                 print(line)
     from r1helpers.core.hardware import environment_report
 
-    env = environment_report(cfg)
+    env = environment_report(cfg, try_import=imports_unsloth(cfg, run, stage))
     from r1helpers.training.plan import resolve_padding_free
 
     resolve_padding_free(cfg.train.padding_free, env["backend"]["name"])  # refuses what the backend cannot train

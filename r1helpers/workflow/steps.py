@@ -533,11 +533,9 @@ def generation_path(cfg: Config, run: Run | None = None, stage: str | None = Non
     caps this process's GPU memory first (as on a smaller GPU). `prompt_tokens`: the longest prompt, for
     the KV cache a row needs (512 when not known: the medical questions' prompts are ~100-300 tokens).
     """
-    from transformers import AutoConfig
-
     from r1helpers.core.hardware import detect_hardware
     from r1helpers.modeling.load import estimated_weights_gib
-    from r1helpers.modeling.local import resolve_model_path
+    from r1helpers.modeling.local import model_dims
 
     cfg = validate(cfg)
     cap = gpu_cap_gib()
@@ -551,7 +549,7 @@ def generation_path(cfg: Config, run: Run | None = None, stage: str | None = Non
             return GenerationPath.from_record(rec, f"the path {other} took ({rec.get('reason', '')}), so that both "
                                               "models are generated with the same weights and decoding")
     bc = choose_backend(cfg, hw, try_import=False)
-    dims = AutoConfig.from_pretrained(resolve_model_path(cfg.model.name), revision=cfg.model.revision)
+    dims = model_dims(cfg.model.name, cfg.model.revision)  # without importing transformers (Unsloth comes first)
     half = bc.dtype if bc.dtype in ("bfloat16", "float16") else "bfloat16"
     mem = gpu_memory(cap, exclude_own=True)  # the same choice before and after this process loads a model
     kw = dict(on_gpu=on_gpu, dtype=bc.dtype, load_in_4bit=bc.load_in_4bit,

@@ -18,8 +18,8 @@ depends on:
 cell may spend a few more minutes installing the pinned packages the image lacks (an estimate, not a measurement)."""),
     ("md", """## What the start cell just did
 
-The cell above, `cfg, run = r1helpers.start(run_dir, profile, overrides, config_file)`, is the same in all six
-notebooks. In order, it:
+The cell above, `cfg, run = r1helpers.start(run_dir, profile, overrides, config_file, stage="00")`, is the same in
+all six notebooks but for `stage`, the notebook's number. In order, it:
 
 1. picks the profile: `seed` is the recipe (the 8B model, the medical dataset) and needs a CUDA GPU; `cpu` swaps in
    a tiny locally built model and a bundled sample of the data, so that the whole series runs in minutes on a laptop
@@ -29,7 +29,10 @@ notebooks. In order, it:
    wrong type or a value out of range stops here, naming the field, before anything heavy loads;
 3. opens the run folder and saves `config.yaml`;
 4. looks for the secrets;
-5. detects the hardware and decides the backend and the dtype, and writes all of it to `environment.json`.
+5. detects the hardware and decides the backend and the dtype, and writes all of it to `environment.json`. Where the
+   notebook loads a model through Unsloth (`stage` 00 checks that it imports, 03 trains with it, 01 and 04 when
+   their generation path is Unsloth's), it imports Unsloth first: that takes about 45 s on the H200, so notebooks
+   02 and 05, and 01 and 04 on a large GPU, skip it (`session.imports_unsloth` says which).
 
 The lines it printed are a summary. The cells below read `environment.json`, the record later chapters rely on."""),
     ("code", """from r1helpers.core import show
@@ -61,7 +64,8 @@ trained by TRL's `SFTTrainer` with the same settings. They differ in speed and m
 - **Unsloth** replaces attention, RoPE, the MLP and the cross-entropy with fused Triton kernels and offloads
   activations for gradient checkpointing; on a T4 it trains faster in less memory, which is why the recipe uses it.
   It needs an NVIDIA GPU of compute capability 7.0 or newer (Triton's minimum) and must import without error.
-  It patches transformers when imported, so `start()` imports it before any model loads.
+  It patches transformers when imported, so `start()` imports it before any model loads, in the notebooks that
+  load a model through it.
 - **transformers + peft + bitsandbytes** is the fallback: on a CPU (the `cpu` profile), on a P100 (6.0), when
   Unsloth is missing or fails to import, and when notebook 03 trains on several GPUs under DDP (one process per
   GPU), where this project does not rely on Unsloth's open-source multi-GPU support.

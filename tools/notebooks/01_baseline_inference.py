@@ -82,10 +82,11 @@ model's first generated token follows it directly."""),
     ("code", """prompt_ids = prompts.encode_prompt(loaded.tokenizer, question)
 print(len(prompt_ids), "prompt tokens; the first and last:", loaded.tokenizer.convert_ids_to_tokens(prompt_ids[:1]),
       loaded.tokenizer.convert_ids_to_tokens(prompt_ids[-6:]))"""),
-    ("md", """## Generating an answer
+    ("md", """## Generating the answers
 
 `inference.generate.generate(model, tokenizer, questions, ...)` builds each prompt, generates, and splits each
-output into reasoning and answer. The decoding settings come from `cfg.infer`, visible below:
+output into reasoning and answer. The decoding settings come from `cfg.infer`, printed below; notebook 04 uses the
+same ones:
 
 - `max_new_tokens` (1,200 in the recipe): the most tokens generated per answer. A sequence stops earlier only when
   it produces EOS.
@@ -94,20 +95,49 @@ output into reasoning and answer. The decoding settings come from `cfg.infer`, v
   0.95 for sampling); `seed` fixes the sampling.
 - `batch_size`: how many questions are generated together (0, the default: as many as the GPU's free memory holds,
   planned from the KV cache each row needs at the longest prompt plus `max_new_tokens`; 8 on a CPU). Prompts are
-  padded on the left to a common length, so that every row's next token comes at the same position; here there is
-  one question, so one batch, with the dynamic KV cache (one question is not worth compiling a decoding step for).
-- `stream`: prints the answer as it is generated (never in a headless run)."""),
-    ("code", """from r1helpers.inference.generate import generate
-i = cfg.infer
-example = generate(loaded.model, loaded.tokenizer, [question], max_new_tokens=i.max_new_tokens,
-                   batch_size=i.batch_size, do_sample=i.do_sample, temperature=i.temperature,
-                   top_p=i.top_p, seed=i.seed, stream=i.stream)[0]"""),
+  padded on the left to a common length, so that every row's next token comes at the same position.
+- `stream`: prints an answer as it is generated, when one question is asked alone (never in a headless run)."""),
+    ("code", """i = cfg.infer  # the decoding settings of both generation notebooks
+print(f"max_new_tokens={i.max_new_tokens} do_sample={i.do_sample} temperature={i.temperature} top_p={i.top_p} "
+      f"seed={i.seed} batch_size={i.batch_size} (0: planned from the GPU's memory) stream={i.stream}")"""),
+    ("md", """`steps.baseline(cfg, run, prepared, loaded=loaded)` calls `generate` once for every question of this
+notebook: the recipe's example question(s), the first `infer.num_eval_questions` held-out questions, which training
+never sees, and, with `compare.mcq_generate` on (the default), notebook 04's multiple-choice questions
+(`compare.mcq_source`, the first `compare.mcq_rows`). One large batch keeps the GPU busy, and on the static-cache
+path the decoding step is compiled once for all of them; asking the example question alone first would cost a
+whole answer at one sequence's speed (1,200 tokens at Unsloth's 40 tokens/s at batch 1 on the H200 is 30 s; a T4
+is slower), for an answer the batch gives anyway. To ask a question of your own, outside the run folder:
+
+```python
+from r1helpers.inference.generate import generate
+mine = generate(loaded.model, loaded.tokenizer, ["A 45-year-old man presents with ..."],
+                max_new_tokens=i.max_new_tokens, do_sample=i.do_sample, stream=True)[0]
+```
+
+It prints the path and the batch plan: with `infer.batch_size=0` the batch is the largest whose KV cache fits the
+GPU memory left after the weights (`inference.plan.plan_generation`), questions sorted by prompt length, longest
+first. A row that has finished still rides along, decoding padding, until every row of its batch has finished or
+reached `max_new_tokens` (the batch stops as soon as all rows have produced EOS); sorting keeps rows of similar
+length together. If the path fails (the compiled decoding step does not build, say), the stage falls back to the
+next path and records why. When the run folder already holds generations made with the same model, data and
+`infer` settings, it reuses them instead, and the model passed in is not used. The held-out split comes from
+`steps.prepare`, which reuses notebook 02's output or builds it with the tokenizer already loaded.
+
+The answers go to `baseline/generations.jsonl` (the example and held-out questions) and
+`baseline/mcq_generations.jsonl` (the multiple-choice ones, which notebook 04 grades against the fine-tuned
+model's); notebook 04's `finetuned/generations.jsonl` holds the same question set."""),
+    ("code", """prepared = steps.prepare(cfg, run, tokenizer=loaded.tokenizer)  # notebook 02's splits (built here if missing)
+baseline = steps.baseline(cfg, run, prepared, loaded=loaded)  # reuses or writes baseline/generations.jsonl
+show.generations_table(baseline)"""),
     ("md", """## Reasoning and answer
 
-`prompts.split_output` reads what followed the prompt's `<think>`: the text up to the first `</think>` is the
-reasoning, the text after it is the answer. A repeated `<think>` at the start is dropped."""),
-    ("code", """parsed = prompts.split_output(example["generated"])
-print("REASONING:\\n" + parsed.reasoning)
+The example question's record (the first of `baseline`). `prompts.split_output` reads what followed the prompt's
+`<think>`: the text up to the first `</think>` is the reasoning, the text after it is the answer. A repeated
+`<think>` at the start is dropped."""),
+    ("code", """example = baseline[0]  # the recipe's example question (a held-out one if infer.example_questions is empty)
+parsed = prompts.split_output(example["generated"])
+print("QUESTION:\\n" + example["question"])
+print("\\nREASONING:\\n" + parsed.reasoning)
 print("\\nANSWER:\\n" + (parsed.answer or "(none: no </think> came, so all of the text counts as reasoning)"))
 print(f"\\n</think> closed: {parsed.think_closed} | EOS reached: {example['finished']} | "
       f"new tokens: {example['new_tokens']} of at most {i.max_new_tokens}")"""),
@@ -122,30 +152,6 @@ print(f"\\n</think> closed: {parsed.think_closed} | EOS reached: {example['finis
   cut; raising `infer.max_new_tokens` lets them finish, at a cost in time roughly in proportion.
 
 Notebook 04 reports these shares for both models, because a mean over answers that were cut says less than it seems."""),
-    ("md", """## The held-out questions, through the run folder
-
-`steps.baseline(cfg, run, prepared, loaded=loaded)` generates the example question(s) plus the first
-`infer.num_eval_questions` held-out questions, which training never sees, with the decoding settings above on the
-generation path chosen earlier, and writes `baseline/generations.jsonl`. It prints the path and the batch plan:
-with `infer.batch_size=0` the batch is the largest whose KV cache fits the GPU memory left after the weights
-(`inference.plan.plan_generation`), questions sorted by prompt length, longest first. A row that has finished still
-rides along, decoding padding, until every row of its batch has finished or reached `max_new_tokens` (the batch
-stops as soon as all rows have produced EOS); sorting keeps rows of similar length together. If the path fails (the
-compiled decoding step does not build, say), the stage falls back to the next path and records why. When the run folder already holds generations made
-with the same model, data and `infer` settings, it reuses them instead, and the model passed in is not used. The
-held-out split comes from `steps.prepare`, which reuses notebook 02's output or builds it with the tokenizer already
-loaded. The example question is generated again, this time in a batch with held-out questions, so that this file
-and notebook 04's `finetuned/generations.jsonl` hold the same question set. Its answer can differ in a few tokens
-from the one above: padding a prompt in a batch changes the arithmetic slightly, and greedy decoding follows any
-change in the most likely token."
-
-With `compare.mcq_generate` on (the default), the same call also answers notebook 04's multiple-choice questions
-(`compare.mcq_source`, the first `compare.mcq_rows`), in the same batches: one larger batch keeps the GPU busier,
-and on the static-cache path the decoding step is compiled once for all of them. Those answers go to
-`baseline/mcq_generations.jsonl`; notebook 04 grades them against the fine-tuned model's."""),
-    ("code", """prepared = steps.prepare(cfg, run, tokenizer=loaded.tokenizer)  # notebook 02's splits (built here if missing)
-baseline = steps.baseline(cfg, run, prepared, loaded=loaded)  # reuses or writes baseline/generations.jsonl
-show.generations_table(baseline)"""),
     ("md", """## Results
 
 How the base model's answers ended: how many questions, the share that closed `</think>`, the share that reached EOS
