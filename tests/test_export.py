@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from r1helpers.workflow import export
@@ -231,7 +232,7 @@ def test_gguf_read_back_by_transformers_gives_the_merged_models_greedy_tokens(ex
 def test_checks_fail_on_a_model_that_is_not_the_trained_one(exported, base_dir):
     """The base model passed off as the merged one, or as its GGUF, is refused."""
     probes = export_checks.adapter_reference(base_dir, exported.out / "adapter", [exported.prompt], 8)
-    with pytest.raises(export_checks.ExportCheckError):
+    with pytest.raises(export_checks.ExportCheckError, match="lost part of the adapter|logits differ"):
         export_checks.check_merged(base_dir, probes)
     base_probes = export_checks.reference_probes(_float32(base_dir), [exported.prompt], 8)
     f16 = exported.out / "gguf" / exported.record["artefacts"]["gguf"]["files"]["f16"]["file"]
@@ -433,18 +434,36 @@ def test_an_export_whose_adapter_was_replaced_is_made_again(exported, cfg, monke
 
 
 def test_merge_falls_back_to_the_dtype_that_keeps_the_adapter(exported, cfg, monkeypatch):
-    """On the tiny model a bfloat16 merge rounds the adapter's update away (greedy tokens change; the same
-    failure a real model showed): tried first, it fails its check and float16, which passes, is kept."""
+    """A 16-bit type whose merge fails its check is not kept; the next one that passes is. On the tiny model a
+    bfloat16 merge changes one greedy token of 48, at a near tie of the reference (margin 0.0105 against a
+    largest logit difference of 0.067) while keeping 98% of the adapter's effect on the logits: that passes,
+    with the near tie recorded. So the fallback is shown with bfloat16's check made to fail."""
+    import shutil
+
     from r1helpers.export import checks as ec
 
+    ctx = _context(exported, cfg)
+    record, path, dtype = export.merge_keeping_the_adapter(ctx, ["bfloat16"])
+    check = record["checks"]["logits_vs_adapter"]
+    assert dtype == "bfloat16" and check["passed"] and not check["greedy_identical"]
+    assert check["greedy_near_ties"] == len(check["greedy_divergences"]) >= 1
+    assert all(d["reference_margin"] <= ec.NEAR_TIE * check["max_abs_logit_diff"] for d in check["greedy_divergences"])
+    assert check["adapter_residual_share"] < ec.ADAPTER_KEPT_TOL
+    shutil.rmtree(path)
+
+    real, calls = ec.check_merged, []
+    monkeypatch.setattr(ec, "check_merged", lambda folder, probes: (_ for _ in ()).throw(ec.ExportCheckError(
+        "greedy tokens differ (made to fail)")) if not calls.append(folder) and len(calls) == 1 else real(folder, probes))
+    references = []
+    monkeypatch.setattr(ec, "adapter_reference", lambda *a, real_ref=ec.adapter_reference: references.append(1) or
+                        real_ref(*a))
     ctx = _context(exported, cfg)
     record, path, dtype = export.merge_keeping_the_adapter(ctx, ["bfloat16", "float16"])
     assert dtype == "float16" and record["dtype"] == "float16"
     assert record["dtype_tried"][0].startswith("bfloat16: ") and "greedy tokens differ" in record["dtype_tried"][0]
     assert "float16 passed" in ctx.notes[-1]
+    assert len(references) == 1, "base + adapter is loaded once for both checks"
     assert export.dtype_candidates("auto", "bfloat16")[0] == "float16"
-    import shutil
-
     shutil.rmtree(path)  # the kept temporary merge, which _export_all deletes after writing GGUF
     monkeypatch.setattr(ec, "check_merged", lambda folder, probes: (_ for _ in ()).throw(
         ec.ExportCheckError("greedy tokens differ")))
@@ -469,3 +488,48 @@ def _context(exported, cfg):
     return export.Context(apply_overrides(cfg, {"export.save_merged_16bit": False}), exported.run, out,
                           export.fetch_base(base, None), exported.adapter, tok, ids, texts,
                           ec.logits_fit(base.parameters), [])
+
+
+def _probe(margin: float, base_shift: float = 3.0):
+    """One prompt of 2 tokens and 2 greedy tokens (3, 4) over a vocabulary of 5; at the last greedy token the
+    reference prefers 4 over 2 by `margin`. The base model's logits are the reference's minus `base_shift` on
+    token 0 (the adapter's effect)."""
+    logits = np.zeros((4, 5), dtype=np.float32)
+    logits[:, 0] = 10.0  # a wide logit range, as real models have
+    logits[1, 0], logits[1, 3] = 0.0, 1.0  # picks 3
+    logits[2, 0], logits[2, 4], logits[2, 2] = 0.0, 1.0, 1.0 - margin  # picks 4, then 2 is `margin` behind
+    base = logits.copy()
+    base[:, 0] -= base_shift
+    return export_checks.Probe([1, 2], [3, 4], logits, base)
+
+
+@pytest.mark.parametrize("margin, diff, passes", [(0.004, 0.003, True), (0.5, 0.003, False)],
+                         ids=["near-tie", "clear-margin"])
+def test_greedy_flip_is_allowed_only_at_a_near_tie_of_the_reference(margin, diff, passes):
+    """A candidate within the logit tolerance that picks token 2 instead of 4: a near tie of the reference (margin
+    within 2 x the measured logit difference) passes and is counted; a clear margin is a real difference."""
+    probe = _probe(margin)
+    cand = probe.logits.copy()
+    cand[2, 2] += diff
+    result = export_checks.compare([probe], [cand], [[3, 2]])
+    assert result["greedy_divergences"] == [{"prompt": 0, "token": 1, "reference_margin": pytest.approx(margin, abs=1e-6)}]
+    if passes:
+        assert export_checks.judge("merged", result, "m")["greedy_near_ties"] == 1
+    else:
+        with pytest.raises(export_checks.ExportCheckError, match="not a near tie"):
+            export_checks.judge("merged", result, "m")
+
+
+def test_a_merge_that_loses_part_of_the_adapter_fails_even_with_identical_greedy_tokens():
+    """Logits 0.15 away from base + adapter where the adapter moved them by 1.0: within 2% of the logit range,
+    same greedy tokens, but 15% of the adapter's effect is gone."""
+    probe = _probe(0.5, base_shift=1.0)
+    cand = probe.logits.copy()
+    cand[:, 0] -= 0.15
+    result = export_checks.compare([probe], [cand], [[3, 4]])
+    assert result["greedy_identical"] and result["relative_logit_diff"] < 0.02
+    assert result["adapter_residual_share"] == pytest.approx(0.15, abs=1e-6)
+    with pytest.raises(export_checks.ExportCheckError, match="lost part of the adapter"):
+        export_checks.judge("merged", result, "m")
+    cand[:, 0] += 0.1  # 5% of the effect left out: passes
+    assert export_checks.judge("merged", export_checks.compare([probe], [cand], [[3, 4]]), "m")["passed"]

@@ -231,7 +231,7 @@ GGUF_KINDS = typing.get_args(GGUFKind)
 class ExportConfig:
     output_dir: str | None = field(default=None, metadata={"help": "folder for the exported models (None: the run folder's export/, on Kaggle /kaggle/tmp, since /kaggle/working keeps ~19.5 GB)"})
     save_merged_16bit: bool = field(default=True, metadata={"help": "keep the adapter merged into the 16-bit base weights (made anyway, then deleted, when GGUF needs it)"})
-    merged_dtype: Literal["auto", "bfloat16", "float16"] = field(default="auto", metadata={"help": "auto (the base checkpoint's 16-bit type, else bfloat16) | bfloat16 | float16"})
+    merged_dtype: Literal["auto", "bfloat16", "float16"] = field(default="auto", metadata={"help": "auto (float16, then the checkpoint's own type: the first whose merge passes the check) | bfloat16 | float16"})
     gguf: list[GGUFKind] = field(default_factory=lambda: ["q8_0", "q4_k_m"], metadata={"help": "GGUF types to write: f16, bf16, q8_0 (written here), q4_k_m (needs llama.cpp's quantizer, else skipped with a note)"})
     llama_quantize: str | None = field(default=None, metadata={"help": "path of llama.cpp's llama-quantize (None: PATH, Unsloth's build, then llama-cpp-python)"})
     check_tokens: int = field(default=16, metadata={"help": "greedy tokens compared per prompt when checking exported models"})

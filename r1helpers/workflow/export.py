@@ -93,14 +93,25 @@ def export_adapter(ctx: Context) -> dict[str, Any]:
         "loads_with_peft": "skipped: the adapter is checked through the merged model's logit check, which did not run"}}
 
 
-def export_merged(ctx: Context, dtype: str, keep: bool) -> tuple[dict[str, Any], Path, Any]:
-    """Merge, check against base + adapter, keep (or hand back a temporary folder for GGUF)."""
+def adapter_probes(ctx: Context):
+    """The reference every merge is checked against (base + adapter through peft, in float32), or None where the
+    logit checks do not fit this machine."""
     from r1helpers.export import checks as ec
 
-    probes = None
-    if ctx.logits_ok:
-        probes = ec.adapter_reference(ctx.base_dir, ctx.out / "adapter", ctx.prompts, ctx.cfg.export.check_tokens)
-        free_memory()
+    if not ctx.logits_ok:
+        return None
+    probes = ec.adapter_reference(ctx.base_dir, ctx.out / "adapter", ctx.prompts, ctx.cfg.export.check_tokens)
+    free_memory()
+    return probes
+
+
+def export_merged(ctx: Context, dtype: str, keep: bool, probes: Any = ...) -> tuple[dict[str, Any], Path, Any]:
+    """Merge, check against base + adapter (`probes`, made here when not given), keep (or hand back a
+    temporary folder for GGUF)."""
+    from r1helpers.export import checks as ec
+
+    if probes is ...:
+        probes = adapter_probes(ctx)
     path = ctx.out / "merged_16bit"
     target = path if keep else Path(tempfile.mkdtemp(dir=ctx.out, prefix=MERGED_FOR_GGUF))
     try:
@@ -304,9 +315,10 @@ def merge_keeping_the_adapter(ctx: Context, candidates: list[str]) -> tuple[dict
     from r1helpers.export.checks import ExportCheckError
 
     failures = []
+    probes = adapter_probes(ctx)  # once: loading base + adapter in float32 is the slow part of a check
     for dtype in candidates:
         try:
-            record, path, _ = export_merged(ctx, dtype, keep=ctx.cfg.export.save_merged_16bit)
+            record, path, _ = export_merged(ctx, dtype, keep=ctx.cfg.export.save_merged_16bit, probes=probes)
         except ExportCheckError as e:
             failures.append(f"{dtype}: {e}")
             print(f"merge in {dtype} failed its check ({e})", flush=True)

@@ -82,12 +82,22 @@ summary.summary_table(exported)"""),
     ("md", """## The checks, and what they guarantee
 
 **Merged 16-bit.** Training may run on 4-bit weights, but the merge reads the base model's 16-bit checkpoint,
-computes `W + scale · B·A` in float32 and rounds once to `export.merged_dtype` (`auto`: the checkpoint's own
-type, bfloat16 for R1-distill). Two checks follow. Every merged tensor is read back and must be within one
+computes `W + scale · B·A` in float32 and rounds once to `export.merged_dtype` (`auto`: float16 first, then the
+checkpoint's own type, bfloat16 for R1-distill, the first whose merge passes). Two checks follow. Every merged tensor is read back and must be within one
 16-bit rounding of the exact sum. Then the merged model, loaded with plain transformers, is run on the
 training prompt of the example question and two held-out questions, against base + adapter loaded through
-peft from the exported adapter folder (which checks that folder too): the largest logit difference must stay
-within **2% of the logit range**, and the greedy tokens must be **identical**.
+peft from the exported adapter folder (which checks that folder too):
+
+- the largest logit difference must stay within **2% of the logit range**;
+- it must also stay within **10% of the adapter's own effect** (base + adapter against the base alone, adapter
+  switched off, on the same tokens): a merge that lost part of the adapter fails here even when its greedy
+  tokens agree;
+- the greedy tokens (16 per prompt) must be **identical**, except at a near tie: where the reference itself
+  ranks the two tokens within twice the largest logit difference measured, that difference can flip the pick,
+  and the report counts it (`greedy_near_ties`) instead of failing. Measured: on the 8B shape with random weights,
+  whose logits are often near ties, a float16 merge within 0.10% of the logit range had passed the exact rule in
+  one run and failed it in the next (one token of 48 flipped); on the tiny model a bfloat16 merge flipped one
+  token of 48 at a margin of 0.0105 against a largest difference of 0.067, keeping 98% of the adapter's effect.
 
 One caveat is worth knowing. bfloat16 keeps only 8 significant bits, so a weight can move only in steps of
 0.4-0.8% of its size. A LoRA update smaller than half such a step rounds back to the base value: a bf16
@@ -100,7 +110,8 @@ into float16 (`cfg.export.merged_dtype = "float16"`, 11 significant bits) if the
 training tokenizer and render the training prompt token for token; every tensor, dequantized, must be close to
 the merged weights (tolerance by type); and the file is read back by transformers' GGUF loader and, where
 `llama-cpp-python` is installed, by llama.cpp itself, and compared with the merged model: f16/bf16 within 1-2%
-of the logit range with identical greedy tokens, q8_0 within 5%, q4_k_m within 25%. Logit checks load a float32
+of the logit range with identical greedy tokens (near ties excepted, as above), q8_0 within 5%, q4_k_m within
+25%. Logit checks load a float32
 copy of the model; when that does not fit in memory (the 8B model on Kaggle) they are skipped with a note and
 the per-tensor checks stand in for them. q4_k_m needs llama.cpp's quantizer and is skipped, with a note, when
 none is installed."""),
