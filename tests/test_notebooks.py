@@ -64,6 +64,21 @@ def test_series_runs_and_saves_executed_notebooks(cpu_run):
 
 
 @pytest.mark.slow
+def test_series_benchmark_reads_where_each_stage_spent_its_time(cpu_run):
+    """bench_series' per-stage rows, read from the executed notebooks and manifests of a real run."""
+    from r1helpers.tools.bench_series import generation_summary, slow_cells, stage_row
+
+    cells = slow_cells(cpu_run, "03", over=0.0)
+    assert any("r1helpers.start(" in c["code"] and 'stage="03"' in c["code"] for c in cells)
+    assert all(c["seconds"] >= 0 for c in cells)
+    row = stage_row(cpu_run, "05", 1.0)
+    assert row["cells"] == slow_cells(cpu_run, "05") and "adapter" in row["export.artefacts"]
+    assert isinstance(row["export.notes"], list)
+    gen = generation_summary(cpu_run)
+    assert gen["baseline"]["path"] == "dynamic" and gen["tokens"] > 0
+
+
+@pytest.mark.slow
 def test_prepared_splits_load_and_do_not_overlap(cpu_run):
     import datasets
 

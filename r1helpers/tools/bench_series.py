@@ -50,8 +50,30 @@ def series_overrides(model: Path, eval_rows: int, extra: list[str]) -> list[str]
     return [x for s in sets for x in ("--set", s)]
 
 
+def slow_cells(run_dir: Path, stage: str, over: float = 1.0) -> list[dict[str, Any]]:
+    """The executed notebook's cells that took more than `over` seconds (papermill records each cell's time):
+    where a stage's time went, the start cell included."""
+    found = sorted((run_dir / "notebooks").glob(f"{stage}_*.ipynb"))
+    found = [f for f in found if not f.name.endswith(".failed.ipynb")]
+    if not found:
+        return []
+    cells = json.loads(found[-1].read_text()).get("cells", [])
+    out = []
+    for i, c in enumerate(cells):
+        took = (c.get("metadata", {}).get("papermill") or {}).get("duration")
+        if took is not None and took > over:
+            source = "".join(c.get("source", "")).strip().splitlines()
+            out.append({"cell": i, "seconds": round(took, 1), "code": source[0][:100] if source else ""})
+    return out
+
+
 def stage_row(run_dir: Path, stage: str, seconds: float | None) -> dict[str, Any]:
-    row: dict[str, Any] = {"stage": stage, "seconds": seconds}
+    row: dict[str, Any] = {"stage": stage, "seconds": seconds, "cells": slow_cells(run_dir, stage)}
+    exported = run_dir / "export" / "exported.json"
+    if stage == "05" and exported.is_file():
+        record = json.loads(exported.read_text())
+        row["export.artefacts"] = sorted(record.get("artefacts", {}))
+        row["export.notes"] = record.get("notes", [])
     for name in MANIFESTS.get(stage, ()):
         path = run_dir / name / "manifest.json"
         if not path.is_file():
