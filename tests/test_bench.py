@@ -197,3 +197,21 @@ def test_bench_merge_measures_each_type_against_base_plus_adapter(tiny_model_dir
     bf16, fp16 = (r["weights"]["lora_changes_lost_to_rounding"] for r in rows)
     assert fp16 < bf16
     assert not list(tmp_path.glob("merge-*")), "the temporary merges are deleted"
+
+
+def test_decoding_profile_covers_only_the_steps_asked_for(tiny_model_dir, tmp_path):
+    """bench_generation --profile-steps: the profiler's schedule advances once per decoding step of the real
+    generate call, skipping `wait` steps; the model's own generate comes back afterwards."""
+    from r1helpers.inference.generate import generate
+    from r1helpers.modeling import load
+    from r1helpers.tools.bench_generation import profiled_decoding
+
+    loaded = load.for_inference(load.load_base(str(tiny_model_dir), max_seq_length=512, load_in_4bit=False,
+                                               dtype="float32", backend="transformers"))
+    with profiled_decoding(loaded.model, steps=3, wait=4, out_file=tmp_path / "profile.txt") as prof:
+        records = generate(loaded.model, loaded.tokenizer, ["What causes scurvy?", "Why is the sky blue?"],
+                           max_new_tokens=12, batch_size=2, progress=False)
+    assert "generate" not in vars(loaded.model) and len(records) == 2
+    assert prof["profiled_steps"] == 3 and prof["top"] and prof["step_ms"] and prof["step_ms"] > 0
+    assert any("aten::" in r["name"] for r in prof["top"]) and all(r["cpu_ms"] >= 0 for r in prof["top"])
+    assert "Name" in (tmp_path / "profile.txt").read_text()

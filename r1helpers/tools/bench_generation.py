@@ -26,13 +26,14 @@ measurement, prefixed `GENPATH `. A benchmark prints measurements; nothing here 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 DEFAULT_PATHS = ("static_16bit", "static_16bit_grouped", "static_16bit_plain", "dynamic_16bit", "unsloth")
 ALL_PATHS = (*DEFAULT_PATHS, "dynamic_4bit")
@@ -152,8 +153,66 @@ def equality_check(loaded, questions: list[str], plan_batch: int, max_cache_len:
             [static[rows[i]] == dynamic[rows[i]] for i in picks]}
 
 
+class ProfilerStep:
+    """A logits processor that advances a torch profiler's schedule once per decoding step (scores unchanged)."""
+
+    def __init__(self, prof) -> None:
+        self.prof = prof
+
+    def __call__(self, input_ids, scores):
+        self.prof.step()
+        return scores
+
+
+@contextlib.contextmanager
+def profiled_decoding(model, steps: int, wait: int, out_file: Path | None = None) -> Iterator[dict[str, Any]]:
+    """Profile `steps` decoding steps of the next `model.generate` calls, after skipping `wait` steps (the
+    prefill, the compilation, the cache filling up): where a decoding step spends its time, on the GPU (kernels,
+    CUDA-graph replays) and the CPU. Fills the yielded dict with the table's top rows; writes the whole table
+    to `out_file`.
+
+        with profiled_decoding(loaded.model, steps=5, wait=600) as prof:
+            generate(loaded.model, tokenizer, questions, ...)
+        prof["top"]   # [{"name", "device_ms", "cpu_ms", "calls"}, ...] per profiled step
+    """
+    import torch
+    from torch.profiler import ProfilerActivity, profile, schedule
+    from transformers import LogitsProcessorList
+
+    cuda = torch.cuda.is_available()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    result: dict[str, Any] = {"wait_steps": wait, "profiled_steps": steps}
+    original = model.generate
+
+    with profile(activities=activities, schedule=schedule(wait=wait, warmup=2, active=steps, repeat=1)) as prof:
+        def generate_stepping(*args, logits_processor=None, **kwargs):
+            return original(*args, logits_processor=LogitsProcessorList([*(logits_processor or []),
+                                                                         ProfilerStep(prof)]), **kwargs)
+
+        own = "generate" in vars(model)  # an instance attribute already (a library's patch): put it back after
+        model.generate = generate_stepping
+        try:
+            yield result
+        finally:
+            if own:
+                model.generate = original
+            else:
+                del model.generate  # the class's method is back
+    events = prof.key_averages()
+    device_attr = "device_time_total" if len(events) and hasattr(events[0], "device_time_total") else "cuda_time_total"
+    sort = device_attr if cuda else "cpu_time_total"
+    rows = sorted(events, key=lambda e: getattr(e, sort, 0.0), reverse=True)[:25]
+    result["top"] = [{"name": e.key[:120], "device_ms": round(getattr(e, device_attr, 0.0) / 1000 / steps, 3),
+                      "cpu_ms": round(e.cpu_time_total / 1000 / steps, 3), "calls": e.count // steps} for e in rows]
+    steps_seen = [e for e in events if e.key.startswith("ProfilerStep")]
+    result["step_ms"] = round(sum(e.cpu_time_total for e in steps_seen) / 1000 / max(1, steps), 3) if steps_seen \
+        else None
+    if out_file is not None:
+        out_file.write_text(events.table(sort_by=sort, row_limit=60))
+
+
 def run_path(path: str, model_dir: str, adapter_dir: str, prompts_n: int, new_tokens: int,
-             calls: int = 2) -> list[dict[str, Any]]:
+             calls: int = 2, profile_steps: int = 0, out_dir: Path | None = None) -> list[dict[str, Any]]:
     """One path in this process: load as the stages do, plan, generate (twice for static_16bit unless
     `calls` is 1, which also skips the equality check: a stage's own single call), measure."""
     from r1helpers.core.hardware import unsloth_importable
@@ -188,7 +247,13 @@ def run_path(path: str, model_dir: str, adapter_dir: str, prompts_n: int, new_to
     plan = generation_plan(cfg, loaded, gp, questions)
     base.update(batch=plan.batch_size, plan_reason=plan.reason)
     out = []
-    first, records = _timed(loaded, questions, cfg, plan, gp)
+    if profile_steps:  # the steps after the first half of the answers: a full cache, the decoding step compiled
+        with profiled_decoding(loaded.model, profile_steps, max(10, new_tokens // 2),
+                               (out_dir or Path(".")) / f"profile-{path}.txt") as prof:
+            first, records = _timed(loaded, questions, cfg, plan, gp)
+        out.append({**base, "profile": prof})
+    else:
+        first, records = _timed(loaded, questions, cfg, plan, gp)
     if gp.path == "static_16bit":
         from torch._dynamo.utils import counters
 
@@ -226,6 +291,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calls", type=int, default=2, choices=(1, 2),
                    help="static paths: 2 = a compiling call, a timed second call and the equality check; 1 = the "
                         "first call alone, as a stage makes it")
+    p.add_argument("--profile-steps", type=int, default=0,
+                   help="profile this many decoding steps of the first call, from the middle of the answers "
+                        "(torch.profiler; the table goes to profile-<path>.txt beside --out)")
     p.add_argument("--out", default=None, help="JSON lines file")
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)
     p.add_argument("--model", default=None, help=argparse.SUPPRESS)
@@ -233,7 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.one:
         try:
-            rows = run_path(args.one, args.model, args.adapter, args.prompts, args.new_tokens, args.calls)
+            rows = run_path(args.one, args.model, args.adapter, args.prompts, args.new_tokens, args.calls,
+                            args.profile_steps, Path(args.out).parent if args.out else None)
         except Exception as e:
             import traceback
 
@@ -264,7 +333,9 @@ def main(argv: list[str] | None = None) -> int:
     for path in args.paths.split(","):
         cmd = [sys.executable, "-m", "r1helpers.tools.bench_generation", "--one", path, "--model", str(model),
                "--adapter", str(adapter), "--prompts", str(args.prompts), "--new-tokens", str(args.new_tokens),
-               "--calls", str(args.calls)]
+               "--calls", str(args.calls), "--profile-steps", str(args.profile_steps)]
+        if args.out:
+            cmd += ["--out", args.out]
         t1 = time.perf_counter()
         try:
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
