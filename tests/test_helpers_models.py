@@ -157,6 +157,16 @@ def test_tiny_gguf_says_llama_bpe_and_adds_bos(tiny_model_dir, tmp_path):
     assert "general.base_model.0.repo_url" not in md  # a local id is no Hub repository
 
 
+def test_gguf_is_the_same_file_whatever_the_number_of_quantizing_threads(tiny_model_dir, tmp_path):
+    """write_gguf quantizes several tensors at once (q8_0 of the 8B took ~107 s in one thread); the order of the
+    tensors and every byte must not depend on it."""
+    from r1helpers.export.gguf import write_gguf
+
+    one = write_gguf(tiny_model_dir, tmp_path / "one-Q8_0.gguf", "q8_0", "t", TINY_MODEL, workers=1)
+    four = write_gguf(tiny_model_dir, tmp_path / "four-Q8_0.gguf", "q8_0", "t", TINY_MODEL, workers=4)
+    assert one.read_bytes() == four.read_bytes() and one.stat().st_size > 100_000
+
+
 # ---- model cards ---------------------------------------------------------------------------------------
 
 def test_model_card_words_the_base_model_from_the_model_not_the_profile():
