@@ -452,8 +452,9 @@ def test_merge_falls_back_to_the_dtype_that_keeps_the_adapter(exported, cfg, mon
     shutil.rmtree(path)
 
     real, calls = ec.check_merged, []
-    monkeypatch.setattr(ec, "check_merged", lambda folder, probes: (_ for _ in ()).throw(ec.ExportCheckError(
-        "greedy tokens differ (made to fail)")) if not calls.append(folder) and len(calls) == 1 else real(folder, probes))
+    monkeypatch.setattr(ec, "check_merged", lambda folder, probes, **kw: (_ for _ in ()).throw(ec.ExportCheckError(
+        "greedy tokens differ (made to fail)")) if not calls.append(folder) and len(calls) == 1
+        else real(folder, probes, **kw))
     references = []
     monkeypatch.setattr(ec, "adapter_reference", lambda *a, real_ref=ec.adapter_reference: references.append(1) or
                         real_ref(*a))
@@ -465,12 +466,32 @@ def test_merge_falls_back_to_the_dtype_that_keeps_the_adapter(exported, cfg, mon
     assert len(references) == 1, "base + adapter is loaded once for both checks"
     assert export.dtype_candidates("auto", "bfloat16")[0] == "float16"
     shutil.rmtree(path)  # the kept temporary merge, which _export_all deletes after writing GGUF
-    monkeypatch.setattr(ec, "check_merged", lambda folder, probes: (_ for _ in ()).throw(
+    monkeypatch.setattr(ec, "check_merged", lambda folder, probes, **kw: (_ for _ in ()).throw(
         ec.ExportCheckError("greedy tokens differ")))
     ctx = _context(exported, cfg)
     assert export.merge_keeping_the_adapter(ctx, ["float16", "bfloat16"])[:2] == (None, None)
     assert "use the adapter on the base model" in ctx.notes[-1]
     assert not list(ctx.out.glob(export.MERGED_FOR_GGUF + "*")), "no temporary merge is left behind"
+
+
+def test_gguf_checks_reuse_the_merged_models_own_probes(exported, cfg, monkeypatch):
+    """The merged model's greedy tokens and logits, taken while its check had it loaded, are the GGUF files'
+    reference: the merged model is not loaded in float32 again (32 GB for the 8B)."""
+    import shutil
+
+    from r1helpers.export import checks as ec
+
+    ctx = _context(exported, cfg)
+    record, path, dtype = export.merge_keeping_the_adapter(ctx, ["float16"])
+    own = ctx.merged_probes
+    again = ec.reference_probes(ec.load_float32(path), ctx.prompts, cfg.export.check_tokens)
+    assert [p.greedy for p in own] == [p.greedy for p in again] and len(own) == len(ctx.prompts)
+    assert all(np.array_equal(a.logits, b.logits) for a, b in zip(own, again))
+    monkeypatch.setattr(ec, "reference_probes", lambda *a: pytest.fail("the merged model was loaded again"))
+    ctx.cfg = apply_overrides(ctx.cfg, {"export.gguf": ["f16"]})
+    gguf = export.export_gguf(ctx, path, dtype, None)
+    assert gguf["files"]["f16"]["checks"]["transformers"]["passed"]
+    shutil.rmtree(path)
 
 
 def _context(exported, cfg):

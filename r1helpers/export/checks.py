@@ -237,9 +237,14 @@ def run_candidate(model, probes: list[Probe]) -> tuple[list[np.ndarray], list[li
     return logits, greedy
 
 
-def check_merged(merged_dir: Path, probes: list[Probe]) -> dict[str, Any]:
+def check_merged(merged_dir: Path, probes: list[Probe], own: list[Probe] | None = None) -> dict[str, Any]:
+    """The merged model against base + adapter (`probes`); when it passes and `own` is given, `own` receives the
+    merged model's own probes (its greedy tokens and logits), the reference its GGUF files are checked against."""
     model = load_float32(merged_dir)
-    return judge("merged", compare(probes, *run_candidate(model, probes)), "merged model vs base + adapter")
+    result = judge("merged", compare(probes, *run_candidate(model, probes)), "merged model vs base + adapter")
+    if own is not None:
+        own.extend(reference_probes(model, [p.prompt_ids for p in probes], len(probes[0].greedy) if probes else 0))
+    return result
 
 
 def check_gguf_transformers(gguf_path: Path, probes: list[Probe], kind: str) -> dict[str, Any]:

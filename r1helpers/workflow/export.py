@@ -82,6 +82,9 @@ class Context:
     prompt_texts: list[str]
     logits_ok: bool
     notes: list[str]
+    # the merged model's own greedy tokens and logits, taken while its check had it loaded: the GGUF files'
+    # reference, so that the merged model is not loaded in float32 a second time (32 GB for the 8B)
+    merged_probes: Any = None
 
 
 def export_adapter(ctx: Context) -> dict[str, Any]:
@@ -118,7 +121,9 @@ def export_merged(ctx: Context, dtype: str, keep: bool, probes: Any = ...) -> tu
         with atomic_dir(target) as tmp:
             checks = write_merged(ctx.base_dir, ctx.out / "adapter", tmp, ctx.tokenizer, dtype)
             if probes is not None:
-                checks["logits_vs_adapter"] = ec.check_merged(tmp, probes)
+                own: list = []
+                checks["logits_vs_adapter"] = ec.check_merged(tmp, probes, own=own)
+                ctx.merged_probes = own
             if keep:
                 _card(ctx, "merged", tmp, checks)
     except BaseException:
@@ -139,8 +144,10 @@ def export_gguf(ctx: Context, merged: Path, dtype: str, quantizer) -> dict[str, 
     kinds = sorted((k for k in ctx.cfg.export.gguf if k != "q4_k_m" or quantizer is not None),
                    key=lambda k: k == "q4_k_m")  # after the unquantized file it may be made from
     stem = f"{Path(ctx.cfg.model.name).name}-medical-cot"
-    probes = ec.reference_probes(ec.load_float32(merged), ctx.prompts, ctx.cfg.export.check_tokens) \
-        if ctx.logits_ok else None
+    probes = None
+    if ctx.logits_ok:  # the merged model's own, kept by its check, else taken now
+        probes = ctx.merged_probes or ec.reference_probes(ec.load_float32(merged), ctx.prompts,
+                                                          ctx.cfg.export.check_tokens)
     free_memory()
     path = ctx.out / "gguf"
     files: dict[str, Any] = {}
