@@ -304,6 +304,24 @@ def test_write_gguf_reads_back_like_the_merged_model(merged, probe_ids, export_t
     assert checks.gguf_weight_check(path, out)["tensors"] > 0
 
 
+def test_gguf_weight_check_refuses_weights_that_are_not_the_merged_ones(merged, tiny_model_dir, tmp_path):
+    """The merged model's GGUF, checked against the base weights (the adapter's changes missing), is refused,
+    naming the first tensor in the file's order, with any number of threads."""
+    from r1helpers.export import checks
+    from r1helpers.export.gguf import write_gguf
+
+    out, _ = merged
+    path = write_gguf(out, tmp_path / "m-F16.gguf", "f16", "m", chat_template=prompts.CHAT_TEMPLATE)
+    said = []
+    for workers in (1, 3):
+        with pytest.raises(checks.ExportCheckError, match=r"is off by .* RMS") as e:
+            checks.gguf_weight_check(path, Path(tiny_model_dir), workers=workers)
+        said.append(str(e.value))
+    assert said[0] == said[1]
+    one, three = (checks.gguf_weight_check(path, out, workers=w) for w in (1, 3))
+    assert one == three
+
+
 def test_modelfile_holds_the_training_prompt():
     from r1helpers.export.gguf import modelfile, source_kind
 

@@ -331,43 +331,53 @@ def _llama_cpp_child(request: dict[str, Any], out_file: str) -> None:
 
 # ---- weights and metadata, one tensor at a time ---------------------------------------------------
 
-def gguf_weight_check(gguf_path: Path, merged_dir: Path) -> dict[str, Any]:
-    """Dequantize every GGUF tensor, undo llama.cpp's Q/K layout and compare with the merged weights."""
+def gguf_weight_check(gguf_path: Path, merged_dir: Path, workers: int | None = None) -> dict[str, Any]:
+    """Dequantize every GGUF tensor, undo llama.cpp's Q/K layout and compare with the merged weights.
+
+    `workers` threads compare tensors at once (default: the CPU count, at most 8; numpy releases the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     import gguf
 
-    from r1helpers.export.gguf import iter_tensors, read_config, unpermute_qk
+    from r1helpers.export.gguf import iter_tensors, read_config, tensor_shapes, unpermute_qk
 
     config = read_config(merged_dir)
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config["num_hidden_layers"])
     n_head, n_kv = config["num_attention_heads"], config.get("num_key_value_heads") or config["num_attention_heads"]
     reader = gguf.GGUFReader(str(gguf_path))
-    by_gguf = {}
-    from r1helpers.export.gguf import tensor_shapes
+    by_gguf = {names.get_name(hf_name, try_suffixes=(".weight", ".bias")): hf_name
+               for hf_name in tensor_shapes(merged_dir)}
 
-    for hf_name in tensor_shapes(merged_dir):
-        target = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
-        by_gguf[target] = hf_name
-    worst: dict[str, float] = {}
-    seen = set()
-    for t in reader.tensors:
-        if t.name not in by_gguf:
-            if t.name.startswith("rope_freqs"):
-                continue
-            raise ExportCheckError(f"{gguf_path.name}: unexpected tensor {t.name}")
-        hf_name = by_gguf[t.name]
+    def error(t) -> float | None:
+        """The tensor's RMS error relative to the merged weight's RMS (None: not a merged weight)."""
+        hf_name = by_gguf.get(t.name)
+        if hf_name is None:
+            return None
         w = gguf.quants.dequantize(t.data, t.tensor_type).reshape([int(d) for d in reversed(t.shape)])
         if hf_name.endswith("q_proj.weight"):
             w = unpermute_qk(w, n_head)
         elif hf_name.endswith("k_proj.weight"):
             w = unpermute_qk(w, n_kv)
         ref = next(iter_tensors(merged_dir, [hf_name]))[1]
-        rel = float(np.sqrt(np.mean((w - ref) ** 2)) / max(np.sqrt(np.mean(ref ** 2)), 1e-12))
-        kind = t.tensor_type.name
-        worst[kind] = max(worst.get(kind, 0.0), rel)
-        if rel > WEIGHT_TOL.get(kind, 0.15):
-            raise ExportCheckError(f"{gguf_path.name}: {t.name} ({kind}) is off by {rel:.3%} RMS "
-                                   f"(allowed {WEIGHT_TOL.get(kind, 0.15):.1%})")
-        seen.add(t.name)
+        return float(np.sqrt(np.mean((w - ref) ** 2)) / max(np.sqrt(np.mean(ref ** 2)), 1e-12))
+
+    worst: dict[str, float] = {}
+    seen = set()
+    pool = ThreadPoolExecutor(max(1, workers if workers is not None else min(8, os.cpu_count() or 1)))
+    try:
+        for t, rel in zip(reader.tensors, pool.map(error, reader.tensors)):
+            if rel is None:
+                if t.name.startswith("rope_freqs"):
+                    continue
+                raise ExportCheckError(f"{gguf_path.name}: unexpected tensor {t.name}")
+            kind = t.tensor_type.name
+            worst[kind] = max(worst.get(kind, 0.0), rel)
+            if rel > WEIGHT_TOL.get(kind, 0.15):
+                raise ExportCheckError(f"{gguf_path.name}: {t.name} ({kind}) is off by {rel:.3%} RMS "
+                                       f"(allowed {WEIGHT_TOL.get(kind, 0.15):.1%})")
+            seen.add(t.name)
+    finally:
+        pool.shutdown(cancel_futures=True)
     missing = set(by_gguf) - seen
     if missing:
         raise ExportCheckError(f"{gguf_path.name}: tensors missing: {sorted(missing)[:4]}")
