@@ -339,6 +339,8 @@ def main(argv: list[str] | None = None) -> int:
         t1 = time.perf_counter()
         try:
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
+            if args.out:  # what the process logged (TORCH_LOGS=recompiles, warnings), beside the results
+                Path(args.out).with_name(f"{Path(args.out).stem}-{path}.stderr.txt").write_text(proc.stderr[-200_000:])
             lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("GENPATH ")]
             rows = [json.loads(ln[len("GENPATH "):]) for ln in lines]
             if not rows:
