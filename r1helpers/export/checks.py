@@ -10,7 +10,7 @@ without stopping at EOS, so every comparison covers the same number of tokens.
 Logit checks load whole models in float32, on a CUDA GPU whose free memory holds that copy with a
 third to spare (the 8B model on an 80 GB or larger GPU), else on the CPU, with TF32 matmuls off so
 float32 means float32; when it fits in neither (the 8B model on a 30 GB machine with a 16 GB GPU),
-they are skipped with a note and the weight-level checks, which read one tensor at a time, stand in
+they are skipped with a note and the weight-level checks, which read a few tensors at a time, stand in
 for them.
 
     python -m r1helpers.export.checks llama.cpp model.gguf probes.json   # what the child process runs
@@ -329,7 +329,7 @@ def _llama_cpp_child(request: dict[str, Any], out_file: str) -> None:
     np.savez(out_file, **arrays)
 
 
-# ---- weights and metadata, one tensor at a time ---------------------------------------------------
+# ---- weights and metadata, tensor by tensor --------------------------------------------------------
 
 def gguf_weight_check(gguf_path: Path, merged_dir: Path, workers: int | None = None) -> dict[str, Any]:
     """Dequantize every GGUF tensor, undo llama.cpp's Q/K layout and compare with the merged weights.

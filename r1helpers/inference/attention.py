@@ -18,7 +18,8 @@ token), models without GQA, dropout and position biases go to transformers' own 
     # ... generate ...
     model.set_attn_implementation("sdpa")   # back
 
-Not yet measured on a GPU (BENCHMARKS.md says so); `tests/test_generation_paths.py` checks that it gives
+Measured on the H200 (8B shape, 75 rows x 1,200 tokens, BENCHMARKS.md): 1,911 decoded tokens/s against SDPA's
+1,541, after a warm-up 14 s longer (95.1 s against 81.3 s). `tests/test_generation_paths.py` checks that it gives
 SDPA's logits and greedy tokens on the tiny model, which has GQA too.
 """
 
