@@ -382,3 +382,63 @@ def test_generation_path_is_decided_before_transformers_is_imported(shapes_8b, t
             "print(p.path, d.num_key_value_heads, 'transformers' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["dynamic", "8", "False"]  # this machine has no GPU
+
+
+@pytest.mark.parametrize("mask_kind", ["bool", "additive", "none"])
+def test_grouped_decode_attention_equals_sdpa_on_one_decoding_step(mask_kind):
+    """One decoding step on random tensors in the 8B's head layout (32 query heads, 8 key/value heads): the
+    grouped function's output equals transformers' SDPA (which copies each key/value head for its group), with
+    a left-padded bool mask, the same mask as additive float, and no mask."""
+    import torch
+    from types import SimpleNamespace
+
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from r1helpers.inference.attention import grouped_decode_attention
+
+    g = torch.Generator().manual_seed(0)
+    batch, heads, kv_heads, dim, kv_len = 3, 32, 8, 16, 11
+    module = SimpleNamespace(num_key_value_groups=heads // kv_heads, is_causal=True, training=False)
+    query = torch.randn(batch, heads, 1, dim, generator=g)
+    key = torch.randn(batch, kv_heads, kv_len, dim, generator=g)
+    value = torch.randn(batch, kv_heads, kv_len, dim, generator=g)
+    attend = torch.ones(batch, 1, 1, kv_len, dtype=torch.bool)
+    attend[1, ..., :4] = False  # left padding of row 1
+    attend[2, ..., -2:] = False  # static cache slots not written yet
+    mask = {"bool": attend, "additive": torch.zeros(attend.shape).masked_fill(~attend, float("-inf")),
+            "none": None}[mask_kind]
+    want, _ = sdpa_attention_forward(module, query, key, value, mask, scaling=dim**-0.5)
+    got, _ = grouped_decode_attention(module, query, key, value, mask, scaling=dim**-0.5)
+    assert got.shape == want.shape == (batch, 1, heads, dim)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    if mask_kind != "none":  # the mask matters: without it, row 1 differs
+        unmasked, _ = grouped_decode_attention(module, query, key, value, None, scaling=dim**-0.5)
+        assert not torch.allclose(unmasked[1], want[1], atol=1e-3)
+
+
+def test_static_path_runs_the_adapter_in_the_weights_type(small_cfg, tiny_model_dir, tmp_path):
+    """peft loads and creates adapter weights in float32; on the static_16bit path they are cast to the path's
+    16-bit type (no float32 matmuls in the decoding step), for the fine-tuned adapter and the zero adapter alike,
+    and the cast keeps the trained values (to bfloat16 rounding)."""
+    from r1helpers.inference.paths import GenerationPath
+    from r1helpers.tools.bench_generation import build_adapter
+
+    adapter = build_adapter(tiny_model_dir, tmp_path / "adapter")
+    path = GenerationPath("static_16bit", "test", "transformers", False, "bfloat16")
+    loaded, _ = steps.load_for_generation(small_cfg, path, adapter)
+    lora = {n: p for n, p in loaded.model.named_parameters() if "lora_" in n}
+    layers = loaded.model.get_base_model().config.num_hidden_layers
+    assert len(lora) == 2 * 7 * layers and {p.dtype for p in lora.values()} == {torch.bfloat16}
+    from safetensors.torch import load_file
+
+    saved = load_file(str(adapter / "adapter_model.safetensors"))
+    name, tensor = next(iter(saved.items()))
+    here = next(p for n, p in lora.items() if n.replace(".default", "").endswith(name.split("base_model.model.")[-1]))
+    torch.testing.assert_close(here.float(), tensor.float(), atol=0, rtol=2**-7)
+
+    base, _ = steps.load_for_generation(small_cfg, path)
+    wrapped, unload = steps.zero_adapter(small_cfg, base, path)
+    zero = [p for n, p in wrapped.model.named_parameters() if "lora_" in n]
+    assert zero and {p.dtype for p in zero} == {torch.bfloat16}
+    unload()
+    assert load.adapter_to_dtype(loaded.model, "bfloat16") == 0  # already cast: nothing to do

@@ -181,7 +181,7 @@ class InferConfig:
     stream: bool = field(default=False, metadata={"help": "print the first example's answer token by token as it is generated (in a notebook; never headless)"})
     path: Literal["auto", "unsloth", "static_16bit", "dynamic"] = field(default="auto", metadata={"help": "auto (16-bit weights + a static KV cache, compiled, where they fit beside 32 rows of cache: measured fastest on the H200; else Unsloth's inference path where Unsloth is the backend; else the dynamic cache) | unsloth | static_16bit | dynamic; both generation stages use one path"})
 
-    attention: Literal["sdpa", "grouped_decode"] = field(default="sdpa", metadata={"help": "attention of a model loaded with transformers while it generates: sdpa (transformers' own, which copies each key/value head for its group of query heads at every step of a padded batch) | grouped_decode (r1helpers.inference.attention: reads each key/value head once; the same answers on the tiny model; H200, 75 x 1,200 tokens: 1,911 decoded tokens/s against 1,541, 14 s more warm-up); Unsloth's path has its own"})
+    attention: Literal["sdpa", "grouped_decode"] = field(default="grouped_decode", metadata={"help": "attention of a model loaded with transformers while it generates: grouped_decode (r1helpers.inference.attention: each decoding step reads each key/value head once, through SDPA; the same answers as sdpa on the tiny model) | sdpa (transformers' own, which copies each key/value head for its group of query heads at every step of a padded batch); Unsloth's path has its own"})
 
     def __post_init__(self) -> None:
         _check(self.max_new_tokens >= 1, "infer.max_new_tokens", "must be >= 1")

@@ -9,18 +9,22 @@ several times what the weights and the cache themselves take to read. The copy g
 length, which is what generation at `max_new_tokens=1200` has most of.
 
 `grouped_decode_attention` computes the same attention for one new token per row without the copy: the
-query heads of a group are viewed as `(kv_heads, groups)` and multiplied with their shared key/value head
-directly (two matmuls and a softmax in float32, which `torch.compile` fuses). Prompts (more than one query
-token), models without GQA, dropout and position biases go to transformers' own SDPA function unchanged.
+query heads of a group are viewed as `(kv_heads, groups)`, so the `groups` query heads that share a key/value
+head become `groups` query rows of that one head, and `scaled_dot_product_attention` runs on them with the
+keys and values as they are in the cache. Every row of a group sits at the same position, so the last row of
+the mask applies to all of them. Prompts (more than one query token), models without GQA, dropout and
+position biases go to transformers' own SDPA function unchanged.
 
     from r1helpers.inference.attention import use_grouped_decode
     use_grouped_decode(model)   # registers "sdpa_grouped_decode" and switches the model to it
     # ... generate ...
     model.set_attn_implementation("sdpa")   # back
 
-Measured on the H200 (8B shape, 75 rows x 1,200 tokens, BENCHMARKS.md): 1,911 decoded tokens/s against SDPA's
-1,541, after a warm-up 14 s longer (95.1 s against 81.3 s). `tests/test_generation_paths.py` checks that it gives
-SDPA's logits and greedy tokens on the tiny model, which has GQA too.
+Measured on the H200 (8B shape, 75 rows x 1,200 tokens, BENCHMARKS.md): an earlier version, which multiplied
+queries and keys itself (`matmul`, then softmax in float32), decoded 1,911 tokens/s against SDPA's 1,541; the
+profile of its decoding step showed that one matmul running as a slow batched kernel (`magma_sgemmEx`, float32
+output) for 19.6 of the step's 32.0 ms, which SDPA's own kernels do not. `tests/test_generation_paths.py`
+checks that it gives SDPA's logits and greedy tokens on the tiny model, which has GQA too.
 """
 
 from __future__ import annotations
@@ -45,15 +49,10 @@ def grouped_decode_attention(module, query, key, value, attention_mask, dropout:
                                       is_causal=is_causal, **kwargs)
     batch, heads, _, dim = query.shape
     kv_heads, kv_len = key.shape[1], key.shape[2]
-    scale = scaling if scaling is not None else dim**-0.5
-    # query head h uses key/value head h // groups, as repeat_kv lays them out
+    # query head h uses key/value head h // groups, as repeat_kv lays them out: (batch, kv_heads, groups, dim)
     q = query.reshape(batch, kv_heads, groups, dim)
-    scores = torch.matmul(q, key.transpose(-1, -2)).float() * scale  # (batch, kv_heads, groups, kv_len)
-    if attention_mask is not None:
-        mask = attention_mask[:, :, -1:, :kv_len]  # (batch, 1, 1, kv_len)
-        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask.float()
-    probs = torch.softmax(scores, dim=-1).to(value.dtype)
-    out = torch.matmul(probs, value)  # (batch, kv_heads, groups, dim)
+    mask = None if attention_mask is None else attention_mask[:, :, -1:, :kv_len]  # (batch, 1, 1, kv_len)
+    out = torch.nn.functional.scaled_dot_product_attention(q, key, value, attn_mask=mask, scale=scaling)
     return out.reshape(batch, heads, 1, dim).transpose(1, 2).contiguous(), None
 
 

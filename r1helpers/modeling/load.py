@@ -215,6 +215,29 @@ def load_finetuned(adapter_dir: str | Path, *, name: str, max_seq_length: int, l
     return Loaded(model, base.tokenizer, base.backend)
 
 
+def adapter_to_dtype(model, dtype: str) -> int:
+    """Cast the LoRA weights inside `model` to `dtype` ("bfloat16", "float16", "float32"), in place; returns how
+    many tensors changed type.
+
+    peft keeps 16-bit adapter weights in float32 when it loads or creates them (`autocast_adapter_dtype`, for
+    stable training), and then casts each layer's input to float32 for the adapter's two small matmuls. Under
+    16-bit base weights that is 7 x 32 float32 matmul pairs a decoding step for the 8B, on kernels without tensor
+    cores (about 4 of a 32 ms step on the H200, BENCHMARKS.md). Training ran these matmuls in the compute type
+    too (Unsloth casts A and B to it), so generating with them in 16-bit is closer to training, not further.
+
+        adapter_to_dtype(model, "bfloat16")
+    """
+    import torch
+
+    want = getattr(torch, dtype)
+    changed = 0
+    for name, param in model.named_parameters():
+        if "lora_" in name and param.is_floating_point() and param.dtype != want:
+            param.data = param.data.to(want)
+            changed += 1
+    return changed
+
+
 def for_inference(loaded: Loaded) -> Loaded:
     """Switch to inference: Unsloth's fast generation path, eval mode and the KV cache."""
     if loaded.backend.name == "unsloth":

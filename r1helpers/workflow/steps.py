@@ -613,7 +613,7 @@ def load_for_generation(cfg: Config, path: GenerationPath,
     a path whose loading fails falls back (`inference.paths.fallback_path`), the reason kept in the path.
     A model that is not there is missing for every path and raises, except for static_16bit: a cache may
     hold only the 4-bit checkpoint that Unsloth loads."""
-    from r1helpers.modeling.load import ModelError, for_inference
+    from r1helpers.modeling.load import ModelError, adapter_to_dtype, for_inference
 
     if adapter_dir is not None and not (Path(adapter_dir) / "adapter_config.json").is_file():
         raise ModelError(f"{adapter_dir}: no LoRA adapter there (adapter_config.json missing)")
@@ -626,6 +626,8 @@ def load_for_generation(cfg: Config, path: GenerationPath,
             choice = path.backend_choice()
             loaded = load_finetuned_for(cfg, adapter_dir, choice) if adapter_dir else load_base_for(cfg, choice)
             loaded = for_inference(loaded)
+            if path.path == "static_16bit":
+                adapter_to_dtype(loaded.model, path.dtype)
             if cfg.infer.attention == "grouped_decode" and path.backend == "transformers":
                 from r1helpers.inference.attention import use_grouped_decode
 
@@ -733,6 +735,8 @@ def zero_adapter(cfg: Config, loaded: Loaded, path: GenerationPath) -> tuple[Loa
     """
     from peft import LoraConfig, PeftModel, get_peft_model
 
+    from r1helpers.modeling.load import adapter_to_dtype
+
     if path.path != "static_16bit" or isinstance(loaded.model, PeftModel):
         return loaded, lambda: None
     lc = cfg.lora
@@ -742,6 +746,7 @@ def zero_adapter(cfg: Config, loaded: Loaded, path: GenerationPath) -> tuple[Loa
                                                           task_type="CAUSAL_LM"))
         wrapped.requires_grad_(False)
         wrapped.eval()
+        adapter_to_dtype(wrapped, path.dtype)  # as load_for_generation does for the fine-tuned adapter
         if any(float(p.abs().max()) != 0.0 for n, p in wrapped.named_parameters() if "lora_B" in n):
             wrapped.unload()
             raise ValueError("lora_B was not initialised to zero")
