@@ -227,6 +227,11 @@ def test_gguf_read_back_by_transformers_gives_the_merged_models_greedy_tokens(ex
         assert any(n.startswith("q4_k_m:") and n.endswith("skipped") for n in exported.record["notes"])
     assert "FROM ./" in (folder / "Modelfile").read_text()
     assert not [p.name for p in folder.iterdir() if p.name.startswith(".")], "temporary files left behind"
+    took = exported.record["seconds"]  # where the stage's time went, step by step
+    for step in ("adapter: write", "merge in float16 and write", "GGUF q8_0: write", "GGUF q8_0: weight check",
+                 "GGUF f16: transformers read-back and logit check"):
+        assert took[step] >= 0.0, step
+    assert sum(took.values()) > 0
 
 
 def test_checks_fail_on_a_model_that_is_not_the_trained_one(exported, base_dir):

@@ -176,11 +176,13 @@ def test_batch_zero_plans_from_the_machine(lora_model):
 
 # ---- the stages --------------------------------------------------------------------------------------
 
+SMALL = {"infer.max_new_tokens": 6, "infer.num_eval_questions": 4, "data.train_rows": 8, "data.eval_rows": 4,
+         "model.max_seq_length": 256, "data.overlong": "truncate", "compare.mcq_rows": 3}
+
+
 @pytest.fixture(scope="module")
 def small_cfg():
-    return load_config("cpu", {"infer.max_new_tokens": 6, "infer.num_eval_questions": 4, "data.train_rows": 8,
-                               "data.eval_rows": 4, "model.max_seq_length": 256, "data.overlong": "truncate",
-                               "compare.mcq_rows": 3})
+    return load_config("cpu", SMALL)
 
 
 @pytest.fixture(scope="module")
@@ -313,15 +315,39 @@ def test_grouped_decode_attention_gives_sdpas_answers(lora_model):
     assert calls.count(1) >= 2 * layers * (NEW - 1) and any(q > 1 for q in calls), "decoding steps and prompts"
 
 
-def test_infer_attention_grouped_decode_reaches_the_loaded_model(tiny_model_dir):
+def test_infer_attention_reaches_the_model_however_it_was_loaded(prepared_run):
+    """Notebook 01 loads the base model itself (`load_base`, `for_inference`), stage 04 through
+    `load_for_generation`: the generation stage sets infer.attention on the model either way, and the manifest
+    records the attention that ran, which the comparison requires to be the same for both models."""
     from r1helpers.inference import attention
 
-    for setting, want in (("grouped_decode", attention.NAME), ("sdpa", "sdpa")):
-        cfg = load_config("cpu", {"infer.attention": setting})
-        loaded, path = steps.load_for_generation(cfg, steps.generation_path(cfg))
-        assert path.backend == "transformers" and loaded.model.config._attn_implementation == want
+    run, prepared = prepared_run
+    for setting, want in (("grouped_decode", attention.NAME), ("sdpa", "sdpa"), ("grouped_decode", attention.NAME)):
+        cfg = load_config("cpu", {**SMALL, "infer.attention": setting})
+        path = steps.generation_path(cfg, run, "baseline")
+        loaded = load.for_inference(load.load_base(cfg.model.name, max_seq_length=cfg.model.max_seq_length,
+                                                   load_in_4bit=path.load_in_4bit, dtype=path.dtype,
+                                                   backend=path.backend, pad_token=cfg.model.pad_token))
+        assert loaded.model.config._attn_implementation == "sdpa"  # as loaded
+        steps.baseline(cfg, run, prepared, loaded=loaded, force=True)
+        assert run.read_manifest("baseline")["generation"]["attention"] == want
+        assert loaded.model.config._attn_implementation == want
+        tuned, _ = steps.load_for_generation(cfg, path)
+        assert steps.set_up_decoding(cfg, tuned, path)["attention"] == want
     with pytest.raises(Exception, match="infer.attention"):
         load_config("cpu", {"infer.attention": "flash"})
+
+
+def test_different_attention_is_refused(small_cfg, tmp_path):
+    run = Run.open(tmp_path / "run")
+    gen = {"weights": "bfloat16", "attention": "sdpa"}
+    run.write_manifest(small_cfg, "baseline", generation_path="static_16bit", generation=gen)
+    run.write_manifest(small_cfg, "finetuned", generation_path="static_16bit",
+                       generation={**gen, "attention": "sdpa_grouped_decode"})
+    with pytest.raises(ValueError, match="attention sdpa; fine-tuned: static_16bit, bfloat16, attention sdpa_grouped"):
+        steps.check_same_decoding(run)
+    run.write_manifest(small_cfg, "finetuned", generation_path="static_16bit", generation=gen)
+    steps.check_same_decoding(run)
 
 
 # ---- which notebooks import Unsloth ------------------------------------------------------------------
@@ -417,15 +443,18 @@ def test_grouped_decode_attention_equals_sdpa_on_one_decoding_step(mask_kind):
 
 
 def test_static_path_runs_the_adapter_in_the_weights_type(small_cfg, tiny_model_dir, tmp_path):
-    """peft loads and creates adapter weights in float32; on the static_16bit path they are cast to the path's
-    16-bit type (no float32 matmuls in the decoding step), for the fine-tuned adapter and the zero adapter alike,
-    and the cast keeps the trained values (to bfloat16 rounding)."""
+    """peft loads and creates adapter weights in float32; on the static_16bit path the generation stage casts them
+    to the path's 16-bit type (no float32 matmuls in the decoding step), for the fine-tuned adapter and the zero
+    adapter alike, and the cast keeps the trained values (to bfloat16 rounding)."""
     from r1helpers.inference.paths import GenerationPath
     from r1helpers.tools.bench_generation import build_adapter
 
     adapter = build_adapter(tiny_model_dir, tmp_path / "adapter")
     path = GenerationPath("static_16bit", "test", "transformers", False, "bfloat16")
     loaded, _ = steps.load_for_generation(small_cfg, path, adapter)
+    assert {p.dtype for n, p in loaded.model.named_parameters() if "lora_" in n} == {torch.float32}  # peft's
+    done = steps.set_up_decoding(small_cfg, loaded, path)
+    assert done["adapter_weights"] == "bfloat16" and done["adapter_tensors_cast"] > 0
     lora = {n: p for n, p in loaded.model.named_parameters() if "lora_" in n}
     layers = loaded.model.get_base_model().config.num_hidden_layers
     assert len(lora) == 2 * 7 * layers and {p.dtype for p in lora.values()} == {torch.bfloat16}
@@ -438,6 +467,7 @@ def test_static_path_runs_the_adapter_in_the_weights_type(small_cfg, tiny_model_
 
     base, _ = steps.load_for_generation(small_cfg, path)
     wrapped, unload = steps.zero_adapter(small_cfg, base, path)
+    steps.set_up_decoding(small_cfg, wrapped, path)
     zero = [p for n, p in wrapped.model.named_parameters() if "lora_" in n]
     assert zero and {p.dtype for p in zero} == {torch.bfloat16}
     unload()

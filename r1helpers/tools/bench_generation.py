@@ -9,11 +9,11 @@ process (importing Unsloth patches transformers for the whole process), loads ba
 generation stages do (`workflow.steps.load_for_generation`), plans the batch (`generation_plan`) and
 generates `--new-tokens` for `--prompts` of the bundled sample questions with `inference.generate.generate`:
 
-- static_16bit: bf16 weights + LoRA, static KV cache; a first call (which compiles the decoding step), then
+- static_16bit: bf16 weights + LoRA, static KV cache, transformers' SDPA attention; a first call (which compiles the decoding step), then
   a second, timed alone; then checks that its first 16 greedy tokens on 4 prompts agree with dynamic-cache
   batch-1 generation on the same weights (and, for scale, how far batched dynamic generation agrees);
 - static_16bit_grouped: the same with `inference.attention.grouped_decode_attention` (no repeat_kv copy of the
-  keys and values at each decoding step);
+  keys and values at each decoding step), which the stages use by default (`infer.attention`);
 - static_16bit_plain: the same in a process that never imports Unsloth (what Unsloth's import costs it);
 - dynamic_16bit: the same weights with the dynamic cache (what the static cache buys);
 - unsloth: 4-bit base + LoRA through Unsloth's inference path;
@@ -78,6 +78,7 @@ def _config(model_dir: str, path: str, new_tokens: int):
             "model.backend": "unsloth" if path == "unsloth" else "transformers"}
     if path == "dynamic_16bit":
         over["model.load_in_4bit"] = False
+    over["infer.attention"] = "grouped_decode" if path == "static_16bit_grouped" else "sdpa"
     return load_config("seed", over)
 
 
@@ -224,7 +225,7 @@ def run_path(path: str, model_dir: str, adapter_dir: str, prompts_n: int, new_to
 
     from r1helpers.data import load_sample_rows
     from r1helpers.inference.paths import apply_gpu_cap, gpu_cap_gib
-    from r1helpers.workflow.steps import generation_path, generation_plan, load_for_generation
+    from r1helpers.workflow.steps import generation_path, generation_plan, load_for_generation, set_up_decoding
 
     apply_gpu_cap(gpu_cap_gib())
     cfg = _config(model_dir, path, new_tokens)
@@ -238,12 +239,7 @@ def run_path(path: str, model_dir: str, adapter_dir: str, prompts_n: int, new_to
     base.update(load_seconds=round(time.perf_counter() - t0, 1), generation_path=gp.path, weights=gp.weights,
                 path_reason=gp.reason, passed_over=gp.passed_over,
                 weights_gib=round(torch.cuda.memory_allocated() / 2**30, 2))
-    if path.endswith("_grouped"):
-        from r1helpers.inference.attention import use_grouped_decode
-
-        use_grouped_decode(loaded.model)
-    base["attention"] = (loaded.model.get_base_model() if hasattr(loaded.model, "get_base_model")
-                         else loaded.model).config._attn_implementation
+    base.update(set_up_decoding(cfg, loaded, gp))  # infer.attention (from _config) and the adapter's type
     plan = generation_plan(cfg, loaded, gp, questions)
     base.update(batch=plan.batch_size, plan_reason=plan.reason)
     out = []

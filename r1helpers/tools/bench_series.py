@@ -74,6 +74,7 @@ def stage_row(run_dir: Path, stage: str, seconds: float | None) -> dict[str, Any
         record = json.loads(exported.read_text())
         row["export.artefacts"] = sorted(record.get("artefacts", {}))
         row["export.notes"] = record.get("notes", [])
+        row["export.seconds"] = record.get("seconds", {})
     for name in MANIFESTS.get(stage, ()):
         path = run_dir / name / "manifest.json"
         if not path.is_file():

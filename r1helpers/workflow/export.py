@@ -19,11 +19,12 @@ the run folder.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +86,18 @@ class Context:
     # the merged model's own greedy tokens and logits, taken while its check had it loaded: the GGUF files'
     # reference, so that the merged model is not loaded in float32 a second time (32 GB for the 8B)
     merged_probes: Any = None
+    seconds: dict[str, float] = field(default_factory=dict)  # each step's wall time, for exported.json
+
+    @contextlib.contextmanager
+    def timed(self, step: str):
+        """Add the block's wall time to `seconds[step]` and print it: where an export's minutes go."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            took = time.perf_counter() - t0
+            self.seconds[step] = round(self.seconds.get(step, 0.0) + took, 1)
+            print(f"export: {step} took {took:.1f} s", flush=True)
 
 
 def export_adapter(ctx: Context) -> dict[str, Any]:
@@ -103,7 +116,8 @@ def adapter_probes(ctx: Context):
 
     if not ctx.logits_ok:
         return None
-    probes = ec.adapter_reference(ctx.base_dir, ctx.out / "adapter", ctx.prompts, ctx.cfg.export.check_tokens)
+    with ctx.timed("reference: base + adapter in float32, greedy tokens and logits"):
+        probes = ec.adapter_reference(ctx.base_dir, ctx.out / "adapter", ctx.prompts, ctx.cfg.export.check_tokens)
     free_memory()
     return probes
 
@@ -119,10 +133,12 @@ def export_merged(ctx: Context, dtype: str, keep: bool, probes: Any = ...) -> tu
     target = path if keep else Path(tempfile.mkdtemp(dir=ctx.out, prefix=MERGED_FOR_GGUF))
     try:
         with atomic_dir(target) as tmp:
-            checks = write_merged(ctx.base_dir, ctx.out / "adapter", tmp, ctx.tokenizer, dtype)
+            with ctx.timed(f"merge in {dtype} and write"):
+                checks = write_merged(ctx.base_dir, ctx.out / "adapter", tmp, ctx.tokenizer, dtype)
             if probes is not None:
                 own: list = []
-                checks["logits_vs_adapter"] = ec.check_merged(tmp, probes, own=own)
+                with ctx.timed(f"merged {dtype}: logit check"):
+                    checks["logits_vs_adapter"] = ec.check_merged(tmp, probes, own=own)
                 ctx.merged_probes = own
             if keep:
                 _card(ctx, "merged", tmp, checks)
@@ -146,8 +162,9 @@ def export_gguf(ctx: Context, merged: Path, dtype: str, quantizer) -> dict[str, 
     stem = f"{Path(ctx.cfg.model.name).name}-medical-cot"
     probes = None
     if ctx.logits_ok:  # the merged model's own, kept by its check, else taken now
-        probes = ctx.merged_probes or ec.reference_probes(ec.load_float32(merged), ctx.prompts,
-                                                          ctx.cfg.export.check_tokens)
+        with ctx.timed("GGUF reference: the merged model's greedy tokens and logits"):
+            probes = ctx.merged_probes or ec.reference_probes(ec.load_float32(merged), ctx.prompts,
+                                                              ctx.cfg.export.check_tokens)
     free_memory()
     path = ctx.out / "gguf"
     files: dict[str, Any] = {}
@@ -160,12 +177,15 @@ def export_gguf(ctx: Context, merged: Path, dtype: str, quantizer) -> dict[str, 
                 temporary = not src.is_file()
                 if temporary:
                     src = tmp / f".{file_name(stem, source)}"
-                    write_gguf(merged, src, source, stem, ctx.cfg.model.name, ctx.tokenizer.chat_template)
-                quantizer.quantize(src, target, kind)
+                    with ctx.timed(f"GGUF {source}: write (source of {kind})"):
+                        write_gguf(merged, src, source, stem, ctx.cfg.model.name, ctx.tokenizer.chat_template)
+                with ctx.timed(f"GGUF {kind}: llama.cpp quantize"):
+                    quantizer.quantize(src, target, kind)
                 if temporary:
                     src.unlink()
             else:
-                write_gguf(merged, target, kind, stem, ctx.cfg.model.name, ctx.tokenizer.chat_template)
+                with ctx.timed(f"GGUF {kind}: write"):
+                    write_gguf(merged, target, kind, stem, ctx.cfg.model.name, ctx.tokenizer.chat_template)
             print(f"wrote {target.name} ({target.stat().st_size / 2**20:.1f} MiB); checking it")
             files[kind] = {"file": target.name, "bytes": target.stat().st_size,
                            "checks": check_one_gguf(ctx, target, kind, merged, probes)}
@@ -180,15 +200,18 @@ def check_one_gguf(ctx: Context, path: Path, kind: str, merged: Path, probes) ->
     from r1helpers.export import checks as ec
 
     question = ctx.cfg.infer.example_questions[0] if ctx.cfg.infer.example_questions else "What is fever?"
-    checks: dict[str, Any] = {"metadata": ec.gguf_metadata_check(path, ctx.tokenizer, question),
-                              "weights": ec.gguf_weight_check(path, merged)}
+    checks: dict[str, Any] = {"metadata": ec.gguf_metadata_check(path, ctx.tokenizer, question)}
+    with ctx.timed(f"GGUF {kind}: weight check"):
+        checks["weights"] = ec.gguf_weight_check(path, merged)
     if probes is None:
         checks["logits"] = "skipped: a float32 copy of the model does not fit in memory; weights checked instead"
         return checks
-    checks["transformers"] = ec.check_gguf_transformers(path, probes, kind)
+    with ctx.timed(f"GGUF {kind}: transformers read-back and logit check"):
+        checks["transformers"] = ec.check_gguf_transformers(path, probes, kind)
     free_memory()
     if ec.llama_cpp_available():
-        checks["llama.cpp"] = ec.check_gguf_llama_cpp(path, probes, kind, ctx.prompt_texts)
+        with ctx.timed(f"GGUF {kind}: llama.cpp logit check"):
+            checks["llama.cpp"] = ec.check_gguf_llama_cpp(path, probes, kind, ctx.prompt_texts)
     else:
         checks["llama.cpp"] = "skipped: llama-cpp-python is not installed (pip install llama-cpp-python)"
     return checks
@@ -343,7 +366,8 @@ def _export_all(ctx: Context, dtype: str, quantizer, items: list[Planned], space
     from r1helpers.workflow.hub import publish
 
     cfg, run = ctx.cfg, ctx.run
-    artefacts: dict[str, Any] = {"adapter": export_adapter(ctx)}
+    with ctx.timed("adapter: write"):
+        artefacts: dict[str, Any] = {"adapter": export_adapter(ctx)}
     print(f"adapter: {artefacts['adapter']['path']}")
     merged_path = None
     if cfg.export.save_merged_16bit or cfg.export.gguf:
@@ -366,9 +390,10 @@ def _export_all(ctx: Context, dtype: str, quantizer, items: list[Planned], space
     trained = adapter_hash(ctx.adapter_dir)
     for art in artefacts.values():
         art["adapter_sha256"] = trained
-    hub = publish(cfg, run, {k: Path(v["path"]) for k, v in artefacts.items()})
+    with ctx.timed("Hub: push or dry run"):
+        hub = publish(cfg, run, {k: Path(v["path"]) for k, v in artefacts.items()})
     print(hub["message"])
-    record = {"output_dir": str(ctx.out), "artefacts": artefacts, "notes": ctx.notes, "hub": hub,
+    record = {"output_dir": str(ctx.out), "artefacts": artefacts, "notes": ctx.notes, "seconds": ctx.seconds, "hub": hub,
               "space": {"planned": [{"what": i.what, "where": str(i.where), "bytes": i.bytes} for i in items],
                         "disks": space}}
     write_json_atomic(run.path("exported"), record)

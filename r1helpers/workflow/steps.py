@@ -613,7 +613,7 @@ def load_for_generation(cfg: Config, path: GenerationPath,
     a path whose loading fails falls back (`inference.paths.fallback_path`), the reason kept in the path.
     A model that is not there is missing for every path and raises, except for static_16bit: a cache may
     hold only the 4-bit checkpoint that Unsloth loads."""
-    from r1helpers.modeling.load import ModelError, adapter_to_dtype, for_inference
+    from r1helpers.modeling.load import ModelError, for_inference
 
     if adapter_dir is not None and not (Path(adapter_dir) / "adapter_config.json").is_file():
         raise ModelError(f"{adapter_dir}: no LoRA adapter there (adapter_config.json missing)")
@@ -626,12 +626,6 @@ def load_for_generation(cfg: Config, path: GenerationPath,
             choice = path.backend_choice()
             loaded = load_finetuned_for(cfg, adapter_dir, choice) if adapter_dir else load_base_for(cfg, choice)
             loaded = for_inference(loaded)
-            if path.path == "static_16bit":
-                adapter_to_dtype(loaded.model, path.dtype)
-            if cfg.infer.attention == "grouped_decode" and path.backend == "transformers":
-                from r1helpers.inference.attention import use_grouped_decode
-
-                use_grouped_decode(loaded.model)
             return loaded, path
         except Exception as e:
             if isinstance(e, (ModelError, OSError)) and path.path != "static_16bit":
@@ -644,6 +638,31 @@ def load_for_generation(cfg: Config, path: GenerationPath,
         print(f"generation path {path.path} did not load ({why[:200]}): trying {nxt.path}", flush=True)
         free_memory()
         path = nxt
+
+
+def set_up_decoding(cfg: Config, loaded: Loaded, path: GenerationPath) -> dict[str, Any]:
+    """What both generation stages do to the loaded model right before generating, so that the baseline and the
+    fine-tuned model decode the same way however the notebook loaded them; returns what it set, for the manifest.
+
+    - attention (`infer.attention`), for a model loaded with transformers: `grouped_decode` switches it to
+      `r1helpers.inference.attention` (each key/value head read once a decoding step), `sdpa` back to
+      transformers' own. Unsloth's path keeps its own attention.
+    - on the static_16bit path, the LoRA weights in the weights' 16-bit type (`load.adapter_to_dtype`): peft
+      holds them in float32, which ran the adapter's matmuls as float32 kernels in every decoding step.
+    """
+    from r1helpers.inference.attention import NAME, use_grouped_decode
+    from r1helpers.modeling.load import adapter_to_dtype
+
+    inner = loaded.model.get_base_model() if hasattr(loaded.model, "get_base_model") else loaded.model
+    if path.backend == "transformers":
+        if cfg.infer.attention == "grouped_decode":
+            use_grouped_decode(loaded.model)
+        elif getattr(inner.config, "_attn_implementation", None) == NAME:
+            inner.set_attn_implementation("sdpa")
+    cast = adapter_to_dtype(loaded.model, path.dtype) if path.path == "static_16bit" else 0
+    lora = [p.dtype for n, p in loaded.model.named_parameters() if "lora_" in n]
+    return {"attention": getattr(inner.config, "_attn_implementation", None),
+            "adapter_weights": str(lora[0]).replace("torch.", "") if lora else None, "adapter_tensors_cast": cast}
 
 
 def generate_stage(cfg: Config, run: Run, stage: str, loaded: Loaded, prepared, path: GenerationPath | None = None,
@@ -665,6 +684,7 @@ def generate_stage(cfg: Config, run: Run, stage: str, loaded: Loaded, prepared, 
         print(f"{stage}: batch {plan.batch_size} for {len(questions)} questions"
               + (f" ({len(items)} held-out, {len(mcq)} multiple-choice)" if mcq else "") + f": {plan.reason}",
               flush=True)
+        decoding = set_up_decoding(cfg, loaded, path)
         stats: dict[str, Any] = {}
         t0 = time.perf_counter()
         try:
@@ -697,7 +717,8 @@ def generate_stage(cfg: Config, run: Run, stage: str, loaded: Loaded, prepared, 
                        generated_tokens=new_tokens, tokens_per_second=tps, backend=loaded.backend.name,
                        generation_path=path.path, batch_size=plan.batch_size,
                        peak_gpu_reserved_gib=stats.get("peak_gpu_reserved_gib"), must_exist=must_exist,
-                       generation={**path.record(), "device": device, "model_class": type(loaded.model).__name__,
+                       generation={**path.record(), **decoding, "device": device,
+                                   "model_class": type(loaded.model).__name__,
                                    "plan": asdict(plan), "stats": stats, "gpu_gib_cap": gpu_cap_gib()})
     return records
 
@@ -735,8 +756,6 @@ def zero_adapter(cfg: Config, loaded: Loaded, path: GenerationPath) -> tuple[Loa
     """
     from peft import LoraConfig, PeftModel, get_peft_model
 
-    from r1helpers.modeling.load import adapter_to_dtype
-
     if path.path != "static_16bit" or isinstance(loaded.model, PeftModel):
         return loaded, lambda: None
     lc = cfg.lora
@@ -746,7 +765,6 @@ def zero_adapter(cfg: Config, loaded: Loaded, path: GenerationPath) -> tuple[Loa
                                                           task_type="CAUSAL_LM"))
         wrapped.requires_grad_(False)
         wrapped.eval()
-        adapter_to_dtype(wrapped, path.dtype)  # as load_for_generation does for the fine-tuned adapter
         if any(float(p.abs().max()) != 0.0 for n, p in wrapped.named_parameters() if "lora_B" in n):
             wrapped.unload()
             raise ValueError("lora_B was not initialised to zero")
@@ -876,7 +894,7 @@ def decoding_used(run: Run) -> dict[str, dict[str, Any] | None]:
             continue
         gen = manifest.get("generation") or {}
         out[stage] = {**manifest["settings"]["infer"], "generation_path": manifest.get("generation_path"),
-                      "weights": gen.get("weights")}
+                      "weights": gen.get("weights"), "attention": gen.get("attention")}
     return out
 
 
@@ -886,15 +904,16 @@ def check_same_decoding(run: Run) -> None:
     used = decoding_used(run)
     if any(v is None for v in used.values()):
         return
-    path_keys = ("generation_path", "weights")
+    path_keys = ("generation_path", "weights", "attention")
     b, f = used["baseline"], used["finetuned"]
     if {k: v for k, v in b.items() if k not in path_keys} != {k: v for k, v in f.items() if k not in path_keys}:
         raise ValueError("baseline and fine-tuned generations used different infer settings; rerun stages 01 and 04")
     if [b[k] for k in path_keys] != [f[k] for k in path_keys]:
         raise ValueError(
             f"baseline and fine-tuned generations took different generation paths (baseline: {b['generation_path']}, "
-            f"{b['weights']}; fine-tuned: {f['generation_path']}, {f['weights']}), so their decoding differs; set "
-            "infer.path to one path and rerun stages 01 and 04")
+            f"{b['weights']}, attention {b['attention']}; fine-tuned: {f['generation_path']}, {f['weights']}, "
+            f"attention {f['attention']}), so their decoding differs; set infer.path to one path and rerun stages "
+            "01 and 04")
 
 
 def comparison_settings(cfg: Config) -> dict[str, Any]:
