@@ -322,6 +322,44 @@ def test_gguf_weight_check_refuses_weights_that_are_not_the_merged_ones(merged, 
     assert one == three
 
 
+def test_merge_and_checks_in_small_pieces_equal_whole_tensors(base_dir, adapter, merged, tmp_path, monkeypatch):
+    """merge_lora, weight_check and gguf_weight_check go a few rows at a time (CHUNK_NUMBERS); with pieces of ~1,000
+    numbers (every tiny tensor in many pieces, as the 8B's are) the merged file is the same byte for byte, both
+    checks report the same, and a single wrong weight in a middle piece is still found."""
+    from safetensors.torch import load_file, save_file
+
+    from r1helpers.export import checks, merge
+    from r1helpers.export.gguf import write_gguf
+
+    assert list(merge.row_chunks(10, 300, 1000)) == [(0, 3), (3, 6), (6, 9), (9, 10)]
+    assert list(merge.row_chunks(2, 5000, 1000)) == [(0, 1), (1, 2)]  # a row is the smallest piece
+    out, _ = merged
+    whole_check = merge.weight_check(base_dir, adapter, out)
+    gguf_path = write_gguf(out, tmp_path / "m-Q8_0.gguf", "q8_0", "m", chat_template=prompts.CHAT_TEMPLATE)
+    whole_gguf = checks.gguf_weight_check(gguf_path, out)
+    monkeypatch.setattr(merge, "CHUNK_NUMBERS", 1000)
+    (tmp_path / "m").mkdir()
+    merge.merge_lora(base_dir, adapter, tmp_path / "m", "float16")
+    name = "model.safetensors"
+    assert (tmp_path / "m" / name).read_bytes() == (out / name).read_bytes()
+    assert merge.weight_check(base_dir, adapter, tmp_path / "m") == whole_check
+    pieces = checks.gguf_weight_check(gguf_path, out, workers=3)
+    assert pieces["tensors"] == whole_gguf["tensors"]
+    assert pieces["worst_relative_rms_error_by_type"] == pytest.approx(whole_gguf["worst_relative_rms_error_by_type"],
+                                                                       rel=1e-4)
+    weights = load_file(str(out / name))
+    key = "model.layers.1.mlp.down_proj.weight"
+    rows = weights[key].shape[0]
+    weights[key][rows // 2, 3] += 0.5  # one weight, in a piece in the middle
+    save_file(weights, str(tmp_path / "m" / name), metadata={"format": "pt"})
+    with pytest.raises(merge.MergeError, match="units of 16-bit rounding"):
+        merge.weight_check(base_dir, adapter, tmp_path / "m")
+    weights[key][rows // 2] += 0.5  # the whole row: the GGUF (of the right weights) is now off in that piece
+    save_file(weights, str(tmp_path / "m" / name), metadata={"format": "pt"})
+    with pytest.raises(checks.ExportCheckError, match=r"blk\.1\.ffn_down\.weight \(Q8_0\) is off by"):
+        checks.gguf_weight_check(gguf_path, tmp_path / "m", workers=3)
+
+
 def test_modelfile_holds_the_training_prompt():
     from r1helpers.export.gguf import modelfile, source_kind
 

@@ -208,15 +208,24 @@ def float32_parameters(path: Path, gguf_file: str | None = None) -> int:
     return int(estimated_weights_gib(dims, False, "float32") * 2**30 / 4)
 
 
-def load_float32(path: Path, gguf_file: str | None = None):
-    """The model at `path` in float32, on the GPU when it fits there (`check_device`), else on the CPU."""
+def load_float32(path: Path, gguf_file: str | None = None, parameters: int | None = None):
+    """The model at `path` in float32, on the GPU when it fits there (`check_device`), else on the CPU.
+
+    `parameters`: its parameter count when known (a GGUF file's is the merged model's): otherwise read from its
+    config. The config is read once and handed to `from_pretrained`: for a GGUF file, every read parses the whole
+    file's metadata (the vocabulary's 128,256 tokens for the 8B), and transformers would read it twice more."""
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     kwargs: dict[str, Any] = {"gguf_file": gguf_file} if gguf_file else {}
-    if check_device(float32_parameters(path, gguf_file)) == "cuda":
+    config = AutoConfig.from_pretrained(str(path), **kwargs)
+    if parameters is None:
+        from r1helpers.modeling.load import estimated_weights_gib
+
+        parameters = int(estimated_weights_gib(config, False, "float32") * 2**30 / 4)
+    if check_device(parameters) == "cuda":
         kwargs["device_map"] = "cuda"
-    return AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, **kwargs).eval()
+    return AutoModelForCausalLM.from_pretrained(str(path), config=config, dtype=torch.float32, **kwargs).eval()
 
 
 def adapter_reference(base_dir: Path, adapter_dir: Path, prompts: list[list[int]], n: int) -> list[Probe]:
@@ -247,11 +256,14 @@ def check_merged(merged_dir: Path, probes: list[Probe], own: list[Probe] | None 
     return result
 
 
-def check_gguf_transformers(gguf_path: Path, probes: list[Probe], kind: str) -> dict[str, Any]:
+def check_gguf_transformers(gguf_path: Path, probes: list[Probe], kind: str,
+                            parameters: int | None = None) -> dict[str, Any]:
+    """transformers' GGUF loader reads the file back (dequantized to float32): its logits and greedy tokens
+    against `probes`. `parameters`: the model's parameter count when known (`load_float32`)."""
     import logging
 
     logging.getLogger("transformers.modeling_gguf_pytorch_utils").setLevel(logging.ERROR)
-    model = load_float32(gguf_path.parent, gguf_path.name)
+    model = load_float32(gguf_path.parent, gguf_path.name, parameters)
     result = compare(probes, *run_candidate(model, probes))
     return judge(kind, {"reader": "transformers GGUF loader", **result}, f"{gguf_path.name} (transformers)")
 
@@ -334,54 +346,76 @@ def _llama_cpp_child(request: dict[str, Any], out_file: str) -> None:
 def gguf_weight_check(gguf_path: Path, merged_dir: Path, workers: int | None = None) -> dict[str, Any]:
     """Dequantize every GGUF tensor, undo llama.cpp's Q/K layout and compare with the merged weights.
 
-    `workers` threads compare tensors at once (default: the CPU count, at most 8; numpy releases the GIL)."""
+    Large tensors go a few rows at a time (`merge.row_chunks`: small temporaries, and the 8B's two 525 M-number
+    embeddings spread over the threads instead of ending the check alone); `workers` threads take the pieces
+    (default: the CPU count, at most 8; numpy releases the GIL). Each tensor's error is its RMS error relative to
+    the merged weight's RMS, summed over its pieces in float64."""
     from concurrent.futures import ThreadPoolExecutor
 
     import gguf
+    from safetensors import safe_open
 
-    from r1helpers.export.gguf import iter_tensors, read_config, tensor_shapes, unpermute_qk
+    from r1helpers.export.gguf import read_config, tensor_shapes, unpermute_qk, weight_files
+    from r1helpers.export.merge import row_chunks
 
     config = read_config(merged_dir)
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config["num_hidden_layers"])
     n_head, n_kv = config["num_attention_heads"], config.get("num_key_value_heads") or config["num_attention_heads"]
     reader = gguf.GGUFReader(str(gguf_path))
+    files = weight_files(merged_dir)
     by_gguf = {names.get_name(hf_name, try_suffixes=(".weight", ".bias")): hf_name
                for hf_name in tensor_shapes(merged_dir)}
-
-    def error(t) -> float | None:
-        """The tensor's RMS error relative to the merged weight's RMS (None: not a merged weight)."""
+    heads = {"q_proj.weight": n_head, "k_proj.weight": n_kv}
+    pieces = []  # (tensor, HF name, HF shape, first row, end row)
+    for t in reader.tensors:
         hf_name = by_gguf.get(t.name)
         if hf_name is None:
-            return None
-        w = gguf.quants.dequantize(t.data, t.tensor_type).reshape([int(d) for d in reversed(t.shape)])
-        if hf_name.endswith("q_proj.weight"):
-            w = unpermute_qk(w, n_head)
-        elif hf_name.endswith("k_proj.weight"):
-            w = unpermute_qk(w, n_kv)
-        ref = next(iter_tensors(merged_dir, [hf_name]))[1]
-        return float(np.sqrt(np.mean((w - ref) ** 2)) / max(np.sqrt(np.mean(ref ** 2)), 1e-12))
+            if t.name.startswith("rope_freqs"):
+                continue
+            raise ExportCheckError(f"{gguf_path.name}: unexpected tensor {t.name}")
+        shape = [int(d) for d in reversed(t.shape)]
+        whole = len(shape) < 2 or hf_name.endswith(tuple(heads))  # Q/K are un-permuted across all their rows
+        spans = [(0, shape[0])] if whole else row_chunks(shape[0], int(np.prod(shape[1:])))
+        pieces += [(t, hf_name, shape, i, j) for i, j in spans]
 
-    worst: dict[str, float] = {}
-    seen = set()
+    def squares(piece) -> tuple[float, float]:
+        """(sum of squared differences, sum of squared merged weights) over the piece's rows."""
+        t, hf_name, shape, i, j = piece
+        data = t.data if (i, j) == (0, shape[0]) else t.data[i:j]
+        w = gguf.quants.dequantize(data, t.tensor_type).reshape([j - i, *shape[1:]])
+        for suffix, n in heads.items():
+            if hf_name.endswith(suffix):
+                w = unpermute_qk(w, n)
+        with safe_open(str(files[hf_name]), framework="pt") as f:
+            ref = f.get_slice(hf_name)[i:j].float().numpy().reshape(w.shape)
+        diff = (w - ref).ravel()
+        return float(np.dot(diff, diff)), float(np.dot(ref.ravel(), ref.ravel()))
+
+    totals: dict[str, list[float]] = {}
     pool = ThreadPoolExecutor(max(1, workers if workers is not None else min(8, os.cpu_count() or 1)))
     try:
-        for t, rel in zip(reader.tensors, pool.map(error, reader.tensors)):
-            if rel is None:
-                if t.name.startswith("rope_freqs"):
-                    continue
-                raise ExportCheckError(f"{gguf_path.name}: unexpected tensor {t.name}")
-            kind = t.tensor_type.name
-            worst[kind] = max(worst.get(kind, 0.0), rel)
-            if rel > WEIGHT_TOL.get(kind, 0.15):
-                raise ExportCheckError(f"{gguf_path.name}: {t.name} ({kind}) is off by {rel:.3%} RMS "
-                                       f"(allowed {WEIGHT_TOL.get(kind, 0.15):.1%})")
-            seen.add(t.name)
+        for (t, _, shape, _, _), (sq_diff, sq_ref) in zip(pieces, pool.map(squares, pieces)):
+            acc = totals.setdefault(t.name, [0.0, 0.0])
+            acc[0] += sq_diff
+            acc[1] += sq_ref
     finally:
         pool.shutdown(cancel_futures=True)
-    missing = set(by_gguf) - seen
+    worst: dict[str, float] = {}
+    for t in reader.tensors:
+        if t.name not in totals:
+            continue
+        n = max(1, int(np.prod([int(d) for d in t.shape])))
+        sq_diff, sq_ref = totals[t.name]
+        rel = float(np.sqrt(sq_diff / n) / max(np.sqrt(sq_ref / n), 1e-12))
+        kind = t.tensor_type.name
+        worst[kind] = max(worst.get(kind, 0.0), rel)
+        if rel > WEIGHT_TOL.get(kind, 0.15):
+            raise ExportCheckError(f"{gguf_path.name}: {t.name} ({kind}) is off by {rel:.3%} RMS "
+                                   f"(allowed {WEIGHT_TOL.get(kind, 0.15):.1%})")
+    missing = set(by_gguf) - set(totals)
     if missing:
         raise ExportCheckError(f"{gguf_path.name}: tensors missing: {sorted(missing)[:4]}")
-    return {"tensors": len(seen), "worst_relative_rms_error_by_type": {k: round(v, 6) for k, v in worst.items()}}
+    return {"tensors": len(totals), "worst_relative_rms_error_by_type": {k: round(v, 6) for k, v in worst.items()}}
 
 
 def render_template(template: str, question: str, bos: str, eos: str) -> str:

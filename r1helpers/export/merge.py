@@ -21,6 +21,18 @@ from typing import Any
 # Files of a base checkpoint that describe it rather than hold weights.
 CONFIG_FILES = ("config.json", "generation_config.json")
 PEFT_PREFIX = "base_model.model."
+# Numbers per step when a tensor is merged or checked in float32: a few rows at a time (16 MB in float32), so the
+# temporaries are small and reused instead of a fresh allocation the size of the whole tensor for every operation
+# (the 8B's embeddings are 525 M numbers, 2 GB each in float32). Measured on this project's 2-core CPU machine,
+# 8B dimensions with 2 layers (1.49 B numbers): weight_check 42.2 s whole tensors, merge_lora 17.2 s.
+CHUNK_NUMBERS = 1 << 22
+
+
+def row_chunks(rows: int, row_numbers: int, chunk: int | None = None):
+    """(start, stop) row ranges of about `chunk` numbers each (default CHUNK_NUMBERS), at least a row each."""
+    step = max(1, (chunk or CHUNK_NUMBERS) // max(1, row_numbers))
+    for start in range(0, rows, step):
+        yield start, min(rows, start + step)
 
 
 class MergeError(RuntimeError):
@@ -33,8 +45,10 @@ class LoraPair:
     b: Any  # torch.Tensor (out, r)
     scale: float
 
-    def delta(self):
-        return (self.b.float() @ self.a.float()) * self.scale
+    def delta(self, start: int | None = None, stop: int | None = None):
+        """scale * B @ A in float32; with start/stop, only those rows (output features) of it."""
+        b = self.b if start is None else self.b[start:stop]
+        return (b.float() @ self.a.float()) * self.scale
 
 
 @dataclass
@@ -130,7 +144,10 @@ def merge_lora(base_dir: Path, adapter_dir: Path, out_dir: Path, dtype: str = "a
             for key in f.keys():
                 w = f.get_tensor(key)
                 if key in pairs:
-                    w = (w.float() + pairs[key].delta()).to(torch_dtype)
+                    merged = torch.empty(w.shape, dtype=torch_dtype)
+                    for i, j in row_chunks(w.shape[0], w[0].numel()):
+                        merged[i:j] = (w[i:j].float() + pairs[key].delta(i, j)).to(torch_dtype)
+                    w = merged
                     report.merged_tensors += 1
                 else:
                     w = w.to(torch_dtype) if w.is_floating_point() else w
@@ -190,17 +207,24 @@ def weight_check(base_dir: Path, adapter_dir: Path, merged_dir: Path) -> dict[st
     worst, worst_ulps, changed, erased = 0.0, 0.0, 0, 0
     for key in base_files:
         with safe_open(str(base_files[key]), framework="pt") as fb, safe_open(str(merged_files[key]), framework="pt") as fm:
-            base, merged = fb.get_tensor(key).float(), fm.get_tensor(key)
-        delta = pairs[key].delta() if key in pairs else None
-        exact = base + delta if delta is not None else base
-        err = (merged.float() - exact).abs()
-        ulp = torch.finfo(merged.dtype).eps * exact.abs().clamp_min(torch.finfo(merged.dtype).tiny)
-        worst = max(worst, err.max().item())
-        worst_ulps = max(worst_ulps, (err / ulp).max().item())
-        if delta is not None:  # weights the adapter moves, and those whose move rounds away in 16-bit
-            moved = delta != 0
-            changed += int(moved.sum())
-            erased += int((moved & (merged == base.to(merged.dtype))).sum())
+            base_all, merged_all = fb.get_tensor(key), fm.get_tensor(key)
+        if base_all.shape != merged_all.shape:
+            raise MergeError(f"{key}: merged shape {tuple(merged_all.shape)}, base {tuple(base_all.shape)}")
+        base_all = base_all.reshape(base_all.shape[0], -1) if base_all.dim() else base_all.reshape(1, 1)
+        merged_all = merged_all.reshape(base_all.shape)
+        eps, tiny = torch.finfo(merged_all.dtype).eps, torch.finfo(merged_all.dtype).tiny
+        pair = pairs.get(key)
+        for i, j in row_chunks(base_all.shape[0], base_all.shape[1]):  # a few rows at a time: see CHUNK_NUMBERS
+            base, merged = base_all[i:j], merged_all[i:j]
+            delta = pair.delta(i, j) if pair is not None else None
+            exact = base.float() + delta if delta is not None else base.float()
+            err = merged.float().sub_(exact).abs_()
+            worst = max(worst, err.max().item())
+            worst_ulps = max(worst_ulps, err.div_(exact.abs_().clamp_min_(tiny).mul_(eps)).max().item())
+            if delta is not None:  # weights the adapter moves, and those whose move rounds away in 16-bit
+                moved = delta != 0
+                changed += int(moved.sum())
+                erased += int((moved & (merged == base.to(merged.dtype))).sum())
     if worst_ulps > 1.0 + 1e-6:
         raise MergeError(f"merged weights are off by {worst_ulps:.2f} units of 16-bit rounding (max |err| {worst:.3g})")
     return {"tensors": len(base_files), "lora_layers": len(pairs), "max_abs_error": worst,

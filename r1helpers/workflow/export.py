@@ -207,7 +207,7 @@ def check_one_gguf(ctx: Context, path: Path, kind: str, merged: Path, probes) ->
         checks["logits"] = "skipped: a float32 copy of the model does not fit in memory; weights checked instead"
         return checks
     with ctx.timed(f"GGUF {kind}: transformers read-back and logit check"):
-        checks["transformers"] = ec.check_gguf_transformers(path, probes, kind)
+        checks["transformers"] = ec.check_gguf_transformers(path, probes, kind, ec.float32_parameters(merged))
     free_memory()
     if ec.llama_cpp_available():
         with ctx.timed(f"GGUF {kind}: llama.cpp logit check"):

@@ -115,6 +115,12 @@ mine = generate(loaded.model, loaded.tokenizer, ["A 45-year-old man presents wit
                 max_new_tokens=i.max_new_tokens, do_sample=i.do_sample, stream=True)[0]
 ```
 
+Right before generating, both generation stages set the loaded model up in the same way
+(`steps.set_up_decoding`), whichever way it was loaded: its attention (`infer.attention`: `grouped_decode`, the
+default, reads each key/value head once for its four query heads at every decoding step, where transformers' `sdpa`
+copies it four times) and, on the static-cache path, the LoRA weights in 16-bit (peft keeps them in float32).
+The manifest records both, and notebook 04 checks that the fine-tuned model decoded the same way.
+
 It prints the path and the batch plan: with `infer.batch_size=0` the batch is the largest whose KV cache fits the
 GPU memory left after the weights (`inference.plan.plan_generation`), questions sorted by prompt length, longest
 first. A row that has finished still rides along, decoding padding, until every row of its batch has finished or

@@ -90,8 +90,8 @@ go to `finetuned/mcq_generations.jsonl`; the comparison below grades them."""),
 tuned = steps.finetuned(cfg, run, prepared, loaded=tuned_model)
 show.generations_table(tuned)"""),
     ("md", """A comparison is only fair when both models decoded the same way. Each generation stage recorded its
-`infer` settings, its generation path and the weights it ran on (4-bit or 16-bit) in its manifest; the two columns
-below must be identical, and `steps.compare` refuses to run when they are not (rerun chapter 01 and this one with
+`infer` settings, its generation path, the weights it ran on (4-bit or 16-bit) and the attention that ran in its
+manifest; the two columns below must be identical, and `steps.compare` refuses to run when they are not (rerun chapter 01 and this one with
 one setting). The batch may differ between the two (the adapter takes a little memory); it changes no setting."""),
     ("code", """import pandas as pd
 pd.DataFrame(steps.decoding_used(run))"""),
