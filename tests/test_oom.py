@@ -6,6 +6,7 @@ what to change, and an interrupted save leaves the previous good output in place
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import os
@@ -172,7 +173,8 @@ def test_interrupted_merged_save_keeps_the_previous_model(tmp_path, monkeypatch)
         (tmp / "model.safetensors").write_bytes(b"\0" * 100)
         raise KeyboardInterrupt
 
-    ctx = SimpleNamespace(out=tmp_path, logits_ok=False, base_dir=tmp_path, tokenizer=None)
+    ctx = SimpleNamespace(out=tmp_path, logits_ok=False, base_dir=tmp_path, tokenizer=None,
+                          timed=lambda step: contextlib.nullcontext())
     target = tmp_path / "merged_16bit"
     monkeypatch.setattr(export, "write_merged", good)
     monkeypatch.setattr(export, "_card", lambda *a, **k: None)  # the model card needs a whole run
@@ -200,7 +202,8 @@ def test_interrupted_gguf_save_keeps_the_previous_files(tmp_path, monkeypatch, s
         raise KeyboardInterrupt
 
     cfg = dataclasses.replace(small_cfg, export=dataclasses.replace(small_cfg.export, gguf=["f16", "q8_0"]))
-    ctx = SimpleNamespace(cfg=cfg, out=tmp_path, logits_ok=False, tokenizer=SimpleNamespace(chat_template="{{ x }}"))
+    ctx = SimpleNamespace(cfg=cfg, out=tmp_path, logits_ok=False, tokenizer=SimpleNamespace(chat_template="{{ x }}"),
+                          timed=lambda step: contextlib.nullcontext())
     monkeypatch.setattr(export, "check_one_gguf", lambda *a, **k: {})
     monkeypatch.setattr(export, "_card", lambda *a, **k: None)  # the model card needs a whole run
     monkeypatch.setattr(gguf_export, "write_gguf", write)

@@ -20,8 +20,8 @@ with), `train/wandb/` (the W&B run) and `results/03.json`.
 **How long**, on a Kaggle T4 (estimates from README and BENCHMARKS.md, not measured on a T4): loading the 8B
 model in 4-bit takes about 2 minutes; 60 steps of 2 x 4 rows of ~750 tokens take roughly 25-45 minutes. With the
 `cpu` profile (tiny model, sample data) the 24 steps take well under a minute. If the run folder already holds
-an adapter trained with these settings, this notebook reuses it in seconds. Measured on an H200 with the 8B shape (random weights, the bundled rows, 51 held-out + 24 multiple-choice questions at 1,200 tokens; BENCHMARKS.md): 106.1 s, of
-which 51.2 s for the 60 steps and about 35 s importing Unsloth."""),
+an adapter trained with these settings, this notebook reuses it in seconds. Measured on an H200 with the 8B shape (random weights, the bundled rows, 51 held-out + 24 multiple-choice questions at 1,200 tokens; BENCHMARKS.md): 117.1 s, of
+which 52.4 s for the 60 steps and 44.5 s in the start cell, which imports Unsloth."""),
     ("code", """from r1helpers import distributed
 from r1helpers.core import show
 from r1helpers.workflow import steps"""),
