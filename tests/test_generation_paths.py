@@ -472,3 +472,39 @@ def test_static_path_runs_the_adapter_in_the_weights_type(small_cfg, tiny_model_
     assert zero and {p.dtype for p in zero} == {torch.bfloat16}
     unload()
     assert load.adapter_to_dtype(loaded.model, "bfloat16") == 0  # already cast: nothing to do
+
+
+def test_grouped_decode_compiles_as_one_graph(lora_model):
+    """The decoding step with `grouped_decode_attention` and a LoRA is traced by dynamo as one whole graph
+    (fullgraph=True raises at any graph break), as transformers compiles it for the static cache on a GPU, and
+    gives the tokens of the uncompiled step. Backend "eager": dynamo's tracing without inductor's code, on a CPU."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+    from transformers import CompileConfig
+
+    from r1helpers.inference import attention
+
+    model, tok = lora_model
+    inner = model.get_base_model()
+    questions = [r["Question"] for r in load_sample_rows()[:3]]
+    tok.padding_side = "left"
+    enc = tok([prompts.build_prompt(q) for q in questions], return_tensors="pt", padding=True)
+    common = dict(max_new_tokens=NEW, do_sample=False, cache_implementation="static",
+                  max_cache_len=enc["input_ids"].shape[1] + NEW, pad_token_id=tok.pad_token_id,
+                  eos_token_id=tok.eos_token_id)
+    compiled = CompileConfig(backend="eager", mode=None, fullgraph=True)
+    compiled._compile_all_devices = True  # transformers compiles only on accelerators unless told
+    attention.use_grouped_decode(model)
+    torch._dynamo.reset()
+    counters.clear()
+    try:
+        with torch.inference_mode():
+            plain = model.generate(**enc, **common, disable_compile=True)
+            traced = model.generate(**enc, **common, compile_config=compiled)
+    finally:
+        inner.set_attn_implementation("sdpa")
+        if hasattr(inner, "_compiled_call"):
+            del inner._compiled_call
+        torch._dynamo.reset()
+    assert counters["stats"]["unique_graphs"] == 1 and not counters["graph_break"]
+    assert torch.equal(plain, traced)
