@@ -559,3 +559,48 @@ def test_a_merge_that_loses_part_of_the_adapter_fails_even_with_identical_greedy
         export_checks.judge("merged", result, "m")
     cand[:, 0] += 0.1  # 5% of the effect left out: passes
     assert export_checks.judge("merged", export_checks.compare([probe], [cand], [[3, 4]]), "m")["passed"]
+
+
+def test_gguf_weight_and_readback_checks_run_side_by_side(monkeypatch, tmp_path):
+    """check_one_gguf runs the weight check in a thread beside transformers' read-back (each waits for the other
+    here, so run one after the other they would never finish), keeps both results, and when both fail raises the
+    weight check's error."""
+    import contextlib
+    import threading
+
+    from r1helpers.core.config import load_config
+
+    ec, wx = export_checks, export
+    both = threading.Barrier(2, timeout=20)
+    ctx = SimpleNamespace(cfg=load_config("cpu"), tokenizer=None, prompt_texts=[],
+                          timed=lambda step: contextlib.nullcontext())
+    monkeypatch.setattr(ec, "gguf_metadata_check", lambda *a: {"tokens": 1})
+    monkeypatch.setattr(ec, "float32_parameters", lambda *a: 1)
+    monkeypatch.setattr(ec, "llama_cpp_available", lambda: False)
+
+    def weights(*a):
+        both.wait()
+        return {"tensors": 3}
+
+    def readback(*a):
+        both.wait()
+        return {"passed": True}
+
+    monkeypatch.setattr(ec, "gguf_weight_check", weights)
+    monkeypatch.setattr(ec, "check_gguf_transformers", readback)
+    checks = wx.check_one_gguf(ctx, tmp_path / "m.gguf", "q8_0", tmp_path, probes=["probe"])
+    assert checks["weights"] == {"tensors": 3} and checks["transformers"] == {"passed": True}
+
+    def wrong_weights(*a):
+        raise ec.ExportCheckError("blk.0.attn_q.weight is off")
+
+    def wrong_readback(*a):
+        raise ec.ExportCheckError("logits differ")
+
+    monkeypatch.setattr(ec, "gguf_weight_check", wrong_weights)
+    monkeypatch.setattr(ec, "check_gguf_transformers", wrong_readback)
+    with pytest.raises(ec.ExportCheckError, match="attn_q.weight is off"):
+        wx.check_one_gguf(ctx, tmp_path / "m.gguf", "q8_0", tmp_path, probes=["probe"])
+    monkeypatch.setattr(ec, "gguf_weight_check", lambda *a: {"tensors": 3})
+    with pytest.raises(ec.ExportCheckError, match="logits differ"):
+        wx.check_one_gguf(ctx, tmp_path / "m.gguf", "q8_0", tmp_path, probes=["probe"])
