@@ -478,23 +478,34 @@ def test_grouped_decode_compiles_as_one_graph(lora_model):
     """The decoding step with `grouped_decode_attention` and a LoRA is traced by dynamo as one whole graph
     (fullgraph=True raises at any graph break), as transformers compiles it for the static cache on a GPU, and
     gives the tokens of the uncompiled step. Backend "eager": dynamo's tracing without inductor's code, on a CPU."""
+    from r1helpers.inference import attention
+
+    model, tok = lora_model
+    attention.use_grouped_decode(model)
+    try:
+        plain, traced, counts = _traced_generate(model, tok)
+    finally:
+        model.get_base_model().set_attn_implementation("sdpa")
+    assert counts["stats"]["unique_graphs"] == 1 and not counts.get("graph_break")
+    assert torch.equal(plain, traced)
+
+
+def _traced_generate(model, tok, n_questions: int = 3):
+    """(uncompiled tokens, compiled tokens, dynamo's counters) for a static-cache generate traced whole by dynamo
+    (fullgraph, backend "eager"), as transformers compiles the decoding step on a GPU."""
     import torch._dynamo
     from torch._dynamo.utils import counters
     from transformers import CompileConfig
 
-    from r1helpers.inference import attention
-
-    model, tok = lora_model
     inner = model.get_base_model()
-    questions = [r["Question"] for r in load_sample_rows()[:3]]
     tok.padding_side = "left"
-    enc = tok([prompts.build_prompt(q) for q in questions], return_tensors="pt", padding=True)
+    enc = tok([prompts.build_prompt(r["Question"]) for r in load_sample_rows()[:n_questions]], return_tensors="pt",
+              padding=True)
     common = dict(max_new_tokens=NEW, do_sample=False, cache_implementation="static",
                   max_cache_len=enc["input_ids"].shape[1] + NEW, pad_token_id=tok.pad_token_id,
                   eos_token_id=tok.eos_token_id)
     compiled = CompileConfig(backend="eager", mode=None, fullgraph=True)
     compiled._compile_all_devices = True  # transformers compiles only on accelerators unless told
-    attention.use_grouped_decode(model)
     torch._dynamo.reset()
     counters.clear()
     try:
@@ -502,9 +513,38 @@ def test_grouped_decode_compiles_as_one_graph(lora_model):
             plain = model.generate(**enc, **common, disable_compile=True)
             traced = model.generate(**enc, **common, compile_config=compiled)
     finally:
-        inner.set_attn_implementation("sdpa")
         if hasattr(inner, "_compiled_call"):
             del inner._compiled_call
         torch._dynamo.reset()
-    assert counters["stats"]["unique_graphs"] == 1 and not counters["graph_break"]
-    assert torch.equal(plain, traced)
+    return plain, traced, {k: dict(v) for k, v in counters.items()}
+
+
+def test_compile_layers_once_traces_one_layer_and_keeps_the_tokens(lora_model):
+    """`infer.compile_layers_once` on the static path marks every decoder layer as one shared compile region:
+    dynamo traces the layer once (fewer captured calls than the whole stack), the step is still one graph, the
+    tokens are those of the uncompiled step; with the setting off the mark comes off again."""
+    from types import SimpleNamespace
+
+    from r1helpers.inference.paths import GenerationPath
+
+    model, tok = lora_model
+    inner = model.get_base_model()
+    path = GenerationPath("static_16bit", "test", "transformers", False, "float32")
+    loaded = SimpleNamespace(model=model)
+    off = load_config("cpu", {**SMALL, "infer.compile_layers_once": False})
+    on = load_config("cpu", {**SMALL, "infer.compile_layers_once": True})
+    try:
+        assert steps.set_up_decoding(off, loaded, path)["layers_compiled_once"] == 0
+        plain, whole, whole_counts = _traced_generate(model, tok)
+        assert torch.equal(plain, whole)
+        layers = inner.config.num_hidden_layers
+        assert steps.set_up_decoding(on, loaded, path)["layers_compiled_once"] == layers
+        assert all("forward" in layer.__dict__ for layer in inner.model.layers)
+        plain_once, once, once_counts = _traced_generate(model, tok)
+        assert torch.equal(plain_once, plain) and torch.equal(once, plain)
+        assert once_counts["stats"]["unique_graphs"] == 1 and not once_counts.get("graph_break")
+        assert once_counts["stats"]["calls_captured"] < whole_counts["stats"]["calls_captured"]
+    finally:
+        steps.set_up_decoding(off, loaded, path)
+        inner.set_attn_implementation("sdpa")
+    assert not any("forward" in layer.__dict__ for layer in inner.model.layers)

@@ -14,6 +14,8 @@ generates `--new-tokens` for `--prompts` of the bundled sample questions with `i
   batch-1 generation on the same weights (and, for scale, how far batched dynamic generation agrees);
 - static_16bit_grouped: the same with `inference.attention.grouped_decode_attention` (no repeat_kv copy of the
   keys and values at each decoding step), which the stages use by default (`infer.attention`);
+- static_16bit_once: static_16bit_grouped with each decoder layer compiled once and reused
+  (`infer.compile_layers_once`, `inference.regions`): what it saves of the compilation (not run by default);
 - static_16bit_plain: the same in a process that never imports Unsloth (what Unsloth's import costs it);
 - dynamic_16bit: the same weights with the dynamic cache (what the static cache buys);
 - unsloth: 4-bit base + LoRA through Unsloth's inference path;
@@ -36,7 +38,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 DEFAULT_PATHS = ("static_16bit", "static_16bit_grouped", "static_16bit_plain", "dynamic_16bit", "unsloth")
-ALL_PATHS = (*DEFAULT_PATHS, "dynamic_4bit")
+ALL_PATHS = (*DEFAULT_PATHS, "static_16bit_once", "dynamic_4bit")
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -73,12 +75,13 @@ def _config(model_dir: str, path: str, new_tokens: int):
     from r1helpers.core.config import load_config
 
     infer_path = {"dynamic_16bit": "dynamic", "dynamic_4bit": "dynamic", "static_16bit_plain": "static_16bit",
-                  "static_16bit_grouped": "static_16bit"}.get(path, path)
+                  "static_16bit_grouped": "static_16bit", "static_16bit_once": "static_16bit"}.get(path, path)
     over = {"model.name": model_dir, "infer.path": infer_path, "infer.max_new_tokens": new_tokens,
             "model.backend": "unsloth" if path == "unsloth" else "transformers"}
     if path == "dynamic_16bit":
         over["model.load_in_4bit"] = False
-    over["infer.attention"] = "grouped_decode" if path == "static_16bit_grouped" else "sdpa"
+    over["infer.attention"] = "grouped_decode" if path in ("static_16bit_grouped", "static_16bit_once") else "sdpa"
+    over["infer.compile_layers_once"] = path == "static_16bit_once"
     return load_config("seed", over)
 
 
@@ -213,14 +216,19 @@ def profiled_decoding(model, steps: int, wait: int, out_file: Path | None = None
 
 
 def run_path(path: str, model_dir: str, adapter_dir: str, prompts_n: int, new_tokens: int,
-             calls: int = 2, profile_steps: int = 0, out_dir: Path | None = None) -> list[dict[str, Any]]:
+             calls: int = 2, profile_steps: int = 0, out_dir: Path | None = None,
+             as_stages: bool = False) -> list[dict[str, Any]]:
     """One path in this process: load as the stages do, plan, generate (twice for static_16bit unless
-    `calls` is 1, which also skips the equality check: a stage's own single call), measure."""
+    `calls` is 1, which also skips the equality check: a stage's own single call), measure. `as_stages`: import
+    Unsloth only for the unsloth path (`workflow.session.imports_unsloth`: stages 01 and 04 on a large GPU do not
+    import it, and its import sets compile settings such as one compile thread for the whole process)."""
     from r1helpers.core.hardware import unsloth_importable
 
-    # As in a notebook, where r1helpers.start() imports Unsloth on a GPU that supports it (it patches torch.compile
-    # settings and transformers for the whole process), before anything else loads.
-    unsloth_imported = False if path.endswith("_plain") else unsloth_importable()[0]
+    # Before anything else loads, as r1helpers.start() does (Unsloth patches torch.compile settings and
+    # transformers for the whole process): by default for every path but *_plain, as scripts did; with
+    # --as-stages only where a stage would.
+    wanted = path == "unsloth" if as_stages else not path.endswith("_plain")
+    unsloth_imported = wanted and unsloth_importable()[0]
     import torch
 
     from r1helpers.data import load_sample_rows
@@ -290,6 +298,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile-steps", type=int, default=0,
                    help="profile this many decoding steps of the first call, from the middle of the answers "
                         "(torch.profiler; the table goes to profile-<path>.txt beside --out)")
+    p.add_argument("--as-stages", action="store_true",
+                   help="import Unsloth only for the unsloth path, as the generation stages do on a GPU with room "
+                        "for 16-bit weights (by default every path but *_plain imports it, as scripts did before)")
     p.add_argument("--out", default=None, help="JSON lines file")
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)
     p.add_argument("--model", default=None, help=argparse.SUPPRESS)
@@ -298,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.one:
         try:
             rows = run_path(args.one, args.model, args.adapter, args.prompts, args.new_tokens, args.calls,
-                            args.profile_steps, Path(args.out).parent if args.out else None)
+                            args.profile_steps, Path(args.out).parent if args.out else None, args.as_stages)
         except Exception as e:
             import traceback
 
@@ -330,6 +341,8 @@ def main(argv: list[str] | None = None) -> int:
         cmd = [sys.executable, "-m", "r1helpers.tools.bench_generation", "--one", path, "--model", str(model),
                "--adapter", str(adapter), "--prompts", str(args.prompts), "--new-tokens", str(args.new_tokens),
                "--calls", str(args.calls), "--profile-steps", str(args.profile_steps)]
+        if args.as_stages:
+            cmd.append("--as-stages")
         if args.out:
             cmd += ["--out", args.out]
         t1 = time.perf_counter()
