@@ -37,6 +37,9 @@ def compile_layers_once(model, on: bool = True) -> int:
     how many layers are marked now."""
     import torch
 
+    if on and not hasattr(torch.compiler, "nested_compile_region"):
+        raise RuntimeError(f"infer.compile_layers_once needs torch.compiler.nested_compile_region, which torch "
+                           f"{torch.__version__} does not have; set infer.compile_layers_once=false")
     marked = 0
     for layer in decoder_layers(model):
         if not on:
