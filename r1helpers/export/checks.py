@@ -197,15 +197,19 @@ def judge(kind: str, result: dict[str, Any], what: str) -> dict[str, Any]:
     return result
 
 
+def config_parameters(config) -> int:
+    """The parameter count a model config describes (`load.estimated_weights_gib` in float32, 4 bytes each)."""
+    from r1helpers.modeling.load import estimated_weights_gib
+
+    return int(estimated_weights_gib(config, False, "float32") * 2**30 / 4)
+
+
 def float32_parameters(path: Path, gguf_file: str | None = None) -> int:
     """The parameter count of the model at `path`, from its config (nothing loads)."""
     from transformers import AutoConfig
 
-    from r1helpers.modeling.load import estimated_weights_gib
-
     kwargs = {"gguf_file": gguf_file} if gguf_file else {}
-    dims = AutoConfig.from_pretrained(str(path), **kwargs)
-    return int(estimated_weights_gib(dims, False, "float32") * 2**30 / 4)
+    return config_parameters(AutoConfig.from_pretrained(str(path), **kwargs))
 
 
 def load_float32(path: Path, gguf_file: str | None = None, parameters: int | None = None):
@@ -219,11 +223,7 @@ def load_float32(path: Path, gguf_file: str | None = None, parameters: int | Non
 
     kwargs: dict[str, Any] = {"gguf_file": gguf_file} if gguf_file else {}
     config = AutoConfig.from_pretrained(str(path), **kwargs)
-    if parameters is None:
-        from r1helpers.modeling.load import estimated_weights_gib
-
-        parameters = int(estimated_weights_gib(config, False, "float32") * 2**30 / 4)
-    if check_device(parameters) == "cuda":
+    if check_device(config_parameters(config) if parameters is None else parameters) == "cuda":
         kwargs["device_map"] = "cuda"
     return AutoModelForCausalLM.from_pretrained(str(path), config=config, dtype=torch.float32, **kwargs).eval()
 
@@ -394,7 +394,7 @@ def gguf_weight_check(gguf_path: Path, merged_dir: Path, workers: int | None = N
     totals: dict[str, list[float]] = {}
     pool = ThreadPoolExecutor(max(1, workers if workers is not None else min(8, os.cpu_count() or 1)))
     try:
-        for (t, _, shape, _, _), (sq_diff, sq_ref) in zip(pieces, pool.map(squares, pieces)):
+        for (t, *_), (sq_diff, sq_ref) in zip(pieces, pool.map(squares, pieces)):
             acc = totals.setdefault(t.name, [0.0, 0.0])
             acc[0] += sq_diff
             acc[1] += sq_ref

@@ -664,9 +664,9 @@ def set_up_decoding(cfg: Config, loaded: Loaded, path: GenerationPath) -> dict[s
             inner.set_attn_implementation("sdpa")
     cast = adapter_to_dtype(loaded.model, path.dtype) if path.path == "static_16bit" else 0
     once = compile_layers_once(loaded.model, on=cfg.infer.compile_layers_once and path.path == "static_16bit")
-    lora = [p.dtype for n, p in loaded.model.named_parameters() if "lora_" in n]
+    lora = next((p.dtype for n, p in loaded.model.named_parameters() if "lora_" in n), None)
     return {"attention": getattr(inner.config, "_attn_implementation", None),
-            "adapter_weights": str(lora[0]).replace("torch.", "") if lora else None, "adapter_tensors_cast": cast,
+            "adapter_weights": str(lora).replace("torch.", "") if lora else None, "adapter_tensors_cast": cast,
             "layers_compiled_once": once}
 
 
