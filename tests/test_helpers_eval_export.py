@@ -300,8 +300,42 @@ def test_write_gguf_reads_back_like_the_merged_model(merged, probe_ids, export_t
     probes = checks.reference_probes(checks.load_float32(out), probe_ids, 8)
     result = checks.check_gguf_transformers(path, probes, "f16")
     assert result["passed"] and result["greedy_identical"]
+    # the installed transformers still dequantizes through gguf.dequantize, so the threaded version is the one used
+    import gguf
+
+    assert result["tensors_dequantized_in_threads"] == len(gguf.GGUFReader(str(path)).tensors) > 0
     assert checks.gguf_metadata_check(path, export_tok, "What is fever?")["tokens"] >= len(export_tok)
     assert checks.gguf_weight_check(path, out)["tensors"] > 0
+
+
+def test_dequantize_in_threads_gives_gguf_pys_numbers_and_puts_gguf_dequantize_back(monkeypatch):
+    """Pieces of rows on threads, put back in order: the same float32 numbers as gguf-py's own dequantize, for a
+    quantized tensor split into many pieces and for a plain float16 one; the original function is back after."""
+    import gguf
+
+    from r1helpers.export import checks, merge
+
+    monkeypatch.setattr(merge, "CHUNK_NUMBERS", 96)  # 3 rows of 32 numbers a piece: 7 pieces of 20 rows
+    rng = np.random.default_rng(0)
+    weights = rng.standard_normal((20, 32)).astype(np.float32)
+    q8 = gguf.quants.quantize(weights, gguf.GGMLQuantizationType.Q8_0)
+    f16 = weights.astype(np.float16).view(np.uint8)
+    original = gguf.dequantize
+    expected = original(q8, gguf.GGMLQuantizationType.Q8_0)
+    with checks.dequantize_in_threads(workers=3) as counts:
+        assert gguf.dequantize is not original
+        got = gguf.dequantize(q8, gguf.GGMLQuantizationType.Q8_0)
+        plain = gguf.dequantize(f16, gguf.GGMLQuantizationType.F16)
+    assert gguf.dequantize is original and counts["tensors"] == 2
+    assert got.dtype == np.float32 and got.shape == (20, 32) and np.array_equal(got, expected)
+    assert not np.array_equal(got[::-1], expected)  # the rows differ, so an order mix-up would show
+    assert np.array_equal(plain, original(f16, gguf.GGMLQuantizationType.F16))
+    # a whole piece at once, as the weight check takes it: the same numbers as gguf-py for each type it writes
+    for kind in ("Q8_0", "Q4_0", "BF16", "F16", "F32"):
+        qtype = gguf.GGMLQuantizationType[kind]
+        stored = gguf.quants.quantize(weights, qtype)
+        assert np.array_equal(checks.dequantize_piece(stored[5:17], qtype),
+                              gguf.quants.dequantize(stored, qtype)[5:17]), kind
 
 
 def test_gguf_weight_check_refuses_weights_that_are_not_the_merged_ones(merged, tiny_model_dir, tmp_path):
@@ -431,10 +465,18 @@ def test_dry_run_lists_exactly_the_files_and_why_not_push(tmp_path, monkeypatch)
     assert hub.why_not_push([], "a/b") == "export.push is empty"
     assert hub.why_not_push(["adapter"], None) == "no export.hub_repo set"
     assert "token" in hub.why_not_push(["adapter"], "a/b")
-    plan = hub.dry_run({"adapter": folder}, hub.repo_ids("you/r1"), "no token", tmp_path / "hub")
+    gguf_dir = tmp_path / "gguf"
+    (gguf_dir / "sub").mkdir(parents=True)
+    for i, name in enumerate(["a.gguf", "b.gguf", "sub/c.bin", ".hidden"]):
+        (gguf_dir / name).write_bytes(bytes([i]) * (1000 * (i + 1)))
+    plan = hub.dry_run({"adapter": folder, "gguf": gguf_dir}, hub.repo_ids("you/r1"), "no token", tmp_path / "hub")
     assert plan["repos"][0]["repo_id"] == "you/r1-lora" and plan["private"] is True
     files = {f["path"]: f["sha256"] for f in plan["repos"][0]["files"]}
     assert files == {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir()}
+    # files of all folders hashed together on threads: each keeps its own hash, hidden files are left out
+    assert {f["path"]: (f["size"], f["sha256"]) for f in plan["repos"][1]["files"]} == {
+        n: ((gguf_dir / n).stat().st_size, hashlib.sha256((gguf_dir / n).read_bytes()).hexdigest())
+        for n in ["a.gguf", "b.gguf", "sub/c.bin"]}
     assert (tmp_path / "hub" / "adapter" / "README.md").read_text() == "card"
     assert hub.default_repo("org/My_Model", "run1") == "YOUR_HF_USERNAME/My-Model-medical-cot-run1"
 

@@ -197,10 +197,28 @@ def sha256(path: Path, chunk: int = 1 << 24) -> str:
     return h.hexdigest()
 
 
-def listing(folder: Path) -> list[dict[str, Any]]:
-    """Every file upload_folder would send: path relative to the folder, size and sha256."""
-    files = sorted(p for p in Path(folder).rglob("*") if p.is_file() and not p.name.startswith("."))
-    return [{"path": p.relative_to(folder).as_posix(), "size": p.stat().st_size, "sha256": sha256(p)} for p in files]
+def upload_files(folder: Path) -> list[Path]:
+    """The files upload_folder would send from `folder` (hidden ones left out), sorted."""
+    return sorted(p for p in Path(folder).rglob("*") if p.is_file() and not p.name.startswith("."))
+
+
+def sha256_all(files: list[Path], workers: int | None = None) -> dict[Path, str]:
+    """sha256 of each file, several files at once on `workers` threads (default: the CPU count, at most 8;
+    hashlib releases the GIL), the largest first so that the longest hash starts at once. On the H200
+    machine, the dry run of the 8B's export (23.6 GB) took 23.7 s with the files hashed one after another."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    by_size = sorted(files, key=lambda p: -p.stat().st_size)
+    with ThreadPoolExecutor(max(1, workers if workers is not None else min(8, os.cpu_count() or 1))) as pool:
+        return dict(zip(by_size, pool.map(sha256, by_size)))
+
+
+def listing(folder: Path, hashes: dict[Path, str] | None = None) -> list[dict[str, Any]]:
+    """Every file upload_folder would send: path relative to the folder, size and sha256 (from `hashes` when
+    given, else computed here)."""
+    files = upload_files(folder)
+    hashes = hashes if hashes is not None else sha256_all(files)
+    return [{"path": p.relative_to(folder).as_posix(), "size": p.stat().st_size, "sha256": hashes[p]} for p in files]
 
 
 def why_not_push(push: list[str], hub_repo: str | None) -> str | None:
@@ -223,8 +241,9 @@ def dry_run(chosen: dict[str, Path], repos: dict[str, str], reason: str, out_dir
     """Write what would be uploaded into `out_dir`: upload_plan.json and each repository's README.md."""
     out = Path(out_dir)
     plan = {"pushed": False, "reason": reason, "private": private, "repos": []}
+    hashes = sha256_all([f for folder in chosen.values() for f in upload_files(folder)])  # all folders at once
     for kind, folder in chosen.items():
-        files = listing(folder)
+        files = listing(folder, hashes)
         card = folder / "README.md"
         if card.is_file():
             write_text_atomic(out / kind / "README.md", card.read_text(encoding="utf-8"))

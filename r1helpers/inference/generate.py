@@ -194,7 +194,7 @@ def generate(model, tokenizer, questions: list[str], *, max_new_tokens: int, bat
     is halved and tried again. `stats`, when given, receives the batch sizes run, each batch's seconds
     (and of those, `warmup_seconds`: prefill, first step and any compilation; then `decode_seconds` for the
     remaining steps and the tokens they made, `decode_tokens`), the out-of-memory retries and the peak
-    GPU memory reserved.
+    GPU memory reserved and allocated.
 
         records = generate(model, tokenizer, ["What causes scurvy?"], max_new_tokens=1200, batch_size=8)
     """
@@ -305,6 +305,8 @@ def generate(model, tokenizer, questions: list[str], *, max_new_tokens: int, bat
         bar.close()
     if on_cuda:
         run_stats["peak_gpu_reserved_gib"] = round(torch.cuda.max_memory_reserved(device) / 2**30, 2)
+        # what the tensors needed at most; reserved also counts blocks the allocator keeps cached after they are freed
+        run_stats["peak_gpu_allocated_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
     if stats is not None:
         stats.update(run_stats)
     return [results[i] for i in range(len(questions))]

@@ -103,7 +103,8 @@ def _timed(loaded, questions, cfg, plan, gp) -> tuple[dict[str, Any], list[dict]
     return {"seconds": round(seconds, 2), "generated_tokens": tokens, "tokens_per_second": round(tokens / seconds, 1),
             "warmup_seconds": stats["warmup_seconds"], "decode_tokens_per_second":
             round(decode_tokens / decode_s, 1) if decode_s else None,
-            "peak_reserved_gib": stats.get("peak_gpu_reserved_gib"), "batches": stats.get("batches"),
+            "peak_reserved_gib": stats.get("peak_gpu_reserved_gib"),
+            "peak_allocated_gib": stats.get("peak_gpu_allocated_gib"), "batches": stats.get("batches"),
             "oom_retries": stats.get("oom_retries"),
             "compile_settings_restored": stats.get("compile_settings_restored")}, records
 

@@ -109,7 +109,8 @@ def generation_summary(run_dir: Path) -> dict[str, Any]:
         decode_s = sum(stats.get("decode_seconds") or [])
         out[name] = {"path": m.get("generation_path"), "weights": gen.get("weights"), "batch": m.get("batch_size"),
                      "tokens_per_second": m.get("tokens_per_second"), "peak_gpu_reserved_gib":
-                     m.get("peak_gpu_reserved_gib"), "passed_over": gen.get("passed_over"),
+                     m.get("peak_gpu_reserved_gib"), "peak_gpu_allocated_gib": stats.get("peak_gpu_allocated_gib"),
+                     "passed_over": gen.get("passed_over"),
                      # prefill + first step (+ compiling the decoding step on the static_16bit path), per batch
                      "warmup_seconds": stats.get("warmup_seconds"),
                      "decode_tokens_per_second": round(sum(stats.get("decode_tokens") or []) / decode_s, 1)

@@ -717,7 +717,8 @@ def generate_stage(cfg: Config, run: Run, stage: str, loaded: Loaded, prepared, 
     tps = round(new_tokens / max(seconds, 1e-9), 1)
     device = loaded.device.type
     print(f"{stage}: {new_tokens} tokens in {seconds:.1f} s ({tps} tokens/s); peak GPU memory reserved "
-          f"{stats.get('peak_gpu_reserved_gib', 'n/a')} GiB", flush=True)
+          f"{stats.get('peak_gpu_reserved_gib', 'n/a')} GiB (allocated {stats.get('peak_gpu_allocated_gib', 'n/a')})",
+          flush=True)
     run.write_manifest(cfg, stage, questions=len(records), mcq_questions=len(mcq or []), seconds=round(seconds, 2),
                        generated_tokens=new_tokens, tokens_per_second=tps, backend=loaded.backend.name,
                        generation_path=path.path, batch_size=plan.batch_size,
