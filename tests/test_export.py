@@ -577,6 +577,14 @@ def test_gguf_weight_and_readback_checks_run_side_by_side(monkeypatch, tmp_path)
     monkeypatch.setattr(ec, "gguf_metadata_check", lambda *a: {"tokens": 1})
     monkeypatch.setattr(ec, "float32_parameters", lambda *a: 1)
     monkeypatch.setattr(ec, "llama_cpp_available", lambda: False)
+    parsed = []
+
+    @contextlib.contextmanager
+    def shared_reader(path):  # the real one parses the file; here there is none
+        parsed.append(path)
+        yield None
+
+    monkeypatch.setattr(ec, "shared_gguf_reader", shared_reader)
 
     def weights(*a):
         both.wait()
@@ -590,6 +598,7 @@ def test_gguf_weight_and_readback_checks_run_side_by_side(monkeypatch, tmp_path)
     monkeypatch.setattr(ec, "check_gguf_transformers", readback)
     checks = wx.check_one_gguf(ctx, tmp_path / "m.gguf", "q8_0", tmp_path, probes=["probe"])
     assert checks["weights"] == {"tensors": 3} and checks["transformers"] == {"passed": True}
+    assert parsed == [tmp_path / "m.gguf"]  # one shared parse for all the checks of the file
 
     def wrong_weights(*a):
         raise ec.ExportCheckError("blk.0.attn_q.weight is off")

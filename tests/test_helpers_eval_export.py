@@ -290,19 +290,29 @@ def test_write_adapter_loads_with_peft(base_dir, adapter, export_tok, tmp_path, 
     assert np.abs(logits - ref.logits).max() < 1e-4
 
 
-def test_write_gguf_reads_back_like_the_merged_model(merged, probe_ids, export_tok, tmp_path):
+def test_write_gguf_reads_back_like_the_merged_model(merged, probe_ids, export_tok, tmp_path, monkeypatch):
     from r1helpers.export import checks
     from r1helpers.export.gguf import read_metadata, write_gguf
+
+    import gguf
 
     out, _ = merged
     path = write_gguf(out, tmp_path / "m-F16.gguf", "f16", "m", chat_template=prompts.CHAT_TEMPLATE)
     assert read_metadata(path)["tokenizer.chat_template"] == prompts.CHAT_TEMPLATE
     probes = checks.reference_probes(checks.load_float32(out), probe_ids, 8)
+    parsed = []
+
+    class CountingReader(gguf.GGUFReader):
+        def __init__(self, *args, **kwargs):
+            parsed.append(args[0])
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(gguf, "GGUFReader", CountingReader)
     result = checks.check_gguf_transformers(path, probes, "f16")
+    assert len(parsed) == 1  # transformers reads the file for its config and again for its tensors: one parse
+    assert gguf.GGUFReader is CountingReader  # put back
     assert result["passed"] and result["greedy_identical"]
     # the installed transformers still dequantizes through gguf.dequantize, so the threaded version is the one used
-    import gguf
-
     assert result["tensors_dequantized_in_threads"] == len(gguf.GGUFReader(str(path)).tensors) > 0
     assert checks.gguf_metadata_check(path, export_tok, "What is fever?")["tokens"] >= len(export_tok)
     assert checks.gguf_weight_check(path, out)["tensors"] > 0
@@ -336,6 +346,30 @@ def test_dequantize_in_threads_gives_gguf_pys_numbers_and_puts_gguf_dequantize_b
         stored = gguf.quants.quantize(weights, qtype)
         assert np.array_equal(checks.dequantize_piece(stored[5:17], qtype),
                               gguf.quants.dequantize(stored, qtype)[5:17]), kind
+
+
+def test_shared_gguf_reader_parses_a_file_once_and_puts_gguf_back(merged, tmp_path):
+    import gguf
+
+    from r1helpers.export import checks
+    from r1helpers.export.gguf import read_metadata, write_gguf
+
+    out, _ = merged
+    a = write_gguf(out, tmp_path / "a-F16.gguf", "f16", "m", chat_template=prompts.CHAT_TEMPLATE)
+    b = write_gguf(out, tmp_path / "b-F16.gguf", "f16", "m", chat_template=prompts.CHAT_TEMPLATE)
+    reader_class, name_map = gguf.GGUFReader, gguf.get_tensor_name_map
+    with checks.shared_gguf_reader(a) as reader:
+        assert gguf.GGUFReader(str(a)) is reader and gguf.GGUFReader(tmp_path / "." / a.name) is reader
+        with checks.shared_gguf_reader(a) as inner:
+            assert inner is reader
+        assert gguf.GGUFReader(str(a)) is reader  # the inner exit left the outer in place
+        other = gguf.GGUFReader(str(b))
+        assert other is not reader and isinstance(other, reader_class)
+        assert read_metadata(a) == read_metadata(b)
+        arch = gguf.MODEL_ARCH.LLAMA
+        assert gguf.get_tensor_name_map(arch, 2) is gguf.get_tensor_name_map(arch, 2)
+    assert gguf.GGUFReader is reader_class and gguf.get_tensor_name_map is name_map
+    assert gguf.GGUFReader(str(a)) is not reader
 
 
 def test_gguf_weight_check_refuses_weights_that_are_not_the_merged_ones(merged, tiny_model_dir, tmp_path):
