@@ -14,9 +14,9 @@ exactly the prompt and the decoding settings the fine-tuned model will get in no
 (the multiple-choice answers), `baseline/manifest.json` (settings, speed) and `results/01.json`. **Time on a Kaggle
 T4** (estimates): about 2 minutes to load the 8B model in 4-bit (plus the download of about 6 GB the first time),
 then generation at roughly 15-25 tokens/s per sequence, so about a minute per batch whose answers run to the
-1,200-token limit; 10 to 20 minutes in all with the 50 multiple-choice questions. Measured on an H200 with the 8B shape (random weights, the bundled rows, 51 held-out + 24 multiple-choice questions at 1,200 tokens; BENCHMARKS.md): 133.0 s, of
-which 104.6 s generating 90,000 tokens on the static-cache path (47.9 s of it compiling; that run still decoded
-with transformers' `sdpa` attention, at 1,586 tokens/s, where notebook 04 decoded at 3,026 with `grouped_decode`)."""),
+1,200-token limit; 10 to 20 minutes in all with the 50 multiple-choice questions. Measured on an H200 with the 8B shape (random weights, the bundled rows, 51 held-out + 24 multiple-choice questions at 1,200 tokens; BENCHMARKS.md): 116.0 s, of
+which 82.0 s generating 89,056 tokens on the static-cache path (54.6 s of it the prefill and compiling the
+decoding step, then 3,292 tokens/s with `grouped_decode`)."""),
     ("md", """## The prompt
 
 One function, `prompts.build_prompt(question)`, builds the text the model sees, in training and at inference. Here
