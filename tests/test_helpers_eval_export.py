@@ -323,9 +323,10 @@ def test_dequantize_in_threads_gives_gguf_pys_numbers_and_puts_gguf_dequantize_b
     quantized tensor split into many pieces and for a plain float16 one; the original function is back after."""
     import gguf
 
-    from r1helpers.export import checks, merge
+    from r1helpers.export import checks
+    from r1helpers.export import gguf as export_gguf
 
-    monkeypatch.setattr(merge, "CHUNK_NUMBERS", 96)  # 3 rows of 32 numbers a piece: 7 pieces of 20 rows
+    monkeypatch.setattr(export_gguf, "PIECE_NUMBERS", 96)  # 3 rows of 32 numbers a piece: 7 pieces of 20 rows
     rng = np.random.default_rng(0)
     weights = rng.standard_normal((20, 32)).astype(np.float32)
     q8 = gguf.quants.quantize(weights, gguf.GGMLQuantizationType.Q8_0)
@@ -370,6 +371,29 @@ def test_shared_gguf_reader_parses_a_file_once_and_puts_gguf_back(merged, tmp_pa
         assert gguf.get_tensor_name_map(arch, 2) is gguf.get_tensor_name_map(arch, 2)
     assert gguf.GGUFReader is reader_class and gguf.get_tensor_name_map is name_map
     assert gguf.GGUFReader(str(a)) is not reader
+
+
+def test_quantize_in_pieces_gives_gguf_pys_bytes(monkeypatch):
+    """Pieces of rows quantized on threads and put back in order: byte for byte what gguf-py's quantize makes, for
+    each type written here; 1-D tensors and rows a type cannot take go through gguf-py whole (its error kept)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import gguf
+
+    from r1helpers.export import gguf as export_gguf
+
+    monkeypatch.setattr(export_gguf, "PIECE_NUMBERS", 128)  # 2 rows of 64 numbers a piece
+    weights = np.random.default_rng(1).standard_normal((21, 64)).astype(np.float32)
+    with ThreadPoolExecutor(3) as pool:
+        for kind in ("Q8_0", "BF16", "F16", "F32"):
+            qtype = gguf.GGMLQuantizationType[kind]
+            got = export_gguf.quantize_in_pieces(weights, qtype, pool)
+            assert got.dtype == gguf.quants.quantize(weights, qtype).dtype, kind
+            assert np.array_equal(got, gguf.quants.quantize(weights, qtype)), kind
+        q8 = gguf.GGMLQuantizationType.Q8_0
+        assert np.array_equal(export_gguf.quantize_in_pieces(weights[0], q8, pool), gguf.quants.quantize(weights[0], q8))
+        with pytest.raises(gguf.quants.QuantError):
+            export_gguf.quantize_in_pieces(weights[:, :40], q8, pool)  # 40 numbers a row: not whole 32-blocks
 
 
 def test_gguf_weight_check_refuses_weights_that_are_not_the_merged_ones(merged, tiny_model_dir, tmp_path):

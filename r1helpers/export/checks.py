@@ -327,6 +327,7 @@ def dequantize_in_threads(workers: int | None = None) -> Iterator[dict[str, Any]
 
     import gguf
 
+    from r1helpers.export.gguf import PIECE_NUMBERS
     from r1helpers.export.merge import row_chunks
 
     original = gguf.dequantize
@@ -337,7 +338,7 @@ def dequantize_in_threads(workers: int | None = None) -> Iterator[dict[str, Any]
     def threaded(data, qtype):
         t0 = time.perf_counter()
         counts["tensors"] += 1
-        spans = list(row_chunks(data.shape[0], int(np.prod(data.shape[1:])))) if data.ndim >= 2 else []
+        spans = list(row_chunks(data.shape[0], int(np.prod(data.shape[1:])), PIECE_NUMBERS)) if data.ndim >= 2 else []
         try:
             if qtype in plain or len(spans) < 2:
                 return original(data, qtype)
@@ -433,10 +434,13 @@ def dequantize_piece(data, qtype) -> np.ndarray:
 
     `gguf.dequantize` runs its type's `dequantize_rows` 16 rows at a time: small numpy calls that hold the GIL
     for much of their time, so threads dequantizing side by side barely overlap (and starve any other thread
-    of the process). Here the type's `dequantize_rows` takes the piece whole; rows are independent, so the
-    numbers are the same. Plain float types (and any type without a gguf-py class) go through
-    `gguf.quants.dequantize` itself."""
+    of the process). Here the type's `dequantize_rows` takes `PIECE_NUMBERS` numbers' worth of rows at a
+    time (`r1helpers.export.gguf`); rows are independent, so the numbers are the same. Plain float types (and
+    any type without a gguf-py class) go through `gguf.quants.dequantize` itself."""
     import gguf
+
+    from r1helpers.export.gguf import PIECE_NUMBERS
+    from r1helpers.export.merge import row_chunks
 
     quant = getattr(gguf.quants, qtype.name, None)  # gguf-py's class for the type: Q8_0, Q4_K, ...
     if qtype in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16) or \
@@ -444,7 +448,10 @@ def dequantize_piece(data, qtype) -> np.ndarray:
         return gguf.quants.dequantize(data, qtype)
     if hasattr(quant, "init_grid"):
         quant.init_grid()  # as gguf.quants.dequantize does first (the i-quants' lookup grids)
-    return quant.dequantize_rows(data)
+    spans = list(row_chunks(data.shape[0], int(np.prod(data.shape[1:])), PIECE_NUMBERS)) if data.ndim >= 2 else []
+    if len(spans) < 2:
+        return quant.dequantize_rows(data)
+    return np.concatenate([quant.dequantize_rows(data[i:j]) for i, j in spans])  # cache-sized numpy calls
 
 
 def gguf_weight_check(gguf_path: Path, merged_dir: Path, workers: int | None = None) -> dict[str, Any]:
