@@ -389,6 +389,12 @@ def is_oom(e: BaseException) -> bool:
     return isinstance(e, torch.OutOfMemoryError) or "out of memory" in text.lower() or "ALLOC_FAILED" in text
 
 
+def cpu_threads(workers: int | None = None, most: int = 8) -> int:
+    """Threads for CPU work that numpy or hashlib does outside the GIL: `workers` when given, else the CPU count,
+    at most `most`; at least 1."""
+    return max(1, workers if workers is not None else min(most, os.cpu_count() or 1))
+
+
 def free_memory() -> None:
     """Collect garbage, then hand CUDA's cached blocks back: after dropping a model, or after an OOM
     exception is gone (its traceback holds the failed batch's tensors)."""

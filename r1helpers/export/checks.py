@@ -327,18 +327,18 @@ def dequantize_in_threads(workers: int | None = None) -> Iterator[dict[str, Any]
 
     import gguf
 
-    from r1helpers.export.gguf import PIECE_NUMBERS
-    from r1helpers.export.merge import row_chunks
+    from r1helpers.core.hardware import cpu_threads
+    from r1helpers.export.gguf import row_pieces
 
     original = gguf.dequantize
     plain = (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16)
     counts = {"tensors": 0, "seconds": 0.0}
-    pool = ThreadPoolExecutor(max(1, workers if workers is not None else min(8, os.cpu_count() or 1)))
+    pool = ThreadPoolExecutor(cpu_threads(workers))
 
     def threaded(data, qtype):
         t0 = time.perf_counter()
         counts["tensors"] += 1
-        spans = list(row_chunks(data.shape[0], int(np.prod(data.shape[1:])), PIECE_NUMBERS)) if data.ndim >= 2 else []
+        spans = row_pieces(data)
         try:
             if qtype in plain or len(spans) < 2:
                 return original(data, qtype)
@@ -439,8 +439,7 @@ def dequantize_piece(data, qtype) -> np.ndarray:
     any type without a gguf-py class) go through `gguf.quants.dequantize` itself."""
     import gguf
 
-    from r1helpers.export.gguf import PIECE_NUMBERS
-    from r1helpers.export.merge import row_chunks
+    from r1helpers.export.gguf import row_pieces
 
     quant = getattr(gguf.quants, qtype.name, None)  # gguf-py's class for the type: Q8_0, Q4_K, ...
     if qtype in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16) or \
@@ -448,7 +447,7 @@ def dequantize_piece(data, qtype) -> np.ndarray:
         return gguf.quants.dequantize(data, qtype)
     if hasattr(quant, "init_grid"):
         quant.init_grid()  # as gguf.quants.dequantize does first (the i-quants' lookup grids)
-    spans = list(row_chunks(data.shape[0], int(np.prod(data.shape[1:])), PIECE_NUMBERS)) if data.ndim >= 2 else []
+    spans = row_pieces(data)
     if len(spans) < 2:
         return quant.dequantize_rows(data)
     return np.concatenate([quant.dequantize_rows(data[i:j]) for i, j in spans])  # cache-sized numpy calls
@@ -466,6 +465,7 @@ def gguf_weight_check(gguf_path: Path, merged_dir: Path, workers: int | None = N
     import gguf
     from safetensors import safe_open
 
+    from r1helpers.core.hardware import cpu_threads
     from r1helpers.export.gguf import read_config, tensor_shapes, unpermute_qk, weight_files
     from r1helpers.export.merge import row_chunks
 
@@ -503,7 +503,7 @@ def gguf_weight_check(gguf_path: Path, merged_dir: Path, workers: int | None = N
         return float(np.dot(diff, diff)), float(np.dot(ref.ravel(), ref.ravel()))
 
     totals: dict[str, list[float]] = {}
-    pool = ThreadPoolExecutor(max(1, workers if workers is not None else min(8, os.cpu_count() or 1)))
+    pool = ThreadPoolExecutor(cpu_threads(workers))
     try:
         for (t, *_), (sq_diff, sq_ref) in zip(pieces, pool.map(squares, pieces)):
             acc = totals.setdefault(t.name, [0.0, 0.0])

@@ -36,6 +36,8 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from r1helpers.core.hardware import cpu_threads
+
 
 # Unquantized or quantized by gguf-py here; q4_k_m needs llama.cpp (see find_quantizer).
 LOCAL_KINDS = ("f16", "bf16", "q8_0")
@@ -389,20 +391,23 @@ def _add_tokenizer(w, model_dir: Path, config: dict[str, Any], chat_template: st
 PIECE_NUMBERS = 1 << 20
 
 
+def row_pieces(data: np.ndarray) -> list[tuple[int, int]]:
+    """(start, stop) row ranges of `data` of about `PIECE_NUMBERS` numbers each; none for a 1-D array."""
+    from r1helpers.export.merge import row_chunks
+
+    return list(row_chunks(data.shape[0], int(np.prod(data.shape[1:])), PIECE_NUMBERS)) if data.ndim >= 2 else []
+
+
 def quantize_in_pieces(data: np.ndarray, qtype, pool: ThreadPoolExecutor) -> np.ndarray:
     """`gguf.quants.quantize(data, qtype)`, the same bytes, made on `pool` in pieces of rows (`PIECE_NUMBERS`
     numbers each) by the type's own `quantize_rows`: rows are quantized independently. Plain float types,
     1-D tensors and rows that the type cannot take go through `gguf.quants.quantize` itself."""
     import gguf
 
-    from r1helpers.export.merge import row_chunks
-
     quant = getattr(gguf.quants, qtype.name, None)  # gguf-py's class for the type: Q8_0, BF16, ...
     plain = qtype in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16)
-    if plain or data.ndim < 2 or not hasattr(quant, "quantize_rows") or not quant.can_quantize(data):
-        return gguf.quants.quantize(data, qtype)
-    spans = list(row_chunks(data.shape[0], int(np.prod(data.shape[1:])), PIECE_NUMBERS))
-    if len(spans) < 2:
+    spans = row_pieces(data)
+    if plain or len(spans) < 2 or not hasattr(quant, "quantize_rows") or not quant.can_quantize(data):
         return gguf.quants.quantize(data, qtype)
     return np.concatenate(list(pool.map(lambda s: quant.quantize_rows(data[s[0]:s[1]]), spans)))
 
@@ -416,14 +421,14 @@ def quantized_in_order(plan: list[PlannedTensor], arrays: Iterator[tuple[str, np
     (`quantize_in_pieces`) on a second pool of `workers` threads, so the two 525 M-number embeddings no longer
     take one thread each. At most `workers` + 1 tensors are held beyond the one written."""
 
-    pieces = ThreadPoolExecutor(max(1, workers))
+    pieces = ThreadPoolExecutor(workers)
 
     def job(t: PlannedTensor, data: np.ndarray) -> np.ndarray:
         if t.transform is not None:
             data = t.transform(data)
         return quantize_in_pieces(np.ascontiguousarray(data, dtype=np.float32), t.qtype, pieces)
 
-    with pieces, ThreadPoolExecutor(max(1, workers)) as pool:
+    with pieces, ThreadPoolExecutor(workers) as pool:
         pending: deque = deque()
         for t in plan:
             data = factors if t.hf_name is None else next(arrays)[1]
@@ -457,8 +462,7 @@ def write_gguf(model_dir: str | os.PathLike, out_path: str | os.PathLike, kind: 
     w.write_kv_data_to_file()
     w.write_ti_data_to_file()
     arrays = iter_tensors(model_dir, [t.hf_name for t in plan if t.hf_name is not None])
-    workers = workers if workers is not None else min(8, os.cpu_count() or 1)
-    for data in quantized_in_order(plan, arrays, rope_factors(config), workers):
+    for data in quantized_in_order(plan, arrays, rope_factors(config), cpu_threads(workers)):
         w.write_tensor_data(data)
     w.close()
     return out_path

@@ -209,7 +209,9 @@ def sha256_all(files: list[Path], workers: int | None = None) -> dict[Path, str]
     from concurrent.futures import ThreadPoolExecutor
 
     by_size = sorted(files, key=lambda p: -p.stat().st_size)
-    with ThreadPoolExecutor(max(1, workers if workers is not None else min(8, os.cpu_count() or 1))) as pool:
+    from r1helpers.core.hardware import cpu_threads
+
+    with ThreadPoolExecutor(cpu_threads(workers)) as pool:
         return dict(zip(by_size, pool.map(sha256, by_size)))
 
 
