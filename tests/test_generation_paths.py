@@ -548,3 +548,18 @@ def test_compile_layers_once_traces_one_layer_and_keeps_the_tokens(lora_model):
         steps.set_up_decoding(off, loaded, path)
         inner.set_attn_implementation("sdpa")
     assert not any("forward" in layer.__dict__ for layer in inner.model.layers)
+
+
+def test_compile_seconds_split_a_compilation_by_phase():
+    """`compile_seconds` (recorded for the static cache's warm-up) reads torch.compile's time by phase; a reading
+    `since` an earlier one holds only what a compilation in between added, and the backend's part of it is no
+    more than the whole."""
+    from r1helpers.inference.generate import COMPILE_PHASES, compile_seconds
+
+    before = compile_seconds()
+    assert set(before) == set(COMPILE_PHASES)
+    torch.compile(lambda x: (x * 2).sin() + 1, backend="eager")(torch.randn(3))
+    spent = compile_seconds(before)
+    assert spent["torch_compile"] > 0 and spent["tracing"] > 0
+    assert 0 <= spent["backend"] <= spent["torch_compile"]
+    assert compile_seconds(compile_seconds())["torch_compile"] == 0

@@ -91,6 +91,28 @@ def torch_compile_defaults() -> Iterator[None]:
         yield
 
 
+# torch._dynamo's compile-time totals (seconds) that split a compiled first step: all of torch.compile's work for a
+# frame; of it, the backend (AOTAutograd + inductor, or loading their output from torch's compile cache); the
+# bytecode tracing; building the guards. What the warm-up spends outside torch.compile is prefill, the first
+# steps' run and recording the CUDA graphs.
+COMPILE_PHASES = {"torch_compile": "_compile.compile_inner", "backend": "OutputGraph.call_user_compiler",
+                  "tracing": "bytecode_tracing", "guards": "build_guards"}
+
+
+def compile_seconds(since: dict[str, float] | None = None) -> dict[str, float]:
+    """torch.compile's time so far in this process by phase (COMPILE_PHASES), or what was added `since` an earlier
+    reading; {} where torch does not keep these totals."""
+    try:
+        from torch._dynamo.utils import compile_times
+
+        names, values = compile_times(repr="csv", aggregate=True)
+        table = {n: float(v) for n, v in zip(names, values)}
+    except Exception:  # a torch without them: the split is a measurement, never needed to generate
+        return {}
+    now = {k: table.get(name, 0.0) for k, name in COMPILE_PHASES.items()}
+    return {k: round(v - (since or {}).get(k, 0.0), 3) for k, v in now.items()}
+
+
 class LineProgress:
     """A plain line per update, for logs that cannot redraw a bar."""
 
@@ -194,7 +216,8 @@ def generate(model, tokenizer, questions: list[str], *, max_new_tokens: int, bat
     is halved and tried again. `stats`, when given, receives the batch sizes run, each batch's seconds
     (and of those, `warmup_seconds`: prefill, first step and any compilation; then `decode_seconds` for the
     remaining steps and the tokens they made, `decode_tokens`), the out-of-memory retries and the peak
-    GPU memory reserved and allocated.
+    GPU memory reserved and allocated; with a static cache also `compile_seconds`, torch.compile's part of
+    the warm-up by phase (`compile_seconds`).
 
         records = generate(model, tokenizer, ["What causes scurvy?"], max_new_tokens=1200, batch_size=8)
     """
@@ -234,6 +257,7 @@ def generate(model, tokenizer, questions: list[str], *, max_new_tokens: int, bat
     on_cuda = device.type == "cuda"
     if static and on_cuda:
         run_stats["compile_settings_restored"] = sorted(changed_compile_settings())
+    compile_before = compile_seconds() if static else None
     if on_cuda:
         torch.cuda.reset_peak_memory_stats(device)
     bar = progress_bar(len(questions), "generating") if progress else None
@@ -303,6 +327,8 @@ def generate(model, tokenizer, questions: list[str], *, max_new_tokens: int, bat
             bar.update(len(idx))
     if bar:
         bar.close()
+    if compile_before is not None:  # how much of the warm-up torch.compile took, and of that what
+        run_stats["compile_seconds"] = compile_seconds(compile_before)
     if on_cuda:
         run_stats["peak_gpu_reserved_gib"] = round(torch.cuda.max_memory_reserved(device) / 2**30, 2)
         # what the tensors needed at most; reserved also counts blocks the allocator keeps cached after they are freed

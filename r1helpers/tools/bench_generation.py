@@ -101,7 +101,8 @@ def _timed(loaded, questions, cfg, plan, gp) -> tuple[dict[str, Any], list[dict]
     tokens = sum(r["new_tokens"] for r in records)
     decode_s, decode_tokens = sum(stats["decode_seconds"]), sum(stats["decode_tokens"])
     return {"seconds": round(seconds, 2), "generated_tokens": tokens, "tokens_per_second": round(tokens / seconds, 1),
-            "warmup_seconds": stats["warmup_seconds"], "decode_tokens_per_second":
+            "warmup_seconds": stats["warmup_seconds"], "compile_seconds": stats.get("compile_seconds"),
+            "decode_tokens_per_second":
             round(decode_tokens / decode_s, 1) if decode_s else None,
             "peak_reserved_gib": stats.get("peak_gpu_reserved_gib"),
             "peak_allocated_gib": stats.get("peak_gpu_allocated_gib"), "batches": stats.get("batches"),

@@ -113,6 +113,7 @@ def generation_summary(run_dir: Path) -> dict[str, Any]:
                      "passed_over": gen.get("passed_over"),
                      # prefill + first step (+ compiling the decoding step on the static_16bit path), per batch
                      "warmup_seconds": stats.get("warmup_seconds"),
+                     "compile_seconds": stats.get("compile_seconds"),  # torch.compile's part of the warm-up
                      "decode_tokens_per_second": round(sum(stats.get("decode_tokens") or []) / decode_s, 1)
                      if decode_s else None}
     out["tokens"] = int(tokens)
