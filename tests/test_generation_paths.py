@@ -563,3 +563,38 @@ def test_compile_seconds_split_a_compilation_by_phase():
     assert spent["torch_compile"] > 0 and spent["tracing"] > 0
     assert 0 <= spent["backend"] <= spent["torch_compile"]
     assert compile_seconds(compile_seconds())["torch_compile"] == 0
+
+
+def test_unsloth_decode_graphs_switch_and_release(monkeypatch, lora_model):
+    """`load.unsloth_decode_graphs` sets Unsloth's two switches (graphs on, the KV cache sized up front) and back
+    to Unsloth's default; `release_decode_memory` hands the model to Unsloth's release and returns the step
+    counts Unsloth keeps on the CausalLM. A stand-in module plays Unsloth's `_decode_graphs` (no Unsloth on a
+    CPU). Without Unsloth imported, neither imports it (that would patch transformers) and both do nothing."""
+    import sys
+    import types
+
+    model, _ = lora_model
+    monkeypatch.delitem(sys.modules, "unsloth", raising=False)
+    monkeypatch.delitem(sys.modules, load.DECODE_GRAPHS, raising=False)
+    assert load.unsloth_decode_graphs(True) is False
+    assert load.release_decode_memory(model) == {}
+    assert "unsloth" not in sys.modules
+
+    released = []
+    fake = types.ModuleType(load.DECODE_GRAPHS)
+    fake.ENABLED, fake.PREALLOC = None, False
+    fake.stats = lambda m: ({"captures": 1, "replays": 41, "eager_steps": 1, "graphs": 1}
+                            if "_unsloth_decode_graphs" in m.__dict__ else {})
+    fake.release_for_training = released.append
+    monkeypatch.setitem(sys.modules, "unsloth", types.ModuleType("unsloth"))
+    monkeypatch.setitem(sys.modules, load.DECODE_GRAPHS, fake)
+    monkeypatch.delenv("UNSLOTH_DECODE_GRAPH_PREALLOC", raising=False)
+    assert load.unsloth_decode_graphs(True) is True and (fake.ENABLED, fake.PREALLOC) == (True, True)
+    inner = model.get_base_model()
+    monkeypatch.setitem(inner.__dict__, "_unsloth_decode_graphs", object())
+    assert load.release_decode_memory(model) == {"captures": 1, "replays": 41, "eager_steps": 1}
+    assert released == [model]
+    assert load.unsloth_decode_graphs(False) is False and (fake.ENABLED, fake.PREALLOC) == (None, False)
+    monkeypatch.setenv("UNSLOTH_DECODE_GRAPH_PREALLOC", "1")  # the user's own setting stays
+    load.unsloth_decode_graphs(False)
+    assert fake.PREALLOC is True

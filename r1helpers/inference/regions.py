@@ -9,7 +9,14 @@ wherever it is called again under the same conditions, so the layer is traced an
 Measured on this project's 2-core CPU machine with inductor on the CPU (a 32-layer Llama of small dimensions with
 a LoRA, grouped decoding attention, torch's compile caches off): the first compiled `generate` took 57.4 s
 traced whole and 34.0 s with the layers marked. Dynamo captured 3,130 calls against 90, and the tokens were
-the same as without compiling. Not measured on a GPU yet, so `infer.compile_layers_once` is off by default.
+the same as without compiling.
+
+On the H200 (8B shape with a LoRA, 75 rows, grouped decoding, BENCHMARKS.md) the marks cut a cold compilation, but
+not what a compile-cache hit still costs, and the step decodes slower. Dynamo still traces every layer:
+- cold cache: warm-up 39.9 s against 59.8 (inductor 20.6 s against 40.0; tracing 13.0 against 13.3);
+- from the cache, as stage 04 compiles: 17.7 s against 15.0 (tracing 11.5 against 10.0);
+- decoding 3,850 tokens/s against 4,232.
+So `infer.compile_layers_once` stays off by default.
 Outside `torch.compile` the mark does nothing.
 
     from r1helpers.inference.regions import compile_layers_once

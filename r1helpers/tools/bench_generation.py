@@ -283,7 +283,32 @@ def run_path(path: str, model_dir: str, adapter_dir: str, prompts_n: int, new_to
             out.append({**base, "check": "static_16bit equality", "error": f"{type(e).__name__}: {str(e)[:300]}"})
     else:
         out.append({**base, **first, "call": "first"})
+    if gp.path == "unsloth":
+        out.append({**base, **unsloth_graph_check(loaded, questions)})
     return out
+
+
+def unsloth_graph_check(loaded, questions: list[str], n: int = 32, k: int = 4) -> dict[str, Any]:
+    """Unsloth's path after the timed call: the memory its generate() left allocated and what freeing it gave back
+    (`load.release_decode_memory`), the decoding steps it captured and replayed, then the first `n` greedy tokens of
+    `k` prompts decoded with CUDA graphs against Unsloth's eager decoding (`load.unsloth_decode_graphs`)."""
+    import torch
+
+    from r1helpers.modeling.load import release_decode_memory, unsloth_decode_graphs
+
+    held = torch.cuda.memory_allocated() / 2**30
+    steps = release_decode_memory(loaded.model)
+    freed = held - torch.cuda.memory_allocated() / 2**30
+    rows = list(range(min(k, len(questions))))
+    on = unsloth_decode_graphs(True)
+    graphed = _first_tokens(loaded, questions, rows, n)
+    release_decode_memory(loaded.model)
+    unsloth_decode_graphs(False)
+    eager = _first_tokens(loaded, questions, rows, n)
+    release_decode_memory(loaded.model)
+    return {"check": "unsloth decode graphs vs eager, first tokens", "graphs_on": on, "steps_of_timed_call": steps,
+            "allocated_after_generate_gib": round(held, 2), "freed_by_release_gib": round(freed, 2), "tokens": n,
+            "graphs_agree_tokens": [_agree(g, e) for g, e in zip(graphed, eager)], "graphs_equal": graphed == eager}
 
 
 def main(argv: list[str] | None = None) -> int:

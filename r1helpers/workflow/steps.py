@@ -27,7 +27,7 @@ from r1helpers.inference.generate import generate, plan_for_model
 from r1helpers.inference.paths import (PATHS, GenerationPath, apply_gpu_cap, choose_generation_path, fallback_path,
                                        gpu_cap_gib, gpu_memory, same_weights)
 from r1helpers.inference.plan import GenerationPlan, kv_cache_bytes_for
-from r1helpers.modeling.load import Loaded, expected_lora_parameters, trainable_parameters
+from r1helpers.modeling.load import Loaded, expected_lora_parameters, release_decode_memory, trainable_parameters
 from r1helpers.training.plan import BatchPlan, gpu_memory_gib, plan_batches
 from r1helpers.training.sft import last_value, latest_checkpoint, make_trainer, sft_arguments, wandb_reachable
 
@@ -651,10 +651,12 @@ def set_up_decoding(cfg: Config, loaded: Loaded, path: GenerationPath) -> dict[s
       holds them in float32, which ran the adapter's matmuls as float32 kernels in every decoding step.
     - on the static_16bit path with `infer.compile_layers_once`, each decoder layer marked so that the decoding
       step's compilation compiles one layer and reuses it (`inference.regions`); the mark is taken off otherwise.
+    - on Unsloth's path, its CUDA-graph decoding with the KV cache sized up front (`infer.unsloth_decode_graphs`,
+      `load.unsloth_decode_graphs`).
     """
     from r1helpers.inference.attention import NAME, use_grouped_decode
     from r1helpers.inference.regions import compile_layers_once
-    from r1helpers.modeling.load import adapter_to_dtype
+    from r1helpers.modeling.load import adapter_to_dtype, unsloth_decode_graphs
 
     inner = loaded.model.get_base_model() if hasattr(loaded.model, "get_base_model") else loaded.model
     if path.backend == "transformers":
@@ -664,10 +666,11 @@ def set_up_decoding(cfg: Config, loaded: Loaded, path: GenerationPath) -> dict[s
             inner.set_attn_implementation("sdpa")
     cast = adapter_to_dtype(loaded.model, path.dtype) if path.path == "static_16bit" else 0
     once = compile_layers_once(loaded.model, on=cfg.infer.compile_layers_once and path.path == "static_16bit")
+    graphs = unsloth_decode_graphs(cfg.infer.unsloth_decode_graphs) if path.path == "unsloth" else False
     lora = next((p.dtype for n, p in loaded.model.named_parameters() if "lora_" in n), None)
     return {"attention": getattr(inner.config, "_attn_implementation", None),
             "adapter_weights": str(lora).replace("torch.", "") if lora else None, "adapter_tensors_cast": cast,
-            "layers_compiled_once": once}
+            "layers_compiled_once": once, "unsloth_decode_graphs": graphs}
 
 
 def generate_stage(cfg: Config, run: Run, stage: str, loaded: Loaded, prepared, path: GenerationPath | None = None,
@@ -695,6 +698,8 @@ def generate_stage(cfg: Config, run: Run, stage: str, loaded: Loaded, prepared, 
         try:
             outputs = generate(loaded.model, loaded.tokenizer, questions, **generation_kwargs(cfg, plan, path),
                                stats=stats)
+            # the KV cache Unsloth's generate() keeps on the layers, freed for the scoring that follows
+            decoding["unsloth_decode_steps"] = release_decode_memory(loaded.model)
             break
         except Exception as e:
             why = _failure(e)

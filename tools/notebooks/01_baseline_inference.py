@@ -14,9 +14,10 @@ exactly the prompt and the decoding settings the fine-tuned model will get in no
 (the multiple-choice answers), `baseline/manifest.json` (settings, speed) and `results/01.json`. **Time on a Kaggle
 T4** (estimates): about 2 minutes to load the 8B model in 4-bit (plus the download of about 6 GB the first time),
 then generation at roughly 15-25 tokens/s per sequence, so about a minute per batch whose answers run to the
-1,200-token limit; 10 to 20 minutes in all with the 50 multiple-choice questions. Measured on an H200 with the 8B shape (random weights, the bundled rows, 51 held-out + 24 multiple-choice questions at 1,200 tokens; BENCHMARKS.md): 116.0 s, of
-which 82.0 s generating 89,056 tokens on the static-cache path (54.6 s of it the prefill and compiling the
-decoding step, then 3,292 tokens/s with `grouped_decode`)."""),
+1,200-token limit; 10 to 20 minutes in all with the 50 multiple-choice questions. Measured on an H200 with the 8B shape (random weights, the bundled rows, 51 held-out + 24 multiple-choice questions at 1,200 tokens; BENCHMARKS.md): 133.5 s, of
+which 101.3 s generating 89,270 tokens on the static-cache path (72.8 s of it the prefill and compiling the
+decoding step, 50.3 s of that inductor's compilation and 13.1 s Dynamo's tracing; then 3,160 tokens/s with
+`grouped_decode`)."""),
     ("md", """## The prompt
 
 One function, `prompts.build_prompt(question)`, builds the text the model sees, in training and at inference. Here
@@ -119,7 +120,11 @@ mine = generate(loaded.model, loaded.tokenizer, ["A 45-year-old man presents wit
 Right before generating, both generation stages set the loaded model up in the same way
 (`steps.set_up_decoding`), whichever way it was loaded: its attention (`infer.attention`: `grouped_decode`, the
 default, reads each key/value head once for its four query heads at every decoding step, where transformers' `sdpa`
-copies it four times) and, on the static-cache path, the LoRA weights in 16-bit (peft keeps them in float32).
+copies it four times) and, on the static-cache path, the LoRA weights in 16-bit (peft keeps them in float32). On
+Unsloth's path (a T4), it turns on Unsloth's CUDA-graph decoding with the KV cache sized once for the longest
+prompt + `max_new_tokens` (`infer.unsloth_decode_graphs`). Unsloth's own `generate` keeps this for its RL
+trainers; otherwise it decodes eagerly and grows the cache 512 positions at a time. After generating, the stage
+frees the cache Unsloth leaves on the model's layers.
 The manifest records both, and notebook 04 checks that the fine-tuned model decoded the same way.
 
 It prints the path and the batch plan: with `infer.batch_size=0` the batch is the largest whose KV cache fits the

@@ -37,9 +37,10 @@ questions, of up to 1,200 tokens each, in batches planned from the GPU's memory 
 sequence), 10-20 minutes; teacher-forced NLL of 50 rows, adapter off and on, 2-3 minutes; multiple-choice option
 likelihoods for 50 questions, both models, 1-2 minutes. **About 15-25 minutes in all**, or 8-12 minutes with
 `compare.mcq_generate = False`. On an H100 or H200 the static-cache path decodes the whole batch at once, after
-its compilation. Measured on an H200 with the 8B shape (random weights, the bundled rows, 51 held-out + 24 multiple-choice questions at 1,200 tokens; BENCHMARKS.md): 111.1 s, of which 53.1 s generating 90,000 tokens (24.6 s warm-up, then 3,169 tokens/s) and 20.2 s
-for the comparison. Notebook 01 decodes through a zero LoRA adapter with the same attention, so this decoding step
-is the same graph, and torch's compile cache serves its compilation (notebook 01's warm-up was 54.6 s). The CPU
+its compilation. Measured on an H200 with the 8B shape (random weights, the bundled rows, 51 held-out + 24 multiple-choice questions at 1,200 tokens; BENCHMARKS.md): 101.4 s, of which 46.0 s generating 90,000 tokens (1,957 tokens/s over the call: 17.8 s warm-up, then
+3,204 tokens/s) and 22.2 s for the comparison. Notebook 01 decodes through a zero LoRA adapter with the same
+attention, so this decoding step is the same graph, and torch's compile cache serves its compilation (notebook
+01's warm-up was 72.8 s). What the warm-up still spends is mostly Dynamo tracing the step again (11.4 s). The CPU
 profile's tiny model takes about a minute."""),
     ("md", """## The settings this chapter uses
 

@@ -25,9 +25,10 @@ for a dry run, and `results/05.json`.
 **How long.** On Kaggle, for the 8B model: downloading the 16 GB of 16-bit base weights takes several minutes
 when they are not cached, the merge one shard at a time on the CPU a few minutes, and writing and re-reading
 each GGUF file several minutes more; **roughly 20-40 minutes** with the default `q8_0` and `q4_k_m`. These are
-estimates, not measurements on a T4. The CPU profile's tiny model exports in well under a minute. Measured on an H200 with the 8B shape (random weights, the bundled rows, 51 held-out + 24 multiple-choice questions at 1,200 tokens; BENCHMARKS.md): 263.2 s, for
-the adapter, a float16 merge and a q8_0 GGUF, each checked, and 223.2 s in a later run once the GGUF checks
-dequantized on threads. Each step's time is in `exported.json` (`seconds`)."""),
+estimates, not measurements on a T4. The CPU profile's tiny model exports in well under a minute. Measured on an H200 with the 8B shape (random weights, the bundled rows, 51 held-out + 24 multiple-choice questions at 1,200 tokens; BENCHMARKS.md): 169.1 s, for
+the adapter, a float16 merge and a q8_0 GGUF, each checked (the export cell 145.7 s: merge and write 34.3, GGUF
+write 18.2, its weight check 10.9, transformers' read-back 48.2). Each step's time is in `exported.json`
+(`seconds`)."""),
     ("md", """## The settings this chapter uses
 
 `cfg.export` decides what is written and where: `save_merged_16bit` and its `merged_dtype`, the `gguf` types,
