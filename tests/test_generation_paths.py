@@ -598,3 +598,89 @@ def test_unsloth_decode_graphs_switch_and_release(monkeypatch, lora_model):
     monkeypatch.setenv("UNSLOTH_DECODE_GRAPH_PREALLOC", "1")  # the user's own setting stays
     load.unsloth_decode_graphs(False)
     assert fake.PREALLOC is True
+
+
+def test_plain_lora_forward_gives_peft_outputs_bit_for_bit(lora_model):
+    """Within `plain_lora_forward` each LoRA layer computes what peft's forward computes, bit for bit: with
+    float32 weights and, cast to bfloat16 with the adapter left in float32 (peft then casts the input to the
+    adapter's type and the result back). Afterwards peft's forward is back, and a layer that does not compute
+    plain LoRA (adapters disabled) keeps peft's forward inside the block."""
+    from r1helpers.inference.lora_forward import plain_lora_forward
+
+    model, tok = lora_model
+    inner = model.get_base_model()
+    layers = 7 * inner.config.num_hidden_layers
+    ids = tok([prompts.build_prompt(r["Question"]) for r in load_sample_rows()[:2]], return_tensors="pt",
+              padding=True)
+    with torch.inference_mode():
+        peft_logits = model(**ids).logits
+        with plain_lora_forward(model) as n:
+            assert n == layers
+            plain_logits = model(**ids).logits
+        assert torch.equal(plain_logits, peft_logits)
+        assert not any("forward" in m.__dict__ for m in model.modules())
+        with model.disable_adapter(), plain_lora_forward(model) as n:
+            assert n == 0
+        with plain_lora_forward(model, on=False) as n:
+            assert n == 0
+    try:
+        for name, p in model.named_parameters():
+            if "lora_" not in name:
+                p.data = p.data.to(torch.bfloat16)
+        with torch.inference_mode():
+            peft16 = model(**ids).logits
+            with plain_lora_forward(model) as n:
+                plain16 = model(**ids).logits
+        assert n == layers and plain16.dtype == torch.bfloat16 and torch.equal(plain16, peft16)
+    finally:
+        for p in model.parameters():
+            p.data = p.data.to(torch.float32)
+
+
+def test_plain_lora_forward_traces_less_and_keeps_the_compiled_step(lora_model):
+    """Dynamo traces the decoding step with the plain LoRA functions as one graph with fewer captured calls than
+    through peft's forward, and the tokens stay those of the uncompiled step. Entering the block again (a stage's
+    next batch) installs the very same functions and traces no new graph: torch 2.13 guards a function by its code,
+    but the same objects keep a step's guards whatever a torch version guards on."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    from r1helpers.inference.lora_forward import plain_lora_forward
+
+    from torch._dynamo import symbolic_convert
+
+    model, tok = lora_model
+    steps_traced = [0]  # bytecode instructions Dynamo steps through while tracing: its work, counted
+    step = symbolic_convert.InstructionTranslatorBase.step
+
+    def counted(self):
+        steps_traced[0] += 1
+        return step(self)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(symbolic_convert.InstructionTranslatorBase, "step", counted)
+        plain, through_peft, peft_counts = _traced_generate(model, tok)
+        through_peft_steps, steps_traced[0] = steps_traced[0], 0
+        with plain_lora_forward(model):
+            plain_again, traced, counts = _traced_generate(model, tok)
+    assert torch.equal(plain_again, plain) and torch.equal(traced, through_peft)
+    assert counts["stats"]["unique_graphs"] == 1 and not counts.get("graph_break")
+    # the same operations in the graph, fewer instructions traced to find them
+    assert counts["stats"]["calls_captured"] == peft_counts["stats"]["calls_captured"]
+    assert 0 < steps_traced[0] < 0.85 * through_peft_steps
+
+    ids = tok(["What causes scurvy?"], return_tensors="pt")
+    forward = torch.compile(lambda: model(**ids).logits, backend="eager", fullgraph=True)
+    torch._dynamo.reset()
+    counters.clear()
+    try:
+        with torch.inference_mode():
+            with plain_lora_forward(model):
+                first = forward()
+                functions = [m.forward for m in model.modules() if "forward" in m.__dict__]
+            with plain_lora_forward(model):
+                second = forward()
+                assert [m.forward for m in model.modules() if "forward" in m.__dict__] == functions
+        assert counters["stats"]["unique_graphs"] == 1 and torch.equal(first, second)
+    finally:
+        torch._dynamo.reset()

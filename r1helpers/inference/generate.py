@@ -34,6 +34,7 @@ from typing import Any, Iterator
 
 from r1helpers.core import prompts
 from r1helpers.core.hardware import free_memory, headless, is_oom
+from r1helpers.inference.lora_forward import plain_lora_forward
 from r1helpers.inference.plan import GenerationPlan, kv_cache_bytes_for, order_by_length, plan_generation
 
 
@@ -212,7 +213,8 @@ def generate(model, tokenizer, questions: list[str], *, max_new_tokens: int, bat
     `do_sample`; `temperature` and `top_p` apply only when sampling. `stream` prints the first
     question's answer as it is generated (not when headless). `batch_size=0` plans the batch from the
     GPU's free memory (`plan_for_model`; 8 on a CPU). `cache_implementation`: None (the dynamic KV cache)
-    or "static" (compiled decoding on CUDA; see the module's notes). A batch that runs out of GPU memory
+    or "static" (compiled decoding on CUDA; see the module's notes; each LoRA layer then runs as a plain function of
+    its weights while generating, `inference.lora_forward`). A batch that runs out of GPU memory
     is halved and tried again. `stats`, when given, receives the batch sizes run, each batch's seconds
     (and of those, `warmup_seconds`: prefill, first step and any compilation; then `decode_seconds` for the
     remaining steps and the tokens they made, `decode_tokens`), the out-of-memory retries and the peak
@@ -278,9 +280,13 @@ def generate(model, tokenizer, questions: list[str], *, max_new_tokens: int, bat
         t0 = time.perf_counter()
         out = None
         try:
-            with torch.inference_mode(), (torch_compile_defaults() if static and on_cuda else contextlib.nullcontext()):
+            # on the static path each LoRA layer runs as a plain function of its weights: the same arithmetic,
+            # traced faster when the decoding step is compiled (`inference.lora_forward`)
+            compile_settings = torch_compile_defaults() if static and on_cuda else contextlib.nullcontext()
+            with torch.inference_mode(), compile_settings, plain_lora_forward(model, on=static) as plain_layers:
                 out = model.generate(**enc, **gen_kwargs, streamer=streamer,
                                      logits_processor=LogitsProcessorList([clock]))
+            run_stats["lora_layers_plain"] = plain_layers
         except RuntimeError as e:
             if not is_oom(e):
                 raise

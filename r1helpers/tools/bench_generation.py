@@ -106,7 +106,7 @@ def _timed(loaded, questions, cfg, plan, gp) -> tuple[dict[str, Any], list[dict]
             round(decode_tokens / decode_s, 1) if decode_s else None,
             "peak_reserved_gib": stats.get("peak_gpu_reserved_gib"),
             "peak_allocated_gib": stats.get("peak_gpu_allocated_gib"), "batches": stats.get("batches"),
-            "oom_retries": stats.get("oom_retries"),
+            "oom_retries": stats.get("oom_retries"), "lora_layers_plain": stats.get("lora_layers_plain"),
             "compile_settings_restored": stats.get("compile_settings_restored")}, records
 
 

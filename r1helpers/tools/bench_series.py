@@ -114,6 +114,7 @@ def generation_summary(run_dir: Path) -> dict[str, Any]:
                      # prefill + first step (+ compiling the decoding step on the static_16bit path), per batch
                      "warmup_seconds": stats.get("warmup_seconds"),
                      "compile_seconds": stats.get("compile_seconds"),  # torch.compile's part of the warm-up
+                     "lora_layers_plain": stats.get("lora_layers_plain"),
                      "decode_tokens_per_second": round(sum(stats.get("decode_tokens") or []) / decode_s, 1)
                      if decode_s else None}
     out["tokens"] = int(tokens)

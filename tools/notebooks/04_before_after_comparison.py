@@ -40,7 +40,10 @@ likelihoods for 50 questions, both models, 1-2 minutes. **About 15-25 minutes in
 its compilation. Measured on an H200 with the 8B shape (random weights, the bundled rows, 51 held-out + 24 multiple-choice questions at 1,200 tokens; BENCHMARKS.md): 101.4 s, of which 46.0 s generating 90,000 tokens (1,957 tokens/s over the call: 17.8 s warm-up, then
 3,204 tokens/s) and 22.2 s for the comparison. Notebook 01 decodes through a zero LoRA adapter with the same
 attention, so this decoding step is the same graph, and torch's compile cache serves its compilation (notebook
-01's warm-up was 72.8 s). What the warm-up still spends is mostly Dynamo tracing the step again (11.4 s). The CPU
+01's warm-up was 72.8 s). What the warm-up still spends is mostly Dynamo tracing the step again (11.4 s). Since
+then `generate` runs each LoRA layer as one plain function of its weights while it generates on this path
+(`inference.lora_forward`): the same arithmetic, bit for bit, traced faster; on the project's CPU machine, Dynamo's
+tracing of a 32-layer step took 7.2 s instead of 9.7-11.1 s. It is not yet measured on the GPU. The CPU
 profile's tiny model takes about a minute."""),
     ("md", """## The settings this chapter uses
 
