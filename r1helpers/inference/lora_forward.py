@@ -15,9 +15,11 @@ in the same order as peft's code, so the outputs are equal bit for bit (`tests/t
 other layer keeps peft's forward. The layers get peft's forward back when the block ends; so peft's
 `disable_adapter()`, which the comparison's scoring uses for the base model, works as before outside it.
 
-Measured on this project's 2-core CPU machine (a 32-layer Llama of small dimensions with a LoRA, Dynamo's tracing
-only, `backend="eager"`): tracing the static cache's decoding step took 7.2 s this way against 9.7-11.1 s
-through peft's forward, and 4.9 s without an adapter.
+Measured on this project's 2-core CPU machine (a 32-layer Llama of small dimensions with a LoRA on all seven
+projections, Dynamo only, `backend="eager"`, three alternating runs each): compiling the static cache's decoding
+step took 8.0-8.5 s this way against 12.5-12.7 s through peft's forward (tracing 7.1-7.6 s against 10.4-10.5,
+building guards 0.50 against 1.14-1.23), the same tokens. The graph holds the same operations either way. Not yet
+measured on the GPU.
 
     from r1helpers.inference.lora_forward import plain_lora_forward
     with plain_lora_forward(model) as layers:   # how many layers run the plain function

@@ -42,8 +42,8 @@ its compilation. Measured on an H200 with the 8B shape (random weights, the bund
 attention, so this decoding step is the same graph, and torch's compile cache serves its compilation (notebook
 01's warm-up was 72.8 s). What the warm-up still spends is mostly Dynamo tracing the step again (11.4 s). Since
 then `generate` runs each LoRA layer as one plain function of its weights while it generates on this path
-(`inference.lora_forward`): the same arithmetic, bit for bit, traced faster; on the project's CPU machine, Dynamo's
-tracing of a 32-layer step took 7.2 s instead of 9.7-11.1 s. It is not yet measured on the GPU. The CPU
+(`inference.lora_forward`): the same arithmetic, bit for bit, traced faster; on the project's CPU machine, compiling
+a 32-layer step took 8.0-8.5 s instead of 12.5-12.7 s. It is not yet measured on the GPU. The CPU
 profile's tiny model takes about a minute."""),
     ("md", """## The settings this chapter uses
 
