@@ -684,3 +684,15 @@ def test_plain_lora_forward_traces_less_and_keeps_the_compiled_step(lora_model):
         assert counters["stats"]["unique_graphs"] == 1 and torch.equal(first, second)
     finally:
         torch._dynamo.reset()
+
+
+def test_speed_takes_the_stage_speed_apart():
+    """`speed` sums the warm-ups of all batches and divides the decoding steps' tokens by their seconds."""
+    from r1helpers.inference.generate import speed
+
+    stats = {"warmup_seconds": [17.5, 0.3], "decode_seconds": [20.0, 5.0], "decode_tokens": [60_000, 15_000],
+             "compile_seconds": {"torch_compile": 16.18, "tracing": 11.4}}
+    assert speed(stats) == {"warm-up seconds": 17.8, "of it compiling, seconds": 16.2,
+                            "decoding tokens per second": 3000.0}
+    assert speed({"warmup_seconds": [1.0], "decode_seconds": [], "decode_tokens": []}) == {
+        "warm-up seconds": 1.0, "of it compiling, seconds": None, "decoding tokens per second": None}

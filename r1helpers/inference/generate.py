@@ -344,6 +344,18 @@ def generate(model, tokenizer, questions: list[str], *, max_new_tokens: int, bat
     return [results[i] for i in range(len(questions))]
 
 
+def speed(stats: dict[str, Any]) -> dict[str, Any]:
+    """`generate`'s `stats` as the two speeds that tell apart a slow start from slow decoding: the warm-up of all
+    batches (prefill, first step, compiling), of it torch.compile's part where it compiled, and the decoding
+    steps' tokens per second."""
+    decode_s = sum(stats.get("decode_seconds") or [])
+    compiled = (stats.get("compile_seconds") or {}).get("torch_compile")
+    return {"warm-up seconds": round(sum(stats.get("warmup_seconds") or []), 1),
+            "of it compiling, seconds": round(compiled, 1) if compiled is not None else None,
+            "decoding tokens per second": round(sum(stats.get("decode_tokens") or []) / decode_s, 1) if decode_s
+            else None}
+
+
 def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
     """How a set of generations ended: the share that closed </think>, that reached EOS, mean new tokens."""
     n = len(records)

@@ -169,11 +169,13 @@ Notebook 04 reports these shares for both models, because a mean over answers th
 
 How the base model's answers ended: how many questions, the share that closed `</think>`, the share that reached EOS
 (the rest were cut at `max_new_tokens`), the mean number of new tokens, the speed over the whole stage (new
-tokens per second of generation, all batches together, a compilation included), and the generation plan the
+tokens per second of generation, all batches together, a compilation included), that speed taken apart (`speed`:
+the warm-up, of it the compiling, and the decoding steps' own tokens per second), and the generation plan the
 manifest recorded: path, batch and peak GPU memory reserved. Written to `results/01.json`."""),
-    ("code", """from r1helpers.inference.generate import summarize
+    ("code", """from r1helpers.inference.generate import speed, summarize
 manifest = run.read_manifest("baseline")
 show.record_results(run, "01", {**summarize(baseline), "tokens per second": manifest["tokens_per_second"],
+                                **speed(manifest["generation"]["stats"]),
                                 "generation path": manifest.get("generation_path"), "batch": manifest.get("batch_size"),
                                 "peak GPU GiB reserved": manifest.get("peak_gpu_reserved_gib")})"""),
 ]
