@@ -208,9 +208,9 @@ def sha256_all(files: list[Path], workers: int | None = None) -> dict[Path, str]
     machine, the dry run of the 8B's export (23.6 GB) took 23.7 s with the files hashed one after another."""
     from concurrent.futures import ThreadPoolExecutor
 
-    by_size = sorted(files, key=lambda p: -p.stat().st_size)
     from r1helpers.core.hardware import cpu_threads
 
+    by_size = sorted(files, key=lambda p: -p.stat().st_size)
     with ThreadPoolExecutor(cpu_threads(workers)) as pool:
         return dict(zip(by_size, pool.map(sha256, by_size)))
 

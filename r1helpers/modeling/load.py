@@ -286,16 +286,11 @@ def release_decode_memory(model) -> dict[str, Any]:
     import sys
 
     graphs = sys.modules.get(DECODE_GRAPHS)
-    if graphs is None:
+    if graphs is None or not hasattr(graphs, "release_for_training"):
         return {}
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    counts = {}
-    for module in inner.modules():
-        counts = graphs.stats(module) if hasattr(graphs, "stats") else {}
-        if counts:
-            break
-    if hasattr(graphs, "release_for_training"):
-        graphs.release_for_training(model)
+    # Unsloth keeps the counts on the CausalLM its decoding step runs on (under any peft wrapper)
+    counts = next(filter(None, map(graphs.stats, model.modules())), {}) if hasattr(graphs, "stats") else {}
+    graphs.release_for_training(model)
     return {k: counts[k] for k in ("captures", "replays", "eager_steps") if k in counts}
 
 

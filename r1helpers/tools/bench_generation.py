@@ -88,7 +88,7 @@ def _config(model_dir: str, path: str, new_tokens: int):
 def _timed(loaded, questions, cfg, plan, gp) -> tuple[dict[str, Any], list[dict]]:
     import torch
 
-    from r1helpers.inference.generate import generate
+    from r1helpers.inference.generate import generate, speed
     from r1helpers.workflow.steps import generation_kwargs
 
     stats: dict[str, Any] = {}
@@ -99,11 +99,9 @@ def _timed(loaded, questions, cfg, plan, gp) -> tuple[dict[str, Any], list[dict]
     torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
     tokens = sum(r["new_tokens"] for r in records)
-    decode_s, decode_tokens = sum(stats["decode_seconds"]), sum(stats["decode_tokens"])
     return {"seconds": round(seconds, 2), "generated_tokens": tokens, "tokens_per_second": round(tokens / seconds, 1),
             "warmup_seconds": stats["warmup_seconds"], "compile_seconds": stats.get("compile_seconds"),
-            "decode_tokens_per_second":
-            round(decode_tokens / decode_s, 1) if decode_s else None,
+            "decode_tokens_per_second": speed(stats)["decoding tokens per second"],
             "peak_reserved_gib": stats.get("peak_gpu_reserved_gib"),
             "peak_allocated_gib": stats.get("peak_gpu_allocated_gib"), "batches": stats.get("batches"),
             "oom_retries": stats.get("oom_retries"), "lora_layers_plain": stats.get("lora_layers_plain"),

@@ -95,6 +95,8 @@ def stage_row(run_dir: Path, stage: str, seconds: float | None) -> dict[str, Any
 
 def generation_summary(run_dir: Path) -> dict[str, Any]:
     """Both generation stages together: tokens, seconds, tokens/s, and each stage's path, batch and peak memory."""
+    from r1helpers.inference.generate import speed
+
     out: dict[str, Any] = {}
     tokens = seconds = 0.0
     for name in ("baseline", "finetuned"):
@@ -106,7 +108,6 @@ def generation_summary(run_dir: Path) -> dict[str, Any]:
         seconds += m.get("seconds") or 0
         gen = m.get("generation") or {}
         stats = gen.get("stats") or {}
-        decode_s = sum(stats.get("decode_seconds") or [])
         out[name] = {"path": m.get("generation_path"), "weights": gen.get("weights"), "batch": m.get("batch_size"),
                      "tokens_per_second": m.get("tokens_per_second"), "peak_gpu_reserved_gib":
                      m.get("peak_gpu_reserved_gib"), "peak_gpu_allocated_gib": stats.get("peak_gpu_allocated_gib"),
@@ -115,8 +116,7 @@ def generation_summary(run_dir: Path) -> dict[str, Any]:
                      "warmup_seconds": stats.get("warmup_seconds"),
                      "compile_seconds": stats.get("compile_seconds"),  # torch.compile's part of the warm-up
                      "lora_layers_plain": stats.get("lora_layers_plain"),
-                     "decode_tokens_per_second": round(sum(stats.get("decode_tokens") or []) / decode_s, 1)
-                     if decode_s else None}
+                     "decode_tokens_per_second": speed(stats)["decoding tokens per second"]}
     out["tokens"] = int(tokens)
     out["seconds"] = round(seconds, 1)
     out["tokens_per_second"] = round(tokens / seconds, 1) if seconds else None
