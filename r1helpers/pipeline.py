@@ -4,7 +4,9 @@
     python -m r1helpers.pipeline --profile cpu --set train.max_steps=8 --stages 02,03
 
 Executed notebooks land in `<run_dir>/notebooks/`; a notebook that fails is kept
-there as `*.failed.ipynb` next to the last good one, which it never replaces.
+there as `*.failed.ipynb` next to the last good one, which it never replaces. Each
+kernel's own messages (not its cells' output, which is in the notebook) go to
+`*.kernel.log` beside it.
 """
 
 from __future__ import annotations
@@ -84,6 +86,20 @@ def _keep_failed(partial: Path, failed: Path) -> Path | None:
     return failed
 
 
+def kernel_manager_logging_to(log: Path):
+    """A kernel manager whose kernel writes its own stderr (ipykernel's start-up warnings, a C library's
+    message as it exits) to `log`, not over the pipeline's console: cells' output still goes to the notebook."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    class KernelLoggingToFile(AsyncKernelManager):
+        async def start_kernel(self, **kw: Any) -> None:
+            with open(log, "ab") as fh:  # the kernel gets its own copy of the descriptor
+                kw.setdefault("stderr", fh)
+                await super().start_kernel(**kw)
+
+    return KernelLoggingToFile
+
+
 def run_notebooks(
     run_dir: str | os.PathLike,
     profile: str = "auto",
@@ -96,6 +112,7 @@ def run_notebooks(
 ) -> dict[str, float]:
     """Execute the notebooks in order; returns seconds per stage. A stage that fails raises StageFailed."""
     import papermill as pm
+    from nbclient.exceptions import DeadKernelError
 
     from r1helpers.core.kaggle_paths import resolve_run_dir
     from r1helpers.core.runs import Run, write_json_atomic
@@ -129,16 +146,24 @@ def run_notebooks(
         src = notebooks_dir() / NOTEBOOKS[stage]
         final = run.notebooks_dir / NOTEBOOKS[stage]
         partial = final.with_suffix(".running.ipynb")
+        kernel_log = final.with_suffix(".kernel.log")
         print(f"== {stage}: {src.name}", flush=True)
         t0 = time.perf_counter()
         try:
             pm.execute_notebook(
                 str(src), str(partial), parameters=params, cwd=str(notebooks_dir()), kernel_name=kernel_name,
-                log_output=log_output, progress_bar=False,
+                log_output=log_output, progress_bar=False, kernel_manager_class=kernel_manager_logging_to(kernel_log),
             )
         except pm.PapermillExecutionError as e:
             kept = _keep_failed(partial, final.with_suffix(".failed.ipynb"))
             raise StageFailed(failure_paragraph(stage, e.ename, e.evalue, kept)) from None
+        except DeadKernelError as e:  # killed (out of host memory) or crashed in native code
+            kept = _keep_failed(partial, final.with_suffix(".failed.ipynb"))
+            raise StageFailed(
+                f"Stage {stage} stopped: its kernel died ({' '.join(str(e).split())[:300]}). The system may have "
+                f"killed it for lack of memory, or native code crashed; the kernel's own messages are in "
+                f"{kernel_log}. Lower the batch or row count, then run the same command again: finished stages "
+                f"are reused." + (f" The executed notebook is {kept}." if kept else "")) from None
         except OSError as e:  # papermill could not save the notebook (a full disk, a read-only folder)
             kept = _keep_failed(partial, final.with_suffix(".failed.ipynb"))
             raise StageFailed(failure_paragraph(stage, type(e).__name__, str(e), kept)) from None
