@@ -49,12 +49,17 @@ OWN_ERRORS = ("ConfigError", "DataError", "ModelError", "RunFolderConflict", "Ru
               "ExportCheckError", "DistributedError", "MergeError")
 
 
-def failure_paragraph(stage: str, ename: str, evalue: str, notebook: Path | None) -> str:
+def failure_paragraph(stage: str, ename: str, evalue: str, notebook: Path | None,
+                      kernel_log: Path | None = None) -> str:
     """One paragraph for a stage that stopped: the project's own message, or what the error means."""
     where = f" The executed notebook, with the full traceback, is {notebook}." if notebook else ""
     text = " ".join(str(evalue).split())
     if ename in OWN_ERRORS:
         return f"Stage {stage} stopped: {text}{where}"
+    if ename == "DeadKernelError":  # killed (out of host memory) or crashed in native code
+        return (f"Stage {stage} stopped: its kernel died ({text[:300]}). The system may have killed it for lack of "
+                f"memory, or native code crashed; the kernel's own messages are in {kernel_log}. Lower the batch "
+                f"or row count, then run the same command again: finished stages are reused.{where}")
     if ename in ("OSError", "PermissionError") and ("No space left" in text or "Errno 28" in text):
         return (f"Stage {stage} stopped: the disk is full ({text}). Free space on the disk that holds the run "
                 f"folder (or point export.output_dir at a larger one) and run the same command again: finished "
@@ -154,19 +159,12 @@ def run_notebooks(
                 str(src), str(partial), parameters=params, cwd=str(notebooks_dir()), kernel_name=kernel_name,
                 log_output=log_output, progress_bar=False, kernel_manager_class=kernel_manager_logging_to(kernel_log),
             )
-        except pm.PapermillExecutionError as e:
+        # A cell's error; a kernel that died; papermill unable to save the notebook (a full disk, a read-only folder).
+        except (pm.PapermillExecutionError, DeadKernelError, OSError) as e:
+            cell_error = isinstance(e, pm.PapermillExecutionError)
+            ename, evalue = (e.ename, e.evalue) if cell_error else (type(e).__name__, str(e))
             kept = _keep_failed(partial, final.with_suffix(".failed.ipynb"))
-            raise StageFailed(failure_paragraph(stage, e.ename, e.evalue, kept)) from None
-        except DeadKernelError as e:  # killed (out of host memory) or crashed in native code
-            kept = _keep_failed(partial, final.with_suffix(".failed.ipynb"))
-            raise StageFailed(
-                f"Stage {stage} stopped: its kernel died ({' '.join(str(e).split())[:300]}). The system may have "
-                f"killed it for lack of memory, or native code crashed; the kernel's own messages are in "
-                f"{kernel_log}. Lower the batch or row count, then run the same command again: finished stages "
-                f"are reused." + (f" The executed notebook is {kept}." if kept else "")) from None
-        except OSError as e:  # papermill could not save the notebook (a full disk, a read-only folder)
-            kept = _keep_failed(partial, final.with_suffix(".failed.ipynb"))
-            raise StageFailed(failure_paragraph(stage, type(e).__name__, str(e), kept)) from None
+            raise StageFailed(failure_paragraph(stage, ename, evalue, kept, kernel_log)) from None
         os.replace(partial, final)
         timings[stage] = round(time.perf_counter() - t0, 1)
         print(f"== {stage} done in {timings[stage]} s", flush=True)

@@ -41,3 +41,12 @@ def tokenizer(tiny_model_dir, cpu_cfg):
     from r1helpers.modeling.load import load_tokenizer
 
     return load_tokenizer(cpu_cfg.model.name)
+
+
+@pytest.fixture
+def pipeline_env(monkeypatch):
+    """The variables `pipeline.run_notebooks` sets for its kernels, restored (or removed) after the test."""
+    for name, value in (("R1HELPERS_HEADLESS", "1"), ("HF_DATASETS_DISABLE_PROGRESS_BARS", "1"),
+                        ("HF_HUB_DISABLE_PROGRESS_BARS", "1"),
+                        ("MPLBACKEND", "module://matplotlib_inline.backend_inline")):
+        monkeypatch.setenv(name, os.environ.get(name, value))

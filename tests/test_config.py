@@ -84,14 +84,11 @@ def test_fingerprint_changes_with_settings():
 
 
 @pytest.fixture
-def pipeline_calls(monkeypatch):
+def pipeline_calls(monkeypatch, pipeline_env):
     """`pipeline.main` with papermill replaced by a recorder: nothing is executed, no kernel starts.
     The variables the pipeline sets for its kernels are restored afterwards."""
     import papermill
 
-    for name in ("R1HELPERS_HEADLESS", "HF_DATASETS_DISABLE_PROGRESS_BARS", "HF_HUB_DISABLE_PROGRESS_BARS",
-                 "MPLBACKEND"):
-        monkeypatch.setenv(name, os.environ.get(name, "x"))  # restored even when the pipeline sets it
     calls = []
 
     def record(src, out, **kwargs):

@@ -137,18 +137,13 @@ def test_a_stage_failure_ends_with_one_paragraph_and_keeps_the_notebook(tmp_path
     assert "[IPKernelApp]" in (run_dir / "notebooks" / "02_data_preparation.kernel.log").read_text()
 
 
-def test_a_dead_kernel_ends_with_one_paragraph_naming_its_log(tmp_path, monkeypatch):
+def test_a_dead_kernel_ends_with_one_paragraph_naming_its_log(tmp_path, monkeypatch, pipeline_env):
     """A kernel killed mid-cell (the system's out-of-memory killer, a crash in native code) was a
     traceback from nbclient; now it is the stage's paragraph, pointing at the kernel's own log."""
     import nbformat
 
     from r1helpers import pipeline
 
-    # The values the pipeline gives its kernels, set here so that they are restored (or removed) afterwards.
-    for name, value in (("R1HELPERS_HEADLESS", "1"), ("HF_DATASETS_DISABLE_PROGRESS_BARS", "1"),
-                        ("HF_HUB_DISABLE_PROGRESS_BARS", "1"),
-                        ("MPLBACKEND", "module://matplotlib_inline.backend_inline")):
-        monkeypatch.setenv(name, os.environ.get(name, value))
     nb = nbformat.v4.new_notebook()
     params = nbformat.v4.new_code_cell("run_dir = profile = config_file = overwrite = None\noverrides = {}")
     params.metadata["tags"] = ["parameters"]
