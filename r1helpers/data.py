@@ -453,7 +453,7 @@ def length_stats(lengths: list[int], max_len: int) -> dict[str, Any]:
 
 
 def summary(stats: dict[str, Any]) -> dict[str, Any]:
-    """The numbers a reader checks after preparation, from the statistics `workflow.steps.build` records."""
+    """The numbers a reader checks after preparation, from the statistics `workflow.data_stage.build` records."""
     raw, train = stats["raw"], stats["token_lengths"]["train"]
     return {
         "rows trained": stats["counts"]["train"],

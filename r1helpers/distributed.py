@@ -93,7 +93,7 @@ def launch_training(cfg_or_run_dir: Config | str | os.PathLike, run=None, nproc:
     processes' output line by line as it comes; raise DistributedError with its end on failure.
 
     Pass a Config and its Run (a notebook), or a run folder whose config.yaml `r1helpers.start`
-    wrote. Afterwards `steps.load_result(run)` reads what rank 0 saved.
+    wrote. Afterwards `train_stage.load_result(run)` reads what rank 0 saved.
     """
     from r1helpers.core import config as config_mod
     from r1helpers.core.runs import Run
@@ -143,15 +143,15 @@ def launch_training(cfg_or_run_dir: Config | str | os.PathLike, run=None, nproc:
 
 def train_with(cfg: Config, run, prepared, processes: int):
     """Stage 03 with `processes` resolved: in this process for 1, else under torchrun."""
-    from r1helpers.workflow import steps
+    from r1helpers.workflow import train_stage
 
     if processes == 1 or world_size() > 1:
-        return steps.ensure_trained(cfg, run, prepared)
+        return train_stage.ensure_trained(cfg, run, prepared)
     if run.is_current(cfg, "train"):
-        return steps.load_result(run)
+        return train_stage.load_result(run)
     print(f"DDP over {processes} processes: {DDP_BACKEND_NOTE}")
     launch_training(cfg, run, nproc=processes)
-    return steps.load_result(run)
+    return train_stage.load_result(run)
 
 
 def training_processes(cfg: Config) -> int:
@@ -161,7 +161,7 @@ def training_processes(cfg: Config) -> int:
 
 
 def ensure_trained_anywhere(cfg: Config, run, prepared):
-    """What notebook 03 calls: `steps.ensure_trained` here when train.processes is 1, otherwise
+    """What notebook 03 calls: `train_stage.ensure_trained` here when train.processes is 1, otherwise
     the same under DDP over train.processes GPUs (0: all visible ones). `cfg` is checked again
     first, so values assigned in a notebook cell are what trains."""
     from r1helpers.core.config import validate
@@ -172,12 +172,12 @@ def ensure_trained_anywhere(cfg: Config, run, prepared):
 
 def training_preview(cfg: Config, run, prepared) -> dict:
     """What ensure_trained_anywhere will pass to add_lora and SFTConfig, and the batch plan, before
-    any model loads (steps.training_preview with train.processes resolved)."""
+    any model loads (train_stage.training_preview with train.processes resolved)."""
     from r1helpers.core.config import validate
-    from r1helpers.workflow import steps
+    from r1helpers.workflow import train_stage
 
     cfg = validate(cfg)
-    return steps.training_preview(cfg, run, prepared, training_processes(cfg))
+    return train_stage.training_preview(cfg, run, prepared, training_processes(cfg))
 
 
 def _worker(run_dir: str, config_path: str) -> None:
@@ -185,7 +185,7 @@ def _worker(run_dir: str, config_path: str) -> None:
     import yaml
 
     from r1helpers.core import config as config_mod
-    from r1helpers.workflow import steps
+    from r1helpers.workflow import data_stage, train_stage
     from r1helpers.core.runs import Run
 
     cfg = config_mod.from_dict(yaml.safe_load(Path(config_path).read_text()))
@@ -194,8 +194,8 @@ def _worker(run_dir: str, config_path: str) -> None:
     try:
         print0(f"DDP: {world_size()} processes; {DDP_BACKEND_NOTE}")
         with main_first():
-            prepared = steps.prepare(cfg, run)
-        steps.ensure_trained(cfg, run, prepared)
+            prepared = data_stage.prepare(cfg, run)
+        train_stage.ensure_trained(cfg, run, prepared)
     finally:
         import torch.distributed as dist
 
@@ -216,14 +216,14 @@ def main(argv: list[str] | None = None) -> int:
         _worker(args.run_dir, args.resolved_config)
         return 0
     import r1helpers
-    from r1helpers.workflow import steps
+    from r1helpers.workflow import data_stage
     from r1helpers.workflow.cli import parse_sets
 
     try:
         cfg, run = r1helpers.start(args.run_dir, args.profile, parse_sets(args.set), args.config)
         processes = resolve_processes(args.nproc, visible_gpus())
         per_process(cfg, processes)
-        prepared = steps.prepare(cfg, run)
+        prepared = data_stage.prepare(cfg, run)
         result = train_with(cfg, run, prepared, processes)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)

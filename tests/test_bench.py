@@ -124,7 +124,7 @@ def test_plan_drops_checkpointing_and_caps_each_pass_at_what_fits():
 def test_plan_from_config_passes_the_config_values():
     """The orchestration's mapping: cfg.train / cfg.model values reach the planner unchanged."""
     from r1helpers.core.config import load_config
-    from r1helpers.workflow.steps import plan_from_config
+    from r1helpers.workflow.train_stage import plan_from_config
 
     cfg = load_config("seed", {"train.token_budget": 3000})
     assert plan_from_config(cfg, "unsloth", 79.2, dims=_dims(), base_gib=6.5) == _seed(
@@ -160,7 +160,7 @@ def test_trainer_checkpoints_only_where_the_plan_or_config_says(tmp_path):
 
     from r1helpers.core.config import load_config
     from r1helpers.training.plan import BatchPlan
-    from r1helpers.workflow.steps import sft_arguments_for
+    from r1helpers.workflow.train_stage import sft_arguments_for
 
     def args(cfg, plan):
         kw = sft_arguments_for(cfg, plan, tmp_path / "a" / "b", backend="transformers", dtype="float32",

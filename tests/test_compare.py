@@ -15,7 +15,8 @@ from r1helpers import data
 from r1helpers.evaluate import report
 from r1helpers.core.config import apply_overrides
 from r1helpers.core.runs import read_jsonl, Run
-from r1helpers.workflow import steps
+from r1helpers.inference import choose
+from r1helpers.workflow import compare_stage, data_stage, generate_stage, train_stage
 
 
 def words(text: str) -> int:
@@ -30,7 +31,7 @@ def cfg(cpu_cfg):
 @pytest.fixture(scope="module")
 def prepared_run(cfg, tokenizer, tmp_path_factory):
     run = Run.open(tmp_path_factory.mktemp("cmp") / "run")
-    return run, steps.prepare(cfg, run, tokenizer)
+    return run, data_stage.prepare(cfg, run, tokenizer)
 
 
 # ---- spans ------------------------------------------------------------------------------------
@@ -76,7 +77,7 @@ def _fake(cfg, nll_delta: float, mcq=None):
     c = cfg.compare
     return compare.build_comparison(nll, base, tuned, words, primary_metric=c.primary_metric,
                                     bootstrap_samples=c.bootstrap_samples, seed=c.seed,
-                                    settings=steps.comparison_settings(cfg), notes=["a note"],
+                                    settings=compare_stage.comparison_settings(cfg), notes=["a note"],
                                     log_history=[{"step": 1, "loss": 3.0}, {"step": 1, "eval_loss": 2.9}],
                                     **({} if mcq is None else {"mcq_rows": mcq[0], "mcq_answers": mcq[1]}))
 
@@ -193,9 +194,9 @@ def test_generations_with_different_decoding_are_refused(cfg, tmp_path):
     run.write_manifest(cfg, "baseline")
     run.write_manifest(apply_overrides(cfg, {"infer.seed": 1}), "finetuned")
     with pytest.raises(ValueError, match="different infer settings"):
-        steps.check_same_decoding(run)
+        compare_stage.check_same_decoding(run)
     run.write_manifest(cfg, "finetuned")
-    steps.check_same_decoding(run)
+    compare_stage.check_same_decoding(run)
 
 
 def test_mismatched_question_sets_are_refused(cfg):
@@ -281,7 +282,7 @@ def test_semantic_similarity_of_identical_disjoint_and_empty_answers(cfg):
 # ---- real models ----------------------------------------------------------------------------------
 
 def _same_generations(prepared, cfg):
-    rows = steps.eval_questions(prepared, cfg.infer.num_eval_questions)
+    rows = data_stage.eval_questions(prepared, cfg.infer.num_eval_questions)
     return [{**r, "generated": "reasoning", "reasoning": "reasoning", "answer": "", "think_closed": False,
              "finished": False, "new_tokens": cfg.infer.max_new_tokens} for r in rows]
 
@@ -289,9 +290,9 @@ def _same_generations(prepared, cfg):
 def test_zero_step_adapter_shows_no_significant_change(cfg, prepared_run, tmp_path):
     run, prepared = prepared_run
     adapter = tmp_path / "zero-step-adapter"
-    steps.with_lora(cfg, steps.load_base_for(cfg)).model.save_pretrained(str(adapter))
+    train_stage.with_lora(cfg, choose.load_base_for(cfg)).model.save_pretrained(str(adapter))
     gens = _same_generations(prepared, cfg)
-    result = steps.compare(cfg, run, prepared, gens, gens, adapter_dir=adapter)
+    result = compare_stage.compare(cfg, run, prepared, gens, gens, adapter_dir=adapter)
     for key in ("cot_nll", "answer_nll", "completion_nll"):
         m = _metric(result, key)
         assert m["n"] == len(prepared.eval) and m["delta"] == 0.0 and m["verdict"] == "no significant change"
@@ -301,33 +302,33 @@ def test_zero_step_adapter_shows_no_significant_change(cfg, prepared_run, tmp_pa
     items = result["accuracy"]["items"]
     assert all(it["base"]["generated"] == it["tuned"]["generated"] for it in items)
     assert result["verdict"] == "no evidence of better answers"
-    assert "Verdict: no evidence of better answers." in steps.report_path(run).read_text()
+    assert "Verdict: no evidence of better answers." in compare_stage.report_path(run).read_text()
     assert not run.is_current(cfg, "compare"), "a foreign adapter never marks the stage current"
 
 
 @pytest.fixture(scope="module")
 def trained_comparison(cfg, prepared_run):
     run, prepared = prepared_run
-    baseline = steps.baseline(cfg, run, prepared)
-    model = steps.FinetunedModel(cfg, run, prepared)
-    tuned = steps.finetuned(cfg, run, prepared, loaded=model, force=True)
-    result = steps.compare(cfg, run, prepared, baseline, tuned, force=True, loaded=model)
+    baseline = generate_stage.baseline(cfg, run, prepared)
+    model = generate_stage.FinetunedModel(cfg, run, prepared)
+    tuned = generate_stage.finetuned(cfg, run, prepared, loaded=model, force=True)
+    result = compare_stage.compare(cfg, run, prepared, baseline, tuned, force=True, loaded=model)
     assert model.loads == 1, "generation and teacher-forced NLL share one loaded model"
     return run, result
 
 
 def test_reused_outputs_load_no_model(cfg, prepared_run, trained_comparison):
     run, prepared = prepared_run
-    model = steps.FinetunedModel(cfg, run, prepared)
-    tuned = steps.finetuned(cfg, run, prepared, loaded=model)
-    steps.compare(cfg, run, prepared, steps.baseline(cfg, run, prepared), tuned, loaded=model)
+    model = generate_stage.FinetunedModel(cfg, run, prepared)
+    tuned = generate_stage.finetuned(cfg, run, prepared, loaded=model)
+    compare_stage.compare(cfg, run, prepared, generate_stage.baseline(cfg, run, prepared), tuned, loaded=model)
     assert model.loads == 0
-    used = steps.decoding_used(run)
+    used = compare_stage.decoding_used(run)
     assert used["baseline"] == used["finetuned"] and used["baseline"]["max_new_tokens"] == cfg.infer.max_new_tokens
 
 
 def test_trained_tiny_model_fits_better_but_is_not_called_helped(cfg, trained_comparison):
-    """End to end through steps.compare with the bundled MCQ sample: NLL falls, accuracy does not rise."""
+    """End to end through compare_stage.compare with the bundled MCQ sample: NLL falls, accuracy does not rise."""
     run, result = trained_comparison
     for key in ("cot_nll", "answer_nll", "completion_nll"):
         m = _metric(result, key)
@@ -346,14 +347,14 @@ def test_trained_tiny_model_fits_better_but_is_not_called_helped(cfg, trained_co
     assert "correctness not improved" in result["headline"]
     saved = json.loads((run.stage_dir("compare") / "comparison.json").read_text())
     assert saved["verdict"] == "no evidence of better answers" and saved["findings"]["fit"]["answer"]
-    page = steps.report_path(run).read_text()
+    page = compare_stage.report_path(run).read_text()
     assert "Verdict: no evidence of better answers." in page and page.count("data:image/png;base64,") == 5
     assert_self_contained(page)
     assert any(n.startswith("semantic similarity") for n in result["notes"])
     assert any(n.startswith("multiple-choice: 24 questions") for n in result["notes"])
     assert any("eval_loss" in r for r in result["log_history"]), "held-out loss logged during training"
     assert run.is_current(cfg, "compare")
-    again = steps.compare(cfg, run, None, [], [])
+    again = compare_stage.compare(cfg, run, None, [], [])
     assert again["headline"] == result["headline"], "a current comparison is reused"
 
 
@@ -365,8 +366,8 @@ def test_comparison_grades_the_letters_generated_in_stages_01_and_04(cfg, prepar
 
     run, prepared = prepared_run
     monkeypatch.setattr(gen, "generate", lambda *a, **k: pytest.fail("the comparison generated again"))
-    result = steps.compare(cfg, run, prepared, steps.baseline(cfg, run, prepared),
-                           steps.finetuned(cfg, run, prepared), force=True)
+    result = compare_stage.compare(cfg, run, prepared, generate_stage.baseline(cfg, run, prepared),
+                           generate_stage.finetuned(cfg, run, prepared), force=True)
     items = result["accuracy"]["items"]
     for side, stage in (("base", "baseline"), ("tuned", "finetuned")):
         made = {r["id"]: r for r in read_jsonl(run.path(f"{stage}_mcq"))}

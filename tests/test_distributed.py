@@ -224,11 +224,11 @@ def test_launch_streams_lines_and_fails_with_their_tail(tmp_path, monkeypatch):
 
 
 def test_notebook_trains_here_for_one_process_and_launches_for_more(tmp_path, monkeypatch):
-    from r1helpers.workflow import steps
+    from r1helpers.workflow import train_stage
 
     calls = []
-    monkeypatch.setattr(steps, "ensure_trained", lambda cfg, run, prepared: calls.append("here") or "here")
-    monkeypatch.setattr(steps, "load_result", lambda run: "from the run folder")
+    monkeypatch.setattr(train_stage, "ensure_trained", lambda cfg, run, prepared: calls.append("here") or "here")
+    monkeypatch.setattr(train_stage, "load_result", lambda run: "from the run folder")
     monkeypatch.setattr(distributed, "launch_training", lambda cfg, run, nproc: calls.append(f"launch {nproc}"))
     run = Run.open(tmp_path / "run")
     assert distributed.ensure_trained_anywhere(load_config("cpu"), run, None) == "here"
@@ -242,7 +242,7 @@ def test_rank_zero_alone_is_main(monkeypatch):
     assert not ddp.is_main_process({"RANK": "1", "WORLD_SIZE": "2"})
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
-    from r1helpers.workflow.steps import wandb_setup
+    from r1helpers.workflow.train_stage import wandb_setup
 
     assert wandb_setup(load_config("cpu", {"train.wandb": "offline"}), None)[0] == []
 
@@ -353,7 +353,7 @@ def test_two_processes_match_one_with_the_same_effective_batch(runs):
 
     saved = load_file(str(two_run / "train" / "adapter" / "adapter_model.safetensors"))
     assert _max_rel_diff({k: saved[k] for k in ddp}, ddp) == 0.0
-    from r1helpers.workflow.steps import load_result
+    from r1helpers.workflow.train_stage import load_result
 
     result = load_result(Run.open(two_run))
     assert result.metrics["processes"] == 2 and result.metrics["backend"] == "transformers"

@@ -25,7 +25,7 @@ from r1helpers.workflow import hub as workflow_hub
 from r1helpers.core import prompts
 from r1helpers.core.config import apply_overrides
 from r1helpers.core.runs import Run, write_json_atomic
-from r1helpers.workflow import steps
+from r1helpers.workflow import data_stage, train_stage
 
 HEADLINE = "Fine-tuning helped: completion NLL on 16 held-out questions went from 2.5000 to 2.3000 (test)."
 
@@ -38,7 +38,8 @@ def cfg(cpu_cfg):
 def _adapter(cfg, folder: Path) -> Path:
     import torch
 
-    from r1helpers.workflow.steps import load_base_for, with_lora
+    from r1helpers.inference.choose import load_base_for
+    from r1helpers.workflow.train_stage import with_lora
 
     model = with_lora(cfg, load_base_for(cfg)).model
     torch.manual_seed(0)
@@ -63,13 +64,13 @@ def _comparison(run: Run) -> None:
 def exported(cfg, tokenizer, tmp_path_factory):
     root = tmp_path_factory.mktemp("export")
     run = Run.open(root / "run")
-    prepared = steps.prepare(cfg, run, tokenizer)
+    prepared = data_stage.prepare(cfg, run, tokenizer)
     adapter = _adapter(cfg, root / "adapter")
     _comparison(run)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(steps, "ensure_trained", lambda *a, **k: steps.TrainResult(adapter, [], {}))
+        mp.setattr(train_stage, "ensure_trained", lambda *a, **k: train_stage.TrainResult(adapter, [], {}))
         record = export.export(cfg, run, force=True)
-    question = steps.eval_questions(prepared, 1)[0]["question"]
+    question = data_stage.eval_questions(prepared, 1)[0]["question"]
     return SimpleNamespace(run=run, record=record, adapter=adapter, out=run.stage_dir("export"),
                            prompt=prompts.encode_prompt(tokenizer, question), question=question,
                            probe_prompts=export.probe_prompts(cfg, prepared, tokenizer))
@@ -390,7 +391,7 @@ def test_export_refuses_before_writing_when_free_space_is_too_small(exported, cf
     out = tmp_path / "big-export"
     elsewhere = apply_overrides(cfg, {"export.output_dir": str(out)})
     before = (exported.out / "exported.json").read_text()
-    monkeypatch.setattr(steps, "ensure_trained", lambda *a, **k: steps.TrainResult(exported.adapter, [], {}))
+    monkeypatch.setattr(train_stage, "ensure_trained", lambda *a, **k: train_stage.TrainResult(exported.adapter, [], {}))
     monkeypatch.setattr(space, "free_bytes", lambda path: 10 * 2**20)
     with pytest.raises(export.ExportSpaceError, match=r"export refused: it needs about .* GB in .* only 0\.0 GB "
                                                       r"is free there\. Nothing was written"):
@@ -411,7 +412,7 @@ def test_space_plan_counts_every_file_the_export_writes(exported):
 # ---- nothing half-made is reused, nothing orphaned is kept (issue 13), the merge keeps the adapter (issue 14) ----
 
 def _reexport(cfg, run, adapter, monkeypatch, **kw):
-    monkeypatch.setattr(steps, "ensure_trained", lambda *a, **k: steps.TrainResult(adapter, [], {}))
+    monkeypatch.setattr(train_stage, "ensure_trained", lambda *a, **k: train_stage.TrainResult(adapter, [], {}))
     return export.export(cfg, run, **kw)
 
 
@@ -503,7 +504,7 @@ def _context(exported, cfg):
     from r1helpers.export import checks as ec
 
     tok = export.export_tokenizer(cfg)
-    prepared = steps.prepare(cfg, exported.run)
+    prepared = data_stage.prepare(cfg, exported.run)
     ids, texts = export.probe_prompts(cfg, prepared, tok)
     out = exported.out.parent / "ctx-export"
     out.mkdir(exist_ok=True)

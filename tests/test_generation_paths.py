@@ -17,7 +17,8 @@ from r1helpers.inference import paths
 from r1helpers.inference.generate import generate, plan_for_model
 from r1helpers.inference.paths import choose_generation_path, fallback_path
 from r1helpers.modeling import load
-from r1helpers.workflow import steps
+from r1helpers.inference import choose
+from r1helpers.workflow import compare_stage, data_stage, generate_stage
 
 KV_ROW_8B = 128 * 1024 * 1400 / 2**30  # one row of the 8B's cache at 200 + 1200 tokens, ~0.17 GiB
 W16_8B = 15.0
@@ -188,12 +189,12 @@ def small_cfg():
 @pytest.fixture(scope="module")
 def prepared_run(tmp_path_factory, tiny_model_dir, tokenizer, small_cfg):
     run = Run.open(tmp_path_factory.mktemp("paths") / "run")
-    return run, steps.prepare(small_cfg, run, tokenizer)
+    return run, data_stage.prepare(small_cfg, run, tokenizer)
 
 
 def test_baseline_records_the_path_and_the_plan(small_cfg, prepared_run, capsys):
     run, prepared = prepared_run
-    records = steps.baseline(small_cfg, run, prepared, force=True)
+    records = generate_stage.baseline(small_cfg, run, prepared, force=True)
     m = run.read_manifest("baseline")
     # The example and 4 held-out questions, and the 3 multiple-choice questions answered in the same batch.
     assert len(records) == 5 and m["mcq_questions"] == 3
@@ -203,13 +204,13 @@ def test_baseline_records_the_path_and_the_plan(small_cfg, prepared_run, capsys)
     assert g["device"] == "cpu" and g["weights"] == "float32" and "No GPU" in g["plan"]["reason"]
     assert g["stats"]["batches"] == [8]
     mcq = read_jsonl(run.path("baseline_mcq"))
-    assert [r["id"] for r in mcq] == [r["id"] for r in steps.mcq_rows(small_cfg)]
+    assert [r["id"] for r in mcq] == [r["id"] for r in generate_stage.mcq_rows(small_cfg)]
     assert all(r["new_tokens"] >= 1 and isinstance(r["generated"], str) for r in mcq)
     assert str(run.path("baseline_mcq")) in m["must_exist"]
     out = capsys.readouterr().out
     assert "baseline: generation path dynamic" in out
     assert "baseline: batch 8 for 8 questions (5 held-out, 3 multiple-choice)" in out
-    assert steps.decoding_used(run)["baseline"]["generation_path"] == "dynamic"
+    assert compare_stage.decoding_used(run)["baseline"]["generation_path"] == "dynamic"
 
 
 def test_finetuned_follows_the_baseline_path(small_cfg, prepared_run):
@@ -219,11 +220,11 @@ def test_finetuned_follows_the_baseline_path(small_cfg, prepared_run):
     write_jsonl_atomic(run.path("baseline"), [{"id": "x"}])
     run.write_manifest(small_cfg, "baseline", generation_path="static_16bit",
                        generation={**static.record(), "device": "cpu"})
-    followed = steps.generation_path(small_cfg, run, "finetuned")
+    followed = choose.generation_path(small_cfg, run, "finetuned")
     assert followed.path == "static_16bit" and "the path baseline took" in followed.reason
-    assert steps.generation_path(small_cfg, run, "baseline").path == "dynamic", "auto decides afresh for itself"
+    assert choose.generation_path(small_cfg, run, "baseline").path == "dynamic", "auto decides afresh for itself"
     forced = load_config("cpu", {**{"infer.path": "dynamic"}})
-    assert steps.generation_path(forced, run, "finetuned").path == "dynamic"
+    assert choose.generation_path(forced, run, "finetuned").path == "dynamic"
 
 
 def test_a_failing_static_path_falls_back_with_the_reason(small_cfg, prepared_run, capsys):
@@ -231,9 +232,9 @@ def test_a_failing_static_path_falls_back_with_the_reason(small_cfg, prepared_ru
     cfg = load_config("cpu", {"infer.path": "static_16bit", "infer.max_new_tokens": 6, "infer.num_eval_questions": 4,
                               "data.train_rows": 8, "data.eval_rows": 4, "model.max_seq_length": 256,
                               "data.overlong": "truncate", "compare.mcq_rows": 3})
-    path = steps.generation_path(cfg, run, "baseline")
+    path = choose.generation_path(cfg, run, "baseline")
     assert path.path == "static_16bit"
-    loaded, path = steps.load_for_generation(cfg, path)
+    loaded, path = choose.load_for_generation(cfg, path)
     real = loaded.model.generate
     calls = []
 
@@ -244,7 +245,7 @@ def test_a_failing_static_path_falls_back_with_the_reason(small_cfg, prepared_ru
         return real(**kwargs)
 
     loaded.model.generate = no_static
-    records = steps.baseline(cfg, run, prepared, loaded=loaded, force=True)
+    records = generate_stage.baseline(cfg, run, prepared, loaded=loaded, force=True)
     m = run.read_manifest("baseline")
     assert len(records) == 5 and calls == ["static", None]
     assert m["generation_path"] == "dynamic" and m["generation"]["weights"] == "float32"
@@ -257,12 +258,12 @@ def test_static_baseline_is_the_base_model_through_a_zero_adapter(small_cfg, pre
     """The static path generates through a LoRA with B = 0: the base model's answers, and the model passed in
     comes back without adapter layers."""
     run, prepared = prepared_run
-    dynamic = steps.baseline(small_cfg, run, prepared, force=True)
+    dynamic = generate_stage.baseline(small_cfg, run, prepared, force=True)
     cfg = load_config("cpu", {"infer.path": "static_16bit", "infer.max_new_tokens": 6, "infer.num_eval_questions": 4,
                               "data.train_rows": 8, "data.eval_rows": 4, "model.max_seq_length": 256,
                               "data.overlong": "truncate"})
-    loaded, path = steps.load_for_generation(cfg, steps.generation_path(cfg, run, "baseline"))
-    static = steps.baseline(cfg, run, prepared, loaded=loaded, force=True)
+    loaded, path = choose.load_for_generation(cfg, choose.generation_path(cfg, run, "baseline"))
+    static = generate_stage.baseline(cfg, run, prepared, loaded=loaded, force=True)
     m = run.read_manifest("baseline")
     assert m["generation_path"] == "static_16bit" and m["generation"]["model_class"] == "PeftModelForCausalLM"
     assert [r["generated"] for r in static] == [r["generated"] for r in dynamic]
@@ -275,9 +276,9 @@ def test_different_paths_are_refused(small_cfg, tmp_path):
     run.write_manifest(small_cfg, "baseline", generation_path="static_16bit", generation={"weights": "bfloat16"})
     run.write_manifest(small_cfg, "finetuned", generation_path=rec.path, generation={"weights": rec.weights})
     with pytest.raises(ValueError, match="different generation paths"):
-        steps.check_same_decoding(run)
+        compare_stage.check_same_decoding(run)
     run.write_manifest(small_cfg, "baseline", generation_path=rec.path, generation={"weights": rec.weights})
-    steps.check_same_decoding(run)
+    compare_stage.check_same_decoding(run)
 
 
 def test_grouped_decode_attention_gives_sdpas_answers(lora_model):
@@ -324,16 +325,16 @@ def test_infer_attention_reaches_the_model_however_it_was_loaded(prepared_run):
     run, prepared = prepared_run
     for setting, want in (("grouped_decode", attention.NAME), ("sdpa", "sdpa"), ("grouped_decode", attention.NAME)):
         cfg = load_config("cpu", {**SMALL, "infer.attention": setting})
-        path = steps.generation_path(cfg, run, "baseline")
+        path = choose.generation_path(cfg, run, "baseline")
         loaded = load.for_inference(load.load_base(cfg.model.name, max_seq_length=cfg.model.max_seq_length,
                                                    load_in_4bit=path.load_in_4bit, dtype=path.dtype,
                                                    backend=path.backend, pad_token=cfg.model.pad_token))
         assert loaded.model.config._attn_implementation == "sdpa"  # as loaded
-        steps.baseline(cfg, run, prepared, loaded=loaded, force=True)
+        generate_stage.baseline(cfg, run, prepared, loaded=loaded, force=True)
         assert run.read_manifest("baseline")["generation"]["attention"] == want
         assert loaded.model.config._attn_implementation == want
-        tuned, _ = steps.load_for_generation(cfg, path)
-        assert steps.set_up_decoding(cfg, tuned, path)["attention"] == want
+        tuned, _ = choose.load_for_generation(cfg, path)
+        assert choose.set_up_decoding(cfg, tuned, path)["attention"] == want
     with pytest.raises(Exception, match="infer.attention"):
         load_config("cpu", {"infer.attention": "flash"})
 
@@ -345,9 +346,9 @@ def test_different_attention_is_refused(small_cfg, tmp_path):
     run.write_manifest(small_cfg, "finetuned", generation_path="static_16bit",
                        generation={**gen, "attention": "sdpa_grouped_decode"})
     with pytest.raises(ValueError, match="attention sdpa; fine-tuned: static_16bit, bfloat16, attention sdpa_grouped"):
-        steps.check_same_decoding(run)
+        compare_stage.check_same_decoding(run)
     run.write_manifest(small_cfg, "finetuned", generation_path="static_16bit", generation=gen)
-    steps.check_same_decoding(run)
+    compare_stage.check_same_decoding(run)
 
 
 # ---- which notebooks import Unsloth ------------------------------------------------------------------
@@ -383,9 +384,9 @@ def test_start_imports_unsloth_only_in_the_notebooks_that_load_through_it(monkey
 
     gpu = GPU("NVIDIA H200" if gpu_gib > 100 else "Tesla T4", (9, 0) if gpu_gib > 100 else (7, 5), gpu_gib)
     monkeypatch.setattr(hardware, "detect_hardware", lambda: Hardware("cuda", [gpu]))
-    monkeypatch.setattr(steps, "gpu_memory", lambda cap=None, exclude_own=False: GPUMemory(gpu_gib, 0.5, False))
+    monkeypatch.setattr(choose, "gpu_memory", lambda cap=None, exclude_own=False: GPUMemory(gpu_gib, 0.5, False))
     imported = []
-    monkeypatch.setattr(steps, "unsloth_importable", lambda: imported.append("generation_path") or (True, "imported"))
+    monkeypatch.setattr(choose, "unsloth_importable", lambda: imported.append("generation_path") or (True, "imported"))
     cfg = load_config("seed", {"model.name": str(shapes_8b)})
     run = Run.open(tmp_path / "run")
     got = {stage: session.imports_unsloth(cfg, run, stage) for stage in imports}
@@ -401,8 +402,8 @@ def test_generation_path_is_decided_before_transformers_is_imported(shapes_8b, t
     import subprocess
     import sys
 
-    code = ("import sys; from r1helpers.core.config import load_config; from r1helpers.workflow import steps\n"
-            f"p = steps.generation_path(load_config('seed', {{'model.name': {str(shapes_8b)!r}}}))\n"
+    code = ("import sys; from r1helpers.core.config import load_config; from r1helpers.inference import choose\n"
+            f"p = choose.generation_path(load_config('seed', {{'model.name': {str(shapes_8b)!r}}}))\n"
             "from r1helpers.modeling.local import model_dims\n"
             f"d = model_dims({str(shapes_8b)!r})\n"
             "print(p.path, d.num_key_value_heads, 'transformers' in sys.modules)")
@@ -451,9 +452,9 @@ def test_static_path_runs_the_adapter_in_the_weights_type(small_cfg, tiny_model_
 
     adapter = build_adapter(tiny_model_dir, tmp_path / "adapter")
     path = GenerationPath("static_16bit", "test", "transformers", False, "bfloat16")
-    loaded, _ = steps.load_for_generation(small_cfg, path, adapter)
+    loaded, _ = choose.load_for_generation(small_cfg, path, adapter)
     assert {p.dtype for n, p in loaded.model.named_parameters() if "lora_" in n} == {torch.float32}  # peft's
-    done = steps.set_up_decoding(small_cfg, loaded, path)
+    done = choose.set_up_decoding(small_cfg, loaded, path)
     assert done["adapter_weights"] == "bfloat16" and done["adapter_tensors_cast"] > 0
     lora = {n: p for n, p in loaded.model.named_parameters() if "lora_" in n}
     layers = loaded.model.get_base_model().config.num_hidden_layers
@@ -465,9 +466,9 @@ def test_static_path_runs_the_adapter_in_the_weights_type(small_cfg, tiny_model_
     here = next(p for n, p in lora.items() if n.replace(".default", "").endswith(name.split("base_model.model.")[-1]))
     torch.testing.assert_close(here.float(), tensor.float(), atol=0, rtol=2**-7)
 
-    base, _ = steps.load_for_generation(small_cfg, path)
-    wrapped, unload = steps.zero_adapter(small_cfg, base, path)
-    steps.set_up_decoding(small_cfg, wrapped, path)
+    base, _ = choose.load_for_generation(small_cfg, path)
+    wrapped, unload = choose.zero_adapter(small_cfg, base, path)
+    choose.set_up_decoding(small_cfg, wrapped, path)
     zero = [p for n, p in wrapped.model.named_parameters() if "lora_" in n]
     assert zero and {p.dtype for p in zero} == {torch.bfloat16}
     unload()
@@ -534,18 +535,18 @@ def test_compile_layers_once_traces_one_layer_and_keeps_the_tokens(lora_model):
     off = load_config("cpu", {**SMALL, "infer.compile_layers_once": False})
     on = load_config("cpu", {**SMALL, "infer.compile_layers_once": True})
     try:
-        assert steps.set_up_decoding(off, loaded, path)["layers_compiled_once"] == 0
+        assert choose.set_up_decoding(off, loaded, path)["layers_compiled_once"] == 0
         plain, whole, whole_counts = _traced_generate(model, tok)
         assert torch.equal(plain, whole)
         layers = inner.config.num_hidden_layers
-        assert steps.set_up_decoding(on, loaded, path)["layers_compiled_once"] == layers
+        assert choose.set_up_decoding(on, loaded, path)["layers_compiled_once"] == layers
         assert all("forward" in layer.__dict__ for layer in inner.model.layers)
         plain_once, once, once_counts = _traced_generate(model, tok)
         assert torch.equal(plain_once, plain) and torch.equal(once, plain)
         assert once_counts["stats"]["unique_graphs"] == 1 and not once_counts.get("graph_break")
         assert once_counts["stats"]["calls_captured"] < whole_counts["stats"]["calls_captured"]
     finally:
-        steps.set_up_decoding(off, loaded, path)
+        choose.set_up_decoding(off, loaded, path)
         inner.set_attn_implementation("sdpa")
     assert not any("forward" in layer.__dict__ for layer in inner.model.layers)
 

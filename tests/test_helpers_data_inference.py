@@ -112,7 +112,7 @@ def test_show_example_marks_the_boundary_and_ends_with_eos(tokenizer):
 
 def test_summary_counts_what_preparation_did(tokenizer):
     from r1helpers.core.config import load_config
-    from r1helpers.workflow.steps import build
+    from r1helpers.workflow.data_stage import build
 
     cfg = load_config("cpu", {"data.train_rows": 8, "data.eval_rows": 4, "model.max_seq_length": 700})
     dd, stats = build(cfg, tokenizer)

@@ -136,7 +136,7 @@ def rows():
 
 @pytest.fixture(scope="module")
 def tiny(cpu_cfg, tiny_model_dir):
-    from r1helpers.workflow.steps import load_base_for
+    from r1helpers.inference.choose import load_base_for
 
     return load_base_for(cpu_cfg)
 

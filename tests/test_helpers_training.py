@@ -201,15 +201,15 @@ def test_validate_rechecks_assignments():
 
 
 def test_a_changed_value_is_what_the_trainer_gets(tmp_path):
-    from r1helpers.workflow import steps
+    from r1helpers.workflow import train_stage
 
     cfg = load_config("cpu")
     cfg.train.max_steps, cfg.lora.r = 30, 4
-    plan = steps.plan_from_config(cfg, "transformers", None)
-    args = steps.sft_arguments_for(cfg, plan, tmp_path, backend="transformers", dtype="float32", on_gpu=False,
+    plan = train_stage.plan_from_config(cfg, "transformers", None)
+    args = train_stage.sft_arguments_for(cfg, plan, tmp_path, backend="transformers", dtype="float32", on_gpu=False,
                                    report_to=[], has_eval=True, run_name="r")
-    assert args["max_steps"] == 30 and steps.lora_arguments(cfg, plan)["r"] == 4
-    assert set(args) <= set(steps.SFT_ARGUMENT_SOURCES), "every argument says where it comes from"
+    assert args["max_steps"] == 30 and train_stage.lora_arguments(cfg, plan)["r"] == 4
+    assert set(args) <= set(train_stage.SFT_ARGUMENT_SOURCES), "every argument says where it comes from"
 
 
 def test_tables_show_the_values(cpu_cfg):
@@ -226,12 +226,12 @@ def test_tables_show_the_values(cpu_cfg):
 def test_runners_check_the_config_before_anything_loads(tmp_path):
     from r1helpers import distributed
     from r1helpers.core.runs import Run
-    from r1helpers.workflow import steps
+    from r1helpers.workflow import train_stage
 
     cfg, run = load_config("cpu"), Run.open(tmp_path / "run")
     cfg.train.learning_rate = 5.0
     with pytest.raises(ConfigError, match=r"train\.learning_rate"):
-        steps.ensure_trained(cfg, run, prepared=None)
+        train_stage.ensure_trained(cfg, run, prepared=None)
     with pytest.raises(ConfigError, match=r"train\.learning_rate"):
         distributed.ensure_trained_anywhere(cfg, run, prepared=None)
     assert not (run.root / "train").exists()
@@ -242,14 +242,14 @@ def test_preview_on_a_t4_trains_in_fp16_with_the_recipes_batch(tmp_path, monkeyp
     effective batch of 8, and checkpointing as the plan says (the tiny model's activations fit, so none)."""
     from r1helpers.core import hardware
     from r1helpers.core.runs import Run
-    from r1helpers.workflow import steps
+    from r1helpers.workflow import train_stage
 
-    monkeypatch.setattr(steps, "gpu_memory_gib", lambda: 15.0)
+    monkeypatch.setattr(train_stage, "gpu_memory_gib", lambda: 15.0)
     monkeypatch.setattr(hardware, "choose_backend", lambda cfg, processes=1: hardware.BackendChoice(
         "unsloth", "a T4 (faked)", "float16", True))
     cfg = load_config("cpu", {"train.per_device_train_batch_size": 2, "train.gradient_accumulation_steps": 4})
     prepared = SimpleNamespace(train=_Columns({"num_tokens": [700] * 8}), eval=[1, 2])
-    preview = steps.training_preview(cfg, Run.open(tmp_path / "run"), prepared)
+    preview = train_stage.training_preview(cfg, Run.open(tmp_path / "run"), prepared)
     args, plan = preview["sft_arguments"], preview["plan"]
     assert (args["fp16"], args["bf16"]) == (True, False)
     assert plan.effective_batch == 8 and args["per_device_train_batch_size"] * args["gradient_accumulation_steps"] == 8

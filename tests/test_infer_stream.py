@@ -6,7 +6,7 @@ import pytest
 
 from r1helpers.inference import generate as infer
 from r1helpers.core.config import load_config
-from r1helpers.workflow import steps
+from r1helpers.inference import choose
 
 QUESTIONS = ["What causes anemia in a young woman with heavy periods?", "Short?",
              "A much longer question about the kidney and its function in an elderly patient with diabetes?"]
@@ -16,12 +16,12 @@ QUESTIONS = ["What causes anemia in a young woman with heavy periods?", "Short?"
 def loaded(tiny_model_dir):
     from r1helpers.modeling.load import for_inference
 
-    return for_inference(steps.load_base_for(load_config("cpu")))
+    return for_inference(choose.load_base_for(load_config("cpu")))
 
 
 def gen(loaded, questions, **over):
     """infer.generate with the cpu profile's decoding settings, some changed."""
-    kwargs = {**steps.generation_kwargs(load_config("cpu")), "progress": False, **over}
+    kwargs = {**choose.generation_kwargs(load_config("cpu")), "progress": False, **over}
     return infer.generate(loaded.model, loaded.tokenizer, questions, **kwargs)
 
 

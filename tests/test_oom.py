@@ -18,9 +18,10 @@ import torch
 from r1helpers.inference import generate as infer
 from r1helpers.core.config import load_config
 from r1helpers.data import load_sample_rows
-from r1helpers.workflow.steps import prepare
+from r1helpers.workflow.data_stage import prepare
 from r1helpers.core.runs import Run, write_text_atomic
-from r1helpers.workflow import steps
+from r1helpers.inference import choose
+from r1helpers.workflow import train_stage
 
 CUDA_OOM = "CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 14.75 GiB total capacity)"
 
@@ -38,11 +39,11 @@ def small_cfg():
 def base(tiny_model_dir, small_cfg):
     from r1helpers.modeling.load import for_inference
 
-    return for_inference(steps.load_base_for(small_cfg))
+    return for_inference(choose.load_base_for(small_cfg))
 
 
 def _generate(base, questions, cfg, **over):
-    return infer.generate(base.model, base.tokenizer, questions, **{**steps.generation_kwargs(cfg), "progress": False,
+    return infer.generate(base.model, base.tokenizer, questions, **{**choose.generation_kwargs(cfg), "progress": False,
                                                                    **over})
 
 
@@ -96,8 +97,8 @@ def trained(tmp_path_factory, tiny_model_dir, tokenizer, small_cfg):
     """A run folder with a finished adapter, and the peft model that made it."""
     run = Run.open(tmp_path_factory.mktemp("oom") / "run")
     prepared = prepare(small_cfg, run, tokenizer)
-    loaded = steps.with_lora(small_cfg, steps.load_base_for(small_cfg))
-    steps.train(small_cfg, run, loaded, prepared)
+    loaded = train_stage.with_lora(small_cfg, choose.load_base_for(small_cfg))
+    train_stage.train(small_cfg, run, loaded, prepared)
     return run, loaded, prepared
 
 
@@ -111,7 +112,7 @@ def test_training_oom_explains_the_settings(trained, small_cfg, monkeypatch):
 
     monkeypatch.setattr(trl.SFTTrainer, "train", oom)
     with pytest.raises(RuntimeError) as info:
-        steps.train(small_cfg, run, loaded, prepared)
+        train_stage.train(small_cfg, run, loaded, prepared)
     message = str(info.value)
     for needed in ("CUDA out of memory in training", "micro-batch 4", "model.max_seq_length=128",
                    "train.per_device_train_batch_size", "train.gradient_accumulation_steps",
@@ -130,7 +131,7 @@ def test_other_training_errors_pass_through(trained, small_cfg, monkeypatch):
 
     monkeypatch.setattr(trl.SFTTrainer, "train", broken)
     with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
-        steps.train(small_cfg, run, loaded, prepared)
+        train_stage.train(small_cfg, run, loaded, prepared)
 
 
 def _snapshot(folder: Path) -> dict[str, str]:
@@ -153,7 +154,7 @@ def test_interrupted_adapter_save_keeps_the_previous_adapter(trained, small_cfg,
     assert "adapter_model.safetensors" in before
     monkeypatch.setattr(loaded.model, "save_pretrained", _half_save)
     with pytest.raises(KeyboardInterrupt):
-        steps.train(small_cfg, run, loaded, prepared)
+        train_stage.train(small_cfg, run, loaded, prepared)
     assert _snapshot(adapter) == before
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")], "temporary folders left behind"
     assert {name: (out / name).read_bytes() for name in kept} == kept

@@ -20,7 +20,7 @@ import pytest
 from r1helpers.core.config import ConfigError, load_config
 from r1helpers.core.runs import Run, RunFolderConflict, stage_fingerprint
 from r1helpers.training.sft import latest_checkpoint
-from r1helpers.workflow.steps import _checkpoint_dir
+from r1helpers.workflow.train_stage import _checkpoint_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,9 +41,9 @@ trl.SFTTrainer.training_step = counted_step
 import r1helpers
 from r1helpers import data
 from r1helpers import distributed
-from r1helpers.workflow import steps
+from r1helpers.workflow import data_stage
 cfg, run = r1helpers.start(run_dir, "cpu", overrides, quiet=True)
-result = distributed.ensure_trained_anywhere(cfg, run, steps.prepare(cfg, run))
+result = distributed.ensure_trained_anywhere(cfg, run, data_stage.prepare(cfg, run))
 print(f"TRAINING STEPS RUN {len(calls)}", flush=True)
 """
 

@@ -63,7 +63,7 @@ def test_smollm2_tokenizer_gets_a_pad_that_is_not_eos(smol_tok):
 def test_smollm2_profile_keeps_enough_rows_under_its_length_limit(smol_tok):
     """Most sample rows are 500-700 SmolLM2 tokens: the profile's row ranges keep 9 to train and 6 held out."""
     from r1helpers.core.config import load_config
-    from r1helpers.workflow.steps import build
+    from r1helpers.workflow.data_stage import build
 
     cfg = load_config("smollm2")
     dd, stats = build(cfg, smol_tok)

@@ -59,12 +59,12 @@ PY
     $PY - <<'PY' 2>&1 | tee "$OUT/budget.log" | grep -E "^BUDGET|batches:|Error|error" | head -40
 import json, shutil
 import r1helpers
-from r1helpers.workflow import steps
+from r1helpers.workflow import data_stage, train_stage
 for budget in (0, 1500):
     d = f"/tmp/budget-{budget}"
     shutil.rmtree(d, ignore_errors=True)
     cfg, run = r1helpers.start(d, "cpu", {"train.wandb": "off", "train.token_budget": budget}, quiet=True)
-    res = steps.ensure_trained(cfg, run, steps.prepare(cfg, run))
+    res = train_stage.ensure_trained(cfg, run, data_stage.prepare(cfg, run))
     print("BUDGET " + json.dumps({"token_budget": budget, "splits": res.metrics["token_budget_splits"],
           "plan": res.metrics["batch_plan"], "losses": res.losses(), "eval": res.losses("eval_loss")}), flush=True)
 PY

@@ -16,7 +16,7 @@ to bf16, and a small LoRA update (B @ A is often far below a weight's bf16 spaci
 Loading 16-bit weights for generation means loading the base model again in bf16/fp16 (the training
 stage keeps its 4-bit weights); the adapter was trained against the 4-bit weights, so its effect on the
 16-bit ones is close to, not bit-identical with, what training saw, and both models of the comparison
-are generated on the same weights and path (`r1helpers.workflow.steps.check_same_decoding`).
+are generated on the same weights and path (`r1helpers.workflow.compare_stage.check_same_decoding`).
 
 A path that fails (it does not load, Unsloth does not import, compilation fails) falls back to the next
 one, `fallback_path`, with the reason kept in `passed_over`; nothing here raises for a failed path.

@@ -76,43 +76,29 @@ def load_base(name: str, *, max_seq_length: int, load_in_4bit: bool, dtype: str,
         raise ModelError(f"backend={backend!r}: use one of {BACKENDS} (choose_backend(cfg) decides \"auto\")")
     if dtype not in DTYPES:
         raise ModelError(f"dtype={dtype!r}: use one of {DTYPES} (choose_backend(cfg) decides \"auto\")")
+    from r1helpers.modeling.fast import language_model
+
     choice = BackendChoice(backend, f"load_base(backend={backend!r})", dtype, load_in_4bit)
-    path = resolve_model_path(name)
-    if backend == "unsloth":
-        from unsloth import FastLanguageModel
-
-        model, tok = FastLanguageModel.from_pretrained(
-            model_name=path, max_seq_length=max_seq_length, dtype=_torch_dtype(dtype),
-            load_in_4bit=load_in_4bit, revision=revision,
-        )
-    else:
-        import torch
-        from transformers import AutoModelForCausalLM
-
-        if load_in_4bit and not torch.cuda.is_available():
-            raise ModelError("load_in_4bit=True needs a CUDA GPU (bitsandbytes); load in full precision on CPU")
-        kwargs: dict[str, Any] = {"dtype": _torch_dtype(dtype), "revision": revision}
-        if load_in_4bit:
-            from transformers import BitsAndBytesConfig
-
-            kwargs["quantization_config"] = BitsAndBytesConfig(
-                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                bnb_4bit_compute_dtype=_torch_dtype(dtype),
-            )
-        if torch.cuda.is_available():
-            from r1helpers.core.ddp import cuda_device
-
-            kwargs["device_map"] = {"": cuda_device()}  # under DDP: this process's GPU (LOCAL_RANK)
-        try:
-            model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-        except OSError as e:
-            raise ModelError(f"model.name={name!r}: not found locally or on the Hub ({e})") from None
-        tok = None
-    tok = tok if tok is not None else load_tokenizer(name, revision, pad_token)
-    ensure_pad_token(tok, pad_token)
-    tok.padding_side = "left"
-    keep_special_tokens(model, tok)
+    model, tok = language_model(backend).from_pretrained(
+        model_name=resolve_model_path(name), max_seq_length=max_seq_length, dtype=_torch_dtype(dtype),
+        load_in_4bit=load_in_4bit, revision=revision)
+    prepare_tokens(model, tok, pad_token)
     return Loaded(model, tok, choice)
+
+
+def prepare_tokens(model, tokenizer, pad_token: str | None = None) -> str:
+    """What the recipe needs of the tokenizer and the generation config, whichever backend loaded them: a pad
+    token distinct from EOS (`ensure_pad_token`), left padding for batched generation (the trainer's collator
+    pads itself), and the tokenizer's pad and EOS ids in the generation config (`keep_special_tokens`).
+    Returns the pad token's sentence.
+
+        model, tokenizer = FastLanguageModel.from_pretrained(...)
+        print(prepare_tokens(model, tokenizer))   # pad token set to '<|finetune_right_pad_id|>' (was EOS)
+    """
+    said = ensure_pad_token(tokenizer, pad_token)
+    tokenizer.padding_side = "left"
+    keep_special_tokens(model, tokenizer)
+    return said
 
 
 def keep_special_tokens(model, tokenizer) -> None:
@@ -141,33 +127,13 @@ def add_lora(model, *, r: int, alpha: int, target_modules: list[str], dropout: f
     `gradient_checkpointing`: "unsloth" (Unsloth's offloaded variant; plain checkpointing with
     transformers) | "true" | "false". `random_state` seeds the adapters' initialisation.
     """
+    from r1helpers.modeling.fast import language_model
+
     gc = str(gradient_checkpointing).lower()
-    if backend == "unsloth":
-        from unsloth import FastLanguageModel
-
-        return FastLanguageModel.get_peft_model(
-            model, r=r, lora_alpha=alpha, lora_dropout=dropout, bias=bias,
-            target_modules=list(target_modules), random_state=random_state,
-            use_gradient_checkpointing={"unsloth": "unsloth", "true": True, "false": False}[gc],
-            use_rslora=False, loftq_config=None, max_seq_length=max_seq_length,
-        )
-    import torch
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-
-    checkpointing = gc != "false"  # "unsloth" means its offloaded variant; plain checkpointing here
-    if load_in_4bit:
-        # Non-reentrant checkpointing, as below: the reentrant kind breaks DDP's gradient hooks.
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing,
-                                                gradient_checkpointing_kwargs={"use_reentrant": False})
-    elif checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()
-    torch.manual_seed(random_state)
-    peft_cfg = LoraConfig(
-        r=r, lora_alpha=alpha, lora_dropout=dropout, bias=bias,
-        target_modules=list(target_modules), task_type="CAUSAL_LM",
-    )
-    return get_peft_model(model, peft_cfg)
+    return language_model(backend).get_peft_model(
+        model, r=r, lora_alpha=alpha, lora_dropout=dropout, bias=bias, target_modules=list(target_modules),
+        random_state=random_state, use_gradient_checkpointing={"unsloth": "unsloth", "true": True, "false": False}[gc],
+        use_rslora=False, loftq_config=None, max_seq_length=max_seq_length)
 
 
 def lora_shapes(model_config) -> dict[str, tuple[int, int]]:

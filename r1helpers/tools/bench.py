@@ -199,7 +199,8 @@ def run_one(name: str, model_dir: str, lengths_from: str | None, steps: int, war
     from r1helpers.modeling.load import for_inference
     from r1helpers.training.plan import BatchPlan
     from r1helpers.training.sft import make_trainer
-    from r1helpers.workflow.steps import load_base_for, plan_from_config, sft_arguments_for, with_lora
+    from r1helpers.inference.choose import load_base_for
+    from r1helpers.workflow.train_stage import plan_from_config, sft_arguments_for, with_lora
 
     m = TrainMeasure(config=asdict(bc))
     m.gpu_gib = round(cap_gpu_memory(gpu_gib), 1)
@@ -306,7 +307,8 @@ def padding_free_check(model_dir: str, backend: str, lengths: tuple[int, ...] = 
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
     from r1helpers.core.config import load_config
-    from r1helpers.workflow.steps import load_base_for, with_lora
+    from r1helpers.inference.choose import load_base_for
+    from r1helpers.workflow.train_stage import with_lora
 
     cfg = load_config("seed", {"model.name": model_dir, "model.backend": backend, "model.max_seq_length": 2048,
                                "lora.gradient_checkpointing": "false"})

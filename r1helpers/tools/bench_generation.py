@@ -6,7 +6,7 @@
 The model is bench_series' random bf16 Llama-3.1-8B shape with the tiny tokenizer; the adapter a random
 LoRA (r 16, alpha 16, all seven projections, B not zero) written beside it. Each path runs in its own
 process (importing Unsloth patches transformers for the whole process), loads base + adapter the way the
-generation stages do (`workflow.steps.load_for_generation`), plans the batch (`generation_plan`) and
+generation stages do (`workflow.choose.load_for_generation`), plans the batch (`generation_plan`) and
 generates `--new-tokens` for `--prompts` of the bundled sample questions with `inference.generate.generate`:
 
 - static_16bit: bf16 weights + LoRA, static KV cache, transformers' SDPA attention; a first call (which compiles the decoding step), then
@@ -89,7 +89,7 @@ def _timed(loaded, questions, cfg, plan, gp) -> tuple[dict[str, Any], list[dict]
     import torch
 
     from r1helpers.inference.generate import generate, speed
-    from r1helpers.workflow.steps import generation_kwargs
+    from r1helpers.inference.choose import generation_kwargs
 
     stats: dict[str, Any] = {}
     torch.cuda.synchronize()
@@ -233,7 +233,7 @@ def run_path(path: str, model_dir: str, adapter_dir: str, prompts_n: int, new_to
 
     from r1helpers.data import load_sample_rows
     from r1helpers.inference.paths import apply_gpu_cap, gpu_cap_gib
-    from r1helpers.workflow.steps import generation_path, generation_plan, load_for_generation, set_up_decoding
+    from r1helpers.inference.choose import generation_path, generation_plan, load_for_generation, set_up_decoding
 
     apply_gpu_cap(gpu_cap_gib())
     cfg = _config(model_dir, path, new_tokens)

@@ -1,7 +1,7 @@
 """The batch planner: micro-batch, accumulation, padding and recomputation for one GPU's memory.
 
 Plain values in, a `BatchPlan` out; the effective batch (micro-batch x accumulation) is always
-the one asked for. `r1helpers.workflow.steps.plan_for` calls it with the config's values, the
+the one asked for. `r1helpers.workflow.train_stage.plan_for` calls it with the config's values, the
 loaded model's dimensions and the data's real token lengths.
 
     plan_batches(2, 4, backend="unsloth", gpu_memory_gib=15.0, max_seq_length=2048)

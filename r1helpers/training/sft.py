@@ -2,7 +2,7 @@
 
 Plain values in: `sft_arguments(...)` returns exactly the keyword arguments given to TRL's
 `SFTConfig`, and `make_trainer(model, tokenizer, train, eval, sft_args)` builds the trainer
-from them. `r1helpers.workflow.steps.train` calls both with the config's values and the batch
+from them. `r1helpers.workflow.train_stage.train` calls both with the config's values and the batch
 plan (r1helpers.training.plan), and records the arguments in the run folder's train/metrics.json.
 
 Checkpoints go to the run folder every `save_steps`; `latest_checkpoint` finds the newest one

@@ -64,7 +64,7 @@ def plan(cfg: Config, run: Run, base: BaseCheckpoint, adapter_dir: Path, merged_
 
 def export_tokenizer(cfg: Config):
     """The training tokenizer with pad distinct from EOS and the template that renders the training prompt."""
-    from r1helpers.workflow.steps import load_tokenizer_for
+    from r1helpers.inference.choose import load_tokenizer_for
 
     return with_chat_template(load_tokenizer_for(cfg))
 
@@ -247,7 +247,7 @@ def _card(ctx: Context, kind: str, folder: Path, checks: dict[str, Any] | None) 
 def probe_prompts(cfg: Config, prepared, tokenizer) -> tuple[list[list[int]], list[str]]:
     """The example question and two held-out ones, as the training prompt (ids with BOS, text without)."""
     from r1helpers.core import prompts
-    from r1helpers.workflow.steps import eval_questions
+    from r1helpers.workflow.data_stage import eval_questions
 
     questions = list(cfg.infer.example_questions[:1]) + [q["question"] for q in eval_questions(prepared, 2)]
     questions = questions or ["What is fever?"]
@@ -306,7 +306,8 @@ def _export(cfg: Config, run: Run) -> dict[str, Any]:
     from r1helpers.export import checks as ec
     from r1helpers.export.gguf import find_quantizer
     from r1helpers.export.merge import resolve_dtype
-    from r1helpers.workflow.steps import ensure_trained, prepare
+    from r1helpers.workflow.train_stage import ensure_trained
+    from r1helpers.workflow.data_stage import prepare
 
     prepared = prepare(cfg, run)
     trained = ensure_trained(cfg, run, prepared)

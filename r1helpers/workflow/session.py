@@ -80,7 +80,7 @@ def imports_unsloth(cfg: Config, run: Run, stage: str | None) -> bool:
     if stage is None:
         return True
     if stage in GENERATION_STAGES:
-        from r1helpers.workflow.steps import generation_path
+        from r1helpers.inference.choose import generation_path
 
         # imports Unsloth itself when the path is Unsloth's; reads the model's shapes without transformers
         return generation_path(cfg, run, GENERATION_STAGES[stage]).backend == "unsloth"

@@ -43,7 +43,7 @@ example (`tests/test_prompts.py` checks this). The tokenizer adds the begin-of-s
 not part of the text."""),
     ("md", """## Loading the base model
 
-First, how to generate. `steps.generation_path(cfg, run, "baseline")` picks the generation path for this notebook
+First, how to generate. `choose.generation_path(cfg, run, "baseline")` picks the generation path for this notebook
 and for notebook 04 (`infer.path`; `auto` takes the fastest one this GPU and the installed libraries offer, and
 says why):
 
@@ -72,8 +72,9 @@ here. `load_base` then loads the model with plain arguments, taken from that pat
 `for_inference` then switches the model to evaluation mode with the key-value cache on (and, with Unsloth, to its
 faster generation path). The model is loaded once in this notebook and passed on to every generation below."""),
     ("code", """from r1helpers.modeling import load
-from r1helpers.workflow import steps
-gen_path = steps.generation_path(cfg, run, "baseline")  # infer.path: how both models generate, and why
+from r1helpers.inference import choose
+from r1helpers.workflow import data_stage, generate_stage
+gen_path = choose.generation_path(cfg, run, "baseline")  # infer.path: how both models generate, and why
 print(f"generation path {gen_path.path}: {gen_path.reason}")
 loaded = load.load_base(cfg.model.name, max_seq_length=cfg.model.max_seq_length, load_in_4bit=gen_path.load_in_4bit,
                         dtype=gen_path.dtype, backend=gen_path.backend, revision=cfg.model.revision,
@@ -103,7 +104,7 @@ same ones:
     ("code", """i = cfg.infer  # the decoding settings of both generation notebooks
 print(f"max_new_tokens={i.max_new_tokens} do_sample={i.do_sample} temperature={i.temperature} top_p={i.top_p} "
       f"seed={i.seed} batch_size={i.batch_size} (0: planned from the GPU's memory) stream={i.stream}")"""),
-    ("md", """`steps.baseline(cfg, run, prepared, loaded=loaded)` calls `generate` once for every question of this
+    ("md", """`generate_stage.baseline(cfg, run, prepared, loaded=loaded)` calls `generate` once for every question of this
 notebook: the recipe's example question(s), the first `infer.num_eval_questions` held-out questions, which training
 never sees, and, with `compare.mcq_generate` on (the default), notebook 04's multiple-choice questions
 (`compare.mcq_source`, the first `compare.mcq_rows`). One large batch keeps the GPU busy, and on the static-cache
@@ -118,7 +119,7 @@ mine = generate(loaded.model, loaded.tokenizer, ["A 45-year-old man presents wit
 ```
 
 Right before generating, both generation stages set the loaded model up in the same way
-(`steps.set_up_decoding`), whichever way it was loaded: its attention (`infer.attention`: `grouped_decode`, the
+(`choose.set_up_decoding`), whichever way it was loaded: its attention (`infer.attention`: `grouped_decode`, the
 default, reads each key/value head once for its four query heads at every decoding step, where transformers' `sdpa`
 copies it four times) and, on the static-cache path, the LoRA weights in 16-bit (peft keeps them in float32). On
 Unsloth's path (a T4), it turns on Unsloth's CUDA-graph decoding with the KV cache sized once for the longest
@@ -134,13 +135,13 @@ reached `max_new_tokens` (the batch stops as soon as all rows have produced EOS)
 length together. If the path fails (the compiled decoding step does not build, say), the stage falls back to the
 next path and records why. When the run folder already holds generations made with the same model, data and
 `infer` settings, it reuses them instead, and the model passed in is not used. The held-out split comes from
-`steps.prepare`, which reuses notebook 02's output or builds it with the tokenizer already loaded.
+`data_stage.prepare`, which reuses notebook 02's output or builds it with the tokenizer already loaded.
 
 The answers go to `baseline/generations.jsonl` (the example and held-out questions) and
 `baseline/mcq_generations.jsonl` (the multiple-choice ones, which notebook 04 grades against the fine-tuned
 model's); notebook 04's `finetuned/generations.jsonl` holds the same question set."""),
-    ("code", """prepared = steps.prepare(cfg, run, tokenizer=loaded.tokenizer)  # notebook 02's splits (built here if missing)
-baseline = steps.baseline(cfg, run, prepared, loaded=loaded)  # reuses or writes baseline/generations.jsonl
+    ("code", """prepared = data_stage.prepare(cfg, run, tokenizer=loaded.tokenizer)  # notebook 02's splits (built here if missing)
+baseline = generate_stage.baseline(cfg, run, prepared, loaded=loaded)  # reuses or writes baseline/generations.jsonl
 show.generations_table(baseline)"""),
     ("md", """## Reasoning and answer
 

@@ -38,7 +38,7 @@ columns that are missing, each with the close spelling the data has; `load_rows`
 print(data.column_problems(rows.column_names, ("Question", "Complex_COT", "Response")))"""),
     ("md", """## Training rows and held-out rows
 
-`data.select_rows` (called by `steps.prepare` below) keeps the rows in the source's order and:
+`data.select_rows` (called by `data_stage.prepare` below) keeps the rows in the source's order and:
 
 - takes the first `data.train_rows` usable rows (500 in the recipe) for training, exactly the rows the seed recipe
   trains on;
@@ -48,13 +48,13 @@ print(data.column_problems(rows.column_names, ("Question", "Complex_COT", "Respo
 - refuses a row with an empty field or a row that repeats another, naming the row; with `data.lenient = True` it
   drops and counts them instead. `lenient` also drops lines that are not valid JSON or not UTF-8.
 
-`steps.prepare(cfg, run)` runs the whole preparation (load, select, tokenize, measure) and saves it in the run folder,
+`data_stage.prepare(cfg, run)` runs the whole preparation (load, select, tokenize, measure) and saves it in the run folder,
 or reuses the saved splits when they were made with the same `model.name`, `model.max_seq_length` and `data`
 settings. It takes the tokenizer, loaded once here with `load_tokenizer` (which also sets a pad token, see below)."""),
     ("code", """from r1helpers.modeling import load
-from r1helpers.workflow import steps
+from r1helpers.workflow import data_stage
 tokenizer = load.load_tokenizer(cfg.model.name, revision=cfg.model.revision, pad_token=cfg.model.pad_token)
-prepared = steps.prepare(cfg, run, tokenizer=tokenizer)  # reuses data/ when made with these settings
+prepared = data_stage.prepare(cfg, run, tokenizer=tokenizer)  # reuses data/ when made with these settings
 show.lines(prepared.stats["report"])"""),
     ("code", """train_src, held_src = prepared.train["source_row"], prepared.eval["source_row"]
 print("training rows:", len(train_src), "| source rows", train_src[:3], "...", train_src[-3:])

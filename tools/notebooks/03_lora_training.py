@@ -44,11 +44,11 @@ show.config_table(cfg).loc[["train.max_steps", "lora.r", "lora.alpha", "train.le
     ("md", """## The training rows
 
 Stage 02 tokenized each row as the prompt (preamble, instruction, question, `### Response:` and `<think>`)
-followed by the reasoning, `</think>`, the answer and EOS. `steps.prepare` reuses those splits when the run
+followed by the reasoning, `</think>`, the answer and EOS. `data_stage.prepare` reuses those splits when the run
 folder holds them for these settings; the trainer gets only the token ids of the training split, and the
 held-out split gives the held-out loss. The table gives the token lengths: longer rows cost more memory and
 time, which the batch plan below takes into account."""),
-    ("code", """prepared = steps.prepare(cfg, run)
+    ("code", """prepared = data_stage.prepare(cfg, run)
 show.length_table(prepared.stats)"""),
     ("md", """## LoRA: what trains
 
@@ -92,7 +92,7 @@ print(f"backend: {preview['backend']} ({preview['backend_reason']})")
 show.batch_plan_table(preview["plan"], preview["processes"])"""),
     ("md", """## The SFT arguments
 
-These are the keyword arguments `steps.train` passes to TRL's `SFTConfig`, computed by
+These are the keyword arguments `train_stage.train` passes to TRL's `SFTConfig`, computed by
 `training.sft.sft_arguments` from `cfg` and the plan; the `from` column says where each comes from. What they
 mean:
 
@@ -108,7 +108,7 @@ mean:
   computed and a checkpoint is written.
 - `seed` and `data_seed` fix the order in which rows are drawn (and any dropout), so a rerun with the same
   settings gives the same adapter."""),
-    ("code", """show.values_table(preview["sft_arguments"], "SFTConfig argument", steps.SFT_ARGUMENT_SOURCES)"""),
+    ("code", """show.values_table(preview["sft_arguments"], "SFTConfig argument", train_stage.SFT_ARGUMENT_SOURCES)"""),
     ("md", """## Training
 
 `distributed.ensure_trained_anywhere(cfg, run, prepared)` first checks `cfg` again, then does one of:

@@ -56,7 +56,7 @@ similarity, the `bootstrap_samples` and their `seed`, the multiple-choice set (`
 `mcq_rows`), whether the models also answer it by generation (`mcq_generate`), and `primary_metric`."""),
     ("code", """from r1helpers.core import show
 from r1helpers.evaluate import compare
-from r1helpers.workflow import steps
+from r1helpers.workflow import compare_stage, data_stage, generate_stage
 show.config_table(cfg).filter(regex=r"^(infer|compare)\\.", axis=0)"""),
     ("md", """To change a value, set it on `cfg` before the cells below run, e.g. `cfg.compare.mcq_rows = 100`,
 `cfg.compare.mcq_generate = False` (likelihood scoring only, much faster), `cfg.compare.mcq_source = None` (no
@@ -72,42 +72,42 @@ answers (the comparison must use one decoding), changing `compare` only rescores
 default either scoring can."""),
     ("md", """## The inputs: held-out rows and the base model's answers
 
-`steps.prepare` returns the training and held-out splits of chapter 02; `steps.baseline` the base model's
+`data_stage.prepare` returns the training and held-out splits of chapter 02; `generate_stage.baseline` the base model's
 generations of chapter 01 (the example question first, then the held-out questions). Both come from the run
 folder when current."""),
-    ("code", """prepared = steps.prepare(cfg, run)
-baseline = steps.baseline(cfg, run, prepared)
+    ("code", """prepared = data_stage.prepare(cfg, run)
+baseline = generate_stage.baseline(cfg, run, prepared)
 print(len(prepared.eval), "held-out rows;", len(baseline), "questions answered by the base model")"""),
     ("md", """## The fine-tuned model's answers
 
-`steps.FinetunedModel` stands for base + adapter. It loads the weights on first use only, and then the same
+`generate_stage.FinetunedModel` stands for base + adapter. It loads the weights on first use only, and then the same
 loaded model serves the generation here, the teacher-forced scoring and the multiple-choice scoring further down.
 For the base side of those scores the adapter is switched off (`with model.disable_adapter():`), which gives
 exactly the base weights: an 8B model is loaded once in this chapter, not twice. When the run folder already
-holds current generations and a current comparison, nothing loads at all. `steps.finetuned` generates with
+holds current generations and a current comparison, nothing loads at all. `generate_stage.finetuned` generates with
 exactly the questions and `cfg.infer` settings the base model had, on the generation path the base model's
 generations recorded (same weights, same KV cache); it prints that path and its batch plan when it generates.
 With `compare.mcq_generate` on, the multiple-choice questions are answered here too, in the same batches as the
 held-out questions (chapter 01 did the same for the base model): one larger batch per model keeps the GPU busier
 than several small ones, and the compiled decoding step of the static-cache path is compiled once. Their answers
 go to `finetuned/mcq_generations.jsonl`; the comparison below grades them."""),
-    ("code", """tuned_model = steps.FinetunedModel(cfg, run, prepared)  # loads on first use, then shared
-tuned = steps.finetuned(cfg, run, prepared, loaded=tuned_model)
+    ("code", """tuned_model = generate_stage.FinetunedModel(cfg, run, prepared)  # loads on first use, then shared
+tuned = generate_stage.finetuned(cfg, run, prepared, loaded=tuned_model)
 show.generations_table(tuned)"""),
     ("md", """A comparison is only fair when both models decoded the same way. Each generation stage recorded its
 `infer` settings, its generation path, the weights it ran on (4-bit or 16-bit) and the attention that ran in its
-manifest; the two columns below must be identical, and `steps.compare` refuses to run when they are not (rerun chapter 01 and this one with
+manifest; the two columns below must be identical, and `compare_stage.compare` refuses to run when they are not (rerun chapter 01 and this one with
 one setting). The batch may differ between the two (the adapter takes a little memory); it changes no setting."""),
     ("code", """import pandas as pd
-pd.DataFrame(steps.decoding_used(run))"""),
+pd.DataFrame(compare_stage.decoding_used(run))"""),
     ("md", """## The multiple-choice set
 
 Each question is put where the recipe puts a question, so the model sees the prompt it was trained on: the
 vignette, its lettered options one per line and a request for the letter, then `### Response:` and `<think>`.
-`steps.mcq_preview` shows what the stage passes on: the set, the number of questions, the decoding of the
+`generate_stage.mcq_preview` shows what the stage passes on: the set, the number of questions, the decoding of the
 generated answers (the `infer` settings above, never streamed) and the first prompt exactly as the model
 receives it."""),
-    ("code", """preview = steps.mcq_preview(cfg)
+    ("code", """preview = generate_stage.mcq_preview(cfg)
 print(preview.pop("first prompt"))
 pd.Series(preview, name="value").to_frame()"""),
     ("md", """## How each question is measured, and how to read it
@@ -147,7 +147,7 @@ minus before); resampling questions `compare.bootstrap_samples` times gives a 95
 difference. `n` is the number of questions a metric rests on (a question missing on either side is left out of
 both). A metric is *better* or *worse* only when its interval excludes zero, otherwise *no significant
 change*."""),
-    ("code", """comparison = steps.compare(cfg, run, prepared, baseline, tuned, loaded=tuned_model)
+    ("code", """comparison = compare_stage.compare(cfg, run, prepared, baseline, tuned, loaded=tuned_model)
 print("fine-tuned model loads in this chapter:", tuned_model.loads)
 show.lines([f"Verdict: {comparison['verdict']}.", comparison["headline"], *comparison["notes"]])"""),
     ("md", """## The three answers
@@ -215,7 +215,7 @@ follows with no reference. An empty answer means the reasoning never closed with
 The same three sections, tables, figures and answers (each model's reasoning folded under its answer, every
 multiple-choice question with both models' picks) are in one HTML file in the run folder. It has no scripts and
 no links, plots are embedded, and model text is escaped, so it is safe to open and to share."""),
-    ("code", """print("report:", steps.report_path(run).as_uri())"""),
+    ("code", """print("report:", compare_stage.report_path(run).as_uri())"""),
     ("md", """## Results of this chapter
 
 The verdict and headline; for question 1 the fit metric before and after with its delta, 95% interval and `n`;

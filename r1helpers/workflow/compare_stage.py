@@ -1,0 +1,138 @@
+"""Stage 04's comparison as the run folder sees it: check both stages decoded alike, score both models on the
+held-out rows and the multiple-choice set, write comparison.json and report.html."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from r1helpers.core.config import Config
+from r1helpers.core.runs import Run, read_json
+from r1helpers.evaluate import accuracy
+from r1helpers.evaluate.compare import (
+    answer_similarities,
+    build_comparison,
+    load_embedder,
+    pair_generations,
+    teacher_forced,
+    write_outputs,
+)
+from r1helpers.workflow.generate_stage import FinetunedModel, mcq_decoding, mcq_generations, mcq_rows
+
+
+def nll_rows(cfg: Config, prepared) -> list[dict[str, Any]]:
+    """The held-out rows scored teacher-forced: the first compare.nll_rows (0: all)."""
+    n = len(prepared.eval) if cfg.compare.nll_rows == 0 else min(cfg.compare.nll_rows, len(prepared.eval))
+    return [dict(r) for r in prepared.eval.select(range(n))]
+
+
+def decoding_used(run: Run) -> dict[str, dict[str, Any] | None]:
+    """The infer settings each generation stage recorded in its manifest, with its generation path and
+    weights (None: not generated yet)."""
+    out = {}
+    for stage in ("baseline", "finetuned"):
+        manifest = run.read_manifest(stage)
+        if manifest is None or manifest["settings"].get("infer") is None:
+            out[stage] = None
+            continue
+        gen = manifest.get("generation") or {}
+        out[stage] = {**manifest["settings"]["infer"], "generation_path": manifest.get("generation_path"),
+                      "weights": gen.get("weights"), "attention": gen.get("attention")}
+    return out
+
+
+def check_same_decoding(run: Run) -> None:
+    """Both generation stages must have used one decoding setup and one generation path (same weights,
+    same KV cache), or the comparison is not fair."""
+    used = decoding_used(run)
+    if any(v is None for v in used.values()):
+        return
+    path_keys = ("generation_path", "weights", "attention")
+    b, f = used["baseline"], used["finetuned"]
+    if {k: v for k, v in b.items() if k not in path_keys} != {k: v for k, v in f.items() if k not in path_keys}:
+        raise ValueError("baseline and fine-tuned generations used different infer settings; rerun stages 01 and 04")
+    if [b[k] for k in path_keys] != [f[k] for k in path_keys]:
+        raise ValueError(
+            f"baseline and fine-tuned generations took different generation paths (baseline: {b['generation_path']}, "
+            f"{b['weights']}, attention {b['attention']}; fine-tuned: {f['generation_path']}, {f['weights']}, "
+            f"attention {f['attention']}), so their decoding differs; set infer.path to one path and rerun stages "
+            "01 and 04")
+
+
+def comparison_settings(cfg: Config) -> dict[str, Any]:
+    """What the comparison records about how it was made (build_comparison adds counts and bootstrap)."""
+    i = cfg.infer
+    decoding = {"do_sample": i.do_sample, "max_new_tokens": i.max_new_tokens, "seed": i.seed}
+    if i.do_sample:
+        decoding.update(temperature=i.temperature, top_p=i.top_p)
+    c = cfg.compare
+    mcq: dict[str, Any] = {"source": c.mcq_source}
+    if c.mcq_source is None:
+        mcq["reason"] = "compare.mcq_source is null"
+    else:
+        mcq.update(split=c.mcq_split, rows=c.mcq_rows, generate=c.mcq_generate,
+                   likelihood="mean log-probability per token of each option's text after the prompt")
+    return {"model": cfg.model.name, "profile": cfg.profile, "max_seq_length": cfg.model.max_seq_length,
+            "decoding": decoding, "embedding_model": c.embedding_model, "mcq": mcq}
+
+
+def compare(cfg: Config, run: Run, prepared, baseline: list[dict], tuned: list[dict],
+            force: bool = False, adapter_dir: Path | None = None,
+            loaded: FinetunedModel | None = None) -> dict[str, Any]:
+    """Score both models on the held-out split; write compare/comparison.json and compare/report.html.
+
+    Reuses the saved comparison when made with these settings. `loaded` (the FinetunedModel that
+    `finetuned` used) avoids a second load; it is released after scoring. `adapter_dir` scores
+    another adapter than the run's own (then nothing is marked current in the run folder).
+    """
+    if adapter_dir is not None:
+        return _compare(cfg, run, prepared, baseline, tuned, FinetunedModel(cfg, run, prepared, adapter_dir))
+    model = loaded if loaded is not None else FinetunedModel(cfg, run, prepared)
+    return run.reuse_or_build(cfg, "compare", lambda: _compare(cfg, run, prepared, baseline, tuned, model),
+                              lambda: read_json(run.path("comparison")), force=force)
+
+
+def _compare(cfg: Config, run: Run, prepared, baseline: list[dict], tuned: list[dict],
+             model: FinetunedModel) -> dict[str, Any]:
+    check_same_decoding(run)
+    pair_generations(baseline, tuned)  # refuse mismatched question sets before any model loads
+    mcq = mcq_rows(cfg)  # a bad source or row fails here, before any model loads
+    lm = model.get()
+    tok, backend = lm.tokenizer, lm.backend.name
+    nll = teacher_forced(lm.model, tok, nll_rows(cfg, prepared), cfg.model.max_seq_length)
+    # Both sides from the one loaded model: the adapter disabled is the base model, as for the NLL. The generated
+    # answers come from stages 01 and 04, which answered these questions in their generation batches.
+    generated = mcq_generations(cfg, run, mcq) if mcq is not None and cfg.compare.mcq_generate and model.own_adapter \
+        else None
+    answers = None if mcq is None else accuracy.answer_mcq_before_after(
+        lm.model, tok, mcq, decoding=None if generated else mcq_decoding(cfg))
+    if generated:
+        answers = {side: accuracy.attach_generations(answers[side], generated[side]) for side in answers}
+    del lm
+    model.release()  # nothing below needs the model; the embedder runs on the CPU
+    notes = [f"adapter: {model.adapter_dir}", f"backend: {backend}"]
+    if mcq is not None:
+        notes.append(f"multiple-choice: {len(mcq)} questions of {cfg.compare.mcq_source}, scored by option "
+                     "likelihood" + (" and by the letter stated in a generated answer" if cfg.compare.mcq_generate
+                                     else " only (compare.mcq_generate is false)"))
+    sims, note = _similarities(cfg, baseline, tuned)
+    notes.append(note)
+    c = cfg.compare
+    result = build_comparison(
+        nll, baseline, tuned, lambda s: len(tok(s, add_special_tokens=False)["input_ids"]),
+        primary_metric=c.primary_metric, bootstrap_samples=c.bootstrap_samples, seed=c.seed,
+        settings=comparison_settings(cfg), sims=sims, notes=notes, log_history=model.log_history,
+        mcq_rows=mcq, mcq_answers=answers)
+    write_outputs(result, run.stage_dir("compare"))
+    if model.own_adapter:
+        run.write_manifest(cfg, "compare", verdict=result["verdict"], headline=result["headline"])
+    return result
+
+
+def _similarities(cfg: Config, baseline: list[dict], tuned: list[dict]) -> tuple[dict[str, list[float]] | None, str]:
+    embedder, note = load_embedder(cfg.compare.embedding_model)
+    return answer_similarities(embedder, baseline, tuned), note
+
+
+def report_path(run: Run) -> Path:
+    return run.path("report")

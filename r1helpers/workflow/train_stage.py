@@ -1,0 +1,393 @@
+"""Stage 03 as the run folder sees it: W&B, checkpoints and resume, the batch plan, the SFTConfig arguments,
+the adapter saved atomically with its metrics and manifest; reused when trained with these settings."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from r1helpers.core.config import Config, validate
+from r1helpers.core.ddp import barrier, is_main_process, per_process, print0, trainer_kwargs, world_size
+from r1helpers.core.hardware import headless, is_oom
+from r1helpers.core.runs import (
+    Run,
+    RunFolderConflict,
+    atomic_dir,
+    read_json,
+    stage_fingerprint,
+    stage_settings,
+    write_json_atomic,
+    write_text_atomic,
+)
+from r1helpers.inference.choose import load_base_for
+from r1helpers.modeling.load import Loaded, expected_lora_parameters, trainable_parameters
+from r1helpers.training.plan import BatchPlan, gpu_memory_gib, plan_batches
+from r1helpers.training.sft import last_value, latest_checkpoint, make_trainer, sft_arguments, wandb_reachable
+
+
+def wandb_choice(cfg: Config) -> tuple[str | None, str]:
+    """W&B's mode for this config and environment ("online" | "offline", None: off) and why, in words."""
+    if not is_main_process():
+        return None, "W&B: rank 0 logs"
+    mode = cfg.train.wandb
+    if mode == "off":
+        return None, "W&B off (train.wandb=off)"
+    try:
+        import wandb  # noqa: F401
+    except ImportError:
+        return None, "W&B not installed: logging to the run folder only (pip install wandb to add it)"
+    if mode == "auto":
+        mode = "online" if os.environ.get("WANDB_API_KEY") and wandb_reachable() else "offline"
+    elif mode == "online" and not wandb_reachable():
+        # Forced online without a network, the client retries for minutes and then fails the stage.
+        from r1helpers.training.sft import wandb_endpoint
+
+        return "offline", (f"W&B offline: train.wandb=online but {wandb_endpoint()} does not answer, so this run "
+                           "logs offline instead of failing; sync later with `wandb sync` on the offline run folder")
+    if cfg.train.wandb != "auto":
+        why = f"train.wandb={cfg.train.wandb}"
+    elif mode == "online":
+        why = "a W&B key is set"
+    else:
+        why = "no W&B key" if not os.environ.get("WANDB_API_KEY") else "a key is set but W&B is unreachable"
+    if mode == "offline":
+        why += "; sync later with `wandb sync` on the offline run folder"
+    return mode, f"W&B {mode} ({why})"
+
+
+def wandb_setup(cfg: Config, run: Run) -> tuple[list[str], str]:
+    """Decide W&B's mode from the config and the presence of a key and set its environment
+    (the run folder's train/wandb, project, run name); returns (report_to, note)."""
+    mode, note = wandb_choice(cfg)
+    if mode is None:
+        return [], note
+    os.environ["WANDB_MODE"] = mode
+    os.environ["WANDB_DIR"] = str(run.stage_dir("train"))
+    os.environ.setdefault("WANDB_PROJECT", cfg.train.wandb_project)
+    os.environ.setdefault("WANDB_NAME", run.root.name)
+    os.environ.setdefault("WANDB_SILENT", "true")
+    run.stage_dir("train").mkdir(parents=True, exist_ok=True)
+    return ["wandb"], note
+
+
+def _checkpoint_dir(cfg: Config, run: Run, resume: bool) -> tuple[Path, Path | None]:
+    """Rank 0 keeps the checkpoints, or moves them aside; every rank then resumes from the same one.
+
+    Checkpoints of an unfinished training made with other settings are refused (they may hold
+    45 minutes of a Kaggle T4), unless the run folder was opened with overwrite; then, and when
+    train.resume=false asks to start over, they are moved to <run>/replaced/, never deleted.
+    """
+    ckpt = run.path("checkpoints")
+    stamp, recorded = ckpt / "fingerprint.txt", ckpt / "settings.json"
+    fp = stage_fingerprint(cfg, "train")
+    if is_main_process():
+        has_work = ckpt.exists() and any(ckpt.glob("checkpoint-*"))
+        other = has_work and (not stamp.is_file() or stamp.read_text().strip() != fp)
+        if other and not run.overwrite:
+            old = read_json(recorded) if recorded.is_file() else {}
+            changed = [k for k in _diff_keys(old, stage_settings(cfg, "train"))] if old else ["unknown"]
+            raise RunFolderConflict(
+                f"{ckpt} holds checkpoints of an unfinished training made with other settings (fields that "
+                f"differ: {', '.join(changed[:8])}), so they are not discarded. Rerun with the settings they were "
+                f"made with to resume, use another run folder (--run-dir), or pass --overwrite (overwrite=True) "
+                f"to move them aside to {run.root / 'replaced'}/ and start over; nothing is deleted."
+            )
+        if has_work and (other or not resume):
+            dest = run.root / "replaced" / f"checkpoints-{time.strftime('%Y%m%d-%H%M%S')}-{time.time_ns() % 10**9}"
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(ckpt, dest)
+            print("starting over: the checkpoints " + ("(train.resume=false)" if not other else
+                  "made with other settings") + f" moved aside to {dest}", flush=True)
+        ckpt.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(stamp, fp + "\n")
+        write_json_atomic(recorded, stage_settings(cfg, "train"))
+    barrier()
+    return ckpt, latest_checkpoint(ckpt) if resume else None
+
+
+def _diff_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [k for key in sorted(set(old) | set(new)) for k in _diff_keys(old.get(key), new.get(key), f"{prefix}{key}.")]
+    return [] if old == new else [prefix.rstrip(".")]
+
+
+@dataclass
+class TrainResult:
+    adapter_dir: Path
+    log_history: list[dict[str, Any]]
+    metrics: dict[str, Any]
+
+    def losses(self, key: str = "loss") -> list[tuple[int, float]]:
+        return [(r["step"], r[key]) for r in self.log_history if key in r]
+
+
+def oom_advice(cfg: Config, plan: BatchPlan) -> str:
+    """What to change, with the values that ran out of memory, so the user need not look them up."""
+    no_ckpt = plan.gradient_checkpointing == "false"
+    budget = f", at most {plan.token_budget} tokens a pass" if plan.token_budget else ""
+    return (
+        f"CUDA out of memory in training (micro-batch {plan.micro_batch} x accumulation {plan.accumulation}{budget}, "
+        f"model.max_seq_length={cfg.model.max_seq_length}, model.load_in_4bit={cfg.model.load_in_4bit}, "
+        f"lora.r={cfg.lora.r}{', gradient checkpointing turned off by the batch plan' if no_ckpt else ''}). "
+        "Set train.batch_plan=as_set (exactly the batch and checkpointing you set), lower "
+        "train.per_device_train_batch_size and raise train.gradient_accumulation_steps to keep the effective "
+        "batch, lower model.max_seq_length, set lora.gradient_checkpointing=unsloth, or load in 4-bit "
+        "(model.load_in_4bit=true)."
+    )
+
+
+def lora_arguments(cfg: Config, plan: BatchPlan | None = None) -> dict[str, Any]:
+    """The LoRA settings add_lora gets: cfg.lora's values, with the plan's gradient checkpointing."""
+    lc = cfg.lora
+    return {"r": lc.r, "alpha": lc.alpha, "dropout": lc.dropout, "bias": lc.bias,
+            "target_modules": list(lc.target_modules), "random_state": lc.random_state,
+            "gradient_checkpointing": plan.checkpointing(lc.gradient_checkpointing) if plan else
+            str(lc.gradient_checkpointing).lower(),
+            "max_seq_length": cfg.model.max_seq_length}
+
+
+def with_lora(cfg: Config, base: Loaded, plan: BatchPlan | None = None) -> Loaded:
+    """`base` wrapped by add_lora with the config's LoRA settings (and the plan's checkpointing)."""
+    from r1helpers.modeling.load import add_lora
+
+    model = add_lora(base.model, backend=base.backend.name, load_in_4bit=base.backend.load_in_4bit,
+                     **lora_arguments(cfg, plan))
+    return Loaded(model, base.tokenizer, base.backend)
+
+
+def plan_from_config(cfg: Config, backend: str, gpu_gib: float | None, *, processes: int = 1,
+                     lengths: list[int] | None = None, dims: Any = None, base_gib: float | None = None) -> BatchPlan:
+    """plan_batches with cfg's values: one of `processes` DDP processes' share of the effective batch."""
+    t = per_process(cfg, processes).train
+    return plan_batches(t.per_device_train_batch_size, t.gradient_accumulation_steps, backend=backend,
+                        gpu_memory_gib=gpu_gib, max_seq_length=cfg.model.max_seq_length,
+                        padding_free=t.padding_free, batch_plan=t.batch_plan, token_budget=t.token_budget,
+                        lengths=lengths, dims=dims, base_gib=base_gib, processes=processes)
+
+
+# Where each SFTConfig argument of sft_arguments_for comes from (shown beside the values in notebook 03).
+SFT_ARGUMENT_SOURCES = {
+    "output_dir": "the run folder's train/checkpoints", "per_device_train_batch_size": "batch plan: micro-batch",
+    "per_device_eval_batch_size": "batch plan: micro-batch (at most 8)",
+    "gradient_accumulation_steps": "batch plan: accumulation", "padding_free": "batch plan (train.padding_free)",
+    "gradient_checkpointing": "batch plan, else lora.gradient_checkpointing",
+    "gradient_checkpointing_kwargs": "non-reentrant (DDP-safe) when checkpointing",
+    "learning_rate": "train.learning_rate", "warmup_steps": "train.warmup_steps", "max_steps": "train.max_steps",
+    "optim": "train.optim", "weight_decay": "train.weight_decay", "lr_scheduler_type": "train.lr_scheduler_type",
+    "seed": "train.seed", "data_seed": "train.seed (order of the rows)",
+    "bf16": "backend dtype bfloat16 on a GPU (compute capability >= 8.0)",
+    "fp16": "backend dtype float16 on a GPU (a T4, capability 7.5)", "max_length": "model.max_seq_length",
+    "logging_steps": "train.logging_steps", "eval_strategy": "train.eval_steps > 0 and held-out rows exist",
+    "eval_steps": "train.eval_steps", "save_strategy": "train.save_steps > 0", "save_steps": "train.save_steps",
+    "report_to": "train.wandb and a W&B key", "run_name": "the run folder's name",
+    "disable_tqdm": "headless (papermill) runs log plain lines", "save_total_limit": "fixed: two checkpoints kept",
+    "packing": "fixed: one example a row", "dataloader_num_workers": "fixed",
+    "remove_unused_columns": "fixed", "ddp_backend": "DDP: nccl on GPUs, gloo on CPU",
+    "ddp_find_unused_parameters": "DDP: every LoRA weight gets a gradient", "use_cpu": "DDP without CUDA",
+}
+
+
+def sft_arguments_for(cfg: Config, plan: BatchPlan, output_dir: Path, *, backend: str, dtype: str, on_gpu: bool,
+                      report_to: list[str], has_eval: bool, run_name: str) -> dict[str, Any]:
+    """sft_arguments with cfg's values and the batch plan: the exact SFTConfig keyword arguments."""
+    t = cfg.train
+    return sft_arguments(
+        output_dir=output_dir, per_device_train_batch_size=plan.micro_batch,
+        gradient_accumulation_steps=plan.accumulation, padding_free=plan.padding_free,
+        gradient_checkpointing=plan.checkpointing(cfg.lora.gradient_checkpointing),
+        learning_rate=t.learning_rate, warmup_steps=t.warmup_steps, max_steps=t.max_steps, optim=t.optim,
+        weight_decay=t.weight_decay, lr_scheduler_type=t.lr_scheduler_type, seed=t.seed,
+        logging_steps=t.logging_steps, eval_steps=t.eval_steps, save_steps=t.save_steps,
+        max_seq_length=cfg.model.max_seq_length, mixed_precision=dtype if on_gpu else "no", has_eval=has_eval,
+        report_to=report_to, run_name=run_name, progress_bars=not headless(),
+        ddp=trainer_kwargs(),
+    )
+
+
+def train(cfg: Config, run: Run, loaded: Loaded, prepared, resume: bool | None = None,
+          plan: BatchPlan | None = None) -> TrainResult:
+    """Fine-tune `loaded` (a peft model) and save the adapter and tokenizer in the run folder.
+
+    `resume` (default: train.resume) continues from the latest complete checkpoint
+    made with the same settings; False starts over from step 0. The batch plan, the SFTConfig
+    arguments and the LoRA settings used are recorded in train/metrics.json.
+    """
+    import torch
+
+    ckpt_dir, resume_from = _checkpoint_dir(cfg, run, cfg.train.resume if resume is None else resume)
+    report_to, wandb_note = wandb_setup(cfg, run)
+    print0(wandb_note)
+    if resume_from:
+        print0(f"resuming from {resume_from.name}")
+    has_eval = len(prepared.eval) > 0
+    processes = world_size()
+    plan = plan or plan_from_config(cfg, loaded.backend.name, gpu_memory_gib(), processes=processes)
+    across = f" x {processes} processes" if processes > 1 else ""
+    print0(f"batches: micro-batch {plan.micro_batch} x accumulation {plan.accumulation}{across}, "
+           f"padding-free {plan.padding_free} ({plan.reason})")
+    args = sft_arguments_for(cfg, plan, ckpt_dir, backend=loaded.backend.name, dtype=loaded.backend.dtype,
+                             on_gpu=loaded.device.type == "cuda", report_to=report_to, has_eval=has_eval,
+                             run_name=run.root.name)
+    trainer = make_trainer(loaded.model, loaded.tokenizer, prepared.trainer_columns("train"),
+                           prepared.trainer_columns("eval") if has_eval and cfg.train.eval_steps > 0 else None,
+                           args, token_budget=plan.token_budget)
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    earlier = _elapsed_before(resume_from)  # the interrupted sessions' training time, kept in each checkpoint
+    trainer.add_callback(elapsed_in_checkpoints(earlier))
+    t0 = time.perf_counter()
+    try:
+        result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    except RuntimeError as e:
+        if not is_oom(e):
+            raise
+        raise RuntimeError(oom_advice(cfg, plan)) from e
+    finally:
+        if "wandb" in report_to:
+            import wandb
+
+            wandb.finish()
+    session_seconds = time.perf_counter() - t0
+    seconds = earlier + session_seconds
+    trainable, total = trainable_parameters(loaded.model)
+    history = trainer.state.log_history
+    tokens = last_value(history, "num_tokens")  # TRL counts the tokens trained on (all ranks), from step 0
+    metrics = {
+        **{k: v for k, v in result.metrics.items() if isinstance(v, (int, float))},
+        # After a resume the trainer's train_loss and runtime cover only the resumed steps: the whole
+        # run's mean of the logged losses and its time over every session are what a reader expects.
+        "train_loss": _rounded(_mean_logged_loss(history)),
+        "train_loss_this_session": _rounded(result.metrics.get("train_loss")),
+        "global_step": trainer.state.global_step,
+        "seconds": round(seconds, 2),
+        "seconds_this_session": round(session_seconds, 2),
+        "resumed_from": resume_from.name if resume_from else None,
+        "final_train_loss": _rounded(last_value(history, "loss")),
+        "final_eval_loss": _rounded(last_value(history, "eval_loss")),
+        "tokens_per_second": round(tokens / seconds, 1) if tokens and seconds else None,
+        "trainable_parameters": trainable,
+        "total_parameters": total,
+        "backend": loaded.backend.name,
+        "batch_plan": asdict(plan),
+        "lora": lora_arguments(cfg, plan),
+        "sft_arguments": args,
+        # Steps Unsloth ran as several passes to stay within plan.token_budget.
+        "token_budget_splits": getattr(trainer, "_unsloth_token_budget_splits", 0),
+        "processes": processes,
+        "wandb": wandb_note,
+        "peak_gpu_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None,
+    }
+    adapter_dir = run.path("adapter")
+    if is_main_process():
+        with atomic_dir(adapter_dir) as tmp:
+            loaded.model.save_pretrained(str(tmp))
+            loaded.tokenizer.save_pretrained(str(tmp))
+        write_json_atomic(run.path("log_history"), history)
+        write_json_atomic(run.path("train_metrics"), metrics)
+        run.write_manifest(cfg, "train", metrics=metrics)
+    barrier()
+    return TrainResult(adapter_dir, history, metrics)
+
+
+ELAPSED_FILE = "r1helpers_elapsed.json"
+
+
+def _elapsed_before(resume_from: Path | None) -> float:
+    if resume_from is None or not (resume_from / ELAPSED_FILE).is_file():
+        return 0.0
+    return float(read_json(resume_from / ELAPSED_FILE).get("seconds", 0.0))
+
+
+def _mean_logged_loss(history: list[dict[str, Any]]) -> float | None:
+    losses = [r["loss"] for r in history if "loss" in r]
+    return sum(losses) / len(losses) if losses else None
+
+
+def elapsed_in_checkpoints(earlier: float):
+    """A TrainerCallback that writes the training time so far into each checkpoint, so a resumed run
+    reports the whole run's time (transformers is imported here, not when this module loads)."""
+    from transformers import TrainerCallback
+
+    t0 = time.perf_counter()
+
+    class ElapsedInCheckpoints(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if is_main_process() and folder.is_dir():
+                write_json_atomic(folder / ELAPSED_FILE, {"seconds": earlier + time.perf_counter() - t0})
+
+    return ElapsedInCheckpoints()
+
+
+def _rounded(x: float | None, digits: int = 4) -> float | None:
+    return None if x is None else round(x, digits)
+
+
+def load_result(run: Run) -> TrainResult:
+    return TrainResult(run.path("adapter"), read_json(run.path("log_history")), read_json(run.path("train_metrics")))
+
+
+def ensure_trained(cfg: Config, run: Run, prepared, force: bool = False, resume: bool | None = None) -> TrainResult:
+    """The run folder's adapter when trained with these settings; otherwise train it, resuming an
+    interrupted run unless train.resume=false (or resume=False) says start over.
+
+    `cfg` is checked again first (validate), so a value assigned in a notebook cell is what trains,
+    and a bad one fails naming its field before any model loads.
+    """
+    cfg = validate(cfg)
+
+    def make() -> TrainResult:
+
+        base = load_base_for(cfg)
+        plan = plan_for(cfg, base, prepared)
+        # Recomputation is set when the adapters are added: with_lora passes the plan's choice.
+        return train(cfg, run, with_lora(cfg, base, plan), prepared, resume=resume, plan=plan)
+
+    return run.reuse_or_build(cfg, "train", make, lambda: load_result(run), force=force, say=print0)
+
+
+def _lengths(prepared) -> list[int] | None:
+    return list(prepared.train["num_tokens"]) if "num_tokens" in prepared.train.column_names else None
+
+
+def plan_for(cfg: Config, base: Loaded, prepared) -> BatchPlan:
+    """The batch plan for this process, from the loaded weights' memory and the data's real lengths."""
+    import torch
+
+    on_gpu = torch.cuda.is_available() and base.device.type == "cuda"
+    return plan_from_config(cfg, base.backend.name, gpu_memory_gib(), processes=world_size(),
+                            lengths=_lengths(prepared), dims=base.model.config,
+                            base_gib=torch.cuda.memory_allocated() / 2**30 if on_gpu else None)
+
+
+def training_preview(cfg: Config, run: Run, prepared, processes: int = 1) -> dict[str, Any]:
+    """What stage 03 will pass, before any model loads, when training in `processes` processes (one
+    of them: its share of the batch): the backend, the batch plan, the add_lora settings and the
+    SFTConfig arguments (under DDP each process adds r1helpers.core.ddp.trainer_kwargs()).
+
+    The plan estimates the weights' memory from the model's shapes where train() measures it after
+    loading, so on a GPU its token budget can differ a little from the recorded one; everything else
+    is computed as train() computes it."""
+    from transformers import AutoConfig
+
+    from r1helpers.core.hardware import choose_backend  # looked up here: tests fake it
+    from r1helpers.modeling.load import estimated_weights_gib
+    from r1helpers.modeling.local import resolve_model_path
+
+    cfg = validate(cfg)
+    backend = choose_backend(cfg, processes=processes)
+    gpu_gib = gpu_memory_gib()
+    dims = AutoConfig.from_pretrained(resolve_model_path(cfg.model.name), revision=cfg.model.revision)
+    base_gib = estimated_weights_gib(dims, backend.load_in_4bit, backend.dtype) if gpu_gib else None
+    plan = plan_from_config(cfg, backend.name, gpu_gib, processes=processes, lengths=_lengths(prepared),
+                            dims=dims, base_gib=base_gib)
+    mode, note = wandb_choice(cfg)
+    args = sft_arguments_for(cfg, plan, run.path("checkpoints"), backend=backend.name, dtype=backend.dtype,
+                             on_gpu=gpu_gib is not None, report_to=["wandb"] if mode else [],
+                             has_eval=len(prepared.eval) > 0, run_name=run.root.name)
+    return {"backend": backend.name, "backend_reason": backend.reason, "processes": processes, "plan": plan,
+            "lora": lora_arguments(cfg, plan), "sft_arguments": args, "wandb": note,
+            "expected_trainable_parameters": expected_lora_parameters(dims, cfg.lora.r, cfg.lora.target_modules)}
