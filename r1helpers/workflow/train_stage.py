@@ -3,6 +3,7 @@ the adapter saved atomically with its metrics and manifest; reused when trained 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -207,89 +208,187 @@ def sft_arguments_for(cfg: Config, plan: BatchPlan, output_dir: Path, *, backend
     )
 
 
+class TrainingJob:
+    """Stage 03 between the cells that train: what the run folder says to do, and what it records after.
+
+    `begin(cfg, run, prepared)` decides, holding the run folder's lock: reuse (an adapter trained with these
+    settings is there), resume (an unfinished training with these settings left a complete checkpoint), train
+    from step 0, or ddp (train.processes > 1: torchrun trains, `distributed.ensure_trained_anywhere`). A
+    finished adapter made with other settings is refused (RunFolderConflict) unless the run folder was opened
+    with overwrite, which moves it aside first. The notebook's cells then load, add LoRA, build the trainer and
+    call `trainer.train(resume_from_checkpoint=job.resume_from)` themselves; `save` writes the adapter to a
+    temporary folder, renames it, records the metrics and the manifest, and releases the lock.
+    """
+
+    def __init__(self, cfg: Config, run: Run, prepared, mode: str, resume_from: Path | None = None,
+                 checkpoint_dir: Path | None = None, report_to: list[str] | None = None, wandb_note: str = "",
+                 release=None):
+        from r1helpers.core.hardware import choose_backend
+
+        self.cfg, self.run, self.prepared, self.mode = cfg, run, prepared, mode
+        self.resume_from, self.checkpoint_dir = resume_from, checkpoint_dir
+        self.report_to, self.wandb_note = report_to or [], wandb_note
+        self.backend = choose_backend(cfg)
+        self._release = release or (lambda: None)
+        self._t0, self._earlier = None, 0.0
+
+    @property
+    def trains_here(self) -> bool:
+        """True when this process trains: not when the adapter is reused, nor when torchrun trains (DDP)."""
+        return self.mode in ("train", "resume")
+
+    def __str__(self) -> str:
+        return {"reuse": f"train: reusing {self.run.path('adapter')} (trained with these settings)",
+                "ddp": f"train: under DDP in {self.cfg.train.processes or 'all'} processes (torchrun), below",
+                "resume": f"train: resuming from {self.resume_from} ({self.wandb_note})",
+                "train": f"train: from step 0 ({self.wandb_note})"}[self.mode]
+
+    @property
+    def eval_dataset(self):
+        """The held-out rows' token ids for the held-out loss, or None (no held-out rows, train.eval_steps 0)."""
+        p = self.prepared
+        return p.trainer_columns("eval") if len(p.eval) > 0 and self.cfg.train.eval_steps > 0 else None
+
+    def batch_plan(self, model) -> BatchPlan:
+        """This GPU's micro-batch x accumulation for the effective batch, from the loaded weights' memory and the
+        rows' real lengths (`training.plan.plan_batches`)."""
+        return plan_for(self.cfg, Loaded(model, None, self.backend), self.prepared)
+
+    def gradient_checkpointing(self, plan: BatchPlan):
+        """`use_gradient_checkpointing` for get_peft_model: the plan's choice, else lora.gradient_checkpointing."""
+        return {"unsloth": "unsloth", "true": True, "false": False}[plan.checkpointing(self.cfg.lora.gradient_checkpointing)]
+
+    def sft_arguments(self, plan: BatchPlan) -> dict[str, Any]:
+        """The exact SFTConfig keyword arguments: cfg.train's values, the plan, the run folder's checkpoints."""
+        import torch
+
+        return sft_arguments_for(self.cfg, plan, self.checkpoint_dir, backend=self.backend.name,
+                                 dtype=self.backend.dtype, on_gpu=torch.cuda.is_available(),
+                                 report_to=self.report_to, has_eval=len(self.prepared.eval) > 0,
+                                 run_name=self.run.root.name)
+
+    @contextlib.contextmanager
+    def session(self, trainer, plan: BatchPlan):
+        """Around `trainer.train(...)`: the interrupted sessions' time carried into each checkpoint, out of
+        memory turned into advice naming the values to change, W&B closed however it ends."""
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        self._earlier = _elapsed_before(self.resume_from)
+        trainer.add_callback(elapsed_in_checkpoints(self._earlier))
+        self._t0 = time.perf_counter()
+        try:
+            yield
+        except RuntimeError as e:
+            if not is_oom(e):
+                raise
+            raise RuntimeError(oom_advice(self.cfg, plan)) from e
+        finally:
+            self._session_seconds = time.perf_counter() - self._t0
+            if "wandb" in self.report_to:
+                import wandb
+
+                wandb.finish()
+
+    def save(self, trainer, model, tokenizer, plan: BatchPlan, output) -> TrainResult:
+        """The adapter and tokenizer saved in the run folder (a temporary folder, then renamed), with
+        train/log_history.json, train/metrics.json and the manifest; releases the run folder's lock."""
+        import torch
+
+        seconds = self._earlier + self._session_seconds
+        trainable, total = trainable_parameters(model)
+        history = trainer.state.log_history
+        tokens = last_value(history, "num_tokens")  # TRL counts the tokens trained on (all ranks), from step 0
+        metrics = {
+            **{k: v for k, v in output.metrics.items() if isinstance(v, (int, float))},
+            # After a resume the trainer's train_loss and runtime cover only the resumed steps: the whole
+            # run's mean of the logged losses and its time over every session are what a reader expects.
+            "train_loss": _rounded(_mean_logged_loss(history)),
+            "train_loss_this_session": _rounded(output.metrics.get("train_loss")),
+            "global_step": trainer.state.global_step,
+            "seconds": round(seconds, 2),
+            "seconds_this_session": round(self._session_seconds, 2),
+            "resumed_from": self.resume_from.name if self.resume_from else None,
+            "final_train_loss": _rounded(last_value(history, "loss")),
+            "final_eval_loss": _rounded(last_value(history, "eval_loss")),
+            "tokens_per_second": round(tokens / seconds, 1) if tokens and seconds else None,
+            "trainable_parameters": trainable,
+            "total_parameters": total,
+            "backend": self.backend.name,
+            "batch_plan": asdict(plan),
+            "lora": lora_arguments(self.cfg, plan),
+            "sft_arguments": self.sft_arguments(plan),
+            # Steps Unsloth ran as several passes to stay within plan.token_budget.
+            "token_budget_splits": getattr(trainer, "_unsloth_token_budget_splits", 0),
+            "processes": world_size(),
+            "wandb": self.wandb_note,
+            "peak_gpu_memory_gib": (round(torch.cuda.max_memory_allocated() / 2**30, 2)
+                                    if torch.cuda.is_available() else None),
+        }
+        adapter_dir = self.run.path("adapter")
+        try:
+            if is_main_process():
+                with atomic_dir(adapter_dir) as tmp:
+                    model.save_pretrained(str(tmp))
+                    tokenizer.save_pretrained(str(tmp))
+                write_json_atomic(self.run.path("log_history"), history)
+                write_json_atomic(self.run.path("train_metrics"), metrics)
+                self.run.write_manifest(self.cfg, "train", metrics=metrics)
+            barrier()
+        finally:
+            self._release()
+        return TrainResult(adapter_dir, history, metrics)
+
+
+def begin(cfg: Config, run: Run, prepared, processes: int = 1, resume: bool | None = None,
+          announce: bool = True) -> TrainingJob:
+    """What stage 03 does in this run folder (see TrainingJob); `resume` (default train.resume) False starts
+    over, moving the checkpoints aside. `cfg` is checked again first: a value set in a cell is what trains."""
+    cfg = validate(cfg)
+    if processes > 1 and world_size() == 1:
+        return TrainingJob(cfg, run, prepared, "ddp")
+    lock = contextlib.ExitStack()
+    lock.enter_context(run.lock("train"))
+    try:
+        if run.is_current(cfg, "train"):
+            lock.close()
+            return TrainingJob(cfg, run, prepared, "reuse")
+        run.refuse_or_move_aside(cfg, "train")
+        if announce:
+            print0(run.why_stale(cfg, "train") + ": training")
+        ckpt_dir, resume_from = _checkpoint_dir(cfg, run, cfg.train.resume if resume is None else resume)
+        report_to, note = wandb_setup(cfg, run)
+    except BaseException:
+        lock.close()
+        raise
+    return TrainingJob(cfg, run, prepared, "resume" if resume_from else "train", resume_from, ckpt_dir,
+                       report_to, note, release=lock.close)
+
+
 def train(cfg: Config, run: Run, loaded: Loaded, prepared, resume: bool | None = None,
           plan: BatchPlan | None = None) -> TrainResult:
-    """Fine-tune `loaded` (a peft model) and save the adapter and tokenizer in the run folder.
+    """Notebook 03's training cells as one function, for DDP's workers and the tests: fine-tune `loaded` (a
+    peft model from `with_lora`) and save the adapter and tokenizer in the run folder (TrainingJob.save).
 
-    `resume` (default: train.resume) continues from the latest complete checkpoint
-    made with the same settings; False starts over from step 0. The batch plan, the SFTConfig
-    arguments and the LoRA settings used are recorded in train/metrics.json.
+    `resume` (default: train.resume) continues from the latest complete checkpoint made with the same
+    settings; False starts over from step 0. Called inside `run.reuse_or_build`, which holds the lock.
     """
-    import torch
-
-    ckpt_dir, resume_from = _checkpoint_dir(cfg, run, cfg.train.resume if resume is None else resume)
-    report_to, wandb_note = wandb_setup(cfg, run)
-    print0(wandb_note)
-    if resume_from:
-        print0(f"resuming from {resume_from.name}")
-    has_eval = len(prepared.eval) > 0
+    job = begin(cfg, run, prepared, resume=resume, announce=False)
+    job.backend = loaded.backend
+    print0(job.wandb_note)
+    if job.resume_from:
+        print0(f"resuming from {job.resume_from.name}")
     processes = world_size()
     plan = plan or plan_from_config(cfg, loaded.backend.name, gpu_memory_gib(), processes=processes)
     across = f" x {processes} processes" if processes > 1 else ""
     print0(f"batches: micro-batch {plan.micro_batch} x accumulation {plan.accumulation}{across}, "
            f"padding-free {plan.padding_free} ({plan.reason})")
-    args = sft_arguments_for(cfg, plan, ckpt_dir, backend=loaded.backend.name, dtype=loaded.backend.dtype,
-                             on_gpu=loaded.device.type == "cuda", report_to=report_to, has_eval=has_eval,
-                             run_name=run.root.name)
-    trainer = make_trainer(loaded.model, loaded.tokenizer, prepared.trainer_columns("train"),
-                           prepared.trainer_columns("eval") if has_eval and cfg.train.eval_steps > 0 else None,
-                           args, token_budget=plan.token_budget)
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-    earlier = _elapsed_before(resume_from)  # the interrupted sessions' training time, kept in each checkpoint
-    trainer.add_callback(elapsed_in_checkpoints(earlier))
-    t0 = time.perf_counter()
-    try:
-        result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    except RuntimeError as e:
-        if not is_oom(e):
-            raise
-        raise RuntimeError(oom_advice(cfg, plan)) from e
-    finally:
-        if "wandb" in report_to:
-            import wandb
-
-            wandb.finish()
-    session_seconds = time.perf_counter() - t0
-    seconds = earlier + session_seconds
-    trainable, total = trainable_parameters(loaded.model)
-    history = trainer.state.log_history
-    tokens = last_value(history, "num_tokens")  # TRL counts the tokens trained on (all ranks), from step 0
-    metrics = {
-        **{k: v for k, v in result.metrics.items() if isinstance(v, (int, float))},
-        # After a resume the trainer's train_loss and runtime cover only the resumed steps: the whole
-        # run's mean of the logged losses and its time over every session are what a reader expects.
-        "train_loss": _rounded(_mean_logged_loss(history)),
-        "train_loss_this_session": _rounded(result.metrics.get("train_loss")),
-        "global_step": trainer.state.global_step,
-        "seconds": round(seconds, 2),
-        "seconds_this_session": round(session_seconds, 2),
-        "resumed_from": resume_from.name if resume_from else None,
-        "final_train_loss": _rounded(last_value(history, "loss")),
-        "final_eval_loss": _rounded(last_value(history, "eval_loss")),
-        "tokens_per_second": round(tokens / seconds, 1) if tokens and seconds else None,
-        "trainable_parameters": trainable,
-        "total_parameters": total,
-        "backend": loaded.backend.name,
-        "batch_plan": asdict(plan),
-        "lora": lora_arguments(cfg, plan),
-        "sft_arguments": args,
-        # Steps Unsloth ran as several passes to stay within plan.token_budget.
-        "token_budget_splits": getattr(trainer, "_unsloth_token_budget_splits", 0),
-        "processes": processes,
-        "wandb": wandb_note,
-        "peak_gpu_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None,
-    }
-    adapter_dir = run.path("adapter")
-    if is_main_process():
-        with atomic_dir(adapter_dir) as tmp:
-            loaded.model.save_pretrained(str(tmp))
-            loaded.tokenizer.save_pretrained(str(tmp))
-        write_json_atomic(run.path("log_history"), history)
-        write_json_atomic(run.path("train_metrics"), metrics)
-        run.write_manifest(cfg, "train", metrics=metrics)
-    barrier()
-    return TrainResult(adapter_dir, history, metrics)
+    trainer = make_trainer(loaded.model, loaded.tokenizer, prepared.trainer_columns("train"), job.eval_dataset,
+                           job.sft_arguments(plan), token_budget=plan.token_budget)
+    with job.session(trainer, plan):
+        output = trainer.train(resume_from_checkpoint=str(job.resume_from) if job.resume_from else None)
+    return job.save(trainer, loaded.model, loaded.tokenizer, plan, output)
 
 
 ELAPSED_FILE = "r1helpers_elapsed.json"

@@ -22,9 +22,16 @@ model in 4-bit takes about 2 minutes; 60 steps of 2 x 4 rows of ~750 tokens take
 `cpu` profile (tiny model, sample data) the 24 steps take well under a minute. If the run folder already holds
 an adapter trained with these settings, this notebook reuses it in seconds. Measured on an H200 with the 8B shape (random weights, the bundled rows, 51 held-out + 24 multiple-choice questions at 1,200 tokens; BENCHMARKS.md): 117.1 s, of
 which 52.4 s for the 60 steps and 44.5 s in the start cell, which imports Unsloth."""),
-    ("code", """from r1helpers import distributed
+    ("code", """import torch
+from trl import SFTConfig, SFTTrainer
+
+from r1helpers import distributed
 from r1helpers.core import show
-from r1helpers.workflow import steps"""),
+from r1helpers.modeling.fast import language_model
+from r1helpers.modeling.load import prepare_tokens
+from r1helpers.modeling.local import resolve_model_path
+from r1helpers.training.plan import token_budget_env
+from r1helpers.workflow import data_stage, train_stage"""),
     ("md", """## Changing a value
 
 `cfg` is a tree of dataclasses: `cfg.model`, `cfg.data`, `cfg.lora`, `cfg.train`, ... Assign a field in the next
@@ -92,7 +99,7 @@ print(f"backend: {preview['backend']} ({preview['backend_reason']})")
 show.batch_plan_table(preview["plan"], preview["processes"])"""),
     ("md", """## The SFT arguments
 
-These are the keyword arguments `train_stage.train` passes to TRL's `SFTConfig`, computed by
+These are the keyword arguments the trainer cell below passes to TRL's `SFTConfig`, computed by
 `training.sft.sft_arguments` from `cfg` and the plan; the `from` column says where each comes from. What they
 mean:
 
@@ -109,22 +116,89 @@ mean:
 - `seed` and `data_seed` fix the order in which rows are drawn (and any dropout), so a rerun with the same
   settings gives the same adapter."""),
     ("code", """show.values_table(preview["sft_arguments"], "SFTConfig argument", train_stage.SFT_ARGUMENT_SOURCES)"""),
-    ("md", """## Training
+    ("md", """## Training: what the run folder says to do
 
-`distributed.ensure_trained_anywhere(cfg, run, prepared)` first checks `cfg` again, then does one of:
+`train_stage.begin` checks `cfg` again and looks at the run folder first, holding its lock until the adapter is
+saved:
 
 - **reuse**: `train/manifest.json` says an adapter was trained with exactly these model, data, LoRA and training
-  settings, and its files are there: it is loaded, nothing trains.
-- **resume**: an earlier run with these settings stopped part-way (a dropped Kaggle session): training continues
-  from the latest complete checkpoint, with its optimizer, scheduler and random state, and ends where an
-  uninterrupted run ends. Checkpoints made with other settings are discarded, never resumed;
-  `cfg.train.resume = False` starts over.
-- **train** from step 0 otherwise: load the base model, plan the batches, add LoRA, train, save.
-- **DDP**: with `train.processes` other than 1 (0: every visible GPU) the same runs under torchrun, one process
-  per GPU; their output appears here as it comes and rank 0 writes the run folder.
+  settings, and its files are there: nothing loads and nothing trains below.
+- **resume**: an earlier run with these settings stopped part-way (a dropped Kaggle session): `job.resume_from`
+  is the latest complete checkpoint, and `trainer.train` continues from it with its optimizer, scheduler and
+  random state, ending where an uninterrupted run ends. `cfg.train.resume = False` starts over.
+- **train** from step 0 otherwise.
+- **refused**: a finished adapter made with *other* settings is never trained over. The error names the fields
+  that differ; use a new run folder, or `overwrite=True`, which first moves the old one to `<run>/replaced/`.
+- **ddp**: with `train.processes` other than 1 (0: every visible GPU) torchrun trains in other processes (the
+  last cell of this section), with transformers + peft; their output appears here as it comes."""),
+    ("code", """job = train_stage.begin(cfg, run, prepared, processes=distributed.training_processes(cfg))
+print(job)"""),
+    ("md", """## Loading the model
 
-The trainer prints the loss every `logging_steps` steps and the held-out loss every `eval_steps`."""),
-    ("code", """result = distributed.ensure_trained_anywhere(cfg, run, prepared)
+`FastLanguageModel.from_pretrained` loads the base model and its tokenizer: the Hub id (or local folder), the
+longest sequence to prepare for, the compute dtype (bf16 on compute capability 8.0+, fp16 on a T4; float32 on a
+CPU) and 4-bit nf4 weights (QLoRA; CUDA only). `language_model(backend)` is Unsloth's `FastLanguageModel` where
+Unsloth runs (notebook 00 says why or why not); elsewhere (a CPU, DDP) it is a small class with the same calls
+on transformers + peft, so these cells run everywhere. `prepare_tokens` then sets a pad token distinct from EOS
+(notebook 02 says why) and puts the pad and EOS ids in the generation config."""),
+    ("code", """backend = job.backend  # choose_backend(cfg): name, dtype, 4-bit, and why
+FastLanguageModel = language_model(backend.name)
+if job.trains_here:  # False when the adapter is reused or torchrun trains
+    model, tokenizer = FastLanguageModel.from_pretrained(
+        model_name=resolve_model_path(cfg.model.name),  # a Hub id, or the folder of a local model
+        max_seq_length=cfg.model.max_seq_length,
+        dtype=getattr(torch, backend.dtype),
+        load_in_4bit=backend.load_in_4bit,
+        revision=cfg.model.revision,
+    )
+    print(prepare_tokens(model, tokenizer, cfg.model.pad_token))"""),
+    ("md", """## Adding LoRA
+
+`get_peft_model` wraps the frozen model with the adapters of the table above. The batch plan, now measured on
+the loaded weights, decides whether gradient checkpointing is needed (`use_gradient_checkpointing`)."""),
+    ("code", """if job.trains_here:
+    plan = job.batch_plan(model)  # micro-batch x accumulation for this GPU, from the weights and the rows' lengths
+    model = FastLanguageModel.get_peft_model(
+        model,
+        r=cfg.lora.r,
+        lora_alpha=cfg.lora.alpha,
+        lora_dropout=cfg.lora.dropout,
+        bias=cfg.lora.bias,
+        target_modules=list(cfg.lora.target_modules),
+        use_gradient_checkpointing=job.gradient_checkpointing(plan),
+        random_state=cfg.lora.random_state,
+        max_seq_length=cfg.model.max_seq_length,
+    )"""),
+    ("md", """## The trainer
+
+TRL's `SFTTrainer` gets the peft model, the tokenizer, the training rows' token ids, the held-out rows (for the
+held-out loss) and `SFTConfig` with the arguments shown above (`job.sft_arguments(plan)`, the same values with
+the measured plan). `token_budget_env` tells Unsloth the most tokens one pass may hold (0: no limit)."""),
+    ("code", """if job.trains_here:
+    model.config.use_cache = False  # the KV cache is for generation; training recomputes every position
+    with token_budget_env(plan.token_budget):
+        trainer = SFTTrainer(
+            model=model,
+            processing_class=tokenizer,
+            train_dataset=prepared.trainer_columns("train"),  # only input_ids: text columns break the collator
+            eval_dataset=job.eval_dataset,
+            args=SFTConfig(**job.sft_arguments(plan)),
+        )"""),
+    ("md", """## Training
+
+`trainer.train` runs `max_steps` optimizer steps, printing the loss every `logging_steps` and the held-out loss
+every `eval_steps`, and writing a checkpoint every `save_steps` (the last two kept). `job.session` carries the
+time of interrupted sessions into each checkpoint, turns out-of-memory into advice naming the values to change,
+and closes W&B however training ends. `job.save` writes the adapter and tokenizer to a temporary folder and
+renames it to `train/adapter` (a kill never leaves half an adapter), then the metrics and the manifest.
+
+`distributed.ensure_trained_anywhere` then gives the result: the adapter just saved or reused, read back from
+the run folder; with `train.processes` > 1 it trains here under torchrun, one process per GPU."""),
+    ("code", """if job.trains_here:
+    with job.session(trainer, plan):
+        trainer_stats = trainer.train(resume_from_checkpoint=job.resume_from)
+    job.save(trainer, model, tokenizer, plan, trainer_stats)
+result = distributed.ensure_trained_anywhere(cfg, run, prepared)
 used = result.metrics
 print(result.adapter_dir)"""),
     ("md", """## What was used
