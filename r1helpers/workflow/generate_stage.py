@@ -160,14 +160,17 @@ class FinetunedModel:
     missing or made with other settings). `loads` counts the loads, `release()` frees the memory.
     """
 
-    def __init__(self, cfg: Config, run: Run, prepared, adapter_dir: Path | None = None):
+    def __init__(self, cfg: Config, run: Run, prepared, adapter_dir: Path | None = None, *,
+                 model=None, tokenizer=None, path: GenerationPath | None = None):
+        """`model`, `tokenizer`, `path`: base + adapter as a notebook cell loaded them for `path` (then nothing
+        loads here unless a fallback needs other weights)."""
         self.cfg, self.run, self.prepared = cfg, run, prepared
         self.own_adapter = adapter_dir is None
         self._adapter_dir = None if adapter_dir is None else Path(adapter_dir)
         self._trained: TrainResult | None = None
-        self._loaded: Loaded | None = None
-        self.path: GenerationPath | None = None
-        self.loads = 0
+        self._loaded: Loaded | None = None if model is None else Loaded(model, tokenizer, path.backend_choice())
+        self.path: GenerationPath | None = path
+        self.loads = 0 if model is None else 1
 
     def _train(self) -> TrainResult:
         if self._trained is None:

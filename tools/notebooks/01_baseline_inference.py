@@ -13,11 +13,11 @@ exactly the prompt and the decoding settings the fine-tuned model will get in no
 (one record per question: the text, its reasoning and answer, whether it finished), `baseline/mcq_generations.jsonl`
 (the multiple-choice answers), `baseline/manifest.json` (settings, speed) and `results/01.json`. **Time on a Kaggle
 T4** (estimates): about 2 minutes to load the 8B model in 4-bit (plus the download of about 6 GB the first time),
-then generation at roughly 15-25 tokens/s per sequence, so about a minute per batch whose answers run to the
-1,200-token limit; 10 to 20 minutes in all with the 50 multiple-choice questions. Measured on an H200 with the 8B shape (random weights, the bundled rows, 51 held-out + 24 multiple-choice questions at 1,200 tokens; BENCHMARKS.md): 133.5 s, of
-which 101.3 s generating 89,270 tokens on the static-cache path (72.8 s of it the prefill and compiling the
-decoding step, 50.3 s of that inductor's compilation and 13.1 s Dynamo's tracing; then 3,160 tokens/s with
-`grouped_decode`)."""),
+then the example question alone (a minute or two), then the batched generation: a T4's memory bandwidth (320 GB/s)
+reads the 8B model's ~5.7 GB of 4-bit weights at most ~55 times a second, so each batch decodes at most ~55
+steps/s whatever its size, and a batch whose answers run to the 1,200-token limit takes roughly 30-60 s; 10 to 20
+minutes in all with the 50 multiple-choice questions. Measured on an H200 with the 8B shape and random weights
+(not a T4; BENCHMARKS.md has the breakdown): 133.5 s for the stage."""),
     ("md", """## The prompt
 
 One function, `prompts.build_prompt(question)`, builds the text the model sees, in training and at inference. Here
@@ -57,35 +57,60 @@ says why):
 - `dynamic`: plain generation with the dynamic KV cache, on a CPU or where Unsloth is not available.
 
 Both models of the comparison use one path, with the same weights and cache: notebook 04 follows the path recorded
-here. `load_base` then loads the model with plain arguments, taken from that path:
+here. `from_pretrained` then loads the model with arguments taken from that path:
 
-- `name`: the Hub id or a local folder (`model.name`);
+- `model_name`: the Hub id or a local folder (`model.name`);
 - `max_seq_length`: the longest sequence Unsloth prepares the model for (`model.max_seq_length`); the transformers
   path does not need it at load time. In training it is the longest example allowed (notebook 02);
 - `load_in_4bit`: store the weights in 4-bit nf4 with bitsandbytes (QLoRA), about 5.5 GB instead of 16 GB for the
   8B model; CUDA only;
-- `dtype`: bf16 or fp16 on a GPU, float32 on a CPU;
-- `backend`: `"unsloth"` or `"transformers"` (notebook 00 shows why this GPU gets which);
-- `pad_token`: the token batches are padded with (`model.pad_token`; `None` picks one that is not EOS, see
-  notebook 02).
-
-`for_inference` then switches the model to evaluation mode with the key-value cache on (and, with Unsloth, to its
-faster generation path). The model is loaded once in this notebook and passed on to every generation below."""),
-    ("code", """from r1helpers.modeling import load
+- `dtype`: bf16 or fp16 on a GPU, float32 on a CPU."""),
+    ("code", """import torch
 from r1helpers.inference import choose
+from r1helpers.modeling.fast import language_model
+from r1helpers.modeling.load import Loaded, prepare_tokens
+from r1helpers.modeling.local import resolve_model_path
 from r1helpers.workflow import data_stage, generate_stage
 gen_path = choose.generation_path(cfg, run, "baseline")  # infer.path: how both models generate, and why
-print(f"generation path {gen_path.path}: {gen_path.reason}")
-loaded = load.load_base(cfg.model.name, max_seq_length=cfg.model.max_seq_length, load_in_4bit=gen_path.load_in_4bit,
-                        dtype=gen_path.dtype, backend=gen_path.backend, revision=cfg.model.revision,
-                        pad_token=cfg.model.pad_token)
-loaded = load.for_inference(loaded)
-print(f"{gen_path.backend}; weights {gen_path.weights}; on {loaded.device}")"""),
-    ("md", """The prompt as token ids, and its last tokens. In the R1 tokenizer `<think>` is one token of its own, so the
-model's first generated token follows it directly."""),
-    ("code", """prompt_ids = prompts.encode_prompt(loaded.tokenizer, question)
-print(len(prompt_ids), "prompt tokens; the first and last:", loaded.tokenizer.convert_ids_to_tokens(prompt_ids[:1]),
-      loaded.tokenizer.convert_ids_to_tokens(prompt_ids[-6:]))"""),
+print(f"generation path {gen_path.path}: {gen_path.reason}")"""),
+    ("md", """Then the tutorial's loading call. `language_model(backend)` is Unsloth's `FastLanguageModel` where Unsloth
+runs; elsewhere (a CPU, or the `static_16bit` path, which loads with transformers) it is a small class with the
+same calls on transformers + peft (`r1helpers/modeling/fast.py`), so this cell reads the same everywhere.
+`prepare_tokens` sets a pad token distinct from EOS (notebook 02 says why), left padding for batches, and the pad
+and EOS ids in the generation config; `for_inference` switches to evaluation with the KV cache on (with Unsloth,
+its faster generation path). The model is loaded once in this notebook and passed on to every generation below."""),
+    ("code", """FastLanguageModel = language_model(gen_path.backend)
+model, tokenizer = FastLanguageModel.from_pretrained(
+    model_name=resolve_model_path(cfg.model.name),  # a Hub id, or the folder of a local model
+    max_seq_length=cfg.model.max_seq_length,
+    dtype=getattr(torch, gen_path.dtype),
+    load_in_4bit=gen_path.load_in_4bit,
+    revision=cfg.model.revision,
+)
+print(prepare_tokens(model, tokenizer, cfg.model.pad_token))
+FastLanguageModel.for_inference(model)
+print(f"{gen_path.backend}; weights {gen_path.weights}; on {model.device}")"""),
+    ("md", """## The example question, as the tutorial asks it
+
+The prompt as token ids (the tokenizer adds BOS in front; in the R1 tokenizer `<think>` is one token of its own),
+then `model.generate` with the decoding settings of `cfg.infer`, and the new tokens decoded. Notebook 04 asks the
+fine-tuned model with the same call. This is one question at a time, as the tutorial does it: on a T4 the
+answer's up to `max_new_tokens` tokens take a minute or two (an estimate); the batched call below is how the
+series answers many questions."""),
+    ("code", """i = cfg.infer  # the decoding settings of both generation notebooks
+prompt_ids = prompts.encode_prompt(tokenizer, question)
+print(len(prompt_ids), "prompt tokens; the last:", tokenizer.convert_ids_to_tokens(prompt_ids[-6:]))
+input_ids = torch.tensor([prompt_ids], device=model.device)
+outputs = model.generate(
+    input_ids=input_ids,
+    attention_mask=torch.ones_like(input_ids),
+    max_new_tokens=i.max_new_tokens,
+    do_sample=i.do_sample,
+    temperature=i.temperature if i.do_sample else None,
+    top_p=i.top_p if i.do_sample else None,
+    use_cache=True,
+)
+print(tokenizer.decode(outputs[0, len(prompt_ids):], skip_special_tokens=True))"""),
     ("md", """## Generating the answers
 
 `inference.generate.generate(model, tokenizer, questions, ...)` builds each prompt, generates, and splits each
@@ -101,20 +126,18 @@ same ones:
   planned from the KV cache each row needs at the longest prompt plus `max_new_tokens`; 8 on a CPU). Prompts are
   padded on the left to a common length, so that every row's next token comes at the same position.
 - `stream`: prints an answer as it is generated, when one question is asked alone (never in a headless run)."""),
-    ("code", """i = cfg.infer  # the decoding settings of both generation notebooks
-print(f"max_new_tokens={i.max_new_tokens} do_sample={i.do_sample} temperature={i.temperature} top_p={i.top_p} "
+    ("code", """print(f"max_new_tokens={i.max_new_tokens} do_sample={i.do_sample} temperature={i.temperature} top_p={i.top_p} "
       f"seed={i.seed} batch_size={i.batch_size} (0: planned from the GPU's memory) stream={i.stream}")"""),
-    ("md", """`generate_stage.baseline(cfg, run, prepared, loaded=loaded)` calls `generate` once for every question of this
+    ("md", """`generate_stage.baseline(cfg, run, prepared, loaded=...)` calls `generate` once for every question of this
 notebook: the recipe's example question(s), the first `infer.num_eval_questions` held-out questions, which training
 never sees, and, with `compare.mcq_generate` on (the default), notebook 04's multiple-choice questions
 (`compare.mcq_source`, the first `compare.mcq_rows`). One large batch keeps the GPU busy, and on the static-cache
-path the decoding step is compiled once for all of them; asking the example question alone first would cost a
-whole answer at one sequence's speed (1,200 tokens at Unsloth's 40 tokens/s at batch 1 on the H200 is 30 s; a T4
-is slower), for an answer the batch gives anyway. To ask a question of your own, outside the run folder:
+path the decoding step is compiled once for all of them (the example question is answered again there, so that
+both models' records come from one batched call). To ask a question of your own, outside the run folder:
 
 ```python
 from r1helpers.inference.generate import generate
-mine = generate(loaded.model, loaded.tokenizer, ["A 45-year-old man presents with ..."],
+mine = generate(model, tokenizer, ["A 45-year-old man presents with ..."],
                 max_new_tokens=i.max_new_tokens, do_sample=i.do_sample, stream=True)[0]
 ```
 
@@ -140,8 +163,8 @@ next path and records why. When the run folder already holds generations made wi
 The answers go to `baseline/generations.jsonl` (the example and held-out questions) and
 `baseline/mcq_generations.jsonl` (the multiple-choice ones, which notebook 04 grades against the fine-tuned
 model's); notebook 04's `finetuned/generations.jsonl` holds the same question set."""),
-    ("code", """prepared = data_stage.prepare(cfg, run, tokenizer=loaded.tokenizer)  # notebook 02's splits (built here if missing)
-baseline = generate_stage.baseline(cfg, run, prepared, loaded=loaded)  # reuses or writes baseline/generations.jsonl
+    ("code", """prepared = data_stage.prepare(cfg, run, tokenizer=tokenizer)  # notebook 02's splits (built here if missing)
+baseline = generate_stage.baseline(cfg, run, prepared, loaded=Loaded(model, tokenizer, gen_path.backend_choice()))  # reuses or writes baseline/generations.jsonl
 show.generations_table(baseline)"""),
     ("md", """## Reasoning and answer
 

@@ -78,20 +78,58 @@ folder when current."""),
     ("code", """prepared = data_stage.prepare(cfg, run)
 baseline = generate_stage.baseline(cfg, run, prepared)
 print(len(prepared.eval), "held-out rows;", len(baseline), "questions answered by the base model")"""),
+    ("md", """## Loading the fine-tuned model
+
+The same loading call as notebook 01, on the generation path the base model's answers took (same weights, same
+KV cache), then peft's `PeftModel.from_pretrained` puts notebook 03's LoRA adapter on top. The adapter is not
+merged: switched off (`with model.disable_adapter():`) the model is exactly the base model, which the scores
+below use for the "before" side, so an 8B model is loaded once in this chapter, not twice.
+`train_stage.ensure_trained` gives the run folder's adapter (training it first if it is missing)."""),
+    ("code", """import torch
+from peft import PeftModel
+from r1helpers.core import prompts
+from r1helpers.inference import choose
+from r1helpers.modeling.fast import language_model
+from r1helpers.modeling.load import prepare_tokens
+from r1helpers.modeling.local import resolve_model_path
+from r1helpers.workflow import train_stage
+adapter_dir = train_stage.ensure_trained(cfg, run, prepared).adapter_dir
+gen_path = choose.generation_path(cfg, run, "finetuned")  # the path the base model's generations took
+FastLanguageModel = language_model(gen_path.backend)
+model, tokenizer = FastLanguageModel.from_pretrained(
+    model_name=resolve_model_path(cfg.model.name),
+    max_seq_length=cfg.model.max_seq_length,
+    dtype=getattr(torch, gen_path.dtype),
+    load_in_4bit=gen_path.load_in_4bit,
+    revision=cfg.model.revision,
+)
+print(prepare_tokens(model, tokenizer, cfg.model.pad_token))
+model = PeftModel.from_pretrained(model, str(adapter_dir))  # base + the LoRA adapter of notebook 03
+FastLanguageModel.for_inference(model)
+print(f"generation path {gen_path.path} ({gen_path.weights}); adapter {adapter_dir}")"""),
+    ("md", """The example question, with the same call as notebook 01 asked the base model."""),
+    ("code", """i, question = cfg.infer, cfg.infer.example_questions[0]
+prompt_ids = prompts.encode_prompt(tokenizer, question)
+input_ids = torch.tensor([prompt_ids], device=model.device)
+outputs = model.generate(
+    input_ids=input_ids,
+    attention_mask=torch.ones_like(input_ids),
+    max_new_tokens=i.max_new_tokens,
+    do_sample=i.do_sample,
+    temperature=i.temperature if i.do_sample else None,
+    top_p=i.top_p if i.do_sample else None,
+    use_cache=True,
+)
+print(tokenizer.decode(outputs[0, len(prompt_ids):], skip_special_tokens=True))"""),
     ("md", """## The fine-tuned model's answers
 
-`generate_stage.FinetunedModel` stands for base + adapter. It loads the weights on first use only, and then the same
-loaded model serves the generation here, the teacher-forced scoring and the multiple-choice scoring further down.
-For the base side of those scores the adapter is switched off (`with model.disable_adapter():`), which gives
-exactly the base weights: an 8B model is loaded once in this chapter, not twice. When the run folder already
-holds current generations and a current comparison, nothing loads at all. `generate_stage.finetuned` generates with
-exactly the questions and `cfg.infer` settings the base model had, on the generation path the base model's
-generations recorded (same weights, same KV cache); it prints that path and its batch plan when it generates.
-With `compare.mcq_generate` on, the multiple-choice questions are answered here too, in the same batches as the
-held-out questions (chapter 01 did the same for the base model): one larger batch per model keeps the GPU busier
-than several small ones, and the compiled decoding step of the static-cache path is compiled once. Their answers
-go to `finetuned/mcq_generations.jsonl`; the comparison below grades them."""),
-    ("code", """tuned_model = generate_stage.FinetunedModel(cfg, run, prepared)  # loads on first use, then shared
+`generate_stage.FinetunedModel` holds the loaded model for the generation here, the teacher-forced scoring and
+the multiple-choice scoring further down. `generate_stage.finetuned` generates with exactly the questions and
+`cfg.infer` settings the base model had, in the same batched call as notebook 01; it prints the path and its
+batch plan when it generates. With `compare.mcq_generate` on, the multiple-choice questions are answered here
+too, in the same batches as the held-out questions. When the run folder already holds generations made with
+these settings, they are reused."""),
+    ("code", """tuned_model = generate_stage.FinetunedModel(cfg, run, prepared, model=model, tokenizer=tokenizer, path=gen_path)
 tuned = generate_stage.finetuned(cfg, run, prepared, loaded=tuned_model)
 show.generations_table(tuned)"""),
     ("md", """A comparison is only fair when both models decoded the same way. Each generation stage recorded its
