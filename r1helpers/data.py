@@ -146,6 +146,12 @@ def _load_table(path: Path, kind: str):
                         "re-export it, or convert it to .jsonl") from None
 
 
+def is_hub_id(source: str) -> bool:
+    """True for a Hub dataset id ("owner/name"): not the bundled sample, not a local file or folder."""
+    path = Path(source).expanduser()
+    return source != SAMPLE_DATASET and not path.exists() and path.suffix.lower() not in LOCAL_SUFFIXES
+
+
 def load_rows(source: str, *, config_name: str | None = None, split: str = "train", lenient: bool = False,
               columns: tuple[str, str, str] | None = COLUMNS, report: Report | None = None):
     """The source's rows as a `datasets.Dataset`, and where they came from, whatever form they come in.

@@ -16,17 +16,25 @@ and this notebook reuses them. **Time on a Kaggle T4:** about a minute (an estim
 the first time, then tokenizing 550 rows on the CPU. Measured on an H200 with the 8B shape (random weights, the bundled rows, 51 held-out + 24 multiple-choice questions at 1,200 tokens; BENCHMARKS.md): 24.0 s."""),
     ("md", """## Loading the rows
 
-`data.load_rows` reads the source named by `data.source`: a Hub dataset id (with `data.config_name`, `"en"` here,
-and `data.split`), a local `.jsonl`, `.json`, `.csv` or `.parquet` file, or a folder saved with
-`Dataset.save_to_disk`. It then checks that the three columns the recipe needs are there. The column names come from
-the config too (`data.question_column`, `data.cot_column`, `data.response_column`), so a dataset with other names
-can be used without renaming it."""),
-    ("code", """from r1helpers import data
-from r1helpers.core import show
+The tutorial's call is `load_dataset(source, config_name, split=...)`: a Hub dataset id, with `data.config_name`
+(`"en"` here) and `data.split`. A local `.jsonl`, `.json`, `.csv` or `.parquet` file, a folder saved with
+`Dataset.save_to_disk`, or the `cpu` profile's bundled sample (`r1helpers/sample`) is read by `data.load_rows`
+instead, which names the line of a file that is not valid JSON or not UTF-8 (with `data.lenient = True` it
+drops and counts such lines). Either way the three columns the recipe needs are checked next. Their names come
+from the config too (`data.question_column`, `data.cot_column`, `data.response_column`), so a dataset with other
+names can be used without renaming it."""),
+    ("code", """from datasets import load_dataset
+from r1helpers import data
+from r1helpers.core import prompts, show
+from r1helpers.modeling import load
 d = cfg.data
 columns = (d.question_column, d.cot_column, d.response_column)
-rows, origin = data.load_rows(d.source, config_name=d.config_name, split=d.split, lenient=d.lenient, columns=columns)
-print(f"{len(rows)} rows from {origin}; columns: {rows.column_names}")"""),
+if data.is_hub_id(d.source):
+    rows = load_dataset(d.source, d.config_name, split=d.split)
+else:  # a local file or folder, or the bundled sample
+    rows, _ = data.load_rows(d.source, split=d.split, lenient=d.lenient, columns=None)
+data.check_columns(rows.column_names, columns, d.source)
+print(f"{len(rows)} rows from {d.source}; columns: {rows.column_names}")"""),
     ("md", """One raw row, as the source holds it (long values cut at 600 characters; the last column gives their full
 length). The reasoning is usually longer than the answer, often several times, and it is most of what the model
 learns."""),
@@ -34,8 +42,20 @@ learns."""),
     ("md", """A misspelled column is the most common reason a new dataset fails. `data.column_problems` lists the wanted
 columns that are missing, each with the close spelling the data has; `load_rows` raises an error with the same text
 (and the full list of columns), before anything is tokenized. Here, first the real columns, then a typo:"""),
-    ("code", """print(data.column_problems(rows.column_names, columns))  # []: all three are there
-print(data.column_problems(rows.column_names, ("Question", "Complex_COT", "Response")))"""),
+    ("code", """print("this dataset's columns:", data.column_problems(rows.column_names, columns) or "all three are there")
+typo = ("Question", "Complex_COT", "Response")  # a made-up misspelling, to show the message
+print("demonstration, with", typo, "->", data.column_problems(rows.column_names, typo))"""),
+    ("md", """## The training text, as the tutorial formats it
+
+The tutorial maps a formatting function over the rows: the prompt of notebook 01 (preamble, instruction,
+question, `### Response:` and `<think>`), then the reasoning, `</think>`, the answer and the EOS token as text.
+`prompts.build_training_text` is that function; here it is applied with `.map` to the first rows, to read one.
+The preparation below builds the same text and tokenizes it in two parts (prompt, then the rest, with EOS added as
+an id), so that the inference prompt is an exact token prefix of every training example."""),
+    ("code", """tokenizer = load.load_tokenizer(cfg.model.name, revision=cfg.model.revision, pad_token=cfg.model.pad_token)
+formatted = rows.select(range(min(3, len(rows)))).map(lambda row: {"text": prompts.build_training_text(
+    row[d.question_column], row[d.cot_column], row[d.response_column], tokenizer.eos_token)})
+print(formatted[0]["text"][:1500])"""),
     ("md", """## Training rows and held-out rows
 
 `data.select_rows` (called by `data_stage.prepare` below) keeps the rows in the source's order and:
@@ -51,9 +71,7 @@ print(data.column_problems(rows.column_names, ("Question", "Complex_COT", "Respo
 `data_stage.prepare(cfg, run)` runs the whole preparation (load, select, tokenize, measure) and saves it in the run folder,
 or reuses the saved splits when they were made with the same `model.name`, `model.max_seq_length` and `data`
 settings. It takes the tokenizer, loaded once here with `load_tokenizer` (which also sets a pad token, see below)."""),
-    ("code", """from r1helpers.modeling import load
-from r1helpers.workflow import data_stage
-tokenizer = load.load_tokenizer(cfg.model.name, revision=cfg.model.revision, pad_token=cfg.model.pad_token)
+    ("code", """from r1helpers.workflow import data_stage
 prepared = data_stage.prepare(cfg, run, tokenizer=tokenizer)  # reuses data/ when made with these settings
 show.lines(prepared.stats["report"])"""),
     ("code", """train_src, held_src = prepared.train["source_row"], prepared.eval["source_row"]
