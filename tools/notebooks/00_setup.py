@@ -124,11 +124,14 @@ There are three ways; all of them go through the same checks as the defaults.
 
 Whichever way you choose, the run folder notices: each stage's `manifest.json` holds a fingerprint of the settings
 that stage depends on, and a stage whose settings changed is rebuilt instead of reused (its message says which
-field changed). The cell below shows what `overrides` does to the config, without changing `cfg`."""),
+field changed). The cell below is a demonstration: it applies two made-up overrides to a copy of the config,
+which this run never uses, and leaves `cfg` as it is."""),
     ("code", """from r1helpers.core.config import apply_overrides
 trial = apply_overrides(cfg, {"train.max_steps": 30, "infer.max_new_tokens": 600})  # checked, like `overrides`
-print("train.max_steps:", cfg.train.max_steps, "->", trial.train.max_steps)
-print("infer.max_new_tokens:", cfg.infer.max_new_tokens, "->", trial.infer.max_new_tokens)"""),
+print("demonstration only: this run keeps", {"train.max_steps": cfg.train.max_steps,
+                                            "infer.max_new_tokens": cfg.infer.max_new_tokens})
+print("the same overrides would give", {"train.max_steps": trial.train.max_steps,
+                                       "infer.max_new_tokens": trial.infer.max_new_tokens})"""),
     ("md", """## Results
 
 The chapter's record: the profile, the backend and dtype chosen for this machine, the GPU, and the versions of the
