@@ -38,7 +38,7 @@ run: setup
 test: setup
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -rs tests
 
-# The package's layers (core -> stages -> orchestration -> tools) as import-linter contracts in pyproject.toml.
+# The package's layers (core -> stages -> orchestration) as import-linter contracts in pyproject.toml.
 lint: setup
 	$(VENV)/bin/lint-imports
 
@@ -55,17 +55,17 @@ strip: setup
 	$(VENV)/bin/nbstripout --keep-id notebooks/*.ipynb
 
 bench: setup
-	$(PY) -m r1helpers.tools.bench --out $(RUN_DIR)-bench.json $(ARGS)
+	$(PY) tools/bench.py --out $(RUN_DIR)-bench.json $(ARGS)
 
 # Stages 00-05 of the seed recipe on the 8B shape (random weights), each stage timed (needs a CUDA GPU).
 bench-series: setup
-	$(PY) -m r1helpers.tools.bench_series --out $(RUN_DIR)-series.json $(ARGS)
+	$(PY) tools/bench_series.py --out $(RUN_DIR)-series.json $(ARGS)
 
 # build/kaggle/: the r1helpers dataset and one kernel folder per notebook (each asking for a T4); pushed
 # with the kaggle CLI (2.2.5+) when credentials are set, else it prints what it would push.
 # ARGS="--run 03" runs stages there.
 kaggle: setup
-	$(PY) -m r1helpers.tools.kaggle_push push --out build/kaggle $(ARGS)
+	$(PY) tools/kaggle_push.py push --out build/kaggle $(ARGS)
 
 clean:
 	rm -rf runs .pytest_cache

@@ -8,7 +8,7 @@ retired P100) it installs no GPU package: nothing there could use one.
 The pins are written into that cell from pyproject.toml when the notebooks are built
 (tools/build_notebooks.py), so a Kaggle user sees exactly what gets installed and a
 test checks the two agree. Building and pushing the kernels from a laptop is
-`python -m r1helpers.tools.kaggle_push`.
+`python tools/kaggle_push.py` (`make kaggle`).
 """
 
 from __future__ import annotations

@@ -1,8 +1,12 @@
 """The benchmark's arithmetic; the measurements themselves need a GPU (make bench)."""
 
 import statistics
+import sys
+from pathlib import Path
 
-from r1helpers.tools.bench import CONFIGS, LLAMA_8B, sample_lengths, table, train_flops_per_token
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))  # the tools are scripts there, not in r1helpers
+
+from bench import CONFIGS, LLAMA_8B, sample_lengths, table, train_flops_per_token  # noqa: E402
 
 
 def test_default_lengths_are_realistic_not_fixed():
@@ -43,10 +47,10 @@ def test_table_renders_errors_and_results():
 
 def test_padding_free_leaks_without_unsloth_so_it_is_refused(tmp_path):
     """transformers' SDPA ignores the example boundaries of a padding-free row; Unsloth's mask does not
-    (checked on the GPU with `python -m r1helpers.tools.bench --check-padding-free`)."""
+    (checked on the GPU with `python tools/bench.py --check-padding-free`)."""
     import pytest
 
-    from r1helpers.tools.bench import padding_free_check
+    from bench import padding_free_check
     from r1helpers.core.config import ConfigError
     from r1helpers.modeling.tiny import ensure_tiny_model
     from r1helpers.training.plan import plan_batches
@@ -180,8 +184,8 @@ def test_bench_merge_measures_each_type_against_base_plus_adapter(tiny_model_dir
     the weight check read back from disk and the export's logit check, a failing type reported, not raised."""
     import json
 
-    from r1helpers.tools import bench_merge
-    from r1helpers.tools.bench_generation import build_adapter
+    import bench_merge
+    from bench_generation import build_adapter
 
     adapter = build_adapter(tiny_model_dir, tmp_path / "adapter", r=8, alpha=16)
     assert bench_merge.main(["--base", str(tiny_model_dir), "--adapter", str(adapter), "--prompts", "2",
@@ -204,7 +208,7 @@ def test_decoding_profile_covers_only_the_steps_asked_for(tiny_model_dir, tmp_pa
     generate call, skipping `wait` steps; the model's own generate comes back afterwards."""
     from r1helpers.inference.generate import generate
     from r1helpers.modeling import load
-    from r1helpers.tools.bench_generation import profiled_decoding
+    from bench_generation import profiled_decoding
 
     loaded = load.for_inference(load.load_base(str(tiny_model_dir), max_seq_length=512, load_in_4bit=False,
                                                dtype="float32", backend="transformers"))

@@ -6,6 +6,9 @@ generation, and that a failing path falls back with its reason recorded.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -19,6 +22,8 @@ from r1helpers.inference.paths import choose_generation_path, fallback_path
 from r1helpers.modeling import load
 from r1helpers.inference import choose
 from r1helpers.workflow import compare_stage, data_stage, generate_stage
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))  # the tools are scripts there, not in r1helpers
 
 KV_ROW_8B = 128 * 1024 * 1400 / 2**30  # one row of the 8B's cache at 200 + 1200 tokens, ~0.17 GiB
 W16_8B = 15.0
@@ -448,7 +453,7 @@ def test_static_path_runs_the_adapter_in_the_weights_type(small_cfg, tiny_model_
     to the path's 16-bit type (no float32 matmuls in the decoding step), for the fine-tuned adapter and the zero
     adapter alike, and the cast keeps the trained values (to bfloat16 rounding)."""
     from r1helpers.inference.paths import GenerationPath
-    from r1helpers.tools.bench_generation import build_adapter
+    from bench_generation import build_adapter
 
     adapter = build_adapter(tiny_model_dir, tmp_path / "adapter")
     path = GenerationPath("static_16bit", "test", "transformers", False, "bfloat16")

@@ -25,7 +25,9 @@ from packaging.specifiers import SpecifierSet
 from r1helpers import kaggle
 from r1helpers.core.hardware import GPU
 from r1helpers.core import kaggle_paths
-from r1helpers.tools import kaggle_push
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))  # the tools are scripts there, not in r1helpers
+import kaggle_push  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))

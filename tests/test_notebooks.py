@@ -66,7 +66,8 @@ def test_series_runs_and_saves_executed_notebooks(cpu_run):
 @pytest.mark.slow
 def test_series_benchmark_reads_where_each_stage_spent_its_time(cpu_run):
     """bench_series' per-stage rows, read from the executed notebooks and manifests of a real run."""
-    from r1helpers.tools.bench_series import generation_summary, slow_cells, stage_row
+    sys.path.insert(0, str(ROOT / "tools"))
+    from bench_series import generation_summary, slow_cells, stage_row
 
     cells = slow_cells(cpu_run, "03", over=0.0)
     assert any("r1helpers.start(" in c["code"] and 'stage="03"' in c["code"] for c in cells)

@@ -43,15 +43,17 @@ case "${1:-}" in
     ;;
   pfcheck)
     $PY - <<'PY'
+import sys
 from pathlib import Path
-from r1helpers.tools.bench import build_random_model
+sys.path.insert(0, "tools")  # the tools are scripts beside this one, outside the package
+from bench import build_random_model
 build_random_model(Path("/tmp/r1bench/llama8b-random-2l"), 2)
 PY
-    $PY -m r1helpers.tools.bench --check-padding-free --model /tmp/r1bench/llama8b-random-2l --backend unsloth 2>&1 | tee "$OUT/pfcheck.log" | grep -E "PADDING_FREE_CHECK|Error"
+    $PY tools/bench.py --check-padding-free --model /tmp/r1bench/llama8b-random-2l --backend unsloth 2>&1 | tee "$OUT/pfcheck.log" | grep -E "PADDING_FREE_CHECK|Error"
     ;;
   bench)
     # TAG names the JSON when one command runs several benches with the same configs.
-    $PY -m r1helpers.tools.bench --configs "${2:?configs}" --out "$OUT/bench-${TAG:-$(echo "$2" | tr ',' '_')}.json" ${3:-} 2>&1 | tee -a "$OUT/bench.log" | grep -vE "^\s*$|Loading weights|it/s\]" | tail -60
+    $PY tools/bench.py --configs "${2:?configs}" --out "$OUT/bench-${TAG:-$(echo "$2" | tr ',' '_')}.json" ${3:-} 2>&1 | tee -a "$OUT/bench.log" | grep -vE "^\s*$|Loading weights|it/s\]" | tail -60
     ;;
   budget)
     # Training stage twice on the tiny model (Unsloth): the plan's passes, then passes of at most 1500 tokens
@@ -75,17 +77,17 @@ PY
     ;;
   series8b)
     shift
-    $PY -m r1helpers.tools.bench_series --out "$OUT/series8b-${TAG:-default}.json" "$@" 2>&1 | tee "$OUT/series8b-${TAG:-default}.log" | grep -E "^== |^\{|series wall|error|Error|stopped|profile:|generation path|: batch [0-9]|tokens in [0-9]|out of memory" | head -80
+    $PY tools/bench_series.py --out "$OUT/series8b-${TAG:-default}.json" "$@" 2>&1 | tee "$OUT/series8b-${TAG:-default}.log" | grep -E "^== |^\{|series wall|error|Error|stopped|profile:|generation path|: batch [0-9]|tokens in [0-9]|out of memory" | head -80
     tar czf "$OUT/series8b-${TAG:-default}-run.tgz" -C /tmp/r1series --exclude='*.safetensors' --exclude='*.gguf' \
       --exclude='*.bin' --exclude='checkpoints' --exclude='*.pt' --exclude='*.pth' run 2>/dev/null
     ;;
   genpaths)
     shift
-    $PY -m r1helpers.tools.bench_generation --out "$OUT/genpaths-${TAG:-default}.jsonl" "$@" 2>&1 | tee "$OUT/genpaths-${TAG:-default}.log" | grep -E "^GENPATH|genpaths:|ready in|Error|error" | head -40
+    $PY tools/bench_generation.py --out "$OUT/genpaths-${TAG:-default}.jsonl" "$@" 2>&1 | tee "$OUT/genpaths-${TAG:-default}.log" | grep -E "^GENPATH|genpaths:|ready in|Error|error" | head -40
     ;;
   mergecheck)
     shift
-    $PY -m r1helpers.tools.bench_merge --base /tmp/r1series/llama8b-random-tinytok --adapter /tmp/r1series/run/train/adapter \
+    $PY tools/bench_merge.py --base /tmp/r1series/llama8b-random-tinytok --adapter /tmp/r1series/run/train/adapter \
       --work /tmp "$@" 2>&1 | tee "$OUT/mergecheck-${TAG:-default}.log" | grep -E "^MERGECHECK|Error|error" | head -20
     ;;
   *)

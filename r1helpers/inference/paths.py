@@ -40,7 +40,7 @@ GIB = 2**30
 MIN_ROWS_16BIT = 32
 # Unsloth's inference path grows its KV cache 512 tokens at a time (unsloth/models/llama.py KV_CACHE_INCREMENT).
 UNSLOTH_KV_INCREMENT = 512
-# Caps this process's GPU memory, as `python -m r1helpers.tools.bench_series --gpu-gib 15` does for a T4.
+# Caps this process's GPU memory, as `python tools/bench_series.py --gpu-gib 15` does for a T4.
 GPU_GIB_ENV = "R1HELPERS_GPU_GIB"
 HEADROOM = 0.85  # as r1helpers.inference.plan.plan_generation
 

@@ -92,7 +92,7 @@ def resolve_padding_free(padding_free: str | bool, backend: str) -> bool:
         raise ConfigError(
             f"train.padding_free=true needs the Unsloth backend (this run uses {backend}): transformers' SDPA "
             "attention lets the examples of a padding-free row attend to each other (measured by "
-            "r1helpers.tools.bench.padding_free_check); set train.padding_free=auto or false")
+            "padding_free_check in tools/bench.py); set train.padding_free=auto or false")
     return pf
 
 

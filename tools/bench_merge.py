@@ -1,6 +1,6 @@
 """Does merging keep the adapter? Each 16-bit merge type measured against base + adapter, as the export checks it.
 
-    python -m r1helpers.tools.bench_merge --base /tmp/r1series/llama8b-random-tinytok \
+    python tools/bench_merge.py --base /tmp/r1series/llama8b-random-tinytok \
         --adapter /tmp/r1series/run/train/adapter --dtypes bfloat16,float16
 
 For each type: `export.merge.merge_lora` into a temporary folder, `merge.weight_check` (every tensor read back:

@@ -1,7 +1,7 @@
 """Each generation path measured on the 8B shape: tokens/s and peak GPU memory at the planned batch.
 
-    tools/gpu_run.sh genpaths                      # = python -m r1helpers.tools.bench_generation
-    python -m r1helpers.tools.bench_generation --gpu-gib 15 --paths unsloth   # a T4's memory
+    tools/gpu_run.sh genpaths                                       # = python tools/bench_generation.py
+    python tools/bench_generation.py --gpu-gib 15 --paths unsloth   # a T4's memory
 
 The model is bench_series' random bf16 Llama-3.1-8B shape with the tiny tokenizer; the adapter a random
 LoRA (r 16, alpha 16, all seven projections, B not zero) written beside it. Each path runs in its own
@@ -348,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     if not torch.cuda.is_available():
         print("the generation-path benchmark needs a CUDA GPU", file=sys.stderr)
         return 2
-    from r1helpers.tools.bench_series import build_model
+    from bench_series import build_model
 
     unknown = [x for x in args.paths.split(",") if x not in ALL_PATHS]
     if unknown:
@@ -363,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
         env["R1HELPERS_GPU_GIB"] = str(args.gpu_gib)
     results = []
     for path in args.paths.split(","):
-        cmd = [sys.executable, "-m", "r1helpers.tools.bench_generation", "--one", path, "--model", str(model),
+        cmd = [sys.executable, __file__, "--one", path, "--model", str(model),
                "--adapter", str(adapter), "--prompts", str(args.prompts), "--new-tokens", str(args.new_tokens),
                "--calls", str(args.calls), "--profile-steps", str(args.profile_steps)]
         if args.as_stages:

@@ -1,8 +1,8 @@
 """Build the Kaggle kernels from a laptop, and push them: `make kaggle`.
 
     make kaggle                                   # build build/kaggle/; push it when credentials are set
-    python -m r1helpers.tools.kaggle_push build --username me
-    python -m r1helpers.tools.kaggle_push push --run 03      # push all six, and run 03 on Kaggle
+    python tools/kaggle_push.py build --username me
+    python tools/kaggle_push.py push --run 03     # push all six, and run 03 on Kaggle
 
 r1helpers reaches Kaggle as a wheel in a private dataset (`<user>/r1helpers`) that
 every kernel lists in `dataset_sources`: a utility script holds one file, and the
@@ -169,7 +169,7 @@ def build(out: Path, username: str | None, repo: Path | None = None,
     """
     from r1helpers.pipeline import NOTEBOOKS
 
-    repo = repo or Path(__file__).resolve().parents[2]
+    repo = repo or Path(__file__).resolve().parents[1]
     user = username or PLACEHOLDER_USER
     if out.exists():
         shutil.rmtree(out)
@@ -199,7 +199,7 @@ def readme(username: str, kernels: list[Path], metas: list[dict[str, Any]]) -> s
     folders = "\n".join(f"- `{k.name}/`: the kernel `{m['id']}` ({m['code_file']})" for k, m in zip(kernels, metas))
     return f"""# The R1 medical notebooks, ready for Kaggle
 
-Built by `make kaggle` (`python -m r1helpers.tools.kaggle_push build|push`); rebuild rather than edit.
+Built by `make kaggle` (`python tools/kaggle_push.py build|push`); rebuild rather than edit.
 
 - `r1helpers-dataset/`: the r1helpers wheel, as the private dataset `{username}/{DATASET_SLUG}`. Every
   kernel attaches it, and its first cell pip-installs the wheel from `/kaggle/input`.

@@ -1,7 +1,7 @@
 """The whole series timed on one GPU: stages 01-05 of the seed recipe on the 8B shape, random weights.
 
-    make bench-series                                   # = python -m r1helpers.tools.bench_series
-    python -m r1helpers.tools.bench_series --gpu-gib 15 # a T4's memory, on a larger GPU
+    make bench-series                           # = python tools/bench_series.py
+    python tools/bench_series.py --gpu-gib 15   # a T4's memory, on a larger GPU
 
 It builds a random model in the shape of Llama-3.1-8B (bf16, 32 layers, 128,256-token embedding)
 with the tiny model's tokenizer, whose token lengths on the bundled sample rows (median ~670,
@@ -36,7 +36,7 @@ def build_model(out: Path) -> Path:
     from transformers import AutoTokenizer
 
     from r1helpers.modeling.tiny import ensure_tiny_model
-    from r1helpers.tools.bench import build_random_model
+    from bench import build_random_model
 
     if (out / "config.json").is_file():
         return out

@@ -1,7 +1,7 @@
 """Training and generation throughput on the 8B shape, for each backend and batch plan.
 
-    python -m r1helpers.tools.bench --out bench.json                    # random 8B weights, built on the fly
-    python -m r1helpers.tools.bench --model /path/to/model --lengths-from runs/default
+    python tools/bench.py --out bench.json      # random 8B weights, built on the fly
+    python tools/bench.py --model /path/to/model --lengths-from runs/default
 
 Weights do not change throughput, so a randomly initialised model in the
 Llama-3.1-8B shape stands in for the real one (no download). Batches are drawn
@@ -407,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
           f"(ready in {build_s:.0f} s); lengths: {dist}", flush=True)
     results = []
     for name in args.configs.split(","):
-        cmd = [sys.executable, "-m", "r1helpers.tools.bench", "--one", name, "--model", model, "--steps", str(args.steps),
+        cmd = [sys.executable, __file__, "--one", name, "--model", model, "--steps", str(args.steps),
                "--warmup", str(args.warmup), "--seq", str(args.seq), "--gen-tokens", str(args.gen_tokens),
                "--gen-batches", args.gen_batches, "--peak", str(peak)]
         if args.lengths_from:
