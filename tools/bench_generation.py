@@ -6,7 +6,7 @@
 The model is bench_series' random bf16 Llama-3.1-8B shape with the tiny tokenizer; the adapter a random
 LoRA (r 16, alpha 16, all seven projections, B not zero) written beside it. Each path runs in its own
 process (importing Unsloth patches transformers for the whole process), loads base + adapter the way the
-generation stages do (`workflow.choose.load_for_generation`), plans the batch (`generation_plan`) and
+generation stages do (`inference.choose.load_for_generation`), plans the batch (`generation_plan`) and
 generates `--new-tokens` for `--prompts` of the bundled sample questions with `inference.generate.generate`:
 
 - static_16bit: bf16 weights + LoRA, static KV cache, transformers' SDPA attention; a first call (which compiles the decoding step), then
