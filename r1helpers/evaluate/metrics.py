@@ -8,56 +8,37 @@ identical and disjoint texts.
 from __future__ import annotations
 
 import math
-import random
-import re
 import statistics
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from typing import Any, Callable, Sequence
 
 from r1helpers.core import prompts
 
 # A difference smaller than this is a tie: float noise is not a win.
 TIE_TOLERANCE = 1e-9
-_ROUGE_TOKEN = re.compile(r"[a-z0-9]+")
 
 
-def rouge_tokens(text: str) -> list[str]:
-    """Lower-cased alphanumeric runs: the `rouge-score` package's tokenizer without stemming."""
-    return _ROUGE_TOKEN.findall((text or "").lower())
+@lru_cache(maxsize=1)
+def _rouge():
+    from rouge_score import rouge_scorer, tokenizers
 
-
-def _lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
-    if len(a) < len(b):
-        a, b = b, a
-    prev = [0] * (len(b) + 1)
-    for x in a:
-        cur = [0]
-        for j, y in enumerate(b, start=1):
-            cur.append(prev[j - 1] + 1 if x == y else max(prev[j], cur[j - 1]))
-        prev = cur
-    return prev[-1]
+    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False), tokenizers.DefaultTokenizer(use_stemmer=False)
 
 
 def rouge_l(prediction: str, reference: str) -> float:
-    """ROUGE-L F1 over words; an empty prediction or reference scores 0, as in `rouge-score`."""
-    pred, ref = rouge_tokens(prediction), rouge_tokens(reference)
-    if not pred or not ref:
-        return 0.0
-    lcs = _lcs_length(pred, ref)
-    if lcs == 0:
-        return 0.0
-    precision, recall = lcs / len(pred), lcs / len(ref)
-    return 2 * precision * recall / (precision + recall)
+    """ROUGE-L F1 over words, by the `rouge-score` package (no stemming); an empty text scores 0."""
+    return _rouge()[0].score(reference or "", prediction or "")["rougeL"].fmeasure
 
 
 def repeated_ngram_share(text: str, n: int = 4) -> float | None:
     """Share of the text's word n-grams that repeat an earlier one (0: none repeats; near 1: a loop).
 
-    Words are `rouge_tokens` (lower-cased alphanumeric runs). Of the k n-grams in the
+    Words are as `rouge_l` reads them (lower-cased alphanumeric runs). Of the k n-grams in the
     text, the share is (k - number of distinct n-grams) / k: "a b c d a b c d" has five
     4-grams, four distinct, so 1/5. A text of fewer than n words has no n-grams: None.
     """
-    words = rouge_tokens(text)
+    words = _rouge()[1].tokenize(text or "")
     grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
     if not grams:
         return None
@@ -136,19 +117,20 @@ class MetricSpec:
 def bootstrap_ci(
     diffs: Sequence[float], samples: int, seed: int, level: float = 0.95
 ) -> tuple[float, float] | None:
-    """Percentile interval of the mean paired difference, resampling questions with replacement.
+    """Percentile interval of the mean paired difference (`scipy.stats.bootstrap`, seeded).
 
     Questions, not tokens, are resampled: they are the independent units, so the
     interval says how much the mean would move on another draw of held-out questions.
+    One difference gives that difference twice; none gives None.
     """
-    n = len(diffs)
-    if n == 0:
-        return None
-    rng = random.Random(seed)
-    means = sorted(sum(diffs[rng.randrange(n)] for _ in range(n)) / n for _ in range(samples))
-    lo_idx = int(math.floor((1 - level) / 2 * (samples - 1)))
-    hi_idx = int(math.ceil((1 + level) / 2 * (samples - 1)))
-    return means[lo_idx], means[hi_idx]
+    if len(diffs) < 2:
+        return (float(diffs[0]),) * 2 if diffs else None
+    import numpy as np
+    from scipy import stats
+
+    ci = stats.bootstrap((np.asarray(diffs, dtype=float),), np.mean, n_resamples=samples, confidence_level=level,
+                         method="percentile", rng=np.random.default_rng(seed)).confidence_interval
+    return float(ci.low), float(ci.high)
 
 
 def win_tie_loss(before: Sequence[float], after: Sequence[float], better: str | None) -> dict[str, int] | None:
