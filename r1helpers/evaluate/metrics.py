@@ -184,3 +184,115 @@ def aggregate(
         "verdict": verdict(ci, spec.better, n),
         "win_tie_loss": win_tie_loss(b, a, spec.better),
     }
+
+
+# ---- paired right/wrong outcomes (multiple-choice accuracy) -------------------------------------
+
+ALPHA = 0.05   # two-sided significance level of every accuracy verdict
+POWER = 0.80   # the power at which `detectable_change` is stated
+
+
+def wilson_interval(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval for k of n (statsmodels' `proportion_confint`); (0, 1) when n is 0."""
+    if n < 0 or k < 0 or k > n:
+        raise ValueError(f"need 0 <= k <= n, got k={k}, n={n}")
+    if n == 0:
+        return 0.0, 1.0
+    from statsmodels.stats.proportion import proportion_confint
+
+    lo, hi = proportion_confint(k, n, alpha=1 - level, method="wilson")
+    return min(float(lo), k / n), max(float(hi), k / n)  # no float dust past the observed share
+
+
+def _paired(before: Sequence[bool], after: Sequence[bool]) -> tuple[list[bool], list[bool]]:
+    if len(before) != len(after):
+        raise ValueError(f"before has {len(before)} questions and after has {len(after)}; "
+                         "score both models on the same questions, in the same order")
+    return [bool(x) for x in before], [bool(x) for x in after]
+
+
+def mcnemar(before: Sequence[bool], after: Sequence[bool]) -> dict[str, Any]:
+    """Exact McNemar test on paired right/wrong outcomes (statsmodels, exact=True).
+
+    b: right before and wrong after (lost); c: wrong before and right after (gained). Under no
+    change b ~ Binomial(b + c, 1/2); the p-value is the exact two-sided binomial one.
+    """
+    from statsmodels.stats.contingency_tables import mcnemar as exact_mcnemar
+
+    before, after = _paired(before, after)
+    pairs = list(zip(before, after))
+    table = [[pairs.count((True, True)), pairs.count((True, False))],
+             [pairs.count((False, True)), pairs.count((False, False))]]
+    (both_right, b), (c, both_wrong) = table
+    return {"b": b, "c": c, "discordant": b + c, "both_right": both_right, "both_wrong": both_wrong,
+            "p_value": float(exact_mcnemar(table, exact=True).pvalue)}
+
+
+def change_interval(b: int, c: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Interval of the accuracy change (c - b) / n that the exact McNemar test inverts.
+
+    Given the m = b + c questions on which the models disagree, c ~ Binomial(m, π) and the change is
+    m (2π - 1) / n; the Clopper-Pearson interval of π (statsmodels, method="beta") maps onto it. It
+    excludes 0 exactly when the exact McNemar p is below 1 - level, so the interval and the verdict
+    never disagree. It is conditional on m: with no discordant question it is [0, 0].
+    """
+    m = b + c
+    if m == 0:
+        return 0.0, 0.0
+    from statsmodels.stats.proportion import proportion_confint
+
+    lo, hi = proportion_confint(c, m, alpha=1 - level, method="beta")
+    return m * (2 * float(lo) - 1) / n, m * (2 * float(hi) - 1) / n
+
+
+def detectable_change(n: int, discordant: int, alpha: float = ALPHA, power: float = POWER) -> float | None:
+    """Smallest accuracy change (a share, either way) a paired comparison of n questions detects.
+
+    Connor's (1987) normal approximation for McNemar's test, at the observed share of discordant
+    questions psi = discordant / n: the change d detected with `power` at two-sided `alpha` solves
+    sqrt(n) d = z_a sqrt(psi) + z_b sqrt(psi - d^2), with z_a = z(1 - alpha/2) and z_b = z(power), so
+        d = sqrt(psi) (z_a sqrt(n) + z_b sqrt(n - z_a^2 + z_b^2)) / (n + z_b^2).
+    The exact test adds a floor: with m discordant questions all going one way its p is 2^(1 - m), so
+    fewer than m_min (the smallest m with 2^(1 - m) < alpha: 6 at 0.05) never reach significance and
+    d >= m_min / n. None when even n questions all gained could not (n < m_min).
+    """
+    from scipy.stats import norm
+
+    m_min = next(m for m in range(1, 1000) if 2.0 ** (1 - m) < alpha)
+    if n < m_min:
+        return None
+    psi, z_a, z_b = discordant / n, norm.ppf(1 - alpha / 2), norm.ppf(power)
+    d = math.sqrt(psi) * (z_a * math.sqrt(n) + z_b * math.sqrt(n - z_a**2 + z_b**2)) / (n + z_b**2)
+    return float(min(max(d, m_min / n), 1.0))
+
+
+def accuracy_summary(before_correct: Sequence[bool], after_correct: Sequence[bool], before_unparsed: int = 0,
+                     after_unparsed: int = 0) -> dict[str, Any]:
+    """Accuracy of both models on the same questions, the change, its interval, power and a verdict.
+
+    Unparseable answers must already be in the lists as wrong; their counts are reported alongside.
+    The verdict follows the exact McNemar test: "better" or "worse" when p < ALPHA, else "no clear
+    change". Beside it: Wilson intervals of each accuracy, the change's `change_interval` (it agrees
+    with the test) and the `detectable_change` at this n and discordance (two-sided ALPHA, POWER).
+    """
+    before, after = _paired(before_correct, after_correct)
+    n = len(before)
+    if n == 0:
+        raise ValueError("no questions to summarise")
+    out: dict[str, Any] = {"n": n}
+    for side, correct, unparsed in (("before", before, before_unparsed), ("after", after, after_unparsed)):
+        k = sum(correct)
+        if not 0 <= unparsed <= n - k:
+            raise ValueError(f"{side}: {unparsed} unparseable answers but only {n - k} wrong ones; unparseable "
+                             "answers must be counted as wrong, not dropped")
+        out[side] = {"correct": k, "accuracy": k / n, "ci95": list(wilson_interval(k, n)), "unparsed": unparsed}
+    test = mcnemar(before, after)
+    out["delta"] = (test["c"] - test["b"]) / n
+    out["delta_ci95"] = list(change_interval(test["b"], test["c"], n))
+    out["mcnemar"] = test
+    out["detectable_change"] = detectable_change(n, test["discordant"])
+    out["power"] = {"alpha": ALPHA, "power": POWER, "method": "Connor (1987) normal approximation for McNemar's "
+                    "test at the observed discordance, at least the exact test's floor of 6 discordant questions"}
+    significant = test["p_value"] < ALPHA
+    out["verdict"] = "better" if significant and out["delta"] > 0 else "worse" if significant else "no clear change"
+    return out
