@@ -27,11 +27,11 @@ from typing import Any, Callable
 
 from r1helpers.core.show import cut
 from r1helpers.evaluate import accuracy as acc
-from r1helpers.evaluate.metrics import MetricSpec, aggregate, perplexity, score_generation
+from r1helpers.evaluate.metrics import MetricSpec, aggregate, perplexity
 from r1helpers.core.runs import write_json_atomic, write_text_atomic
 from r1helpers.evaluate.scoring import (Spans, answer_similarities, completion_nll, completion_spans,  # noqa: F401
-                                        embedding_source, load_embedder, pair_generations, semantic_similarity,
-                                        teacher_forced)
+                                        MODELS, embedding_source, load_embedder, pair_generations, question_rows,
+                                        semantic_similarity, teacher_forced)
 
 TEACHER_FORCED = [
     MetricSpec("cot_nll", "reasoning NLL (reference chain of thought)", "lower", "teacher-forced"),
@@ -56,8 +56,9 @@ CORRECTNESS = [
 ]
 SPECS = {s.key: s for s in TEACHER_FORCED + GENERATION + CORRECTNESS}
 ACCURACY_KEYS = {"accuracy_likelihood": "likelihood", "accuracy_generated": "generated"}
+KEYS = {scoring: key for key, scoring in ACCURACY_KEYS.items()}
 WAYS = {"likelihood": "by option likelihood", "generated": "by stated letter"}
-MODELS = ("base", "tuned")
+
 # The three questions the comparison answers, and the metrics that answer each.
 FINDINGS = {
     "fit": ("Fits the data?", [m.key for m in TEACHER_FORCED]),
@@ -67,24 +68,6 @@ FINDINGS = {
 
 
 # ---- assembling the comparison ------------------------------------------------------------------
-
-def _question_rows(pairs, nll: dict[str, list[dict]], sims: dict[str, list[float]] | None,
-                   count_tokens: Callable[[str], int]) -> list[dict[str, Any]]:
-    nll_by_id = {m: {r["id"]: r for r in nll.get(m, [])} for m in MODELS}
-    held = [p for p in pairs if p[0].get("reference_answer") is not None]
-    rows = []
-    for k, (b, t) in enumerate(held):
-        row: dict[str, Any] = {"id": b["id"], "question": b["question"], "reference_answer": b["reference_answer"]}
-        for model, rec in zip(MODELS, (b, t)):
-            scores = score_generation(rec["generated"], rec["finished"], b["reference_answer"], count_tokens,
-                                      rec.get("new_tokens")).as_dict()
-            scores["semantic_similarity"] = sims[model][k] if sims else None
-            for key in ("cot_nll", "answer_nll", "completion_nll"):
-                scores[key] = nll_by_id[model].get(b["id"], {}).get(key)
-            row[model] = {"answer": rec["answer"], "reasoning": rec["reasoning"], "new_tokens": rec["new_tokens"], **scores}
-        rows.append(row)
-    return rows
-
 
 def _aggregates(nll: dict[str, list[dict]], rows: list[dict], mcq: dict[str, Any] | None, samples: int,
                 seed: int) -> list[dict[str, Any]]:
@@ -221,7 +204,7 @@ def correctness_clause(result: dict[str, Any]) -> str:
             reason = (result.get("settings", {}).get("mcq") or {}).get("reason") or "no multiple-choice set given"
             return f"correctness not measured ({reason})"
         return f"correctness not measured ({result['primary_metric']} was not scored)"
-    verdicts = {s: metric(result, _key(s))["verdict"] for s in judged}
+    verdicts = {s: metric(result, KEYS[s])["verdict"] for s in judged}
     v = result["verdict"]
     wanted = {"helped": "better", "hurt": "worse"}.get(v)
     order = [s for s in judged if verdicts[s] == wanted] + [s for s in judged if verdicts[s] != wanted]
@@ -234,10 +217,6 @@ def correctness_clause(result: dict[str, Any]) -> str:
     could = ", ".join(d if len(sizes) == 1 else f"{d} {WAYS[s]}" for d, s in sizes)
     only = ", only a format change" if "format change" in verdicts.values() else ""
     return f"no evidence of better answers{only} (this set could only detect changes of {could}): {text}"
-
-
-def _key(scoring: str) -> str:
-    return next(k for k, s in ACCURACY_KEYS.items() if s == scoring)
 
 
 def headline(result: dict[str, Any]) -> str:
@@ -265,7 +244,7 @@ def findings(result: dict[str, Any]) -> dict[str, Any]:
                      "metrics": {k: {"verdict": metric(result, k)["verdict"], "n": metric(result, k)["n"]}
                                  for k in keys}}
     out["fit"]["judged_by"] = fit_key
-    out["correctness"]["judged_by"] = [_key(s) for s in _judged_scorings(result)]
+    out["correctness"]["judged_by"] = [KEYS[s] for s in _judged_scorings(result)]
     out["correctness"]["verdict"] = result["verdict"]
     return out
 
@@ -295,7 +274,7 @@ def build_comparison(
         raise ValueError("give both mcq_rows and mcq_answers, or neither")
     mcq = None if mcq_rows is None else acc.mcq_comparison(mcq_rows, mcq_answers["base"], mcq_answers["tuned"])
     pairs = pair_generations(baseline, tuned)
-    rows = _question_rows(pairs, nll, sims, count_tokens)
+    rows = question_rows(pairs, nll, sims, count_tokens)
     examples = [{"id": b["id"], "question": b["question"],
                  **{f"{m}_{k}": r[k] for m, r in zip(MODELS, (b, t)) for k in ("answer", "reasoning", "think_closed", "finished")}}
                 for b, t in pairs if b.get("reference_answer") is None]

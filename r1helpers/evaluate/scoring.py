@@ -9,9 +9,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from r1helpers.core import prompts
+from r1helpers.evaluate.metrics import score_generation
+
+MODELS = ("base", "tuned")
 
 
 # ---- teacher-forced scoring -------------------------------------------------------------------
@@ -190,3 +193,22 @@ def pair_generations(baseline: list[dict], tuned: list[dict]) -> list[tuple[dict
         if b["question"] != t["question"]:
             raise ValueError(f"{b['id']}: base and fine-tuned were asked different questions")
     return pairs
+
+
+def question_rows(pairs, nll: dict[str, list[dict]], sims: dict[str, list[float]] | None,
+                   count_tokens: Callable[[str], int]) -> list[dict[str, Any]]:
+    """Per held-out question with a reference: each model's answer, generation scores, similarity and NLL."""
+    nll_by_id = {m: {r["id"]: r for r in nll.get(m, [])} for m in MODELS}
+    held = [p for p in pairs if p[0].get("reference_answer") is not None]
+    rows = []
+    for k, (b, t) in enumerate(held):
+        row: dict[str, Any] = {"id": b["id"], "question": b["question"], "reference_answer": b["reference_answer"]}
+        for model, rec in zip(MODELS, (b, t)):
+            scores = score_generation(rec["generated"], rec["finished"], b["reference_answer"], count_tokens,
+                                      rec.get("new_tokens")).as_dict()
+            scores["semantic_similarity"] = sims[model][k] if sims else None
+            for key in ("cot_nll", "answer_nll", "completion_nll"):
+                scores[key] = nll_by_id[model].get(b["id"], {}).get(key)
+            row[model] = {"answer": rec["answer"], "reasoning": rec["reasoning"], "new_tokens": rec["new_tokens"], **scores}
+        rows.append(row)
+    return rows
