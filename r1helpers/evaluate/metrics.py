@@ -8,56 +8,37 @@ identical and disjoint texts.
 from __future__ import annotations
 
 import math
-import random
-import re
 import statistics
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from typing import Any, Callable, Sequence
 
 from r1helpers.core import prompts
 
 # A difference smaller than this is a tie: float noise is not a win.
 TIE_TOLERANCE = 1e-9
-_ROUGE_TOKEN = re.compile(r"[a-z0-9]+")
 
 
-def rouge_tokens(text: str) -> list[str]:
-    """Lower-cased alphanumeric runs: the `rouge-score` package's tokenizer without stemming."""
-    return _ROUGE_TOKEN.findall((text or "").lower())
+@lru_cache(maxsize=1)
+def _rouge():
+    from rouge_score import rouge_scorer, tokenizers
 
-
-def _lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
-    if len(a) < len(b):
-        a, b = b, a
-    prev = [0] * (len(b) + 1)
-    for x in a:
-        cur = [0]
-        for j, y in enumerate(b, start=1):
-            cur.append(prev[j - 1] + 1 if x == y else max(prev[j], cur[j - 1]))
-        prev = cur
-    return prev[-1]
+    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False), tokenizers.DefaultTokenizer(use_stemmer=False)
 
 
 def rouge_l(prediction: str, reference: str) -> float:
-    """ROUGE-L F1 over words; an empty prediction or reference scores 0, as in `rouge-score`."""
-    pred, ref = rouge_tokens(prediction), rouge_tokens(reference)
-    if not pred or not ref:
-        return 0.0
-    lcs = _lcs_length(pred, ref)
-    if lcs == 0:
-        return 0.0
-    precision, recall = lcs / len(pred), lcs / len(ref)
-    return 2 * precision * recall / (precision + recall)
+    """ROUGE-L F1 over words, by the `rouge-score` package (no stemming); an empty text scores 0."""
+    return _rouge()[0].score(reference or "", prediction or "")["rougeL"].fmeasure
 
 
 def repeated_ngram_share(text: str, n: int = 4) -> float | None:
     """Share of the text's word n-grams that repeat an earlier one (0: none repeats; near 1: a loop).
 
-    Words are `rouge_tokens` (lower-cased alphanumeric runs). Of the k n-grams in the
+    Words are as `rouge_l` reads them (lower-cased alphanumeric runs). Of the k n-grams in the
     text, the share is (k - number of distinct n-grams) / k: "a b c d a b c d" has five
     4-grams, four distinct, so 1/5. A text of fewer than n words has no n-grams: None.
     """
-    words = rouge_tokens(text)
+    words = _rouge()[1].tokenize(text or "")
     grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
     if not grams:
         return None
@@ -136,19 +117,20 @@ class MetricSpec:
 def bootstrap_ci(
     diffs: Sequence[float], samples: int, seed: int, level: float = 0.95
 ) -> tuple[float, float] | None:
-    """Percentile interval of the mean paired difference, resampling questions with replacement.
+    """Percentile interval of the mean paired difference (`scipy.stats.bootstrap`, seeded).
 
     Questions, not tokens, are resampled: they are the independent units, so the
     interval says how much the mean would move on another draw of held-out questions.
+    One difference gives that difference twice; none gives None.
     """
-    n = len(diffs)
-    if n == 0:
-        return None
-    rng = random.Random(seed)
-    means = sorted(sum(diffs[rng.randrange(n)] for _ in range(n)) / n for _ in range(samples))
-    lo_idx = int(math.floor((1 - level) / 2 * (samples - 1)))
-    hi_idx = int(math.ceil((1 + level) / 2 * (samples - 1)))
-    return means[lo_idx], means[hi_idx]
+    if len(diffs) < 2:
+        return (float(diffs[0]),) * 2 if diffs else None
+    import numpy as np
+    from scipy import stats
+
+    ci = stats.bootstrap((np.asarray(diffs, dtype=float),), np.mean, n_resamples=samples, confidence_level=level,
+                         method="percentile", rng=np.random.default_rng(seed)).confidence_interval
+    return float(ci.low), float(ci.high)
 
 
 def win_tie_loss(before: Sequence[float], after: Sequence[float], better: str | None) -> dict[str, int] | None:
@@ -202,3 +184,115 @@ def aggregate(
         "verdict": verdict(ci, spec.better, n),
         "win_tie_loss": win_tie_loss(b, a, spec.better),
     }
+
+
+# ---- paired right/wrong outcomes (multiple-choice accuracy) -------------------------------------
+
+ALPHA = 0.05   # two-sided significance level of every accuracy verdict
+POWER = 0.80   # the power at which `detectable_change` is stated
+
+
+def wilson_interval(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval for k of n (statsmodels' `proportion_confint`); (0, 1) when n is 0."""
+    if n < 0 or k < 0 or k > n:
+        raise ValueError(f"need 0 <= k <= n, got k={k}, n={n}")
+    if n == 0:
+        return 0.0, 1.0
+    from statsmodels.stats.proportion import proportion_confint
+
+    lo, hi = proportion_confint(k, n, alpha=1 - level, method="wilson")
+    return min(float(lo), k / n), max(float(hi), k / n)  # no float dust past the observed share
+
+
+def _paired(before: Sequence[bool], after: Sequence[bool]) -> tuple[list[bool], list[bool]]:
+    if len(before) != len(after):
+        raise ValueError(f"before has {len(before)} questions and after has {len(after)}; "
+                         "score both models on the same questions, in the same order")
+    return [bool(x) for x in before], [bool(x) for x in after]
+
+
+def mcnemar(before: Sequence[bool], after: Sequence[bool]) -> dict[str, Any]:
+    """Exact McNemar test on paired right/wrong outcomes (statsmodels, exact=True).
+
+    b: right before and wrong after (lost); c: wrong before and right after (gained). Under no
+    change b ~ Binomial(b + c, 1/2); the p-value is the exact two-sided binomial one.
+    """
+    from statsmodels.stats.contingency_tables import mcnemar as exact_mcnemar
+
+    before, after = _paired(before, after)
+    pairs = list(zip(before, after))
+    table = [[pairs.count((True, True)), pairs.count((True, False))],
+             [pairs.count((False, True)), pairs.count((False, False))]]
+    (both_right, b), (c, both_wrong) = table
+    return {"b": b, "c": c, "discordant": b + c, "both_right": both_right, "both_wrong": both_wrong,
+            "p_value": float(exact_mcnemar(table, exact=True).pvalue)}
+
+
+def change_interval(b: int, c: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Interval of the accuracy change (c - b) / n that the exact McNemar test inverts.
+
+    Given the m = b + c questions on which the models disagree, c ~ Binomial(m, π) and the change is
+    m (2π - 1) / n; the Clopper-Pearson interval of π (statsmodels, method="beta") maps onto it. It
+    excludes 0 exactly when the exact McNemar p is below 1 - level, so the interval and the verdict
+    never disagree. It is conditional on m: with no discordant question it is [0, 0].
+    """
+    m = b + c
+    if m == 0:
+        return 0.0, 0.0
+    from statsmodels.stats.proportion import proportion_confint
+
+    lo, hi = proportion_confint(c, m, alpha=1 - level, method="beta")
+    return m * (2 * float(lo) - 1) / n, m * (2 * float(hi) - 1) / n
+
+
+def detectable_change(n: int, discordant: int, alpha: float = ALPHA, power: float = POWER) -> float | None:
+    """Smallest accuracy change (a share, either way) a paired comparison of n questions detects.
+
+    Connor's (1987) normal approximation for McNemar's test, at the observed share of discordant
+    questions psi = discordant / n: the change d detected with `power` at two-sided `alpha` solves
+    sqrt(n) d = z_a sqrt(psi) + z_b sqrt(psi - d^2), with z_a = z(1 - alpha/2) and z_b = z(power), so
+        d = sqrt(psi) (z_a sqrt(n) + z_b sqrt(n - z_a^2 + z_b^2)) / (n + z_b^2).
+    The exact test adds a floor: with m discordant questions all going one way its p is 2^(1 - m), so
+    fewer than m_min (the smallest m with 2^(1 - m) < alpha: 6 at 0.05) never reach significance and
+    d >= m_min / n. None when even n questions all gained could not (n < m_min).
+    """
+    from scipy.stats import norm
+
+    m_min = next(m for m in range(1, 1000) if 2.0 ** (1 - m) < alpha)
+    if n < m_min:
+        return None
+    psi, z_a, z_b = discordant / n, norm.ppf(1 - alpha / 2), norm.ppf(power)
+    d = math.sqrt(psi) * (z_a * math.sqrt(n) + z_b * math.sqrt(n - z_a**2 + z_b**2)) / (n + z_b**2)
+    return float(min(max(d, m_min / n), 1.0))
+
+
+def accuracy_summary(before_correct: Sequence[bool], after_correct: Sequence[bool], before_unparsed: int = 0,
+                     after_unparsed: int = 0) -> dict[str, Any]:
+    """Accuracy of both models on the same questions, the change, its interval, power and a verdict.
+
+    Unparseable answers must already be in the lists as wrong; their counts are reported alongside.
+    The verdict follows the exact McNemar test: "better" or "worse" when p < ALPHA, else "no clear
+    change". Beside it: Wilson intervals of each accuracy, the change's `change_interval` (it agrees
+    with the test) and the `detectable_change` at this n and discordance (two-sided ALPHA, POWER).
+    """
+    before, after = _paired(before_correct, after_correct)
+    n = len(before)
+    if n == 0:
+        raise ValueError("no questions to summarise")
+    out: dict[str, Any] = {"n": n}
+    for side, correct, unparsed in (("before", before, before_unparsed), ("after", after, after_unparsed)):
+        k = sum(correct)
+        if not 0 <= unparsed <= n - k:
+            raise ValueError(f"{side}: {unparsed} unparseable answers but only {n - k} wrong ones; unparseable "
+                             "answers must be counted as wrong, not dropped")
+        out[side] = {"correct": k, "accuracy": k / n, "ci95": list(wilson_interval(k, n)), "unparsed": unparsed}
+    test = mcnemar(before, after)
+    out["delta"] = (test["c"] - test["b"]) / n
+    out["delta_ci95"] = list(change_interval(test["b"], test["c"], n))
+    out["mcnemar"] = test
+    out["detectable_change"] = detectable_change(n, test["discordant"])
+    out["power"] = {"alpha": ALPHA, "power": POWER, "method": "Connor (1987) normal approximation for McNemar's "
+                    "test at the observed discordance, at least the exact test's floor of 6 discordant questions"}
+    significant = test["p_value"] < ALPHA
+    out["verdict"] = "better" if significant and out["delta"] > 0 else "worse" if significant else "no clear change"
+    return out

@@ -94,7 +94,7 @@ def delta_figure(result: dict[str, Any]):
 
 
 def accuracy_figure(result: dict[str, Any]):
-    """Accuracy before and after per scoring with 95% Wilson intervals; the change with its paired interval."""
+    """Accuracy before and after per scoring with 95% Wilson intervals; the change with its exact paired interval."""
     import matplotlib.pyplot as plt
     import numpy as np
 
@@ -123,7 +123,7 @@ def accuracy_figure(result: dict[str, Any]):
     right.set_yticks(y, [k for k, _ in scorings], fontsize=8)
     right.set_ylim(-0.6, len(scorings) - 0.4)
     right.invert_yaxis()
-    right.set_title("change in accuracy (points), 95% paired bootstrap", fontsize=10)
+    right.set_title("change in accuracy (points), 95% exact paired interval", fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -285,7 +285,9 @@ def _generated_counts(result: dict[str, Any]) -> str:
             f"{b['think_closed']} → {a['think_closed']}, EOS reached {b['eos']} → {a['eos']}, unparseable "
             f"(counted wrong) {b['unparsed']} → {a['unparsed']}, read from the option text instead of a letter "
             f"{b['by_text']} → {a['by_text']}, answer text equal to the gold answer (normalised) "
-            f"{b['exact_match']} → {a['exact_match']}.</p>")
+            f"{b['exact_match']} → {a['exact_match']}; the letter stated anywhere (lenient read) right "
+            f"{s['lenient']['before']['correct']} → {s['lenient']['after']['correct']}. Verdict of the stated "
+            f"letter: {s['verdict']}.</p>")
 
 
 def _mcq_items(result: dict[str, Any]) -> str:
@@ -340,9 +342,10 @@ def render(result: dict[str, Any], images: dict[str, str]) -> str:
         "and answer. <b>Behaves as trained?</b> What the generated held-out answers do. <b>More often right?</b> "
         "Multiple-choice accuracy before and after. Lower held-out loss says the model fits the data's style "
         "better; it does not say the answers are better, so the verdict is <i>helped</i> only when accuracy "
-        "improves with a 95% interval that excludes zero (<i>hurt</i> when it falls likewise). Intervals of "
-        "deltas are 95% paired bootstrap intervals over questions; a metric is <i>better</i> or <i>worse</i> "
-        "only when its interval excludes zero; <i>n</i> is the number of questions a metric rests on.</p>"
+        "improves by the exact McNemar test (p &lt; 0.05; <i>hurt</i> when it falls likewise). Intervals of NLL "
+        "and generation deltas are 95% paired bootstrap intervals over questions, and those metrics are "
+        "<i>better</i> or <i>worse</i> only when the interval excludes zero; <i>n</i> is the number of "
+        "questions a metric rests on.</p>"
         f"<h2>1. Fits the data? (teacher-forced NLL on held-out rows)</h2>{_answer(result, 'fit')}"
         f"{_metrics_table(result, fit)}{_img(images, 'teacher-forced')}"
         f"<h2>2. Behaves as trained? (generated held-out answers)</h2>{_answer(result, 'behaviour')}"
@@ -351,9 +354,13 @@ def render(result: dict[str, Any], images: dict[str, str]) -> str:
         f"{_accuracy_table(result)}{_generated_counts(result)}{_metrics_table(result, right)}"
         f"{_img(images, 'accuracy')}{_mcq_items(result)}"
         "<p>Unparseable generated answers (reasoning never closed, or no letter and no option text after "
-        "&lt;/think&gt;) are counted wrong, never dropped. McNemar's exact test uses only the questions on which "
-        "the two models disagree; the paired bootstrap resamples questions. On a few dozen questions both are "
-        "rough: a non-significant change is not evidence of no effect.</p>"
+        "&lt;/think&gt;) are counted wrong, never dropped. The exact McNemar test uses only the questions on "
+        "which the two models disagree; the interval of the change is the exact one it inverts (Clopper-Pearson "
+        "on those questions), so the two never disagree. The detectable change is the smallest change this set "
+        "finds with 80% power at two-sided 0.05, at its n and share of disagreeing questions (normal "
+        "approximation for McNemar's test, never below 6 disagreeing questions): a change smaller than it going "
+        "unseen is not evidence of no effect. A stated letter that improves only when read after &lt;/think&gt; "
+        "and not when read anywhere is a <i>format change</i>, not more knowledge.</p>"
         f"<h2>All deltas</h2>{_img(images, 'deltas')}"
         + (f"<h2>Training</h2>{_img(images, 'loss')}" if "loss" in images else "")
         + f"<h2>Side by side (held-out questions)</h2>{_side_by_side(result)}"
