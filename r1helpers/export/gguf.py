@@ -468,6 +468,40 @@ def write_gguf(model_dir: str | os.PathLike, out_path: str | os.PathLike, kind: 
     return out_path
 
 
+def write_gguf_files(model_dir: Path, folder: Path, kinds: list[str], stem: str, base_model: str | None = None,
+                     chat_template: str | None = None, quantizer: "Quantizer | None" = None,
+                     timed=None) -> dict[str, Path]:
+    """Each GGUF type of `kinds` as `<folder>/<stem>-<KIND>.gguf`, and an Ollama `Modelfile` for the last one.
+
+    q4_k_m is quantized by `quantizer` from the unquantized file of the merged model's type (written for the
+    purpose, then deleted, when not itself in `kinds`): list it after that type. `timed(step)`: a context
+    manager timing each write."""
+    import contextlib
+
+    timed = timed or (lambda step: contextlib.nullcontext())
+    source = source_kind(json.loads((Path(model_dir) / "config.json").read_text()).get("dtype", "float16"))
+    files: dict[str, Path] = {}
+    for kind in kinds:
+        target = Path(folder) / file_name(stem, kind)
+        if kind in QUANTIZER_KINDS:
+            src = files.get(source) or Path(folder) / f".{file_name(stem, source)}"
+            if not src.is_file():
+                with timed(f"GGUF {source}: write (source of {kind})"):
+                    write_gguf(model_dir, src, source, stem, base_model, chat_template)
+            with timed(f"GGUF {kind}: llama.cpp quantize"):
+                quantizer.quantize(src, target, kind)
+            if source not in files:
+                src.unlink()
+        else:
+            with timed(f"GGUF {kind}: write"):
+                write_gguf(model_dir, target, kind, stem, base_model, chat_template)
+        print(f"wrote {target.name} ({target.stat().st_size / 2**20:.1f} MiB)", flush=True)
+        files[kind] = target
+    if files:
+        (Path(folder) / "Modelfile").write_text(modelfile(files[kinds[-1]].name))
+    return files
+
+
 # ---- llama.cpp's quantizer ----------------------------------------------------------------------
 
 # Where Unsloth's GGUF path and a manual llama.cpp build leave the binary.
