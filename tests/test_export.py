@@ -272,19 +272,21 @@ def test_llama_cpp_check_compares_logits_on_the_reference_tokens(exported, token
     import subprocess
     import sys
 
+    from r1helpers.export import llamacpp
+
     files = exported.record["artefacts"]["gguf"]["files"]
     q8 = exported.out / "gguf" / files["q8_0"]["file"]
     FakeLlama.model, FakeLlama.tokenizer = _float32(q8.parent, gguf_file=q8.name), tokenizer
     monkeypatch.setitem(sys.modules, "llama_cpp", SimpleNamespace(Llama=FakeLlama))
 
     def child_in_process(cmd, **kwargs):
-        assert cmd[1:4] == ["-m", "r1helpers.export.checks", "llama.cpp"]
-        return subprocess.CompletedProcess(cmd, export_checks.main(cmd[3:]), "", "")
+        assert cmd[1:4] == ["-m", "r1helpers.export.llamacpp", "llama.cpp"]
+        return subprocess.CompletedProcess(cmd, llamacpp.main(cmd[3:]), "", "")
 
     monkeypatch.setattr(subprocess, "run", child_in_process)
     ids, texts = exported.probe_prompts
     probes = export_checks.reference_probes(_float32(exported.out / "merged_16bit"), ids, 16)
-    result = export_checks.check_gguf_llama_cpp(q8, probes, "q8_0", texts)
+    result = llamacpp.check_gguf_llama_cpp(q8, probes, "q8_0", texts)
     assert result["passed"] and result["tokenization_identical"]
     assert not result["greedy_identical"], "this probe needs a file whose greedy path diverges"
     same_reader = files["q8_0"]["checks"]["transformers"]
@@ -715,13 +717,15 @@ def test_gguf_weight_and_readback_checks_run_side_by_side(monkeypatch, tmp_path)
 
     from r1helpers.core.config import load_config
 
-    ec, wx = export_checks, export
+    from r1helpers.export import llamacpp
+
+    ec, wx = export_checks, llamacpp
     both = threading.Barrier(2, timeout=20)
     ctx = SimpleNamespace(cfg=load_config("cpu"), tokenizer=None, prompt_texts=[],
                           timed=lambda step: contextlib.nullcontext())
     monkeypatch.setattr(ec, "gguf_metadata_check", lambda *a: {"tokens": 1})
     monkeypatch.setattr(ec, "float32_parameters", lambda *a: 1)
-    monkeypatch.setattr(ec, "llama_cpp_available", lambda: False)
+    monkeypatch.setattr(llamacpp, "llama_cpp_available", lambda: False)
     parsed = []
 
     @contextlib.contextmanager

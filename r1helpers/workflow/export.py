@@ -1,22 +1,11 @@
-"""Stage 05 from the config and the run folder: the guards, the folders and the record around the export's steps.
+"""Stage 05 from the config and the run folder: the guards, folders and record around the export's steps.
 
-Notebook 05 shows the steps themselves (`merge_lora`, `write_gguf_files`, `push`/`dry_run`),
-each followed by its check; `ExportJob` is what they share:
-
-    job = begin(cfg, run)                       # lock; reuse, redo or refuse; adapter and disk checked
-    if job.building:
-        with job.writing("adapter") as folder:  # a temporary folder, renamed into place once checked
-            write_adapter(job.adapter_dir, folder, job.tokenizer)
-            job.check_adapter(folder)
-        ...
-    exported = job.finish(hub_result)           # exported.json and the manifest; the lock released
-
-`begin` holds the run folder's lock until `finish`. It reuses an export made with these settings
-from the adapter now in train/adapter, redoes one made from another adapter, and refuses (or, with
-`overwrite`, moves aside, never deletes) one made with other settings, in the run folder and in
-`export.output_dir` alike. It stops before anything is replaced when train/adapter is damaged,
-and before anything is written when the disks cannot hold the export. `export(cfg, run)` runs
-the same steps in one call.
+Notebook 05 shows the steps (`merge_lora`, `write_gguf_files`, `push`/`dry_run`), each followed by its check,
+on an `ExportJob` from `begin(cfg, run)`: it holds the run folder's lock until `job.finish(...)`, reuses an
+export made with these settings from the adapter in train/adapter, redoes one made from another adapter,
+refuses (or with `overwrite` moves aside, never deletes) finished exports made with other settings, in the
+run folder and in `export.output_dir` alike, and stops before anything is replaced when train/adapter is
+damaged or the disks cannot hold the export. `export(cfg, run)` runs the same steps in one call.
 """
 
 from __future__ import annotations
@@ -34,6 +23,7 @@ from r1helpers.core.runs import Run, atomic_dir, read_json, write_json_atomic, w
 from r1helpers.export import checks as ec
 from r1helpers.export.base import fetch_base, locate_base
 from r1helpers.export.files import adapter_problem, with_chat_template
+from r1helpers.export.llamacpp import check_one_gguf
 from r1helpers.export.space import ExportSpaceError, check_space, dir_bytes, plan_sizes
 
 __all__ = ["ExportJob", "ExportSpaceError", "begin", "export", "output_dir", "probe_prompts"]
@@ -119,10 +109,9 @@ def damaged_message(run: Run, out: Path, adapter_dir: Path, problem: str) -> str
 def begin(cfg: Config, run: Run, force: bool = False) -> "ExportJob":
     """Take the run folder's lock (held until `job.finish`) and decide: reuse the recorded export, or build.
 
-    Trains first when the run folder holds no adapter made with these settings. Stops with one paragraph when
-    train/adapter is damaged, when the run folder holds finished exports made with other settings and
-    `overwrite` is off (`RunFolderConflict`), or when the disks cannot hold the export (`ExportSpaceError`);
-    nothing is replaced or written then."""
+    Trains first when needed. Stops with one paragraph, replacing and writing nothing, when train/adapter is
+    damaged, when finished exports made with other settings are there and `overwrite` is off
+    (`RunFolderConflict`), or when the disks cannot hold the export (`ExportSpaceError`)."""
     from r1helpers.workflow.steps import ensure_trained, prepare
 
     cfg = validate(cfg)
@@ -202,7 +191,7 @@ class ExportJob:
     def prepare_build(self, prepared, force: bool) -> None:
         cfg, run = self.cfg, self.run
         from r1helpers.core.secrets import load_secrets
-        from r1helpers.export.gguf import find_quantizer
+        from r1helpers.export.llamacpp import find_quantizer
         from r1helpers.export.merge import resolve_dtype
         from r1helpers.workflow.hub import repo_base
 
@@ -287,9 +276,8 @@ class ExportJob:
     @contextlib.contextmanager
     def writing(self, folder: str):
         """A temporary folder for `folder` (adapter | merged_16bit | gguf), renamed into place with its model card
-        when the body (the step and its check) finishes; a failed or interrupted step leaves the previous folder
-        and nothing half-written. A merged model that is not kept (export.save_merged_16bit=false) goes to a
-        temporary folder, deleted once the GGUF files are written."""
+        once the body (the step and its check) has finished: a failed or interrupted step leaves the previous
+        folder. A merged model that is not kept goes to a temporary folder, deleted after the GGUF files."""
         kept = folder != "merged_16bit" or self.cfg.export.save_merged_16bit
         target = self.out / (folder if kept else MERGED_FOR_GGUF)
         self._discard, self.checks = False, {}
@@ -332,9 +320,8 @@ class ExportJob:
 
     def check_merged(self, folder: Path) -> None:
         """Every merged weight within one 16-bit rounding of base + B·A·scale, then the merged model (plain
-        transformers) against base + adapter. When the logit check fails and `dtype_candidates` leaves another
-        16-bit type, the merge is made again in that type and checked; when none passes, nothing merged is kept
-        (no merged model, no GGUF) and the notes say to use the adapter."""
+        transformers) against base + adapter. When that fails and `dtype_candidates` leaves another 16-bit type,
+        the merge is made again in it; when none passes, nothing merged is kept and the notes say so."""
         from r1helpers.export.files import save_tokenizer
         from r1helpers.export.merge import merge_lora, weight_check
 
@@ -420,43 +407,6 @@ _HOLDING: ExportJob | None = None  # the job of this process that holds its run 
 
 class _Discarded(Exception):
     """The step's check kept nothing (no merge passed): the temporary folder is dropped, no error."""
-
-
-def check_one_gguf(job, path: Path, kind: str, merged: Path, probes) -> dict[str, Any]:
-    """The file parsed once (`shared_gguf_reader`) for all of: the metadata check, then the weight check and
-    transformers' read-back at the same time (both work on the CPU, with threads). When the weights are wrong,
-    their error is the one raised."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    question = job.cfg.infer.example_questions[0] if job.cfg.infer.example_questions else "What is fever?"
-
-    def weights() -> dict[str, Any]:
-        with job.timed(f"GGUF {kind}: weight check"):
-            return ec.gguf_weight_check(path, merged)
-
-    with contextlib.ExitStack() as reading:
-        with job.timed(f"GGUF {kind}: parse and metadata check"):
-            reading.enter_context(ec.shared_gguf_reader(path))  # parsed once for all the checks (12 s for the 8B)
-            checks: dict[str, Any] = {"metadata": ec.gguf_metadata_check(path, job.tokenizer, question)}
-        with ThreadPoolExecutor(1) as pool:
-            weight_check = pool.submit(weights)
-            try:
-                if probes is not None:
-                    with job.timed(f"GGUF {kind}: transformers read-back and logit check"):
-                        checks["transformers"] = ec.check_gguf_transformers(path, probes, kind,
-                                                                            ec.float32_parameters(merged))
-            finally:
-                checks["weights"] = weight_check.result()  # its error first, if both fail
-    if probes is None:
-        checks["logits"] = "skipped: a float32 copy of the model does not fit in memory; weights checked instead"
-        return checks
-    free_memory()
-    if ec.llama_cpp_available():
-        with job.timed(f"GGUF {kind}: llama.cpp logit check"):
-            checks["llama.cpp"] = ec.check_gguf_llama_cpp(path, probes, kind, job.prompt_texts)
-    else:
-        checks["llama.cpp"] = "skipped: llama-cpp-python is not installed (pip install llama-cpp-python)"
-    return checks
 
 
 def export(cfg: Config, run: Run, force: bool = False) -> dict[str, Any]:
