@@ -229,8 +229,8 @@ def test_gguf_read_back_by_transformers_gives_the_merged_models_greedy_tokens(ex
     assert "FROM ./" in (folder / "Modelfile").read_text()
     assert not [p.name for p in folder.iterdir() if p.name.startswith(".")], "temporary files left behind"
     took = exported.record["seconds"]  # where the stage's time went, step by step
-    for step in ("adapter: write", "merge in float16 and write", "GGUF q8_0: write", "GGUF q8_0: weight check",
-                 "GGUF f16: transformers read-back and logit check"):
+    for step in ("adapter: write and check", "merged_16bit: write and check", "merged float16: logit check",
+                 "GGUF q8_0: write", "GGUF q8_0: weight check", "GGUF f16: transformers read-back and logit check"):
         assert took[step] >= 0.0, step
     assert sum(took.values()) > 0
 
@@ -273,19 +273,21 @@ def test_llama_cpp_check_compares_logits_on_the_reference_tokens(exported, token
     import subprocess
     import sys
 
+    from r1helpers.export import llamacpp
+
     files = exported.record["artefacts"]["gguf"]["files"]
     q8 = exported.out / "gguf" / files["q8_0"]["file"]
     FakeLlama.model, FakeLlama.tokenizer = _float32(q8.parent, gguf_file=q8.name), tokenizer
     monkeypatch.setitem(sys.modules, "llama_cpp", SimpleNamespace(Llama=FakeLlama))
 
     def child_in_process(cmd, **kwargs):
-        assert cmd[1:4] == ["-m", "r1helpers.export.checks", "llama.cpp"]
-        return subprocess.CompletedProcess(cmd, export_checks.main(cmd[3:]), "", "")
+        assert cmd[1:4] == ["-m", "r1helpers.export.llamacpp", "llama.cpp"]
+        return subprocess.CompletedProcess(cmd, llamacpp.main(cmd[3:]), "", "")
 
     monkeypatch.setattr(subprocess, "run", child_in_process)
     ids, texts = exported.probe_prompts
     probes = export_checks.reference_probes(_float32(exported.out / "merged_16bit"), ids, 16)
-    result = export_checks.check_gguf_llama_cpp(q8, probes, "q8_0", texts)
+    result = llamacpp.check_gguf_llama_cpp(q8, probes, "q8_0", texts)
     assert result["passed"] and result["tokenization_identical"]
     assert not result["greedy_identical"], "this probe needs a file whose greedy path diverges"
     same_reader = files["q8_0"]["checks"]["transformers"]
@@ -393,9 +395,9 @@ def test_export_refuses_before_writing_when_free_space_is_too_small(exported, cf
     before = (exported.out / "exported.json").read_text()
     monkeypatch.setattr(train_stage, "ensure_trained", lambda *a, **k: train_stage.TrainResult(exported.adapter, [], {}))
     monkeypatch.setattr(space, "free_bytes", lambda path: 10 * 2**20)
-    with pytest.raises(export.ExportSpaceError, match=r"export refused: it needs about .* GB in .* only 0\.0 GB "
+    with pytest.raises(export.ExportSpaceError, match=r"export refused: it needs about .* MB in .* only 10\.5 MB "
                                                       r"is free there\. Nothing was written"):
-        export._export(elsewhere, exported.run)  # the build itself: the run folder's ownership is tested apart
+        export.begin(elsewhere, exported.run)
     assert not out.exists()
     assert (exported.out / "exported.json").read_text() == before
 
@@ -420,23 +422,65 @@ def test_every_artefact_records_the_adapter_it_came_from(exported):
     trained = export.adapter_hash(exported.adapter)
     arts = exported.record["artefacts"]
     assert {a["adapter_sha256"] for a in arts.values()} == {trained} and {"adapter", "merged", "gguf"} <= set(arts)
+    assert exported.record["source"]["sha256"] == trained
 
 
-def test_an_export_whose_adapter_was_replaced_is_made_again(exported, cfg, monkeypatch, capsys, tmp_path):
+def _copy_run(exported, cfg, root: Path) -> Run:
+    """A copy of the finished run folder, its records pointing at the copy's own exports."""
     import shutil
 
-    run = Run.open(tmp_path / "run")
+    run = Run.open(root)
     shutil.copytree(exported.run.root, run.root, dirs_exist_ok=True)
     record = json.loads(run.path("exported").read_text())
-    for art in record["artefacts"].values():  # the copy's own paths
+    for art in record["artefacts"].values():
         art["path"] = art["path"].replace(str(exported.run.root), str(run.root))
     write_json_atomic(run.path("exported"), record)
     run.write_manifest(cfg, "export", must_exist=[a["path"] for a in record["artefacts"].values()])
-    monkeypatch.setattr(export, "adapter_hash", lambda d: "another" if "train" in str(d) else "old")
-    assert export.matches_adapter(run) is not None
-    monkeypatch.setattr(export, "_export", lambda c, r: "made again")
-    assert _reexport(cfg, run, exported.adapter, monkeypatch) == "made again"
-    assert "not reusing the recorded export" in capsys.readouterr().out
+    return run
+
+
+def test_an_export_whose_adapter_was_replaced_is_made_again(exported, cfg, monkeypatch, capsys, tmp_path):
+    run = _copy_run(exported, cfg, tmp_path / "run")
+    monkeypatch.setattr(train_stage, "ensure_trained", lambda *a, **k: train_stage.TrainResult(exported.adapter, [], {}))
+    job = export.begin(cfg, run)
+    assert not job.building and job.status.startswith("reused")
+    assert job.finish() == json.loads(run.path("exported").read_text())
+    monkeypatch.setattr(export, "adapter_hash", lambda d: "another" if d == exported.adapter else "old")
+    monkeypatch.setattr(export.ExportJob, "prepare_build", lambda self, prepared, force: None)
+    job = export.begin(cfg, run)
+    job.release()
+    assert job.building and "not reusing the recorded export" in capsys.readouterr().out
+
+
+def _job(exported, cfg, dtypes, **overrides):
+    """A job as `begin` leaves it, over a fresh output folder, with the adapter written and checked."""
+    import shutil
+
+    from r1helpers.export.files import write_adapter
+
+    tok = export.export_tokenizer(cfg)
+    out = exported.out.parent / "job-export"
+    shutil.rmtree(out, ignore_errors=True)
+    job = export.ExportJob(apply_overrides(cfg, {"export.save_merged_16bit": False, **overrides}), exported.run, out)
+    base = export.locate_base(cfg.model.name, cfg.model.revision)
+    job.adapter_dir, job.base_dir, job.tokenizer, job.stem = exported.adapter, export.fetch_base(base), tok, "tiny"
+    job.prompts, job.prompt_texts = export.probe_prompts(cfg, data_stage.prepare(cfg, exported.run), tok)
+    job.logits_ok, job.dtypes, job.dtype = export_checks.logits_fit(base.parameters), dtypes, dtypes[0]
+    with job.writing("adapter") as folder:
+        write_adapter(job.adapter_dir, folder, tok)
+        job.check_adapter(folder)
+    return job
+
+
+def _merge(job):
+    """Notebook 05's merge cell."""
+    from r1helpers.export.files import save_tokenizer
+    from r1helpers.export.merge import merge_lora
+
+    with job.writing("merged_16bit") as folder:
+        merge_lora(job.base_dir, job.out / "adapter", folder, job.dtype)
+        save_tokenizer(job.tokenizer, folder)
+        job.check_merged(folder)
 
 
 def test_merge_falls_back_to_the_dtype_that_keeps_the_adapter(exported, cfg, monkeypatch):
@@ -444,18 +488,15 @@ def test_merge_falls_back_to_the_dtype_that_keeps_the_adapter(exported, cfg, mon
     bfloat16 merge changes one greedy token of 48, at a near tie of the reference (margin 0.0105 against a
     largest logit difference of 0.067) while keeping 98% of the adapter's effect on the logits: that passes,
     with the near tie recorded. So the fallback is shown with bfloat16's check made to fail."""
-    import shutil
-
     from r1helpers.export import checks as ec
 
-    ctx = _context(exported, cfg)
-    record, path, dtype = export.merge_keeping_the_adapter(ctx, ["bfloat16"])
-    check = record["checks"]["logits_vs_adapter"]
-    assert dtype == "bfloat16" and check["passed"] and not check["greedy_identical"]
+    job = _job(exported, cfg, ["bfloat16"])
+    _merge(job)
+    check = job.checks["logits_vs_adapter"]
+    assert job.dtype == "bfloat16" and check["passed"] and not check["greedy_identical"]
     assert check["greedy_near_ties"] == len(check["greedy_divergences"]) >= 1
     assert all(d["reference_margin"] <= ec.NEAR_TIE * check["max_abs_logit_diff"] for d in check["greedy_divergences"])
     assert check["adapter_residual_share"] < ec.ADAPTER_KEPT_TOL
-    shutil.rmtree(path)
 
     real, calls = ec.check_merged, []
     monkeypatch.setattr(ec, "check_merged", lambda folder, probes, **kw: (_ for _ in ()).throw(ec.ExportCheckError(
@@ -464,57 +505,163 @@ def test_merge_falls_back_to_the_dtype_that_keeps_the_adapter(exported, cfg, mon
     references = []
     monkeypatch.setattr(ec, "adapter_reference", lambda *a, real_ref=ec.adapter_reference: references.append(1) or
                         real_ref(*a))
-    ctx = _context(exported, cfg)
-    record, path, dtype = export.merge_keeping_the_adapter(ctx, ["bfloat16", "float16"])
-    assert dtype == "float16" and record["dtype"] == "float16"
-    assert record["dtype_tried"][0].startswith("bfloat16: ") and "greedy tokens differ" in record["dtype_tried"][0]
-    assert "float16 passed" in ctx.notes[-1]
+    job = _job(exported, cfg, ["bfloat16", "float16"])
+    _merge(job)
+    tried = job.extra["merged_16bit"]["dtype_tried"]
+    assert job.dtype == "float16" and json.loads((job.merged_dir / "config.json").read_text())["dtype"] == "float16"
+    assert tried[0].startswith("bfloat16: ") and "greedy tokens differ" in tried[0] and tried[1] == "float16: passed"
+    assert "float16 passed" in job.notes[-1]
     assert len(references) == 1, "base + adapter is loaded once for both checks"
     assert export.dtype_candidates("auto", "bfloat16")[0] == "float16"
-    shutil.rmtree(path)  # the kept temporary merge, which _export_all deletes after writing GGUF
     monkeypatch.setattr(ec, "check_merged", lambda folder, probes, **kw: (_ for _ in ()).throw(
         ec.ExportCheckError("greedy tokens differ")))
-    ctx = _context(exported, cfg)
-    assert export.merge_keeping_the_adapter(ctx, ["float16", "bfloat16"])[:2] == (None, None)
-    assert "use the adapter on the base model" in ctx.notes[-1]
-    assert not list(ctx.out.glob(export.MERGED_FOR_GGUF + "*")), "no temporary merge is left behind"
+    job = _job(exported, cfg, ["float16", "bfloat16"])
+    _merge(job)
+    assert job.merged_dir is None and "use the adapter on the base model" in job.notes[-1]
+    assert [p.name for p in job.out.iterdir()] == ["adapter"], "no temporary merge is left behind"
 
 
 def test_gguf_checks_reuse_the_merged_models_own_probes(exported, cfg, monkeypatch):
     """The merged model's greedy tokens and logits, taken while its check had it loaded, are the GGUF files'
-    reference: the merged model is not loaded in float32 again (32 GB for the 8B)."""
-    import shutil
-
+    reference: the merged model is not loaded in float32 again (32 GB for the 8B). The temporary merge is
+    deleted once the GGUF files are written."""
     from r1helpers.export import checks as ec
+    from r1helpers.export.gguf import write_gguf_files
 
-    ctx = _context(exported, cfg)
-    record, path, dtype = export.merge_keeping_the_adapter(ctx, ["float16"])
-    own = ctx.merged_probes
-    again = ec.reference_probes(ec.load_float32(path), ctx.prompts, cfg.export.check_tokens)
-    assert [p.greedy for p in own] == [p.greedy for p in again] and len(own) == len(ctx.prompts)
+    job = _job(exported, cfg, ["float16"])
+    _merge(job)
+    own = job.merged_probes
+    again = ec.reference_probes(ec.load_float32(job.merged_dir), job.prompts, cfg.export.check_tokens)
+    assert [p.greedy for p in own] == [p.greedy for p in again] and len(own) == len(job.prompts)
     assert all(np.array_equal(a.logits, b.logits) for a, b in zip(own, again))
     monkeypatch.setattr(ec, "reference_probes", lambda *a: pytest.fail("the merged model was loaded again"))
-    ctx.cfg = apply_overrides(ctx.cfg, {"export.gguf": ["f16"]})
-    gguf = export.export_gguf(ctx, path, dtype, None)
-    assert gguf["files"]["f16"]["checks"]["transformers"]["passed"]
-    shutil.rmtree(path)
+    with job.writing("gguf") as folder:
+        job.check_gguf(write_gguf_files(job.merged_dir, folder, ["f16"], job.stem, cfg.model.name,
+                                        job.tokenizer.chat_template))
+    assert job.artefacts["gguf"]["files"]["f16"]["checks"]["transformers"]["passed"]
+    assert sorted(p.name for p in job.out.iterdir()) == ["adapter", "gguf"]
 
 
-def _context(exported, cfg):
-    from r1helpers.export import checks as ec
+# ---- issue 25: nothing exported is lost ------------------------------------------------------------------
 
-    tok = export.export_tokenizer(cfg)
-    prepared = data_stage.prepare(cfg, exported.run)
-    ids, texts = export.probe_prompts(cfg, prepared, tok)
-    out = exported.out.parent / "ctx-export"
-    out.mkdir(exist_ok=True)
+def _tree(folder: Path) -> dict[str, str]:
+    return {p.relative_to(folder).as_posix(): _sha256(p) for p in folder.rglob("*") if p.is_file()}
+
+
+def test_overwrite_moves_the_exports_in_an_output_dir_aside_and_deletes_nothing(exported, cfg, tmp_path, monkeypatch):
+    """--set export.output_dir=X, then the same with export.gguf=[f16] and --overwrite: the old Q8_0 file and
+    the merged model in X move to X/replaced/, byte for byte, as the records move to <run>/replaced/."""
+    from r1helpers.core.runs import RunFolderConflict
+
+    X = tmp_path / "X"
+    first = apply_overrides(cfg, {"export.output_dir": str(X), "export.gguf": ["q8_0"]})
+    run = Run.open(tmp_path / "run")
+    _reexport(first, run, exported.adapter, monkeypatch)
+    old = _tree(X)
+    assert any(k.endswith("Q8_0.gguf") for k in old) and "merged_16bit/model.safetensors" in old
+    second = apply_overrides(first, {"export.gguf": ["f16"]})
+    with pytest.raises(RunFolderConflict):
+        _reexport(second, run, exported.adapter, monkeypatch)
+    assert _tree(X) == old
+    record = _reexport(second, Run.open(run.root, overwrite=True), exported.adapter, monkeypatch)
+    [aside] = (X / "replaced").iterdir()
+    assert _tree(aside) == old, "every old export moved aside whole"
+    assert [p.name for p in (run.root / "replaced").iterdir()] == [aside.name]
+    assert set(record["artefacts"]["gguf"]["files"]) == {"f16"} and not list((X / "gguf").glob("*Q8_0*"))
+    assert any(str(aside) in n for n in record["notes"])
+
+
+def test_a_damaged_adapter_stops_the_export_before_the_exported_copy_is_replaced(exported, cfg, tmp_path,
+                                                                                 monkeypatch):
+    """A truncated train/adapter (it no longer loads), or one whose bytes changed without training having run
+    since the export recorded its sha256: the stage stops naming the file, and export/adapter stays intact."""
+    import os
     import shutil
 
-    shutil.copytree(exported.out / "adapter", out / "adapter", dirs_exist_ok=True)
-    base = export.locate_base(cfg.model.name, cfg.model.revision)
-    return export.Context(apply_overrides(cfg, {"export.save_merged_16bit": False}), exported.run, out,
-                          export.fetch_base(base, None), exported.adapter, tok, ids, texts,
-                          ec.logits_fit(base.parameters), [])
+    from r1helpers.export.checks import ExportCheckError
+
+    run = _copy_run(exported, cfg, tmp_path / "run")
+    adapter = run.path("adapter")
+    shutil.copytree(exported.adapter, adapter)
+    weights = adapter / "adapter_model.safetensors"
+    copy = run.stage_dir("export") / "adapter" / "adapter_model.safetensors"
+    before = _tree(run.stage_dir("export"))
+    os.truncate(weights, 33652)
+    with pytest.raises(ExportCheckError, match=rf"{weights} is damaged \(SafetensorError.*nothing was exported or "
+                                               rf"replaced\. The exported copy {copy} was left as it is"):
+        _reexport(cfg, run, adapter, monkeypatch)
+    assert _tree(run.stage_dir("export")) == before
+    shutil.copy2(copy, weights)  # the fix the message names
+    run.write_manifest(cfg, "train")
+    record = json.loads(run.path("exported").read_text())
+    record["source"]["train_finished_at"] = run.read_manifest("train")["finished_at"]
+    write_json_atomic(run.path("exported"), record)
+    before = _tree(run.stage_dir("export"))
+    assert _reexport(cfg, run, adapter, monkeypatch)["source"] == record["source"]  # intact again: reused
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF  # loads, but is not the adapter this training run recorded
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ExportCheckError, match="its sha256 is not the .* recorded .* training has not run since"):
+        _reexport(cfg, run, adapter, monkeypatch)
+    assert _tree(run.stage_dir("export")) == before
+
+
+def test_temporary_merges_a_killed_export_left_are_removed(tmp_path):
+    """A real SIGKILL during the temporary merge leaves atomic_dir's `..merged-for-gguf.<pid>.<rand>.tmp`; the
+    next export removes it and the older forms, and says so."""
+    import signal
+    import subprocess
+    import sys
+
+    script = ("import time; from pathlib import Path; from r1helpers.core.runs import atomic_dir\n"
+              f"with atomic_dir(Path({str(tmp_path)!r}) / {export.MERGED_FOR_GGUF!r}) as tmp:\n"
+              "    (tmp / 'model.safetensors').write_bytes(b'half'); print('writing', flush=True); time.sleep(60)\n")
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "writing"
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    killed = [p.name for p in tmp_path.iterdir()]
+    assert len(killed) == 1 and killed[0].startswith(f".{export.MERGED_FOR_GGUF}.{child.pid}.")
+    older = ["..merged-for-gguf-abc123.4242.x1y2.tmp", ".merged-for-gguf-abc123"]
+    for name in older:
+        (tmp_path / name).mkdir()
+    (tmp_path / "gguf").mkdir()
+    notes = export.remove_stale_merges(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["gguf"]
+    assert sorted(notes) == sorted(f"removed {n}, a temporary merge left by an interrupted export"
+                                   for n in killed + older)
+
+
+def test_space_refusal_advises_only_settings_that_would_make_it_fit(exported, cfg, tmp_path, monkeypatch):
+    """2 MB free with export.gguf=[] and save_merged_16bit=false already set: no advice to set them. Where
+    dropping the GGUF files would make it fit, that (and only that) is advised."""
+    monkeypatch.setattr(space, "free_bytes", lambda path: 2 * 10**6)
+    lean = apply_overrides(cfg, {"export.gguf": [], "export.save_merged_16bit": False,
+                                 "export.output_dir": str(tmp_path / "out")})
+    monkeypatch.setattr(train_stage, "ensure_trained", lambda *a, **k: train_stage.TrainResult(exported.adapter, [], {}))
+    with pytest.raises(export.ExportSpaceError) as refused:
+        export.begin(lean, Run.open(tmp_path / "run"))
+    assert "export.gguf" not in str(refused.value) and "save_merged_16bit" not in str(refused.value)
+    assert "only 2.0 MB is free" in str(refused.value)
+    items = space.plan_sizes(tmp_path, 10**9, 10**7, keep_merged=True, gguf_kinds=["q8_0"], merged_dtype="float16")
+    without_gguf = space.plan_sizes(tmp_path, 10**9, 10**7, keep_merged=True, gguf_kinds=[], merged_dtype="float16")
+    monkeypatch.setattr(space, "free_bytes", lambda path: int(2.5e9))
+    with pytest.raises(export.ExportSpaceError, match=r"Or export less: export\.gguf=\[\] would fit\.$"):
+        space.check_space(items, {"export.gguf=[]": without_gguf, "export.save_merged_16bit=false": items})
+
+
+def test_the_card_names_a_local_dataset_by_file_name_and_sha256_never_its_path(cfg, tmp_path):
+    rows = tmp_path / "private" / "rows.jsonl"
+    rows.parent.mkdir()
+    rows.write_text('{"Question": "q", "Complex_CoT": "c", "Response": "r"}\n')
+    run = Run.open(tmp_path / "run")
+    card = workflow_hub.card(apply_overrides(cfg, {"data.source": str(rows)}), run, "adapter", [("a", 1)])
+    assert f"Dataset: local file `rows.jsonl` (sha256 `{_sha256(rows)}`)" in card
+    assert str(tmp_path) not in card and "datasets:" not in card
+    on_hub = apply_overrides(cfg, {"data.source": "FreedomIntelligence/medical-o1-reasoning-SFT"})
+    card = workflow_hub.card(on_hub, run, "adapter", [("a", 1)])
+    assert "datasets:\n- FreedomIntelligence/medical-o1-reasoning-SFT\n" in card
+    assert "Dataset: `FreedomIntelligence/medical-o1-reasoning-SFT`" in card
 
 
 def _probe(margin: float, base_shift: float = 3.0):
@@ -571,13 +718,15 @@ def test_gguf_weight_and_readback_checks_run_side_by_side(monkeypatch, tmp_path)
 
     from r1helpers.core.config import load_config
 
-    ec, wx = export_checks, export
+    from r1helpers.export import llamacpp
+
+    ec, wx = export_checks, llamacpp
     both = threading.Barrier(2, timeout=20)
     ctx = SimpleNamespace(cfg=load_config("cpu"), tokenizer=None, prompt_texts=[],
                           timed=lambda step: contextlib.nullcontext())
     monkeypatch.setattr(ec, "gguf_metadata_check", lambda *a: {"tokens": 1})
     monkeypatch.setattr(ec, "float32_parameters", lambda *a: 1)
-    monkeypatch.setattr(ec, "llama_cpp_available", lambda: False)
+    monkeypatch.setattr(llamacpp, "llama_cpp_available", lambda: False)
     parsed = []
 
     @contextlib.contextmanager

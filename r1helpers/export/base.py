@@ -13,6 +13,7 @@ it ask the Hub for the size, so the free-space check can run before the download
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,22 +39,15 @@ def _complete(folder: Path) -> bool:
     return (folder / "model.safetensors").is_file()
 
 
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
-
-
 def locate_base(name: str, revision: str | None = None) -> BaseCheckpoint:
     """Find the base checkpoint `name` (Hub id or folder) without downloading it; count its parameters."""
-    from r1helpers.export.gguf import tensor_shapes
+    from r1helpers.export.merge import tensor_shapes
     from r1helpers.modeling.local import resolve_model_path
 
     resolved = resolve_model_path(name)
     folder = Path(resolved) if Path(resolved).is_dir() else _cached_snapshot(resolved, revision)
     if folder is not None and _complete(folder):
-        n = sum(_numel(s) for s in tensor_shapes(folder).values())
+        n = sum(math.prod(s) for s in tensor_shapes(folder).values())
         return BaseCheckpoint(name, folder, n, 0)
     return _hub_base(resolved, revision)
 

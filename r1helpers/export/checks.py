@@ -1,28 +1,16 @@
 """Check exported models against the model that was trained, before anything is kept.
 
-Three comparisons, each on the same prompts (the training prompt, token for token):
-the merged 16-bit model loaded with plain transformers against base + adapter through
-peft; each GGUF read back by transformers' GGUF loader against the merged model; and,
-when llama-cpp-python is installed, each GGUF run by llama.cpp itself (in a child
-process, so a crash in C cannot take the notebook down). Greedy tokens are taken
-without stopping at EOS, so every comparison covers the same number of tokens.
-
-Logit checks load whole models in float32, on a CUDA GPU whose free memory holds that copy with a
-third to spare (the 8B model on an 80 GB or larger GPU), else on the CPU, with TF32 matmuls off so
-float32 means float32; when it fits in neither (the 8B model on a 30 GB machine with a 16 GB GPU),
-they are skipped with a note and the weight-level checks, which read a few tensors at a time, stand in
-for them.
-
-    python -m r1helpers.export.checks llama.cpp model.gguf probes.json   # what the child process runs
+On the same prompts (the training prompt, token for token): the merged 16-bit model (plain transformers)
+against base + adapter through peft, and each GGUF read back by transformers' GGUF loader against the
+merged model (llama.cpp's own read-back: `llamacpp.py`); every GGUF tensor against the merged weights; the
+GGUF's vocabulary and chat template against the training tokenizer. Logit checks load float32 copies, on a
+GPU whose free memory holds one with a third to spare, else on the CPU; where neither does, they are skipped
+and the weight checks stand in.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
-import os
-import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -61,25 +49,15 @@ class Probe:
         return self.prompt_ids + self.greedy
 
 
-def available_memory_bytes() -> int | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
 def logits_fit(n_params: int, available: int | None = None) -> bool:
     """A float32 copy plus activations must fit, with a third of the memory left over."""
-    available = available if available is not None else available_memory_bytes()
-    return available is None or n_params * 4 * 1.5 < available
+    import psutil
+
+    return n_params * 4 * 1.5 < (psutil.virtual_memory().available if available is None else available)
 
 
 def check_device(n_params: int) -> str:
-    """Where a float32 copy of `n_params` weights runs the logit checks: "cuda" when the GPU's free memory
-    holds it with a third to spare (`logits_fit`), else "cpu"."""
+    """Where a float32 copy of `n_params` weights runs the logit checks: "cuda" when it fits there, else "cpu"."""
     import torch
 
     if torch.cuda.is_available() and logits_fit(n_params, torch.cuda.mem_get_info()[0]):
@@ -103,18 +81,17 @@ def full_float32() -> Iterator[None]:
 # ---- transformers side --------------------------------------------------------------------------
 
 def hf_greedy(model, prompt_ids: list[int], n: int) -> list[int]:
+    """`n` greedy tokens by argmax, EOS included and not stopping there (as llama.cpp's check takes them)."""
     import torch
 
     out: list[int] = []
-    device = next(model.parameters()).device
-    x, past = torch.tensor([prompt_ids], device=device), None
+    x, past = torch.tensor([prompt_ids], device=next(model.parameters()).device), None
     with torch.no_grad(), full_float32():
         for _ in range(n):
             o = model(input_ids=x, past_key_values=past, use_cache=True)
-            past = o.past_key_values
-            nxt = int(o.logits[0, -1].argmax())
+            past, nxt = o.past_key_values, int(o.logits[0, -1].argmax())
             out.append(nxt)
-            x = torch.tensor([[nxt]], device=device)
+            x = torch.tensor([[nxt]], device=x.device)
     return out
 
 
@@ -197,33 +174,25 @@ def judge(kind: str, result: dict[str, Any], what: str) -> dict[str, Any]:
     return result
 
 
-def config_parameters(config) -> int:
-    """The parameter count a model config describes (`load.estimated_weights_gib` in float32, 4 bytes each)."""
-    from r1helpers.modeling.load import estimated_weights_gib
-
-    return int(estimated_weights_gib(config, False, "float32") * 2**30 / 4)
-
-
-def float32_parameters(path: Path, gguf_file: str | None = None) -> int:
-    """The parameter count of the model at `path`, from its config (nothing loads)."""
+def float32_parameters(path: Path | None, gguf_file: str | None = None, config=None) -> int:
+    """The parameter count of a model's config (read from `path` when not given); nothing loads."""
     from transformers import AutoConfig
 
-    kwargs = {"gguf_file": gguf_file} if gguf_file else {}
-    return config_parameters(AutoConfig.from_pretrained(str(path), **kwargs))
+    from r1helpers.modeling.load import estimated_weights_gib
+
+    config = config or AutoConfig.from_pretrained(str(path), **({"gguf_file": gguf_file} if gguf_file else {}))
+    return int(estimated_weights_gib(config, False, "float32") * 2**30 / 4)
 
 
 def load_float32(path: Path, gguf_file: str | None = None, parameters: int | None = None):
     """The model at `path` in float32, on the GPU when it fits there (`check_device`), else on the CPU.
-
-    `parameters`: its parameter count when known (a GGUF file's is the merged model's): otherwise read from its
-    config. The config is read once and handed to `from_pretrained`: for a GGUF file, every read parses the whole
-    file's metadata (the vocabulary's 128,256 tokens for the 8B), and transformers would read it twice more."""
+    `parameters`: its count when known (a GGUF file's config read costs a parse of its whole vocabulary)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     kwargs: dict[str, Any] = {"gguf_file": gguf_file} if gguf_file else {}
     config = AutoConfig.from_pretrained(str(path), **kwargs)
-    if check_device(config_parameters(config) if parameters is None else parameters) == "cuda":
+    if check_device(parameters or float32_parameters(None, config=config)) == "cuda":
         kwargs["device_map"] = "cuda"
     return AutoModelForCausalLM.from_pretrained(str(path), config=config, dtype=torch.float32, **kwargs).eval()
 
@@ -247,8 +216,8 @@ def run_candidate(model, probes: list[Probe]) -> tuple[list[np.ndarray], list[li
 
 
 def check_merged(merged_dir: Path, probes: list[Probe], own: list[Probe] | None = None) -> dict[str, Any]:
-    """The merged model against base + adapter (`probes`); when it passes and `own` is given, `own` receives the
-    merged model's own probes (its greedy tokens and logits), the reference its GGUF files are checked against."""
+    """The merged model against base + adapter (`probes`); when it passes, `own` (if given) receives the
+    merged model's own probes, the reference of its GGUF files."""
     model = load_float32(merged_dir)
     result = judge("merged", compare(probes, *run_candidate(model, probes)), "merged model vs base + adapter")
     if own is not None:
@@ -259,9 +228,7 @@ def check_merged(merged_dir: Path, probes: list[Probe], own: list[Probe] | None 
 def check_gguf_transformers(gguf_path: Path, probes: list[Probe], kind: str,
                             parameters: int | None = None) -> dict[str, Any]:
     """transformers' GGUF loader reads the file back (dequantized to float32): its logits and greedy tokens
-    against `probes`. `parameters`: the model's parameter count when known (`load_float32`). The file is parsed
-    once for the loader's two reads (`shared_gguf_reader`) and its dequantizing goes through
-    `dequantize_in_threads`; `seconds` says where the time went."""
+    against `probes`, the file parsed once (`shared_gguf_reader`) and dequantized in threads."""
     import logging
     import time
 
@@ -282,12 +249,9 @@ _SHARED_READERS: dict[str, Any] = {}  # resolved path -> the gguf.GGUFReader tha
 
 @contextlib.contextmanager
 def shared_gguf_reader(path: Path) -> Iterator[Any]:
-    """While open, `gguf.GGUFReader(path)` returns one reader parsed once, wherever it is called from (transformers'
-    GGUF loader reads the file twice, the metadata and weight checks once each), and `gguf.get_tensor_name_map`
-    is memoized (transformers builds the same map once per module: 423 times for the 8B). Measured on the H200
-    machine for the 8B-shape q8_0 file: a parse took 11.9 s (its 128,256-token vocabulary, read one field part
-    at a time; a real tokenizer's BPE merges add to that), the 423 maps 8.3 s. The reader is read-only, so
-    threads share it. Nested uses of the same path share the outer reader; other paths parse as usual."""
+    """While open, `gguf.GGUFReader(path)` returns one reader parsed once wherever it is called from, and
+    `gguf.get_tensor_name_map` is memoized. transformers' loader parses the file twice and builds the map once
+    per module; on the H200 machine, for the 8B q8_0 file, a parse took 11.9 s and the 423 maps 8.3 s."""
     import functools
 
     import gguf
@@ -316,12 +280,9 @@ def shared_gguf_reader(path: Path) -> Iterator[Any]:
 
 @contextlib.contextmanager
 def dequantize_in_threads(workers: int | None = None) -> Iterator[dict[str, Any]]:
-    """While open, `gguf.dequantize` (what transformers' GGUF loader calls for each tensor, in one thread)
-    dequantizes a quantized tensor in pieces of rows (`dequantize_piece`) on `workers` threads (default: the CPU
-    count, at most 8). Rows are dequantized independently, so the numbers are the same.
-    Yields {"tensors": how many went through it, "seconds": time spent in it}: 0 tensors means the installed
-    transformers no longer calls `gguf.dequantize` (the read-back is then as slow as before, and as correct).
-    Measured on the 8B shape (q8_0) on the H200 machine: 49 s in transformers' own loop, 15.9 s this way."""
+    """While open, `gguf.dequantize` (transformers' loader calls it per tensor, in one thread) dequantizes
+    in pieces of rows on `workers` threads: the same numbers. Yields {"tensors", "seconds"} spent in it (0
+    tensors: transformers no longer calls it). 8B q8_0 on the H200 machine: 49 s in transformers' loop, 15.9 s."""
     import time
     from concurrent.futures import ThreadPoolExecutor
 
@@ -354,89 +315,11 @@ def dequantize_in_threads(workers: int | None = None) -> Iterator[dict[str, Any]
         pool.shutdown(cancel_futures=True)
 
 
-# ---- llama.cpp side (child process) ---------------------------------------------------------------
-
-def llama_cpp_available() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("llama_cpp") is not None
-
-
-def check_gguf_llama_cpp(gguf_path: Path, probes: list[Probe], kind: str, prompt_texts: list[str],
-                         timeout: float = 1800) -> dict[str, Any]:
-    """llama.cpp itself loads the file, tokenizes the prompts and decodes greedily."""
-    request = {"gguf": str(gguf_path), "prompts": [p.prompt_ids for p in probes], "texts": prompt_texts,
-               "sequences": [p.sequence for p in probes], "n": len(probes[0].greedy)}
-    out_file = gguf_path.with_suffix(".check.npz")
-    try:
-        proc = subprocess.run([sys.executable, "-m", "r1helpers.export.checks", "llama.cpp", json.dumps(request),
-                               str(out_file)], capture_output=True, text=True, timeout=timeout, env=_child_env())
-        if proc.returncode != 0:
-            tail = " | ".join((proc.stdout + proc.stderr).strip().splitlines()[-5:])
-            raise ExportCheckError(f"{gguf_path.name}: llama.cpp exited with {proc.returncode} while reading it "
-                                   f"({tail or 'no output'}); if its build is at fault, reinstall llama-cpp-python")
-        data = np.load(out_file)
-        logits = [data[f"logits{i}"] for i in range(len(probes))]
-        greedy = [data[f"greedy{i}"].tolist() for i in range(len(probes))]
-        tokens = [data[f"tokens{i}"].tolist() for i in range(len(probes))]
-    finally:
-        out_file.unlink(missing_ok=True)
-    result = {"reader": "llama.cpp (llama-cpp-python)", **compare(probes, logits, greedy)}
-    result["tokenization_identical"] = all(t == p.prompt_ids for t, p in zip(tokens, probes))
-    if not result["tokenization_identical"]:
-        raise ExportCheckError(f"{gguf_path.name}: llama.cpp tokenizes the training prompt differently "
-                               "from the Hugging Face tokenizer")
-    return judge(kind, result, f"{gguf_path.name} (llama.cpp)")
-
-
-def _child_env() -> dict[str, str]:
-    """The child must import this r1helpers even when it is a checkout on sys.path, not an install."""
-    root = str(Path(__file__).resolve().parents[2])
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
-
-
-def _llama_cpp_child(request: dict[str, Any], out_file: str) -> None:
-    """llama.cpp's own greedy tokens, and its logits over the reference's sequence (prompt + reference greedy).
-
-    Logits are taken on the reference's tokens, not llama.cpp's: once a quantized file picks
-    another token, logits over its own continuation would compare different texts.
-    A fresh context per pass: reset() alone left cached positions that changed later logits.
-    """
-    import llama_cpp
-
-    n_ctx = max(len(p) for p in request["prompts"]) + request["n"] + 8
-
-    def fresh():
-        return llama_cpp.Llama(model_path=request["gguf"], n_ctx=n_ctx, logits_all=True, verbose=False,
-                               n_threads=os.cpu_count() or 1, n_gpu_layers=0)
-
-    arrays: dict[str, np.ndarray] = {}
-    for i, (ids, text) in enumerate(zip(request["prompts"], request["texts"])):
-        llm = fresh()
-        arrays[f"tokens{i}"] = np.asarray(llm.tokenize(text.encode("utf-8"), add_bos=True, special=True))
-        llm.eval(ids)
-        greedy: list[int] = []
-        for _ in range(request["n"]):
-            nxt = int(np.argmax(llm.scores[llm.n_tokens - 1]))
-            greedy.append(nxt)
-            llm.eval([nxt])
-        arrays[f"greedy{i}"] = np.asarray(greedy)
-        llm = fresh()
-        llm.eval(request["sequences"][i])
-        arrays[f"logits{i}"] = np.asarray(llm.scores[: llm.n_tokens], dtype=np.float32)
-    np.savez(out_file, **arrays)
-
-
 # ---- weights and metadata, tensor by tensor --------------------------------------------------------
 
 def dequantize_piece(data, qtype) -> np.ndarray:
-    """gguf-py's dequantizing of a piece of a tensor's rows (float32), for a whole piece at once.
-
-    `gguf.dequantize` runs its type's `dequantize_rows` 16 rows at a time: small numpy calls that hold the GIL
-    for much of their time, so threads dequantizing side by side barely overlap (and starve any other thread
-    of the process). Here the type's `dequantize_rows` takes `PIECE_NUMBERS` numbers' worth of rows at a
-    time (`r1helpers.export.gguf`); rows are independent, so the numbers are the same. Plain float types (and
-    any type without a gguf-py class) go through `gguf.quants.dequantize` itself."""
+    """gguf-py's dequantizing of some rows of a tensor (float32), in cache-sized calls of the type's
+    `dequantize_rows` instead of gguf-py's 16 rows at a time, which hold the GIL; the same numbers."""
     import gguf
 
     from r1helpers.export.gguf import row_pieces
@@ -454,20 +337,16 @@ def dequantize_piece(data, qtype) -> np.ndarray:
 
 
 def gguf_weight_check(gguf_path: Path, merged_dir: Path, workers: int | None = None) -> dict[str, Any]:
-    """Dequantize every GGUF tensor, undo llama.cpp's Q/K layout and compare with the merged weights.
-
-    Large tensors go a few rows at a time (`merge.row_chunks`: small temporaries, and the 8B's two 525 M-number
-    embeddings spread over the threads instead of ending the check alone); `workers` threads take the pieces
-    (default: the CPU count, at most 8; numpy releases the GIL). Each tensor's error is its RMS error relative to
-    the merged weight's RMS, summed over its pieces in float64."""
+    """Dequantize every GGUF tensor, undo llama.cpp's Q/K layout and compare with the merged weights: each
+    tensor's RMS error relative to its RMS, a few rows at a time on `workers` threads."""
     from concurrent.futures import ThreadPoolExecutor
 
     import gguf
     from safetensors import safe_open
 
     from r1helpers.core.hardware import cpu_threads
-    from r1helpers.export.gguf import read_config, tensor_shapes, unpermute_qk, weight_files
-    from r1helpers.export.merge import row_chunks
+    from r1helpers.export.gguf import read_config, unpermute_qk
+    from r1helpers.export.merge import row_chunks, tensor_shapes, weight_files
 
     config = read_config(merged_dir)
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config["num_hidden_layers"])
@@ -566,15 +445,3 @@ def gguf_metadata_check(gguf_path: Path, tokenizer, question: str) -> dict[str, 
         raise ExportCheckError(f"{gguf_path.name}: the rendered template tokenizes differently from training")
     return {"tokens": len(tokens), "pre_tokenizer": md.get("tokenizer.ggml.pre"), "adds_bos": bos,
             "chat_template": f"prompts.chat_template(bos={bos}); renders the training prompt token for token"}
-
-
-def main(argv: list[str]) -> int:
-    if len(argv) == 3 and argv[0] == "llama.cpp":
-        _llama_cpp_child(json.loads(argv[1]), argv[2])
-        return 0
-    print(__doc__)
-    return 2
-
-
-if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))

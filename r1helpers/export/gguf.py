@@ -1,23 +1,12 @@
 """Write a merged Llama checkpoint as GGUF, offline, with gguf-py.
 
-llama.cpp's `convert_hf_to_gguf.py` is not on the machine without internet, so this
-is a small converter for exactly the architecture this project trains: Llama with a
-byte-level BPE tokenizer, either Llama 3's (the R1 distills, the tiny model:
-pre-tokenizer `llama-bpe`) or SmolLM2's (digits split one by one, then GPT-2's rule:
-`smollm`; plain GPT-2: `gpt2`); any other tokenizer is refused, naming
-`convert_hf_to_gguf.py`. It follows the conversion script where llama.cpp is
-particular: the Q/K rows are permuted into the interleaved rotary layout its kernels
-expect, the tokenizer model is `gpt2`, added tokens are CONTROL or USER_DEFINED,
-`add_bos_token` says whether the tokenizer adds BOS, Llama-3.1 rope scaling becomes a
-`rope_freqs` tensor, and the chat template is the one this project trained with
-(`prompts.template_for(tokenizer)`, passed by the export). Tied input/output
-embeddings (SmolLM2) are written once, as llama.cpp expects.
-Tensors are written one at a time, so an 8B model never sits in memory at once.
-
-q4_k_m needs llama.cpp's k-quant code: the `llama-quantize` binary, or the same
-function through llama-cpp-python. Without either it is skipped with a note.
-
-    python -c "from r1helpers.export.gguf import write_gguf; write_gguf('merged', 'm.gguf', 'q8_0')"
+Written here because llama.cpp's `convert_hf_to_gguf.py` is not installable (it is a script of its repository,
+not on Kaggle's offline machines). A small converter for the architecture this project trains: Llama with a
+byte-level BPE tokenizer (Llama 3's `llama-bpe`, SmolLM2's `smollm`, GPT-2's `gpt2`; any other is refused,
+naming the script). As the script does: Q/K rows permuted into llama.cpp's rotary layout, added tokens
+CONTROL or USER_DEFINED, `add_bos_token` as the tokenizer adds BOS, Llama 3.1 rope scaling as `rope_freqs`,
+tied embeddings written once; the chat template is the training prompt's. One tensor at a time, so an 8B
+model never sits in memory. q4_k_m comes from llama.cpp's quantizer (`llamacpp.py`).
 """
 
 from __future__ import annotations
@@ -25,9 +14,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
-import subprocess
-import sys
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -37,13 +23,11 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from r1helpers.core.hardware import cpu_threads
+from r1helpers.export.merge import row_chunks, tensor_shapes, weight_files
 
 
-# Unquantized or quantized by gguf-py here; q4_k_m needs llama.cpp (see find_quantizer).
-LOCAL_KINDS = ("f16", "bf16", "q8_0")
-QUANTIZER_KINDS = ("q4_k_m",)
-# Bytes per parameter, for the free-space check before anything is written. q4_k_m
-# mixes Q4_K and Q6_K; Llama-3-8B's is 4.92 GB for 8.03 B parameters.
+LOCAL_KINDS, QUANTIZER_KINDS = ("f16", "bf16", "q8_0"), ("q4_k_m",)  # written by gguf-py here; by llama.cpp
+# Bytes per parameter, for the free-space check. q4_k_m mixes Q4_K and Q6_K: 4.92 GB for Llama-3-8B's 8.03 B.
 BYTES_PER_PARAM = {"f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q4_k_m": 0.62}
 
 
@@ -61,11 +45,8 @@ def source_kind(merged_dtype: str) -> str:
 
 
 def modelfile(gguf_name: str) -> str:
-    """An Ollama Modelfile for `gguf_name` (in the same folder) with the training prompt as its template.
-
-    Ollama does not run the Jinja template stored in a GGUF, so the prompt goes here:
-    `ollama create medical-cot -f Modelfile` in the folder, then `ollama run medical-cot`.
-    """
+    """An Ollama Modelfile for `gguf_name` (same folder) with the training prompt as its template: Ollama
+    does not run the Jinja template stored in a GGUF."""
     from r1helpers.core import prompts
 
     head, _, tail = prompts.build_prompt("\x00").partition("\x00")
@@ -122,30 +103,6 @@ def rope_factors(config: dict[str, Any]) -> np.ndarray | None:
             smooth = (old_len / wavelen - low) / (high - low)
             out.append(1 / ((1 - smooth) / factor + smooth))
     return np.asarray(out, dtype=np.float32)
-
-
-def weight_files(model_dir: Path) -> dict[str, Path]:
-    """Tensor name -> safetensors file, from the shard index or the single file."""
-    model_dir = Path(model_dir)
-    index = model_dir / "model.safetensors.index.json"
-    if index.is_file():
-        return {k: model_dir / v for k, v in json.loads(index.read_text())["weight_map"].items()}
-    from safetensors import safe_open
-
-    single = model_dir / "model.safetensors"
-    with safe_open(str(single), framework="pt") as f:
-        return {k: single for k in f.keys()}
-
-
-def tensor_shapes(model_dir: Path) -> dict[str, tuple[int, ...]]:
-    """Shapes from the safetensors headers, without reading any weights."""
-    out: dict[str, tuple[int, ...]] = {}
-    for path in sorted(set(weight_files(model_dir).values())):
-        with open(path, "rb") as f:
-            n = int.from_bytes(f.read(8), "little")
-            header = json.loads(f.read(n))
-        out.update({k: tuple(v["shape"]) for k, v in header.items() if k != "__metadata__"})
-    return out
 
 
 def iter_tensors(model_dir: Path, names: list[str]) -> Iterator[tuple[str, np.ndarray]]:
@@ -247,12 +204,8 @@ def _looks_special(token: str) -> bool:
     return any(token.startswith(a) and token.endswith(b) for a, b in SPECIAL_LOOKS[:2])
 
 
-# Pre-tokenizers this converter can name for llama.cpp (`tokenizer.ggml.pre`), by the steps of the
-# tokenizer.json `pre_tokenizer` that llama.cpp's regexes reproduce (llama-vocab.cpp):
-# - "llama-bpe": Llama 3's split regex, then byte-level without its own regex (Llama 3, the R1
-#   distills, the tiny model);
-# - "smollm": every digit alone, then byte-level with GPT-2's regex (SmolLM/SmolLM2; StarCoder's rule);
-# - "gpt2": byte-level with GPT-2's regex alone.
+# Pre-tokenizers named for llama.cpp (`tokenizer.ggml.pre`) by their tokenizer.json steps: "llama-bpe" (Llama 3's
+# split regex, then byte-level), "smollm" (each digit alone, then byte-level with GPT-2's regex), "gpt2".
 PRE_TOKENIZERS = ("llama-bpe", "smollm", "gpt2")
 CONVERT_HF = ("llama.cpp's convert_hf_to_gguf.py (https://github.com/ggml-org/llama.cpp), which recognises many more "
               "tokenizers")
@@ -264,11 +217,7 @@ def _byte_level(step: dict[str, Any], regex: bool) -> bool:
 
 
 def pretokenizer_name(tok_json: dict[str, Any]) -> str:
-    """llama.cpp's name for this tokenizer.json's pre-tokenizer: one of PRE_TOKENIZERS, else GGUFError.
-
-    Only byte-level BPE tokenizers without a normalizer are written; any other split rule would
-    make llama.cpp tokenize text differently from training.
-    """
+    """llama.cpp's name for this tokenizer.json's pre-tokenizer (byte-level BPE, no normalizer), else GGUFError."""
     from r1helpers.modeling.tiny import LLAMA3_SPLIT
 
     pre = tok_json.get("pre_tokenizer") or {}
@@ -383,25 +332,20 @@ def _add_tokenizer(w, model_dir: Path, config: dict[str, Any], chat_template: st
     special.add_to_gguf(w, quiet=True)
 
 
-# Rows gguf-py (de)quantizes in one numpy call: about a million numbers (4 MB in float32), small enough to stay
-# in the CPU's caches and large enough that numpy, not Python, holds the time (gguf-py's own calls take 16 rows:
-# mostly Python, under the GIL, so threads barely overlap). Measured on this project's 2-core CPU machine, two
-# 14336 x 4096 tensors on 2 threads, median of 5: q8_0 quantizing 0.58 s in pieces of 1 M numbers against 0.68
-# tensor by tensor and 0.89 in pieces of 4 M; dequantizing 0.28 s against 0.52 and 0.65.
+# Rows gguf-py (de)quantizes in one numpy call: about a million numbers, cache-sized, numpy rather than Python
+# holding the time. Two 14336 x 4096 tensors on 2 threads (project CPU machine): q8_0 quantizing 0.58 s in
+# pieces of 1 M numbers against 0.68 tensor by tensor; dequantizing 0.28 s against 0.52.
 PIECE_NUMBERS = 1 << 20
 
 
 def row_pieces(data: np.ndarray) -> list[tuple[int, int]]:
     """(start, stop) row ranges of `data` of about `PIECE_NUMBERS` numbers each; none for a 1-D array."""
-    from r1helpers.export.merge import row_chunks
-
     return list(row_chunks(data.shape[0], int(np.prod(data.shape[1:])), PIECE_NUMBERS)) if data.ndim >= 2 else []
 
 
 def quantize_in_pieces(data: np.ndarray, qtype, pool: ThreadPoolExecutor) -> np.ndarray:
-    """`gguf.quants.quantize(data, qtype)`, the same bytes, made on `pool` in pieces of rows (`PIECE_NUMBERS`
-    numbers each) by the type's own `quantize_rows`: rows are quantized independently. Plain float types,
-    1-D tensors and rows that the type cannot take go through `gguf.quants.quantize` itself."""
+    """`gguf.quants.quantize(data, qtype)`, the same bytes, made on `pool` in pieces of rows by the type's
+    own `quantize_rows`; plain float types, 1-D tensors and rows the type cannot take go through gguf-py itself."""
     import gguf
 
     quant = getattr(gguf.quants, qtype.name, None)  # gguf-py's class for the type: Q8_0, BF16, ...
@@ -414,12 +358,9 @@ def quantize_in_pieces(data: np.ndarray, qtype, pool: ThreadPoolExecutor) -> np.
 
 def quantized_in_order(plan: list[PlannedTensor], arrays: Iterator[tuple[str, np.ndarray]], factors: np.ndarray | None,
                        workers: int) -> Iterator[np.ndarray]:
-    """Each planned tensor transformed and quantized by gguf-py, in plan order, `workers` threads ahead.
-
-    q8_0 of an 8B model took ~107 s in one thread on this project's CPU machine (75 M parameters/s); on the
-    H200 machine's CPU, 38.6-45.0 s with a tensor per thread. Each tensor is now quantized in pieces of rows
-    (`quantize_in_pieces`) on a second pool of `workers` threads, so the two 525 M-number embeddings no longer
-    take one thread each. At most `workers` + 1 tensors are held beyond the one written."""
+    """Each planned tensor transformed and quantized, in plan order, `workers` tensors ahead (at most
+    `workers` + 1 held). q8_0 of the 8B: ~107 s in one thread on the project's CPU machine, 38.6-45.0 s on
+    the H200 machine's CPU with a tensor per thread, before tensors were cut into pieces."""
 
     pieces = ThreadPoolExecutor(workers)
 
@@ -441,11 +382,8 @@ def quantized_in_order(plan: list[PlannedTensor], arrays: Iterator[tuple[str, np
 
 def write_gguf(model_dir: str | os.PathLike, out_path: str | os.PathLike, kind: str, name: str | None = None,
                base_model: str | None = None, chat_template: str | None = None, workers: int | None = None) -> Path:
-    """Convert a merged 16-bit Llama folder into one GGUF file of type f16, bf16 or q8_0.
-
-    `chat_template` overrides the folder's template (export passes prompts.CHAT_TEMPLATE). `workers`: threads
-    that quantize (default: the CPU count, at most 8); the file is the same for any number.
-    """
+    """Convert a merged 16-bit Llama folder into one GGUF file of type f16, bf16 or q8_0, with
+    `chat_template` (export passes the training prompt's); `workers` threads quantize, the file is the same."""
     import gguf
 
     if kind not in LOCAL_KINDS:
@@ -468,66 +406,36 @@ def write_gguf(model_dir: str | os.PathLike, out_path: str | os.PathLike, kind: 
     return out_path
 
 
-# ---- llama.cpp's quantizer ----------------------------------------------------------------------
+def write_gguf_files(model_dir: Path, folder: Path, kinds: list[str], stem: str, base_model: str | None = None,
+                     chat_template: str | None = None, quantizer: "Quantizer | None" = None,
+                     timed=None) -> dict[str, Path]:
+    """Each type of `kinds` as `<folder>/<stem>-<KIND>.gguf`, and an Ollama `Modelfile` for the last.
+    q4_k_m comes from `quantizer`, from the unquantized file of the merged model's type (written for it and
+    deleted when not in `kinds`; list q4_k_m after it). `timed(step)`: a context manager timing each write."""
+    import contextlib
 
-# Where Unsloth's GGUF path and a manual llama.cpp build leave the binary.
-QUANTIZE_BINARY_SPOTS = ("~/.unsloth/llama.cpp/llama-quantize", "~/.unsloth/llama.cpp/build/bin/llama-quantize",
-                         "llama.cpp/llama-quantize", "llama.cpp/build/bin/llama-quantize")
-
-
-@dataclass
-class Quantizer:
-    """llama.cpp's k-quants: a `llama-quantize` binary, or llama_model_quantize via llama-cpp-python."""
-
-    how: str  # "binary" | "llama-cpp-python"
-    where: str
-
-    def quantize(self, src: Path, dst: Path, kind: str) -> None:
-        if kind not in QUANTIZER_KINDS:
-            raise GGUFError(f"{kind}: the quantizer makes {QUANTIZER_KINDS}")
-        if self.how == "binary":
-            cmd = [self.where, str(src), str(dst), kind.upper(), str(os.cpu_count() or 1)]
-        else:  # a child process: a crash in C must not take the notebook's kernel with it
-            cmd = [sys.executable, "-c", _BINDING_SCRIPT, str(src), str(dst), str(int(file_type(kind)))]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0 or not dst.is_file():
-            tail = (proc.stdout + proc.stderr).strip().splitlines()[-8:]
-            raise GGUFError(f"llama.cpp quantizer ({self.how}) failed for {kind}: " + " | ".join(tail))
-
-
-_BINDING_SCRIPT = """
-import ctypes, os, sys
-import llama_cpp
-p = llama_cpp.llama_model_quantize_default_params()
-p.ftype = int(sys.argv[3]); p.nthread = os.cpu_count() or 1
-sys.exit(llama_cpp.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode(), ctypes.byref(p)))
-"""
-
-
-def find_quantizer(configured: str | None = None) -> tuple[Quantizer | None, str]:
-    """The quantizer to use and a sentence saying which, or why there is none."""
-    if configured:
-        path = Path(configured).expanduser()
-        if path.is_file() and os.access(path, os.X_OK):
-            return Quantizer("binary", str(path)), f"llama-quantize at {path} (export.llama_quantize)"
-        return None, f"export.llama_quantize={configured!r} is not an executable file"
-    found = shutil.which("llama-quantize")
-    if found:
-        return Quantizer("binary", found), f"llama-quantize on PATH ({found})"
-    for spot in QUANTIZE_BINARY_SPOTS:
-        path = Path(spot).expanduser()
-        if path.is_file() and os.access(path, os.X_OK):
-            return Quantizer("binary", str(path.resolve())), f"llama-quantize at {path.resolve()}"
-    try:
-        import llama_cpp
-
-        if hasattr(llama_cpp, "llama_model_quantize"):
-            return Quantizer("llama-cpp-python", llama_cpp.__file__), \
-                f"llama.cpp's quantizer through llama-cpp-python {llama_cpp.__version__}"
-    except Exception:  # an installed but broken build is as good as none
-        pass
-    return None, ("no llama.cpp quantizer: put `llama-quantize` on PATH, set export.llama_quantize, or "
-                  "pip install llama-cpp-python")
+    timed = timed or (lambda step: contextlib.nullcontext())
+    source = source_kind(json.loads((Path(model_dir) / "config.json").read_text()).get("dtype", "float16"))
+    files: dict[str, Path] = {}
+    for kind in kinds:
+        target = Path(folder) / file_name(stem, kind)
+        if kind in QUANTIZER_KINDS:
+            src = files.get(source) or Path(folder) / f".{file_name(stem, source)}"
+            if not src.is_file():
+                with timed(f"GGUF {source}: write (source of {kind})"):
+                    write_gguf(model_dir, src, source, stem, base_model, chat_template)
+            with timed(f"GGUF {kind}: llama.cpp quantize"):
+                quantizer.quantize(src, target, kind)
+            if source not in files:
+                src.unlink()
+        else:
+            with timed(f"GGUF {kind}: write"):
+                write_gguf(model_dir, target, kind, stem, base_model, chat_template)
+        print(f"wrote {target.name} ({target.stat().st_size / 2**20:.1f} MiB)", flush=True)
+        files[kind] = target
+    if files:
+        (Path(folder) / "Modelfile").write_text(modelfile(files[kinds[-1]].name))
+    return files
 
 
 # ---- reading back ----------------------------------------------------------------------------------

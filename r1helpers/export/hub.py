@@ -84,8 +84,10 @@ def _metrics_table(summary: dict[str, Any]) -> list[str]:
 
 
 def hub_dataset(source: str | None) -> str | None:
-    """A dataset id for the card's front matter: only a Hub id, never a local file or the bundled sample."""
-    if source and "/" in source and not Path(source).exists() and not source.startswith("r1helpers/"):
+    """A dataset id for the card's front matter: only a Hub id (owner/name), never a local file or folder or the
+    bundled sample."""
+    if (source and source.count("/") == 1 and not source.startswith(("/", "~", ".", "r1helpers/"))
+            and Path(source).suffix not in (".jsonl", ".json", ".csv", ".parquet") and not Path(source).exists()):
         return source
     return None
 
@@ -189,12 +191,9 @@ def _json(data: Any) -> str:
 
 # ---- pushing, or writing what would be pushed ----------------------------------------------------
 
-def sha256(path: Path, chunk: int = 1 << 24) -> str:
-    h = hashlib.sha256()
+def sha256(path: Path) -> str:
     with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def upload_files(folder: Path) -> list[Path]:

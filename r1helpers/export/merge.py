@@ -1,5 +1,8 @@
 """Merge a LoRA adapter into the base model's 16-bit weights, one shard at a time.
 
+Written here, not peft's `merge_and_unload`: that needs the whole model loaded (16 GB for the 8B, more than a
+T4 or Kaggle's RAM spares) and merges in the dtype it was loaded in; this streams one shard at a time.
+
 Training may run on 4-bit weights; merging into those (dequantized) would bake their
 rounding into every merged layer. Here each base tensor is read from the 16-bit
 checkpoint, `W + scale * B @ A` is computed in float32 and rounded once to 16-bit,
@@ -112,17 +115,32 @@ def resolve_dtype(requested: str, base_dir: Path) -> str:
     return own if own in ("bfloat16", "float16") else "bfloat16"
 
 
-def shard_files(base_dir: Path) -> tuple[list[Path], dict[str, str] | None]:
-    """The base's safetensors shards, and its index's weight map when it is sharded."""
-    base_dir = Path(base_dir)
-    index = base_dir / "model.safetensors.index.json"
+def weight_files(model_dir: Path) -> dict[str, Path]:
+    """Tensor name -> safetensors file, from the shard index or the single file."""
+    model_dir = Path(model_dir)
+    index = model_dir / "model.safetensors.index.json"
     if index.is_file():
-        weight_map = json.loads(index.read_text())["weight_map"]
-        return [base_dir / f for f in sorted(set(weight_map.values()))], weight_map
-    single = base_dir / "model.safetensors"
+        return {k: model_dir / v for k, v in json.loads(index.read_text())["weight_map"].items()}
+    single = model_dir / "model.safetensors"
     if not single.is_file():
-        raise MergeError(f"{base_dir}: no model.safetensors or index; the merge reads safetensors checkpoints")
-    return [single], None
+        raise MergeError(f"{model_dir}: no model.safetensors or index; the merge reads safetensors checkpoints")
+    return {k: single for k in _header(single)}
+
+
+def tensor_shapes(model_dir: Path) -> dict[str, tuple[int, ...]]:
+    """Shapes from the safetensors headers, without reading any weights."""
+    out: dict[str, tuple[int, ...]] = {}
+    for path in sorted(set(weight_files(model_dir).values())):
+        out.update({k: tuple(v["shape"]) for k, v in _header(path).items()})
+    return out
+
+
+def _header(path: Path) -> dict[str, Any]:
+    """A safetensors file's tensor entries (dtype, shape, offsets), from its header alone."""
+    with open(path, "rb") as f:
+        header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+    header.pop("__metadata__", None)
+    return header
 
 
 def merge_lora(base_dir: Path, adapter_dir: Path, out_dir: Path, dtype: str = "auto") -> MergeReport:
@@ -135,7 +153,8 @@ def merge_lora(base_dir: Path, adapter_dir: Path, out_dir: Path, dtype: str = "a
     dtype = resolve_dtype(dtype, base_dir)
     torch_dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
     pairs = read_adapter(adapter_dir)
-    shards, weight_map = shard_files(base_dir)
+    files = weight_files(base_dir)
+    shards = sorted(set(files.values()))
     report = MergeReport(dtype=dtype, merged_tensors=0, copied_tensors=0)
     total_bytes = 0
     for shard in shards:
@@ -158,22 +177,15 @@ def merge_lora(base_dir: Path, adapter_dir: Path, out_dir: Path, dtype: str = "a
         save_file(out, str(out_dir / shard.name), metadata={"format": "pt"})
         report.shards.append(shard.name)
         del out
-    missing = set(pairs) - {k for s in shards for k in _keys(s)}
+    missing = set(pairs) - set(files)
     if missing:
         raise MergeError(f"adapter layers not found in the base model: {sorted(missing)[:4]}; "
                          "was it trained on another model?")
-    if weight_map is not None:
-        index = {"metadata": {"total_size": total_bytes}, "weight_map": weight_map}
+    if (base_dir / "model.safetensors.index.json").is_file():
+        index = {"metadata": {"total_size": total_bytes}, "weight_map": {k: p.name for k, p in files.items()}}
         (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
     _write_configs(base_dir, out_dir, dtype)
     return report
-
-
-def _keys(shard: Path) -> list[str]:
-    from safetensors import safe_open
-
-    with safe_open(str(shard), framework="pt") as f:
-        return list(f.keys())
 
 
 def _write_configs(base_dir: Path, out_dir: Path, dtype: str) -> None:
@@ -200,8 +212,7 @@ def weight_check(base_dir: Path, adapter_dir: Path, merged_dir: Path) -> dict[st
     from safetensors import safe_open
 
     pairs = read_adapter(adapter_dir)
-    base_files = dict(_files(Path(base_dir)))
-    merged_files = dict(_files(Path(merged_dir)))
+    base_files, merged_files = weight_files(base_dir), weight_files(merged_dir)
     if set(base_files) != set(merged_files):
         raise MergeError(f"merged tensors differ from the base's: {sorted(set(base_files) ^ set(merged_files))[:4]}")
     worst, worst_ulps, changed, erased = 0.0, 0.0, 0, 0
@@ -230,10 +241,3 @@ def weight_check(base_dir: Path, adapter_dir: Path, merged_dir: Path) -> dict[st
     return {"tensors": len(base_files), "lora_layers": len(pairs), "max_abs_error": worst,
             "max_error_in_rounding_units": round(worst_ulps, 3), "weights_changed_by_lora": changed,
             "lora_changes_lost_to_rounding": round(erased / changed, 4) if changed else 0.0}
-
-
-def _files(model_dir: Path) -> list[tuple[str, Path]]:
-    shards, weight_map = shard_files(model_dir)
-    if weight_map is not None:
-        return [(k, model_dir / v) for k, v in weight_map.items()]
-    return [(k, shards[0]) for k in _keys(shards[0])]

@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# Beside the estimate: filesystem slack, tokenizer files, card, temporary check files.
-SPACE_MARGIN_BYTES = 512 * 2**20
+# Beside the estimate: filesystem slack, tokenizer files (17 MB for the 8B's, in each folder), cards, temporary
+# check files. A share of the export, so a small export is not refused for a margin larger than itself.
+SPACE_MARGIN_BYTES = 64 * 2**20
 SPACE_MARGIN_FRACTION = 0.05
 
 
@@ -74,30 +75,38 @@ def free_bytes(path: Path) -> int:
     return shutil.disk_usage(_existing(path)).free
 
 
-def check_space(items: list[Planned]) -> dict[str, Any]:
-    """Refuse before writing when a disk cannot hold what goes onto it (with a margin)."""
+def _needed(items: list[Planned]) -> int:
+    return int(sum(i.bytes for i in items) * (1 + SPACE_MARGIN_FRACTION)) + SPACE_MARGIN_BYTES
+
+
+def _disk(path: Path) -> int:
+    return os.stat(_existing(path)).st_dev
+
+
+def check_space(items: list[Planned], alternatives: dict[str, list[Planned]] | None = None) -> dict[str, Any]:
+    """Refuse before writing when a disk cannot hold what goes onto it (with a margin). `alternatives`: for a
+    setting a user could change (e.g. "export.gguf=[]"), the plan with it; the refusal advises those that fit."""
     by_disk: dict[int, list[Planned]] = {}
     for item in items:
-        by_disk.setdefault(os.stat(_existing(item.where)).st_dev, []).append(item)
+        by_disk.setdefault(_disk(item.where), []).append(item)
     report = {}
-    for group in by_disk.values():
-        where = group[0].where
-        need = sum(i.bytes for i in group)
-        need = int(need * (1 + SPACE_MARGIN_FRACTION)) + SPACE_MARGIN_BYTES
-        free = free_bytes(where)
-        report[str(where)] = {"needed_bytes": need, "free_bytes": free}
+    for disk, group in by_disk.items():
+        need, free = _needed(group), free_bytes(group[0].where)
+        report[str(group[0].where)] = {"needed_bytes": need, "free_bytes": free}
         if need > free:
-            raise ExportSpaceError(space_message(group, need, free))
+            fits = [say for say, alt in (alternatives or {}).items()
+                    if _needed([i for i in alt if _disk(i.where) == disk]) <= free]
+            raise ExportSpaceError(space_message(group, need, free, fits))
     return report
 
 
-def space_message(group: list[Planned], need: int, free: int) -> str:
-    gb = lambda b: f"{b / 1e9:.1f} GB"  # noqa: E731
+def space_message(group: list[Planned], need: int, free: int, fits: list[str] = ()) -> str:
+    gb = lambda b: f"{b / 1e9:.1f} GB" if b >= 1e8 else f"{b / 1e6:.1f} MB"  # noqa: E731
     parts = ", ".join(f"{i.what} {gb(i.bytes)}" for i in group)
+    export_less = f" Or export less: {' or '.join(fits)} would fit." if fits else ""
     return (
         f"export refused: it needs about {gb(need)} in {group[0].where} ({parts}, plus margin) but only {gb(free)} "
         "is free there. Nothing was written. Set export.output_dir to a larger disk (on Kaggle "
-        "export.output_dir=/kaggle/tmp/export: /kaggle/working keeps only about 19.5 GB), free space (an earlier "
-        "export stays until the new one is complete), or export less (export.gguf=[q4_k_m] or [], "
-        "export.save_merged_16bit=false)."
+        "export.output_dir=/kaggle/tmp/export: /kaggle/working keeps only about 19.5 GB) or free space there (an "
+        f"earlier export stays until the new one is complete).{export_less}"
     )

@@ -32,13 +32,24 @@ def _num(x: Any) -> str:
     return f"{x:.4g}" if isinstance(x, (int, float)) else "-"
 
 
+def dataset_line(source: str) -> str:
+    """The dataset as the card names it: a Hub id (or the bundled sample) as given; a local file by its name and
+    sha256, a local folder by its name: never this machine's path."""
+    path = Path(source).expanduser()
+    if hub.hub_dataset(source) or source.startswith("r1helpers/"):
+        return f"`{source}`"
+    if path.is_file():
+        return f"local file `{path.name}` (sha256 `{hub.sha256(path)}`)"
+    return f"local dataset `{path.name}`"
+
+
 def recipe_lines(cfg: Config, train_metrics: dict[str, Any] | None = None) -> list[str]:
     """How the model was trained, as the card's bullet lines."""
     d, lo, t, m = cfg.data, cfg.lora, cfg.train, cfg.model
     train = train_metrics or {}
     lines = [
         f"- Base model: `{m.name}`" + (f" (revision `{m.revision}`)" if m.revision else ""),
-        f"- Dataset: `{d.source}`" + (f", config `{d.config_name}`" if d.config_name else "")
+        f"- Dataset: {dataset_line(d.source)}" + (f", config `{d.config_name}`" if d.config_name else "")
         + f", split `{d.split}`: the first {d.train_rows} rows train; the next {d.eval_rows} are held out and never "
           f"trained on; rows over {m.max_seq_length} tokens: {d.overlong}",
         f"- LoRA: r={lo.r}, alpha={lo.alpha}, dropout={lo.dropout}, bias={lo.bias}, on {', '.join(lo.target_modules)}",

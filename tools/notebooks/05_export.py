@@ -36,8 +36,12 @@ where llama.cpp's quantizer is (`llama_quantize`), how many greedy tokens each c
 (`check_tokens`), the Hub repository (`hub_repo`), whether new repositories are private (`hub_private`) and which
 artefacts to `push`. Change one with e.g. `cfg.export.gguf = ["q8_0"]` in a cell before the export runs, or
 `overrides={"export.gguf": ["q8_0"]}` with papermill; the export is redone when its settings change."""),
-    ("code", """from r1helpers.core import prompts, show
-from r1helpers.export import checks, summary
+    ("code", """import os
+from r1helpers.core import prompts, show
+from r1helpers.export import checks, hub, summary
+from r1helpers.export.files import save_tokenizer, write_adapter
+from r1helpers.export.gguf import write_gguf_files
+from r1helpers.export.merge import merge_lora
 from r1helpers.workflow import export
 show.config_table(cfg).filter(regex=r"^export\\.", axis=0)"""),
     ("md", """## Where the files go, and the disk space check
@@ -53,7 +57,20 @@ compares the sum with the free space on each disk involved. If it does not fit, 
 what to change, and nothing is written. Each artefact is then written into a temporary folder, checked, and
 only renamed into place when its checks pass, so a failed or interrupted export never leaves a half-written
 model behind."""),
-    ("code", """print("large files go to:", export.output_dir(cfg, run))"""),
+    ("md", """`export.begin` takes the run folder's lock (held until `job.finish` below, so no other process writes
+this run's export meanwhile) and decides, saying which in one line:
+
+- **reused**: the run folder holds an export made with these settings *from the adapter now in
+  `train/adapter`* (sha256); the cells below then write nothing and `job.finish` reads the record;
+- **building**: there is none, or it was made from another adapter (an export killed half-way), which is made
+  again; finished exports made with *other settings* are refused, or with `overwrite=True` moved aside to
+  `replaced/` (in the run folder, and in `export.output_dir` for the large files), never deleted.
+
+Before anything is replaced it checks that `train/adapter` loads (its safetensors file whole, and the one
+recorded at the last export when training has not run since): a damaged adapter stops the stage with a
+paragraph naming the file, and the exported copy stays as it is. Then the disk space, as above."""),
+    ("code", """job = export.begin(cfg, run)  # the lock; reused / building / refused; adapter and disk space checked
+print("large files go to:", job.out)"""),
     ("md", """## The chat template is the training prompt
 
 A model fine-tuned on one prompt format answers best when it is prompted the same way. Every export carries a
@@ -65,19 +82,62 @@ the training prompt's token ids, not one token more. So `tokenizer.apply_chat_te
 chat mode and LM Studio all build the prompt the model was trained on. Here it is rendered the way llama.cpp
 and LM Studio do (Jinja), for the recipe's example question:"""),
     ("code", """question = cfg.infer.example_questions[0]
-tokenizer = export.export_tokenizer(cfg)  # the training tokenizer with the template that follows its BOS
+tokenizer = export.export_tokenizer(cfg)  # the training tokenizer with the template that follows its BOS (job.tokenizer)
 rendered = checks.render_template(tokenizer.chat_template, question, bos=tokenizer.bos_token, eos=tokenizer.eos_token)
 print(rendered)
 print("same token ids as the training prompt:",
       tokenizer(rendered, add_special_tokens=False)["input_ids"] == prompts.encode_prompt(tokenizer, question))"""),
-    ("md", """## Run the export
+    ("md", """## The adapter
 
-`export.export` does, in order: find the base weights and check the disk space; copy the adapter with the
-tokenizer; merge the adapter into the 16-bit base weights and check the merged model; write each GGUF type
-from the merged model and check it; write a model card into each folder; push, or write the dry run. When the
-run folder holds an export made with these settings, it is reused. The table lists each file or folder, its
-size, and the key numbers of its checks."""),
-    ("code", """exported = export.export(cfg, run)
+The LoRA weights and their config are copied with the tokenizer (and its chat template). peft then loads that
+folder onto the base model in float32: base + adapter's greedy tokens and logits on the probe prompts are the
+reference every merged model must reproduce. `job.writing(...)` gives a temporary folder beside the final one
+and renames it into place, with its model card, once the cell's step and check have passed."""),
+    ("code", """if job.building:
+    with job.writing("adapter") as folder:
+        write_adapter(job.adapter_dir, folder, job.tokenizer)
+        job.check_adapter(folder)  # PeftModel.from_pretrained(base, folder): the merged model's reference"""),
+    ("md", """## The merge into 16-bit weights
+
+`merge_lora` reads the base model's 16-bit checkpoint one shard at a time, computes `W + scale · B·A` in
+float32 and rounds once to `job.dtype` (from `export.merged_dtype`). The check then reads every merged weight
+back, and runs the merged model with plain transformers against the reference above. With
+`export.save_merged_16bit = False` the merged model is only the source of the GGUF files: it goes to a
+temporary folder, deleted once they are written."""),
+    ("code", """if job.building and (cfg.export.save_merged_16bit or job.gguf_kinds):
+    with job.writing("merged_16bit") as folder:
+        merge_lora(job.base_dir, job.out / "adapter", folder, job.dtype)
+        save_tokenizer(job.tokenizer, folder)  # with the chat template; pad distinct from EOS, as in training
+        job.check_merged(folder)  # every weight; logits and greedy tokens vs base + adapter (else another dtype)"""),
+    ("md", """## The GGUF files
+
+One file per type in `cfg.export.gguf`, written from the merged model with gguf-py (q4_k_m by llama.cpp's
+quantizer, when one is installed), and an Ollama `Modelfile`. Each is then checked against the merged model."""),
+    ("code", """if job.building and job.merged_dir:
+    with job.writing("gguf") as folder:
+        files = write_gguf_files(job.merged_dir, folder, job.gguf_kinds, job.stem, cfg.model.name,
+                                 job.tokenizer.chat_template, job.quantizer, timed=job.timed)
+        job.check_gguf(files)  # metadata and template; every weight; transformers' (and llama.cpp's) read-back"""),
+    ("md", """## The Hub push, or its dry run
+
+Pushing needs two things: a Hugging Face token (`HF_TOKEN`, from the environment, Kaggle secrets or `.env`;
+never printed or stored) and a repository id, `cfg.export.hub_repo = "you/r1-medical"` (or
+`overrides={"export.hub_repo": "you/r1-medical"}`). Each artefact then goes to its own repository: the adapter
+to `you/r1-medical-lora`, the merged model to `you/r1-medical`, the GGUF files to `you/r1-medical-GGUF`,
+created private unless `export.hub_private` is false. Without a token or a repository id nothing leaves the
+machine: `export/hub/` in the run folder gets `upload_plan.json` (every file with its size and sha256) and the
+model card each repository would get. `job.finish` then writes `export/exported.json` and the stage's manifest,
+and releases the run folder."""),
+    ("code", """hub_result = None
+if job.building:
+    repos = hub.repo_ids(job.repo)  # <repo>-lora, <repo>, <repo>-GGUF from export.hub_repo (or a placeholder)
+    reason = hub.why_not_push(cfg.export.push, cfg.export.hub_repo)  # None: a token, a repo id and the Hub
+    if reason is None:
+        hub_result = hub.push(job.to_push(), repos, cfg.export.hub_private, os.environ["HF_TOKEN"])
+    else:
+        hub_result = hub.dry_run(job.to_push(), repos, reason, run.stage_dir("export") / "hub", cfg.export.hub_private)
+exported = job.finish(hub_result)  # exported.json, the manifest; the lock released
+print(exported["hub"]["message"])
 summary.summary_table(exported)"""),
     ("md", """The free-space check's plan: every large file with its estimated size and the folder it goes to
 (a "temporary" file is deleted once the one made from it is written)."""),
@@ -150,16 +210,6 @@ out = model.generate(**ids, max_new_tokens=1200)
 
 Each folder's `README.md` model card repeats this, with the recipe, the comparison of chapter 04 and the
 export checks, and says plainly that the model is not for clinical decisions."""),
-    ("md", """## The Hub push, or its dry run
-
-Pushing needs two things: a Hugging Face token (`HF_TOKEN`, from the environment, Kaggle secrets or `.env`;
-never printed or stored) and a repository id, `cfg.export.hub_repo = "you/r1-medical"` (or
-`overrides={"export.hub_repo": "you/r1-medical"}`). Each artefact then goes to its own repository: the adapter
-to `you/r1-medical-lora`, the merged model to `you/r1-medical`, the GGUF files to `you/r1-medical-GGUF`,
-created private unless `export.hub_private` is false. Without a token or a repository id nothing leaves the
-machine: `export/hub/` in the run folder gets `upload_plan.json` (every file with its size and sha256) and the
-model card each repository would get."""),
-    ("code", """print(exported["hub"]["message"])"""),
     ("md", """## Results of this chapter
 
 Each artefact's path, size in MiB and which checks passed or were skipped (an artefact whose check fails is
