@@ -407,7 +407,7 @@ def write_gguf(model_dir: str | os.PathLike, out_path: str | os.PathLike, kind: 
 
 
 def write_gguf_files(model_dir: Path, folder: Path, kinds: list[str], stem: str, base_model: str | None = None,
-                     chat_template: str | None = None, quantizer: "Quantizer | None" = None,
+                     chat_template: str | None = None, quantizer=None,
                      timed=None) -> dict[str, Path]:
     """Each type of `kinds` as `<folder>/<stem>-<KIND>.gguf`, and an Ollama `Modelfile` for the last.
     q4_k_m comes from `quantizer`, from the unquantized file of the merged model's type (written for it and
