@@ -49,9 +49,11 @@ class LoraPair:
     scale: float
 
     def delta(self, start: int | None = None, stop: int | None = None):
-        """scale * B @ A in float32; with start/stop, only those rows (output features) of it."""
+        """scale * B @ A in float32; with start/stop, only those rows (output features) of it. The product is
+        taken in float64: float32 matmul kernels sum in an order that depends on the matrix's size and the
+        threads, so a piece of rows could round differently from the same rows of the whole product."""
         b = self.b if start is None else self.b[start:stop]
-        return (b.float() @ self.a.float()) * self.scale
+        return ((b.double() @ self.a.double()) * self.scale).float()
 
 
 @dataclass
