@@ -161,60 +161,35 @@ def test_interrupted_adapter_save_keeps_the_previous_adapter(trained, small_cfg,
     assert run.is_current(small_cfg, "train")
 
 
-def test_interrupted_merged_save_keeps_the_previous_model(tmp_path, monkeypatch):
+def _export_job(tmp_path, save_merged=True):
+    """An ExportJob with only what `writing` uses: the export folder, a config, a timer and a model card writer."""
     from types import SimpleNamespace
 
     from r1helpers.workflow import export
 
-    def good(base_dir, adapter_dir, tmp, tokenizer, dtype):
+    job = object.__new__(export.ExportJob)
+    job.cfg = SimpleNamespace(export=SimpleNamespace(save_merged_16bit=save_merged))
+    job.out, job.merged_dir, job.artefacts, job.extra, job.checks = tmp_path, None, {}, {}, {}
+    job.timed = lambda step: contextlib.nullcontext()
+    job._card = lambda kind, folder: (folder / "README.md").write_text("card")
+    return job
+
+
+@pytest.mark.parametrize("folder", ["merged_16bit", "gguf"])
+def test_an_interrupted_export_step_keeps_the_previous_files(tmp_path, folder):
+    """Notebook 05's `with job.writing(folder) as tmp:` a step stopped half-way (the user presses stop while the
+    weights are written) leaves the previous folder as it was, and no temporary folder."""
+    job = _export_job(tmp_path)
+    with job.writing(folder) as tmp:
         (tmp / "model.safetensors").write_bytes(b"good weights")
-        return {"merge": {"dtype": dtype}}
-
-    def half(base_dir, adapter_dir, tmp, tokenizer, dtype):
-        (tmp / "model.safetensors").write_bytes(b"\0" * 100)
-        raise KeyboardInterrupt
-
-    ctx = SimpleNamespace(out=tmp_path, logits_ok=False, base_dir=tmp_path, tokenizer=None,
-                          timed=lambda step: contextlib.nullcontext())
-    target = tmp_path / "merged_16bit"
-    monkeypatch.setattr(export, "write_merged", good)
-    monkeypatch.setattr(export, "_card", lambda *a, **k: None)  # the model card needs a whole run
-    export.export_merged(ctx, "float16", keep=True)
-    before = _snapshot(target)
-    monkeypatch.setattr(export, "write_merged", half)
+    before = _snapshot(tmp_path / folder)
+    assert before["model.safetensors"] == hashlib.sha256(b"good weights").hexdigest()
     with pytest.raises(KeyboardInterrupt):
-        export.export_merged(ctx, "float16", keep=True)
-    assert _snapshot(target) == before == {"model.safetensors": hashlib.sha256(b"good weights").hexdigest()}
-    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".merged_16bit")]
-
-
-def test_interrupted_gguf_save_keeps_the_previous_files(tmp_path, monkeypatch, small_cfg):
-    from types import SimpleNamespace
-
-    from r1helpers.workflow import export
-    from r1helpers.export import gguf as gguf_export
-
-    def write(merged, target, kind, *args):
-        Path(target).write_bytes(b"GGUF good " + kind.encode())
-        return Path(target)
-
-    def half(merged, target, kind, *args):
-        Path(target).write_bytes(b"GGUF\0")
-        raise KeyboardInterrupt
-
-    cfg = dataclasses.replace(small_cfg, export=dataclasses.replace(small_cfg.export, gguf=["f16", "q8_0"]))
-    ctx = SimpleNamespace(cfg=cfg, out=tmp_path, logits_ok=False, tokenizer=SimpleNamespace(chat_template="{{ x }}"),
-                          timed=lambda step: contextlib.nullcontext())
-    monkeypatch.setattr(export, "check_one_gguf", lambda *a, **k: {})
-    monkeypatch.setattr(export, "_card", lambda *a, **k: None)  # the model card needs a whole run
-    monkeypatch.setattr(gguf_export, "write_gguf", write)
-    export.export_gguf(ctx, tmp_path / "merged", "float16", None)
-    before = _snapshot(tmp_path / "gguf")
-    assert len(before) == 3 and "Modelfile" in before  # two GGUF files and the Modelfile
-    monkeypatch.setattr(gguf_export, "write_gguf", half)
-    with pytest.raises(KeyboardInterrupt):
-        export.export_gguf(ctx, tmp_path / "merged", "float16", None)
-    assert _snapshot(tmp_path / "gguf") == before and [p.name for p in tmp_path.iterdir()] == ["gguf"]
+        with job.writing(folder) as tmp:
+            (tmp / "model.safetensors").write_bytes(b"\0" * 100)
+            raise KeyboardInterrupt
+    assert _snapshot(tmp_path / folder) == before
+    assert [p.name for p in tmp_path.iterdir()] == [folder], "temporary folders left behind"
 
 
 def test_interrupted_file_write_keeps_the_previous_file(tmp_path, monkeypatch):
