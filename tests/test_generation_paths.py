@@ -525,37 +525,6 @@ def _traced_generate(model, tok, n_questions: int = 3):
     return plain, traced, {k: dict(v) for k, v in counters.items()}
 
 
-def test_compile_layers_once_traces_one_layer_and_keeps_the_tokens(lora_model):
-    """`infer.compile_layers_once` on the static path marks every decoder layer as one shared compile region:
-    dynamo traces the layer once (fewer captured calls than the whole stack), the step is still one graph, the
-    tokens are those of the uncompiled step; with the setting off the mark comes off again."""
-    from types import SimpleNamespace
-
-    from r1helpers.inference.paths import GenerationPath
-
-    model, tok = lora_model
-    inner = model.get_base_model()
-    path = GenerationPath("static_16bit", "test", "transformers", False, "float32")
-    loaded = SimpleNamespace(model=model)
-    off = load_config("cpu", {**SMALL, "infer.compile_layers_once": False})
-    on = load_config("cpu", {**SMALL, "infer.compile_layers_once": True})
-    try:
-        assert choose.set_up_decoding(off, loaded, path)["layers_compiled_once"] == 0
-        plain, whole, whole_counts = _traced_generate(model, tok)
-        assert torch.equal(plain, whole)
-        layers = inner.config.num_hidden_layers
-        assert choose.set_up_decoding(on, loaded, path)["layers_compiled_once"] == layers
-        assert all("forward" in layer.__dict__ for layer in inner.model.layers)
-        plain_once, once, once_counts = _traced_generate(model, tok)
-        assert torch.equal(plain_once, plain) and torch.equal(once, plain)
-        assert once_counts["stats"]["unique_graphs"] == 1 and not once_counts.get("graph_break")
-        assert once_counts["stats"]["calls_captured"] < whole_counts["stats"]["calls_captured"]
-    finally:
-        choose.set_up_decoding(off, loaded, path)
-        inner.set_attn_implementation("sdpa")
-    assert not any("forward" in layer.__dict__ for layer in inner.model.layers)
-
-
 def test_compile_seconds_split_a_compilation_by_phase():
     """`compile_seconds` (recorded for the static cache's warm-up) reads torch.compile's time by phase; a reading
     `since` an earlier one holds only what a compilation in between added, and the backend's part of it is no

@@ -14,8 +14,6 @@ generates `--new-tokens` for `--prompts` of the bundled sample questions with `i
   batch-1 generation on the same weights (and, for scale, how far batched dynamic generation agrees);
 - static_16bit_grouped: the same with `inference.attention.grouped_decode_attention` (no repeat_kv copy of the
   keys and values at each decoding step), which the stages use by default (`infer.attention`);
-- static_16bit_once: static_16bit_grouped with each decoder layer compiled once and reused
-  (`infer.compile_layers_once`, `inference.regions`): what it saves of the compilation (not run by default);
 - static_16bit_plain: the same in a process that never imports Unsloth (what Unsloth's import costs it);
 - dynamic_16bit: the same weights with the dynamic cache (what the static cache buys);
 - unsloth: 4-bit base + LoRA through Unsloth's inference path;
@@ -38,7 +36,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 DEFAULT_PATHS = ("static_16bit", "static_16bit_grouped", "static_16bit_plain", "dynamic_16bit", "unsloth")
-ALL_PATHS = (*DEFAULT_PATHS, "static_16bit_once", "dynamic_4bit")
+ALL_PATHS = (*DEFAULT_PATHS, "dynamic_4bit")
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -75,13 +73,12 @@ def _config(model_dir: str, path: str, new_tokens: int):
     from r1helpers.core.config import load_config
 
     infer_path = {"dynamic_16bit": "dynamic", "dynamic_4bit": "dynamic", "static_16bit_plain": "static_16bit",
-                  "static_16bit_grouped": "static_16bit", "static_16bit_once": "static_16bit"}.get(path, path)
+                  "static_16bit_grouped": "static_16bit"}.get(path, path)
     over = {"model.name": model_dir, "infer.path": infer_path, "infer.max_new_tokens": new_tokens,
             "model.backend": "unsloth" if path == "unsloth" else "transformers"}
     if path == "dynamic_16bit":
         over["model.load_in_4bit"] = False
-    over["infer.attention"] = "grouped_decode" if path in ("static_16bit_grouped", "static_16bit_once") else "sdpa"
-    over["infer.compile_layers_once"] = path == "static_16bit_once"
+    over["infer.attention"] = "grouped_decode" if path == "static_16bit_grouped" else "sdpa"
     return load_config("seed", over)
 
 

@@ -183,8 +183,6 @@ class InferConfig:
 
     attention: Literal["sdpa", "grouped_decode"] = field(default="grouped_decode", metadata={"help": "attention of a model loaded with transformers while it generates: grouped_decode (r1helpers.inference.attention: each decoding step reads each key/value head once, through SDPA; the same answers as sdpa on the tiny model) | sdpa (transformers' own, which copies each key/value head for its group of query heads at every step of a padded batch); Unsloth's path has its own"})
 
-    compile_layers_once: bool = field(default=False, metadata={"help": "static_16bit path: compile one decoder layer and reuse its code for every layer of the decoding step (torch.compiler.nested_compile_region, r1helpers.inference.regions) instead of compiling all of them; CPU, 32 small layers: 57.4 s of compiling against 34.0 s, the same tokens; H200, 8B shape, 75 rows: a cold compile 39.9 s of warm-up against 59.8, but from torch's compile cache (stage 04) 17.7 s against 15.0 and 3,850 decoded tokens/s against 4,232, so off by default"})
-
     unsloth_decode_graphs: bool = field(default=True, metadata={"help": "unsloth path: decode with Unsloth's CUDA graphs, the KV cache sized once for prompt + max_new_tokens (r1helpers.modeling.load.unsloth_decode_graphs; Unsloth itself uses them only in its RL trainers); H200 capped at 15 GiB (a T4's plan), 8B shape, 24 rows x 1,200 tokens: 414 decoded tokens/s against 327, peak reserved 13.66 GiB against 14.06 | false: Unsloth's eager decoding"})
 
     def __post_init__(self) -> None:

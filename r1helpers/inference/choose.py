@@ -186,13 +186,10 @@ def set_up_decoding(cfg: Config, loaded: Loaded, path: GenerationPath) -> dict[s
       transformers' own. Unsloth's path keeps its own attention.
     - on the static_16bit path, the LoRA weights in the weights' 16-bit type (`load.adapter_to_dtype`): peft
       holds them in float32, which ran the adapter's matmuls as float32 kernels in every decoding step.
-    - on the static_16bit path with `infer.compile_layers_once`, each decoder layer marked so that the decoding
-      step's compilation compiles one layer and reuses it (`inference.regions`); the mark is taken off otherwise.
     - on Unsloth's path, its CUDA-graph decoding with the KV cache sized up front (`infer.unsloth_decode_graphs`,
       `load.unsloth_decode_graphs`).
     """
     from r1helpers.inference.attention import NAME, use_grouped_decode
-    from r1helpers.inference.regions import compile_layers_once
     from r1helpers.modeling.load import adapter_to_dtype, unsloth_decode_graphs
 
     inner = loaded.model.get_base_model() if hasattr(loaded.model, "get_base_model") else loaded.model
@@ -202,12 +199,11 @@ def set_up_decoding(cfg: Config, loaded: Loaded, path: GenerationPath) -> dict[s
         elif getattr(inner.config, "_attn_implementation", None) == NAME:
             inner.set_attn_implementation("sdpa")
     cast = adapter_to_dtype(loaded.model, path.dtype) if path.path == "static_16bit" else 0
-    once = compile_layers_once(loaded.model, on=cfg.infer.compile_layers_once and path.path == "static_16bit")
     graphs = unsloth_decode_graphs(cfg.infer.unsloth_decode_graphs) if path.path == "unsloth" else False
     lora = next((p.dtype for n, p in loaded.model.named_parameters() if "lora_" in n), None)
     return {"attention": getattr(inner.config, "_attn_implementation", None),
             "adapter_weights": str(lora).replace("torch.", "") if lora else None, "adapter_tensors_cast": cast,
-            "layers_compiled_once": once, "unsloth_decode_graphs": graphs}
+            "unsloth_decode_graphs": graphs}
 
 
 def zero_adapter(cfg: Config, loaded: Loaded, path: GenerationPath) -> tuple[Loaded, Any]:
