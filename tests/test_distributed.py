@@ -242,7 +242,7 @@ def test_rank_zero_alone_is_main(monkeypatch):
     assert not ddp.is_main_process({"RANK": "1", "WORLD_SIZE": "2"})
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
-    from r1helpers.workflow.train_stage import wandb_setup
+    from r1helpers.workflow.tracking import wandb_setup
 
     assert wandb_setup(load_config("cpu", {"train.wandb": "offline"}), None)[0] == []
 

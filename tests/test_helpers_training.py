@@ -16,6 +16,7 @@ from r1helpers.modeling.load import (add_lora, estimated_weights_gib, expected_l
                                      trainable_parameters)
 from r1helpers.training.plan import (BatchPlan, activation_gib, activation_tokens, gpu_memory_gib, plan_batches,
                                      resolve_padding_free, token_budget_env, worst_micro_batch_tokens)
+from r1helpers.training import sft
 from r1helpers.training.sft import last_value, latest_checkpoint, make_trainer, sft_arguments, wandb_reachable
 
 ALL_SEVEN = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -209,7 +210,7 @@ def test_a_changed_value_is_what_the_trainer_gets(tmp_path):
     args = train_stage.sft_arguments_for(cfg, plan, tmp_path, backend="transformers", dtype="float32", on_gpu=False,
                                    report_to=[], has_eval=True, run_name="r")
     assert args["max_steps"] == 30 and train_stage.lora_arguments(cfg, plan)["r"] == 4
-    assert set(args) <= set(train_stage.SFT_ARGUMENT_SOURCES), "every argument says where it comes from"
+    assert set(args) <= set(sft.ARGUMENT_SOURCES), "every argument says where it comes from"
 
 
 def test_tables_show_the_values(cpu_cfg):

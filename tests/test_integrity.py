@@ -242,7 +242,7 @@ def test_integer_columns_in_parquet_are_refused_with_name_and_type(tmp_path):
 def test_forced_online_wandb_without_network_logs_offline_with_a_note(monkeypatch, cpu_cfg):
     import socket
 
-    from r1helpers.workflow.train_stage import wandb_choice
+    from r1helpers.workflow.tracking import wandb_choice
 
     pytest.importorskip("wandb")
     closed = socket.socket()

@@ -275,7 +275,7 @@ class Run:
         if manifest.get("fingerprint") == stage_fingerprint(cfg, stage) and missing:
             return f"{stage}: {', '.join(missing)} missing"
         old, new = manifest.get("settings", {}), stage_settings(cfg, stage)
-        changed = _diff(old, new)
+        changed = differing_fields(old, new)
         return f"{stage}: made with other settings ({', '.join(changed[:6]) or 'unknown'})"
 
     def reuse_or_build(self, cfg: Config, stage: str, build: Callable[[], T], load: Callable[[], T],
@@ -301,7 +301,7 @@ class Run:
         manifest = self.read_manifest(stage)
         if manifest is None or manifest.get("fingerprint") == stage_fingerprint(cfg, stage):
             return None
-        return _diff(manifest.get("settings", {}), stage_settings(cfg, stage)) or ["unknown"]
+        return differing_fields(manifest.get("settings", {}), stage_settings(cfg, stage)) or ["unknown"]
 
     def refuse_or_move_aside(self, cfg: Config, stage: str, force: bool = False) -> Path | None:
         """Before a protected stage is rebuilt over finished work: refuse, or with `overwrite` move it aside."""
@@ -383,10 +383,11 @@ class Run:
 _LOCKS: dict[str, Any] = {}
 
 
-def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:
+def differing_fields(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """The dotted names of the fields whose values differ between two settings trees."""
     if isinstance(old, dict) and isinstance(new, dict):
         out: list[str] = []
         for k in sorted(set(old) | set(new)):
-            out += _diff(old.get(k), new.get(k), f"{prefix}{k}.")
+            out += differing_fields(old.get(k), new.get(k), f"{prefix}{k}.")
         return out
     return [] if old == new else [prefix.rstrip(".")]

@@ -79,6 +79,29 @@ def sft_arguments(*, output_dir: str | os.PathLike, per_device_train_batch_size:
     }
 
 
+# Where each SFTConfig argument comes from when stage 03 fills sft_arguments from the config and the batch
+# plan (shown beside the values in notebook 03).
+ARGUMENT_SOURCES = {
+    "output_dir": "the run folder's train/checkpoints", "per_device_train_batch_size": "batch plan: micro-batch",
+    "per_device_eval_batch_size": "batch plan: micro-batch (at most 8)",
+    "gradient_accumulation_steps": "batch plan: accumulation", "padding_free": "batch plan (train.padding_free)",
+    "gradient_checkpointing": "batch plan, else lora.gradient_checkpointing",
+    "gradient_checkpointing_kwargs": "non-reentrant (DDP-safe) when checkpointing",
+    "learning_rate": "train.learning_rate", "warmup_steps": "train.warmup_steps", "max_steps": "train.max_steps",
+    "optim": "train.optim", "weight_decay": "train.weight_decay", "lr_scheduler_type": "train.lr_scheduler_type",
+    "seed": "train.seed", "data_seed": "train.seed (order of the rows)",
+    "bf16": "backend dtype bfloat16 on a GPU (compute capability >= 8.0)",
+    "fp16": "backend dtype float16 on a GPU (a T4, capability 7.5)", "max_length": "model.max_seq_length",
+    "logging_steps": "train.logging_steps", "eval_strategy": "train.eval_steps > 0 and held-out rows exist",
+    "eval_steps": "train.eval_steps", "save_strategy": "train.save_steps > 0", "save_steps": "train.save_steps",
+    "report_to": "train.wandb and a W&B key", "run_name": "the run folder's name",
+    "disable_tqdm": "headless (papermill) runs log plain lines", "save_total_limit": "fixed: two checkpoints kept",
+    "packing": "fixed: one example a row", "dataloader_num_workers": "fixed",
+    "remove_unused_columns": "fixed", "ddp_backend": "DDP: nccl on GPUs, gloo on CPU",
+    "ddp_find_unused_parameters": "DDP: every LoRA weight gets a gradient", "use_cpu": "DDP without CUDA",
+}
+
+
 def make_trainer(model, tokenizer, train_dataset, eval_dataset, sft_args: dict[str, Any], token_budget: int = 0):
     """TRL's SFTTrainer over a peft model and tokenized rows (an `input_ids` column), configured by
     `SFTConfig(**sft_args)`. `token_budget` > 0: Unsloth runs a step of more tokens in several passes."""

@@ -17,6 +17,7 @@ from r1helpers.core.runs import (
     Run,
     RunFolderConflict,
     atomic_dir,
+    differing_fields,
     read_json,
     stage_fingerprint,
     stage_settings,
@@ -24,54 +25,10 @@ from r1helpers.core.runs import (
     write_text_atomic,
 )
 from r1helpers.inference.choose import load_base_for
+from r1helpers.workflow.tracking import wandb_choice, wandb_setup
 from r1helpers.modeling.load import Loaded, expected_lora_parameters, trainable_parameters
 from r1helpers.training.plan import BatchPlan, gpu_memory_gib, plan_batches
-from r1helpers.training.sft import last_value, latest_checkpoint, make_trainer, sft_arguments, wandb_reachable
-
-
-def wandb_choice(cfg: Config) -> tuple[str | None, str]:
-    """W&B's mode for this config and environment ("online" | "offline", None: off) and why, in words."""
-    if not is_main_process():
-        return None, "W&B: rank 0 logs"
-    mode = cfg.train.wandb
-    if mode == "off":
-        return None, "W&B off (train.wandb=off)"
-    try:
-        import wandb  # noqa: F401
-    except ImportError:
-        return None, "W&B not installed: logging to the run folder only (pip install wandb to add it)"
-    if mode == "auto":
-        mode = "online" if os.environ.get("WANDB_API_KEY") and wandb_reachable() else "offline"
-    elif mode == "online" and not wandb_reachable():
-        # Forced online without a network, the client retries for minutes and then fails the stage.
-        from r1helpers.training.sft import wandb_endpoint
-
-        return "offline", (f"W&B offline: train.wandb=online but {wandb_endpoint()} does not answer, so this run "
-                           "logs offline instead of failing; sync later with `wandb sync` on the offline run folder")
-    if cfg.train.wandb != "auto":
-        why = f"train.wandb={cfg.train.wandb}"
-    elif mode == "online":
-        why = "a W&B key is set"
-    else:
-        why = "no W&B key" if not os.environ.get("WANDB_API_KEY") else "a key is set but W&B is unreachable"
-    if mode == "offline":
-        why += "; sync later with `wandb sync` on the offline run folder"
-    return mode, f"W&B {mode} ({why})"
-
-
-def wandb_setup(cfg: Config, run: Run) -> tuple[list[str], str]:
-    """Decide W&B's mode from the config and the presence of a key and set its environment
-    (the run folder's train/wandb, project, run name); returns (report_to, note)."""
-    mode, note = wandb_choice(cfg)
-    if mode is None:
-        return [], note
-    os.environ["WANDB_MODE"] = mode
-    os.environ["WANDB_DIR"] = str(run.stage_dir("train"))
-    os.environ.setdefault("WANDB_PROJECT", cfg.train.wandb_project)
-    os.environ.setdefault("WANDB_NAME", run.root.name)
-    os.environ.setdefault("WANDB_SILENT", "true")
-    run.stage_dir("train").mkdir(parents=True, exist_ok=True)
-    return ["wandb"], note
+from r1helpers.training.sft import last_value, latest_checkpoint, make_trainer, sft_arguments
 
 
 def _checkpoint_dir(cfg: Config, run: Run, resume: bool) -> tuple[Path, Path | None]:
@@ -89,7 +46,7 @@ def _checkpoint_dir(cfg: Config, run: Run, resume: bool) -> tuple[Path, Path | N
         other = has_work and (not stamp.is_file() or stamp.read_text().strip() != fp)
         if other and not run.overwrite:
             old = read_json(recorded) if recorded.is_file() else {}
-            changed = [k for k in _diff_keys(old, stage_settings(cfg, "train"))] if old else ["unknown"]
+            changed = differing_fields(old, stage_settings(cfg, "train")) if old else ["unknown"]
             raise RunFolderConflict(
                 f"{ckpt} holds checkpoints of an unfinished training made with other settings (fields that "
                 f"differ: {', '.join(changed[:8])}), so they are not discarded. Rerun with the settings they were "
@@ -107,12 +64,6 @@ def _checkpoint_dir(cfg: Config, run: Run, resume: bool) -> tuple[Path, Path | N
         write_json_atomic(recorded, stage_settings(cfg, "train"))
     barrier()
     return ckpt, latest_checkpoint(ckpt) if resume else None
-
-
-def _diff_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
-    if isinstance(old, dict) and isinstance(new, dict):
-        return [k for key in sorted(set(old) | set(new)) for k in _diff_keys(old.get(key), new.get(key), f"{prefix}{key}.")]
-    return [] if old == new else [prefix.rstrip(".")]
 
 
 @dataclass
@@ -167,28 +118,6 @@ def plan_from_config(cfg: Config, backend: str, gpu_gib: float | None, *, proces
                         gpu_memory_gib=gpu_gib, max_seq_length=cfg.model.max_seq_length,
                         padding_free=t.padding_free, batch_plan=t.batch_plan, token_budget=t.token_budget,
                         lengths=lengths, dims=dims, base_gib=base_gib, processes=processes)
-
-
-# Where each SFTConfig argument of sft_arguments_for comes from (shown beside the values in notebook 03).
-SFT_ARGUMENT_SOURCES = {
-    "output_dir": "the run folder's train/checkpoints", "per_device_train_batch_size": "batch plan: micro-batch",
-    "per_device_eval_batch_size": "batch plan: micro-batch (at most 8)",
-    "gradient_accumulation_steps": "batch plan: accumulation", "padding_free": "batch plan (train.padding_free)",
-    "gradient_checkpointing": "batch plan, else lora.gradient_checkpointing",
-    "gradient_checkpointing_kwargs": "non-reentrant (DDP-safe) when checkpointing",
-    "learning_rate": "train.learning_rate", "warmup_steps": "train.warmup_steps", "max_steps": "train.max_steps",
-    "optim": "train.optim", "weight_decay": "train.weight_decay", "lr_scheduler_type": "train.lr_scheduler_type",
-    "seed": "train.seed", "data_seed": "train.seed (order of the rows)",
-    "bf16": "backend dtype bfloat16 on a GPU (compute capability >= 8.0)",
-    "fp16": "backend dtype float16 on a GPU (a T4, capability 7.5)", "max_length": "model.max_seq_length",
-    "logging_steps": "train.logging_steps", "eval_strategy": "train.eval_steps > 0 and held-out rows exist",
-    "eval_steps": "train.eval_steps", "save_strategy": "train.save_steps > 0", "save_steps": "train.save_steps",
-    "report_to": "train.wandb and a W&B key", "run_name": "the run folder's name",
-    "disable_tqdm": "headless (papermill) runs log plain lines", "save_total_limit": "fixed: two checkpoints kept",
-    "packing": "fixed: one example a row", "dataloader_num_workers": "fixed",
-    "remove_unused_columns": "fixed", "ddp_backend": "DDP: nccl on GPUs, gloo on CPU",
-    "ddp_find_unused_parameters": "DDP: every LoRA weight gets a gradient", "use_cpu": "DDP without CUDA",
-}
 
 
 def sft_arguments_for(cfg: Config, plan: BatchPlan, output_dir: Path, *, backend: str, dtype: str, on_gpu: bool,

@@ -30,6 +30,7 @@ from r1helpers.core import show
 from r1helpers.modeling.fast import language_model
 from r1helpers.modeling.load import prepare_tokens
 from r1helpers.modeling.local import resolve_model_path
+from r1helpers.training import sft
 from r1helpers.training.plan import token_budget_env
 from r1helpers.workflow import data_stage, train_stage"""),
     ("md", """## Changing a value
@@ -115,7 +116,7 @@ mean:
   computed and a checkpoint is written.
 - `seed` and `data_seed` fix the order in which rows are drawn (and any dropout), so a rerun with the same
   settings gives the same adapter."""),
-    ("code", """show.values_table(preview["sft_arguments"], "SFTConfig argument", train_stage.SFT_ARGUMENT_SOURCES)"""),
+    ("code", """show.values_table(preview["sft_arguments"], "SFTConfig argument", sft.ARGUMENT_SOURCES)"""),
     ("md", """## Training: what the run folder says to do
 
 `train_stage.begin` checks `cfg` again and looks at the run folder first, holding its lock until the adapter is
