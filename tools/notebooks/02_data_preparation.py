@@ -13,7 +13,8 @@ tokenizer (a few megabytes; the model weights are not loaded here). **Writes:** 
 splits, token ids included), `data/stats.json` (counts, lengths, every row dropped and why),
 `data/manifest.json` and `results/02.json`. If notebook 01 already ran with the same settings, it built these files
 and this notebook reuses them. **Time on a Kaggle T4:** about a minute (an estimate): the download of the dataset
-the first time, then tokenizing 550 rows on the CPU. Measured on an H200 with the 8B shape (random weights, the bundled rows, 51 held-out + 24 multiple-choice questions at 1,200 tokens; BENCHMARKS.md): 24.0 s."""),
+the first time, then tokenizing 550 rows on the CPU. Measured on an H200
+with the 8B shape's tokenizer and the bundled rows (not a T4; BENCHMARKS.md): 24.0 s."""),
     ("md", """## Loading the rows
 
 The tutorial's call is `load_dataset(source, config_name, split=...)`: a Hub dataset id, with `data.config_name`

@@ -17,11 +17,13 @@ load), `train/checkpoints/` (every `train.save_steps` steps, the last two kept, 
 exact `SFTConfig` arguments used, parameter counts, timings), `train/manifest.json` (the settings it was made
 with), `train/wandb/` (the W&B run) and `results/03.json`.
 
-**How long**, on a Kaggle T4 (estimates from README and BENCHMARKS.md, not measured on a T4): loading the 8B
-model in 4-bit takes about 2 minutes; 60 steps of 2 x 4 rows of ~750 tokens take roughly 25-45 minutes. With the
-`cpu` profile (tiny model, sample data) the 24 steps take well under a minute. If the run folder already holds
-an adapter trained with these settings, this notebook reuses it in seconds. Measured on an H200 with the 8B shape (random weights, the bundled rows, 51 held-out + 24 multiple-choice questions at 1,200 tokens; BENCHMARKS.md): 117.1 s, of
-which 52.4 s for the 60 steps and 44.5 s in the start cell, which imports Unsloth."""),
+**How long**, on a Kaggle T4 (estimates, not measured on a T4): loading the 8B model in 4-bit takes about 2
+minutes; 60 steps of 8 rows of ~750 tokens are ~360,000 tokens, and at ~6 x 8 billion floating-point operations a
+token (forward and backward, plus a third more for gradient checkpointing's recomputation) that is ~2.3 x 10^16
+operations: 25-45 minutes at 10-15 of the T4's 65 fp16 TFLOP/s, what 4-bit training typically reaches. With the
+`cpu` profile (tiny model, sample data) the 24 steps take about a minute. If the run folder already holds an
+adapter trained with these settings, this notebook reuses it in seconds. Measured on an H200 with the 8B shape and
+random weights (not a T4; BENCHMARKS.md): 117.1 s for the stage."""),
     ("code", """import torch
 from trl import SFTConfig, SFTTrainer
 
