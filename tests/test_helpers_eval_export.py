@@ -539,6 +539,32 @@ def test_dry_run_lists_exactly_the_files_and_why_not_push(tmp_path, monkeypatch)
     assert hub.default_repo("org/My_Model", "run1") == "YOUR_HF_USERNAME/My-Model-medical-cot-run1"
 
 
+def test_push_creates_each_repository_and_uploads_its_folder(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    from r1helpers.export import hub
+
+    calls = []
+
+    class FakeApi:
+        def __init__(self, token):
+            calls.append(("token", token))
+
+        def create_repo(self, repo, **kw):
+            calls.append(("create", repo, kw["private"]))
+            return f"https://huggingface.co/{repo}"
+
+        def upload_folder(self, **kw):
+            calls.append(("upload", kw["repo_id"], kw["folder_path"]))
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    pushed = hub.push({"adapter": tmp_path / "adapter"}, hub.repo_ids("you/r1"), True, "hf_x")
+    assert calls == [("token", "hf_x"), ("create", "you/r1-lora", True),
+                     ("upload", "you/r1-lora", str(tmp_path / "adapter"))]
+    assert pushed["pushed"] is True and pushed["repos"][0]["url"] == "https://huggingface.co/you/r1-lora"
+    assert "private" in pushed["message"]
+
+
 def test_summary_key_results_from_an_export_record(tmp_path):
     from r1helpers.export import summary
 
