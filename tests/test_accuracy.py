@@ -401,6 +401,7 @@ def _tiny_rows():
              "options": {"A": "tension pneumothorax", "B": "low blood"}}]
 
 
+@pytest.mark.slow
 def test_answer_mcq_uses_the_recipe_prompt_and_generate(tiny_lm):
     from r1helpers.core import prompts
     from r1helpers.inference.generate import generate

@@ -2,6 +2,8 @@
 
 import statistics
 
+import pytest
+
 from r1helpers.tools.bench import CONFIGS, LLAMA_8B, sample_lengths, table, train_flops_per_token
 
 
@@ -41,6 +43,7 @@ def test_table_renders_errors_and_results():
             in text and "error: boom" in text)
 
 
+@pytest.mark.slow
 def test_padding_free_leaks_without_unsloth_so_it_is_refused(tmp_path):
     """transformers' SDPA ignores the example boundaries of a padding-free row; Unsloth's mask does not
     (checked on the GPU with `python -m r1helpers.tools.bench --check-padding-free`)."""
@@ -175,6 +178,7 @@ def test_trainer_checkpoints_only_where_the_plan_or_config_says(tmp_path):
     assert planned.gradient_checkpointing is False
 
 
+@pytest.mark.slow
 def test_bench_merge_measures_each_type_against_base_plus_adapter(tiny_model_dir, tmp_path, capsys):
     """The merge benchmark on the tiny model with a random LoRA: one line per 16-bit type, from a real merge,
     the weight check read back from disk and the export's logit check, a failing type reported, not raised."""
