@@ -54,7 +54,7 @@ def _annotation_nodes(tree: ast.AST) -> set[int]:
     return skip
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _top_level(module: types.ModuleType) -> dict[str, ast.stmt]:
     """Each name a module binds at top level -> the statement (import, assignment, def, class) that binds it."""
     tree = ast.parse(inspect.getsource(module))
