@@ -566,8 +566,8 @@ def test_push_creates_each_repository_and_uploads_its_folder(tmp_path, monkeypat
     pushed = hub.push({"adapter": tmp_path / "adapter"}, hub.repo_ids("you/r1"), True, "hf_x")
     assert calls == [("token", "hf_x"), ("create", "you/r1-lora", True),
                      ("upload", "you/r1-lora", str(tmp_path / "adapter"))]
-    assert pushed["pushed"] is True and pushed["repos"][0]["url"] == "https://huggingface.co/you/r1-lora"
-    assert "private" in pushed["message"]
+    assert pushed["pushed"] is True and pushed["private"] is True
+    assert pushed["repos"] == [{"kind": "adapter", "repo_id": "you/r1-lora", "url": "https://huggingface.co/you/r1-lora"}]
 
 
 def test_summary_key_results_from_an_export_record(tmp_path):
