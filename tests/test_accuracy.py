@@ -420,6 +420,7 @@ def test_answer_mcq_uses_the_recipe_prompt_and_generate(tiny_lm):
     assert "generated" not in acc.answer_mcq(model, tokenizer, rows)[0]
 
 
+@pytest.mark.slow
 def test_answer_mcq_before_after_base_side_is_the_model_without_adapter(tiny_lm):
     torch = pytest.importorskip("torch")
     peft = pytest.importorskip("peft")

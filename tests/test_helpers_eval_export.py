@@ -160,6 +160,7 @@ def test_completion_nll_is_the_trainers_loss_on_the_completion(tiny, rows):
     assert cut["cot_nll"] is not None and cut["cot_tokens"] <= 4
 
 
+@pytest.mark.slow
 def test_teacher_forced_with_the_adapter_off_is_the_base_model(cpu_cfg, tiny, rows):
     import torch
     from peft import LoraConfig, get_peft_model
