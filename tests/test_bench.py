@@ -203,6 +203,7 @@ def test_bench_merge_measures_each_type_against_base_plus_adapter(tiny_model_dir
     assert not list(tmp_path.glob("merge-*")), "the temporary merges are deleted"
 
 
+@pytest.mark.slow
 def test_decoding_profile_covers_only_the_steps_asked_for(tiny_model_dir, tmp_path):
     """bench_generation --profile-steps: the profiler's schedule advances once per decoding step of the real
     generate call, skipping `wait` steps; the model's own generate comes back afterwards."""

@@ -193,6 +193,7 @@ def prepared_run(tmp_path_factory, tiny_model_dir, tokenizer, small_cfg):
     return run, steps.prepare(small_cfg, run, tokenizer)
 
 
+@pytest.mark.slow
 def test_baseline_records_the_path_and_the_plan(small_cfg, prepared_run, capsys):
     run, prepared = prepared_run
     records = steps.baseline(small_cfg, run, prepared, force=True)
