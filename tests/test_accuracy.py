@@ -459,6 +459,7 @@ def _tiny_rows():
              "options": {"A": "tension pneumothorax", "B": "low blood"}}]
 
 
+@pytest.mark.slow
 def test_answer_mcq_uses_the_recipe_prompt_and_generate(tiny_lm):
     from r1helpers.core import prompts
     from r1helpers.inference.generate import generate
@@ -477,6 +478,7 @@ def test_answer_mcq_uses_the_recipe_prompt_and_generate(tiny_lm):
     assert "generated" not in acc.answer_mcq(model, tokenizer, rows)[0]
 
 
+@pytest.mark.slow
 def test_answer_mcq_before_after_base_side_is_the_model_without_adapter(tiny_lm):
     torch = pytest.importorskip("torch")
     peft = pytest.importorskip("peft")

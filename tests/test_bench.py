@@ -4,6 +4,8 @@ import statistics
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))  # the tools are scripts there, not in r1helpers
 
 from bench import CONFIGS, LLAMA_8B, sample_lengths, table, train_flops_per_token  # noqa: E402
@@ -45,6 +47,7 @@ def test_table_renders_errors_and_results():
             in text and "error: boom" in text)
 
 
+@pytest.mark.slow
 def test_padding_free_leaks_without_unsloth_so_it_is_refused(tmp_path):
     """transformers' SDPA ignores the example boundaries of a padding-free row; Unsloth's mask does not
     (checked on the GPU with `python tools/bench.py --check-padding-free`)."""
@@ -179,6 +182,7 @@ def test_trainer_checkpoints_only_where_the_plan_or_config_says(tmp_path):
     assert planned.gradient_checkpointing is False
 
 
+@pytest.mark.slow
 def test_bench_merge_measures_each_type_against_base_plus_adapter(tiny_model_dir, tmp_path, capsys):
     """The merge benchmark on the tiny model with a random LoRA: one line per 16-bit type, from a real merge,
     the weight check read back from disk and the export's logit check, a failing type reported, not raised."""
@@ -203,6 +207,7 @@ def test_bench_merge_measures_each_type_against_base_plus_adapter(tiny_model_dir
     assert not list(tmp_path.glob("merge-*")), "the temporary merges are deleted"
 
 
+@pytest.mark.slow
 def test_decoding_profile_covers_only_the_steps_asked_for(tiny_model_dir, tmp_path):
     """bench_generation --profile-steps: the profiler's schedule advances once per decoding step of the real
     generate call, skipping `wait` steps; the model's own generate comes back afterwards."""

@@ -337,6 +337,7 @@ def _same_generations(prepared, cfg):
              "finished": False, "new_tokens": cfg.infer.max_new_tokens} for r in rows]
 
 
+@pytest.mark.slow
 def test_zero_step_adapter_shows_no_significant_change(cfg, prepared_run, tmp_path):
     run, prepared = prepared_run
     adapter = tmp_path / "zero-step-adapter"
@@ -367,6 +368,7 @@ def trained_comparison(cfg, prepared_run):
     return run, result
 
 
+@pytest.mark.slow
 def test_reused_outputs_load_no_model(cfg, prepared_run, trained_comparison):
     run, prepared = prepared_run
     model = generate_stage.FinetunedModel(cfg, run, prepared)
@@ -377,6 +379,7 @@ def test_reused_outputs_load_no_model(cfg, prepared_run, trained_comparison):
     assert used["baseline"] == used["finetuned"] and used["baseline"]["max_new_tokens"] == cfg.infer.max_new_tokens
 
 
+@pytest.mark.slow
 def test_trained_tiny_model_fits_better_but_is_not_called_helped(cfg, trained_comparison):
     """End to end through compare_stage.compare with the bundled MCQ sample: NLL falls, accuracy does not rise."""
     run, result = trained_comparison
@@ -408,6 +411,7 @@ def test_trained_tiny_model_fits_better_but_is_not_called_helped(cfg, trained_co
     assert again["headline"] == result["headline"], "a current comparison is reused"
 
 
+@pytest.mark.slow
 def test_comparison_grades_the_letters_generated_in_stages_01_and_04(cfg, prepared_run, trained_comparison,
                                                                      monkeypatch):
     """Stages 01 and 04 answer the multiple-choice questions in their generation batches; the comparison grades
@@ -426,6 +430,7 @@ def test_comparison_grades_the_letters_generated_in_stages_01_and_04(cfg, prepar
         assert run.read_manifest(stage)["mcq_questions"] == 24
 
 
+@pytest.mark.slow
 def test_figures_render_for_the_notebook(trained_comparison):
     import matplotlib.pyplot as plt
 

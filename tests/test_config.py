@@ -168,6 +168,7 @@ def test_notebook_parameters_rejected_by_start(tmp_path, params, message):
     (["-p", "overrides", '{"train.max_steps": "ten"}'], "ConfigError: train.max_steps: expected an integer"),
     (["-y", "overrides: {lora.dropout: 1.5}"], "ConfigError: lora.dropout: must be in [0, 1)"),
 ])
+@pytest.mark.slow
 def test_papermill_execution_fails_at_start_naming_the_field(tmp_path, params, message):
     """A real papermill run of 00_setup: the first call into r1helpers refuses the value, and no later
     cell (environment, backend, models) runs."""

@@ -119,6 +119,7 @@ def _renders_training_prompt(folder: Path, tokenizer, question: str) -> None:
 
 # ---- the three formats ---------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_adapter_loads_with_plain_peft_and_prompts_as_in_training(exported, base_dir, tokenizer):
     from peft import PeftModel
 
@@ -131,6 +132,7 @@ def test_adapter_loads_with_plain_peft_and_prompts_as_in_training(exported, base
     assert exported.record["artefacts"]["adapter"]["checks"]["loads_with_peft"]["passed"]
 
 
+@pytest.mark.slow
 def test_merged_16bit_model_gives_base_plus_adapter_logits_with_plain_transformers(exported, base_dir, tokenizer):
     import torch
     from peft import PeftModel
@@ -156,6 +158,7 @@ def test_merged_16bit_model_gives_base_plus_adapter_logits_with_plain_transforme
     assert merged.dtype == torch.float32  # compared in float32: the 16-bit rounding is the only difference
 
 
+@pytest.mark.slow
 def test_merge_is_one_rounding_of_base_plus_lora_in_16_bit(exported, base_dir):
     """Base weights from the 16-bit checkpoint plus scale * B @ A, rounded once: no 4-bit round trip."""
     import torch
@@ -179,6 +182,7 @@ def test_merge_is_one_rounding_of_base_plus_lora_in_16_bit(exported, base_dir):
     assert exported.record["artefacts"]["merged"]["checks"]["weights"]["max_error_in_rounding_units"] <= 1.0
 
 
+@pytest.mark.slow
 def test_merge_of_a_sharded_base_keeps_its_shards_and_loads(exported, base_dir, tmp_path):
     """The 8B checkpoint is sharded: the merge writes the same shards and index, one shard at a time."""
     import torch
@@ -201,6 +205,7 @@ def test_merge_of_a_sharded_base_keeps_its_shards_and_loads(exported, base_dir, 
     assert all(torch.equal(loaded[k], single[k].float()) for k in single)
 
 
+@pytest.mark.slow
 def test_gguf_read_back_by_transformers_gives_the_merged_models_greedy_tokens(exported):
     import gguf
 
@@ -235,6 +240,7 @@ def test_gguf_read_back_by_transformers_gives_the_merged_models_greedy_tokens(ex
     assert sum(took.values()) > 0
 
 
+@pytest.mark.slow
 def test_checks_fail_on_a_model_that_is_not_the_trained_one(exported, base_dir):
     """The base model passed off as the merged one, or as its GGUF, is refused."""
     probes = export_checks.adapter_reference(base_dir, exported.out / "adapter", [exported.prompt], 8)
@@ -267,6 +273,7 @@ class FakeLlama:
         return len(self.ids)
 
 
+@pytest.mark.slow
 def test_llama_cpp_check_compares_logits_on_the_reference_tokens(exported, tokenizer, monkeypatch):
     """Once a quantized file's greedy path leaves the reference's, its logits must still be taken on the
     reference's tokens; over its own continuation they would compare two different texts."""
@@ -294,6 +301,7 @@ def test_llama_cpp_check_compares_logits_on_the_reference_tokens(exported, token
     assert result["relative_logit_diff"] == pytest.approx(same_reader["relative_logit_diff"])
 
 
+@pytest.mark.slow
 def test_llama_cpp_runs_the_gguf_like_the_merged_model(exported):
     """Only where llama-cpp-python is installed (it builds from source: about 10 minutes on 2 cores)."""
     pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
@@ -306,6 +314,7 @@ def test_llama_cpp_runs_the_gguf_like_the_merged_model(exported):
 
 # ---- model card and Hub ------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_model_cards_say_what_how_how_well_and_not_for_clinical_decisions(exported, cfg):
     for kind, folder in (("adapter", "adapter"), ("merged", "merged_16bit"), ("gguf", "gguf")):
         card = (exported.out / folder / "README.md").read_text()
@@ -327,6 +336,7 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@pytest.mark.slow
 def test_without_token_the_run_folder_gets_exactly_what_would_be_uploaded(exported):
     plan_dir = exported.out / "hub"
     plan = json.loads((plan_dir / "upload_plan.json").read_text())
@@ -389,6 +399,7 @@ def test_push_needs_a_token_and_a_repo_and_is_private_by_default(cfg, tmp_path, 
 
 # ---- disk ----------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_export_refuses_before_writing_when_free_space_is_too_small(exported, cfg, tmp_path, monkeypatch):
     out = tmp_path / "big-export"
     elsewhere = apply_overrides(cfg, {"export.output_dir": str(out)})
@@ -402,6 +413,7 @@ def test_export_refuses_before_writing_when_free_space_is_too_small(exported, cf
     assert (exported.out / "exported.json").read_text() == before
 
 
+@pytest.mark.slow
 def test_space_plan_counts_every_file_the_export_writes(exported):
     planned = {p["what"]: p["bytes"] for p in exported.record["space"]["planned"]}
     assert {"adapter", "merged 16-bit", "GGUF f16", "GGUF q8_0"} <= set(planned)
@@ -418,6 +430,7 @@ def _reexport(cfg, run, adapter, monkeypatch, **kw):
     return export.export(cfg, run, **kw)
 
 
+@pytest.mark.slow
 def test_every_artefact_records_the_adapter_it_came_from(exported):
     trained = export.adapter_hash(exported.adapter)
     arts = exported.record["artefacts"]
@@ -439,6 +452,7 @@ def _copy_run(exported, cfg, root: Path) -> Run:
     return run
 
 
+@pytest.mark.slow
 def test_an_export_whose_adapter_was_replaced_is_made_again(exported, cfg, monkeypatch, capsys, tmp_path):
     run = _copy_run(exported, cfg, tmp_path / "run")
     monkeypatch.setattr(train_stage, "ensure_trained", lambda *a, **k: train_stage.TrainResult(exported.adapter, [], {}))
@@ -483,6 +497,7 @@ def _merge(job):
         job.check_merged(folder)
 
 
+@pytest.mark.slow
 def test_merge_falls_back_to_the_dtype_that_keeps_the_adapter(exported, cfg, monkeypatch):
     """A 16-bit type whose merge fails its check is not kept; the next one that passes is. On the tiny model a
     bfloat16 merge changes one greedy token of 48, at a near tie of the reference (margin 0.0105 against a
@@ -521,6 +536,7 @@ def test_merge_falls_back_to_the_dtype_that_keeps_the_adapter(exported, cfg, mon
     assert [p.name for p in job.out.iterdir()] == ["adapter"], "no temporary merge is left behind"
 
 
+@pytest.mark.slow
 def test_gguf_checks_reuse_the_merged_models_own_probes(exported, cfg, monkeypatch):
     """The merged model's greedy tokens and logits, taken while its check had it loaded, are the GGUF files'
     reference: the merged model is not loaded in float32 again (32 GB for the 8B). The temporary merge is
@@ -548,6 +564,7 @@ def _tree(folder: Path) -> dict[str, str]:
     return {p.relative_to(folder).as_posix(): _sha256(p) for p in folder.rglob("*") if p.is_file()}
 
 
+@pytest.mark.slow
 def test_overwrite_moves_the_exports_in_an_output_dir_aside_and_deletes_nothing(exported, cfg, tmp_path, monkeypatch):
     """--set export.output_dir=X, then the same with export.gguf=[f16] and --overwrite: the old Q8_0 file and
     the merged model in X move to X/replaced/, byte for byte, as the records move to <run>/replaced/."""
@@ -571,6 +588,7 @@ def test_overwrite_moves_the_exports_in_an_output_dir_aside_and_deletes_nothing(
     assert any(str(aside) in n for n in record["notes"])
 
 
+@pytest.mark.slow
 def test_a_damaged_adapter_stops_the_export_before_the_exported_copy_is_replaced(exported, cfg, tmp_path,
                                                                                  monkeypatch):
     """A truncated train/adapter (it no longer loads), or one whose bytes changed without training having run
@@ -632,6 +650,7 @@ def test_temporary_merges_a_killed_export_left_are_removed(tmp_path):
                                    for n in killed + older)
 
 
+@pytest.mark.slow
 def test_space_refusal_advises_only_settings_that_would_make_it_fit(exported, cfg, tmp_path, monkeypatch):
     """2 MB free with export.gguf=[] and save_merged_16bit=false already set: no advice to set them. Where
     dropping the GGUF files would make it fit, that (and only that) is advised."""

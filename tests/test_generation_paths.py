@@ -155,6 +155,7 @@ def plain_batch_one(model, tok, question: str) -> list[int]:
 
 
 @pytest.mark.parametrize("cache", [None, "static"])
+@pytest.mark.slow
 def test_each_path_gives_the_answers_of_plain_batch_one_generation(lora_model, cache):
     model, tok = lora_model
     questions = [r["Question"] for r in load_sample_rows()[:5]]
@@ -168,6 +169,7 @@ def test_each_path_gives_the_answers_of_plain_batch_one_generation(lora_model, c
     assert stats["batches"] == ([3, 3] if cache == "static" else [3, 2])
 
 
+@pytest.mark.slow
 def test_batch_zero_plans_from_the_machine(lora_model):
     model, tok = lora_model
     questions = [r["Question"] for r in load_sample_rows()[:10]]
@@ -197,6 +199,7 @@ def prepared_run(tmp_path_factory, tiny_model_dir, tokenizer, small_cfg):
     return run, data_stage.prepare(small_cfg, run, tokenizer)
 
 
+@pytest.mark.slow
 def test_baseline_records_the_path_and_the_plan(small_cfg, prepared_run, capsys):
     run, prepared = prepared_run
     records = generate_stage.baseline(small_cfg, run, prepared, force=True)
@@ -232,6 +235,7 @@ def test_finetuned_follows_the_baseline_path(small_cfg, prepared_run):
     assert choose.generation_path(forced, run, "finetuned").path == "dynamic"
 
 
+@pytest.mark.slow
 def test_a_failing_static_path_falls_back_with_the_reason(small_cfg, prepared_run, capsys):
     run, prepared = prepared_run
     cfg = load_config("cpu", {"infer.path": "static_16bit", "infer.max_new_tokens": 6, "infer.num_eval_questions": 4,
@@ -259,6 +263,7 @@ def test_a_failing_static_path_falls_back_with_the_reason(small_cfg, prepared_ru
     assert "falling back to dynamic" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_static_baseline_is_the_base_model_through_a_zero_adapter(small_cfg, prepared_run):
     """The static path generates through a LoRA with B = 0: the base model's answers, and the model passed in
     comes back without adapter layers."""
@@ -286,6 +291,7 @@ def test_different_paths_are_refused(small_cfg, tmp_path):
     compare_stage.check_same_decoding(run)
 
 
+@pytest.mark.slow
 def test_grouped_decode_attention_gives_sdpas_answers(lora_model):
     """The tiny model has grouped-query attention (4 query heads, 2 key/value heads) like the 8B: decoding with
     `grouped_decode_attention` (no repeat_kv copy) gives the greedy tokens of transformers' SDPA, on both caches,
@@ -321,6 +327,7 @@ def test_grouped_decode_attention_gives_sdpas_answers(lora_model):
     assert calls.count(1) >= 2 * layers * (NEW - 1) and any(q > 1 for q in calls), "decoding steps and prompts"
 
 
+@pytest.mark.slow
 def test_infer_attention_reaches_the_model_however_it_was_loaded(prepared_run):
     """Notebook 01 loads the base model itself (`load_base`, `for_inference`), stage 04 through
     `load_for_generation`: the generation stage sets infer.attention on the model either way, and the manifest
@@ -402,6 +409,7 @@ def test_start_imports_unsloth_only_in_the_notebooks_that_load_through_it(monkey
         session.imports_unsloth(cfg, run, "06")
 
 
+@pytest.mark.slow
 def test_generation_path_is_decided_before_transformers_is_imported(shapes_8b, tmp_path):
     """Unsloth must come before transformers where it is used, so the decision reads config.json itself."""
     import subprocess
@@ -480,6 +488,7 @@ def test_static_path_runs_the_adapter_in_the_weights_type(small_cfg, tiny_model_
     assert load.adapter_to_dtype(loaded.model, "bfloat16") == 0  # already cast: nothing to do
 
 
+@pytest.mark.slow
 def test_grouped_decode_compiles_as_one_graph(lora_model):
     """The decoding step with `grouped_decode_attention` and a LoRA is traced by dynamo as one whole graph
     (fullgraph=True raises at any graph break), as transformers compiles it for the static cache on a GPU, and
@@ -540,6 +549,7 @@ def test_compile_seconds_split_a_compilation_by_phase():
     assert compile_seconds(compile_seconds())["torch_compile"] == 0
 
 
+@pytest.mark.slow
 def test_unsloth_decode_graphs_switch_and_release(monkeypatch, lora_model):
     """`load.unsloth_decode_graphs` sets Unsloth's two switches (graphs on, the KV cache sized up front) and back
     to Unsloth's default; `release_decode_memory` hands the model to Unsloth's release and returns the step
@@ -575,6 +585,7 @@ def test_unsloth_decode_graphs_switch_and_release(monkeypatch, lora_model):
     assert fake.PREALLOC is True
 
 
+@pytest.mark.slow
 def test_plain_lora_forward_gives_peft_outputs_bit_for_bit(lora_model):
     """Within `plain_lora_forward` each LoRA layer computes what peft's forward computes, bit for bit: with
     float32 weights and, cast to bfloat16 with the adapter left in float32 (peft then casts the input to the
@@ -612,6 +623,7 @@ def test_plain_lora_forward_gives_peft_outputs_bit_for_bit(lora_model):
             p.data = p.data.to(torch.float32)
 
 
+@pytest.mark.slow
 def test_plain_lora_forward_traces_less_and_keeps_the_compiled_step(lora_model):
     """Dynamo traces the decoding step with the plain LoRA functions as one graph with fewer captured calls than
     through peft's forward, and the tokens stay those of the uncompiled step. Entering the block again (a stage's

@@ -58,6 +58,7 @@ def test_env_var_wins(tmp_path, monkeypatch):
         g.find_smollm2_gguf()
 
 
+@pytest.mark.slow
 def test_gguf_metadata_says_eos_im_end(gguf_path):
     meta = g.gguf_special_tokens(gguf_path)
     assert (meta["eos_token_id"], meta["eos_token"]) == (2, "<|im_end|>")

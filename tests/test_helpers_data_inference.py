@@ -175,6 +175,7 @@ def test_load_finetuned_applies_the_saved_adapter(tiny_model_dir, tmp_path):
 
 # ---- inference ---------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_generate_returns_one_record_per_question_in_input_order(loaded):
     records = generate(loaded.model, loaded.tokenizer, QUESTIONS, max_new_tokens=12, batch_size=2, progress=False)
     assert [r["question"] for r in records] == QUESTIONS

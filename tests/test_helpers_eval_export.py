@@ -141,6 +141,7 @@ def tiny(cpu_cfg, tiny_model_dir):
     return load_base_for(cpu_cfg)
 
 
+@pytest.mark.slow
 def test_completion_nll_is_the_trainers_loss_on_the_completion(tiny, rows):
     import torch
 
@@ -159,6 +160,7 @@ def test_completion_nll_is_the_trainers_loss_on_the_completion(tiny, rows):
     assert cut["cot_nll"] is not None and cut["cot_tokens"] <= 4
 
 
+@pytest.mark.slow
 def test_teacher_forced_with_the_adapter_off_is_the_base_model(cpu_cfg, tiny, rows):
     import torch
     from peft import LoraConfig, get_peft_model
@@ -231,6 +233,7 @@ def merged(base_dir, adapter, export_tok, tmp_path_factory):
     return out, write_merged(base_dir, adapter, out, export_tok, "float16")
 
 
+@pytest.mark.slow
 def test_merge_lora_output_matches_base_plus_adapter_logits(base_dir, adapter, tmp_path, probe_ids):
     from r1helpers.export import checks
     from r1helpers.export.merge import merge_lora
@@ -260,6 +263,7 @@ def test_write_merged_adds_tokenizer_and_pad_distinct_from_eos(merged, export_to
         tok.bos_token + prompts.build_prompt("What is fever?")
 
 
+@pytest.mark.slow
 def test_weight_check_counts_lora_changes_a_bf16_merge_erases(base_dir, tmp_path):
     from r1helpers.export.merge import merge_lora, weight_check
 
@@ -290,6 +294,7 @@ def test_write_adapter_loads_with_peft(base_dir, adapter, export_tok, tmp_path, 
     assert np.abs(logits - ref.logits).max() < 1e-4
 
 
+@pytest.mark.slow
 def test_write_gguf_reads_back_like_the_merged_model(merged, probe_ids, export_tok, tmp_path, monkeypatch):
     from r1helpers.export import checks
     from r1helpers.export.gguf import read_metadata, write_gguf
@@ -414,6 +419,7 @@ def test_gguf_weight_check_refuses_weights_that_are_not_the_merged_ones(merged, 
     assert one == three
 
 
+@pytest.mark.slow
 def test_merge_and_checks_in_small_pieces_equal_whole_tensors(base_dir, adapter, merged, tmp_path, monkeypatch):
     """merge_lora, weight_check and gguf_weight_check go a few rows at a time (CHUNK_NUMBERS); with pieces of ~1,000
     numbers (every tiny tensor in many pieces, as the 8B's are) the merged file is the same byte for byte, both
@@ -537,6 +543,32 @@ def test_dry_run_lists_exactly_the_files_and_why_not_push(tmp_path, monkeypatch)
         for n in ["a.gguf", "b.gguf", "sub/c.bin"]}
     assert (tmp_path / "hub" / "adapter" / "README.md").read_text() == "card"
     assert hub.default_repo("org/My_Model", "run1") == "YOUR_HF_USERNAME/My-Model-medical-cot-run1"
+
+
+def test_push_creates_each_repository_and_uploads_its_folder(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    from r1helpers.export import hub
+
+    calls = []
+
+    class FakeApi:
+        def __init__(self, token):
+            calls.append(("token", token))
+
+        def create_repo(self, repo, **kw):
+            calls.append(("create", repo, kw["private"]))
+            return f"https://huggingface.co/{repo}"
+
+        def upload_folder(self, **kw):
+            calls.append(("upload", kw["repo_id"], kw["folder_path"]))
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    pushed = hub.push({"adapter": tmp_path / "adapter"}, hub.repo_ids("you/r1"), True, "hf_x")
+    assert calls == [("token", "hf_x"), ("create", "you/r1-lora", True),
+                     ("upload", "you/r1-lora", str(tmp_path / "adapter"))]
+    assert pushed["pushed"] is True and pushed["private"] is True
+    assert pushed["repos"] == [{"kind": "adapter", "repo_id": "you/r1-lora", "url": "https://huggingface.co/you/r1-lora"}]
 
 
 def test_summary_key_results_from_an_export_record(tmp_path):

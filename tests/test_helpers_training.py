@@ -163,6 +163,7 @@ def test_sft_arguments_map_the_recipe_one_to_one(tmp_path):
     assert off["gradient_checkpointing"] is False and off["gradient_checkpointing_kwargs"] is None
 
 
+@pytest.mark.slow
 def test_make_trainer_and_two_steps_lower_the_loss(base_model, tokenizer, rows, tmp_path):
     model = add_lora(base_model(), r=8, alpha=16, target_modules=ALL_SEVEN)
     args = sft_arguments(output_dir=tmp_path / "out", per_device_train_batch_size=4, gradient_accumulation_steps=1,

@@ -8,6 +8,8 @@ from r1helpers.inference import generate as infer
 from r1helpers.core.config import load_config
 from r1helpers.inference import choose
 
+pytestmark = pytest.mark.slow  # both tests generate with the tiny model
+
 QUESTIONS = ["What causes anemia in a young woman with heavy periods?", "Short?",
              "A much longer question about the kidney and its function in an elderly patient with diabetes?"]
 

@@ -137,6 +137,7 @@ def test_a_stage_failure_ends_with_one_paragraph_and_keeps_the_notebook(tmp_path
     assert "[IPKernelApp]" in (run_dir / "notebooks" / "02_data_preparation.kernel.log").read_text()
 
 
+@pytest.mark.slow
 def test_a_dead_kernel_ends_with_one_paragraph_naming_its_log(tmp_path, monkeypatch, pipeline_env):
     """A kernel killed mid-cell (the system's out-of-memory killer, a crash in native code) was a
     traceback from nbclient; now it is the stage's paragraph, pointing at the kernel's own log."""
@@ -188,6 +189,7 @@ def _holder(tmp_path, seconds: str, wait: bool = False):
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True)
 
 
+@pytest.mark.slow
 def test_a_second_run_on_the_folder_says_who_holds_it_and_waits(tmp_path):
     first = _holder(tmp_path, "4")
     assert first.stdout.readline().strip() == "holding"
@@ -199,6 +201,7 @@ def test_a_second_run_on_the_folder_says_who_holds_it_and_waits(tmp_path):
     assert time.perf_counter() - t0 > 1.0
 
 
+@pytest.mark.slow
 def test_a_killed_holder_releases_the_folder(tmp_path):
     first = _holder(tmp_path, "600")
     assert first.stdout.readline().strip() == "holding"

@@ -65,6 +65,7 @@ class FlakyGenerate:
 
 
 @pytest.mark.parametrize("error", [torch.OutOfMemoryError(CUDA_OOM), RuntimeError("CUDA error: out of memory")])
+@pytest.mark.slow
 def test_generation_halves_the_batch_and_matches(base, small_cfg, monkeypatch, capsys, error):
     questions = _questions()
     reference = _generate(base, questions, small_cfg, batch_size=2)
@@ -102,6 +103,7 @@ def trained(tmp_path_factory, tiny_model_dir, tokenizer, small_cfg):
     return run, loaded, prepared
 
 
+@pytest.mark.slow
 def test_training_oom_explains_the_settings(trained, small_cfg, monkeypatch):
     import trl
 
@@ -121,6 +123,7 @@ def test_training_oom_explains_the_settings(trained, small_cfg, monkeypatch):
     assert isinstance(info.value.__cause__, torch.OutOfMemoryError)
 
 
+@pytest.mark.slow
 def test_other_training_errors_pass_through(trained, small_cfg, monkeypatch):
     import trl
 
@@ -146,6 +149,7 @@ def _half_save(*args, **kwargs):
     raise KeyboardInterrupt
 
 
+@pytest.mark.slow
 def test_interrupted_adapter_save_keeps_the_previous_adapter(trained, small_cfg, monkeypatch):
     run, loaded, prepared = trained
     out = run.stage_dir("train")

@@ -20,6 +20,8 @@ from r1helpers.core import prompts
 from r1helpers.core.config import SMOLLM2_MODEL
 
 MAX_LEN = 512
+# Every test here needs SmolLM2 made from its GGUF (smol_dir: half a minute on a CPU).
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +96,6 @@ def test_smollm2_prompt_is_a_token_prefix_and_the_template_renders_it(smol_tok, 
     assert seed_style["input_ids"][0] == tok.bos_token_id != prompts.encode_prompt(tok, "Q?")[0]
 
 
-@pytest.mark.slow
 def test_smollm2_trains_saves_merges_and_exports_a_gguf_that_reads_back(smol_dir, smol_tok, short_rows, tmp_path):
     """A few LoRA steps on two short rows lower their loss; adapter -> peft reload -> merge -> GGUF, each checked."""
     import torch
