@@ -222,6 +222,12 @@ class Run:
     @classmethod
     def open(cls, root: str | os.PathLike, overwrite: bool = False) -> "Run":
         run = cls(Path(root).expanduser().resolve(), overwrite)
+        blocking = next((p for p in (run.root, *run.root.parents) if p.exists()), None)
+        if blocking is not None and not blocking.is_dir():
+            raise config_mod.ConfigError(
+                f"run_dir: {blocking} is a file, not a folder, so the run folder {run.root} cannot be made there. "
+                "Pass --run-dir (run_dir in the parameters) a folder path, new or existing, or move that file away."
+            )
         run.root.mkdir(parents=True, exist_ok=True)
         for folder in (run.root, *(p for p in run.root.iterdir() if p.is_dir() and not p.name.startswith("."))):
             restore_moved_aside(folder)
@@ -254,7 +260,19 @@ class Run:
         path = self.manifest_path(stage)
         if not path.is_file():
             return None
-        return json.loads(path.read_text())
+        try:
+            manifest = json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise RunFolderConflict(
+                f"{path} is not a readable manifest ({type(e).__name__}: {str(e)[:120]}; cut short or edited), so "
+                f"the {stage} outputs beside it cannot be checked against the settings they were made with. Delete "
+                f"that file to let the stage rebuild its outputs (or restore it from a copy of the run folder), then "
+                "run the same command again."
+            ) from None
+        if not isinstance(manifest, dict):
+            raise RunFolderConflict(f"{path} holds {type(manifest).__name__}, not a manifest object; delete that file "
+                                    "to let the stage rebuild its outputs, then run the same command again.")
+        return manifest
 
     def is_current(self, cfg: Config, stage: str) -> bool:
         """True when the stage finished with the same settings as `cfg` and its outputs are all there
@@ -377,6 +395,10 @@ class Run:
             **extra,
         }
         write_json_atomic(self.manifest_path(stage), manifest)
+        # The folder's config.yaml describes what it holds: saved when a stage has made its outputs, never
+        # by a run that was refused or failed (r1helpers.start writes it only into a folder without one).
+        if int(os.environ.get("RANK") or 0) == 0:
+            self.save_config(cfg)
         return manifest
 
 
