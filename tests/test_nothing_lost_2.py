@@ -183,8 +183,10 @@ def test_config_yaml_keeps_the_settings_of_the_outputs_after_a_refused_run(tmp_p
     cfg4, run4 = session.start(str(tmp_path / "run"), "cpu", {"lora.r": 4}, secrets=False, quiet=True)
     with pytest.raises(RunFolderConflict, match="lora.r"):
         run4.reuse_or_build(cfg4, "train", lambda: None, lambda: None)
+    # Stage 04 first generates the baseline it lacks (no lora settings in it), then is refused at the adapter.
+    run4.write_manifest(cfg4, "baseline")
     saved = run.config_path.read_text()
-    assert "r: 8" in saved and "r: 4" not in saved
+    assert "  r: 8" in saved and "  r: 4" not in saved
     # A stage that succeeds with new settings does record them.
     cfg_t, run_t = session.start(str(tmp_path / "run"), "cpu", {"infer.temperature": 0.3}, secrets=False, quiet=True)
     assert "temperature: 0.6" in run_t.config_path.read_text()

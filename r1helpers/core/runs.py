@@ -395,11 +395,30 @@ class Run:
             **extra,
         }
         write_json_atomic(self.manifest_path(stage), manifest)
-        # The folder's config.yaml describes what it holds: saved when a stage has made its outputs, never
-        # by a run that was refused or failed (r1helpers.start writes it only into a folder without one).
         if int(os.environ.get("RANK") or 0) == 0:
-            self.save_config(cfg)
+            self.record_config(cfg, stage)
         return manifest
+
+    def record_config(self, cfg: Config, stage: str) -> None:
+        """config.yaml describes what the folder holds: when `stage` has made its outputs, the sections they
+        depend on (STAGE_SECTIONS) take cfg's values and the rest stay as the stages that made them left them.
+        A run that was refused or failed changes nothing (r1helpers.start writes it only into a folder without one).
+        """
+        import yaml
+
+        try:
+            current = yaml.safe_load(self.config_path.read_text(encoding="utf-8"))
+            new = cfg.to_dict()
+            for key in STAGE_SECTIONS[stage]:
+                section, _, leaf = key.partition(".")
+                if leaf:
+                    current.setdefault(section, {})[leaf] = new[section][leaf]
+                else:
+                    current[section] = new[section]
+            merged = config_mod.dump(config_mod.from_dict(current))
+        except Exception:  # none yet, or unreadable: this stage's settings are the best description
+            merged = config_mod.dump(cfg)
+        write_text_atomic(self.config_path, merged)
 
 
 _LOCKS: dict[str, Any] = {}

@@ -78,7 +78,7 @@ def length_advice(lengths: list[int], max_len: int, overlong: str = "drop") -> s
     return (f". {len(over)} of the {len(s)} training rows are longer than model.max_seq_length={max_len} tokens "
             f"(data.overlong={overlong}); the longest is {s[-1]} tokens. Raise model.max_seq_length to {s[-1]} (keeps "
             f"all {len(s)} rows){most}, e.g. --set model.max_seq_length={s[-1]}, or set data.overlong=truncate to "
-            "keep them cut short")
+            "keep them cut short.")
 
 
 def prepare(cfg: Config, run: Run, tokenizer=None, force: bool = False) -> Prepared:
