@@ -45,8 +45,33 @@ def _raw_bytes(path: Path) -> bytes:
     return raw
 
 
-def _read_text(path: Path) -> str:
+# Compressed and archive files by their first bytes: read as text they only yield "not UTF-8" or, with
+# data.lenient, "holds no rows".
+MAGIC = {b"\x1f\x8b": ("gzip-compressed file", "gunzip -k {name}"), b"PK\x03\x04": ("zip archive", "unzip {name}"),
+         b"BZh": ("bzip2-compressed file", "bunzip2 -k {name}"), b"\xfd7zXZ\x00": ("xz-compressed file", "unxz -k {name}"),
+         b"\x28\xb5\x2f\xfd": ("zstd-compressed file", "unzstd {name}"), b"PAR1": ("parquet file", None)}
+
+
+def _text_bytes(path: Path) -> bytes:
+    """The bytes of a text file (.jsonl/.json/.csv), refused by name when they are compressed or binary."""
     raw = _raw_bytes(path)
+    kind = next((v for k, v in MAGIC.items() if raw.startswith(k)), None)
+    if kind is not None:
+        what, how = kind
+        fix = (f"decompress it first ({how.format(name=path.name)}) and point data.source at the file inside"
+               if how else "rename it to .parquet")
+        raise DataError(f"{path}: a {what}, not {path.suffix} text, so no row can be read from it (data.lenient "
+                        f"would drop every line); {fix}")
+    nul = raw.find(b"\x00", 0, 1 << 16)
+    if nul >= 0:
+        raise DataError(f"{path}: a binary file (a NUL byte at byte {nul}), not {path.suffix} text, so no row can be "
+                        "read from it (data.lenient would drop every line); point data.source at the rows exported "
+                        "as .jsonl, .json, .csv or .parquet")
+    return raw
+
+
+def _read_text(path: Path) -> str:
+    raw = _text_bytes(path)
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
@@ -57,7 +82,7 @@ def _read_text(path: Path) -> str:
 def _decode_lines(path: Path, lenient: bool, report: Report | None) -> list[tuple[int, str]]:
     """(line number, text) per line; lenient drops (and counts) the lines that are not UTF-8."""
     out = []
-    for n, line in enumerate(_raw_bytes(path).removeprefix(b"\xef\xbb\xbf").split(b"\n"), start=1):
+    for n, line in enumerate(_text_bytes(path).removeprefix(b"\xef\xbb\xbf").split(b"\n"), start=1):
         try:
             out.append((n, line.decode("utf-8")))
         except UnicodeDecodeError as e:
@@ -118,11 +143,31 @@ def _first_mixed(rows: list[dict[str, Any]]) -> tuple[str, int, str, str] | None
     return None
 
 
-def _to_dataset(rows: list[dict[str, Any]], path: Path):
+def check_text_values(rows: list[dict[str, Any]], columns: tuple[str, ...] | None, path: Path | str) -> None:
+    """Question, reasoning and answer must be text in every row: a JSON number or boolean would train as "7" or
+    "True", a list or object as brackets. The first such value is refused with its file, column and row,
+    as `check_text_columns` refuses a typed parquet, CSV or Hub column."""
+    for i, row in enumerate(rows):
+        for col in columns or ():
+            v = row.get(col)
+            if v is not None and not isinstance(v, str):
+                kind = {bool: "a boolean", int: "a number", float: "a number", list: "a list",
+                        dict: "an object"}.get(type(v), f"a {type(v).__name__}")
+                raise DataError(
+                    f"{path}: column {col!r}, row {i} (rows count from 0) holds {kind} ({json.dumps(v)[:80]}), not "
+                    "text, so it would train as digits, true/false or brackets. Write the value as text (in "
+                    f"quotes: \"{col}\": \"...\"), delete the row, or point data.question_column / data.cot_column / "
+                    "data.response_column at the text columns."
+                )
+
+
+def _to_dataset(rows: list[dict[str, Any]], path: Path, columns: tuple[str, ...] | None = COLUMNS):
     """Rows to a Dataset with every column any row has (so a misspelled key shows up as its own
-    column) and numbers as text; a column mixing text with lists or objects is named, with its row."""
+    column) and numbers as text outside the text `columns` (where any value but text is refused);
+    a column mixing text with lists or objects is named, with its row."""
     import datasets
 
+    check_text_values(rows, columns, path)
     rows = [{k: str(v) if isinstance(v, (int, float)) else v for k, v in r.items()} for r in rows]
     keys = list(dict.fromkeys(k for r in rows for k in r))
     try:
@@ -149,7 +194,25 @@ def _load_table(path: Path, kind: str):
 def is_hub_id(source: str) -> bool:
     """True for a Hub dataset id ("owner/name"): not the bundled sample, not a local file or folder."""
     path = Path(source).expanduser()
-    return source != SAMPLE_DATASET and not path.exists() and path.suffix.lower() not in LOCAL_SUFFIXES
+    return (source != SAMPLE_DATASET and not path.exists() and path.suffix.lower() not in LOCAL_SUFFIXES
+            and not looks_local(source))
+
+
+def looks_local(source: str) -> bool:
+    """A path no Hub id can be: absolute, relative to . or ~, more than one "/", or a Windows path."""
+    s = source.strip()
+    return (s.startswith(("/", "./", "../", "~", ".\\", "..\\")) or s in (".", "..") or s.count("/") > 1
+            or "\\" in s or (len(s) > 1 and s[1] == ":"))
+
+
+def _missing_path(source: str) -> str:
+    """Where a local path that does not exist stops existing: the deepest folder of it that exists."""
+    path = Path(source).expanduser().absolute()
+    parent = next((p for p in path.parents if p.is_dir()), None)
+    there = (f"{parent} exists but holds no {path.relative_to(parent).parts[0]!r}" if parent is not None
+             else "no part of it exists")
+    return (f"{source}: no such file or folder ({there}); point data.source at an existing .jsonl/.json/.csv/"
+            ".parquet file or saved datasets folder (a Hub dataset id is owner/name)")
 
 
 def load_rows(source: str, *, config_name: str | None = None, split: str = "train", lenient: bool = False,
@@ -164,13 +227,14 @@ def load_rows(source: str, *, config_name: str | None = None, split: str = "trai
 
         rows, origin = load_rows("FreedomIntelligence/medical-o1-reasoning-SFT", config_name="en")
     """
-    ds, origin = _load(source, config_name, split, lenient, report)
+    ds, origin = _load(source, config_name, split, lenient, report, columns)
     if columns is not None:
         check_columns(ds.column_names, columns, origin)
     return ds, origin
 
 
-def _load(source: str, config_name: str | None, split: str, lenient: bool, report: Report | None):
+def _load(source: str, config_name: str | None, split: str, lenient: bool, report: Report | None,
+          columns: tuple[str, ...] | None = COLUMNS):
     import datasets
 
     if source == SAMPLE_DATASET:
@@ -202,10 +266,16 @@ def _load(source: str, config_name: str | None, split: str, lenient: bool, repor
             raise DataError(f"{path}: unsupported file type; use one of {LOCAL_SUFFIXES}")
         if not rows:
             raise DataError(f"{path}: holds no rows" + (f" ({', '.join(report.lines()[1:])})" if report else ""))
-        return _to_dataset(rows, path), str(path)
+        return _to_dataset(rows, path, columns), str(path)
+    if looks_local(source):
+        raise DataError(_missing_path(source))
     try:
         ds = datasets.load_dataset(source, config_name, split=split)
     except Exception as e:
+        first = Path(source.split("/", 1)[0]).expanduser()
+        if first.is_dir():  # "data/rows": a local folder's missing file more likely than a Hub dataset
+            raise DataError(_missing_path(source) + f"; as a Hub dataset id it did not load either "
+                            f"({type(e).__name__}: {str(e)[:200]})") from None
         raise DataError(
             f"{source}: could not load from the Hub ({type(e).__name__}: {str(e)[:300]}). "
             "Offline? Use a local file or folder, or the CPU profile's bundled sample."
@@ -357,7 +427,7 @@ def select_rows(ds, *, train_rows: int, eval_rows: int, columns: tuple[str, str,
         fix = (f"lower data.train_rows to at most {len(rows) - 1} to keep some for it, or set data.eval_rows=0 "
                "to train without a held-out split" if len(rows) >= 2 else
                "set data.eval_rows=0 to train without a held-out split, or fix the data" if rows else
-               "fix the data: every row was dropped (see the counts above)")
+               "fix the data: every row was dropped (" + ("; ".join(report.lines()[1:]) or "none usable") + ")")
         raise DataError(
             f"{origin}: {usable}, but data.train_rows={train_rows} leaves none for the held-out split "
             f"(data.eval_rows={eval_rows}); {fix}"

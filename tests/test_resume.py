@@ -148,6 +148,8 @@ def _fake_checkpoint(ckpt_dir: Path, step: int, state: str | None = None, adapte
     p.mkdir(parents=True)
     if adapter:
         (p / "adapter_model.safetensors").write_bytes(b"weights")
+    for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth"):  # what a resume reads besides the adapter
+        (p / name).write_bytes(b"state")
     (p / "trainer_state.json").write_text(state if state is not None else json.dumps({"global_step": step}))
     return p
 

@@ -116,30 +116,66 @@ def clean_notebook_copy(src: Path, dest: Path) -> None:
     nbformat.write(nb, dest)
 
 
-# A W&B API key's shape, where it is written down as one: assigned to a W&B key name or passed to
-# wandb.login, as 40 hex characters (or a newer, longer key), whatever this process knows of its value.
+# A W&B API key's shape, where it is written down as one, whatever this process knows of its value: 40 hex
+# characters next to any W&B-like name (`wandb_token = "..."`, `{"wandb": "..."}`, `WANDB_KEY=...`), a newer,
+# longer key assigned to a W&B key/token/secret name, or a key passed to wandb.login.
+_WANDB_NAME = rb"(?:wandb|w(?:&|and)b)"
+_SEP = rb"(?:\W{1,12}|\s*:\s*[\w.\[\]|]{1,24}\s*=\W{1,6})"  # `= "`, `": "`, or a type annotation `: str = "`
 WANDB_KEY_PATTERN = re.compile(
-    rb"""(?i)(?:wandb[\w.-]*key|wandb\.login\([^)]{0,40}key)\W{0,12}([0-9a-f]{40}|[A-Za-z0-9_-]{40,120})""")
+    rb"(?i)(?:" + _WANDB_NAME + rb"[\w.-]*|wandb\.login\([^)]{0,40}key)" + _SEP + rb"([0-9a-f]{40})(?![0-9a-z_-])"
+    rb"|(?:" + _WANDB_NAME + rb"[\w.-]*(?:key|token|secret)|wandb\.login\([^)]{0,40}key)" + _SEP
+    + rb"([A-Za-z0-9_-]{40,120})")
 
 
-def _secret_values(environ: Mapping[str, str], repo: Path | None = None) -> list[bytes]:
-    """The secrets' values in this process and in the `.env` files the notebooks read (from `repo`)."""
+def _netrc_passwords(path: Path) -> list[str]:
+    """The passwords (API keys) a .netrc file holds: `wandb login` writes the W&B key there, not to the environment."""
+    try:
+        words = path.read_text(encoding="utf-8", errors="replace").split()
+    except OSError:
+        return []
+    return [words[i + 1] for i, w in enumerate(words[:-1]) if w == "password"]
+
+
+def _wandb_settings_values(path: Path) -> list[str]:
+    """Values in the W&B settings file (`[default]` key = value lines) long enough to be a key."""
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return []
+    return [v.strip() for line in lines if "=" in line for v in [line.split("=", 1)[1]] if len(v.strip()) >= 32]
+
+
+def _stored_logins(environ: Mapping[str, str], home: Path | None = None) -> list[str]:
+    """Keys a user logged in without the environment keeps on disk: ~/.netrc (or $NETRC) and the W&B settings file
+    ($WANDB_CONFIG_DIR/settings, ~/.config/wandb/settings)."""
+    home = Path(home or environ.get("HOME") or Path.home())
+    netrc = Path(environ.get("NETRC") or home / ".netrc")
+    config_dir = Path(environ.get("WANDB_CONFIG_DIR") or home / ".config" / "wandb")
+    return _netrc_passwords(netrc) + _wandb_settings_values(config_dir / "settings")
+
+
+def _secret_values(environ: Mapping[str, str], repo: Path | None = None, home: Path | None = None) -> list[bytes]:
+    """The secrets' values in this process, in the `.env` files the notebooks read (from `repo`), and in the logins
+    kept on disk (~/.netrc, the W&B settings file)."""
     from r1helpers.core.secrets import SECRETS, _dotenv_values, dotenv_files
 
     names = [alias for aliases in SECRETS.values() for alias in aliases] + list(KAGGLE_SECRETS)
     dotenv = _dotenv_values(dotenv_files(repo)) if repo is not None else {}
-    found = [environ.get(n, "") for n in names] + [dotenv.get(n, "") for n in names]
+    found = [environ.get(n, "") for n in names] + [dotenv.get(n, "") for n in names] + _stored_logins(environ, home)
     return [v.encode() for v in dict.fromkeys(found) if len(v) >= 8]
 
 
-def leaked_secrets(folder: Path, environ: Mapping[str, str] = os.environ, repo: Path | None = None) -> list[str]:
+def leaked_secrets(folder: Path, environ: Mapping[str, str] = os.environ, repo: Path | None = None,
+                   home: Path | None = None) -> list[str]:
     """Files under `folder`, and files inside its wheels, holding a secret: named, the secret never shown.
 
     A secret is the value of HF_TOKEN, WANDB_API_KEY (and their aliases), KAGGLE_KEY or
     KAGGLE_API_TOKEN in this process or in the `.env` files beside `repo` (what the notebooks
-    read), anything shaped like a Hugging Face token, or a W&B key written down as one.
+    read), a password in ~/.netrc or a key in the W&B settings file (`wandb login` keeps it there; `home`:
+    where to look, default $HOME), anything shaped like a Hugging Face token, or a W&B key's shape next to a
+    W&B-like name.
     """
-    values = _secret_values(environ, repo)
+    values = _secret_values(environ, repo, home)
     hits = []
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         rel = str(path.relative_to(folder))

@@ -222,6 +222,12 @@ class Run:
     @classmethod
     def open(cls, root: str | os.PathLike, overwrite: bool = False) -> "Run":
         run = cls(Path(root).expanduser().resolve(), overwrite)
+        blocking = next((p for p in (run.root, *run.root.parents) if p.exists()), None)
+        if blocking is not None and not blocking.is_dir():
+            raise config_mod.ConfigError(
+                f"run_dir: {blocking} is a file, not a folder, so the run folder {run.root} cannot be made there. "
+                "Pass --run-dir (run_dir in the parameters) a folder path, new or existing, or move that file away."
+            )
         run.root.mkdir(parents=True, exist_ok=True)
         for folder in (run.root, *(p for p in run.root.iterdir() if p.is_dir() and not p.name.startswith("."))):
             restore_moved_aside(folder)
@@ -254,7 +260,19 @@ class Run:
         path = self.manifest_path(stage)
         if not path.is_file():
             return None
-        return json.loads(path.read_text())
+        try:
+            manifest = json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise RunFolderConflict(
+                f"{path} is not a readable manifest ({type(e).__name__}: {str(e)[:120]}; cut short or edited), so "
+                f"the {stage} outputs beside it cannot be checked against the settings they were made with. Delete "
+                f"that file to let the stage rebuild its outputs (or restore it from a copy of the run folder), then "
+                "run the same command again."
+            ) from None
+        if not isinstance(manifest, dict):
+            raise RunFolderConflict(f"{path} holds {type(manifest).__name__}, not a manifest object; delete that file "
+                                    "to let the stage rebuild its outputs, then run the same command again.")
+        return manifest
 
     def is_current(self, cfg: Config, stage: str) -> bool:
         """True when the stage finished with the same settings as `cfg` and its outputs are all there
@@ -377,7 +395,30 @@ class Run:
             **extra,
         }
         write_json_atomic(self.manifest_path(stage), manifest)
+        if int(os.environ.get("RANK") or 0) == 0:
+            self.record_config(cfg, stage)
         return manifest
+
+    def record_config(self, cfg: Config, stage: str) -> None:
+        """config.yaml describes what the folder holds: when `stage` has made its outputs, the sections they
+        depend on (STAGE_SECTIONS) take cfg's values and the rest stay as the stages that made them left them.
+        A run that was refused or failed changes nothing (r1helpers.start writes it only into a folder without one).
+        """
+        import yaml
+
+        try:
+            current = yaml.safe_load(self.config_path.read_text(encoding="utf-8"))
+            new = cfg.to_dict()
+            for key in STAGE_SECTIONS[stage]:
+                section, _, leaf = key.partition(".")
+                if leaf:
+                    current.setdefault(section, {})[leaf] = new[section][leaf]
+                else:
+                    current[section] = new[section]
+            merged = config_mod.dump(config_mod.from_dict(current))
+        except Exception:  # none yet, or unreadable: this stage's settings are the best description
+            merged = config_mod.dump(cfg)
+        write_text_atomic(self.config_path, merged)
 
 
 _LOCKS: dict[str, Any] = {}

@@ -175,10 +175,35 @@ def load_finetuned(adapter_dir: str | Path, *, name: str, max_seq_length: int, l
     """The base model (same keyword arguments as `load_base`) plus a saved LoRA adapter, for inference."""
     from peft import PeftModel
 
+    check_adapter_files(adapter_dir)  # before the base model loads: a cut-off file is named, not a reader's error
     base = load_base(name, max_seq_length=max_seq_length, load_in_4bit=load_in_4bit, dtype=dtype, backend=backend,
                      revision=revision, pad_token=pad_token)
     model = PeftModel.from_pretrained(base.model, str(adapter_dir))
     return Loaded(model, base.tokenizer, base.backend)
+
+
+def check_adapter_files(adapter_dir: str | Path) -> None:
+    """A saved adapter's weights must be whole: a file cut short (a full disk, a copy interrupted) is refused with
+    its path and the way to train it again, instead of safetensors' "incomplete metadata"."""
+    adapter_dir = Path(adapter_dir)
+    retrain = (f"Delete {adapter_dir} and run stage 03 again (it trains the adapter again, resuming from the last "
+               "complete checkpoint in train/checkpoints), then this stage.")
+    weights = sorted(adapter_dir.glob("adapter_model.*"))
+    if not weights or not (adapter_dir / "adapter_config.json").is_file():
+        raise ModelError(f"{adapter_dir}: no adapter_model.safetensors or adapter_config.json, so it is not a saved "
+                         f"LoRA adapter. {retrain}")
+    for file in weights:
+        if file.suffix != ".safetensors":
+            continue
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(file), framework="pt") as f:
+                for key in f.keys():
+                    f.get_slice(key)
+        except Exception as e:
+            raise ModelError(f"{file} is damaged ({type(e).__name__}: {' '.join(str(e).split())[:160]}): the "
+                             f"saved adapter was cut short or altered. {retrain}") from None
 
 
 def adapter_to_dtype(model, dtype: str) -> int:

@@ -21,6 +21,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from r1helpers.core.config import SMOLLM2_MODEL, TINY_MODEL
+from r1helpers.modeling.tokens import ModelError
 
 
 def resolve_model_path(name: str) -> str:
@@ -50,12 +51,23 @@ def model_dims(name: str, revision: str | None = None) -> SimpleNamespace:
     if Path(path).is_dir():
         file = Path(path) / "config.json"
         if not file.is_file():
-            raise FileNotFoundError(f"model.name: {path} has no config.json; point model.name at a transformers "
-                                    "model folder (one saved with save_pretrained) or a Hub model id")
+            raise ModelError(f"model.name: {path} has no config.json; point model.name at a transformers "
+                             "model folder (one saved with save_pretrained) or a Hub model id")
     else:
-        from huggingface_hub import hf_hub_download
+        from huggingface_hub import constants, hf_hub_download
 
-        file = Path(hf_hub_download(path, "config.json", revision=revision))
+        try:
+            file = Path(hf_hub_download(path, "config.json", revision=revision))
+        except Exception as e:  # LocalEntryNotFoundError offline, RepositoryNotFoundError, HTTP errors
+            offline = constants.HF_HUB_OFFLINE or type(e).__name__ == "LocalEntryNotFoundError"
+            raise ModelError(
+                f"model.name={name!r}: its config.json is " + (
+                    f"not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and the Hub cannot be asked "
+                    "(offline, HF_HUB_OFFLINE=1 or no network)" if offline else
+                    f"not on the Hub ({type(e).__name__}: {' '.join(str(e).split())[:200]})")
+                + ". Download the model once while online (`hf download " + name + "`), point model.name at a "
+                "local model folder, or use the CPU profile (--profile cpu), which runs offline."
+            ) from None
     fields = json.loads(file.read_text())
     if "num_hidden_layers" not in fields and isinstance(fields.get("text_config"), dict):
         fields = fields["text_config"]

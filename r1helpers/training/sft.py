@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from r1helpers.training.plan import MAX_MICRO_BATCH, token_budget_env
 
@@ -134,25 +134,57 @@ def wandb_reachable(timeout: float = 3.0) -> bool:
     return True
 
 
-def _complete(checkpoint: Path) -> bool:
-    """The trainer writes trainer_state.json last (after adapter, optimizer, scheduler and RNG
-    states), so a kill mid-save leaves it missing or cut short."""
+# What a resume reads besides the adapter and trainer_state.json: without the optimizer's moments, the
+# scheduler's position or the RNG states the resumed run silently diverges from an uninterrupted one.
+RESUME_STATE = ("optimizer.pt", "scheduler.pt", "rng_state*.pth")
+
+
+def checkpoint_problem(checkpoint: Path) -> str | None:
+    """Why `checkpoint` cannot be resumed from exactly, or None when it is complete.
+
+    The trainer writes trainer_state.json last (after adapter, optimizer, scheduler and RNG states), so a kill
+    mid-save leaves it missing or cut short; a file lost afterwards (a partial copy, a cleaned-up output folder)
+    is named by what is missing."""
+    checkpoint = Path(checkpoint)
     try:
         state = json.loads((checkpoint / "trainer_state.json").read_text())
     except (OSError, ValueError):
-        return False
+        return "trainer_state.json missing or cut short"
     step = checkpoint.name.rsplit("-", 1)[-1]
-    return str(state.get("global_step")) == step and any(checkpoint.glob("adapter_model.*"))
+    if not isinstance(state, dict) or str(state.get("global_step")) != step:
+        return f"trainer_state.json is not step {step}'s"
+    missing = [pattern for pattern in ("adapter_model.*", *RESUME_STATE)
+               if not any(f.is_file() and f.stat().st_size > 0 for f in checkpoint.glob(pattern))]
+    if missing:
+        return "no " + ", ".join(m.replace("*", "") for m in missing)
+    return None
 
 
-def latest_checkpoint(ckpt_dir: Path) -> Path | None:
-    """The newest checkpoint that was fully written."""
+def _complete(checkpoint: Path) -> bool:
+    return checkpoint_problem(checkpoint) is None
+
+
+def latest_checkpoint(ckpt_dir: Path, say: Callable[[str], None] | None = None) -> Path | None:
+    """The newest checkpoint that was fully written. `say` gets one line naming each newer checkpoint that is
+    incomplete (and what it lacks), and which one is resumed from instead."""
     ckpt_dir = Path(ckpt_dir)
     if not ckpt_dir.is_dir():
         return None
-    done = [(int(p.name.rsplit("-", 1)[-1]), p) for p in ckpt_dir.glob("checkpoint-*")
-            if p.name.rsplit("-", 1)[-1].isdigit() and _complete(p)]
-    return max(done)[1] if done else None
+    found = sorted(((int(p.name.rsplit("-", 1)[-1]), p) for p in ckpt_dir.glob("checkpoint-*")
+                    if p.name.rsplit("-", 1)[-1].isdigit()), reverse=True)
+    skipped = []
+    for _, p in found:
+        problem = checkpoint_problem(p)
+        if problem is None:
+            if skipped and say:
+                say(f"train: not resuming from {'; '.join(skipped)}, so resuming from the previous complete "
+                    f"checkpoint, {p.name}, instead")
+            return p
+        skipped.append(f"{p.name} (incomplete: {problem})")
+    if skipped and say:
+        say(f"train: not resuming from {'; '.join(skipped)}: no complete checkpoint is left, so training starts "
+            "from step 0")
+    return None
 
 
 def last_value(log_history: list[dict[str, Any]], key: str) -> float | None:

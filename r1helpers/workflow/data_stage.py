@@ -44,8 +44,13 @@ def build(cfg: Config, tokenizer) -> tuple[Any, dict[str, Any]]:
     held = tokenize_rows(eval_rows, tokenizer, max_seq_length=max_len, overlong=d.overlong, split="eval",
                          report=report)
     if not train:
-        raise DataError(f"{origin}: no training rows left after the checks: {report.lines()}")
-    dd = datasets.DatasetDict({"train": datasets.Dataset.from_list(train), "eval": datasets.Dataset.from_list(held)})
+        raise DataError(f"{origin}: no training rows left after the checks ({'; '.join(report.lines())})"
+                        + length_advice(all_lengths["train"], max_len, d.overlong))
+    train_ds = datasets.Dataset.from_list(train)
+    # No held-out rows (data.eval_rows=0): an empty split with the training columns, so `source_row` and the
+    # rest exist and every later stage sees zero held-out rows rather than a table without columns.
+    held_ds = datasets.Dataset.from_list(held) if held else train_ds.select([])
+    dd = datasets.DatasetDict({"train": train_ds, "eval": held_ds})
     stats = {
         "report": report.lines(),
         "counts": {"train": len(train), "eval": len(held)},
@@ -59,6 +64,23 @@ def build(cfg: Config, tokenizer) -> tuple[Any, dict[str, Any]]:
     return dd, stats
 
 
+def length_advice(lengths: list[int], max_len: int, overlong: str = "drop") -> str:
+    """What keeps the rows that model.max_seq_length drops: the longest row's length, and the values that keep all
+    of them or all but the longest tenth. Empty when no row is over the limit."""
+    over = sorted(n for n in lengths if n > max_len)
+    if not over:
+        return ""
+    s = sorted(lengths)
+    k = max(1, len(s) // 10)
+    keep_most = s[-k - 1] if len(s) > k else None
+    most = (f" or {keep_most} (keeps all but the {k} longest)" if keep_most and keep_most > max_len
+            and keep_most < s[-1] else "")
+    return (f". {len(over)} of the {len(s)} training rows are longer than model.max_seq_length={max_len} tokens "
+            f"(data.overlong={overlong}); the longest is {s[-1]} tokens. Raise model.max_seq_length to {s[-1]} (keeps "
+            f"all {len(s)} rows){most}, e.g. --set model.max_seq_length={s[-1]}, or set data.overlong=truncate to "
+            "keep them cut short.")
+
+
 def prepare(cfg: Config, run: Run, tokenizer=None, force: bool = False) -> Prepared:
     """The run folder's prepared splits when made with these settings, else rebuilt (stage 02).
 
@@ -67,7 +89,7 @@ def prepare(cfg: Config, run: Run, tokenizer=None, force: bool = False) -> Prepa
     import datasets
 
     def load() -> Prepared:
-        dd = datasets.load_from_disk(str(run.path("dataset")))
+        dd = load_splits(run.path("dataset"))
         return Prepared(dd["train"], dd["eval"], read_json(run.path("data_stats")), run.stage_dir("data"))
 
     def make() -> Prepared:
@@ -79,6 +101,20 @@ def prepare(cfg: Config, run: Run, tokenizer=None, force: bool = False) -> Prepa
         return Prepared(dd["train"], dd["eval"], stats, run.stage_dir("data"))
 
     return run.reuse_or_build(cfg, "data", make, load, force=force, say=print0)
+
+
+def load_splits(path: Path):
+    """The DatasetDict saved by stage 02. `datasets.load_from_disk` cannot read back a split of zero rows (it
+    writes no data file for it), so such a split is rebuilt empty with the training split's columns."""
+    import datasets
+
+    path = Path(path)
+    splits = read_json(path / "dataset_dict.json")["splits"]
+    empty = [s for s in splits if not read_json(path / s / "state.json").get("_data_files")]
+    loaded = {s: datasets.Dataset.load_from_disk(str(path / s)) for s in splits if s not in empty}
+    if empty and "train" in loaded:
+        loaded.update({s: loaded["train"].select([]) for s in empty})
+    return datasets.DatasetDict({s: loaded[s] for s in splits})
 
 
 def eval_questions(prepared: Prepared, n: int) -> list[dict[str, str]]:

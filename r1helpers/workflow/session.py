@@ -35,8 +35,51 @@ RUN_RECORD = "run.json"  # the profile and model a run folder was made for, reso
 
 
 def recorded_run(root: Path) -> dict[str, Any] | None:
+    """The profile and model the run folder was made for: its run.json, or, where that is missing, what the
+    finished stages' manifests say (their model, and the recipe that uses it), so a run with another profile
+    is refused rather than recorded; None for a folder with neither."""
     path = Path(root) / RUN_RECORD
-    return read_json(path) if path.is_file() else None
+    if path.is_file():
+        try:
+            record = read_json(path)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ConfigError(
+                f"{path} is not readable JSON ({type(e).__name__}: {str(e)[:120]}), so the profile and model this run "
+                f"folder was made for are unknown. Delete {path}: the next run records them again from the "
+                "finished stages' manifests."
+            ) from None
+        if isinstance(record, dict) and {"profile", "model"} <= set(record):
+            return record
+        raise ConfigError(f"{path} lacks the profile and model of the run folder; delete it: the next run records "
+                          "them again from the finished stages' manifests.")
+    return derived_run(Path(root))
+
+
+def derived_run(root: Path) -> dict[str, Any] | None:
+    """The run record read from the finished stages' manifests (run.json missing); None when none finished."""
+    import json
+
+    from r1helpers.core.runs import STAGE_SECTIONS
+
+    models = {}
+    for stage in STAGE_SECTIONS:
+        manifest = root / stage / "manifest.json"
+        try:
+            settings = json.loads(manifest.read_text(encoding="utf-8")).get("settings", {})
+        except (OSError, ValueError, AttributeError):
+            continue
+        model = settings.get("model.name") or (settings.get("model") or {}).get("name")
+        if model:
+            models[stage] = model
+    if not models:
+        return None
+    model = next(iter(models.values()))
+    if len(set(models.values())) > 1:
+        raise ConfigError(f"{root}: {RUN_RECORD} is missing and the finished stages were made with different models "
+                          f"({models}); use another run folder (--run-dir), or pass --overwrite.")
+    recipes = [p for p in config_mod.profiles() if config_mod.load_config(p).model.name == model]
+    return {"profile": recipes[0] if len(recipes) == 1 else None, "model": model,
+            "why": f"{RUN_RECORD} was missing: read from the finished stages' manifests ({', '.join(models)})"}
 
 
 def resolve_profile(profile: str, recorded: dict[str, Any] | None) -> tuple[str, str]:
@@ -47,8 +90,8 @@ def resolve_profile(profile: str, recorded: dict[str, Any] | None) -> tuple[str,
     """
     if profile != "auto":
         return profile, f"profile={profile} requested"
-    if recorded:
-        return recorded["profile"], f"recorded in {RUN_RECORD} when this run folder was made ({recorded['why']})"
+    if recorded and recorded.get("profile"):
+        return recorded["profile"], f"recorded in {RUN_RECORD} when this run folder was made ({recorded.get('why')})"
     return config_mod.auto_profile()  # looked up at call time: tests and notebooks may replace it
 
 
@@ -56,7 +99,7 @@ def check_same_run(cfg: Config, recorded: dict[str, Any] | None, root: Path, ove
     """A run folder belongs to one profile and model; another is refused with the reason and two ways on."""
     if not recorded or overwrite:
         return
-    if recorded["profile"] != cfg.profile or recorded["model"] != cfg.model.name:
+    if recorded["profile"] not in (None, cfg.profile) or recorded["model"] != cfg.model.name:
         raise ConfigError(
             f"run_dir: {root} was made for profile {recorded['profile']!r} with model {recorded['model']!r}, "
             f"not profile {cfg.profile!r} with model {cfg.model.name!r}. Use another run folder for this run "
@@ -114,10 +157,15 @@ def start(
     cfg = load_config(chosen, parse_overrides(overrides), config_file)
     check_same_run(cfg, recorded, root, overwrite)
     run = Run.open(root, overwrite=overwrite)
-    if recorded is None or overwrite:
+    if recorded is None or overwrite or not (run.root / RUN_RECORD).is_file():
+        # A folder whose run.json was lost gets it back from its outputs' manifests (checked above), never
+        # from the profile of whichever run opens it next.
         write_json_atomic(run.root / RUN_RECORD, {"profile": cfg.profile, "model": cfg.model.name, "why": why,
                                                   "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-    run.save_config(cfg)
+    if overwrite or not run.config_path.is_file():
+        # Otherwise config.yaml is saved when a stage finishes (Run.write_manifest): a run refused or failed
+        # later leaves it describing the folder's outputs.
+        run.save_config(cfg)
     if secrets:
         from r1helpers.core.secrets import load_secrets
 

@@ -63,7 +63,7 @@ def _checkpoint_dir(cfg: Config, run: Run, resume: bool) -> tuple[Path, Path | N
         write_text_atomic(stamp, fp + "\n")
         write_json_atomic(recorded, stage_settings(cfg, "train"))
     barrier()
-    return ckpt, latest_checkpoint(ckpt) if resume else None
+    return ckpt, latest_checkpoint(ckpt, say=print0) if resume else None
 
 
 @dataclass
