@@ -86,7 +86,6 @@ def prepare(cfg: Config, run: Run, tokenizer=None, force: bool = False) -> Prepa
 
     `tokenizer`: the model's, when already loaded (else it is loaded from cfg.model.name).
     """
-    import datasets
 
     def load() -> Prepared:
         dd = load_splits(run.path("dataset"))
