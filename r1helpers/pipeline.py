@@ -154,6 +154,9 @@ def kernel_manager_logging_to(log: Path):
 def _stop_kernels() -> None:
     """Kill the kernels this process started (each leads its own session, so Ctrl-C did not reach it), with
     whatever they started (a DataLoader's workers, torchrun's processes)."""
+    # nbclient's cell task, left pending by the interrupt, ends in DeadKernelError once the kernel is gone; asyncio
+    # would print its traceback ("Task exception was never retrieved") as the process exits.
+    logging.getLogger("asyncio").disabled = True
     while _KERNELS:
         km = _KERNELS.pop()
         process = getattr(getattr(km, "provisioner", None), "process", None)
