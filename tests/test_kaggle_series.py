@@ -79,6 +79,8 @@ class Recorder(BaseHTTPRequestHandler):
             return self._json({"token": f"blob-{n}", "createUrl": f"{base}/upload/{n}"})
         if self.path.startswith("/api/v1/"):
             return self._json({})
+        if self.path == "/api/validate-yaml":  # the model card's metadata
+            return self._json({"errors": [], "warnings": []})
         if self.path == "/api/repos/create":
             return self._json({"url": f"{base}/{body.get('organization', 'alice')}/{body.get('name')}",
                                "name": body.get("name")})
@@ -254,8 +256,10 @@ def test_kernel_b_continues_kernel_a_without_training(tmp_path, server):
     Kaggle Model (both recorded by the local server)."""
     srv, calls = server
     env_a = kaggle_env(tmp_path, "A")
+    small = ["--set", "train.eval_steps=0", "--set", "infer.num_eval_questions=3", "--set", "compare.nll_rows=4",
+             "--set", "compare.mcq_rows=4"]  # kept small for a CPU; they travel to B with the run's config
     a = subprocess.run([PY, "-m", "r1helpers.pipeline", "--profile", "cpu", "--stages", "03",
-                        "--set", "train.max_steps=7"], cwd=tmp_path, env=env_a, capture_output=True, text=True,
+                        "--set", "train.max_steps=7", *small], cwd=tmp_path, env=env_a, capture_output=True, text=True,
                        timeout=1500)
     assert a.returncode == 0, a.stdout[-3000:] + a.stderr[-3000:]
     run_a = tmp_path / "A" / "working" / "runs" / "default"
