@@ -89,7 +89,8 @@ class Recorder(BaseHTTPRequestHandler):
             return self._json({"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False}
                                          for f in body.get("files", [])]})
         if self.path.endswith("/commit/main"):
-            return self._json({"commitUrl": f"{base}/commit", "commitOid": "0" * 40})
+            repo = self.path.split("/api/models/")[1].split("/commit")[0]
+            return self._json({"commitUrl": f"{base}/{repo}/commit/{'0' * 40}", "commitOid": "0" * 40})
         self._json({"error": "not found"}, 404)
 
 
