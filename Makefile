@@ -61,11 +61,15 @@ bench: setup
 bench-series: setup
 	$(PY) tools/bench_series.py --out $(RUN_DIR)-series.json $(ARGS)
 
-# build/kaggle/: the r1helpers dataset and one kernel folder per notebook (each asking for a T4); pushed
-# with the kaggle CLI (2.2.5+) when credentials are set, else it prints what it would push.
-# ARGS="--run 03" runs stages there.
-kaggle: setup
-	$(PY) tools/kaggle_push.py push --out build/kaggle $(ARGS)
+# build/kaggle/: the r1helpers dataset (the wheel, notebooks inside), one kernel folder per notebook (each
+# asking for a T4, each continuing the previous one) and one kernel for the whole series; pushed with the kaggle
+# CLI (2.2.5+) when credentials are set, else it prints what it would push. ARGS="--run 03" runs stages there.
+# Needs no torch and no .venv: a throwaway venv with the build tool (setuptools) and pyyaml, made in seconds.
+KAGGLE_VENV ?= build/.kaggle-venv
+kaggle:
+	@test -x $(KAGGLE_VENV)/bin/python || $(PYTHON) -m venv $(KAGGLE_VENV)
+	@$(KAGGLE_VENV)/bin/python -m pip --quiet --disable-pip-version-check install "setuptools>=77" pyyaml packaging $(QUIET)
+	$(KAGGLE_VENV)/bin/python tools/kaggle_push.py push --out build/kaggle $(ARGS)
 
 clean:
 	rm -rf runs .pytest_cache

@@ -3,21 +3,28 @@
     python -m r1helpers.pipeline                       # all six, profile auto
     python -m r1helpers.pipeline --profile cpu --set train.max_steps=8 --stages 02,03
 
+The console gets one progress bar per stage (its cells) and the stage's result line;
+each cell's printed lines and the kernel's own messages go to the stage's log,
+`<run_dir>/notebooks/NN_name.kernel.log` (`--verbose` prints the cell lines too).
 Executed notebooks land in `<run_dir>/notebooks/`; a notebook that fails is kept
-there as `*.failed.ipynb` next to the last good one, which it never replaces. Each
-kernel's own messages (not its cells' output, which is in the notebook) go to
-`*.kernel.log` beside it.
+there as `*.failed.ipynb` next to the last good one, which it never replaces.
+Installed from a wheel built by `make kaggle`, it runs the notebooks shipped inside
+the package (`r1helpers/notebooks/`); in a checkout, the repository's notebooks/.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import signal
+import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Mapping
 
-from r1helpers.core.config import ConfigError, load_config
+from r1helpers.core.config import ConfigError
 from r1helpers.workflow.cli import config_arguments, parse_sets
 
 NOTEBOOKS = {
@@ -35,13 +42,48 @@ def repo_root() -> Path:
 
 
 def notebooks_dir() -> Path:
+    """The notebooks to run: those shipped inside the installed package (a wheel built by `make kaggle`),
+    else this checkout's notebooks/."""
+    packaged = Path(__file__).resolve().parent / "notebooks"
+    if (packaged / NOTEBOOKS["00"]).is_file():
+        return packaged
     return repo_root() / "notebooks"
-
-
 
 
 class StageFailed(RuntimeError):
     """A notebook stopped; the message is one paragraph: what, where, what to do."""
+
+
+class Interrupted(RuntimeError):
+    """Ctrl-C: the message is one line saying how to resume."""
+
+
+def _tracked(folder: Path) -> list[str]:
+    """Files git tracks under `folder` (none when it is not in a git work tree, or git is missing)."""
+    if not folder.is_dir():
+        return []
+    try:
+        proc = subprocess.run(["git", "-C", str(folder), "ls-files", "-z"], capture_output=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [f for f in proc.stdout.decode(errors="replace").split("\0") if f] if proc.returncode == 0 else []
+
+
+def unsafe_run_dir(root: Path, sources: Path | None = None) -> str | None:
+    """Why `root` must not be a run folder: its notebooks/ is the one being run, or it holds files git tracks
+    (the run writes notebooks/, config.yaml, data/, train/... into it). None when it is safe."""
+    sources = (sources or notebooks_dir()).resolve()
+    fix = (" Use a run folder of its own, such as --run-dir runs/default (git ignores runs/); nothing was "
+           "written.")
+    if (root / "notebooks").resolve() == sources:
+        return (f"--run-dir {root}: the executed notebooks would be written over the notebooks being run "
+                f"({sources}), since a run folder keeps them in its notebooks/.{fix}")
+    tracked = _tracked(root)
+    if tracked:
+        shown = ", ".join(tracked[:3]) + (f" and {len(tracked) - 3} more" if len(tracked) > 3 else "")
+        return (f"--run-dir {root}: this folder holds files git tracks ({shown}), which the run's outputs "
+                f"(notebooks/, config.yaml, data/, train/, ...) could overwrite.{fix}")
+    return None
 
 
 # The project's own errors already say what to do: their message is the paragraph.
@@ -91,6 +133,9 @@ def _keep_failed(partial: Path, failed: Path) -> Path | None:
     return failed
 
 
+_KERNELS: list[Any] = []  # the kernel managers this process started: Ctrl-C stops their kernels
+
+
 def kernel_manager_logging_to(log: Path):
     """A kernel manager whose kernel writes its own stderr (ipykernel's start-up warnings, a C library's
     message as it exits) to `log`, not over the pipeline's console: cells' output still goes to the notebook."""
@@ -101,8 +146,87 @@ def kernel_manager_logging_to(log: Path):
             with open(log, "ab") as fh:  # the kernel gets its own copy of the descriptor
                 kw.setdefault("stderr", fh)
                 await super().start_kernel(**kw)
+            _KERNELS.append(self)
 
     return KernelLoggingToFile
+
+
+def _stop_kernels() -> None:
+    """Kill the kernels this process started (each leads its own session, so Ctrl-C did not reach it), with
+    whatever they started (a DataLoader's workers, torchrun's processes)."""
+    # nbclient's cell task, left pending by the interrupt, ends in DeadKernelError once the kernel is gone; asyncio
+    # would print its traceback ("Task exception was never retrieved") as the process exits.
+    logging.getLogger("asyncio").disabled = True
+    while _KERNELS:
+        km = _KERNELS.pop()
+        process = getattr(getattr(km, "provisioner", None), "process", None)
+        pid = getattr(process, "pid", None)
+        if pid is None:
+            continue
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            continue
+        try:
+            process.wait(timeout=10)
+        except Exception:
+            pass
+
+
+def latest_checkpoint(run_root: Path) -> str | None:
+    steps = [int(p.name.split("-")[-1]) for p in (run_root / "train" / "checkpoints").glob("checkpoint-*")
+             if p.name.split("-")[-1].isdigit()]
+    return f"checkpoint-{max(steps)}" if steps else None
+
+
+def interrupted_line(stage: str, run_root: Path) -> str:
+    ckpt = latest_checkpoint(run_root) if stage == "03" else None
+    if ckpt:
+        return f"interrupted; run the same command again to resume from {ckpt}"
+    return f"interrupted in stage {stage}; run the same command again: finished stages are reused"
+
+
+@contextmanager
+def stage_log(log: Path, verbose: bool):
+    """papermill's per-cell lines go to the stage's log; with `verbose`, to the console as well."""
+    logger = logging.getLogger("papermill")
+    handler = logging.FileHandler(log, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    old = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = verbose
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+        logger.setLevel(old[0])
+        logger.propagate = old[1]
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    text = str(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def result_line(run_root: Path, stage: str, seconds: float) -> str:
+    """The stage's result line: its time and the first values of results/NN.json."""
+    import json
+
+    line = f"  {stage} done in {seconds:.1f} s"
+    try:
+        data = json.loads((run_root / "results" / f"{stage}.json").read_text())
+    except (OSError, ValueError):
+        return line
+    if isinstance(data, dict):
+        rows = data.get("rows", data) if isinstance(data.get("rows", data), dict) else data
+        items = [f"{k}={_short(v)}" for k, v in rows.items() if isinstance(v, (int, float, str, bool))][:4]
+        if items:
+            line += ": " + ", ".join(items)
+    return line
 
 
 def run_notebooks(
@@ -114,21 +238,34 @@ def run_notebooks(
     kernel_name: str | None = None,
     log_output: bool = True,
     overwrite: bool = False,
+    verbose: bool = False,
+    dry_run: bool = False,
 ) -> dict[str, float]:
-    """Execute the notebooks in order; returns seconds per stage. A stage that fails raises StageFailed."""
+    """Execute the notebooks in order; returns seconds per stage. A stage that fails raises StageFailed;
+    Ctrl-C raises Interrupted, with no kernel left running and no `*.running.ipynb` left behind."""
     import papermill as pm
     from nbclient.exceptions import DeadKernelError
 
     from r1helpers.core.kaggle_paths import resolve_run_dir
     from r1helpers.core.runs import Run, write_json_atomic
-    from r1helpers.workflow.session import check_same_run, recorded_run, resolve_profile
+    from r1helpers.workflow.session import (check_same_run, continue_attached_run, load_run_config, recorded_run,
+                                            resolve_profile)
 
     overrides = dict(overrides or {})
+    for stage in stages or []:
+        if stage not in NOTEBOOKS:
+            raise ConfigError(f"--stages: unknown stage {stage!r}; choose from {list(NOTEBOOKS)}")
     root = Path(resolve_run_dir(run_dir)).expanduser().resolve()
+    unsafe = unsafe_run_dir(root)
+    if unsafe:
+        raise ConfigError(unsafe)
+    continued = continue_attached_run(root)
+    if continued:
+        print(f"continuing the attached run {continued} in {root}", flush=True)
     recorded = recorded_run(root)
     # `auto` is resolved here, once: every notebook gets the same concrete profile.
     profile, why = resolve_profile(profile, recorded)
-    cfg = load_config(profile, overrides, config_file)  # fail before any kernel starts
+    cfg = load_run_config(profile, overrides, config_file, root)  # fail before any kernel starts
     check_same_run(cfg, recorded, root, overwrite)
     print(f"profile: {profile} ({why})", flush=True)
     # The kernels run in notebooks/: a relative --config must not be looked up there.
@@ -146,56 +283,76 @@ def run_notebooks(
     os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     timings: dict[str, float] = {}
     for stage in stages or list(NOTEBOOKS):
-        if stage not in NOTEBOOKS:
-            raise ConfigError(f"--stages: unknown stage {stage!r}; choose from {list(NOTEBOOKS)}")
         src = notebooks_dir() / NOTEBOOKS[stage]
         final = run.notebooks_dir / NOTEBOOKS[stage]
         partial = final.with_suffix(".running.ipynb")
         kernel_log = final.with_suffix(".kernel.log")
-        print(f"== {stage}: {src.name}", flush=True)
         t0 = time.perf_counter()
+        bar = {"desc": f"{stage} {Path(NOTEBOOKS[stage]).stem[3:]}", "leave": True, "file": sys.stdout,
+               "bar_format": "{desc:<28} {bar:20} {n_fmt}/{total_fmt} cells [{elapsed}]"}
         try:
-            pm.execute_notebook(
-                str(src), str(partial), parameters=params, cwd=str(notebooks_dir()), kernel_name=kernel_name,
-                log_output=log_output, progress_bar=False, kernel_manager_class=kernel_manager_logging_to(kernel_log),
-            )
+            with stage_log(kernel_log, verbose):
+                pm.execute_notebook(
+                    str(src), str(partial), parameters=params, cwd=str(notebooks_dir()), kernel_name=kernel_name,
+                    log_output=log_output, progress_bar=bar,
+                    kernel_manager_class=kernel_manager_logging_to(kernel_log),
+                )
         # A cell's error; a kernel that died; papermill unable to save the notebook (a full disk, a read-only folder).
         except (pm.PapermillExecutionError, DeadKernelError, OSError) as e:
             cell_error = isinstance(e, pm.PapermillExecutionError)
             ename, evalue = (e.ename, e.evalue) if cell_error else (type(e).__name__, str(e))
+            if ename == "KeyboardInterrupt":  # the kernel got the interrupt itself
+                _stop_kernels()
+                partial.unlink(missing_ok=True)
+                raise Interrupted(interrupted_line(stage, run.root)) from None
             kept = _keep_failed(partial, final.with_suffix(".failed.ipynb"))
             raise StageFailed(failure_paragraph(stage, ename, evalue, kept, kernel_log)) from None
+        except KeyboardInterrupt:
+            _stop_kernels()
+            partial.unlink(missing_ok=True)
+            raise Interrupted(interrupted_line(stage, run.root)) from None
+        finally:
+            _KERNELS.clear()
         os.replace(partial, final)
         timings[stage] = round(time.perf_counter() - t0, 1)
-        print(f"== {stage} done in {timings[stage]} s", flush=True)
+        print(result_line(run.root, stage, timings[stage]), flush=True)
+        if stage == "05":
+            from r1helpers.kaggle import keep_model
+
+            for line in keep_model(run.root, cfg.model.name, dry_run=dry_run or "adapter" not in cfg.export.push):
+                print(line, flush=True)
     write_json_atomic(run.root / "pipeline_timings.json", timings)
     return timings
 
 
 def main(argv: list[str] | None = None) -> int:
-    import logging
-
     p = config_arguments(__doc__)
     p.add_argument("--stages", default=None, help="comma-separated, e.g. 00,02,03 (default: all)")
     p.add_argument("--kernel", default=None, help="Jupyter kernel name (default: the notebook's)")
     p.add_argument("--overwrite", action="store_true",
                    help="let stages replace finished work made with other settings (moved aside, never deleted)")
-    p.add_argument("--quiet", action="store_true", help="print stage lines only, not each notebook's output")
+    p.add_argument("--verbose", action="store_true", help="print each cell's lines too (always in the stage's log)")
+    p.add_argument("--quiet", action="store_true", help="the default: a progress bar and a result line per stage")
+    p.add_argument("--dry-run", action="store_true",
+                   help="on Kaggle, keep the adapter in /kaggle/working only: no Kaggle Model upload")
     args = p.parse_args(argv)
-    # papermill streams each cell's output through its logger: without a handler it reaches no one.
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    logging.getLogger("papermill").setLevel(logging.WARNING if args.quiet else logging.INFO)
     try:
         overrides = parse_sets(args.set)  # text; config._coerce reads it by each field's type
         stages = args.stages.split(",") if args.stages else None
         timings = run_notebooks(args.run_dir, args.profile, overrides, args.config, stages, args.kernel,
-                                overwrite=args.overwrite)
+                                overwrite=args.overwrite, verbose=args.verbose, dry_run=args.dry_run)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except StageFailed as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except (Interrupted, KeyboardInterrupt) as e:
+        _stop_kernels()
+        print(str(e) if isinstance(e, Interrupted) else "interrupted; run the same command again: finished stages "
+              "are reused", file=sys.stderr, flush=True)
+        return 130
     except OSError as e:
         print(f"error: {failure_paragraph('setup', type(e).__name__, str(e), None)}", file=sys.stderr)
         return 1

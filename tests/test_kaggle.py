@@ -295,8 +295,8 @@ REQUIRED = {"id", "title", "code_file", "language", "kernel_type", "is_private",
 
 
 def test_kernel_metadata_files(built):
-    assert len(built.kernels) == len(NOTEBOOKS) == 6
-    for folder in built.kernels:
+    assert len(built.kernels) == len(NOTEBOOKS) + 1 == 7  # the six notebooks and the one-kernel series
+    for folder in built.kernels[:6]:
         meta = json.loads((folder / "kernel-metadata.json").read_text())
         assert REQUIRED <= set(meta)
         assert meta["machine_shape"] == "NvidiaTeslaT4", "enable_gpu alone got users a P100"
@@ -309,6 +309,26 @@ def test_kernel_metadata_files(built):
         nb = nbformat.read(folder / meta["code_file"], as_version=4)
         assert len(setup_calls(folder / meta["code_file"])) == 1 and not any(
             c.get("outputs") for c in nb.cells if c.cell_type == "code")
+
+
+def test_kernels_continue_each_other_00_to_05(built):
+    """Each kernel 01-05 lists the previous one in kernel_sources (its output, the run folder, is mounted under
+    /kaggle/input and continued); each notebook's first line says what to attach."""
+    metas = [json.loads((k / "kernel-metadata.json").read_text()) for k in built.kernels]
+    assert metas[0]["kernel_sources"] == []
+    for prev, meta in zip(metas[:5], metas[1:6]):
+        assert meta["kernel_sources"] == [prev["id"]]
+    assert [m["code_file"][:2] for m in metas[:6]] == ["00", "01", "02", "03", "04", "05"]
+    for k, meta in zip(built.kernels[1:6], metas[1:6]):
+        first = nbformat.read(k / meta["code_file"], as_version=4).cells[1].source.splitlines()[0]
+        assert first.startswith("# On Kaggle, attach the r1helpers dataset and the output of notebook "
+                                f"{int(meta['code_file'][:2]) - 1:02d}")
+    series = metas[6]
+    assert series["kernel_type"] == "script" and series["code_file"] == "r1_medical_series.py"
+    assert series["dataset_sources"] == ["alice/r1helpers"] and series["kernel_sources"] == []
+    text = (built.kernels[6] / "r1_medical_series.py").read_text()
+    assert '"-m", "r1helpers.pipeline"' in text and "r1helpers.setup()" in text
+    ast.parse(text)
 
 
 def test_machine_shape_default_and_retired_accelerators_refused(tmp_path, capsys):
@@ -346,9 +366,12 @@ def test_dataset_holds_the_wheel_the_first_cell_looks_for(built):
     # The first cell finds the wheel wherever Kaggle mounts the dataset under /kaggle/input.
     import fnmatch
 
-    pattern = 'glob.glob("/kaggle/input/**/r1helpers-*.whl", recursive=True)'
-    assert pattern in nbformat.read(NOTEBOOKS[0], as_version=4).cells[1].source
+    first = nbformat.read(NOTEBOOKS[0], as_version=4).cells[1].source
+    assert 'glob.glob(f"{inputs}/**/r1helpers-*.whl", recursive=True)' in first
+    assert 'os.path.join(os.environ.get("R1HELPERS_KAGGLE_ROOT") or "/kaggle", "input")' in first
     assert fnmatch.fnmatch(f"/kaggle/input/r1helpers/{wheel.name}", "/kaggle/input/*/r1helpers-*.whl")
+    # the notebooks travel inside the wheel: `python -m r1helpers.pipeline` finds them where it is installed
+    assert {f"r1helpers/notebooks/{p.name}" for p in NOTEBOOKS} <= set(names)
 
 
 def test_build_readme_documents_secrets(built):
@@ -374,7 +397,7 @@ def test_without_credentials_it_says_what_it_would_push(tmp_path, monkeypatch, c
     assert kaggle_push.main(["push", "--out", str(tmp_path / "b")]) == 0
     out = capsys.readouterr().out
     assert "would push" in out and "kaggle datasets version -p" in out
-    assert out.count("kaggle kernels push -p") == 6 and "YOUR_KAGGLE_USERNAME" in out
+    assert out.count("kaggle kernels push -p") == 7 and "YOUR_KAGGLE_USERNAME" in out
 
 
 def test_push_creates_the_dataset_then_saves_kernels(built, monkeypatch):
@@ -384,8 +407,8 @@ def test_push_creates_the_dataset_then_saves_kernels(built, monkeypatch):
     pushed = [c for c in run.calls if c[1] != "datasets" or c[2] != "status"]
     assert pushed[0][:3] == ["kaggle", "datasets", "create"]
     kernels = [c for c in pushed if c[1:3] == ["kernels", "push"]]
-    assert len(kernels) == 6
-    assert [("--no-run" in c) for c in kernels] == [True, True, True, False, True, True]
+    assert len(kernels) == 7
+    assert [("--no-run" in c) for c in kernels] == [True, True, True, False, True, True, True]
 
 
 def version_answer(text: str, code: int = 0):
@@ -516,10 +539,12 @@ def test_push_goes_through_the_real_kaggle_cli(built, kaggle_cli):
         assert request.new_title == meta["title"] and request.language == "python"
         assert request.enable_gpu and request.enable_internet and request.is_private and not request.enable_tpu
         assert request.dataset_data_sources == ["alice/r1helpers"]
-        assert not json.loads(request.text)["cells"][1].get("outputs")
+        assert request.kernel_data_sources == meta["kernel_sources"], "the previous kernel's output is attached"
+        if meta["kernel_type"] == "notebook":
+            assert not json.loads(request.text)["cells"][1].get("outputs")
     assert {r.machine_shape for r in server.kernels} == {"NvidiaTeslaT4"} and "retired" not in server.log
     quick = [getattr(r.kernel_execution_type, "name", None) == "QUICK_SAVE" for r in server.kernels]
-    assert quick == [True, True, True, False, True, True], "--no-run except the stages asked to run"
+    assert quick == [True, True, True, False, True, True, True], "--no-run except the stages asked to run"
     assert "does not resolve to the specified id" not in server.log, "titles give the ids' slugs"
     kaggle_push.push(built, run=run)
     assert server.datasets == {"alice/r1helpers": "versioned"}, "a later push adds a version"

@@ -23,13 +23,26 @@ SOURCES = Path(__file__).resolve().parent / "notebooks"
 
 # On Kaggle: the attached r1helpers dataset's wheel, then `setup()` installs the pins of
 # pyproject.toml that the image lacks (next to its own torch). Elsewhere it installs nothing.
+# Its first line says what the notebook expects attached on Kaggle (ATTACH); a pipeline run
+# (R1HELPERS_HEADLESS=1) already has r1helpers installed and installs no wheel.
 FIRST_CELL = '''\
+# {attach}
 import glob, importlib.util, os, subprocess, sys  # make r1helpers importable, then set up (installs only on Kaggle)
+inputs = os.environ.get("R1HELPERS_KAGGLE_INPUT") or os.path.join(os.environ.get("R1HELPERS_KAGGLE_ROOT") or "/kaggle", "input")
 if os.path.isfile("../r1helpers/__init__.py"): sys.path.insert(0, os.path.abspath(".."))  # this repository's checkout
-elif wheels := sorted(glob.glob("/kaggle/input/**/r1helpers-*.whl", recursive=True)): subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", wheels[-1]], check=True)
+elif os.environ.get("R1HELPERS_HEADLESS") != "1" and (wheels := sorted(glob.glob(f"{{inputs}}/**/r1helpers-*.whl", recursive=True))): subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", wheels[-1]], check=True)
 elif importlib.util.find_spec("r1helpers") is None: raise ModuleNotFoundError("r1helpers not found: on Kaggle, add the r1helpers dataset that `make kaggle` builds (Add Input > Your Work); elsewhere, `pip install -e .` in the repository")
 import r1helpers
 r1helpers.setup()  # on Kaggle: one GPU, caches on /kaggle/tmp, the pinned packages the image lacks; elsewhere nothing'''
+
+ATTACH_FIRST = "On Kaggle, attach the r1helpers dataset (`make kaggle` builds it): this notebook starts the run folder."
+ATTACH = ("On Kaggle, attach the r1helpers dataset and the output of notebook {prev} (its kernel: kernel_sources, or "
+          "Add Input > Your Work): its run folder is continued here, with its settings, and what is current reused.")
+
+
+def first_cell(stage: str) -> str:
+    attach = ATTACH_FIRST if stage == "00" else ATTACH.format(prev=f"{int(stage) - 1:02d}")
+    return FIRST_CELL.format(attach=attach)
 
 
 PARAMETERS = '''\
@@ -65,7 +78,7 @@ def build(name: str, cells: list[tuple[str, str]] | None = None):
     nb.metadata["language_info"] = {"name": "python"}
     params = new_code_cell(PARAMETERS)
     params.metadata["tags"] = ["parameters"]
-    nb.cells = [new_markdown_cell(intro), new_code_cell(FIRST_CELL), params, new_code_cell(START.format(stage=name[:2]))]
+    nb.cells = [new_markdown_cell(intro), new_code_cell(first_cell(name[:2])), params, new_code_cell(START.format(stage=name[:2]))]
     nb.cells += [new_markdown_cell(src) if kind == "md" else new_code_cell(src) for kind, src in body]
     nb.nbformat_minor = 4  # no random cell ids: rebuilding gives the same file
     for c in nb.cells:

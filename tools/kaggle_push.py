@@ -6,10 +6,17 @@
 
 r1helpers reaches Kaggle as a wheel in a private dataset (`<user>/r1helpers`) that
 every kernel lists in `dataset_sources`: a utility script holds one file, and the
-package is several modules and data files. What is built may be pushed, so the
-notebooks are copied without outputs and a build holding a secret is deleted.
-Every kernel asks for a T4 (`machine_shape`); `enable_gpu` alone could give a P100.
-Pushing needs the kaggle CLI 2.2.5 or newer (`kernels push --no-run`).
+package is several modules and data files. The wheel carries the six notebooks too
+(`r1helpers/notebooks/`), so `python -m r1helpers.pipeline` runs them where it is installed.
+Kernels 01-05 each list the previous one in `kernel_sources`: its output (the run
+folder) is mounted under /kaggle/input and continued. One more kernel, `r1-medical-series`,
+runs all six headless in one session. What is built may be pushed, so the notebooks
+are copied without outputs and a build holding a secret is deleted. Every kernel asks
+for a T4 (`machine_shape`); `enable_gpu` alone could give a P100. Pushing needs the
+kaggle CLI 2.2.5 or newer (`kernels push --no-run`).
+
+This tool needs neither torch nor the project's .venv: `make kaggle` runs it in a small
+throwaway venv (pyyaml, packaging, setuptools) and builds the wheel with `pip wheel --no-deps`.
 """
 
 from __future__ import annotations
@@ -29,9 +36,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+# Run as a script from the checkout: its r1helpers, with no install needed (nor torch: nothing here imports it).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from r1helpers.core.kaggle_paths import WORKING_LIMIT_GB
-from r1helpers.kaggle import (DATASET_SLUG, HF_TOKEN_PATTERN, KAGGLE_SECRETS, PLACEHOLDER_USER, SECRETS_HELP,
+from r1helpers.core.kaggle_paths import WORKING_LIMIT_GB  # noqa: E402
+from r1helpers.kaggle import (DATASET_SLUG, HF_TOKEN_PATTERN, KAGGLE_SECRETS, PLACEHOLDER_USER, SECRETS_HELP,  # noqa: E402
                               Runner)
 
 # kernel-metadata.json's `machine_shape` (what `kaggle kernels push --accelerator` overrides). The kaggle CLI
@@ -47,27 +56,38 @@ def slugify(title: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")
 
 
+SERIES_FILE = "r1_medical_series.py"
+
+
 def kernel_title(notebook: str) -> str:
+    if notebook == SERIES_FILE:
+        return "R1 medical series"
     return "R1 medical " + Path(notebook).stem.replace("_", " ")
 
 
-def kernel_metadata(notebook: str, username: str, accelerator: str | None = DEFAULT_ACCELERATOR) -> dict[str, Any]:
-    """One notebook's kernel-metadata.json: private, a T4 and internet on, the r1helpers dataset attached
+def kernel_id(notebook: str, username: str) -> str:
+    return f"{username}/{slugify(kernel_title(notebook))}"
+
+
+def kernel_metadata(notebook: str, username: str, accelerator: str | None = DEFAULT_ACCELERATOR,
+                    previous: str | None = None) -> dict[str, Any]:
+    """One notebook's kernel-metadata.json: private, a T4 and internet on, the r1helpers dataset attached, and the
+    previous notebook's kernel (`previous`) as a kernel source, whose run folder this one continues
     (`accelerator` None or "": no machine_shape, and Kaggle picks the GPU)."""
     title = kernel_title(notebook)
     meta: dict[str, Any] = {
-        "id": f"{username}/{slugify(title)}",
+        "id": kernel_id(notebook, username),
         "title": title,
         "code_file": notebook,
         "language": "python",
-        "kernel_type": "notebook",
+        "kernel_type": "script" if notebook.endswith(".py") else "notebook",
         "is_private": True,
         "enable_gpu": True,
         "enable_tpu": False,
         "enable_internet": True,  # pip installs the pins; the model and data come from the Hub
         "dataset_sources": [f"{username}/{DATASET_SLUG}"],
         "competition_sources": [],
-        "kernel_sources": [],
+        "kernel_sources": [kernel_id(previous, username)] if previous else [],
         "model_sources": [],
     }
     if accelerator:
@@ -85,16 +105,25 @@ def dataset_metadata(username: str) -> dict[str, Any]:
 
 
 def build_wheel(repo: Path, dest: Path) -> Path:
-    """Build the r1helpers wheel from a clean copy, offline, so the checkout gains no build/ or egg-info."""
+    """Build the r1helpers wheel from a clean copy, offline, so the checkout gains no build/ or egg-info. The
+    notebooks, without outputs, go into the package (`r1helpers/notebooks/`, package data in pyproject.toml)."""
+    from r1helpers.pipeline import NOTEBOOKS
+
     dest.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "src"
         shutil.copytree(repo / "r1helpers", src / "r1helpers", ignore=shutil.ignore_patterns("__pycache__"))
+        (src / "r1helpers" / "notebooks").mkdir(exist_ok=True)
+        for notebook in NOTEBOOKS.values():
+            clean_notebook_copy(repo / "notebooks" / notebook, src / "r1helpers" / "notebooks" / notebook)
         for name in ("pyproject.toml", "README.md"):
             shutil.copy2(repo / name, src / name)
         cmd = [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "--no-index",
-               "--wheel-dir", str(dest), str(src)]
-        subprocess.run(cmd, check=True, capture_output=True, text=True)
+               "--disable-pip-version-check", "--wheel-dir", str(dest), str(src)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"building the r1helpers wheel failed (needs setuptools>=77 beside {sys.executable}; "
+                               f"`make kaggle` installs it in build/.kaggle-venv):\n{proc.stderr[-1500:]}")
     wheels = sorted(dest.glob("r1helpers-*.whl"))
     if not wheels:
         raise RuntimeError(f"no r1helpers wheel in {dest}")
@@ -106,14 +135,35 @@ def _write_json(path: Path, data: Any) -> None:
 
 
 def clean_notebook_copy(src: Path, dest: Path) -> None:
-    """Copy a notebook without outputs: one saved after a local run must not ship what it printed."""
-    import nbformat
+    """Copy a notebook without outputs: one saved after a local run must not ship what it printed (plain JSON:
+    no nbformat needed)."""
+    nb = json.loads(Path(src).read_text(encoding="utf-8"))
+    for cell in nb.get("cells", []):
+        if cell.get("cell_type") == "code":
+            cell["outputs"], cell["execution_count"] = [], None
+    Path(dest).write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
 
-    nb = nbformat.read(src, as_version=4)
-    for cell in nb.cells:
-        if cell.cell_type == "code":
-            cell.outputs, cell.execution_count = [], None
-    nbformat.write(nb, dest)
+
+# The code of the one kernel that runs the whole series: install the attached wheel, set up like a notebook's first
+# cell, then run the six notebooks shipped in the wheel with papermill (`python -m r1helpers.pipeline`).
+SERIES_SCRIPT = '''"""R1 medical series: notebooks 00-05 in one Kaggle session, headless (papermill), from the r1helpers wheel.
+
+Attach the r1helpers dataset (`make kaggle` builds it). The run folder is /kaggle/working/runs/default; each
+executed notebook and its log land in its notebooks/, the adapter, results and report beside them.
+"""
+import glob, os, subprocess, sys
+
+ARGS = ["--profile", "auto"]  # e.g. add "--set", "train.max_steps=30"; see `python -m r1helpers.pipeline --help`
+
+inputs = os.environ.get("R1HELPERS_KAGGLE_INPUT") or os.path.join(os.environ.get("R1HELPERS_KAGGLE_ROOT") or "/kaggle", "input")
+wheels = sorted(glob.glob(os.path.join(inputs, "**", "r1helpers-*.whl"), recursive=True))
+if wheels:
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--force-reinstall", wheels[-1]], check=True)
+import r1helpers  # noqa: E402
+
+r1helpers.setup()  # on Kaggle: one GPU, caches on /kaggle/tmp, the pinned packages the image lacks
+sys.exit(subprocess.call([sys.executable, "-m", "r1helpers.pipeline", *ARGS, *sys.argv[1:]]))
+'''
 
 
 # A W&B API key's shape, where it is written down as one, whatever this process knows of its value: 40 hex
@@ -214,13 +264,21 @@ def build(out: Path, username: str | None, repo: Path | None = None,
     build_wheel(repo, dataset)
     _write_json(dataset / "dataset-metadata.json", dataset_metadata(user))
     kernels, metas = [], []
+    previous = None
     for notebook in NOTEBOOKS.values():
         folder = out / slugify(Path(notebook).stem)
         folder.mkdir()
         clean_notebook_copy(repo / "notebooks" / notebook, folder / notebook)
-        metas.append(kernel_metadata(notebook, user, accelerator))
+        metas.append(kernel_metadata(notebook, user, accelerator, previous))
         _write_json(folder / "kernel-metadata.json", metas[-1])
         kernels.append(folder)
+        previous = notebook
+    folder = out / slugify(kernel_title(SERIES_FILE))
+    folder.mkdir()
+    (folder / SERIES_FILE).write_text(SERIES_SCRIPT)
+    metas.append(kernel_metadata(SERIES_FILE, user, accelerator))
+    _write_json(folder / "kernel-metadata.json", metas[-1])
+    kernels.append(folder)
     (out / "README.md").write_text(readme(user, kernels, metas))
     leaks = leaked_secrets(out, repo=repo)
     if leaks:  # nothing of it may stay on disk, where a later push or a copy would take it along
@@ -244,6 +302,19 @@ Built by `make kaggle` (`python tools/kaggle_push.py build|push`); rebuild rathe
 Each kernel is private, with GPU and internet on: the first cell installs the pinned packages with
 pip, and the model and data come from the Hugging Face Hub.
 
+## The order to run them
+
+Kernels 01-05 each list the previous kernel in `kernel_sources`: Kaggle mounts its output read-only
+under `/kaggle/input/<its slug>/`, and `r1helpers.start()` copies the run folder found there into
+`/kaggle/working/runs/default` and continues it: what is current is reused (no retraining), and the
+settings recorded there (`config.yaml`) are where this kernel starts, so an override given once holds
+downstream. Run 00, 01, ... 05 in that order, each after the previous one's version has finished
+("Save Version" > "Save & Run All"). Attached by hand instead (Add Input > Your Work > the previous
+notebook), it works the same.
+
+`r1-medical-series/` is one kernel that runs all six headless (papermill) in one session, from the
+notebooks inside the wheel: simplest when its 12-hour limit is enough.
+
 ## Pushing
 
 `make kaggle` pushes with the official `kaggle` tool when credentials are set (`~/.kaggle/kaggle.json`,
@@ -251,12 +322,20 @@ pip, and the model and data come from the Hugging Face Hub.
 without running (`--no-run`), so no GPU time is spent until you open one. Add `ARGS="--run 03"` to
 also run stages on Kaggle. Without credentials it only prints these commands.
 
+Without the kaggle CLI: `kagglehub.dataset_upload("{username}/{DATASET_SLUG}", "r1helpers-dataset")`
+uploads the dataset, or on kaggle.com: Datasets > New Dataset with the `.whl` file; then for each
+kernel, Code > New Notebook > File > Import Notebook with its `.ipynb`, and attach the dataset and the
+previous notebook's output (Add Input > Your Work).
+
 ## Secrets
 
 In the Kaggle editor, Add-ons > Secrets: add these and switch them on for each notebook (once;
 later versions keep them). Both are optional:
 
 {secrets}
+
+The tutorial's `wandb` label for the W&B key is read too. To keep the adapter as a private Kaggle Model
+after stage 05, also add `KAGGLE_USERNAME` and `KAGGLE_KEY`.
 
 They go into the process environment only, never into an output or a saved file. The notebooks here
 carry no outputs, and `make kaggle` deletes a build that holds a secret (or an `hf_...` token) instead
@@ -333,7 +412,7 @@ def push_plan(b: Build, run_stages: Sequence[str] = ()) -> list[tuple[str, list[
     ds = f"{b.username}/{DATASET_SLUG}"
     plan = [(f"dataset {ds}: new version (created instead if it does not exist yet)",
              ["datasets", "version", "-p", str(b.dataset), "-m", "r1helpers from make kaggle", "--quiet"])]
-    for (stage, _), folder in zip(NOTEBOOKS.items(), b.kernels):
+    for stage, folder in zip([*NOTEBOOKS, "series"], b.kernels):
         runs = stage in run_stages
         cmd = ["kernels", "push", "-p", str(folder)] + ([] if runs else ["--no-run"])
         plan.append((f"kernel {folder.name}: {'save and run on Kaggle' if runs else 'save without running'}", cmd))
@@ -374,13 +453,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--username", default=None, help="Kaggle username (default: from the credentials)")
     p.add_argument("--accelerator", default=DEFAULT_ACCELERATOR,
                    help=f"machine_shape for every kernel (default {DEFAULT_ACCELERATOR}: GPU T4 x2; '' for none)")
-    p.add_argument("--run", default="", help="stages to run on Kaggle after pushing, e.g. 00,03 (default: none)")
+    p.add_argument("--run", default="", help="stages to run on Kaggle after pushing, e.g. 00,03, or series (the "
+                   "one kernel that runs all six; default: none)")
     args = p.parse_args(argv)
     from r1helpers.pipeline import NOTEBOOKS
 
     stages = [s for s in args.run.split(",") if s]
-    if set(stages) - set(NOTEBOOKS):
-        print(f"--run: unknown stages {sorted(set(stages) - set(NOTEBOOKS))}; choose from {list(NOTEBOOKS)}",
+    if set(stages) - {*NOTEBOOKS, "series"}:
+        print(f"--run: unknown stages {sorted(set(stages) - set(NOTEBOOKS))}; choose from {[*NOTEBOOKS, 'series']}",
               file=sys.stderr)
         return 2
     if args.accelerator in RETIRED_ACCELERATORS:
@@ -403,7 +483,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {what}\n    $ kaggle {shlex.join(cmd)}")
         return 0
     if shutil.which(kaggle_cli()[0]) is None:
-        print("the kaggle command-line tool is missing: pip install 'r1helpers[kaggle]'", file=sys.stderr)
+        print(f"the kaggle command-line tool is missing: `{shlex.quote(sys.executable)} -m pip install "
+              f"'kaggle>={'.'.join(map(str, MIN_KAGGLE_CLI))}'`, or push without it: upload "
+              f"{b.dataset} with kagglehub.dataset_upload('{b.username}/{DATASET_SLUG}', ...) and each kernel "
+              "folder's notebook on kaggle.com (see its README.md)", file=sys.stderr)
         return 2
     problem = kaggle_cli_problem()
     if problem:

@@ -108,6 +108,47 @@ def check_same_run(cfg: Config, recorded: dict[str, Any] | None, root: Path, ove
         )
 
 
+def continue_attached_run(root: Path, environ: Mapping[str, str] = os.environ) -> Path | None:
+    """On Kaggle, a run folder not yet begun here continues the run folder found in what is attached (the previous
+    notebook's kernel output, mounted read-only under /kaggle/input): it is copied into `root` (in /kaggle/working),
+    where every stage reuses what is current. Returns the folder continued, or None."""
+    import shutil
+
+    from r1helpers.core.kaggle_paths import attached_runs, on_kaggle
+
+    root = Path(root)
+    if not on_kaggle(environ) or (root / RUN_RECORD).is_file():
+        return None
+    found = attached_runs(environ)
+    if not found:
+        return None
+    src = found[0]
+    skip = shutil.ignore_patterns("*.lock", "*.running.ipynb", "__pycache__")
+    shutil.copytree(src, root, ignore=skip, copy_function=shutil.copyfile, dirs_exist_ok=True)
+    for folder in (root, *(p for p in root.rglob("*") if p.is_dir())):  # copystat kept the mount's read-only bits
+        folder.chmod(folder.stat().st_mode | 0o700)
+    record = read_json(root / RUN_RECORD)
+    write_json_atomic(root / RUN_RECORD, {**record, "continued_from": str(src)})
+    return src
+
+
+def load_run_config(profile: str, overrides: Mapping[str, Any], config_file: str | None, root: Path) -> Config:
+    """The config for a run folder. A run continued from an attached one starts from that run's recorded
+    config.yaml, so an override given in an earlier kernel holds here too; then config_file, then overrides."""
+    recorded = recorded_run(root)
+    cfg_path = Path(root) / "config.yaml"
+    if not (recorded and recorded.get("continued_from") and cfg_path.is_file()):
+        return load_config(profile, overrides, config_file)
+    import yaml
+
+    base = yaml.safe_load(cfg_path.read_text()) or {}
+    base.pop("profile", None)
+    cfg = config_mod.apply_overrides(load_config(profile, {}, None), base)
+    if config_file:
+        cfg = config_mod.apply_overrides(cfg, config_mod._read_yaml(Path(config_file), "config_file"))
+    return config_mod.apply_overrides(cfg, overrides)
+
+
 # Which notebooks load a model through Unsloth (importing it takes ~45 s on the H200, BENCHMARKS.md): setup checks
 # that it imports, training trains through it, data preparation and export never use it, and the two generation
 # notebooks only when their generation path is Unsloth's (a T4; `infer.path=auto` takes the static 16-bit path
@@ -152,9 +193,10 @@ def start(
     from r1helpers.core.kaggle_paths import resolve_run_dir
 
     root = Path(resolve_run_dir(run_dir)).expanduser().resolve()
+    continued = continue_attached_run(root)
     recorded = recorded_run(root)
     chosen, why = resolve_profile(profile, recorded)
-    cfg = load_config(chosen, parse_overrides(overrides), config_file)
+    cfg = load_run_config(chosen, parse_overrides(overrides), config_file, root)
     check_same_run(cfg, recorded, root, overwrite)
     run = Run.open(root, overwrite=overwrite)
     if recorded is None or overwrite or not (run.root / RUN_RECORD).is_file():
@@ -185,7 +227,7 @@ def start(
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if not quiet:
         b = env["backend"]
-        print(f"run folder: {run.root}")
+        print(f"run folder: {run.root}" + (f" (continuing the attached run {continued})" if continued else ""))
         print(f"profile: {cfg.profile} ({why})")
         print(f"backend: {b['name']} ({b['reason']}); dtype {b['dtype']}; 4-bit {b['load_in_4bit']}")
         for note in env["notes"]:
