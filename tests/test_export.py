@@ -160,7 +160,8 @@ def test_merged_16bit_model_gives_base_plus_adapter_logits_with_plain_transforme
 
 @pytest.mark.slow
 def test_merge_is_one_rounding_of_base_plus_lora_in_16_bit(exported, base_dir):
-    """Base weights from the 16-bit checkpoint plus scale * B @ A, rounded once: no 4-bit round trip."""
+    """Base weights from the 16-bit checkpoint plus scale * B @ A (taken in float64, then float32), rounded once to
+    16-bit: no 4-bit round trip."""
     import torch
     from safetensors.torch import load_file
 
@@ -175,7 +176,7 @@ def test_merge_is_one_rounding_of_base_plus_lora_in_16_bit(exported, base_dir):
             continue
         b = lora[key.replace(".lora_A.", ".lora_B.")]
         name = key.split(".lora_A.")[0].removeprefix("base_model.model.") + ".weight"
-        expected = (base[name].float() + scale * (b.float() @ a.float())).to(torch.float16)
+        expected = (base[name].float() + ((b.double() @ a.double()) * scale).float()).to(torch.float16)
         assert merged[name].dtype == torch.float16 and torch.equal(merged[name], expected), name
         checked += 1
     assert checked == len(acfg["target_modules"]) * 2  # two layers in the tiny model
