@@ -451,6 +451,18 @@ PUBLISHED = [
 ]
 
 
+# Which published set a source is (the Hub id before any ":config" or "@split").
+PUBLISHED_SETS = {"GBaker/MedQA-USMLE-4-options": "MedQA", "openlifescienceai/medmcqa": "MedMCQA",
+                  "qiaojin/PubMedQA": "PubMedQA"}
+
+
+def published_figures(source: str | None) -> list[dict[str, Any]]:
+    """The figures of `PUBLISHED` for the set `source` is (none for a local file or another set), each with
+    the words to print beside it: "as reported by <source>, not reproduced here"."""
+    key = PUBLISHED_SETS.get(str(source or "").partition("@")[0].partition(":")[0])
+    return [{**p, "note": f"as reported by {p['source']}, not reproduced here"} for p in PUBLISHED if p["set"] == key]
+
+
 def protocol_question(row: dict[str, Any]) -> str:
     """The authors' prompt for one row: the instruction, the question, then "A. text" per option line."""
     options = "\n".join(f"{k}. {v}" for k, v in row["options"].items())
@@ -595,10 +607,10 @@ def grade_protocol(generated: str, row: dict[str, Any]) -> dict[str, Any]:
 
 
 def protocol_comparison(rows: Sequence[dict[str, Any]], base: Sequence[dict[str, Any]], tuned: Sequence[dict[str, Any]],
-                        set_name: str | None = None, decoding: dict[str, Any] | None = None) -> dict[str, Any]:
+                        source: str | None = None, decoding: dict[str, Any] | None = None) -> dict[str, Any]:
     """Accuracy before and after under the authors' protocol, read by their lenient matcher and by the strict
     parser (`accuracy_summary` of each, unparseable counts beside both: the lenient matcher's "empty" answers and
-    its "most_similar" guesses), with the published figures for this set cited as reported."""
+    its "most_similar" guesses), with the published figures for the set `source` is, cited as reported."""
     rows = list(rows)
     if not (len(rows) == len(base) == len(tuned)) or any(not (r["id"] == b["id"] == t["id"])
                                                          for r, b, t in zip(rows, base, tuned)):
@@ -623,10 +635,39 @@ def protocol_comparison(rows: Sequence[dict[str, Any]], base: Sequence[dict[str,
         lenient[side]["matched_by"] = {rule: col(s, "lenient_rule").count(rule) for rule in MATCH_RULES}
     strict = accuracy_summary(col("base", "strict_correct"), col("tuned", "strict_correct"),
                               sum(col("base", "strict_unparsed")), sum(col("tuned", "strict_unparsed")))
-    published = [p for p in PUBLISHED if set_name and p["set"].lower() in set_name.lower()]
     return {"n": len(items), "protocol": {**PROTOCOL, **(decoding or {})},
             "wrapped_in": sorted({rec.get("wrapped_in") for rec in base if rec.get("wrapped_in")}),
             "scorings": {"lenient": {"label": "HuatuoGPT-o1's lenient matcher (answer is X, a bare letter, the option "
                                               "text, else the most similar option)", **lenient},
                          "strict": {"label": "this project's strict parser (letter stated after </think>)", **strict}},
-            "published": published, "items": items}
+            "published": published_figures(source), "items": items}
+
+
+# ---- further sets, scored by option likelihood ----------------------------------------------------
+
+def set_name(source: str | None) -> str:
+    """A set's display name: KNOWN_SETS's for a known Hub id, else the source as given."""
+    from r1helpers.evaluate.questions import KNOWN_SETS
+
+    return KNOWN_SETS.get(str(source).partition("@")[0].partition(":")[0], {}).get("name") or str(source)
+
+
+def more_set_result(source: str, rows: Sequence[dict[str, Any]] | None, answers: dict[str, list] | None,
+                    contamination: dict[str, Any] | None = None, note: str | None = None) -> dict[str, Any]:
+    """One further set's likelihood accuracy before and after (`accuracy_summary`, under "likelihood"; None
+    when the set did not load or has no questions), its contamination check, the estimated T4 minutes of its
+    scoring, the published figures for it (cited, not reproduced) and per question the gold and both picks."""
+    from r1helpers.evaluate.budget import likelihood_minutes
+
+    out: dict[str, Any] = {"source": source, "name": set_name(source), "n": 0, "likelihood": None,
+                           "contamination": contamination, "note": note, "published": published_figures(source),
+                           "t4_minutes_estimated": None, "items": []}
+    if not rows:
+        return out
+    cmp = mcq_comparison(rows, answers["base"], answers["tuned"])
+    t4 = likelihood_minutes(source, cmp["n"])
+    out.update(n=cmp["n"], likelihood=cmp["scorings"]["likelihood"],
+               t4_minutes_estimated=None if t4 is None else round(t4, 1),
+               items=[{"id": it["id"], "gold": it["gold"], "base": it["base"]["likelihood_letter"],
+                       "tuned": it["tuned"]["likelihood_letter"]} for it in cmp["items"]])
+    return out
