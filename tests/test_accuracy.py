@@ -514,3 +514,184 @@ def test_attach_generations_joins_by_id_and_refuses_other_questions():
     assert "generated" not in answers[0], "the answers passed in are not changed"
     with pytest.raises(ValueError, match="other questions"):
         acc.attach_generations(answers, made[::-1])
+
+
+# ---- MedMCQA and PubMedQA schemas (small files written here, never copied from the sets) -----------
+
+def test_load_medmcqa_schema(tmp_path):
+    rows = [{"id": "m1", "question": "Which vitamin deficiency causes scurvy?", "opa": "Vitamin A", "opb": "Vitamin C",
+             "opc": "Vitamin D", "opd": "Vitamin K", "cop": 1, "choice_type": "single", "subject_name": "Medicine"},
+            {"id": "m2", "question": "Drug of choice in anaphylaxis?", "opa": "Adrenaline", "opb": "Atropine",
+             "opc": "Dopamine", "opd": "Digoxin", "cop": 0}]
+    path = tmp_path / "medmcqa.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    got = acc.load_mcq_rows(path)
+    assert got[0] == {"id": "m1", "question": "Which vitamin deficiency causes scurvy?",
+                      "options": {"A": "Vitamin A", "B": "Vitamin C", "C": "Vitamin D", "D": "Vitamin K"},
+                      "answer_idx": "B", "answer": "Vitamin C"}
+    assert got[1]["answer_idx"] == "A" and got[1]["answer"] == "Adrenaline"
+    path.write_text(json.dumps({**rows[0], "cop": -1}))
+    with pytest.raises(ValueError, match=r"row 1.*'cop'.*validation"):
+        acc.load_mcq_rows(path)
+
+
+def test_load_pubmedqa_schema(tmp_path):
+    row = {"pubid": 123, "question": "Does early mobilisation shorten hospital stay?",
+           "context": {"contexts": ["Patients were randomised.", "Stay was 2 days shorter."], "labels": ["M", "R"]},
+           "long_answer": "Yes.", "final_decision": "yes"}
+    path = tmp_path / "pubmedqa.json"
+    path.write_text(json.dumps([row, {**row, "pubid": 124, "final_decision": "Maybe"}]))
+    got = acc.load_mcq_rows(path)
+    assert got[0]["options"] == {"A": "yes", "B": "no", "C": "maybe"} and got[0]["answer_idx"] == "A"
+    assert got[0]["id"] == "123" and got[1]["answer_idx"] == "C"
+    assert got[0]["question"] == ("Context: Patients were randomised.\nStay was 2 days shorter.\n"
+                                  "Question: Does early mobilisation shorten hospital stay?")
+    path.write_text(json.dumps([{**row, "final_decision": "unclear"}]))
+    with pytest.raises(ValueError, match="final_decision"):
+        acc.load_mcq_rows(path)
+
+
+def test_parse_source_names_config_and_split():
+    from r1helpers.evaluate.questions import parse_source
+
+    assert parse_source("qiaojin/PubMedQA", None) == ("qiaojin/PubMedQA", "pqa_labeled", "train")
+    assert parse_source("openlifescienceai/medmcqa@validation", "test") == ("openlifescienceai/medmcqa", None, "validation")
+    assert parse_source("openlifescienceai/medmcqa", None) == ("openlifescienceai/medmcqa", None, "validation")
+    assert parse_source("a/b:cfg@dev") == ("a/b", "cfg", "dev")
+    assert parse_source("GBaker/MedQA-USMLE-4-options", "test") == ("GBaker/MedQA-USMLE-4-options", None, "test")
+
+
+# ---- contamination --------------------------------------------------------------------------------
+
+TRAIN_Q = ("A 45-year-old man presents with crushing substernal chest pain radiating to the left arm for two hours, "
+           "with diaphoresis and nausea. What is the most likely diagnosis?")
+
+
+def test_planted_duplicate_is_dropped_and_counted():
+    from r1helpers.evaluate import contamination
+
+    planted = {"id": "dup", "question": "Vignette:  " + TRAIN_Q[10:90].upper().replace(" ", "\n ", 3) + " Which drug?",
+               "options": {"A": "x", "B": "y"}, "answer_idx": "A", "answer": "x"}
+    near = {"id": "near", "question": TRAIN_Q[:63] + " then something else entirely happens to the patient",
+            "options": {"A": "x", "B": "y"}, "answer_idx": "A", "answer": "x"}
+    clean = {"id": "clean", "question": "A 3-year-old girl has a barking cough and inspiratory stridor at night.",
+             "options": {"A": "x", "B": "y"}, "answer_idx": "A", "answer": "x"}
+    kept, record = contamination.drop_contaminated([clean, planted, near], ["unrelated question", TRAIN_Q])
+    assert [r["id"] for r in kept] == ["clean", "near"], "80 shared characters drop it, 63 do not"
+    assert record["excluded"] == 1 and record["checked"] == 3 and record["kept"] == 2
+    assert record["items"][0]["id"] == "dup" and record["items"][0]["train_row"] == 1
+    assert record["items"][0]["shared_chars"] >= 64
+    exact = {**near, "id": "exact64", "question": "zz " + TRAIN_Q[20:84] + " qq"}
+    assert [h["id"] for h in contamination.contaminated([exact], [TRAIN_Q])] == ["exact64"]
+
+
+def test_contamination_index_finds_spans_at_every_offset():
+    from r1helpers.evaluate.contamination import SpanIndex
+
+    import random
+
+    rng = random.Random(0)
+    train = "".join(rng.choice("abcdefgh ") for _ in range(2000))
+    index = SpanIndex([train], span=64)
+    for start in rng.sample(range(0, len(train) - 70), 40):
+        piece = train[start : start + 64]
+        if " ".join(piece.split()) != piece:  # normalisation would change it; the check is on normalised text
+            continue
+        assert index.shared_span("#" + piece + "#") is not None
+    other = "".join(rng.choice("ijklmnop") for _ in range(500))
+    assert index.shared_span(other) is None
+
+
+# ---- the authors' protocol: prompt and lenient matcher --------------------------------------------
+
+OPTS = {"A": "Iron deficiency anemia", "B": "Vitamin B12 deficiency", "C": "Folate deficiency",
+        "D": "Anemia of chronic disease"}
+
+
+@pytest.mark.parametrize("text, letter, rule", [
+    ("The answer is B.", "B", "answer_is"),
+    ("the answer is **C**, folate deficiency", "C", "answer_is"),
+    ("So the answer is (D). Not A.", "D", "answer_is"),
+    ("long reasoning where the answer is A ... </think>The answer is C.", "C", "answer_is"),
+    ("C", "C", "letter"),
+    ("**Answer: (C)**", "C", "letter"),
+    ("A patient like this has option D.", "D", "letter"),            # "A " is the article, never option A
+    ("It is folate deficiency.", "C", "option_text"),
+    ("vitamin b12 deficiency, not folate deficiency", "B", "option_text"),  # first option text named
+    ("probably vitamin b12 deficency", "B", "most_similar"),
+    ("", None, "empty"),
+])
+def test_lenient_matcher_rules_in_order(text, letter, rule):
+    assert acc.match_choice_lenient(text, OPTS) == (letter, rule)
+
+
+def test_lenient_matcher_last_pick_and_strict_disagree():
+    assert acc.match_choice_lenient("the answer is A, no wait, the answer is B", OPTS, pick="last") == ("B", "answer_is")
+    row = {"id": "q", "question": "?", "options": OPTS, "answer_idx": "C", "answer": OPTS["C"]}
+    graded = acc.grade_protocol("thinking about folate deficiency and more", row)   # reasoning never closed
+    assert graded["lenient_correct"] and graded["lenient_rule"] == "option_text"
+    assert graded["strict_unparsed"] and not graded["strict_correct"]
+
+
+def test_protocol_question_layout():
+    row = {"question": "Which deficiency?", "options": {"A": "Iron", "B": "Folate"}}
+    assert acc.protocol_question(row) == ("Please answer the following multiple-choice question:\n"
+                                          "Which deficiency?\nA. Iron\nB. Folate")
+
+
+def test_protocol_comparison_by_hand():
+    rows = [{"id": f"q{i}", "question": "?", "options": OPTS, "answer_idx": "C", "answer": OPTS["C"]} for i in range(4)]
+    base = [{"id": "q0", "generated": "The answer is C."}, {"id": "q1", "generated": "The answer is A."},
+            {"id": "q2", "generated": "no idea at all"}, {"id": "q3", "generated": ""}]
+    tuned = [{"id": f"q{i}", "generated": "r</think>The answer is C."} for i in range(4)]
+    out = acc.protocol_comparison(rows, base, tuned, source="GBaker/MedQA-USMLE-4-options")
+    le, st = out["scorings"]["lenient"], out["scorings"]["strict"]
+    assert out["n"] == 4 and le["after"]["correct"] == 4 and st["after"]["correct"] == 4
+    assert le["before"]["correct"] == 1 + (acc.match_choice_lenient("no idea at all", OPTS)[0] == "C")
+    assert le["before"]["unparsed"] == 1 and le["before"]["matched_by"]["most_similar"] == 1
+    assert st["before"]["correct"] == 0 and st["before"]["unparsed"] == 4, "no </think>: the strict parser reads nothing"
+    assert {p["set"] for p in out["published"]} == {"MedQA"} and len(out["published"]) == 2
+    assert all("not reproduced here" in p["note"] for p in out["published"])
+    assert acc.published_figures("qiaojin/PubMedQA:pqa_labeled@train")[0]["accuracy"] == 74.0
+    assert acc.published_figures("my_questions.jsonl") == []
+
+
+def test_answer_protocol_on_a_tiny_model(tiny_lm):
+    model, tokenizer = tiny_lm
+    rows = _tiny_rows()
+    out = acc.answer_protocol(model, tokenizer, rows, max_new_tokens=5, batch_size=2, seed=1)
+    assert [o["id"] for o in out] == ["t1", "t2"] and all(o["new_tokens"] <= 6 for o in out)
+    assert "recipe" in out[0]["wrapped_in"], "the tiny tokenizer has no chat template"
+    again = acc.answer_protocol(model, tokenizer, rows, max_new_tokens=5, batch_size=1, seed=1)
+    assert [o["id"] for o in again] == ["t1", "t2"]
+
+
+# ---- the generated scoring on a subset, and the budgets ---------------------------------------------
+
+def test_generated_scoring_on_the_first_questions_only():
+    rows = [{"id": f"q{i}", "question": "?", "options": {"A": "a", "B": "b"}, "answer_idx": "A", "answer": "a"}
+            for i in range(5)]
+    base = [{"id": r["id"], "likelihood_letter": "A"} for r in rows]
+    tuned = [{"id": r["id"], "likelihood_letter": "B"} for r in rows]
+    made = [{"id": f"q{i}", "generated": "x</think>A", "think_closed": True, "finished": True, "new_tokens": 3}
+            for i in range(2)]
+    base, tuned = acc.attach_generations(base, made), acc.attach_generations(tuned, made)
+    assert "generated" in base[1] and "generated" not in base[2]
+    out = acc.mcq_comparison(rows, base, tuned)
+    assert out["scorings"]["likelihood"]["n"] == 5 and out["scorings"]["generated"]["n"] == 2
+    assert out["scorings"]["generated"]["before"]["think_closed"] == 2
+    with pytest.raises(ValueError, match="other questions"):
+        acc.attach_generations(base, made[1:])
+
+
+def test_seed_sizes_follow_from_their_t4_budgets():
+    from r1helpers.core.config import CompareConfig
+    from r1helpers.evaluate import budget
+
+    c = CompareConfig()
+    assert c.mcq_generate_rows == budget.rows_for_budget(30, 1200) == 200
+    assert c.mcq_protocol_rows == budget.rows_for_budget(30, c.mcq_protocol_max_new_tokens) == 110
+    assert budget.generation_seconds(200, 1200) <= 30 * 60 < budget.generation_seconds(210, 1200)
+    assert 35 < budget.likelihood_minutes("GBaker/MedQA-USMLE-4-options", 1273) < 45
+    assert budget.likelihood_minutes("my.jsonl", 10) is None
+    assert 10 < budget.decode_tokens_per_second(1, 600) < 60, "a single T4 sequence: 15-25 tokens/s is what is quoted"

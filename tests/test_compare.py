@@ -349,7 +349,8 @@ def test_zero_step_adapter_shows_no_significant_change(cfg, prepared_run, tmp_pa
         assert m["n"] == len(prepared.eval) and m["delta"] == 0.0 and m["verdict"] == "no significant change"
     for scoring in ("likelihood", "generated"):  # a zero-step adapter is the base model: same picks, same text
         s = result["accuracy"]["scorings"][scoring]
-        assert s["n"] == 24 and s["delta"] == 0.0 and s["mcnemar"]["discordant"] == 0
+        # one bundled question (sample_mcq-4) shares 74 characters with a bundled training row: left out
+        assert s["n"] == 23 and s["delta"] == 0.0 and s["mcnemar"]["discordant"] == 0
     items = result["accuracy"]["items"]
     assert all(it["base"]["generated"] == it["tuned"]["generated"] for it in items)
     assert result["verdict"] == "no evidence of better answers"
@@ -387,7 +388,7 @@ def test_trained_tiny_model_fits_better_but_is_not_called_helped(cfg, trained_co
         m = _metric(result, key)
         assert m["after"] < m["before"] and m["verdict"] == "better", m
     mcq = result["accuracy"]
-    assert mcq["n"] == 24 and set(mcq["scorings"]) == {"likelihood", "generated"}
+    assert mcq["n"] == 23 and set(mcq["scorings"]) == {"likelihood", "generated"}  # sample_mcq-4 is contaminated
     for scoring in ("likelihood", "generated"):
         assert _metric(result, f"accuracy_{scoring}")["verdict"] != "better"
     gen = mcq["scorings"]["generated"]
@@ -404,7 +405,11 @@ def test_trained_tiny_model_fits_better_but_is_not_called_helped(cfg, trained_co
     assert "Verdict: no evidence of better answers." in page and page.count("data:image/png;base64,") == 5
     assert_self_contained(page)
     assert any(n.startswith("semantic similarity") for n in result["notes"])
-    assert any(n.startswith("multiple-choice: 24 questions") for n in result["notes"])
+    assert any(n.startswith("multiple-choice: 23 questions") for n in result["notes"])
+    assert mcq["contamination"]["checked"] == 24 and mcq["contamination"]["span"] == 64
+    assert [h["id"] for h in mcq["contamination"]["items"]] == ["sample_mcq-4"]
+    assert result["protocol"]["n"] == 4 and result["protocol"]["protocol"]["max_new_tokens"] == 32
+    assert result["more_sets"] == [], "the CPU profile scores no further set"
     assert any("eval_loss" in r for r in result["log_history"]), "held-out loss logged during training"
     assert run.is_current(cfg, "compare")
     again = compare_stage.compare(cfg, run, None, [], [])
@@ -425,9 +430,9 @@ def test_comparison_grades_the_letters_generated_in_stages_01_and_04(cfg, prepar
     items = result["accuracy"]["items"]
     for side, stage in (("base", "baseline"), ("tuned", "finetuned")):
         made = {r["id"]: r for r in read_jsonl(run.path(f"{stage}_mcq"))}
-        assert len(made) == len(items) == 24
+        assert len(made) == len(items) == 23  # the contaminated question is neither generated nor scored
         assert [it[side]["generated"] for it in items] == [made[it["id"]]["generated"] for it in items]
-        assert run.read_manifest(stage)["mcq_questions"] == 24
+        assert run.read_manifest(stage)["mcq_questions"] == 23
 
 
 @pytest.mark.slow
@@ -439,3 +444,71 @@ def test_figures_render_for_the_notebook(trained_comparison):
     assert set(figs) == {"teacher-forced", "generation", "deltas", "accuracy", "loss"}
     for fig in figs.values():
         plt.close(fig)
+
+
+# ---- contamination, further sets and the authors' protocol ---------------------------------------
+
+def test_stage_drops_a_planted_training_question(cfg, prepared_run, tmp_path):
+    """A multiple-choice question copied from a training row is left out before scoring, by the stage's own call."""
+    run, prepared = prepared_run
+    planted = prepared.train[3]["Question"]
+    rows = [{"id": "planted", "question": "Case: " + planted, "options": {"A": "yes", "B": "no"}, "answer_idx": "A"},
+            {"id": "fresh", "question": "A sailor on a long voyage has bleeding gums and perifollicular haemorrhages.",
+             "options": {"A": "scurvy", "B": "rickets"}, "answer_idx": "A"}]
+    path = tmp_path / "mcq.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    c2 = apply_overrides(cfg, {"compare.mcq_source": str(path), "compare.mcq_rows": 0})
+    kept, record = generate_stage.mcq_clean(c2, generate_stage.mcq_rows(c2), prepared)
+    assert [r["id"] for r in kept] == ["fresh"] and record["excluded"] == 1 and record["items"][0]["id"] == "planted"
+    assert [r["id"] for r in generate_stage.mcq_generation_rows(c2, prepared)] == ["fresh"]
+    off = apply_overrides(c2, {"compare.contamination_span": 0})
+    assert len(generate_stage.mcq_clean(off, generate_stage.mcq_rows(off), prepared)[0]) == 2
+
+
+def test_more_sets_skip_what_does_not_load(cfg, tmp_path):
+    path = tmp_path / "medmcqa.jsonl"
+    path.write_text(json.dumps({"id": "m1", "question": "Scurvy?", "opa": "Vit A", "opb": "Vit C", "opc": "Vit D",
+                                "opd": "Vit K", "cop": 1}))
+    c2 = apply_overrides(cfg, {"compare.mcq_more": [str(path), str(tmp_path / "missing.jsonl")]})
+    more = generate_stage.mcq_more_sets(c2)
+    assert [len(m["rows"] or []) for m in more] == [1, 0] and more[1]["rows"] is None
+    assert "skipped" in more[1]["note"] and "no such file" in more[1]["note"]
+
+
+def _extras(result):
+    from r1helpers.evaluate import accuracy as acc
+
+    rows = acc.load_mcq_rows(acc.SAMPLE_MCQ, limit=8)
+    base = [{"id": r["id"], "likelihood_letter": r["answer_idx"]} for r in rows]
+    tuned = [{"id": r["id"], "likelihood_letter": next(x for x in r["options"] if x != r["answer_idx"])} for r in rows]
+    more = [acc.more_set_result("openlifescienceai/medmcqa@validation", rows, {"base": base, "tuned": tuned}),
+            acc.more_set_result("qiaojin/PubMedQA", None, None, note="qiaojin/PubMedQA skipped: it did not load")]
+    gens = [{"id": r["id"], "generated": f"r</think>The answer is {r['answer_idx']}.", "wrapped_in": "x"} for r in rows]
+    protocol = acc.protocol_comparison(rows, gens, [{**g, "generated": "no idea"} for g in gens],
+                                       source="GBaker/MedQA-USMLE-4-options")
+    result = {**result, "more_sets": more, "protocol": protocol}
+    result["accuracy"]["contamination"] = {"span": 64, "against": "the 9 training rows' Question text",
+                                           "checked": 25, "excluded": 1, "kept": 24, "items": []}
+    return result
+
+
+def test_report_and_key_numbers_show_more_sets_protocol_and_contamination(cfg, tmp_path):
+    result = _extras(_fake(cfg, -0.2, _mcq(6, 20)))
+    _, html_path = compare.write_outputs(result, tmp_path)
+    page = html_path.read_text()
+    for text in ("1 of 25 multiple-choice questions share 64 characters", "MedMCQA, validation", "8/8 = 100.0%",
+                 "0/8 = 0.0%", "skipped: it did not load", "HuatuoGPT-o1-8B: 72.6%", "about 55.0%",
+                 "as reported by MedReason repository", "not reproduced here", "lenient matcher",
+                 "temperature 0.5, top_p 0.9, at most 2000 new tokens"):
+        assert text in page, text
+    assert_self_contained(page)
+    keys = compare.key_numbers(result)
+    assert keys["correctness: questions left out as contaminated"] == "1 of 25"
+    assert keys["more sets: MedMCQA, validation by likelihood before"] == 1.0
+    assert keys["authors' protocol: lenient accuracy before"] == 1.0
+    assert keys["authors' protocol: strict unparseable before / after"] == "0 / 8"
+    assert "not reproduced here" in keys["published: HuatuoGPT-o1-8B on MedQA"]
+    assert list(compare.protocol_table(result).index)[0].startswith("HuatuoGPT-o1's lenient matcher")
+    assert len(compare.more_sets_table(result)) == 2
+    saved = json.loads((tmp_path / "comparison.json").read_text())
+    assert saved["protocol"]["n"] == 8 and saved["more_sets"][0]["n"] == 8

@@ -208,14 +208,27 @@ class CompareConfig:
     primary_metric: Literal["completion_nll", "cot_nll", "answer_nll", "rouge_l", "semantic_similarity", "accuracy_likelihood", "accuracy_generated"] = field(default="completion_nll", metadata={"help": "fit metric the headline quotes: completion_nll | cot_nll | answer_nll | rouge_l | semantic_similarity; or the one accuracy that decides the verdict: accuracy_likelihood | accuracy_generated (else either accuracy can)"})
     mcq_source: str | None = field(default="GBaker/MedQA-USMLE-4-options", metadata={"help": "multiple-choice set for accuracy before/after: Hub id, local .jsonl/.json/.parquet, or r1helpers/sample-mcq (bundled 24 questions); None: correctness not measured"})
     mcq_split: str = field(default="test", metadata={"help": "split of a Hub mcq_source"})
-    mcq_rows: int = field(default=50, metadata={"help": "multiple-choice questions scored, the first N (0: all)"})
+    mcq_rows: int = field(default=0, metadata={"help": "multiple-choice questions scored by option likelihood, the first N (0: all; MedQA-USMLE's test split is 1,273 questions, about 39 T4 minutes for both models)"})
     mcq_generate: bool = field(default=True, metadata={"help": "also score the letter each model states after </think> (generation with the infer decoding); false: option likelihood only"})
+    mcq_generate_rows: int = field(default=200, metadata={"help": "questions also answered by generation, the first N of the scored set (0: all); 200 is what both models answer in 30 T4 minutes at 1,200 tokens (r1helpers.evaluate.budget.rows_for_budget)"})
+    mcq_more: list[str] = field(default_factory=lambda: ["openlifescienceai/medmcqa@validation", "qiaojin/PubMedQA:pqa_labeled@train"], metadata={"help": "further multiple-choice sets scored by option likelihood, each reported on its own: Hub id[:config][@split] or a local file (MedQA, MedMCQA or PubMedQA schema); one that does not load is skipped with a note"})
+    mcq_more_rows: int = field(default=1000, metadata={"help": "questions of each mcq_more set, the first N (0: all); 1,000 MedMCQA questions take about 13 T4 minutes, PubMedQA's 1,000 about 27"})
+    mcq_protocol_rows: int = field(default=110, metadata={"help": "questions of mcq_source answered under the dataset authors' protocol (HuatuoGPT-o1: their prompt in the chat template, temperature 0.5, top_p 0.9, 2,000 new tokens, their lenient matcher beside the strict parser), the first N (0: off); 110 is what both models answer in 30 T4 minutes"})
+    mcq_protocol_max_new_tokens: int = field(default=2000, metadata={"help": "new tokens per protocol answer (the authors': 2000; the CPU profiles use fewer and the report says so)"})
+    contamination_span: int = field(default=64, metadata={"help": "characters a multiple-choice question must share with a training row's question to be counted as contaminated and left out of the accuracy (64, as HuatuoGPT-o1's authors checked; 0: no check)"})
 
     def __post_init__(self) -> None:
         _check(self.nll_rows >= 0, "compare.nll_rows", "must be >= 0")
         _check(self.bootstrap_samples >= 100, "compare.bootstrap_samples", "must be >= 100")
         _one_of(self.primary_metric, "compare.primary_metric", PRIMARY_METRICS)
         _check(self.mcq_rows >= 0, "compare.mcq_rows", "must be >= 0")
+        for name in ("mcq_generate_rows", "mcq_more_rows", "mcq_protocol_rows"):
+            _check(getattr(self, name) >= 0, f"compare.{name}", "must be >= 0")
+        _check(self.mcq_protocol_max_new_tokens >= 1, "compare.mcq_protocol_max_new_tokens", "must be >= 1")
+        _check(self.contamination_span == 0 or self.contamination_span >= 16, "compare.contamination_span",
+               "must be 0 (no check) or at least 16 characters")
+        _check(all(isinstance(m, str) and m.strip() for m in self.mcq_more), "compare.mcq_more",
+               "must be a list of Hub ids or files")
         _check(self.mcq_source is None or bool(str(self.mcq_source).strip()), "compare.mcq_source",
                "must be a Hub id, a file, r1helpers/sample-mcq, or null")
         _check(not self.primary_metric.startswith("accuracy") or self.mcq_source is not None,

@@ -262,7 +262,7 @@ GENERATED_FIELDS = ("generated", "think_closed", "finished", "new_tokens")
 
 
 def answer_mcq(model, tokenizer, rows: Sequence[dict[str, Any]], *, decoding: dict[str, Any] | None = None,
-               normalize: str = "mean") -> list[dict[str, Any]]:
+               normalize: str = "mean", generate_rows: int | None = None) -> list[dict[str, Any]]:
     """One model's answers to multiple-choice rows, in their order.
 
     Per row: `likelihood_letter`, the option whose text is most probable right after the
@@ -270,7 +270,8 @@ def answer_mcq(model, tokenizer, rows: Sequence[dict[str, Any]], *, decoding: di
     `normalize`; no generation), with the scores. With `decoding` (the keyword arguments
     of `r1helpers.inference.generate.generate`, e.g. max_new_tokens, batch_size,
     do_sample, seed) the model also answers by generation from the same prompt:
-    `generated`, `think_closed`, `finished`, `new_tokens`. Grading is left to
+    `generated`, `think_closed`, `finished`, `new_tokens`; only the first `generate_rows` rows
+    when given (the generated scoring's subset). Grading is left to
     `mcq_comparison`, which needs no model.
     """
     from r1helpers.core import prompts
@@ -281,10 +282,11 @@ def answer_mcq(model, tokenizer, rows: Sequence[dict[str, Any]], *, decoding: di
         scores = option_loglikelihoods(model, tokenizer, prompt, row["options"], normalize=normalize)
         out.append({"id": row["id"], "likelihood_letter": best_letter(scores[normalize]),
                     "likelihood_scores": {k: round(v, 5) for k, v in scores[normalize].items()}})
-    if decoding is not None and rows:
+    asked = list(rows)[:generate_rows] if generate_rows else list(rows)
+    if decoding is not None and asked:
         from r1helpers.inference.generate import generate
 
-        records = generate(model, tokenizer, [mcq_question(r) for r in rows], **decoding)
+        records = generate(model, tokenizer, [mcq_question(r) for r in asked], **decoding)
         for rec, g in zip(out, records):
             rec.update({k: g[k] for k in GENERATED_FIELDS})
     return out
@@ -293,15 +295,17 @@ def answer_mcq(model, tokenizer, rows: Sequence[dict[str, Any]], *, decoding: di
 def attach_generations(answers: Sequence[dict[str, Any]], generated: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """`answer_mcq` results (likelihood only) with generated answers made elsewhere, e.g. in the same batches
     as other questions: each `generated` record (id, generated, think_closed, finished, new_tokens) joins the
-    answer with its id. Both lists in the same order of the same questions.
+    answer with its id. The generated answers are for the first questions of `answers` (all of them, or the
+    generated scoring's subset), in the same order.
     """
-    if [a["id"] for a in answers] != [g["id"] for g in generated]:
+    if [a["id"] for a in answers[: len(generated)]] != [g["id"] for g in generated]:
         raise ValueError("the generated answers are for other questions, or in another order, than the scored ones")
-    return [{**a, **{k: g[k] for k in GENERATED_FIELDS}} for a, g in zip(answers, generated)]
+    return [{**a, **{k: g[k] for k in GENERATED_FIELDS}} for a, g in zip(answers, generated)] + list(answers[len(generated):])
 
 
 def answer_mcq_before_after(model, tokenizer, rows: Sequence[dict[str, Any]], *,
-                            decoding: dict[str, Any] | None = None, normalize: str = "mean") -> dict[str, list]:
+                            decoding: dict[str, Any] | None = None, normalize: str = "mean",
+                            generate_rows: int | None = None) -> dict[str, list]:
     """`answer_mcq` with the LoRA adapter off (the base model) and on, from one loaded peft model.
 
     Disabling a LoRA adapter gives exactly the base weights (as for the teacher-forced
@@ -309,8 +313,9 @@ def answer_mcq_before_after(model, tokenizer, rows: Sequence[dict[str, Any]], *,
     """
     os.environ.setdefault("UNSLOTH_RETURN_LOGITS", "1")
     with model.disable_adapter():
-        base = answer_mcq(model, tokenizer, rows, decoding=decoding, normalize=normalize)
-    return {"base": base, "tuned": answer_mcq(model, tokenizer, rows, decoding=decoding, normalize=normalize)}
+        base = answer_mcq(model, tokenizer, rows, decoding=decoding, normalize=normalize, generate_rows=generate_rows)
+    return {"base": base, "tuned": answer_mcq(model, tokenizer, rows, decoding=decoding, normalize=normalize,
+                                              generate_rows=generate_rows)}
 
 
 SCORINGS = {
@@ -353,7 +358,7 @@ def mcq_comparison(rows: Sequence[dict[str, Any]], base: Sequence[dict[str, Any]
     change's interval, the detectable change, the verdict) of each.
 
     `base` and `tuned` are `answer_mcq` results for `rows` (same order). The generated scoring is
-    present only when both sides generated; it carries its counts (by_text, exact_match,
+    over the questions both sides answered by generation (all, or a subset: its own n); it carries its counts (by_text, exact_match,
     think_closed, eos per side), its "lenient" read's summary, its "strict_verdict" and a verdict
     from `judge_reads`. Returns {"n", "scorings": {"likelihood": ..., "generated": ... or None},
     "items": per question}.
@@ -367,14 +372,17 @@ def mcq_comparison(rows: Sequence[dict[str, Any]], base: Sequence[dict[str, Any]
             raise ValueError(f"question {r['id']}: answers are for {b['id']} and {t['id']}; keep the rows' order")
     items = [_graded_item(r, b, t) for r, b, t in zip(rows, base, tuned)]
 
+    generated_items = [it for it in items if all("generated_correct" in it[s] for s in ("base", "tuned"))]
+
     def column(side: str, field: str) -> list:
-        return [it[side][field] for it in items]
+        return [it[side][field] for it in (generated_items if field.startswith("generated") or field in (
+            "think_closed", "finished") else items)]
 
     scorings: dict[str, Any] = {"likelihood": None, "generated": None}
     if items:
         scorings["likelihood"] = {"label": SCORINGS["likelihood"], **accuracy_summary(
             column("base", "likelihood_correct"), column("tuned", "likelihood_correct"))}
-    if items and all("generated_correct" in it[s] for it in items for s in ("base", "tuned")):
+    if generated_items:
         summary = accuracy_summary(column("base", "generated_correct"), column("tuned", "generated_correct"),
                                    sum(column("base", "generated_unparsed")), sum(column("tuned", "generated_unparsed")))
         for side, s in (("before", "base"), ("after", "tuned")):
@@ -418,3 +426,248 @@ def summary_rows(mcq: dict[str, Any] | None) -> list[dict[str, Any]]:
                 "verdict": {"no clear change": "no significant change"}.get(r["verdict"], r["verdict"]),
             })
     return rows
+
+
+# ---- the dataset authors' protocol (HuatuoGPT-o1) --------------------------------------------------
+
+# HuatuoGPT-o1's evaluation (FreedomIntelligence/HuatuoGPT-o1, evaluation/eval.py and scorer.py), as its
+# authors describe it: this prompt in the model's own chat template, sampled decoding, a lenient matcher.
+PROTOCOL = {
+    "source": "HuatuoGPT-o1 evaluation/eval.py and scorer.py (FreedomIntelligence)",
+    "prompt": "Please answer the following multiple-choice question:\n{question}\n{options}",
+    "do_sample": True, "temperature": 0.5, "top_p": 0.9, "max_new_tokens": 2000,
+}
+
+# Figures published for these sets, cited as reported (accuracy in %), never reproduced here.
+PUBLISHED = [
+    {"model": "DeepSeek-R1-Distill-Llama-8B", "set": "MedQA", "accuracy": 55.0, "approximate": True,
+     "source": "MedReason repository (UCSC-VLAA/MedReason), comparison table"},
+    {"model": "DeepSeek-R1-Distill-Llama-8B", "set": "MedMCQA", "accuracy": 49.0, "approximate": True,
+     "source": "MedReason repository (UCSC-VLAA/MedReason), comparison table"},
+    {"model": "DeepSeek-R1-Distill-Llama-8B", "set": "PubMedQA", "accuracy": 74.0, "approximate": True,
+     "source": "MedReason repository (UCSC-VLAA/MedReason), comparison table"},
+    {"model": "HuatuoGPT-o1-8B", "set": "MedQA", "accuracy": 72.6, "approximate": False,
+     "source": "HuatuoGPT-o1 paper (Chen et al., 2024), Table 1"},
+]
+
+
+# Which published set a source is (the Hub id before any ":config" or "@split").
+PUBLISHED_SETS = {"GBaker/MedQA-USMLE-4-options": "MedQA", "openlifescienceai/medmcqa": "MedMCQA",
+                  "qiaojin/PubMedQA": "PubMedQA"}
+
+
+def published_figures(source: str | None) -> list[dict[str, Any]]:
+    """The figures of `PUBLISHED` for the set `source` is (none for a local file or another set), each with
+    the words to print beside it: "as reported by <source>, not reproduced here"."""
+    key = PUBLISHED_SETS.get(str(source or "").partition("@")[0].partition(":")[0])
+    return [{**p, "note": f"as reported by {p['source']}, not reproduced here"} for p in PUBLISHED if p["set"] == key]
+
+
+def protocol_question(row: dict[str, Any]) -> str:
+    """The authors' prompt for one row: the instruction, the question, then "A. text" per option line."""
+    options = "\n".join(f"{k}. {v}" for k, v in row["options"].items())
+    return PROTOCOL["prompt"].format(question=row["question"], options=options)
+
+
+def protocol_prompt(tokenizer, row: dict[str, Any]) -> tuple[str, str]:
+    """(text the model is given, how it was wrapped): `protocol_question` in the tokenizer's own chat template
+    (one user turn, generation prompt added), as the authors ran it; the recipe's template when the tokenizer
+    has none (the CPU profiles' models)."""
+    question = protocol_question(row)
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
+                                             add_generation_prompt=True)
+        return text, "the tokenizer's chat template"
+    from r1helpers.core import prompts
+
+    return prompts.build_prompt(question), "the recipe's prompt template (the tokenizer has no chat template)"
+
+
+_ANSWER_IS = re.compile(r"answer is\s*\**\s*\(?\s*(?P<L>[A-Z])(?![A-Za-z])", re.IGNORECASE)
+
+
+def _bare_letter(letters: Sequence[str]) -> re.Pattern:
+    L = "|".join(re.escape(x) for x in letters)
+    # an option letter standing alone: after the start, a space, punctuation, "*", "(" or "#", before a non-word
+    # character or the end; never the article "A " / "a "
+    return re.compile(r"(?:^|(?<=[^A-Za-z0-9]))(?!A )(?P<L>" + L + r")(?=[^A-Za-z0-9]|$)")
+
+
+def match_choice_lenient(text: str, options: dict[str, str], pick: str = "first") -> tuple[str | None, str]:
+    """The option a generated answer names, read as HuatuoGPT-o1's lenient scorer reads it: (letter, rule).
+
+    Implemented from the authors' description of `scorer.py` (their code was not available here),
+    the rules in order, the first that finds something deciding:
+      1. "answer_is": an "answer is X" statement (any case, "**", "(" allowed before the letter);
+      2. "letter": a bare option letter standing alone ("B", "(B)", "B.", "**B**"), not the article "A";
+      3. "option_text": an option's text found in the answer (lower case);
+      4. "most_similar": the option whose text is most similar to the answer (difflib's ratio):
+         never unparseable, so this rule's count says how many answers were guesses.
+    Only the final response counts when the reasoning is closed (the text after the last `</think>`),
+    as the authors' scorer keeps only the final response of a reasoning model. `pick`: "first" or "last"
+    match within a rule. An empty text is (None, "empty").
+    """
+    if pick not in ("first", "last"):
+        raise ValueError(f"pick must be 'first' or 'last', got {pick!r}")
+    text = (text or "").rsplit(THINK_CLOSE, 1)[-1].strip()
+    if not text or not options:
+        return None, "empty"
+    letters = [k for k in options]
+    choose = (lambda hits: hits[0]) if pick == "first" else (lambda hits: hits[-1])
+    hits = [m.group("L").upper() for m in _ANSWER_IS.finditer(text) if m.group("L").upper() in letters]
+    if hits:
+        return choose(hits), "answer_is"
+    hits = [m.group("L") for m in _bare_letter(letters).finditer(text)]
+    if hits:
+        return choose(hits), "letter"
+    low = text.lower()
+    found = sorted((low.find(v.lower()) if pick == "first" else low.rfind(v.lower()), k)
+                   for k, v in options.items() if v.strip() and v.lower() in low)
+    if found:
+        return (found[0] if pick == "first" else found[-1])[1], "option_text"
+    import difflib
+
+    ratios = [(difflib.SequenceMatcher(None, v.lower(), low).ratio(), -i, k) for i, (k, v) in enumerate(options.items())]
+    return max(ratios)[2], "most_similar"
+
+
+def generate_texts(model, tokenizer, texts: Sequence[str], *, max_new_tokens: int, batch_size: int = 0,
+                   do_sample: bool = True, temperature: float = 0.5, top_p: float = 0.9,
+                   seed: int = 3407) -> list[dict[str, Any]]:
+    """Generate from ready-made prompt texts (not the recipe's template): per text `generated`,
+    `think_closed`, `finished` (EOS came), `new_tokens`, in the input order. Batches of similar length,
+    left-padded; `batch_size` 0 plans the batch from the GPU's free memory (8 on a CPU)."""
+    import torch
+
+    tok = tokenizer
+    tok.padding_side = "left"
+    device = next(model.parameters()).device
+    lengths = [len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts]
+    if batch_size == 0:
+        batch_size = 8
+        if device.type == "cuda":
+            from r1helpers.inference.generate import plan_for_model
+            from r1helpers.inference.paths import gpu_memory
+
+            gpu = gpu_memory()
+            batch_size = plan_for_model(model, tok, list(texts), max_new_tokens=max_new_tokens,
+                                        gpu_gib=gpu.total_gib, used_gib=gpu.used_gib).batch_size
+    order = sorted(range(len(texts)), key=lambda i: -lengths[i])
+    sampling = dict(temperature=temperature, top_p=top_p) if do_sample else dict(temperature=None, top_p=None, top_k=None)
+    out: dict[int, dict[str, Any]] = {}
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        enc = tok([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        torch.manual_seed(seed)
+        with torch.inference_mode():
+            gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=do_sample, use_cache=True,
+                                 eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **sampling)
+        for row, i in enumerate(idx):
+            ids = gen[row, enc["input_ids"].shape[1]:].tolist()
+            finished = tok.eos_token_id in ids
+            ids = ids[: ids.index(tok.eos_token_id)] if finished else ids
+            while not finished and ids and ids[-1] == tok.pad_token_id:
+                ids.pop()
+            text = tok.decode(ids, skip_special_tokens=True)
+            out[i] = {"generated": text, "think_closed": THINK_CLOSE in text, "finished": finished,
+                      "new_tokens": len(ids) + int(finished)}
+    return [out[i] for i in range(len(texts))]
+
+
+def answer_protocol(model, tokenizer, rows: Sequence[dict[str, Any]], *, max_new_tokens: int = PROTOCOL["max_new_tokens"],
+                    batch_size: int = 0, seed: int = 3407) -> list[dict[str, Any]]:
+    """One model's answers to `rows` under the authors' protocol (`PROTOCOL`: their prompt in the chat
+    template, temperature 0.5, top_p 0.9), per row its id, the prompt's wrapping and the generation."""
+    wrapped = [protocol_prompt(tokenizer, r) for r in rows]
+    gens = generate_texts(model, tokenizer, [w[0] for w in wrapped], max_new_tokens=max_new_tokens,
+                          batch_size=batch_size, do_sample=PROTOCOL["do_sample"], temperature=PROTOCOL["temperature"],
+                          top_p=PROTOCOL["top_p"], seed=seed)
+    return [{"id": r["id"], "wrapped_in": w[1], **g} for r, w, g in zip(rows, wrapped, gens)]
+
+
+def answer_protocol_before_after(model, tokenizer, rows: Sequence[dict[str, Any]], **kwargs) -> dict[str, list]:
+    """`answer_protocol` with the LoRA adapter off (the base model) and on, from one loaded peft model."""
+    with model.disable_adapter():
+        base = answer_protocol(model, tokenizer, rows, **kwargs)
+    return {"base": base, "tuned": answer_protocol(model, tokenizer, rows, **kwargs)}
+
+
+MATCH_RULES = ("answer_is", "letter", "option_text", "most_similar", "empty")
+
+
+def grade_protocol(generated: str, row: dict[str, Any]) -> dict[str, Any]:
+    """One protocol answer graded two ways: the authors' lenient matcher (`match_choice_lenient`) and this
+    project's strict parser (`parse_answer_letter`: the letter stated after `</think>`; else an answer that is
+    exactly one option's text)."""
+    lenient, rule = match_choice_lenient(generated, row["options"])
+    strict = grade_mcq_generation(generated, row)
+    return {"lenient_letter": lenient, "lenient_rule": rule,
+            "lenient_correct": lenient is not None and lenient == row["answer_idx"],
+            "strict_letter": strict["letter"], "strict_correct": strict["correct"], "strict_unparsed": strict["unparsed"]}
+
+
+def protocol_comparison(rows: Sequence[dict[str, Any]], base: Sequence[dict[str, Any]], tuned: Sequence[dict[str, Any]],
+                        source: str | None = None, decoding: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Accuracy before and after under the authors' protocol, read by their lenient matcher and by the strict
+    parser (`accuracy_summary` of each, unparseable counts beside both: the lenient matcher's "empty" answers and
+    its "most_similar" guesses), with the published figures for the set `source` is, cited as reported."""
+    rows = list(rows)
+    if not (len(rows) == len(base) == len(tuned)) or any(not (r["id"] == b["id"] == t["id"])
+                                                         for r, b, t in zip(rows, base, tuned)):
+        raise ValueError("protocol answers are for other questions, or in another order, than the rows")
+    items = []
+    for r, b, t in zip(rows, base, tuned):
+        item = {"id": r["id"], "gold": r["answer_idx"]}
+        for side, rec in (("base", b), ("tuned", t)):
+            item[side] = {"generated": rec["generated"], "finished": bool(rec.get("finished")),
+                          "think_closed": bool(rec.get("think_closed")), "new_tokens": rec.get("new_tokens"),
+                          **grade_protocol(rec["generated"], r)}
+        items.append(item)
+    if not items:
+        return {"n": 0, "scorings": {}, "items": [], "published": []}
+
+    def col(side: str, key: str) -> list:
+        return [it[side][key] for it in items]
+
+    lenient = accuracy_summary(col("base", "lenient_correct"), col("tuned", "lenient_correct"),
+                               col("base", "lenient_rule").count("empty"), col("tuned", "lenient_rule").count("empty"))
+    for side, s in (("before", "base"), ("after", "tuned")):
+        lenient[side]["matched_by"] = {rule: col(s, "lenient_rule").count(rule) for rule in MATCH_RULES}
+    strict = accuracy_summary(col("base", "strict_correct"), col("tuned", "strict_correct"),
+                              sum(col("base", "strict_unparsed")), sum(col("tuned", "strict_unparsed")))
+    return {"n": len(items), "protocol": {**PROTOCOL, **(decoding or {})},
+            "wrapped_in": sorted({rec.get("wrapped_in") for rec in base if rec.get("wrapped_in")}),
+            "scorings": {"lenient": {"label": "HuatuoGPT-o1's lenient matcher (answer is X, a bare letter, the option "
+                                              "text, else the most similar option)", **lenient},
+                         "strict": {"label": "this project's strict parser (letter stated after </think>)", **strict}},
+            "published": published_figures(source), "items": items}
+
+
+# ---- further sets, scored by option likelihood ----------------------------------------------------
+
+def set_name(source: str | None) -> str:
+    """A set's display name: KNOWN_SETS's for a known Hub id, else the source as given."""
+    from r1helpers.evaluate.questions import KNOWN_SETS
+
+    return KNOWN_SETS.get(str(source).partition("@")[0].partition(":")[0], {}).get("name") or str(source)
+
+
+def more_set_result(source: str, rows: Sequence[dict[str, Any]] | None, answers: dict[str, list] | None,
+                    contamination: dict[str, Any] | None = None, note: str | None = None) -> dict[str, Any]:
+    """One further set's likelihood accuracy before and after (`accuracy_summary`, under "likelihood"; None
+    when the set did not load or has no questions), its contamination check, the estimated T4 minutes of its
+    scoring, the published figures for it (cited, not reproduced) and per question the gold and both picks."""
+    from r1helpers.evaluate.budget import likelihood_minutes
+
+    out: dict[str, Any] = {"source": source, "name": set_name(source), "n": 0, "likelihood": None,
+                           "contamination": contamination, "note": note, "published": published_figures(source),
+                           "t4_minutes_estimated": None, "items": []}
+    if not rows:
+        return out
+    cmp = mcq_comparison(rows, answers["base"], answers["tuned"])
+    t4 = likelihood_minutes(source, cmp["n"])
+    out.update(n=cmp["n"], likelihood=cmp["scorings"]["likelihood"],
+               t4_minutes_estimated=None if t4 is None else round(t4, 1),
+               items=[{"id": it["id"], "gold": it["gold"], "base": it["base"]["likelihood_letter"],
+                       "tuned": it["tuned"]["likelihood_letter"]} for it in cmp["items"]])
+    return out

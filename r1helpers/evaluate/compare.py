@@ -34,9 +34,9 @@ from r1helpers.evaluate.scoring import (Spans, answer_similarities, completion_n
                                         semantic_similarity, teacher_forced)
 
 TEACHER_FORCED = [
-    MetricSpec("cot_nll", "reasoning NLL (reference chain of thought)", "lower", "teacher-forced"),
-    MetricSpec("answer_nll", "answer NLL (reference answer + EOS)", "lower", "teacher-forced"),
-    MetricSpec("completion_nll", "completion NLL (reasoning, </think>, answer, EOS)", "lower", "teacher-forced"),
+    MetricSpec("cot_nll", "reasoning NLL (nats per token of the reference chain of thought; prompt not scored)", "lower", "teacher-forced"),
+    MetricSpec("answer_nll", "answer NLL (nats per token of the reference answer + EOS; prompt not scored)", "lower", "teacher-forced"),
+    MetricSpec("completion_nll", "completion NLL (nats per token of the completion: reasoning, </think>, answer, EOS; prompt not scored, unlike training's held-out loss)", "lower", "teacher-forced"),
 ]
 GENERATION = [
     MetricSpec("think_opened", "reasoning written in the <think> block", "higher", "generation"),
@@ -255,6 +255,8 @@ def build_comparison(
     settings: dict[str, Any] | None = None, sims: dict[str, list[float]] | None = None,
     notes: list[str] | None = None, log_history: list[dict] | None = None,
     mcq_rows: list[dict[str, Any]] | None = None, mcq_answers: dict[str, list[dict]] | None = None,
+    contamination: dict[str, Any] | None = None, more_sets: list[dict[str, Any]] | None = None,
+    protocol: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Everything the JSON, the tables and the HTML report show; no model needed.
 
@@ -265,7 +267,10 @@ def build_comparison(
     from accuracy only (`overall_verdict`); `primary_metric` (a key of SPECS) picks the fit
     metric the headline quotes, or, when it is an accuracy, the one scoring that decides.
     `settings` (model, decoding, ...) is recorded as given, with the counts and bootstrap
-    settings added.
+    settings added. `contamination` (`contamination.drop_contaminated`'s record of the questions left
+    out before scoring) goes under accuracy["contamination"]; `more_sets` (`accuracy.more_set_result`
+    per further set) and `protocol` (`accuracy.protocol_comparison`) are reported beside the main
+    set's accuracy and do not change the verdict.
     """
     if primary_metric not in SPECS or SPECS[primary_metric].better is None:
         raise ValueError(f"primary_metric={primary_metric!r}: choose a metric with a better direction from "
@@ -273,6 +278,8 @@ def build_comparison(
     if (mcq_rows is None) != (mcq_answers is None):
         raise ValueError("give both mcq_rows and mcq_answers, or neither")
     mcq = None if mcq_rows is None else acc.mcq_comparison(mcq_rows, mcq_answers["base"], mcq_answers["tuned"])
+    if mcq is not None:
+        mcq["contamination"] = contamination
     pairs = pair_generations(baseline, tuned)
     rows = question_rows(pairs, nll, sims, count_tokens)
     examples = [{"id": b["id"], "question": b["question"],
@@ -282,6 +289,8 @@ def build_comparison(
         "primary_metric": primary_metric,
         "metrics": _aggregates(nll, rows, mcq, bootstrap_samples, seed),
         "accuracy": mcq,
+        "more_sets": list(more_sets or []),
+        "protocol": protocol,
         "questions": rows,
         "examples": examples,
         "nll": nll,
@@ -342,6 +351,31 @@ def key_numbers(result: dict[str, Any]) -> dict[str, Any]:
             out[f"correctness: unparseable {name} after"] = s["after"]["unparsed"]
             out[f"correctness: lenient accuracy {name} before"] = s["lenient"]["before"]["accuracy"]
             out[f"correctness: lenient accuracy {name} after"] = s["lenient"]["after"]["accuracy"]
+    checked = (mcq or {}).get("contamination")
+    if checked:
+        out["correctness: questions left out as contaminated"] = f"{checked['excluded']} of {checked['checked']}"
+    for m in result.get("more_sets") or []:
+        s = m["likelihood"]
+        if s is None:
+            out[f"more sets: {m['name']}"] = m["note"]
+            continue
+        out[f"more sets: {m['name']} by likelihood, n"] = m["n"]
+        out[f"more sets: {m['name']} by likelihood before"] = s["before"]["accuracy"]
+        out[f"more sets: {m['name']} by likelihood after"] = s["after"]["accuracy"]
+        out[f"more sets: {m['name']} McNemar p"] = s["mcnemar"]["p_value"]
+        out[f"more sets: {m['name']} verdict"] = s["verdict"]
+    p = result.get("protocol")
+    if p and p["n"]:
+        for read in ("lenient", "strict"):
+            s = p["scorings"][read]
+            out[f"authors' protocol: {read} accuracy before"] = s["before"]["accuracy"]
+            out[f"authors' protocol: {read} accuracy after"] = s["after"]["accuracy"]
+            out[f"authors' protocol: {read} unparseable before / after"] = f"{s['before']['unparsed']} / {s['after']['unparsed']}"
+        out["authors' protocol: n"] = p["n"]
+        out["authors' protocol: lenient guesses (most similar option) before / after"] = "{} / {}".format(
+            *(p["scorings"]["lenient"][side]["matched_by"]["most_similar"] for side in ("before", "after")))
+        for pub in p["published"]:
+            out[f"published: {pub['model']} on {pub['set']}"] = f"{'about ' if pub['approximate'] else ''}{pub['accuracy']}% ({pub['note']})"
     out["held-out rows scored (NLL)"] = result["settings"].get("held_out_rows_scored")
     return out
 
@@ -382,6 +416,26 @@ def summary_table(result: dict[str, Any], question: str | None = None):
             "question": where.get(m["key"], ""),
         })
     return pd.DataFrame(rows).set_index("metric")
+
+
+def more_sets_table(result: dict[str, Any]):
+    """`report.more_sets_rows` as a table: each further set's likelihood accuracy, with published figures."""
+    import pandas as pd
+
+    from r1helpers.evaluate.report import more_sets_rows
+
+    rows = more_sets_rows(result)
+    return pd.DataFrame(rows).set_index("set") if rows else pd.DataFrame({"further sets": ["none scored"]})
+
+
+def protocol_table(result: dict[str, Any]):
+    """`report.protocol_rows` as a table: the authors' protocol read both ways."""
+    import pandas as pd
+
+    from r1helpers.evaluate.report import protocol_rows
+
+    rows = protocol_rows(result)
+    return pd.DataFrame(rows).set_index("read") if rows else pd.DataFrame({"authors' protocol": ["not run"]})
 
 
 def findings_table(result: dict[str, Any]):

@@ -2,6 +2,9 @@
 
 Every row becomes {"id", "question", "options": {letter: text}, "answer_idx", "answer"}; a row
 that cannot be scored raises ValueError naming the file, the row and the field, with the fix.
+Three schemas are read, from the Hub or from a local file alike: MedQA-USMLE's (question,
+options, answer_idx, answer), MedMCQA's (question, opa-opd, cop 0-3) and PubMedQA's labelled
+set (question, context.contexts, final_decision yes/no/maybe, as three options).
 """
 
 from __future__ import annotations
@@ -93,9 +96,83 @@ def _options(raw: Any, bad) -> dict[str, str]:
     return dict(sorted(out.items()))
 
 
+# Hub sets the project knows, with the config and split read when a source names none, and a display name.
+KNOWN_SETS: dict[str, dict[str, str | None]] = {
+    "GBaker/MedQA-USMLE-4-options": {"config": None, "split": "test", "name": "MedQA-USMLE (4 options), test"},
+    "openlifescienceai/medmcqa": {"config": None, "split": "validation", "name": "MedMCQA, validation"},
+    "qiaojin/PubMedQA": {"config": "pqa_labeled", "split": "train", "name": "PubMedQA (pqa_labeled)"},
+}
+MEDMCQA_LETTERS = "ABCD"
+PUBMEDQA_OPTIONS = {"A": "yes", "B": "no", "C": "maybe"}
+
+
+def parse_source(source: str, split: str | None = None) -> tuple[str, str | None, str]:
+    """(Hub id, config, split) of a source written "id", "id:config", "id@split" or "id:config@split".
+
+    What the text leaves out comes from `split`, then from KNOWN_SETS, then "test".
+    """
+    text = str(source)
+    text, _, named_split = text.partition("@")
+    hub_id, _, config = text.partition(":")
+    known = KNOWN_SETS.get(hub_id, {})
+    return (hub_id, config or known.get("config"),
+            named_split or split or known.get("split") or "test")
+
+
+def _from_medmcqa(row: dict[str, Any], bad) -> dict[str, Any]:
+    """A MedMCQA row (question, opa..opd, cop: the gold option's index 0-3) in the MedQA schema."""
+    cop = row.get("cop")
+    if isinstance(cop, str) and cop.strip().isdigit():
+        cop = int(cop)
+    if not isinstance(cop, int) or isinstance(cop, bool) or not 0 <= cop < 4:
+        bad("cop", f"is {cop!r}, not the gold option's index 0-3 (MedMCQA's test split has no answers)",
+            "score a split with answers (validation), or give cop as 0, 1, 2 or 3")
+    options = {letter: row.get(f"op{k}") for letter, k in zip(MEDMCQA_LETTERS, "abcd")}
+    return {"id": row.get("id"), "question": row.get("question"), "options": options,
+            "answer_idx": MEDMCQA_LETTERS[cop]}
+
+
+def _from_pubmedqa(row: dict[str, Any], bad) -> dict[str, Any]:
+    """A PubMedQA row (question, context.contexts, final_decision) as a three-option question: the abstract's
+    context paragraphs, then the question; options yes, no, maybe."""
+    decision = str(row.get("final_decision") or "").strip().lower()
+    gold = {v: k for k, v in PUBMEDQA_OPTIONS.items()}.get(decision)
+    if gold is None:
+        bad("final_decision", f"is {row.get('final_decision')!r}", "give yes, no or maybe")
+    context = row.get("context")
+    contexts = context.get("contexts") if isinstance(context, dict) else context
+    if isinstance(contexts, str):
+        contexts = [contexts]
+    if not isinstance(contexts, (list, tuple)) or not all(isinstance(c, str) for c in contexts):
+        bad("context", "has no list of context paragraphs ('contexts')",
+            'give context as {"contexts": ["<paragraph>", ...]}')
+    question = row.get("question")
+    if not isinstance(question, str) or not question.strip():
+        bad("question", "is missing or empty", "write the question text in a 'question' field")
+    text = "\n".join(c.strip() for c in contexts if c.strip())
+    return {"id": row.get("pubid", row.get("id")),
+            "question": (f"Context: {text}\nQuestion: {question.strip()}" if text else question.strip()),
+            "options": dict(PUBMEDQA_OPTIONS), "answer_idx": gold}
+
+
+def row_schema(row: Any) -> str:
+    """"medmcqa", "pubmedqa" or "medqa" (the project's own schema), from the row's fields."""
+    if isinstance(row, dict) and "cop" in row and "opa" in row:
+        return "medmcqa"
+    if isinstance(row, dict) and "final_decision" in row:
+        return "pubmedqa"
+    return "medqa"
+
+
 def _normalise_row(row: Any, label: str, where: str, default_id: str) -> dict[str, Any]:
     def bad(fld: str, problem: str, fix: str):
         raise ValueError(f"{where}, {label}: field '{fld}' {problem}; {fix}.")
+
+    schema = row_schema(row)
+    if schema == "medmcqa":
+        row = _from_medmcqa(row, bad)
+    elif schema == "pubmedqa":
+        row = _from_pubmedqa(row, bad)
 
     if not isinstance(row, dict):
         raise ValueError(f"{where}, {label}: is {type(row).__name__}, not a question object; give each row as "
@@ -133,13 +210,15 @@ def _normalise_row(row: Any, label: str, where: str, default_id: str) -> dict[st
             "options": options, "answer_idx": gold, "answer": answer.strip()}
 
 
-def load_mcq_rows(source: str | os.PathLike, split: str = "test", limit: int | None = None) -> list[dict[str, Any]]:
+def load_mcq_rows(source: str | os.PathLike, split: str | None = "test", limit: int | None = None) -> list[dict[str, Any]]:
     """Multiple-choice questions as {"id", "question", "options": {letter: text}, "answer_idx", "answer"}.
 
     `source` is a local .jsonl, .json or .parquet file (`split` is then ignored),
     "r1helpers/sample-mcq" (the bundled 24-question sample), or
-    a Hub dataset id read with `datasets.load_dataset(source, split=split)`, e.g.
-    "GBaker/MedQA-USMLE-4-options". Options may be a dict of letter -> text, a list
+    a Hub dataset id read with `datasets.load_dataset(id, config, split=split)`, e.g.
+    "GBaker/MedQA-USMLE-4-options", written "id[:config][@split]" to name a config or split
+    (`parse_source`; "qiaojin/PubMedQA" reads pqa_labeled's train split by default, split None: the
+    set's own default). MedMCQA and PubMedQA rows are converted (`row_schema`). Options may be a dict of letter -> text, a list
     of {"key", "value"} records (as some MedQA copies on the Hub store them), or a
     list of texts (lettered A, B, ...). `limit` keeps the first rows. A row that
     cannot be scored raises ValueError naming the file, the row and the field.
@@ -163,10 +242,11 @@ def load_mcq_rows(source: str | os.PathLike, split: str = "test", limit: int | N
 
     from datasets import load_dataset  # never reached in the offline tests
 
-    ds = load_dataset(str(source), split=split)
+    hub_id, config, split = parse_source(str(source), split)
+    ds = load_dataset(hub_id, config, split=split) if config else load_dataset(hub_id, split=split)
     if limit is not None:
         ds = ds.select(range(min(limit, len(ds))))
-    where = f"Hub dataset {source} (split {split})"
+    where = f"Hub dataset {hub_id}" + (f" ({config})" if config else "") + f" (split {split})"
     return [_normalise_row(dict(r), f"row {i}", where, f"{split}-{i}") for i, r in enumerate(ds, start=1)]
 
 

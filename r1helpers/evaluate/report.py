@@ -299,6 +299,8 @@ def _mcq_items(result: dict[str, Any]) -> str:
             + ("<th>base: stated</th><th>fine-tuned: stated</th>" if generated else "") + "</tr>")
 
     def pick(e: dict[str, Any], kind: str) -> str:
+        if f"{kind}_letter" not in e:
+            return "<td>-</td>"  # not in the generated scoring's subset
         letter = e.get(f"{kind}_letter")
         ok = e.get(f"{kind}_correct")
         cell = esc(letter or "(unparseable)")
@@ -315,6 +317,103 @@ def _mcq_items(result: dict[str, Any]) -> str:
                     + (f"{pick(it['base'], 'generated')}{pick(it['tuned'], 'generated')}" if generated else "")
                     + "</tr>")
     return f"<details><summary>every multiple-choice question</summary><table>{head}{''.join(rows)}</table></details>"
+
+
+def _contamination(result: dict[str, Any]) -> str:
+    c = (result.get("accuracy") or {}).get("contamination")
+    if not c:
+        return ""
+    return (f"<p>Contamination check: {c['excluded']} of {c['checked']} multiple-choice questions share "
+            f"{c['span']} characters with {esc(c['against'])} (after lower-casing and collapsing white space) and "
+            f"are left out of the accuracy; {c['kept']} are scored.</p>")
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return ""
+    head = "".join(f"<th>{esc(k)}</th>" for k in rows[0])
+    body = "".join("<tr>" + "".join(f"<td>{esc(v)}</td>" for v in r.values()) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _share(s: dict[str, Any], side: str) -> str:
+    return f"{s[side]['correct']}/{s['n']} = {s[side]['accuracy']:.1%} [{s[side]['ci95'][0]:.1%}, {s[side]['ci95'][1]:.1%}]"
+
+
+def _published(published: list[dict[str, Any]]) -> str:
+    return "; ".join(f"{p['model']}: {'about ' if p['approximate'] else ''}{p['accuracy']}% ({p['note']})"
+                     for p in published) or "-"
+
+
+def more_sets_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per further set: likelihood accuracy before and after (95% Wilson), the change, McNemar's p,
+    the detectable change, questions left out as contaminated, the estimated T4 minutes and published figures."""
+    rows = []
+    for m in result.get("more_sets") or []:
+        s = m["likelihood"]
+        c = m.get("contamination")
+        rows.append({"set": m["name"], "n": m["n"],
+                     "before (likelihood)": "-" if s is None else _share(s, "before"),
+                     "after (likelihood)": "-" if s is None else _share(s, "after"),
+                     "change (points)": "-" if s is None else f"{100 * s['delta']:+.1f}",
+                     "exact McNemar p": "-" if s is None else round(s["mcnemar"]["p_value"], 4),
+                     "detectable change (points)": "-" if s is None or s["detectable_change"] is None
+                     else f"±{100 * s['detectable_change']:.1f}",
+                     "verdict": m["note"] if s is None else s["verdict"],
+                     "left out (contaminated)": "-" if not c else f"{c['excluded']} of {c['checked']}",
+                     "T4 minutes (estimated)": m.get("t4_minutes_estimated") or "-",
+                     "published (generation, authors' protocols)": _published(m.get("published") or [])})
+    return rows
+
+
+def protocol_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The authors' protocol, one row per read (their lenient matcher, this project's strict parser): before and
+    after with 95% Wilson intervals, unparseable counts, the change and McNemar's p; published figures beside."""
+    p = result.get("protocol")
+    if not p or not p["n"]:
+        return []
+    rows = []
+    for read in ("lenient", "strict"):
+        s = p["scorings"][read]
+        row = {"read": s["label"], "n": s["n"], "base model (before)": _share(s, "before"),
+               "fine-tuned (after)": _share(s, "after"),
+               "unparseable before / after": f"{s['before']['unparsed']} / {s['after']['unparsed']}",
+               "change (points)": f"{100 * s['delta']:+.1f}", "exact McNemar p": round(s["mcnemar"]["p_value"], 4),
+               "verdict": s["verdict"]}
+        if read == "lenient":
+            row["matched by (before)"] = ", ".join(f"{k} {v}" for k, v in s["before"]["matched_by"].items() if v)
+        rows.append(row)
+    return rows
+
+
+def _protocol(result: dict[str, Any]) -> str:
+    p = result.get("protocol")
+    if not p or not p["n"]:
+        return ""
+    d = p["protocol"]
+    text = (f"<h3>The dataset authors' protocol ({esc(d['source'])})</h3><p>The first {p['n']} questions again, "
+            f"as HuatuoGPT-o1's authors evaluate: their prompt (“Please answer the following multiple-choice "
+            f"question:”, the question, the options), in {esc(', '.join(p['wrapped_in']))}, sampled "
+            f"(temperature {d['temperature']}, top_p {d['top_p']}, at most {d['max_new_tokens']} new tokens"
+            + ("" if d["max_new_tokens"] == 2000 else "; the authors allow 2000") + "), read by their lenient "
+            "matcher (implemented here from its description) and by this project's strict parser. The lenient "
+            "matcher never fails to pick an option: its last resort is the most similar option, a guess, so its "
+            "'unparseable' count is only the empty answers; how many answers each rule decided is given.</p>")
+    pub = p.get("published") or []
+    text += _table(protocol_rows(result))
+    if pub:
+        text += "<p>Published figures for this set: " + esc(_published(pub)) + ".</p>"
+    return text
+
+
+def _more_sets(result: dict[str, Any]) -> str:
+    rows = more_sets_rows(result)
+    if not rows:
+        return ""
+    return ("<h3>Further sets, by option likelihood</h3><p>Each set is scored on its own, both models, by the most "
+            "probable option text (no generation); these do not change the verdict. Published figures are for "
+            "generated answers under their authors' protocols, cited as reported and not reproduced here, so they "
+            "are context, not the same measurement.</p>" + _table(rows))
 
 
 def _img(images: dict[str, str], name: str) -> str:
@@ -352,7 +451,7 @@ def render(result: dict[str, Any], images: dict[str, str]) -> str:
         f"{_metrics_table(result, behaviour)}{_img(images, 'generation')}"
         f"<h2>3. More often right? (multiple-choice accuracy)</h2>{_answer(result, 'correctness')}"
         f"{_accuracy_table(result)}{_generated_counts(result)}{_metrics_table(result, right)}"
-        f"{_img(images, 'accuracy')}{_mcq_items(result)}"
+        f"{_contamination(result)}{_img(images, 'accuracy')}{_mcq_items(result)}{_protocol(result)}{_more_sets(result)}"
         "<p>Unparseable generated answers (reasoning never closed, or no letter and no option text after "
         "&lt;/think&gt;) are counted wrong, never dropped. The exact McNemar test uses only the questions on "
         "which the two models disagree; the interval of the change is the exact one it inverts (Clopper-Pearson "

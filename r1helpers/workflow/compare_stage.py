@@ -17,7 +17,14 @@ from r1helpers.evaluate.compare import (
     teacher_forced,
     write_outputs,
 )
-from r1helpers.workflow.generate_stage import FinetunedModel, mcq_decoding, mcq_generations, mcq_rows
+from r1helpers.workflow.generate_stage import (
+    FinetunedModel,
+    mcq_clean,
+    mcq_decoding,
+    mcq_generations,
+    mcq_more_sets,
+    mcq_rows,
+)
 
 
 def nll_rows(cfg: Config, prepared) -> list[dict[str, Any]]:
@@ -70,8 +77,10 @@ def comparison_settings(cfg: Config) -> dict[str, Any]:
     if c.mcq_source is None:
         mcq["reason"] = "compare.mcq_source is null"
     else:
-        mcq.update(split=c.mcq_split, rows=c.mcq_rows, generate=c.mcq_generate,
-                   likelihood="mean log-probability per token of each option's text after the prompt")
+        mcq.update(split=c.mcq_split, rows=c.mcq_rows, generate=c.mcq_generate, generate_rows=c.mcq_generate_rows,
+                   likelihood="mean log-probability per token of each option's text after the prompt",
+                   more=list(c.mcq_more), more_rows=c.mcq_more_rows, protocol_rows=c.mcq_protocol_rows,
+                   protocol_max_new_tokens=c.mcq_protocol_max_new_tokens, contamination_span=c.contamination_span)
     return {"model": cfg.model.name, "profile": cfg.profile, "max_seq_length": cfg.model.max_seq_length,
             "decoding": decoding, "embedding_model": c.embedding_model, "mcq": mcq}
 
@@ -96,18 +105,24 @@ def _compare(cfg: Config, run: Run, prepared, baseline: list[dict], tuned: list[
              model: FinetunedModel) -> dict[str, Any]:
     check_same_decoding(run)
     pair_generations(baseline, tuned)  # refuse mismatched question sets before any model loads
-    mcq = mcq_rows(cfg)  # a bad source or row fails here, before any model loads
+    c = cfg.compare
+    # a bad source or row fails here, before any model loads; contaminated questions are left out before scoring
+    mcq, contamination = mcq_clean(cfg, mcq_rows(cfg), prepared)
+    more = mcq_more_sets(cfg, prepared)
     lm = model.get()
     tok, backend = lm.tokenizer, lm.backend.name
     nll = teacher_forced(lm.model, tok, nll_rows(cfg, prepared), cfg.model.max_seq_length)
     # Both sides from the one loaded model: the adapter disabled is the base model, as for the NLL. The generated
     # answers come from stages 01 and 04, which answered these questions in their generation batches.
-    generated = mcq_generations(cfg, run, mcq) if mcq is not None and cfg.compare.mcq_generate and model.own_adapter \
+    gen_rows = None if mcq is None else mcq[: c.mcq_generate_rows or None]
+    generated = mcq_generations(cfg, run, gen_rows) if mcq is not None and c.mcq_generate and model.own_adapter \
         else None
     answers = None if mcq is None else accuracy.answer_mcq_before_after(
-        lm.model, tok, mcq, decoding=None if generated else mcq_decoding(cfg))
+        lm.model, tok, mcq, decoding=None if generated else mcq_decoding(cfg), generate_rows=c.mcq_generate_rows or None)
     if generated:
         answers = {side: accuracy.attach_generations(answers[side], generated[side]) for side in answers}
+    more_results = [_more_set(lm.model, tok, m) for m in more]
+    protocol = _protocol(cfg, lm.model, tok, mcq)
     del lm
     model.release()  # nothing below needs the model; the embedder runs on the CPU
     notes = [f"adapter: {model.adapter_dir}", f"backend: {backend}"]
@@ -115,18 +130,44 @@ def _compare(cfg: Config, run: Run, prepared, baseline: list[dict], tuned: list[
         notes.append(f"multiple-choice: {len(mcq)} questions of {cfg.compare.mcq_source}, scored by option "
                      "likelihood" + (" and by the letter stated in a generated answer" if cfg.compare.mcq_generate
                                      else " only (compare.mcq_generate is false)"))
+    if contamination is not None:
+        notes.append(f"contamination: {contamination['excluded']} of {contamination['checked']} multiple-choice "
+                     f"questions share {contamination['span']} characters with a training question and are left out")
+    notes += [m["note"] for m in more]
+    if protocol is not None:
+        notes.append(f"authors' protocol (HuatuoGPT-o1): {protocol['n']} questions, both models, "
+                     f"{protocol['protocol']['max_new_tokens']} new tokens, prompt in {', '.join(protocol['wrapped_in'])}")
     sims, note = _similarities(cfg, baseline, tuned)
     notes.append(note)
-    c = cfg.compare
     result = build_comparison(
         nll, baseline, tuned, lambda s: len(tok(s, add_special_tokens=False)["input_ids"]),
         primary_metric=c.primary_metric, bootstrap_samples=c.bootstrap_samples, seed=c.seed,
         settings=comparison_settings(cfg), sims=sims, notes=notes, log_history=model.log_history,
-        mcq_rows=mcq, mcq_answers=answers)
+        mcq_rows=mcq, mcq_answers=answers, contamination=contamination, more_sets=more_results, protocol=protocol)
     write_outputs(result, run.stage_dir("compare"))
     if model.own_adapter:
         run.write_manifest(cfg, "compare", verdict=result["verdict"], headline=result["headline"])
     return result
+
+
+def _more_set(model, tok, entry: dict[str, Any]) -> dict[str, Any]:
+    """One further set scored by option likelihood, both models: `accuracy.more_set_result`."""
+    if not entry["rows"]:
+        return accuracy.more_set_result(entry["source"], None, None, entry["contamination"], entry["note"])
+    answers = accuracy.answer_mcq_before_after(model, tok, entry["rows"])
+    return accuracy.more_set_result(entry["source"], entry["rows"], answers, entry["contamination"], entry["note"])
+
+
+def _protocol(cfg: Config, model, tok, mcq: list[dict[str, Any]] | None) -> dict[str, Any] | None:
+    """The first compare.mcq_protocol_rows questions answered under the dataset authors' protocol, both models."""
+    c = cfg.compare
+    if not mcq or not c.mcq_protocol_rows:
+        return None
+    rows = mcq[: c.mcq_protocol_rows]
+    answers = accuracy.answer_protocol_before_after(model, tok, rows, max_new_tokens=c.mcq_protocol_max_new_tokens,
+                                                    seed=cfg.infer.seed)
+    return accuracy.protocol_comparison(rows, answers["base"], answers["tuned"], source=c.mcq_source,
+                                        decoding={"max_new_tokens": c.mcq_protocol_max_new_tokens, "seed": cfg.infer.seed})
 
 
 def _similarities(cfg: Config, baseline: list[dict], tuned: list[dict]) -> tuple[dict[str, list[float]] | None, str]:

@@ -11,7 +11,7 @@ from typing import Any
 from r1helpers.core.config import Config
 from r1helpers.core.hardware import free_memory
 from r1helpers.core.runs import Run, read_jsonl, write_jsonl_atomic
-from r1helpers.evaluate import accuracy
+from r1helpers.evaluate import accuracy, contamination
 from r1helpers.inference.choose import (
     _failure,
     _fallback,
@@ -48,7 +48,7 @@ def generate_stage(cfg: Config, run: Run, stage: str, loaded: Loaded, prepared, 
     fallback on other weights (without it, only a fallback on the same weights is possible).
     """
     items = question_set(cfg, prepared)
-    mcq = mcq_rows(cfg) if cfg.compare.mcq_generate else None
+    mcq = mcq_generation_rows(cfg, prepared) if cfg.compare.mcq_generate else None
     questions = [it["question"] for it in items] + [accuracy.mcq_question(r) for r in mcq or []]
     path = path or generation_path(cfg, run, stage)
     while True:
@@ -240,6 +240,46 @@ def mcq_rows(cfg: Config) -> list[dict[str, Any]] | None:
                            "r1helpers/sample-mcq, or to null (correctness is then not measured)") from e
 
 
+def training_questions(prepared) -> list[str]:
+    """The questions the adapter was trained on (the prepared training split's Question text)."""
+    return [] if prepared is None else [r["Question"] for r in prepared.train]
+
+
+def mcq_clean(cfg: Config, rows: list[dict[str, Any]] | None, prepared) -> tuple[list[dict[str, Any]] | None, dict | None]:
+    """`rows` without the questions that share compare.contamination_span characters with a training question
+    (`evaluate.contamination`), and what was checked and left out (None: no check, or no rows)."""
+    span = cfg.compare.contamination_span
+    if rows is None or not span or prepared is None:
+        return rows, None
+    train = training_questions(prepared)
+    return contamination.drop_contaminated(rows, train, span, against=f"the {len(train)} training rows' Question text")
+
+
+def mcq_generation_rows(cfg: Config, prepared=None) -> list[dict[str, Any]] | None:
+    """The multiple-choice questions answered by generation: the first compare.mcq_generate_rows (0: all) of
+    compare.mcq_source's scored questions, contaminated ones left out."""
+    rows, _ = mcq_clean(cfg, mcq_rows(cfg), prepared)
+    return None if rows is None else rows[: cfg.compare.mcq_generate_rows or None]
+
+
+def mcq_more_sets(cfg: Config, prepared=None) -> list[dict[str, Any]]:
+    """The further sets of compare.mcq_more, each {"source", "rows" (contaminated ones left out; None: it did
+    not load), "contamination", "note"}: a set that does not load (offline, a wrong id) is skipped, with why."""
+    out = []
+    for source in cfg.compare.mcq_more:
+        try:
+            rows = accuracy.load_mcq_rows(source, split=None, limit=cfg.compare.mcq_more_rows or None)
+        except Exception as e:  # the Hub unreachable, a wrong id, a bad row: this set only is skipped
+            out.append({"source": source, "rows": None, "contamination": None,
+                        "note": f"{source} skipped: it did not load ({type(e).__name__}: {str(e)[:200]})"})
+            continue
+        clean, checked = mcq_clean(cfg, rows, prepared)
+        out.append({"source": source, "rows": clean, "contamination": checked,
+                    "note": f"{source}: {len(clean)} questions scored by option likelihood"
+                            + (f" ({checked['excluded']} left out as contaminated)" if checked else "")})
+    return out
+
+
 def mcq_preview(cfg: Config) -> dict[str, Any]:
     """What stage 04 passes to the accuracy helpers: the set, how many questions, the decoding of the
     generated answers (None: likelihood only) and the first question's prompt exactly as the model sees it."""
@@ -247,9 +287,14 @@ def mcq_preview(cfg: Config) -> dict[str, Any]:
 
     rows = mcq_rows(cfg)
     c = cfg.compare
-    return {"source": c.mcq_source, "split": c.mcq_split, "questions": len(rows) if rows else 0,
+    n = len(rows) if rows else 0
+    return {"source": c.mcq_source, "split": c.mcq_split, "questions": n,
             "scored by": ("not measured" if rows is None else "option likelihood"
                           + (" and stated letter" if c.mcq_generate else "")),
+            "answered by generation": min(n, c.mcq_generate_rows or n) if c.mcq_generate else 0,
+            "answered under the authors' protocol": min(n, c.mcq_protocol_rows),
+            "further sets (option likelihood)": ", ".join(c.mcq_more) or "none",
+            "contamination check": f"{c.contamination_span} shared characters" if c.contamination_span else "off",
             "decoding": mcq_decoding(cfg),
             "first prompt": prompts.build_prompt(accuracy.mcq_question(rows[0])) if rows else None}
 

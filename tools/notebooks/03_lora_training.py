@@ -265,10 +265,20 @@ session loses at most a few minutes: rerun the notebook and it resumes. With "GP
 batch of 8."""),
     ("md", """## Results
 
-The stage's headline numbers, also written to `results/03.json` in the run folder."""),
+The stage's headline numbers, also written to `results/03.json` in the run folder. Each loss is named for what
+it is: the trainer's cross-entropy is a mean per token over the whole row, the prompt's tokens included, so it
+is not notebook 04's held-out NLL, which scores only the completion (reasoning, `</think>`, answer, EOS). The
+training loss is given twice: as last logged (the mean of the steps since the log before it) and as the mean of
+all logged values, the figure the model card quotes."""),
     ("code", """show.record_results(run, "03", {
     "optimizer steps": used.get("global_step", cfg.train.max_steps),
-    "final training loss": used.get("final_train_loss"), "final held-out loss": used.get("final_eval_loss"),
+    # What each loss is: both are mean cross-entropy per token over every token of the row, prompt included
+    # (notebook 04's NLL scores the completion only, so the two are not the same number).
+    f"training loss, last log (mean of the {cfg.train.logging_steps} steps before it; all tokens, prompt included)":
+        used.get("final_train_loss"),
+    "training loss, mean of all logged values (all tokens, prompt included)": used.get("train_loss"),
+    "held-out loss, last evaluation (all tokens, prompt included; not notebook 04's completion NLL)":
+        used.get("final_eval_loss"),
     "seconds": used["seconds"], "tokens/s": used.get("tokens_per_second"),
     "trainable parameters": used["trainable_parameters"], "backend": used["backend"],
     "batch plan": f"{used['batch_plan']['micro_batch']} x {used['batch_plan']['accumulation']}: {used['batch_plan']['reason']}",

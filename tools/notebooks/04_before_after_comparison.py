@@ -24,19 +24,36 @@ the two columns is the adapter.
 **What it needs.** The prepared data (chapter 02), the base model's generations (chapter 01) and the trained
 adapter (chapter 03); each is reused from the run folder when made with the current settings, otherwise rebuilt
 here first (training included), so this notebook also works opened alone. The multiple-choice set comes from
-`compare.mcq_source`: MedQA-USMLE (4 options, test split) from the Hugging Face Hub in the seed recipe, a bundled
-24-question sample in the CPU profile.
+`compare.mcq_source`: the whole MedQA-USMLE test split (1,273 questions, 4 options) from the Hugging Face Hub in
+the seed recipe, a bundled 24-question sample in the CPU profiles. The seed recipe also scores MedMCQA's validation
+split (the first 1,000 questions) and PubMedQA's 1,000 labelled questions (`compare.mcq_more`), each where it
+loads, and answers the first 110 MedQA questions again under the dataset authors' own protocol (HuatuoGPT-o1's),
+so the base model's figure can be set beside published ones. Before anything is scored, every question that
+shares a 64-character span with a training question is counted and left out.
 
 **What it writes.** `finetuned/generations.jsonl` (the fine-tuned model's answers), `compare/comparison.json`
 (every number below, per question too) and `compare/report.html`, one page that opens in any browser without a
 network. The last cell writes `results/04.json`.
 
-**How long.** Estimates for a Kaggle T4 from the benchmark numbers, not measurements: loading the 8B model in
-4-bit about 2 minutes; generating the example and 50 held-out answers, and the answers to the 50 multiple-choice
-questions, of up to 1,200 tokens each, in batches planned from the GPU's memory (roughly 15-25 tokens/s per
-sequence), 10-20 minutes; teacher-forced NLL of 50 rows, adapter off and on, 2-3 minutes; multiple-choice option
-likelihoods for 50 questions, both models, 1-2 minutes. **About 15-25 minutes in all**, or 8-12 minutes with
-`compare.mcq_generate = False`. On an H100 or H200 the static-cache path decodes the whole batch at once, after
+**How long on a Kaggle T4.** Estimates, not measurements, from the card's specification
+(`r1helpers.evaluate.budget`): a forward pass costs 2 x 8.03e9 FLOPs a token, taken at 25 TFLOPS effective (40%
+of the T4's 65 fp16 TFLOPS, for 4-bit weights dequantised before each matmul); a decoding step reads the 5.7 GB of
+4-bit weights plus each row's KV cache (128 KiB a token) at half the 320 GB/s peak, so 16 rows decoding together
+make about 254 tokens/s (16 a sequence, the low end of the 15-25 the benchmarks suggest). Every generated answer is
+counted at its token limit, so these are upper bounds for the generation. Loading the 8B model in 4-bit: about 2
+minutes. The held-out answers (the example + 50, up to 1,200 tokens, this model only; chapter 01 did the base
+model's): about 4 minutes. **Option likelihood** (tokens scored = questions x options x the prompt and one
+option, both models): MedQA's 1,273 questions at ~360 tokens a sequence, **about 39 minutes**; MedMCQA's first
+1,000 at ~150, **about 13**; PubMedQA's 1,000 at ~420 (the abstract is in the question) and 3 options, **about
+27**. **Stated letter** on the first 200 MedQA questions (`compare.mcq_generate_rows`, the most that fit 30 T4
+minutes for both models at 1,200 tokens), in the same batches as the held-out answers: **about 14 minutes here**
+and as many in chapter 01. **The authors' protocol** on the first 110 questions (`compare.mcq_protocol_rows`, the
+most that fit 30 minutes at 2,000 tokens), both models: **about 29 minutes**. Teacher-forced NLL of 50 rows, adapter
+off and on: 2-3 minutes. **About 2 hours in all** with every default; `compare.mcq_more = []` saves 40 minutes,
+`compare.mcq_protocol_rows = 0` 29, `compare.mcq_rows = 300` about 30. What each size can detect (the smallest
+change in accuracy found with 80% power at two-sided 0.05, at 30% of questions answered differently by the two
+models; fewer disagreements detect smaller changes): 1,273 questions ±4.3 points (±3.0 at 15% disagreeing), 1,000
+±4.8, 200 ±10.8, 110 ±14.5; the former default of 50 questions, ±21.2. On an H100 or H200 the static-cache path decodes the whole batch at once, after
 its compilation. Measured on an H200 with the 8B shape (random weights, the bundled rows, 51 held-out + 24 multiple-choice questions at 1,200 tokens; BENCHMARKS.md): 101.4 s, of which 46.0 s generating 90,000 tokens (1,957 tokens/s over the call: 17.8 s warm-up, then
 3,204 tokens/s) and 22.2 s for the comparison. Notebook 01 decodes through a zero LoRA adapter with the same
 attention, so this decoding step is the same graph, and torch's compile cache serves its compilation (notebook
@@ -53,16 +70,19 @@ questions at once (0: as many as the GPU's memory holds), the generation `path` 
 choice), the recipe's `example_questions` plus the first `num_eval_questions` held-out questions. `compare` is
 the scoring: `nll_rows` held-out rows scored teacher-forced (0: all), the `embedding_model` for semantic
 similarity, the `bootstrap_samples` and their `seed`, the multiple-choice set (`mcq_source`, `mcq_split`,
-`mcq_rows`), whether the models also answer it by generation (`mcq_generate`), and `primary_metric`."""),
+`mcq_rows`, 0: all), whether the models also answer it by generation (`mcq_generate`) and on how many of its
+questions (`mcq_generate_rows`), the further sets scored by likelihood (`mcq_more`, `mcq_more_rows`), the questions
+answered under the authors' protocol (`mcq_protocol_rows`, `mcq_protocol_max_new_tokens`), the contamination check
+(`contamination_span`, 0: off) and `primary_metric`."""),
     ("code", """from r1helpers.core import show
 from r1helpers.evaluate import compare
 from r1helpers.workflow import compare_stage, data_stage, generate_stage
 show.config_table(cfg).filter(regex=r"^(infer|compare)\\.", axis=0)"""),
-    ("md", """To change a value, set it on `cfg` before the cells below run, e.g. `cfg.compare.mcq_rows = 100`,
+    ("md", """To change a value, set it on `cfg` before the cells below run, e.g. `cfg.compare.mcq_rows = 300`,
 `cfg.compare.mcq_generate = False` (likelihood scoring only, much faster), `cfg.compare.mcq_source = None` (no
 accuracy: the verdict then reads "correctness not measured") or `cfg.compare.mcq_source = "my_questions.jsonl"`
 (rows with `question`, `options` {letter: text}, `answer_idx` and `answer`). Papermill takes the same as
-`overrides={"compare.mcq_rows": 100}`. Every step reads `cfg` when it runs and compares it with what the run
+`overrides={"compare.mcq_rows": 300}`. Every step reads `cfg` when it runs and compares it with what the run
 folder was made with, so a changed value is what this chapter uses: changing `infer` regenerates both models'
 answers (the comparison must use one decoding), changing `compare` only rescores.
 
@@ -142,9 +162,17 @@ pd.DataFrame(compare_stage.decoding_used(run))"""),
 
 Each question is put where the recipe puts a question, so the model sees the prompt it was trained on: the
 vignette, its lettered options one per line and a request for the letter, then `### Response:` and `<think>`.
-`generate_stage.mcq_preview` shows what the stage passes on: the set, the number of questions, the decoding of the
-generated answers (the `infer` settings above, never streamed) and the first prompt exactly as the model
-receives it."""),
+`generate_stage.mcq_preview` shows what the stage passes on: the set, the number of questions, how many are also
+answered by generation and under the authors' protocol, the further sets, the contamination check, the decoding of
+the generated answers (the `infer` settings above, never streamed) and the first prompt exactly as the model
+receives it.
+
+**Contamination.** The training rows were written from medical exam questions, so an evaluation question may be
+one the adapter has seen. Before anything is scored, each multiple-choice question (of every set) is compared with
+the training rows' `Question` text: one that shares a span of `compare.contamination_span` characters (64, as the
+HuatuoGPT-o1 authors checked) after lower-casing and collapsing white space is counted and left out of the
+accuracy; the report says how many and which. The bundled CPU sample has one such question (74 shared characters
+with a bundled training row), so the CPU profile scores 23 of its 24."""),
     ("code", """preview = generate_stage.mcq_preview(cfg)
 print(preview.pop("first prompt"))
 pd.Series(preview, name="value").to_frame()"""),
@@ -175,10 +203,28 @@ teach the format: think, close `</think>`, answer, stop? A model that never clos
   reasoning never closed, is **counted wrong, never dropped**: dropping it would reward a model for not
   answering, and both models would no longer be scored on the same questions.
 
-*Read it as:* accuracy before and after with 95% Wilson intervals; the change with a 95% paired bootstrap
-interval (questions resampled in pairs); McNemar's exact test, which uses only the questions where one model
-was right and the other wrong; and the unparseable counts, so that a change in format is not mistaken for a
-change in knowledge. With four options chance is 25%.
+*Read it as:* accuracy before and after with 95% Wilson intervals; the change with its exact paired interval;
+McNemar's exact test, which uses only the questions where one model was right and the other wrong; the
+detectable change at this n; and the unparseable counts, so that a change in format is not mistaken for a change
+in knowledge. With four options chance is 25%. Likelihood scoring covers the whole set; the stated letter covers
+its first `compare.mcq_generate_rows` questions, and its row says its own n and detectable change.
+
+**The field's protocol beside ours.** Published figures for these sets are not made with this notebook's prompt.
+The dataset's authors (HuatuoGPT-o1, `evaluation/eval.py` and `scorer.py`) ask "Please answer the following
+multiple-choice question:", then the question and its "A. text" option lines, in the model's own chat template,
+sample at temperature 0.5 and top_p 0.9 with up to 2,000 new tokens, and read the answer leniently: an "answer is
+X" statement, else a bare option letter, else an option's text in the answer, else the most similar option. So
+the first `compare.mcq_protocol_rows` questions are answered that way too, both models, and read both by that
+lenient matcher (implemented here from the authors' description, not copied) and by the strict parser, with
+unparseable counts for both: the lenient matcher never fails to pick, its last rule is a guess, so how many
+answers each rule decided is given. The base model's figure then sits next to published ones: for
+DeepSeek-R1-Distill-Llama-8B about 55 (MedQA), 49 (MedMCQA) and 74 (PubMedQA) as reported by the MedReason
+repository's comparison table, and 72.6 on MedQA for HuatuoGPT-o1-8B as reported by the HuatuoGPT-o1 paper (Table
+1); none is reproduced here.
+
+**Further sets.** MedMCQA and PubMedQA are scored by option likelihood only (no generation: cheap enough for 1,000
+questions each), each with its own accuracy, test and detectable change. They are reported beside the main set and
+do not change the verdict.
 
 **Intervals, n and verdicts.** Every metric is computed per question for both models and differenced (after
 minus before); resampling questions `compare.bootstrap_samples` times gives a 95% interval of the mean
@@ -206,13 +252,25 @@ model is not producing finished answers, whatever its NLL did."""),
     ("md", """### 3. More often right?
 
 One row per scoring: accuracy before and after (right / n) with 95% Wilson intervals, the change in percentage
-points with its 95% paired bootstrap interval, McNemar's p with the discordant counts (right only before / right
-only after), the unparseable answers of each model (stated-letter scoring only) and the verdict. On a few dozen
-questions both tests are rough: an interval of ±15 points is common, so "no significant change" often means
-"too few questions to tell", not "no effect"."""),
+points with its exact paired interval, McNemar's exact p with the discordant counts (right only before / right
+only after), the detectable change, the unparseable answers of each model (stated-letter scoring only) and the
+verdict. A change smaller than the detectable change can go unseen: "no significant change" then means "too few
+questions to tell", not "no effect". Below the table: how many questions were left out as contaminated."""),
     ("code", """compare.accuracy_table(comparison)"""),
+    ("code", """contamination = comparison["accuracy"] and comparison["accuracy"].get("contamination")
+print("left out as contaminated:", "no check" if not contamination else
+      f"{contamination['excluded']} of {contamination['checked']} ({[h['id'] for h in contamination['items']]})")"""),
+    ("md", """The dataset authors' protocol on the first `compare.mcq_protocol_rows` questions: their lenient read and
+the strict read of the same answers, with the unparseable counts, the rules that decided the lenient read, and the
+published figures for this set (as reported by their sources, not reproduced here)."""),
+    ("code", """compare.protocol_table(comparison)"""),
+    ("md", """The further sets, by option likelihood: each set's accuracy before and after, the change, McNemar's p, the
+detectable change, the questions left out as contaminated, the estimated T4 minutes and the published figures
+(made by generation under their authors' protocols, so context rather than the same measurement). A set that did
+not load is listed with why."""),
+    ("code", """compare.more_sets_table(comparison)"""),
     ("md", """Question by question: the gold letter, each model's most probable option and the letter it stated
-("(unparseable)" when none could be read, counted wrong)."""),
+("(unparseable)" when none could be read, counted wrong; empty beyond the generated subset)."""),
     ("code", """compare.mcq_side_by_side(comparison).head(12)"""),
     ("md", """## What the verdict does and does not mean
 
@@ -258,7 +316,9 @@ no links, plots are embedded, and model text is escaped, so it is safe to open a
 
 The verdict and headline; for question 1 the fit metric before and after with its delta, 95% interval and `n`;
 for question 2 the rates of closed `</think>` and EOS and the repeated 4-gram share before and after; for
-question 3 the accuracy before and after under each scoring, the 95% interval of the change, McNemar's p and the
-unparseable counts. Saved to `results/04.json` in the run folder."""),
+question 3 the accuracy before and after under each scoring, the 95% interval of the change, McNemar's p, the
+detectable change and the unparseable counts, the questions left out as contaminated, each further set's
+likelihood accuracy, the authors' protocol read both ways and the published figures it is set beside. Saved to
+`results/04.json` in the run folder."""),
     ("code", """show.record_results(run, "04", compare.key_numbers(comparison))"""),
 ]
