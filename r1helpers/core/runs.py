@@ -27,7 +27,8 @@ T = TypeVar("T")
 
 # The multiple-choice questions that each generation stage answers by generation too (compare.mcq_generate),
 # in the same batches as the held-out questions.
-MCQ_GENERATION = ("compare.mcq_source", "compare.mcq_split", "compare.mcq_rows", "compare.mcq_generate")
+MCQ_GENERATION = ("compare.mcq_source", "compare.mcq_split", "compare.mcq_rows", "compare.mcq_generate",
+                  "compare.mcq_generate_rows")
 # Which config sections each stage's outputs depend on (upstream stages included).
 STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "data": ("model.name", "model.max_seq_length", "data"),

@@ -23,8 +23,9 @@ from r1helpers.core.hardware import headless
 
 SECRETS = {
     # name in os.environ: other names people use for it
-    "HF_TOKEN": ("HF_TOKEN", "HUGGINGFACE_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HUGGINGFACEHUB_API_TOKEN"),
-    "WANDB_API_KEY": ("WANDB_API_KEY", "WANDB_KEY", "WANDB_TOKEN"),
+    "HF_TOKEN": ("HF_TOKEN", "HUGGINGFACE_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HUGGINGFACEHUB_API_TOKEN",
+                 "Hugging_Face_Token"),  # the last: the label the tutorial gives its Kaggle secret
+    "WANDB_API_KEY": ("WANDB_API_KEY", "WANDB_KEY", "WANDB_TOKEN", "wandb"),  # wandb: the tutorial's Kaggle secret
 }
 # What each secret unlocks, shown when it is missing so the user can judge whether to add it.
 PURPOSE = {

@@ -60,8 +60,10 @@ def recipe_lines(cfg: Config, train_metrics: dict[str, Any] | None = None) -> li
         "the adapter into the base model's 16-bit weights, not into dequantized 4-bit ones",
     ]
     if train.get("train_loss") is not None:
-        lines.append(f"- Final training loss: {_num(train['train_loss'])} ({train.get('backend', '?')} backend, "
-                     f"{_num(train.get('seconds'))} s)")
+        lines.append(f"- Training loss: {_num(train['train_loss'])} (mean per token of the logged training losses over "
+                     f"all {t.max_steps} steps, prompt tokens included; {train.get('backend', '?')} backend, "
+                     f"{_num(train.get('seconds'))} s). Not comparable with the held-out completion NLL in the "
+                     "comparison, which scores only the completion")
     return lines
 
 
