@@ -181,3 +181,37 @@ def test_model_card_words_the_base_model_from_the_model_not_the_profile():
     assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct\n" in smol and "license: apache-2.0" in smol
     assert "randomly initialised" not in hubbed and "license: llama3.1" in hubbed
     assert "base_model: unsloth/DeepSeek-R1-Distill-Llama-8B\n" in hubbed
+
+
+def test_fast_language_model_calls_on_transformers_and_peft(tiny_model_dir):
+    """The notebooks' cells call Unsloth's FastLanguageModel; where Unsloth cannot run, `language_model` gives a class
+    with the same calls on transformers + peft: from_pretrained -> (model, tokenizer) in the dtype asked, with
+    `prepare_tokens` a pad token that is not EOS, get_peft_model -> r x (in + out) trainable numbers a matrix with B
+    at zero, for_inference -> eval mode with the KV cache."""
+    import torch
+
+    from r1helpers.modeling.fast import TransformersLanguageModel, language_model
+    from r1helpers.modeling.load import prepare_tokens
+
+    FastLanguageModel = language_model("transformers")
+    assert FastLanguageModel is TransformersLanguageModel
+    model, tokenizer = FastLanguageModel.from_pretrained(
+        model_name=str(tiny_model_dir), max_seq_length=256, dtype=torch.float32, load_in_4bit=False)
+    assert next(model.parameters()).dtype == torch.float32
+    said = prepare_tokens(model, tokenizer)
+    assert tokenizer.pad_token_id != tokenizer.eos_token_id and "pad token" in said
+    assert tokenizer.padding_side == "left" and model.generation_config.pad_token_id == tokenizer.pad_token_id
+    ids = tokenizer("### Question:\nWhy?", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        before = model(ids).logits
+    model = FastLanguageModel.get_peft_model(model, r=4, lora_alpha=8, lora_dropout=0.0, bias="none",
+                                             target_modules=["q_proj", "v_proj"], use_gradient_checkpointing=False,
+                                             random_state=3407, use_rslora=False, loftq_config=None)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert trainable == 2 * 4 * ((128 + 128) + (128 + 64))  # two blocks; q 128 -> 128, v 128 -> 64
+    FastLanguageModel.for_inference(model)
+    assert not model.training and model.config.use_cache
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, before), "B starts at zero"
+    with pytest.raises(Exception, match="load_in_4bit=True needs a CUDA GPU"):
+        FastLanguageModel.from_pretrained(model_name=str(tiny_model_dir), load_in_4bit=True)
