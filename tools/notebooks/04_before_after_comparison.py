@@ -53,15 +53,8 @@ off and on: 2-3 minutes. **About 2 hours in all** with every default; `compare.m
 `compare.mcq_protocol_rows = 0` 29, `compare.mcq_rows = 300` about 30. What each size can detect (the smallest
 change in accuracy found with 80% power at two-sided 0.05, at 30% of questions answered differently by the two
 models; fewer disagreements detect smaller changes): 1,273 questions ±4.3 points (±3.0 at 15% disagreeing), 1,000
-±4.8, 200 ±10.8, 110 ±14.5; the former default of 50 questions, ±21.2. On an H100 or H200 the static-cache path decodes the whole batch at once, after
-its compilation. Measured on an H200 with the 8B shape (random weights, the bundled rows, 51 held-out + 24 multiple-choice questions at 1,200 tokens; BENCHMARKS.md): 101.4 s, of which 46.0 s generating 90,000 tokens (1,957 tokens/s over the call: 17.8 s warm-up, then
-3,204 tokens/s) and 22.2 s for the comparison. Notebook 01 decodes through a zero LoRA adapter with the same
-attention, so this decoding step is the same graph, and torch's compile cache serves its compilation (notebook
-01's warm-up was 72.8 s). What the warm-up still spends is mostly Dynamo tracing the step again (11.4 s). Since
-then `generate` runs each LoRA layer as one plain function of its weights while it generates on this path
-(`inference.lora_forward`): the same arithmetic, bit for bit, traced faster; on the project's CPU machine, compiling
-a 32-layer step took 8.0-8.5 s instead of 12.5-12.7 s. It is not yet measured on the GPU. The CPU
-profile's tiny model takes about a minute."""),
+±4.8, 200 ±10.8, 110 ±14.5; the former default of 50 questions, ±21.2. Measured on an H200 with the 8B shape and random weights, the bundled rows and the 24-question sample
+(not a T4, and before the larger defaults; BENCHMARKS.md): 101.4 s for the stage."""),
     ("md", """## The settings this chapter uses
 
 Two config sections decide everything below. `infer` is the decoding, shared by every generation here: greedy
