@@ -477,15 +477,17 @@ def test_more_sets_skip_what_does_not_load(cfg, tmp_path):
 
 def _extras(result):
     from r1helpers.evaluate import accuracy as acc
+    from r1helpers.evaluate.more_sets import more_set_result
+    from r1helpers.evaluate.protocol import protocol_comparison
 
     rows = acc.load_mcq_rows(acc.SAMPLE_MCQ, limit=8)
     base = [{"id": r["id"], "likelihood_letter": r["answer_idx"]} for r in rows]
     tuned = [{"id": r["id"], "likelihood_letter": next(x for x in r["options"] if x != r["answer_idx"])} for r in rows]
-    more = [acc.more_set_result("openlifescienceai/medmcqa@validation", rows, {"base": base, "tuned": tuned}),
-            acc.more_set_result("qiaojin/PubMedQA", None, None, note="qiaojin/PubMedQA skipped: it did not load")]
+    more = [more_set_result("openlifescienceai/medmcqa@validation", rows, {"base": base, "tuned": tuned}),
+            more_set_result("qiaojin/PubMedQA", None, None, note="qiaojin/PubMedQA skipped: it did not load")]
     gens = [{"id": r["id"], "generated": f"r</think>The answer is {r['answer_idx']}.", "wrapped_in": "x"} for r in rows]
-    protocol = acc.protocol_comparison(rows, gens, [{**g, "generated": "no idea"} for g in gens],
-                                       source="GBaker/MedQA-USMLE-4-options")
+    protocol = protocol_comparison(rows, gens, [{**g, "generated": "no idea"} for g in gens],
+                                   source="GBaker/MedQA-USMLE-4-options")
     result = {**result, "more_sets": more, "protocol": protocol}
     result["accuracy"]["contamination"] = {"span": 64, "against": "the 9 training rows' Question text",
                                            "checked": 25, "excluded": 1, "kept": 24, "items": []}

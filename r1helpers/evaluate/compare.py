@@ -268,8 +268,8 @@ def build_comparison(
     metric the headline quotes, or, when it is an accuracy, the one scoring that decides.
     `settings` (model, decoding, ...) is recorded as given, with the counts and bootstrap
     settings added. `contamination` (`contamination.drop_contaminated`'s record of the questions left
-    out before scoring) goes under accuracy["contamination"]; `more_sets` (`accuracy.more_set_result`
-    per further set) and `protocol` (`accuracy.protocol_comparison`) are reported beside the main
+    out before scoring) goes under accuracy["contamination"]; `more_sets` (`more_sets.more_set_result`
+    per further set) and `protocol` (`protocol.protocol_comparison`) are reported beside the main
     set's accuracy and do not change the verdict.
     """
     if primary_metric not in SPECS or SPECS[primary_metric].better is None:
