@@ -11,7 +11,7 @@ import re
 import pytest
 
 from r1helpers.evaluate import compare
-from r1helpers import data
+from r1helpers import data_sources
 from r1helpers.evaluate import report
 from r1helpers.core.config import apply_overrides
 from r1helpers.core.runs import read_jsonl, Run
@@ -37,7 +37,7 @@ def prepared_run(cfg, tokenizer, tmp_path_factory):
 # ---- spans ------------------------------------------------------------------------------------
 
 def test_spans_cover_exactly_the_reference_reasoning_and_answer(tokenizer):
-    row = data.load_sample_rows()[0]
+    row = data_sources.load_sample_rows()[0]
     sp = compare.completion_spans(tokenizer, row["Question"], row["Complex_CoT"], row["Response"])
     assert sp.prompt_length <= sp.cot.start < sp.cot.stop < sp.answer.start < sp.answer.stop == len(sp.ids)
     assert tokenizer.decode(sp.ids[sp.cot.start : sp.cot.stop]).strip() == row["Complex_CoT"].strip()
@@ -48,7 +48,7 @@ def test_spans_cover_exactly_the_reference_reasoning_and_answer(tokenizer):
 
 
 def test_spans_are_cut_at_max_seq_length_as_in_training(tokenizer):
-    row = data.load_sample_rows()[0]
+    row = data_sources.load_sample_rows()[0]
     sp = compare.completion_spans(tokenizer, row["Question"], row["Complex_CoT"], row["Response"])
     cut = sp.clipped(sp.cot.start + 3)
     assert len(cut.ids) == sp.cot.start + 3 and len(cut.cot) == 3 and len(cut.answer) == 0

@@ -79,7 +79,7 @@ def test_exported_template_renders_the_training_prompt_ids_on_the_tiny_model(tok
     """Rendering the template for a question, then tokenizing it as runtimes do, gives the training prompt's ids."""
     import copy
 
-    from r1helpers.data import load_sample_rows
+    from r1helpers.data_sources import load_sample_rows
     from r1helpers.export.files import with_chat_template
 
     tok = with_chat_template(copy.deepcopy(tokenizer))

@@ -230,7 +230,8 @@ def test_lenient_advice_with_one_usable_row_is_the_fix_that_works():
 def test_integer_columns_in_parquet_are_refused_with_name_and_type(tmp_path):
     import pandas as pd
 
-    from r1helpers.data import DataError, load_rows, select_rows
+    from r1helpers.data import DataError, select_rows
+    from r1helpers.data_sources import load_rows
 
     path = tmp_path / "rows.parquet"
     pd.DataFrame({"Question": ["q1", "q2", "q3"], "Complex_CoT": ["c1", "c2", "c3"], "Response": [1, 10, 3]}

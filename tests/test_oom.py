@@ -17,7 +17,7 @@ import torch
 
 from r1helpers.inference import generate as infer
 from r1helpers.core.config import load_config
-from r1helpers.data import load_sample_rows
+from r1helpers.data_sources import load_sample_rows
 from r1helpers.workflow.data_stage import prepare
 from r1helpers.core.runs import Run, write_text_atomic
 from r1helpers.inference import choose
