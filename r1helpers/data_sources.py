@@ -7,7 +7,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from r1helpers.core.config import SAMPLE_DATASET
+from r1helpers.core.recipes import SAMPLE_DATASET
 from r1helpers.data import COLUMNS, DataError, Report, check_columns
 
 LOCAL_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")

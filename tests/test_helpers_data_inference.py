@@ -12,7 +12,7 @@ import torch
 
 from r1helpers import data, data_sources
 from r1helpers.core import prompts
-from r1helpers.core.config import SAMPLE_DATASET, TINY_MODEL
+from r1helpers.core.recipes import SAMPLE_DATASET, TINY_MODEL
 from r1helpers.inference.generate import generate, summarize
 from r1helpers.modeling import load
 

@@ -8,14 +8,16 @@ from __future__ import annotations
 import pytest
 
 from r1helpers.core import prompts
-from r1helpers.core.config import SMOLLM2_MODEL, TINY_MODEL, load_config
+from r1helpers.core.config import load_config
+from r1helpers.core.recipes import SMOLLM2_MODEL, TINY_MODEL
 from r1helpers.modeling import load
 
 
 # ---- pad token ---------------------------------------------------------------------------------------
 
 def test_model_pad_token_is_a_config_field_of_every_recipe():
-    from r1helpers.core.config import FIELDS, profiles
+    from r1helpers.core.config import FIELDS
+    from r1helpers.core.recipes import profiles
 
     assert all(load_config(p).model.pad_token is None for p in profiles())  # automatic everywhere
     assert load_config("cpu", {"model.pad_token": "<|pad|>"}).model.pad_token == "<|pad|>"

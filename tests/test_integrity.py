@@ -79,11 +79,11 @@ def test_a_value_changed_in_a_notebook_cell_is_checked_by_the_runner(tmp_path, c
 # ---- 2: the profile is resolved once per run folder --------------------------------------------
 
 def test_auto_is_resolved_once_and_recorded(tmp_path, monkeypatch):
-    monkeypatch.setattr("r1helpers.core.config.auto_profile", lambda: ("cpu", "no CUDA GPU"))
+    monkeypatch.setattr("r1helpers.core.recipes.auto_profile", lambda: ("cpu", "no CUDA GPU"))
     cfg, run = session.start(str(tmp_path / "run"), "auto", secrets=False, quiet=True)
     assert cfg.profile == "cpu" and json.loads((run.root / "run.json").read_text())["profile"] == "cpu"
     # Later the Hub answers and a GPU appears: a notebook opened with `auto` keeps the recorded profile.
-    monkeypatch.setattr("r1helpers.core.config.auto_profile", lambda: ("seed", "CUDA GPU and Hub reachable"))
+    monkeypatch.setattr("r1helpers.core.recipes.auto_profile", lambda: ("seed", "CUDA GPU and Hub reachable"))
     cfg2, _ = session.start(str(tmp_path / "run"), "auto", secrets=False, quiet=True)
     assert cfg2.profile == "cpu"
 

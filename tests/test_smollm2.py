@@ -17,7 +17,7 @@ import math
 import pytest
 
 from r1helpers.core import prompts
-from r1helpers.core.config import SMOLLM2_MODEL
+from r1helpers.core.recipes import SMOLLM2_MODEL
 
 MAX_LEN = 512
 # Every test here needs SmolLM2 made from its GGUF (smol_dir: half a minute on a CPU).

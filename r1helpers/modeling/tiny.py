@@ -7,7 +7,7 @@ generation, merge, GGUF) runs on it exactly as on the 8B model.
 
     python -c "from r1helpers.modeling.tiny import ensure_tiny_model; print(ensure_tiny_model())"
 
-Configs name it `r1helpers/tiny-llama` (core.config.TINY_MODEL); `r1helpers.modeling.local.resolve_model_path`
+Configs name it `r1helpers/tiny-llama` (core.recipes.TINY_MODEL); `r1helpers.modeling.local.resolve_model_path`
 maps that id to this folder.
 """
 
