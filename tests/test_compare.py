@@ -12,7 +12,7 @@ import pytest
 
 from r1helpers.evaluate import compare
 from r1helpers import data_sources
-from r1helpers.evaluate import report
+from r1helpers.evaluate import report, views
 from r1helpers.core.config import apply_overrides
 from r1helpers.core.runs import read_jsonl, Run
 from r1helpers.inference import choose
@@ -294,20 +294,20 @@ def test_report_shows_the_accuracy_table(cfg, tmp_path):
 
 def test_tables_for_the_notebook(cfg):
     result = _fake(cfg, -0.2, _mcq(6, 9, generated=("r</think>A", "r</think>Vitamin")))
-    table = compare.summary_table(result)
+    table = views.summary_table(result)
     assert list(table.columns[:5]) == ["n", "before", "after", "delta", "95% CI"]
     assert len(table) == len(compare.SPECS)
-    assert list(compare.summary_table(result, "fit").index) == [m.label for m in compare.TEACHER_FORCED]
-    assert set(compare.summary_table(result, "behaviour")["n"]) == {6, 0}  # semantic similarity: no embedder
-    acc_table = compare.accuracy_table(result)
+    assert list(views.summary_table(result, "fit").index) == [m.label for m in compare.TEACHER_FORCED]
+    assert set(views.summary_table(result, "behaviour")["n"]) == {6, 0}  # semantic similarity: no embedder
+    acc_table = views.accuracy_table(result)
     assert list(acc_table.index) == ["likelihood", "generated", "generated, lenient read"]
     assert set(acc_table["n"]) == {24}
     assert acc_table.loc["generated", "unparseable before / after"] == "0 / 24"
     assert acc_table.loc["likelihood", "before 95% Wilson"] == "[12.0%, 44.9%]"  # Wilson for 6/24, by hand below
-    assert len(compare.findings_table(result)) == 3
-    mcq = compare.mcq_side_by_side(result)
+    assert len(views.findings_table(result)) == 3
+    mcq = views.mcq_side_by_side(result)
     assert len(mcq) == 24 and mcq["fine-tuned stated"].iloc[0] == "(unparseable)"
-    side = compare.side_by_side(result)
+    side = views.side_by_side(result)
     assert list(side.columns[:4]) == ["question", "reference", "base answer", "fine-tuned answer"]
     assert len(side) == 7
 
@@ -510,7 +510,7 @@ def test_report_and_key_numbers_show_more_sets_protocol_and_contamination(cfg, t
     assert keys["authors' protocol: lenient accuracy before"] == 1.0
     assert keys["authors' protocol: strict unparseable before / after"] == "0 / 8"
     assert "not reproduced here" in keys["published: HuatuoGPT-o1-8B on MedQA"]
-    assert list(compare.protocol_table(result).index)[0].startswith("HuatuoGPT-o1's lenient matcher")
-    assert len(compare.more_sets_table(result)) == 2
+    assert list(views.protocol_table(result).index)[0].startswith("HuatuoGPT-o1's lenient matcher")
+    assert len(views.more_sets_table(result)) == 2
     saved = json.loads((tmp_path / "comparison.json").read_text())
     assert saved["protocol"]["n"] == 8 and saved["more_sets"][0]["n"] == 8
