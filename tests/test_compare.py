@@ -12,7 +12,7 @@ import pytest
 
 from r1helpers.evaluate import compare
 from r1helpers import data_sources
-from r1helpers.evaluate import report, views
+from r1helpers.evaluate import plots, report, views
 from r1helpers.core.config import apply_overrides
 from r1helpers.core.runs import read_jsonl, Run
 from r1helpers.inference import choose
@@ -440,7 +440,7 @@ def test_figures_render_for_the_notebook(trained_comparison):
     import matplotlib.pyplot as plt
 
     _, result = trained_comparison
-    figs = report.figures(result)
+    figs = plots.figures(result)
     assert set(figs) == {"teacher-forced", "generation", "deltas", "accuracy", "loss"}
     for fig in figs.values():
         plt.close(fig)

@@ -105,6 +105,6 @@ def side_by_side(result: dict[str, Any], width: int = 600):
 
 def figures(result: dict[str, Any]):
     """The report's plots, for display in the notebook."""
-    from r1helpers.evaluate.report import figures as make
+    from r1helpers.evaluate.plots import figures as make
 
     return make(result)
