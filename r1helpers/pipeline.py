@@ -317,7 +317,7 @@ def run_notebooks(
         timings[stage] = round(time.perf_counter() - t0, 1)
         print(result_line(run.root, stage, timings[stage]), flush=True)
         if stage == "05":
-            from r1helpers.kaggle import keep_model
+            from r1helpers.kaggle_model import keep_model
 
             for line in keep_model(run.root, cfg.model.name, dry_run=dry_run or "adapter" not in cfg.export.push):
                 print(line, flush=True)

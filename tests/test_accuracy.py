@@ -7,7 +7,7 @@ import json
 import pytest
 
 from r1helpers.evaluate import accuracy as acc
-from r1helpers.evaluate import metrics
+from r1helpers.evaluate import metrics, more_sets, protocol
 
 ABCD = ["A", "B", "C", "D"]
 ABCDE = ["A", "B", "C", "D", "E"]
@@ -622,21 +622,21 @@ OPTS = {"A": "Iron deficiency anemia", "B": "Vitamin B12 deficiency", "C": "Fola
     ("", None, "empty"),
 ])
 def test_lenient_matcher_rules_in_order(text, letter, rule):
-    assert acc.match_choice_lenient(text, OPTS) == (letter, rule)
+    assert protocol.match_choice_lenient(text, OPTS) == (letter, rule)
 
 
 def test_lenient_matcher_last_pick_and_strict_disagree():
-    assert acc.match_choice_lenient("the answer is A, no wait, the answer is B", OPTS, pick="last") == ("B", "answer_is")
+    assert protocol.match_choice_lenient("the answer is A, no wait, the answer is B", OPTS, pick="last") == ("B", "answer_is")
     row = {"id": "q", "question": "?", "options": OPTS, "answer_idx": "C", "answer": OPTS["C"]}
-    graded = acc.grade_protocol("thinking about folate deficiency and more", row)   # reasoning never closed
+    graded = protocol.grade_protocol("thinking about folate deficiency and more", row)   # reasoning never closed
     assert graded["lenient_correct"] and graded["lenient_rule"] == "option_text"
     assert graded["strict_unparsed"] and not graded["strict_correct"]
 
 
 def test_protocol_question_layout():
     row = {"question": "Which deficiency?", "options": {"A": "Iron", "B": "Folate"}}
-    assert acc.protocol_question(row) == ("Please answer the following multiple-choice question:\n"
-                                          "Which deficiency?\nA. Iron\nB. Folate")
+    assert protocol.protocol_question(row) == ("Please answer the following multiple-choice question:\n"
+                                               "Which deficiency?\nA. Iron\nB. Folate")
 
 
 def test_protocol_comparison_by_hand():
@@ -644,25 +644,25 @@ def test_protocol_comparison_by_hand():
     base = [{"id": "q0", "generated": "The answer is C."}, {"id": "q1", "generated": "The answer is A."},
             {"id": "q2", "generated": "no idea at all"}, {"id": "q3", "generated": ""}]
     tuned = [{"id": f"q{i}", "generated": "r</think>The answer is C."} for i in range(4)]
-    out = acc.protocol_comparison(rows, base, tuned, source="GBaker/MedQA-USMLE-4-options")
+    out = protocol.protocol_comparison(rows, base, tuned, source="GBaker/MedQA-USMLE-4-options")
     le, st = out["scorings"]["lenient"], out["scorings"]["strict"]
     assert out["n"] == 4 and le["after"]["correct"] == 4 and st["after"]["correct"] == 4
-    assert le["before"]["correct"] == 1 + (acc.match_choice_lenient("no idea at all", OPTS)[0] == "C")
+    assert le["before"]["correct"] == 1 + (protocol.match_choice_lenient("no idea at all", OPTS)[0] == "C")
     assert le["before"]["unparsed"] == 1 and le["before"]["matched_by"]["most_similar"] == 1
     assert st["before"]["correct"] == 0 and st["before"]["unparsed"] == 4, "no </think>: the strict parser reads nothing"
     assert {p["set"] for p in out["published"]} == {"MedQA"} and len(out["published"]) == 2
     assert all("not reproduced here" in p["note"] for p in out["published"])
-    assert acc.published_figures("qiaojin/PubMedQA:pqa_labeled@train")[0]["accuracy"] == 74.0
-    assert acc.published_figures("my_questions.jsonl") == []
+    assert more_sets.published_figures("qiaojin/PubMedQA:pqa_labeled@train")[0]["accuracy"] == 74.0
+    assert more_sets.published_figures("my_questions.jsonl") == []
 
 
 def test_answer_protocol_on_a_tiny_model(tiny_lm):
     model, tokenizer = tiny_lm
     rows = _tiny_rows()
-    out = acc.answer_protocol(model, tokenizer, rows, max_new_tokens=5, batch_size=2, seed=1)
+    out = protocol.answer_protocol(model, tokenizer, rows, max_new_tokens=5, batch_size=2, seed=1)
     assert [o["id"] for o in out] == ["t1", "t2"] and all(o["new_tokens"] <= 6 for o in out)
     assert "recipe" in out[0]["wrapped_in"], "the tiny tokenizer has no chat template"
-    again = acc.answer_protocol(model, tokenizer, rows, max_new_tokens=5, batch_size=1, seed=1)
+    again = protocol.answer_protocol(model, tokenizer, rows, max_new_tokens=5, batch_size=1, seed=1)
     assert [o["id"] for o in again] == ["t1", "t2"]
 
 

@@ -11,8 +11,8 @@ import re
 import pytest
 
 from r1helpers.evaluate import compare
-from r1helpers import data
-from r1helpers.evaluate import report
+from r1helpers import data_sources
+from r1helpers.evaluate import plots, report, views
 from r1helpers.core.config import apply_overrides
 from r1helpers.core.runs import read_jsonl, Run
 from r1helpers.inference import choose
@@ -37,7 +37,7 @@ def prepared_run(cfg, tokenizer, tmp_path_factory):
 # ---- spans ------------------------------------------------------------------------------------
 
 def test_spans_cover_exactly_the_reference_reasoning_and_answer(tokenizer):
-    row = data.load_sample_rows()[0]
+    row = data_sources.load_sample_rows()[0]
     sp = compare.completion_spans(tokenizer, row["Question"], row["Complex_CoT"], row["Response"])
     assert sp.prompt_length <= sp.cot.start < sp.cot.stop < sp.answer.start < sp.answer.stop == len(sp.ids)
     assert tokenizer.decode(sp.ids[sp.cot.start : sp.cot.stop]).strip() == row["Complex_CoT"].strip()
@@ -48,7 +48,7 @@ def test_spans_cover_exactly_the_reference_reasoning_and_answer(tokenizer):
 
 
 def test_spans_are_cut_at_max_seq_length_as_in_training(tokenizer):
-    row = data.load_sample_rows()[0]
+    row = data_sources.load_sample_rows()[0]
     sp = compare.completion_spans(tokenizer, row["Question"], row["Complex_CoT"], row["Response"])
     cut = sp.clipped(sp.cot.start + 3)
     assert len(cut.ids) == sp.cot.start + 3 and len(cut.cot) == 3 and len(cut.answer) == 0
@@ -294,20 +294,20 @@ def test_report_shows_the_accuracy_table(cfg, tmp_path):
 
 def test_tables_for_the_notebook(cfg):
     result = _fake(cfg, -0.2, _mcq(6, 9, generated=("r</think>A", "r</think>Vitamin")))
-    table = compare.summary_table(result)
+    table = views.summary_table(result)
     assert list(table.columns[:5]) == ["n", "before", "after", "delta", "95% CI"]
     assert len(table) == len(compare.SPECS)
-    assert list(compare.summary_table(result, "fit").index) == [m.label for m in compare.TEACHER_FORCED]
-    assert set(compare.summary_table(result, "behaviour")["n"]) == {6, 0}  # semantic similarity: no embedder
-    acc_table = compare.accuracy_table(result)
+    assert list(views.summary_table(result, "fit").index) == [m.label for m in compare.TEACHER_FORCED]
+    assert set(views.summary_table(result, "behaviour")["n"]) == {6, 0}  # semantic similarity: no embedder
+    acc_table = views.accuracy_table(result)
     assert list(acc_table.index) == ["likelihood", "generated", "generated, lenient read"]
     assert set(acc_table["n"]) == {24}
     assert acc_table.loc["generated", "unparseable before / after"] == "0 / 24"
     assert acc_table.loc["likelihood", "before 95% Wilson"] == "[12.0%, 44.9%]"  # Wilson for 6/24, by hand below
-    assert len(compare.findings_table(result)) == 3
-    mcq = compare.mcq_side_by_side(result)
+    assert len(views.findings_table(result)) == 3
+    mcq = views.mcq_side_by_side(result)
     assert len(mcq) == 24 and mcq["fine-tuned stated"].iloc[0] == "(unparseable)"
-    side = compare.side_by_side(result)
+    side = views.side_by_side(result)
     assert list(side.columns[:4]) == ["question", "reference", "base answer", "fine-tuned answer"]
     assert len(side) == 7
 
@@ -440,7 +440,7 @@ def test_figures_render_for_the_notebook(trained_comparison):
     import matplotlib.pyplot as plt
 
     _, result = trained_comparison
-    figs = report.figures(result)
+    figs = plots.figures(result)
     assert set(figs) == {"teacher-forced", "generation", "deltas", "accuracy", "loss"}
     for fig in figs.values():
         plt.close(fig)
@@ -477,15 +477,17 @@ def test_more_sets_skip_what_does_not_load(cfg, tmp_path):
 
 def _extras(result):
     from r1helpers.evaluate import accuracy as acc
+    from r1helpers.evaluate.more_sets import more_set_result
+    from r1helpers.evaluate.protocol import protocol_comparison
 
     rows = acc.load_mcq_rows(acc.SAMPLE_MCQ, limit=8)
     base = [{"id": r["id"], "likelihood_letter": r["answer_idx"]} for r in rows]
     tuned = [{"id": r["id"], "likelihood_letter": next(x for x in r["options"] if x != r["answer_idx"])} for r in rows]
-    more = [acc.more_set_result("openlifescienceai/medmcqa@validation", rows, {"base": base, "tuned": tuned}),
-            acc.more_set_result("qiaojin/PubMedQA", None, None, note="qiaojin/PubMedQA skipped: it did not load")]
+    more = [more_set_result("openlifescienceai/medmcqa@validation", rows, {"base": base, "tuned": tuned}),
+            more_set_result("qiaojin/PubMedQA", None, None, note="qiaojin/PubMedQA skipped: it did not load")]
     gens = [{"id": r["id"], "generated": f"r</think>The answer is {r['answer_idx']}.", "wrapped_in": "x"} for r in rows]
-    protocol = acc.protocol_comparison(rows, gens, [{**g, "generated": "no idea"} for g in gens],
-                                       source="GBaker/MedQA-USMLE-4-options")
+    protocol = protocol_comparison(rows, gens, [{**g, "generated": "no idea"} for g in gens],
+                                   source="GBaker/MedQA-USMLE-4-options")
     result = {**result, "more_sets": more, "protocol": protocol}
     result["accuracy"]["contamination"] = {"span": 64, "against": "the 9 training rows' Question text",
                                            "checked": 25, "excluded": 1, "kept": 24, "items": []}
@@ -508,7 +510,7 @@ def test_report_and_key_numbers_show_more_sets_protocol_and_contamination(cfg, t
     assert keys["authors' protocol: lenient accuracy before"] == 1.0
     assert keys["authors' protocol: strict unparseable before / after"] == "0 / 8"
     assert "not reproduced here" in keys["published: HuatuoGPT-o1-8B on MedQA"]
-    assert list(compare.protocol_table(result).index)[0].startswith("HuatuoGPT-o1's lenient matcher")
-    assert len(compare.more_sets_table(result)) == 2
+    assert list(views.protocol_table(result).index)[0].startswith("HuatuoGPT-o1's lenient matcher")
+    assert len(views.more_sets_table(result)) == 2
     saved = json.loads((tmp_path / "comparison.json").read_text())
     assert saved["protocol"]["n"] == 8 and saved["more_sets"][0]["n"] == 8

@@ -5,9 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from r1helpers.core.config import (
-    SEED_DATASET, SEED_MODEL, TINY_MODEL, ConfigError, apply_overrides, auto_profile, fingerprint, load_config,
-)
+from r1helpers.core.config import ConfigError, apply_overrides, fingerprint, load_config
+from r1helpers.core.recipes import SEED_DATASET, SEED_MODEL, TINY_MODEL, auto_profile
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,9 +30,9 @@ def test_cpu_profile_uses_local_model_and_sample():
 
 
 def test_auto_is_cpu_without_gpu(monkeypatch):
-    monkeypatch.setattr("r1helpers.core.config.has_cuda", lambda: False)
+    monkeypatch.setattr("r1helpers.core.recipes.has_cuda", lambda: False)
     assert auto_profile()[0] == "cpu"
-    monkeypatch.setattr("r1helpers.core.config.has_cuda", lambda: True)
+    monkeypatch.setattr("r1helpers.core.recipes.has_cuda", lambda: True)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert auto_profile()[0] == "cpu"
 
@@ -132,7 +131,7 @@ def test_pipeline_cli_yaml_scalars_reach_the_notebooks(tmp_path, pipeline_calls,
 
     monkeypatch.chdir(tmp_path)
     _yaml(tmp_path, "train:\n  weight_decay: 1e-3\n  wandb: 'off'\n  max_steps: 7\n")
-    monkeypatch.setattr("r1helpers.core.config.auto_profile", lambda: ("seed", "a GPU"))
+    monkeypatch.setattr("r1helpers.core.recipes.auto_profile", lambda: ("seed", "a GPU"))
     args = ["--run-dir", "run", "--config", "my.yaml", "--stages", "00", "--set", "train.learning_rate=1e-2",
             "--set", "wandb=off", "--set", "max_steps=5", "--set", "train.processes=2"]
     assert pipeline.main(args) == 0
@@ -194,13 +193,15 @@ def test_seed_recipe_file_is_the_dataclass_defaults():
     """recipes/seed.yaml is what a person reads; the dataclass defaults are what code gets: one recipe."""
     import yaml
 
-    from r1helpers.core.config import Config, from_dict, recipe_path
+    from r1helpers.core.config import Config, from_dict
+    from r1helpers.core.recipes import recipe_path
 
     assert from_dict(yaml.safe_load(recipe_path("seed").read_text())).to_dict() == Config().to_dict()
 
 
 def test_every_recipe_loads_and_documents_each_field():
-    from r1helpers.core.config import FIELDS, profiles, recipe_path
+    from r1helpers.core.config import FIELDS
+    from r1helpers.core.recipes import profiles, recipe_path
 
     assert {"seed", "cpu"} <= set(profiles())
     for name in profiles():

@@ -3,7 +3,8 @@ import json
 import pytest
 
 from r1helpers.core.config import load_config
-from r1helpers.data import DataError, load_rows, load_sample_rows, sample_path
+from r1helpers.data import DataError
+from r1helpers.data_sources import load_rows, load_sample_rows, sample_path
 from r1helpers.workflow.data_stage import build, prepare
 from r1helpers.core.runs import Run
 

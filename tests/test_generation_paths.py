@@ -13,9 +13,10 @@ import pytest
 import torch
 
 from r1helpers.core import prompts
-from r1helpers.core.config import TINY_MODEL, load_config
+from r1helpers.core.config import load_config
+from r1helpers.core.recipes import TINY_MODEL
 from r1helpers.core.runs import Run, read_jsonl, write_jsonl_atomic
-from r1helpers.data import load_sample_rows
+from r1helpers.data_sources import load_sample_rows
 from r1helpers.inference import paths
 from r1helpers.inference.generate import generate, plan_for_model
 from r1helpers.inference.paths import choose_generation_path, fallback_path

@@ -10,9 +10,9 @@ import json
 import pytest
 import torch
 
-from r1helpers import data
+from r1helpers import data, data_sources
 from r1helpers.core import prompts
-from r1helpers.core.config import TINY_MODEL
+from r1helpers.core.recipes import SAMPLE_DATASET, TINY_MODEL
 from r1helpers.inference.generate import generate, summarize
 from r1helpers.modeling import load
 
@@ -28,14 +28,14 @@ def loaded(tiny_model_dir):
 
 @pytest.fixture(scope="module")
 def sample_rows():
-    rows, origin = data.load_rows(data.SAMPLE_DATASET)
+    rows, origin = data_sources.load_rows(SAMPLE_DATASET)
     return rows, origin
 
 
 # ---- prompts ---------------------------------------------------------------------------------------
 
 def test_prompt_is_a_token_prefix_of_the_training_text(tokenizer):
-    row = data.load_sample_rows()[3]
+    row = data_sources.load_sample_rows()[3]
     ids, n_prompt = prompts.encode_example(tokenizer, row["Question"], row["Complex_CoT"], row["Response"])
     prompt = prompts.build_prompt(row["Question"])
     assert tokenizer(prompt)["input_ids"] == ids[:n_prompt]
@@ -55,13 +55,13 @@ def test_split_output_reads_reasoning_and_answer():
 
 def test_load_rows_reads_the_sample_and_names_a_misspelled_column(tmp_path, sample_rows):
     rows, origin = sample_rows
-    assert origin.endswith("sample_medical_o1.jsonl") and len(rows) == len(data.load_sample_rows())
+    assert origin.endswith("sample_medical_o1.jsonl") and len(rows) == len(data_sources.load_sample_rows())
     assert rows.column_names == list(data.COLUMNS)
     path = tmp_path / "typo.jsonl"
     path.write_text("".join(json.dumps({"Question": "q?", "Complex_COT": "c", "Response": "r"}) + "\n" for _ in range(3)))
     with pytest.raises(data.DataError, match=r"typo\.jsonl: missing column 'Complex_CoT' \(did you mean 'Complex_COT'\?\)"):
-        data.load_rows(str(path))
-    renamed, _ = data.load_rows(str(path), columns=("Question", "Complex_COT", "Response"))
+        data_sources.load_rows(str(path))
+    renamed, _ = data_sources.load_rows(str(path), columns=("Question", "Complex_COT", "Response"))
     assert len(renamed) == 3
 
 
@@ -84,7 +84,7 @@ def test_select_rows_keeps_held_out_questions_out_of_training():
 
 
 def test_tokenize_rows_drops_or_truncates_overlong_rows(tokenizer):
-    rows = [{**r, "source_row": i} for i, r in enumerate(data.load_sample_rows()[:4])]
+    rows = [{**r, "source_row": i} for i, r in enumerate(data_sources.load_sample_rows()[:4])]
     lengths = data.example_lengths(tokenizer, rows)
     limit = sorted(lengths)[1]  # two rows fit, two are longer
     report = data.Report()
@@ -98,7 +98,7 @@ def test_tokenize_rows_drops_or_truncates_overlong_rows(tokenizer):
 
 
 def test_show_example_marks_the_boundary_and_ends_with_eos(tokenizer):
-    row = {**data.load_sample_rows()[0], "source_row": 0}
+    row = {**data_sources.load_sample_rows()[0], "source_row": 0}
     view = data.show_example(tokenizer, row["Question"], row["Complex_CoT"], row["Response"])
     trained = data.tokenize_rows([row], tokenizer, max_seq_length=4096)[0]
     assert view.input_ids == trained["input_ids"] and view.prompt_tokens == trained["prompt_length"]

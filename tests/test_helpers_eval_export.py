@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from r1helpers import data
+from r1helpers import data_sources
 from r1helpers.core import prompts
 from r1helpers.evaluate import compare, metrics
 
@@ -131,7 +131,7 @@ def test_answer_similarities_pair_questions_with_a_reference():
 
 @pytest.fixture(scope="module")
 def rows():
-    return [{**r, "source_row": k} for k, r in enumerate(data.load_sample_rows()[:3])]
+    return [{**r, "source_row": k} for k, r in enumerate(data_sources.load_sample_rows()[:3])]
 
 
 @pytest.fixture(scope="module")

@@ -8,14 +8,16 @@ from __future__ import annotations
 import pytest
 
 from r1helpers.core import prompts
-from r1helpers.core.config import SMOLLM2_MODEL, TINY_MODEL, load_config
+from r1helpers.core.config import load_config
+from r1helpers.core.recipes import SMOLLM2_MODEL, TINY_MODEL
 from r1helpers.modeling import load
 
 
 # ---- pad token ---------------------------------------------------------------------------------------
 
 def test_model_pad_token_is_a_config_field_of_every_recipe():
-    from r1helpers.core.config import FIELDS, profiles
+    from r1helpers.core.config import FIELDS
+    from r1helpers.core.recipes import profiles
 
     assert all(load_config(p).model.pad_token is None for p in profiles())  # automatic everywhere
     assert load_config("cpu", {"model.pad_token": "<|pad|>"}).model.pad_token == "<|pad|>"
@@ -79,7 +81,7 @@ def test_exported_template_renders_the_training_prompt_ids_on_the_tiny_model(tok
     """Rendering the template for a question, then tokenizing it as runtimes do, gives the training prompt's ids."""
     import copy
 
-    from r1helpers.data import load_sample_rows
+    from r1helpers.data_sources import load_sample_rows
     from r1helpers.export.files import with_chat_template
 
     tok = with_chat_template(copy.deepcopy(tokenizer))

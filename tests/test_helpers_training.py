@@ -37,7 +37,7 @@ def rows(tokenizer):
     import datasets
 
     from r1helpers.core import prompts
-    from r1helpers.data import load_sample_rows
+    from r1helpers.data_sources import load_sample_rows
 
     ids = [prompts.encode_example(tokenizer, r["Question"], r["Complex_CoT"], r["Response"])[0][:96]
            for r in load_sample_rows()[:8]]

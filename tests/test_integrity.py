@@ -79,11 +79,11 @@ def test_a_value_changed_in_a_notebook_cell_is_checked_by_the_runner(tmp_path, c
 # ---- 2: the profile is resolved once per run folder --------------------------------------------
 
 def test_auto_is_resolved_once_and_recorded(tmp_path, monkeypatch):
-    monkeypatch.setattr("r1helpers.core.config.auto_profile", lambda: ("cpu", "no CUDA GPU"))
+    monkeypatch.setattr("r1helpers.core.recipes.auto_profile", lambda: ("cpu", "no CUDA GPU"))
     cfg, run = session.start(str(tmp_path / "run"), "auto", secrets=False, quiet=True)
     assert cfg.profile == "cpu" and json.loads((run.root / "run.json").read_text())["profile"] == "cpu"
     # Later the Hub answers and a GPU appears: a notebook opened with `auto` keeps the recorded profile.
-    monkeypatch.setattr("r1helpers.core.config.auto_profile", lambda: ("seed", "CUDA GPU and Hub reachable"))
+    monkeypatch.setattr("r1helpers.core.recipes.auto_profile", lambda: ("seed", "CUDA GPU and Hub reachable"))
     cfg2, _ = session.start(str(tmp_path / "run"), "auto", secrets=False, quiet=True)
     assert cfg2.profile == "cpu"
 
@@ -230,7 +230,8 @@ def test_lenient_advice_with_one_usable_row_is_the_fix_that_works():
 def test_integer_columns_in_parquet_are_refused_with_name_and_type(tmp_path):
     import pandas as pd
 
-    from r1helpers.data import DataError, load_rows, select_rows
+    from r1helpers.data import DataError, select_rows
+    from r1helpers.data_sources import load_rows
 
     path = tmp_path / "rows.parquet"
     pd.DataFrame({"Question": ["q1", "q2", "q3"], "Complex_CoT": ["c1", "c2", "c3"], "Response": [1, 10, 3]}

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from r1helpers import kaggle, pipeline
+from r1helpers import kaggle, kaggle_model, pipeline
 from r1helpers.core import kaggle_paths
 from r1helpers.core.config import ConfigError
 
@@ -132,8 +132,8 @@ def test_adapter_kept_as_a_private_kaggle_model_through_kagglehub(tmp_path, serv
     for k, v in environ.items():
         monkeypatch.setenv(k, v)
     monkeypatch.delenv("KAGGLE_API_ENVIRONMENT", raising=False)
-    result = kaggle.upload_kaggle_model(adapter, base_model="org/DeepSeek-R1-Distill-Llama-8B", run_name="default",
-                                        environ=dict(os.environ))
+    result = kaggle_model.upload_kaggle_model(adapter, base_model="org/DeepSeek-R1-Distill-Llama-8B",
+                                              run_name="default", environ=dict(os.environ))
     assert result["uploaded"] is True
     assert result["handle"] == "alice/deepseek-r1-distill-llama-8b-medical-lora/transformers/default"
     posts = [path.rsplit("/", 1)[-1] for method, path, _ in calls if method == "POST"]
@@ -146,11 +146,11 @@ def test_adapter_kept_as_a_private_kaggle_model_through_kagglehub(tmp_path, serv
 
 def test_without_kaggle_credentials_it_says_which_settings_to_add(tmp_path):
     (tmp_path / "adapter").mkdir()
-    result = kaggle.upload_kaggle_model(tmp_path / "adapter", environ={"KAGGLE_CONFIG_DIR": str(tmp_path)})
+    result = kaggle_model.upload_kaggle_model(tmp_path / "adapter", environ={"KAGGLE_CONFIG_DIR": str(tmp_path)})
     assert result["uploaded"] is False
     assert "KAGGLE_USERNAME" in result["message"] and "KAGGLE_KEY" in result["message"]
-    asked = kaggle.upload_kaggle_model(tmp_path / "adapter", dry_run=True,
-                                       environ={"KAGGLE_USERNAME": "a", "KAGGLE_KEY": "b"})
+    asked = kaggle_model.upload_kaggle_model(tmp_path / "adapter", dry_run=True,
+                                             environ={"KAGGLE_USERNAME": "a", "KAGGLE_KEY": "b"})
     assert asked["uploaded"] is False and "dry run asked" in asked["message"]
 
 
@@ -166,11 +166,11 @@ def test_largest_gguf_that_fits_is_kept_in_working(tmp_path):
         (out / "gguf" / name).write_bytes(b"g" * size)
     (out / "gguf" / "Modelfile").write_text("FROM ./m-q8_0.gguf")
     (run / "export" / "exported.json").write_text(json.dumps({"output_dir": str(out)}))
-    lines = kaggle.keep_in_working(run, environ, limit_bytes=200_000_000 + 3000)
+    lines = kaggle_model.keep_in_working(run, environ, limit_bytes=200_000_000 + 3000)
     assert (run / "kept" / "adapter" / "adapter_model.safetensors").is_file()
     assert [p.name for p in (run / "kept" / "gguf").iterdir()] and (run / "kept" / "gguf" / "m-q8_0.gguf").is_file()
     assert not (run / "kept" / "gguf" / "m-f16.gguf").exists() and "m-q8_0.gguf" in lines[-1]
-    assert kaggle.keep_in_working(run, {}) == [], "off Kaggle the exports are in the run folder already"
+    assert kaggle_model.keep_in_working(run, {}) == [], "off Kaggle the exports are in the run folder already"
 
 
 # ---------------------------------------------------------------- Kaggle's folders from the environment

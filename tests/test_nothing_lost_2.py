@@ -15,7 +15,8 @@ import pytest
 
 from r1helpers.core.config import ConfigError, load_config
 from r1helpers.core.runs import Run, RunFolderConflict
-from r1helpers.data import DataError, Report, load_rows, sample_path, select_rows
+from r1helpers.data import DataError, Report, select_rows
+from r1helpers.data_sources import load_rows, sample_path
 from r1helpers.workflow import session
 
 ROOT = Path(__file__).resolve().parents[1]

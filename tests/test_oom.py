@@ -17,7 +17,7 @@ import torch
 
 from r1helpers.inference import generate as infer
 from r1helpers.core.config import load_config
-from r1helpers.data import load_sample_rows
+from r1helpers.data_sources import load_sample_rows
 from r1helpers.workflow.data_stage import prepare
 from r1helpers.core.runs import Run, write_text_atomic
 from r1helpers.inference import choose
@@ -218,10 +218,10 @@ def test_interrupted_comparison_save_keeps_the_previous_report(tmp_path, monkeyp
     """compare/comparison.json and report.html: a write cut short (a bad character part-way through
     the page, or Ctrl-C before the rename) leaves the previous good file whole, and no temporary ones."""
     from r1helpers.evaluate import compare
-    from r1helpers.evaluate import report
+    from r1helpers.evaluate import plots, report
     from r1helpers.core import runs
 
-    monkeypatch.setattr(report, "figures", lambda result: {})  # the plots need a whole comparison
+    monkeypatch.setattr(plots, "figures", lambda result: {})  # the plots need a whole comparison
     monkeypatch.setattr(report, "render", lambda result, images: f"<p>{result['page']}</p>")
     out = tmp_path / "compare"
     compare.write_outputs({"page": "good"}, out)

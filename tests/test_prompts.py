@@ -9,7 +9,7 @@ def test_inference_prompt_is_training_prefix_as_text():
 
 
 def test_inference_prompt_is_training_prefix_token_for_token(tokenizer):
-    from r1helpers.data import load_sample_rows
+    from r1helpers.data_sources import load_sample_rows
 
     for row in load_sample_rows()[:20]:
         ids, n_prompt = prompts.encode_example(tokenizer, row["Question"], row["Complex_CoT"], row["Response"])

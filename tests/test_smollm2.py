@@ -17,7 +17,7 @@ import math
 import pytest
 
 from r1helpers.core import prompts
-from r1helpers.core.config import SMOLLM2_MODEL
+from r1helpers.core.recipes import SMOLLM2_MODEL
 
 MAX_LEN = 512
 # Every test here needs SmolLM2 made from its GGUF (smol_dir: half a minute on a CPU).
@@ -48,7 +48,7 @@ def smol_tok(smol_dir):
 @pytest.fixture(scope="module")
 def short_rows(smol_tok):
     """Sample rows whose training text fits in MAX_LEN SmolLM2 tokens (the smollm2 profile's)."""
-    from r1helpers.data import load_sample_rows
+    from r1helpers.data_sources import load_sample_rows
 
     rows = [r for r in load_sample_rows()
             if len(prompts.encode_example(smol_tok, r["Question"], r["Complex_CoT"], r["Response"])[0]) <= MAX_LEN]

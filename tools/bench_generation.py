@@ -228,7 +228,7 @@ def run_path(path: str, model_dir: str, adapter_dir: str, prompts_n: int, new_to
     unsloth_imported = wanted and unsloth_importable()[0]
     import torch
 
-    from r1helpers.data import load_sample_rows
+    from r1helpers.data_sources import load_sample_rows
     from r1helpers.inference.paths import apply_gpu_cap, gpu_cap_gib
     from r1helpers.inference.choose import generation_path, generation_plan, load_for_generation, set_up_decoding
 

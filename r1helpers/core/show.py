@@ -80,7 +80,8 @@ def environment_table(env: dict[str, Any]):
 
 def config_table(cfg: Config):
     """Every config field: its value, who set it (the seed recipe, the profile's recipe, or you), and what it means."""
-    from r1helpers.core.config import FIELDS, load_config, profiles
+    from r1helpers.core.config import FIELDS, load_config
+    from r1helpers.core.recipes import profiles
 
     flat = cfg.to_dict()
     seed = Config().to_dict()

@@ -286,7 +286,7 @@ def _add_metadata(w, config: dict[str, Any], kind: str, name: str, base_model: s
     w.add_name(name)
     w.add_type("model")
     if base_model:
-        from r1helpers.core.config import SMOLLM2_MODEL, TINY_MODEL
+        from r1helpers.core.recipes import SMOLLM2_MODEL, TINY_MODEL
         from r1helpers.modeling.local import model_origin
 
         hub_id = model_origin(base_model).hub_id  # a local id names its Hub original, if it has one

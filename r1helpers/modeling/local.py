@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
-from r1helpers.core.config import SMOLLM2_MODEL, TINY_MODEL
+from r1helpers.core.recipes import SMOLLM2_MODEL, TINY_MODEL
 from r1helpers.modeling.tokens import ModelError
 
 

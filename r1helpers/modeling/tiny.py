@@ -7,7 +7,7 @@ generation, merge, GGUF) runs on it exactly as on the 8B model.
 
     python -c "from r1helpers.modeling.tiny import ensure_tiny_model; print(ensure_tiny_model())"
 
-Configs name it `r1helpers/tiny-llama` (core.config.TINY_MODEL); `r1helpers.modeling.local.resolve_model_path`
+Configs name it `r1helpers/tiny-llama` (core.recipes.TINY_MODEL); `r1helpers.modeling.local.resolve_model_path`
 maps that id to this folder.
 """
 
@@ -40,7 +40,7 @@ def cache_dir() -> Path:
 
 def _corpus() -> list[str]:
     from r1helpers.core import prompts
-    from r1helpers.data import load_sample_rows
+    from r1helpers.data_sources import load_sample_rows
 
     texts = []
     for row in load_sample_rows():
@@ -102,7 +102,7 @@ def build_tiny_model(out_dir: Path, seed: int = 3407, **dims) -> Path:
 
 def ensure_tiny_model() -> Path:
     """The tiny model's folder, built on first use and keyed by the sample data it was trained on."""
-    from r1helpers.data import sample_path
+    from r1helpers.data_sources import sample_path
 
     key = hashlib.sha256(sample_path().read_bytes() + BUILDER_VERSION.encode()).hexdigest()[:10]
     out = cache_dir() / f"tiny-llama-{key}"

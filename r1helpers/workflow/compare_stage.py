@@ -8,7 +8,7 @@ from typing import Any
 
 from r1helpers.core.config import Config
 from r1helpers.core.runs import Run, read_json
-from r1helpers.evaluate import accuracy
+from r1helpers.evaluate import accuracy, more_sets, protocol
 from r1helpers.evaluate.compare import (
     answer_similarities,
     build_comparison,
@@ -151,11 +151,11 @@ def _compare(cfg: Config, run: Run, prepared, baseline: list[dict], tuned: list[
 
 
 def _more_set(model, tok, entry: dict[str, Any]) -> dict[str, Any]:
-    """One further set scored by option likelihood, both models: `accuracy.more_set_result`."""
+    """One further set scored by option likelihood, both models: `more_sets.more_set_result`."""
     if not entry["rows"]:
-        return accuracy.more_set_result(entry["source"], None, None, entry["contamination"], entry["note"])
+        return more_sets.more_set_result(entry["source"], None, None, entry["contamination"], entry["note"])
     answers = accuracy.answer_mcq_before_after(model, tok, entry["rows"])
-    return accuracy.more_set_result(entry["source"], entry["rows"], answers, entry["contamination"], entry["note"])
+    return more_sets.more_set_result(entry["source"], entry["rows"], answers, entry["contamination"], entry["note"])
 
 
 def _protocol(cfg: Config, model, tok, mcq: list[dict[str, Any]] | None) -> dict[str, Any] | None:
@@ -164,9 +164,9 @@ def _protocol(cfg: Config, model, tok, mcq: list[dict[str, Any]] | None) -> dict
     if not mcq or not c.mcq_protocol_rows:
         return None
     rows = mcq[: c.mcq_protocol_rows]
-    answers = accuracy.answer_protocol_before_after(model, tok, rows, max_new_tokens=c.mcq_protocol_max_new_tokens,
+    answers = protocol.answer_protocol_before_after(model, tok, rows, max_new_tokens=c.mcq_protocol_max_new_tokens,
                                                     seed=cfg.infer.seed)
-    return accuracy.protocol_comparison(rows, answers["base"], answers["tuned"], source=c.mcq_source,
+    return protocol.protocol_comparison(rows, answers["base"], answers["tuned"], source=c.mcq_source,
                                         decoding={"max_new_tokens": c.mcq_protocol_max_new_tokens, "seed": cfg.infer.seed})
 
 

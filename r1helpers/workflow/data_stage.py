@@ -10,7 +10,8 @@ from typing import Any
 from r1helpers.core.config import Config
 from r1helpers.core.ddp import print0
 from r1helpers.core.runs import Run, atomic_dir, read_json, write_json_atomic
-from r1helpers.data import DataError, Report, example_lengths, length_stats, load_rows, select_rows, tokenize_rows
+from r1helpers.data import DataError, Report, example_lengths, length_stats, select_rows, tokenize_rows
+from r1helpers.data_sources import load_rows
 from r1helpers.inference.choose import load_tokenizer_for
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from r1helpers.core import config as config_mod
+from r1helpers.core import recipes
 from r1helpers.core.config import Config, ConfigError, load_config
 from r1helpers.core.runs import Run, read_json, write_json_atomic
 
@@ -77,8 +78,8 @@ def derived_run(root: Path) -> dict[str, Any] | None:
     if len(set(models.values())) > 1:
         raise ConfigError(f"{root}: {RUN_RECORD} is missing and the finished stages were made with different models "
                           f"({models}); use another run folder (--run-dir), or pass --overwrite.")
-    recipes = [p for p in config_mod.profiles() if config_mod.load_config(p).model.name == model]
-    return {"profile": recipes[0] if len(recipes) == 1 else None, "model": model,
+    named = [p for p in recipes.profiles() if config_mod.load_config(p).model.name == model]
+    return {"profile": named[0] if len(named) == 1 else None, "model": model,
             "why": f"{RUN_RECORD} was missing: read from the finished stages' manifests ({', '.join(models)})"}
 
 
@@ -92,7 +93,7 @@ def resolve_profile(profile: str, recorded: dict[str, Any] | None) -> tuple[str,
         return profile, f"profile={profile} requested"
     if recorded and recorded.get("profile"):
         return recorded["profile"], f"recorded in {RUN_RECORD} when this run folder was made ({recorded.get('why')})"
-    return config_mod.auto_profile()  # looked up at call time: tests and notebooks may replace it
+    return recipes.auto_profile()  # looked up at call time: tests and notebooks may replace it
 
 
 def check_same_run(cfg: Config, recorded: dict[str, Any] | None, root: Path, overwrite: bool) -> None:

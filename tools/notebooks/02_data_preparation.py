@@ -19,21 +19,21 @@ with the 8B shape's tokenizer and the bundled rows (not a T4; BENCHMARKS.md): 24
 
 The tutorial's call is `load_dataset(source, config_name, split=...)`: a Hub dataset id, with `data.config_name`
 (`"en"` here) and `data.split`. A local `.jsonl`, `.json`, `.csv` or `.parquet` file, a folder saved with
-`Dataset.save_to_disk`, or the `cpu` profile's bundled sample (`r1helpers/sample`) is read by `data.load_rows`
+`Dataset.save_to_disk`, or the `cpu` profile's bundled sample (`r1helpers/sample`) is read by `data_sources.load_rows`
 instead, which names the line of a file that is not valid JSON or not UTF-8 (with `data.lenient = True` it
 drops and counts such lines). Either way the three columns the recipe needs are checked next. Their names come
 from the config too (`data.question_column`, `data.cot_column`, `data.response_column`), so a dataset with other
 names can be used without renaming it."""),
     ("code", """from datasets import load_dataset
-from r1helpers import data
+from r1helpers import data, data_sources
 from r1helpers.core import prompts, show
 from r1helpers.modeling import load
 d = cfg.data
 columns = (d.question_column, d.cot_column, d.response_column)
-if data.is_hub_id(d.source):
+if data_sources.is_hub_id(d.source):
     rows = load_dataset(d.source, d.config_name, split=d.split)
 else:  # a local file or folder, or the bundled sample
-    rows, _ = data.load_rows(d.source, split=d.split, lenient=d.lenient, columns=None)
+    rows, _ = data_sources.load_rows(d.source, split=d.split, lenient=d.lenient, columns=None)
 data.check_columns(rows.column_names, columns, d.source)
 print(f"{len(rows)} rows from {d.source}; columns: {rows.column_names}")"""),
     ("md", """One raw row, as the source holds it (long values cut at 600 characters; the last column gives their full

@@ -68,7 +68,7 @@ questions (`mcq_generate_rows`), the further sets scored by likelihood (`mcq_mor
 answered under the authors' protocol (`mcq_protocol_rows`, `mcq_protocol_max_new_tokens`), the contamination check
 (`contamination_span`, 0: off) and `primary_metric`."""),
     ("code", """from r1helpers.core import show
-from r1helpers.evaluate import compare
+from r1helpers.evaluate import compare, views
 from r1helpers.workflow import compare_stage, data_stage, generate_stage
 show.config_table(cfg).filter(regex=r"^(infer|compare)\\.", axis=0)"""),
     ("md", """To change a value, set it on `cfg` before the cells below run, e.g. `cfg.compare.mcq_rows = 300`,
@@ -230,18 +230,18 @@ show.lines([f"Verdict: {comparison['verdict']}.", comparison["headline"], *compa
     ("md", """## The three answers
 
 One line per question, in words, with the numbers each answer rests on."""),
-    ("code", """compare.findings_table(comparison)"""),
+    ("code", """views.findings_table(comparison)"""),
     ("md", """### 1. Fits the data?
 
 Reasoning, answer and completion NLL: before, after, the delta with its 95% interval, the verdict,
 win/tie/loss (questions where the fine-tuned model's NLL was lower, equal or higher) and `n`."""),
-    ("code", """compare.summary_table(comparison, "fit")"""),
+    ("code", """views.summary_table(comparison, "fit")"""),
     ("md", """### 2. Behaves as trained?
 
 Rates are shares of the `n` generated held-out answers (0 to 1); lengths are mean tokens; repeated 4-grams is
 the mean share per answer. Look first at *reasoning block closed* and *EOS reached*: if they stay near 0, the
 model is not producing finished answers, whatever its NLL did."""),
-    ("code", """compare.summary_table(comparison, "behaviour")"""),
+    ("code", """views.summary_table(comparison, "behaviour")"""),
     ("md", """### 3. More often right?
 
 One row per scoring: accuracy before and after (right / n) with 95% Wilson intervals, the change in percentage
@@ -249,22 +249,22 @@ points with its exact paired interval, McNemar's exact p with the discordant cou
 only after), the detectable change, the unparseable answers of each model (stated-letter scoring only) and the
 verdict. A change smaller than the detectable change can go unseen: "no significant change" then means "too few
 questions to tell", not "no effect". Below the table: how many questions were left out as contaminated."""),
-    ("code", """compare.accuracy_table(comparison)"""),
+    ("code", """views.accuracy_table(comparison)"""),
     ("code", """contamination = comparison["accuracy"] and comparison["accuracy"].get("contamination")
 print("left out as contaminated:", "no check" if not contamination else
       f"{contamination['excluded']} of {contamination['checked']} ({[h['id'] for h in contamination['items']]})")"""),
     ("md", """The dataset authors' protocol on the first `compare.mcq_protocol_rows` questions: their lenient read and
 the strict read of the same answers, with the unparseable counts, the rules that decided the lenient read, and the
 published figures for this set (as reported by their sources, not reproduced here)."""),
-    ("code", """compare.protocol_table(comparison)"""),
+    ("code", """views.protocol_table(comparison)"""),
     ("md", """The further sets, by option likelihood: each set's accuracy before and after, the change, McNemar's p, the
 detectable change, the questions left out as contaminated, the estimated T4 minutes and the published figures
 (made by generation under their authors' protocols, so context rather than the same measurement). A set that did
 not load is listed with why."""),
-    ("code", """compare.more_sets_table(comparison)"""),
+    ("code", """views.more_sets_table(comparison)"""),
     ("md", """Question by question: the gold letter, each model's most probable option and the letter it stated
 ("(unparseable)" when none could be read, counted wrong; empty beyond the generated subset)."""),
-    ("code", """compare.mcq_side_by_side(comparison).head(12)"""),
+    ("code", """views.mcq_side_by_side(comparison).head(12)"""),
     ("md", """## What the verdict does and does not mean
 
 The overall verdict is one of four:
@@ -292,13 +292,13 @@ way; green is better, red worse. The accuracy figure shows both scorings with Wi
 is chance) and the change in points with its paired interval. The last is chapter 03's training and held-out
 loss."""),
     ("code", """%matplotlib inline
-compare.figures(comparison);"""),
+views.figures(comparison);"""),
     ("md", """## Side by side
 
 Numbers hide what changed in the text. Each held-out question with its reference answer, the base model's
 answer and the fine-tuned model's answer, with the answer's ROUGE-L and completion NLL; the example question
 follows with no reference. An empty answer means the reasoning never closed within `max_new_tokens`."""),
-    ("code", """compare.side_by_side(comparison)"""),
+    ("code", """views.side_by_side(comparison)"""),
     ("md", """## The report
 
 The same three sections, tables, figures and answers (each model's reasoning folded under its answer, every
