@@ -453,8 +453,9 @@ def test_an_export_whose_adapter_was_replaced_is_made_again(exported, cfg, monke
     assert job.building and "not reusing the recorded export" in capsys.readouterr().out
 
 
-def _job(exported, cfg, dtypes, **overrides):
-    """A job as `begin` leaves it, over a fresh output folder, with the adapter written and checked."""
+def _job(exported, cfg, dtypes, mcq=False, **overrides):
+    """A job as `begin` leaves it, over a fresh output folder, with the adapter written and checked; with `mcq`,
+    scoring the multiple-choice set (export.accuracy_check), else not."""
     import shutil
 
     from r1helpers.export.files import write_adapter
@@ -467,7 +468,7 @@ def _job(exported, cfg, dtypes, **overrides):
     job.adapter_dir, job.base_dir, job.tokenizer, job.stem = exported.adapter, export.fetch_base(base), tok, "tiny"
     job.prompts, job.prompt_texts = export.probe_prompts(cfg, data_stage.prepare(cfg, exported.run), tok)
     job.logits_ok, job.dtypes, job.dtype = export_checks.logits_fit(base.parameters), dtypes, dtypes[0]
-    job.mcq, _ = job.accuracy_plan(base.parameters, export_checks.check_device(base.parameters))
+    job.mcq = job.accuracy_plan(base.parameters, export_checks.check_device(base.parameters))[0] if mcq else None
     with job.writing("adapter") as folder:
         write_adapter(job.adapter_dir, folder, tok)
         job.check_adapter(folder)
@@ -505,8 +506,8 @@ def test_merge_falls_back_to_the_dtype_that_keeps_the_adapter(exported, cfg, mon
         "greedy tokens differ (made to fail)")) if not calls.append(folder) and len(calls) == 1
         else real(folder, probes, **kw))
     references = []
-    monkeypatch.setattr(ec, "adapter_reference", lambda *a, real_ref=ec.adapter_reference: references.append(1) or
-                        real_ref(*a))
+    monkeypatch.setattr(ec, "adapter_reference", lambda *a, real_ref=ec.adapter_reference, **kw: references.append(1)
+                        or real_ref(*a, **kw))
     job = _job(exported, cfg, ["bfloat16", "float16"])
     _merge(job)
     tried = job.extra["merged_16bit"]["dtype_tried"]
@@ -742,7 +743,7 @@ def test_gguf_weight_and_readback_checks_run_side_by_side(monkeypatch, tmp_path)
         both.wait()
         return {"tensors": 3}
 
-    def readback(*a):
+    def readback(*a, **kw):
         both.wait()
         return {"passed": True}
 
@@ -755,7 +756,7 @@ def test_gguf_weight_and_readback_checks_run_side_by_side(monkeypatch, tmp_path)
     def wrong_weights(*a):
         raise ec.ExportCheckError("blk.0.attn_q.weight is off")
 
-    def wrong_readback(*a):
+    def wrong_readback(*a, **kw):
         raise ec.ExportCheckError("logits differ")
 
     monkeypatch.setattr(ec, "gguf_weight_check", wrong_weights)
@@ -875,7 +876,7 @@ def test_an_export_that_loses_the_adapter_keeps_none_of_its_effect_and_fails_par
 
     # the weight check compares the merge with base + B·A and would stop this one first; here it is off
     monkeypatch.setattr(merge, "weight_check", lambda *a: {"tensors": 0, "max_error_in_rounding_units": 0})
-    job = _job(exported, cfg, ["float16"])
+    job = _job(exported, cfg, ["float16"], mcq=True)
     adapter, base = job.answers["adapter"], job.answers["base"]
     differ = [i for i, (a, b) in enumerate(zip(adapter, base)) if a != b]
     assert len(differ) >= 6, "the tiny model's adapter must change at least 6 answers for a significant drop"
