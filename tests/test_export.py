@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -467,8 +468,9 @@ def test_an_export_whose_adapter_was_replaced_is_made_again(exported, cfg, monke
     assert job.building and "not reusing the recorded export" in capsys.readouterr().out
 
 
-def _job(exported, cfg, dtypes, **overrides):
-    """A job as `begin` leaves it, over a fresh output folder, with the adapter written and checked."""
+def _job(exported, cfg, dtypes, mcq=False, **overrides):
+    """A job as `begin` leaves it, over a fresh output folder, with the adapter written and checked; with `mcq`,
+    scoring the multiple-choice set (export.accuracy_check), else not."""
     import shutil
 
     from r1helpers.export.files import write_adapter
@@ -481,6 +483,7 @@ def _job(exported, cfg, dtypes, **overrides):
     job.adapter_dir, job.base_dir, job.tokenizer, job.stem = exported.adapter, export.fetch_base(base), tok, "tiny"
     job.prompts, job.prompt_texts = export.probe_prompts(cfg, data_stage.prepare(cfg, exported.run), tok)
     job.logits_ok, job.dtypes, job.dtype = export_checks.logits_fit(base.parameters), dtypes, dtypes[0]
+    job.mcq = job.accuracy_plan(base.parameters, export_checks.check_device(base.parameters))[0] if mcq else None
     with job.writing("adapter") as folder:
         write_adapter(job.adapter_dir, folder, tok)
         job.check_adapter(folder)
@@ -519,8 +522,8 @@ def test_merge_falls_back_to_the_dtype_that_keeps_the_adapter(exported, cfg, mon
         "greedy tokens differ (made to fail)")) if not calls.append(folder) and len(calls) == 1
         else real(folder, probes, **kw))
     references = []
-    monkeypatch.setattr(ec, "adapter_reference", lambda *a, real_ref=ec.adapter_reference: references.append(1) or
-                        real_ref(*a))
+    monkeypatch.setattr(ec, "adapter_reference", lambda *a, real_ref=ec.adapter_reference, **kw: references.append(1)
+                        or real_ref(*a, **kw))
     job = _job(exported, cfg, ["bfloat16", "float16"])
     _merge(job)
     tried = job.extra["merged_16bit"]["dtype_tried"]
@@ -760,7 +763,7 @@ def test_gguf_weight_and_readback_checks_run_side_by_side(monkeypatch, tmp_path)
         both.wait()
         return {"tensors": 3}
 
-    def readback(*a):
+    def readback(*a, **kw):
         both.wait()
         return {"passed": True}
 
@@ -773,7 +776,7 @@ def test_gguf_weight_and_readback_checks_run_side_by_side(monkeypatch, tmp_path)
     def wrong_weights(*a):
         raise ec.ExportCheckError("blk.0.attn_q.weight is off")
 
-    def wrong_readback(*a):
+    def wrong_readback(*a, **kw):
         raise ec.ExportCheckError("logits differ")
 
     monkeypatch.setattr(ec, "gguf_weight_check", wrong_weights)
@@ -783,3 +786,145 @@ def test_gguf_weight_and_readback_checks_run_side_by_side(monkeypatch, tmp_path)
     monkeypatch.setattr(ec, "gguf_weight_check", lambda *a: {"tensors": 3})
     with pytest.raises(ec.ExportCheckError, match="logits differ"):
         wx.check_one_gguf(ctx, tmp_path / "m.gguf", "q8_0", tmp_path, probes=["probe"])
+
+
+# ---- issue 26: what each export keeps of the fine-tune ------------------------------------------------------
+
+def test_share_of_the_adapter_effect_kept_is_one_for_a_faithful_export_and_zero_for_the_base():
+    """share kept = 1 - |exported - tuned| / |tuned - base|: base + adapter itself keeps 100%, the base model (an
+    adapter scaled by 0) 0%, half the adapter 50%; a constant added to a position's logits changes no probability
+    and costs nothing; noise across the adapter's direction lowers the share kept but not the projection."""
+    ec = export_checks
+    probe = _probe(0.5, base_shift=1.0)
+    tuned, base = probe.logits, probe.base_logits
+    kept = ec.effect_kept([probe], [tuned.copy()])
+    assert kept["share_kept"] == 1.0 and kept["projection"] == 1.0 and kept["per_prompt"] == [1.0]
+    assert ec.effect_kept([probe], [tuned + 7.0])["share_kept"] == 1.0
+    lost = ec.effect_kept([probe], [base.copy()])
+    assert lost["share_kept"] == 0.0 and lost["projection"] == 0.0
+    half = ec.effect_kept([probe], [(tuned + base) / 2])
+    assert half["share_kept"] == pytest.approx(0.5, abs=1e-4) and half["projection"] == pytest.approx(0.5, abs=1e-4)
+    noise = np.random.default_rng(0).normal(0, 1, tuned.shape)
+    effect = ec._centred(tuned) - ec._centred(base)
+    noise -= (noise * effect).sum() / (effect * effect).sum() * effect  # across the adapter's direction
+    noisy = ec.effect_kept([probe], [tuned + 0.3 * noise])
+    assert noisy["share_kept"] < 0.9 and noisy["projection"] == pytest.approx(1.0, abs=1e-3)
+    assert ec.effect_kept([ec.Probe([1], [2], tuned)], [tuned]) is None  # no base logits: not base + adapter
+    assert ec.effect_kept([ec.Probe([1], [2], tuned, tuned.copy())], [tuned])["share_kept"] is None  # no effect
+
+    assert "warning" not in ec.judge_effect(kept, "m", warn=0.8, minimum=None)
+    assert "keeps only 50.0%" in ec.judge_effect(half, "m", warn=0.8, minimum=None)["warning"]
+    with pytest.raises(ec.ExportCheckError, match=r"m keeps 0\.0% of the adapter's own effect.*effect_kept_min=0\.5"):
+        ec.judge_effect(lost, "m", warn=0.8, minimum=0.5)
+
+
+def test_accuracy_parity_fails_a_significant_drop_naming_the_artefact_and_what_to_do():
+    """24 questions: an export that gets 7 of the adapter's right answers wrong (and none the other way) is a
+    significant drop (exact McNemar p = 2 x 0.5^7 = 0.016); 5 of them (p = 0.0625) is not; equal answers pass."""
+    ec = export_checks
+    rows = [{"id": str(i), "answer_idx": "A", "options": {"A": "a", "B": "b"}} for i in range(24)]
+    adapter = ["A"] * 20 + ["B"] * 4
+    same = ec.accuracy_parity(rows, adapter, adapter, "x", "do y")
+    assert same["passed"] and same["delta"] == 0 and same["answers_differ"] == 0
+    five = ec.accuracy_parity(rows, adapter, ["B"] * 5 + adapter[5:], "x", "do y")
+    assert five["verdict"] == "no clear change" and five["mcnemar"] == {"lost": 5, "gained": 0, "p_value": 0.0625}
+    with pytest.raises(ec.ExportCheckError) as e:
+        ec.accuracy_parity(rows, adapter, ["B"] * 7 + adapter[7:], "model-q4_k_m.gguf (GGUF q4_k_m)",
+                           ec.accuracy_advice("q4_k_m"), "r1helpers/sample-mcq")
+    text = str(e.value)
+    assert text.startswith("model-q4_k_m.gguf (GGUF q4_k_m) answers fewer of the 24 multiple-choice questions of "
+                           "r1helpers/sample-mcq right than base + adapter")
+    assert "13/24 against 20/24 (-29.2 points; 7 questions lost, 0 gained; exact McNemar p = 0.0156" in text
+    assert 'export the GGUF in f16 (export.gguf=["f16"])' in text and "\n" not in text
+
+
+def test_a_faithful_export_keeps_the_adapters_effect_and_its_accuracy(exported, cfg):
+    """The tiny model's float16 merge and f16 GGUF keep ~100% of the adapter's effect on the probe logits and
+    answer the multiple-choice set as base + adapter does; exported.json, the checks table and the cards say so."""
+    from r1helpers.export import summary
+
+    record = exported.record
+    merged = record["artefacts"]["merged"]["checks"]
+    assert merged["adapter_effect_kept"]["share_kept"] > 0.99 and merged["adapter_effect_kept"]["projection"] > 0.99
+    assert merged["accuracy_vs_adapter"]["passed"] and merged["accuracy_vs_adapter"]["verdict"] == "no clear change"
+    files = record["artefacts"]["gguf"]["files"]
+    assert files["f16"]["checks"]["adapter_effect_kept"]["share_kept"] > 0.99
+    assert files["q8_0"]["checks"]["adapter_effect_kept"]["share_kept"] is not None
+    assert files["f16"]["checks"]["accuracy_vs_adapter"]["passed"]
+    parity = record["parity"]
+    acc = parity["accuracy"]
+    assert acc["questions"] == cfg.compare.mcq_rows and acc["source"] == cfg.compare.mcq_source
+    assert set(acc["by_model"]) == {"base", "adapter", "merged_16bit", "gguf f16", "gguf q8_0"}
+    assert len(acc["answers"]["adapter"]) == len(acc["gold"]) == acc["questions"]
+    assert acc["by_model"]["merged_16bit"]["correct"] == acc["by_model"]["adapter"]["correct"]
+    assert set(parity["effect_kept"]) == {"merged_16bit", "gguf f16", "gguf q8_0"}
+    adapter_checks = record["artefacts"]["adapter"]["checks"]["accuracy"]
+    assert adapter_checks["adapter_correct"] == acc["by_model"]["adapter"]["correct"]
+    table = summary.checks_table(record)
+    assert "keeps 99." in table.loc[("merged", "adapter_effect_kept"), "measured"]
+    assert "right vs base + adapter's" in table.loc[("gguf f16", "accuracy_vs_adapter"), "measured"]
+    parity_rows = summary.parity_table(record)
+    assert parity_rows.loc["merged_16bit", "adapter effect kept"] > 0.99
+    assert parity_rows.loc["base + adapter (reference)", "right"] == f"{adapter_checks['adapter_correct']}/24"
+    assert "merged: adapter effect kept" in summary.key_results(record)
+    card = (Path(record["artefacts"]["merged"]["path"]) / "README.md").read_text()
+    assert '"adapter_effect_kept"' in card and '"accuracy_vs_adapter"' in card
+
+
+def _zeroed_adapter(src: Path, dst: Path) -> Path:
+    """A copy of the adapter with every lora_B at 0: merged, it gives the base model (the adapter scaled by 0)."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(src, dst, dirs_exist_ok=True)
+    weights = load_file(str(dst / "adapter_model.safetensors"))
+    save_file({k: v * 0 if "lora_B" in k else v for k, v in weights.items()}, str(dst / "adapter_model.safetensors"))
+    return dst
+
+
+def test_an_export_that_loses_the_adapter_keeps_none_of_its_effect_and_fails_parity(exported, cfg, monkeypatch,
+                                                                                       tmp_path):
+    """The "merged model" is the base with the adapter scaled by 0. Its logit check fails already and names the
+    share kept, 0%. With the logit tolerances opened wide, the accuracy parity catches it: on the multiple-choice
+    questions where base + adapter and the base answer differently, relabelled so that base + adapter is right,
+    it loses every one, a significant drop; with export.effect_kept_min set, the share kept fails first."""
+    from r1helpers.export import checks as ec
+    from r1helpers.export import merge
+    from r1helpers.export.files import save_tokenizer
+    from r1helpers.export.merge import merge_lora
+
+    # the weight check compares the merge with base + B·A and would stop this one first; here it is off
+    monkeypatch.setattr(merge, "weight_check", lambda *a: {"tensors": 0, "max_error_in_rounding_units": 0})
+    job = _job(exported, cfg, ["float16"], mcq=True)
+    adapter, base = job.answers["adapter"], job.answers["base"]
+    differ = [i for i, (a, b) in enumerate(zip(adapter, base)) if a != b]
+    assert len(differ) >= 6, "the tiny model's adapter must change at least 6 answers for a significant drop"
+    job.mcq = [{**job.mcq[i], "answer_idx": adapter[i]} for i in differ]
+    job.answers = {"adapter": [adapter[i] for i in differ], "base": [base[i] for i in differ]}
+    zeroed = _zeroed_adapter(job.out / "adapter", tmp_path / "zeroed")
+
+    def lossy_merge():
+        with job.writing("merged_16bit") as folder:
+            merge_lora(job.base_dir, zeroed, folder, job.dtype)
+            save_tokenizer(job.tokenizer, folder)
+            job.check_merged(folder)
+        assert job.merged_dir is None and "use the adapter on the base model" in job.notes[-1]
+        return job.notes[-1]
+
+    assert re.search(r"it keeps -?0\.\d% of the adapter's effect on the probe logits", lossy_merge())
+
+    monkeypatch.setitem(ec.LOGIT_TOL, "merged", 10.0)
+    monkeypatch.setattr(ec, "ADAPTER_KEPT_TOL", 10.0)
+    monkeypatch.setattr(ec, "EXACT_GREEDY", ())
+    note = lossy_merge()
+    assert job.kept["merged_16bit"]["share_kept"] == pytest.approx(0.0, abs=0.01)
+    assert "keeps only" in job.kept["merged_16bit"]["warning"]
+    n = len(differ)
+    right = sum(a == b for a, b in zip(job.answers["merged_16bit"], job.answers["adapter"]))
+    assert right <= n - 6
+    assert f"the merged float16 model answers fewer of the {n} multiple-choice questions" in note
+    assert f"{right}/{n} against {n}/{n}" in note and "merge in float16" in note
+
+    job.cfg.export.effect_kept_min = 0.5
+    assert "below export.effect_kept_min=0.5" in lossy_merge()

@@ -240,6 +240,9 @@ class ExportConfig:
     hub_repo: str | None = field(default=None, metadata={"help": "Hub repo id to push to, e.g. you/r1-medical (None: write a dry run into the run folder)"})
     hub_private: bool = field(default=True, metadata={"help": "create Hub repos private"})
     push: list[Literal["adapter", "merged", "gguf"]] = field(default_factory=lambda: ["adapter", "merged", "gguf"], metadata={"help": "what to push: adapter (<repo>-lora), merged (<repo>), gguf (<repo>-GGUF)"})
+    accuracy_check: Literal["auto", "on", "off"] = field(default="auto", metadata={"help": "score the merged model and each GGUF read back on compare.mcq_source (first compare.mcq_rows, option likelihood) against base + adapter; a significant drop (exact McNemar p < 0.05) fails the export. auto: on a GPU, or on the CPU while parameters x questions <= 5e9 | on | off"})
+    effect_kept_warn: float = field(default=0.8, metadata={"help": "warn when an export keeps less than this share of the adapter's own effect on the probe logits (1 - |exported - tuned| / |tuned - base|)"})
+    effect_kept_min: float | None = field(default=None, metadata={"help": "fail the export below this share of the adapter's effect kept (None: only warn)"})
 
     def __post_init__(self) -> None:
         for kind in self.gguf:
@@ -248,6 +251,10 @@ class ExportConfig:
             _one_of(what, "export.push", ("adapter", "merged", "gguf"))
         _one_of(self.merged_dtype, "export.merged_dtype", ("auto", "bfloat16", "float16"))
         _check(self.check_tokens >= 1, "export.check_tokens", "must be >= 1")
+        _one_of(self.accuracy_check, "export.accuracy_check", ("auto", "on", "off"))
+        _check(self.effect_kept_warn <= 1, "export.effect_kept_warn", "must be <= 1 (1: the whole effect)")
+        _check(self.effect_kept_min is None or self.effect_kept_min <= 1, "export.effect_kept_min",
+               "must be <= 1 (1: the whole effect), or null")
         _check(self.hub_repo is None or self.hub_repo.count("/") == 1, "export.hub_repo", "must look like owner/name")
 
 

@@ -6,14 +6,19 @@ merged model (llama.cpp's own read-back: `llamacpp.py`); every GGUF tensor again
 GGUF's vocabulary and chat template against the training tokenizer. Logit checks load float32 copies, on a
 GPU whose free memory holds one with a third to spare, else on the CPU; where neither does, they are skipped
 and the weight checks stand in.
+
+Beside the tolerances, two measures of what the fine-tune keeps: `effect_kept`, the share of the adapter's own
+change to the probe logits that an export reproduces, and `accuracy_parity`, each export's multiple-choice
+accuracy against base + adapter's on the same questions, with the exact McNemar test.
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -144,7 +149,18 @@ def compare(probes: list[Probe], logits: list[np.ndarray], greedy: list[list[int
 
 
 def judge(kind: str, result: dict[str, Any], what: str) -> dict[str, Any]:
-    """Raise when the stated tolerance is broken; otherwise record the tolerance in the result."""
+    """Raise when the stated tolerance is broken; otherwise record the tolerance in the result. A failure's
+    message says how much of the adapter's effect the candidate keeps, where that was measured."""
+    try:
+        return _judge(kind, result, what)
+    except ExportCheckError as e:
+        kept = (result.get("adapter_effect_kept") or {}).get("share_kept")
+        if kept is None:
+            raise
+        raise ExportCheckError(f"{e} (it keeps {kept:.1%} of the adapter's effect on the probe logits)") from None
+
+
+def _judge(kind: str, result: dict[str, Any], what: str) -> dict[str, Any]:
     tol = LOGIT_TOL[kind]
     result["tolerance"] = f"max |logit diff| <= {tol} x logit range" + (
         f"; greedy tokens identical but where the reference's margin is within {NEAR_TIE:g} x the max logit diff"
@@ -197,8 +213,13 @@ def load_float32(path: Path, gguf_file: str | None = None, parameters: int | Non
     return AutoModelForCausalLM.from_pretrained(str(path), config=config, dtype=torch.float32, **kwargs).eval()
 
 
-def adapter_reference(base_dir: Path, adapter_dir: Path, prompts: list[list[int]], n: int) -> list[Probe]:
-    """Base + adapter through peft, in float32: what the merged model must reproduce."""
+OnModel = Callable[[Any], None]  # called with a loaded model before it is dropped (the accuracy scoring)
+
+
+def adapter_reference(base_dir: Path, adapter_dir: Path, prompts: list[list[int]], n: int,
+                      on_model: OnModel | None = None) -> list[Probe]:
+    """Base + adapter through peft, in float32: what the merged model must reproduce. `on_model` gets the peft
+    model (adapter on; `model.disable_adapter()` gives the base) while it is loaded."""
     from peft import PeftModel
 
     model = PeftModel.from_pretrained(load_float32(base_dir), str(adapter_dir)).eval()
@@ -206,6 +227,8 @@ def adapter_reference(base_dir: Path, adapter_dir: Path, prompts: list[list[int]
     with model.disable_adapter():
         for p in probes:
             p.base_logits = hf_logits(model, p.sequence)
+    if on_model is not None:
+        on_model(model)
     return probes
 
 
@@ -215,20 +238,37 @@ def run_candidate(model, probes: list[Probe]) -> tuple[list[np.ndarray], list[li
     return logits, greedy
 
 
-def check_merged(merged_dir: Path, probes: list[Probe], own: list[Probe] | None = None) -> dict[str, Any]:
-    """The merged model against base + adapter (`probes`); when it passes, `own` (if given) receives the
-    merged model's own probes, the reference of its GGUF files."""
+def check_merged(merged_dir: Path, probes: list[Probe], own: list[Probe] | None = None,
+                 on_model: OnModel | None = None) -> dict[str, Any]:
+    """The merged model against base + adapter (`probes`), with the share of the adapter's effect it keeps
+    (`adapter_effect_kept`, not judged here); when it passes, `own` (if given) receives the merged model's own
+    probes, the reference of its GGUF files, and `on_model` (if given) gets the loaded model."""
     model = load_float32(merged_dir)
-    result = judge("merged", compare(probes, *run_candidate(model, probes)), "merged model vs base + adapter")
+    logits, greedy = run_candidate(model, probes)
+    result = compare(probes, logits, greedy)
+    result["adapter_effect_kept"] = effect_kept(probes, logits)
+    result = judge("merged", result, "merged model vs base + adapter")
     if own is not None:
         own.extend(reference_probes(model, [p.prompt_ids for p in probes], len(probes[0].greedy) if probes else 0))
+    if on_model is not None:
+        on_model(model)
     return result
 
 
-def check_gguf_transformers(gguf_path: Path, probes: list[Probe], kind: str,
-                            parameters: int | None = None) -> dict[str, Any]:
+def logits_on(model, probes: list[Probe], known: list[Probe], logits: list[np.ndarray]) -> list[np.ndarray]:
+    """`model`'s logits over each of `probes`' sequences, taken from `logits` (over `known`'s sequences) where
+    the sequence is the same, else computed."""
+    have = {tuple(k.sequence): lg for k, lg in zip(known, logits)}
+    return [have[tuple(p.sequence)] if tuple(p.sequence) in have else hf_logits(model, p.sequence) for p in probes]
+
+
+def check_gguf_transformers(gguf_path: Path, probes: list[Probe], kind: str, parameters: int | None = None,
+                            adapter_probes: list[Probe] | None = None,
+                            on_model: OnModel | None = None) -> dict[str, Any]:
     """transformers' GGUF loader reads the file back (dequantized to float32): its logits and greedy tokens
-    against `probes`, the file parsed once (`shared_gguf_reader`) and dequantized in threads."""
+    against `probes`, the file parsed once (`shared_gguf_reader`) and dequantized in threads. With
+    `adapter_probes` (base + adapter's, with the base's logits) the result carries `adapter_effect_kept`, not
+    judged here; `on_model` (if given) then gets the loaded model."""
     import logging
     import time
 
@@ -237,11 +277,153 @@ def check_gguf_transformers(gguf_path: Path, probes: list[Probe], kind: str,
     with shared_gguf_reader(gguf_path), dequantize_in_threads() as dq:
         model = load_float32(gguf_path.parent, gguf_path.name, parameters)
     t1 = time.perf_counter()
-    result = compare(probes, *run_candidate(model, probes))
+    logits, greedy = run_candidate(model, probes)
+    result = compare(probes, logits, greedy)
+    if adapter_probes:
+        result["adapter_effect_kept"] = effect_kept(adapter_probes, logits_on(model, adapter_probes, probes, logits))
     seconds = {"load": round(t1 - t0, 1), "of which dequantizing": round(dq["seconds"], 1),
                "logits and greedy tokens": round(time.perf_counter() - t1, 1)}
-    return judge(kind, {"reader": "transformers GGUF loader", **result, "tensors_dequantized_in_threads": dq["tensors"],
-                        "seconds": seconds}, f"{gguf_path.name} (transformers)")
+    result = judge(kind, {"reader": "transformers GGUF loader", **result,
+                          "tensors_dequantized_in_threads": dq["tensors"], "seconds": seconds},
+                   f"{gguf_path.name} (transformers)")
+    if on_model is not None:
+        t2 = time.perf_counter()
+        on_model(model)
+        seconds["accuracy scoring"] = round(time.perf_counter() - t2, 1)
+    return result
+
+
+# ---- what an export keeps of the fine-tune -------------------------------------------------------
+
+def _centred(x: np.ndarray) -> np.ndarray:
+    """Each position's logits minus their mean: a constant added to every logit of a position changes no
+    probability, so it is not counted as a difference."""
+    x = np.asarray(x, dtype=np.float64)
+    return x - x.mean(axis=-1, keepdims=True)
+
+
+def effect_kept(probes: list[Probe], logits: list[np.ndarray]) -> dict[str, Any] | None:
+    """How much of the adapter's own change to the logits an export keeps, over the probes.
+
+    On every probe position (the prompt and base + adapter's greedy tokens) and every vocabulary entry, each
+    position's logits centred (`_centred`):
+
+        effect   E = tuned - base          base + adapter against the base alone (the adapter switched off)
+        residual D = exported - tuned      what the export changed on top of that
+        share_kept = 1 - ||D|| / ||E||     (Euclidean norms over all probe logits together)
+
+    1: the export reproduces base + adapter; 0: it is as far from base + adapter as the base model is (an
+    adapter scaled by 0, or a merge that rounds it all away); below 0: farther still (noise larger than the
+    adapter's effect). Beside it, `projection` = <exported - base, E> / ||E||^2, how far along the adapter's own
+    direction the export goes (1: all the way, 0: not at all): noise across the adapter's direction lowers
+    share_kept only, a shrunk adapter lowers both. `per_prompt`: share_kept of each prompt alone.
+
+    None when the probes carry no base logits (the reference is not base + adapter). `share_kept` is None, with
+    a note, when the adapter does not change the probe logits (nothing to keep).
+    """
+    if not probes or any(p.base_logits is None for p in probes):
+        return None
+    effects = [_centred(p.logits) - _centred(p.base_logits) for p in probes]
+    residuals = [_centred(lg) - _centred(p.logits) for p, lg in zip(probes, logits)]
+    moved = [_centred(lg) - _centred(p.base_logits) for p, lg in zip(probes, logits)]
+    e2 = sum(float(np.sum(e * e)) for e in effects)
+    d2 = sum(float(np.sum(d * d)) for d in residuals)
+    cells = sum(e.size for e in effects)
+    out: dict[str, Any] = {"positions": sum(len(e) for e in effects),
+                           "adapter_effect_rms": round(float(np.sqrt(e2 / cells)), 6),
+                           "residual_rms": round(float(np.sqrt(d2 / cells)), 6)}
+    scale = max(float(np.sqrt(sum(float(np.sum(_centred(p.logits) ** 2)) for p in probes) / cells)), 1e-30)
+    if np.sqrt(e2 / cells) <= 1e-7 * scale:
+        return {**out, "share_kept": None, "projection": None,
+                "note": "the adapter does not change the probe logits: there is no effect to keep"}
+    per_prompt = []
+    for e, d in zip(effects, residuals):
+        en = float(np.linalg.norm(e))
+        per_prompt.append(round(1 - float(np.linalg.norm(d)) / en, 4) if en > 0 else None)
+    projection = sum(float(np.sum(m * e)) for m, e in zip(moved, effects)) / e2
+    return {"share_kept": round(1 - float(np.sqrt(d2 / e2)), 4), "projection": round(projection, 4),
+            "per_prompt": per_prompt, **out}
+
+
+EFFECT_RULE = "share kept = 1 - |exported - tuned| / |tuned - base| over the probe logits (centred per position)"
+
+
+def judge_effect(effect: dict[str, Any] | None, what: str, warn: float, minimum: float | None) -> dict[str, Any]:
+    """The share of the adapter's effect kept against export.effect_kept_min (raise below it) and
+    export.effect_kept_warn (a `warning` below it)."""
+    if effect is None:
+        return {"passed": True, "share_kept": None, "note": "not measured: no base + adapter reference"}
+    out = {**effect, "rule": EFFECT_RULE, "tolerance": f"warn below {warn:.0%}" + (
+        f"; fail below {minimum:.0%}" if minimum is not None else "; never fails (export.effect_kept_min unset)")}
+    share = effect.get("share_kept")
+    if share is not None and minimum is not None and share < minimum:
+        raise ExportCheckError(
+            f"{what} keeps {share:.1%} of the adapter's own effect on the probe logits (its difference from base + "
+            f"adapter has {1 - share:.0%} of the size of the adapter's change; projection on the adapter's direction "
+            f"{effect['projection']:.2f}), below export.effect_kept_min={minimum:g}: it behaves more like the base "
+            "model, or like noise, than like the fine-tune. Export it unquantized (float16 merge, f16 GGUF) or use "
+            "the adapter on the base model with peft; lower export.effect_kept_min only if you accept that.")
+    if share is not None and share < warn:
+        out["warning"] = (f"{what} keeps only {share:.1%} of the adapter's effect on the probe logits "
+                          f"(export.effect_kept_warn={warn:g}): its own error is comparable to what fine-tuning changed")
+    out["passed"] = True
+    return out
+
+
+def accuracy_advice(kind: str, dtype: str | None = None) -> str:
+    """What to do when an export of `kind` (merged | f16 | bf16 | q8_0 | q4_k_m) loses accuracy."""
+    if kind == "merged":
+        return (f"The merge into {dtype or '16-bit'} weights lost part of the adapter's effect: merge in float16 "
+                "(export.merged_dtype=float16), or keep the adapter and load it on the base model with peft, which "
+                "is what was trained and scored.")
+    if kind in ("q8_0", "q4_k_m"):
+        return (f"Quantizing to {kind} cost accuracy: export the GGUF in f16 (export.gguf=[\"f16\"]) or, when "
+                "q4_k_m is what failed, q8_0; or use the merged 16-bit model or the adapter, not a quantized file.")
+    return (f"A {kind} GGUF stores the merged weights without quantizing, so it should answer as the merged model "
+            "does: compare its weight check, export f16 rather than bf16, or use the merged 16-bit model.")
+
+
+def mcq_letters(model, tokenizer, rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The option each row's most likely text belongs to (`evaluate.accuracy.answer_mcq`, option likelihood,
+    mean log-probability per token), in full float32."""
+    from r1helpers.evaluate.accuracy import answer_mcq
+
+    with full_float32():
+        return [a["likelihood_letter"] for a in answer_mcq(model, tokenizer, rows)]
+
+
+def correct(rows: Sequence[dict[str, Any]], letters: Sequence[str]) -> list[bool]:
+    return [letter == r["answer_idx"] for r, letter in zip(rows, letters)]
+
+
+def accuracy_parity(rows: Sequence[dict[str, Any]], reference: Sequence[str], candidate: Sequence[str],
+                    what: str, advice: str, source: str = "the multiple-choice set") -> dict[str, Any]:
+    """An export's answers (`candidate` letters) against base + adapter's (`reference`) on the same `rows`:
+    both accuracies and `evaluate.metrics.accuracy_summary` (exact McNemar on the paired right/wrong). A
+    significant drop (p < 0.05, fewer right) raises, with one paragraph naming `what` and ending in `advice`."""
+    from r1helpers.evaluate.metrics import ALPHA, accuracy_summary
+
+    if not (len(rows) == len(reference) == len(candidate)):
+        raise ValueError(f"{len(rows)} questions but {len(reference)} and {len(candidate)} answers")
+    s = accuracy_summary(correct(rows, reference), correct(rows, candidate))
+    n, test = s["n"], s["mcnemar"]
+    out = {"questions": n, "adapter_correct": s["before"]["correct"], "adapter_accuracy": round(s["before"]["accuracy"], 4),
+           "export_correct": s["after"]["correct"], "export_accuracy": round(s["after"]["accuracy"], 4),
+           "delta": round(s["delta"], 4), "delta_ci95": [round(x, 4) for x in s["delta_ci95"]],
+           "mcnemar": {"lost": test["b"], "gained": test["c"], "p_value": round(test["p_value"], 6)},
+           "answers_differ": sum(a != b for a, b in zip(reference, candidate)),
+           "detectable_change": None if s["detectable_change"] is None else round(s["detectable_change"], 4),
+           "verdict": s["verdict"],
+           "tolerance": f"no significant drop: fails when exact McNemar p < {ALPHA:g} with fewer right"}
+    if s["verdict"] == "worse":
+        raise ExportCheckError(
+            f"{what} answers fewer of the {n} multiple-choice questions of {source} right than base + adapter, "
+            f"on the same questions scored the same way (option likelihood): {s['after']['correct']}/{n} against "
+            f"{s['before']['correct']}/{n} ({100 * s['delta']:+.1f} points; {test['b']} questions lost, "
+            f"{test['c']} gained; exact McNemar p = {test['p_value']:.3g} < {ALPHA:g}), a significant drop, so it "
+            f"is not kept. {advice}")
+    out["passed"] = True
+    return out
 
 
 _SHARED_READERS: dict[str, Any] = {}  # resolved path -> the gguf.GGUFReader that `shared_gguf_reader` parsed

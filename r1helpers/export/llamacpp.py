@@ -163,12 +163,15 @@ def _llama_cpp_child(request: dict[str, Any], out_file: str) -> None:
 
 def check_one_gguf(job, path: Path, kind: str, merged: Path, probes) -> dict[str, Any]:
     """One file, parsed once for all its checks: metadata, then the weight check beside transformers'
-    read-back (both on the CPU, threaded); when both fail, the weights' error is raised."""
+    read-back (both on the CPU, threaded); when both fail, the weights' error is raised. The read-back model
+    also gives the share of the adapter's effect the file keeps (against base + adapter, `job.probes`) and, when
+    the job scores a multiple-choice set, its answers, judged against the adapter's (`job.judge_parity`)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from r1helpers.core.hardware import free_memory
 
     question = job.cfg.infer.example_questions[0] if job.cfg.infer.example_questions else "What is fever?"
+    name = f"gguf {kind}"
 
     def weights() -> dict[str, Any]:
         with job.timed(f"GGUF {kind}: weight check"):
@@ -182,14 +185,21 @@ def check_one_gguf(job, path: Path, kind: str, merged: Path, probes) -> dict[str
             weight_check = pool.submit(weights)
             try:
                 if probes is not None:
+                    score = job.score_into(name) if hasattr(job, "score_into") else None
                     with job.timed(f"GGUF {kind}: transformers read-back and logit check"):
-                        checks["transformers"] = ec.check_gguf_transformers(path, probes, kind,
-                                                                            ec.float32_parameters(merged))
+                        checks["transformers"] = ec.check_gguf_transformers(
+                            path, probes, kind, ec.float32_parameters(merged),
+                            adapter_probes=getattr(job, "probes", None), on_model=score)
             finally:
                 checks["weights"] = weight_check.result()  # its error first, if both fail
     if probes is None:
         checks["logits"] = "skipped: a float32 copy of the model does not fit in memory; weights checked instead"
         return checks
+    if hasattr(job, "judge_kept"):
+        what = f"{path.name} (GGUF {kind}, read back by transformers)"
+        checks["adapter_effect_kept"] = job.judge_kept(name, checks["transformers"].pop("adapter_effect_kept", None),
+                                                       what)
+        checks["accuracy_vs_adapter"] = job.judge_parity(name, what, ec.accuracy_advice(kind))
     free_memory()
     if llama_cpp_available():
         with job.timed(f"GGUF {kind}: llama.cpp logit check"):

@@ -6,6 +6,7 @@ DataFrame, a dict or a string; none loads a model or reads the config.
     exported = json.load(open("runs/default/export/exported.json"))
     summary_table(exported)   # one row per file or folder: path, MiB, what its checks measured
     key_results(exported)     # path, size and check status of each artefact, for record_results
+    parity_table(exported)    # per model: multiple-choice accuracy beside the adapter's, share of its effect kept
 """
 
 from __future__ import annotations
@@ -43,6 +44,17 @@ def check_line(checks: dict[str, Any]) -> str:
         parts.append(f"weights within {w['max_error_in_rounding_units']} 16-bit roundings")
         if "lora_changes_lost_to_rounding" in w:
             parts.append(f"{w['lora_changes_lost_to_rounding']:.1%} of LoRA changes lost to rounding")
+    k = checks.get("adapter_effect_kept")
+    if isinstance(k, dict) and k.get("share_kept") is not None:
+        parts.append(f"keeps {k['share_kept']:.1%} of the adapter's effect" + (" (warning)" if "warning" in k else ""))
+    a = checks.get("accuracy_vs_adapter")
+    if isinstance(a, dict):
+        parts.append(f"accuracy {a['export_correct']}/{a['questions']} vs the adapter's {a['adapter_correct']}/"
+                     f"{a['questions']} (McNemar p {a['mcnemar']['p_value']:.2g})")
+    a = checks.get("accuracy")
+    if isinstance(a, dict):
+        parts.append(f"accuracy {a['adapter_correct']}/{a['questions']} (base alone {a['base_correct']}/"
+                     f"{a['questions']})")
     for reader in ("transformers", "llama.cpp"):
         c = checks.get(reader)
         if isinstance(c, dict):
@@ -93,12 +105,48 @@ def checks_table(exported: dict[str, Any]):
                 measured = (f"{c['tensors']} tensors within {c['max_error_in_rounding_units']} 16-bit roundings of "
                             f"base + B·A·scale; LoRA changed {c.get('weights_changed_by_lora', '?')} weights, "
                             f"{c.get('lora_changes_lost_to_rounding', 0):.1%} of them rounded back to the base value")
+            elif "rule" in c and "share_kept" in c:
+                measured = ("no effect to keep" if c["share_kept"] is None else
+                            f"keeps {c['share_kept']:.1%} of the adapter's effect on the probe logits (projection "
+                            f"{c['projection']:.3f}; residual RMS {c['residual_rms']:.3g} vs the adapter's "
+                            f"{c['adapter_effect_rms']:.3g})" + (f"; WARNING: {c['warning']}" if "warning" in c else ""))
+            elif "export_correct" in c:
+                m = c["mcnemar"]
+                measured = (f"{c['export_correct']}/{c['questions']} right vs base + adapter's {c['adapter_correct']}/"
+                            f"{c['questions']} ({100 * c['delta']:+.1f} points; {m['lost']} lost, {m['gained']} "
+                            f"gained; exact McNemar p {m['p_value']:.3g}); {c['answers_differ']} answers differ")
+            elif "adapter_correct" in c:
+                measured = (f"base + adapter {c['adapter_correct']}/{c['questions']} right, the base alone "
+                            f"{c['base_correct']}/{c['questions']} ({c['source']}, {c['scoring']})")
             elif "worst_relative_rms_error_by_type" in c:
                 measured = f"{c['tensors']} tensors; worst RMS error by type {c['worst_relative_rms_error_by_type']}"
             else:
                 measured = ", ".join(f"{k}: {v}" for k, v in c.items() if k != "passed")
             rows.append((name, check, measured, c.get("tolerance", "")))
     return pd.DataFrame(rows, columns=["artefact", "check", "measured", "tolerance"]).set_index(["artefact", "check"])
+
+
+def parity_table(exported: dict[str, Any]):
+    """One row per model: multiple-choice accuracy (option likelihood, the same questions) beside base +
+    adapter's, the change with its exact McNemar p, and the share of the adapter's effect on the probe logits
+    that the export keeps (`checks.effect_kept`). Empty when neither was measured."""
+    import pandas as pd
+
+    parity = exported.get("parity") or {}
+    acc = (parity.get("accuracy") or {}).get("by_model", {})
+    kept = parity.get("effect_kept", {})
+    n = (parity.get("accuracy") or {}).get("questions")
+    rows = []
+    for name in dict.fromkeys([*acc, *kept]):
+        a = acc.get(name, {})
+        rows.append({"model": {"base": "base (adapter off)", "adapter": "base + adapter (reference)"}.get(name, name),
+                     "right": f"{a['correct']}/{n}" if a else "-",
+                     "accuracy": a.get("accuracy"),
+                     "vs adapter (points)": None if "delta_vs_adapter" not in a else round(100 * a["delta_vs_adapter"], 1),
+                     "McNemar p": a.get("mcnemar_p"), "verdict": a.get("verdict", ""),
+                     "adapter effect kept": kept.get(name, 1.0 if name == "adapter" else None)})
+    columns = ["model", "right", "accuracy", "vs adapter (points)", "McNemar p", "verdict", "adapter effect kept"]
+    return pd.DataFrame(rows, columns=columns).set_index("model")
 
 
 def space_table(exported: dict[str, Any]):
@@ -125,6 +173,12 @@ def key_results(exported: dict[str, Any]) -> dict[str, Any]:
         out[f"{name}: path"] = path
         out[f"{name}: MiB"] = round(size / 2**20, 1)
         out[f"{name}: checks"] = check_status(checks)
+        k = checks.get("adapter_effect_kept")
+        if isinstance(k, dict) and k.get("share_kept") is not None:
+            out[f"{name}: adapter effect kept"] = k["share_kept"]
+        a = checks.get("accuracy_vs_adapter")
+        if isinstance(a, dict):
+            out[f"{name}: accuracy"] = f"{a['export_correct']}/{a['questions']} (adapter {a['adapter_correct']})"
     hub = exported.get("hub", {})
     out["hub"] = hub.get("message", "")
     return out

@@ -6,6 +6,12 @@ export made with these settings from the adapter in train/adapter, redoes one ma
 refuses (or with `overwrite` moves aside, never deletes) finished exports made with other settings, in the
 run folder and in `export.output_dir` alike, and stops before anything is replaced when train/adapter is
 damaged or the disks cannot hold the export. `export(cfg, run)` runs the same steps in one call.
+
+Beside each check's tolerance, two measures of what the fine-tune keeps (issue 26): the share of the adapter's
+own effect on the probe logits that each export reproduces (`checks.effect_kept`; a warning below
+export.effect_kept_warn, a failure below export.effect_kept_min), and, on compare.mcq_source's first
+compare.mcq_rows questions, each export's option-likelihood accuracy against base + adapter's with the exact
+McNemar test (`checks.accuracy_parity`; a significant drop fails the export; export.accuracy_check).
 """
 
 from __future__ import annotations
@@ -28,6 +34,9 @@ from r1helpers.export.space import ExportSpaceError, check_space, dir_bytes, pla
 
 __all__ = ["ExportJob", "ExportSpaceError", "begin", "export", "output_dir", "probe_prompts"]
 
+# export.accuracy_check=auto scores the multiple-choice set on the CPU while parameters x questions stays within
+# this (SmolLM2-135M x 24 questions: 3.2e9, about a minute per model on two cores); on a GPU always.
+AUTO_ACCURACY_CPU_BUDGET = 5e9
 MERGED_FOR_GGUF = ".merged-for-gguf"  # the temporary merge GGUF is made from when merged_16bit is not kept
 FOLDERS = {"adapter": "adapter", "merged_16bit": "merged", "gguf": "gguf"}  # folder -> artefact (and card) kind
 
@@ -151,6 +160,10 @@ class ExportJob:
         self.artefacts: dict[str, Any] = {}
         self.merged_dir: Path | None = None
         self.probes = self.merged_probes = None  # base + adapter's greedy tokens and logits; the merged model's
+        self.mcq: list[dict[str, Any]] | None = None  # the multiple-choice rows every model answers, or None
+        self.answers: dict[str, list[str]] = {}  # base, adapter, each export: its option-likelihood letters
+        self.kept: dict[str, Any] = {}  # artefact -> its share of the adapter's effect kept
+        self.parity: dict[str, Any] = {}  # artefact -> its accuracy against base + adapter
         self.checks: dict[str, Any] = {}  # the step being written: its checks, then its record's
         self.extra: dict[str, dict[str, Any]] = {}  # what a step's record holds besides path, bytes and checks
         self._lock: contextlib.ExitStack | None = None
@@ -223,11 +236,75 @@ class ExportJob:
         self.notes.append(f"logit checks in float32 on the {where.upper()}" if self.logits_ok else
                           "logit checks skipped: a float32 copy fits neither in the GPU's nor in the machine's "
                           "memory; every weight is checked instead")
+        self.mcq, why = self.accuracy_plan(base.parameters, where)
+        self.notes.append(why)
         self.stem = f"{Path(cfg.model.name).name}-medical-cot"
         self.repo = repo_base(cfg, run)  # export.hub_repo, or the dry run's placeholder
         load_secrets(ask=False)  # HF_TOKEN from Kaggle secrets, Colab or .env, for the push
         self.status = f"building: into {self.out}"
         print(self.status, flush=True)
+
+    def accuracy_plan(self, parameters: int, where: str) -> tuple[list[dict[str, Any]] | None, str]:
+        """The multiple-choice rows every model answers (export.accuracy_check), or None; and a note saying which."""
+        from r1helpers.workflow.generate_stage import mcq_rows
+
+        mode, c = self.cfg.export.accuracy_check, self.cfg.compare
+        if mode == "off":
+            return None, "accuracy check off (export.accuracy_check=off)"
+        if not self.logits_ok:
+            return None, "accuracy check skipped: a float32 copy of the model does not fit in memory"
+        if c.mcq_source is None:
+            return None, "accuracy check skipped: compare.mcq_source is null (no multiple-choice set)"
+        try:
+            rows = mcq_rows(self.cfg)
+        except (RuntimeError, ValueError, OSError) as e:
+            if mode == "on":
+                raise
+            return None, f"accuracy check skipped: {e}"
+        if not rows:
+            return None, f"accuracy check skipped: {c.mcq_source} has no questions"
+        if mode == "auto" and where != "cuda" and parameters * len(rows) > AUTO_ACCURACY_CPU_BUDGET:
+            return None, (f"accuracy check skipped (export.accuracy_check=auto): {len(rows)} questions x "
+                          f"{parameters / 1e9:.2g}B parameters on the CPU is beyond {AUTO_ACCURACY_CPU_BUDGET:.0e}; "
+                          "set export.accuracy_check=on to run it anyway, or fewer compare.mcq_rows")
+        return rows, (f"accuracy check: the first {len(rows)} questions of {c.mcq_source}, option likelihood, "
+                      "each export against base + adapter (exact McNemar; a significant drop fails the export)")
+
+    def score_into(self, name: str) -> ec.OnModel | None:
+        """A callback that answers the multiple-choice rows with a loaded model into `answers[name]`; None when
+        the accuracy check does not run. For the adapter (`name` "adapter"), the base's answers too."""
+        if not self.mcq:
+            return None
+
+        def score(model) -> None:
+            with self.timed(f"accuracy: {name} on {len(self.mcq)} questions"):
+                if name == "adapter":
+                    with model.disable_adapter():
+                        self.answers["base"] = ec.mcq_letters(model, self.tokenizer, self.mcq)
+                self.answers[name] = ec.mcq_letters(model, self.tokenizer, self.mcq)
+
+        return score
+
+    def judge_parity(self, name: str, what: str, advice: str) -> dict[str, Any] | str:
+        """`answers[name]` against the adapter's (`checks.accuracy_parity`): raises on a significant drop."""
+        if not self.mcq or name not in self.answers or "adapter" not in self.answers:
+            return "skipped: " + ("no multiple-choice set is scored (see the notes)" if not self.mcq else
+                                  "the model was not scored")
+        result = ec.accuracy_parity(self.mcq, self.answers["adapter"], self.answers[name], what, advice,
+                                    str(self.cfg.compare.mcq_source))
+        self.parity[name] = result
+        return result
+
+    def judge_kept(self, name: str, effect: dict[str, Any] | None, what: str) -> dict[str, Any]:
+        """The share of the adapter's effect `name` keeps, against export.effect_kept_min and _warn; a warning
+        becomes a note (printed)."""
+        e = self.cfg.export
+        result = ec.judge_effect(effect, what, e.effect_kept_warn, e.effect_kept_min)
+        self.kept[name] = result
+        if "warning" in result:
+            self.notes.append(result["warning"])
+            print("warning:", result["warning"], flush=True)
+        return result
 
     def check_space(self, base) -> dict[str, Any]:
         """The free-space check, with the settings that would make a refused export fit as its advice."""
@@ -315,9 +392,18 @@ class ExportJob:
             self.checks["loads_with_peft"] = "skipped: a float32 copy of the model does not fit in memory"
             return
         with self.timed("reference: base + adapter in float32, greedy tokens and logits"):
-            self.probes = ec.adapter_reference(self.base_dir, folder, self.prompts, self.cfg.export.check_tokens)
+            self.probes = ec.adapter_reference(self.base_dir, folder, self.prompts, self.cfg.export.check_tokens,
+                                               on_model=self.score_into("adapter"))
         self.checks["loads_with_peft"] = {"passed": True, "how": "PeftModel.from_pretrained(base, this folder) loaded "
                                           "it; base + this adapter is the reference the merged model must match"}
+        if "adapter" in self.answers:
+            n, ok = len(self.mcq), ec.correct
+            self.checks["accuracy"] = {
+                "questions": n, "source": str(self.cfg.compare.mcq_source), "scoring": "option likelihood",
+                "adapter_correct": sum(ok(self.mcq, self.answers["adapter"])),
+                "base_correct": sum(ok(self.mcq, self.answers["base"])),
+                "how": "base + this adapter (float32, peft) and the base alone (adapter off): the reference every "
+                       "export's accuracy is compared with"}
 
     def check_merged(self, folder: Path) -> None:
         """Every merged weight within one 16-bit rounding of base + B·A·scale, then the merged model (plain
@@ -338,9 +424,14 @@ class ExportJob:
             if self.probes is None:
                 break
             own: list = []
+            name, what = "merged_16bit", f"the merged {dtype} model"
+            self.answers.pop(name, None)
             try:
                 with self.timed(f"merged {dtype}: logit check"):
-                    self.checks["logits_vs_adapter"] = ec.check_merged(folder, self.probes, own=own)
+                    logits = self.checks["logits_vs_adapter"] = ec.check_merged(
+                        folder, self.probes, own=own, on_model=self.score_into(name))
+                self.checks["adapter_effect_kept"] = self.judge_kept(name, logits.pop("adapter_effect_kept", None), what)
+                self.checks["accuracy_vs_adapter"] = self.judge_parity(name, what, ec.accuracy_advice("merged", dtype))
             except ec.ExportCheckError as e:
                 failures.append(f"{dtype}: {e}")
                 print(f"merge in {dtype} failed its check ({e})", flush=True)
@@ -372,6 +463,33 @@ class ExportJob:
         self.checks = {k: v["checks"] for k, v in checked.items()}
         self.extra["gguf"] = {"files": checked}
 
+    def parity_record(self) -> dict[str, Any]:
+        """exported.json's `parity`: per artefact, the share of the adapter's effect kept and the multiple-choice
+        accuracy beside the adapter's (and the base's) on the same questions, with each model's answers."""
+        kept = {k: v.get("share_kept") for k, v in self.kept.items() if k in self._kept_artefacts()}
+        out: dict[str, Any] = {"effect_kept_rule": ec.EFFECT_RULE, "effect_kept": kept}
+        if not self.mcq or "adapter" not in self.answers:
+            out["accuracy"] = None
+            return out
+        n = len(self.mcq)
+        acc = {name: {"correct": sum(ec.correct(self.mcq, letters)), "accuracy": round(
+            sum(ec.correct(self.mcq, letters)) / n, 4)} for name, letters in self.answers.items()
+            if name in ("base", "adapter") or name in self.parity}
+        for name, p in self.parity.items():
+            acc[name].update(delta_vs_adapter=p["delta"], mcnemar_p=p["mcnemar"]["p_value"], verdict=p["verdict"])
+        out["accuracy"] = {"source": str(self.cfg.compare.mcq_source), "split": self.cfg.compare.mcq_split,
+                           "questions": n, "scoring": "option likelihood (mean log-probability of each option's text)",
+                           "by_model": acc, "ids": [r["id"] for r in self.mcq],
+                           "gold": [r["answer_idx"] for r in self.mcq],
+                           "answers": {k: "".join(v) if all(len(x) == 1 for x in v) else v
+                                       for k, v in self.answers.items() if k in acc}}
+        return out
+
+    def _kept_artefacts(self) -> set[str]:
+        """The names (merged_16bit, gguf <kind>) of the artefacts that were kept."""
+        names = {"merged_16bit"} if self.merged_dir is not None else set()  # kept, or the GGUF files' source
+        return names | {f"gguf {k}" for k in self.artefacts.get("gguf", {}).get("files", {})}
+
     def to_push(self) -> dict[str, Path]:
         """The artefacts export.push names, by kind."""
         return {k: Path(a["path"]) for k, a in self.artefacts.items() if k in self.cfg.export.push}
@@ -388,7 +506,7 @@ class ExportJob:
             hub = hub_result or {"message": "no Hub push or dry run was made"}
             print(hub["message"])
             record = {"output_dir": str(self.out), "artefacts": self.artefacts, "notes": self.notes,
-                      "seconds": self.seconds, "hub": hub,
+                      "seconds": self.seconds, "hub": hub, "parity": self.parity_record(),
                       "source": {"adapter": str(self.adapter_dir), "sha256": trained,
                                  "train_finished_at": train.get("finished_at")},
                       "space": {"planned": [{"what": i.what, "where": str(i.where), "bytes": i.bytes}

@@ -34,7 +34,9 @@ write 18.2, its weight check 10.9, transformers' read-back 48.2). Each step's ti
 `cfg.export` decides what is written and where: `save_merged_16bit` and its `merged_dtype`, the `gguf` types,
 where llama.cpp's quantizer is (`llama_quantize`), how many greedy tokens each check compares
 (`check_tokens`), the Hub repository (`hub_repo`), whether new repositories are private (`hub_private`) and which
-artefacts to `push`. Change one with e.g. `cfg.export.gguf = ["q8_0"]` in a cell before the export runs, or
+artefacts to `push`; whether each export's multiple-choice accuracy is compared with the adapter's
+(`accuracy_check`: auto, on or off), and below which share of the adapter's effect an export is warned about
+(`effect_kept_warn`) or refused (`effect_kept_min`). Change one with e.g. `cfg.export.gguf = ["q8_0"]` in a cell before the export runs, or
 `overrides={"export.gguf": ["q8_0"]}` with papermill; the export is redone when its settings change."""),
     ("code", """import os
 from r1helpers.core import prompts, show
@@ -179,6 +181,32 @@ copy of the model; when that does not fit in memory (the 8B model on Kaggle) the
 the per-tensor checks stand in for them. q4_k_m needs llama.cpp's quantizer and is skipped, with a note, when
 none is installed."""),
     ("code", """summary.checks_table(exported)"""),
+    ("md", """## What each export keeps of the fine-tune
+
+A tolerance on the logit range can pass an export that has lost much of what fine-tuning changed: the adapter
+moves the logits by far less than their range. Measured on a real adapter, a q8_0 GGUF passed (its largest
+logit difference 1.6% of the range, against 5%) while that difference was about 38% of the adapter's own effect,
+and its greedy tokens left the reference's at the second token on two prompts of three. So every export is also
+measured against the adapter's effect itself, on the same probe prompts and tokens:
+
+- **share of the adapter's effect kept** = 1 - |exported - tuned| / |tuned - base|, over all probe logits (each
+  position's logits centred, since a constant shift changes no probability): 100% reproduces base + adapter, 0%
+  is as far from it as the base model is (an adapter scaled by 0), below 0 is noise larger than the adapter's
+  effect. Beside it, the projection of (exported - base) on (tuned - base): how far along the adapter's own
+  direction the export goes. A share below `export.effect_kept_warn` is a warning in the notes; below
+  `export.effect_kept_min` (unset by default) the export fails.
+- **multiple-choice accuracy** on `compare.mcq_source`'s first `compare.mcq_rows` questions, scored as in
+  chapter 04 by option likelihood (no generation): base + adapter (float32, peft), the merged model and each
+  GGUF read back by transformers answer the same questions, and the exact McNemar test compares each export's
+  right/wrong answers with the adapter's, question by question. A significant drop (p < 0.05, fewer right)
+  fails the export with a paragraph saying what to do (merge in float16, export f16 rather than a quantized
+  file). With `export.accuracy_check = "auto"` this runs on a GPU, and on the CPU only while the model and the
+  set are small (the SmolLM2 profile's 24 questions run; the 8B on a CPU does not).
+
+With 24 questions only a large drop is significant (at least 6 of the adapter's right answers lost, none
+gained); the `detectable_change` in each check says how large a change this set can show. The base model's
+accuracy is listed too: when the adapter itself does not change the answers, equal accuracy says little."""),
+    ("code", """summary.parity_table(exported)"""),
     ("md", """## Running the GGUF with Ollama
 
 Ollama does not use the Jinja template stored in a GGUF, so the export writes a `Modelfile` next to the GGUF
