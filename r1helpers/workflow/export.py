@@ -263,6 +263,7 @@ class ExportJob:
             return None, f"accuracy check skipped: {e}"
         if not rows:
             return None, f"accuracy check skipped: {c.mcq_source} has no questions"
+        rows = rows[:self.cfg.export.accuracy_rows or None]
         if mode == "auto" and where != "cuda" and parameters * len(rows) > AUTO_ACCURACY_CPU_BUDGET:
             return None, (f"accuracy check skipped (export.accuracy_check=auto): {len(rows)} questions x "
                           f"{parameters / 1e9:.2g}B parameters on the CPU is beyond {AUTO_ACCURACY_CPU_BUDGET:.0e}; "
