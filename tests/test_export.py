@@ -20,6 +20,8 @@ import pytest
 
 from r1helpers.workflow import export
 from r1helpers.export import checks as export_checks
+from r1helpers.export import gguf_checks as export_gguf_checks
+from r1helpers.export import parity as export_parity
 from r1helpers.export import hub
 from r1helpers.export import space
 from r1helpers.workflow import hub as workflow_hub
@@ -251,7 +253,7 @@ def test_checks_fail_on_a_model_that_is_not_the_trained_one(exported, base_dir):
     base_probes = export_checks.reference_probes(_float32(base_dir), [exported.prompt], 8)
     f16 = exported.out / "gguf" / exported.record["artefacts"]["gguf"]["files"]["f16"]["file"]
     with pytest.raises(export_checks.ExportCheckError):
-        export_checks.check_gguf_transformers(f16, base_probes, "f16")
+        export_gguf_checks.check_gguf_transformers(f16, base_probes, "f16")
 
 
 class FakeLlama:
@@ -747,7 +749,7 @@ def test_gguf_weight_and_readback_checks_run_side_by_side(monkeypatch, tmp_path)
     both = threading.Barrier(2, timeout=20)
     ctx = SimpleNamespace(cfg=load_config("cpu"), tokenizer=None, prompt_texts=[],
                           timed=lambda step: contextlib.nullcontext())
-    monkeypatch.setattr(ec, "gguf_metadata_check", lambda *a: {"tokens": 1})
+    monkeypatch.setattr(export_gguf_checks, "gguf_metadata_check", lambda *a: {"tokens": 1})
     monkeypatch.setattr(ec, "float32_parameters", lambda *a: 1)
     monkeypatch.setattr(llamacpp, "llama_cpp_available", lambda: False)
     parsed = []
@@ -757,7 +759,7 @@ def test_gguf_weight_and_readback_checks_run_side_by_side(monkeypatch, tmp_path)
         parsed.append(path)
         yield None
 
-    monkeypatch.setattr(ec, "shared_gguf_reader", shared_reader)
+    monkeypatch.setattr(export_gguf_checks, "shared_gguf_reader", shared_reader)
 
     def weights(*a):
         both.wait()
@@ -767,8 +769,8 @@ def test_gguf_weight_and_readback_checks_run_side_by_side(monkeypatch, tmp_path)
         both.wait()
         return {"passed": True}
 
-    monkeypatch.setattr(ec, "gguf_weight_check", weights)
-    monkeypatch.setattr(ec, "check_gguf_transformers", readback)
+    monkeypatch.setattr(export_gguf_checks, "gguf_weight_check", weights)
+    monkeypatch.setattr(export_gguf_checks, "check_gguf_transformers", readback)
     checks = wx.check_one_gguf(ctx, tmp_path / "m.gguf", "q8_0", tmp_path, probes=["probe"])
     assert checks["weights"] == {"tensors": 3} and checks["transformers"] == {"passed": True}
     assert parsed == [tmp_path / "m.gguf"]  # one shared parse for all the checks of the file
@@ -779,11 +781,11 @@ def test_gguf_weight_and_readback_checks_run_side_by_side(monkeypatch, tmp_path)
     def wrong_readback(*a, **kw):
         raise ec.ExportCheckError("logits differ")
 
-    monkeypatch.setattr(ec, "gguf_weight_check", wrong_weights)
-    monkeypatch.setattr(ec, "check_gguf_transformers", wrong_readback)
+    monkeypatch.setattr(export_gguf_checks, "gguf_weight_check", wrong_weights)
+    monkeypatch.setattr(export_gguf_checks, "check_gguf_transformers", wrong_readback)
     with pytest.raises(ec.ExportCheckError, match="attn_q.weight is off"):
         wx.check_one_gguf(ctx, tmp_path / "m.gguf", "q8_0", tmp_path, probes=["probe"])
-    monkeypatch.setattr(ec, "gguf_weight_check", lambda *a: {"tensors": 3})
+    monkeypatch.setattr(export_gguf_checks, "gguf_weight_check", lambda *a: {"tensors": 3})
     with pytest.raises(ec.ExportCheckError, match="logits differ"):
         wx.check_one_gguf(ctx, tmp_path / "m.gguf", "q8_0", tmp_path, probes=["probe"])
 
@@ -812,10 +814,10 @@ def test_share_of_the_adapter_effect_kept_is_one_for_a_faithful_export_and_zero_
     assert ec.effect_kept([ec.Probe([1], [2], tuned)], [tuned]) is None  # no base logits: not base + adapter
     assert ec.effect_kept([ec.Probe([1], [2], tuned, tuned.copy())], [tuned])["share_kept"] is None  # no effect
 
-    assert "warning" not in ec.judge_effect(kept, "m", warn=0.8, minimum=None)
-    assert "keeps only 50.0%" in ec.judge_effect(half, "m", warn=0.8, minimum=None)["warning"]
+    assert "warning" not in export_parity.judge_effect(kept, "m", warn=0.8, minimum=None)
+    assert "keeps only 50.0%" in export_parity.judge_effect(half, "m", warn=0.8, minimum=None)["warning"]
     with pytest.raises(ec.ExportCheckError, match=r"m keeps 0\.0% of the adapter's own effect.*effect_kept_min=0\.5"):
-        ec.judge_effect(lost, "m", warn=0.8, minimum=0.5)
+        export_parity.judge_effect(lost, "m", warn=0.8, minimum=0.5)
 
 
 def test_accuracy_parity_fails_a_significant_drop_naming_the_artefact_and_what_to_do():
@@ -824,13 +826,13 @@ def test_accuracy_parity_fails_a_significant_drop_naming_the_artefact_and_what_t
     ec = export_checks
     rows = [{"id": str(i), "answer_idx": "A", "options": {"A": "a", "B": "b"}} for i in range(24)]
     adapter = ["A"] * 20 + ["B"] * 4
-    same = ec.accuracy_parity(rows, adapter, adapter, "x", "do y")
+    same = export_parity.accuracy_parity(rows, adapter, adapter, "x", "do y")
     assert same["passed"] and same["delta"] == 0 and same["answers_differ"] == 0
-    five = ec.accuracy_parity(rows, adapter, ["B"] * 5 + adapter[5:], "x", "do y")
+    five = export_parity.accuracy_parity(rows, adapter, ["B"] * 5 + adapter[5:], "x", "do y")
     assert five["verdict"] == "no clear change" and five["mcnemar"] == {"lost": 5, "gained": 0, "p_value": 0.0625}
     with pytest.raises(ec.ExportCheckError) as e:
-        ec.accuracy_parity(rows, adapter, ["B"] * 7 + adapter[7:], "model-q4_k_m.gguf (GGUF q4_k_m)",
-                           ec.accuracy_advice("q4_k_m"), "r1helpers/sample-mcq")
+        export_parity.accuracy_parity(rows, adapter, ["B"] * 7 + adapter[7:], "model-q4_k_m.gguf (GGUF q4_k_m)",
+                           export_parity.accuracy_advice("q4_k_m"), "r1helpers/sample-mcq")
     text = str(e.value)
     assert text.startswith("model-q4_k_m.gguf (GGUF q4_k_m) answers fewer of the 24 multiple-choice questions of "
                            "r1helpers/sample-mcq right than base + adapter")

@@ -296,7 +296,7 @@ def test_write_adapter_loads_with_peft(base_dir, adapter, export_tok, tmp_path, 
 
 @pytest.mark.slow
 def test_write_gguf_reads_back_like_the_merged_model(merged, probe_ids, export_tok, tmp_path, monkeypatch):
-    from r1helpers.export import checks
+    from r1helpers.export import checks, gguf_checks
     from r1helpers.export.gguf import read_metadata, write_gguf
 
     import gguf
@@ -313,14 +313,14 @@ def test_write_gguf_reads_back_like_the_merged_model(merged, probe_ids, export_t
             super().__init__(*args, **kwargs)
 
     monkeypatch.setattr(gguf, "GGUFReader", CountingReader)
-    result = checks.check_gguf_transformers(path, probes, "f16")
+    result = gguf_checks.check_gguf_transformers(path, probes, "f16")
     assert len(parsed) == 1  # transformers reads the file for its config and again for its tensors: one parse
     assert gguf.GGUFReader is CountingReader  # put back
     assert result["passed"] and result["greedy_identical"]
     # the installed transformers still dequantizes through gguf.dequantize, so the threaded version is the one used
     assert result["tensors_dequantized_in_threads"] == len(gguf.GGUFReader(str(path)).tensors) > 0
-    assert checks.gguf_metadata_check(path, export_tok, "What is fever?")["tokens"] >= len(export_tok)
-    assert checks.gguf_weight_check(path, out)["tensors"] > 0
+    assert gguf_checks.gguf_metadata_check(path, export_tok, "What is fever?")["tokens"] >= len(export_tok)
+    assert gguf_checks.gguf_weight_check(path, out)["tensors"] > 0
 
 
 def test_dequantize_in_threads_gives_gguf_pys_numbers_and_puts_gguf_dequantize_back(monkeypatch):
@@ -328,7 +328,7 @@ def test_dequantize_in_threads_gives_gguf_pys_numbers_and_puts_gguf_dequantize_b
     quantized tensor split into many pieces and for a plain float16 one; the original function is back after."""
     import gguf
 
-    from r1helpers.export import checks
+    from r1helpers.export import gguf_checks
     from r1helpers.export import gguf as export_gguf
 
     monkeypatch.setattr(export_gguf, "PIECE_NUMBERS", 96)  # 3 rows of 32 numbers a piece: 7 pieces of 20 rows
@@ -338,7 +338,7 @@ def test_dequantize_in_threads_gives_gguf_pys_numbers_and_puts_gguf_dequantize_b
     f16 = weights.astype(np.float16).view(np.uint8)
     original = gguf.dequantize
     expected = original(q8, gguf.GGMLQuantizationType.Q8_0)
-    with checks.dequantize_in_threads(workers=3) as counts:
+    with gguf_checks.dequantize_in_threads(workers=3) as counts:
         assert gguf.dequantize is not original
         got = gguf.dequantize(q8, gguf.GGMLQuantizationType.Q8_0)
         plain = gguf.dequantize(f16, gguf.GGMLQuantizationType.F16)
@@ -350,23 +350,23 @@ def test_dequantize_in_threads_gives_gguf_pys_numbers_and_puts_gguf_dequantize_b
     for kind in ("Q8_0", "Q4_0", "BF16", "F16", "F32"):
         qtype = gguf.GGMLQuantizationType[kind]
         stored = gguf.quants.quantize(weights, qtype)
-        assert np.array_equal(checks.dequantize_piece(stored[5:17], qtype),
+        assert np.array_equal(gguf_checks.dequantize_piece(stored[5:17], qtype),
                               gguf.quants.dequantize(stored, qtype)[5:17]), kind
 
 
 def test_shared_gguf_reader_parses_a_file_once_and_puts_gguf_back(merged, tmp_path):
     import gguf
 
-    from r1helpers.export import checks
+    from r1helpers.export import gguf_checks
     from r1helpers.export.gguf import read_metadata, write_gguf
 
     out, _ = merged
     a = write_gguf(out, tmp_path / "a-F16.gguf", "f16", "m", chat_template=prompts.CHAT_TEMPLATE)
     b = write_gguf(out, tmp_path / "b-F16.gguf", "f16", "m", chat_template=prompts.CHAT_TEMPLATE)
     reader_class, name_map = gguf.GGUFReader, gguf.get_tensor_name_map
-    with checks.shared_gguf_reader(a) as reader:
+    with gguf_checks.shared_gguf_reader(a) as reader:
         assert gguf.GGUFReader(str(a)) is reader and gguf.GGUFReader(tmp_path / "." / a.name) is reader
-        with checks.shared_gguf_reader(a) as inner:
+        with gguf_checks.shared_gguf_reader(a) as inner:
             assert inner is reader
         assert gguf.GGUFReader(str(a)) is reader  # the inner exit left the outer in place
         other = gguf.GGUFReader(str(b))
@@ -404,7 +404,7 @@ def test_quantize_in_pieces_gives_gguf_pys_bytes(monkeypatch):
 def test_gguf_weight_check_refuses_weights_that_are_not_the_merged_ones(merged, tiny_model_dir, tmp_path):
     """The merged model's GGUF, checked against the base weights (the adapter's changes missing), is refused,
     naming the first tensor in the file's order, with any number of threads."""
-    from r1helpers.export import checks
+    from r1helpers.export import checks, gguf_checks
     from r1helpers.export.gguf import write_gguf
 
     out, _ = merged
@@ -412,10 +412,10 @@ def test_gguf_weight_check_refuses_weights_that_are_not_the_merged_ones(merged, 
     said = []
     for workers in (1, 3):
         with pytest.raises(checks.ExportCheckError, match=r"is off by .* RMS") as e:
-            checks.gguf_weight_check(path, Path(tiny_model_dir), workers=workers)
+            gguf_checks.gguf_weight_check(path, Path(tiny_model_dir), workers=workers)
         said.append(str(e.value))
     assert said[0] == said[1]
-    one, three = (checks.gguf_weight_check(path, out, workers=w) for w in (1, 3))
+    one, three = (gguf_checks.gguf_weight_check(path, out, workers=w) for w in (1, 3))
     assert one == three
 
 
@@ -426,7 +426,7 @@ def test_merge_and_checks_in_small_pieces_equal_whole_tensors(base_dir, adapter,
     checks report the same, and a single wrong weight in a middle piece is still found."""
     from safetensors.torch import load_file, save_file
 
-    from r1helpers.export import checks, merge
+    from r1helpers.export import checks, gguf_checks, merge
     from r1helpers.export.gguf import write_gguf
 
     assert list(merge.row_chunks(10, 300, 1000)) == [(0, 3), (3, 6), (6, 9), (9, 10)]
@@ -434,14 +434,14 @@ def test_merge_and_checks_in_small_pieces_equal_whole_tensors(base_dir, adapter,
     out, _ = merged
     whole_check = merge.weight_check(base_dir, adapter, out)
     gguf_path = write_gguf(out, tmp_path / "m-Q8_0.gguf", "q8_0", "m", chat_template=prompts.CHAT_TEMPLATE)
-    whole_gguf = checks.gguf_weight_check(gguf_path, out)
+    whole_gguf = gguf_checks.gguf_weight_check(gguf_path, out)
     monkeypatch.setattr(merge, "CHUNK_NUMBERS", 1000)
     (tmp_path / "m").mkdir()
     merge.merge_lora(base_dir, adapter, tmp_path / "m", "float16")
     name = "model.safetensors"
     assert (tmp_path / "m" / name).read_bytes() == (out / name).read_bytes()
     assert merge.weight_check(base_dir, adapter, tmp_path / "m") == whole_check
-    pieces = checks.gguf_weight_check(gguf_path, out, workers=3)
+    pieces = gguf_checks.gguf_weight_check(gguf_path, out, workers=3)
     assert pieces["tensors"] == whole_gguf["tensors"]
     assert pieces["worst_relative_rms_error_by_type"] == pytest.approx(whole_gguf["worst_relative_rms_error_by_type"],
                                                                        rel=1e-4)
@@ -455,7 +455,7 @@ def test_merge_and_checks_in_small_pieces_equal_whole_tensors(base_dir, adapter,
     weights[key][rows // 2] += 0.5  # the whole row: the GGUF (of the right weights) is now off in that piece
     save_file(weights, str(tmp_path / "m" / name), metadata={"format": "pt"})
     with pytest.raises(checks.ExportCheckError, match=r"blk\.1\.ffn_down\.weight \(Q8_0\) is off by"):
-        checks.gguf_weight_check(gguf_path, tmp_path / "m", workers=3)
+        gguf_checks.gguf_weight_check(gguf_path, tmp_path / "m", workers=3)
 
 
 def test_modelfile_holds_the_training_prompt():

@@ -72,7 +72,7 @@ def test_chat_template_starts_with_bos_only_when_the_tokenizer_adds_it(tokenizer
     assert prompts.template_for(tokenizer) == prompts.CHAT_TEMPLATE == prompts.chat_template(bos=True)
     assert prompts.chat_template(bos=True) == "{{ bos_token }}" + prompts.chat_template(bos=False)
     q = "What causes scurvy?"
-    from r1helpers.export.checks import render_template
+    from r1helpers.export.gguf_checks import render_template
 
     assert render_template(prompts.chat_template(bos=False), q, "<B>", "<E>") == prompts.build_prompt(q)
 

@@ -102,7 +102,7 @@ def test_smollm2_trains_saves_merges_and_exports_a_gguf_that_reads_back(smol_dir
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from r1helpers.export import checks
+    from r1helpers.export import checks, gguf_checks
     from r1helpers.export.files import with_chat_template, write_adapter, write_merged
     from r1helpers.export.gguf import read_metadata, write_gguf
     from r1helpers.modeling.load import add_lora, load_base
@@ -166,8 +166,8 @@ def test_smollm2_trains_saves_merges_and_exports_a_gguf_that_reads_back(smol_dir
     assert md["tokenizer.ggml.pre"] == "smollm" and md["tokenizer.ggml.add_bos_token"] is False
     assert (md["tokenizer.ggml.eos_token_id"], md["tokenizer.ggml.padding_token_id"]) == (2, 0)
     assert md["general.base_model.0.name"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
-    assert checks.gguf_metadata_check(gguf_path, tok, rows[0]["Question"])["adds_bos"] is False
-    checks.gguf_weight_check(gguf_path, merged)
+    assert gguf_checks.gguf_metadata_check(gguf_path, tok, rows[0]["Question"])["adds_bos"] is False
+    gguf_checks.gguf_weight_check(gguf_path, merged)
     merged_probes = checks.reference_probes(checks.load_float32(merged), probe, 8)
-    read_back = checks.check_gguf_transformers(gguf_path, merged_probes, "f16")
+    read_back = gguf_checks.check_gguf_transformers(gguf_path, merged_probes, "f16")
     assert read_back["passed"] and read_back["greedy_identical"]

@@ -3,19 +3,19 @@
 On the same prompts (the training prompt, token for token): the merged 16-bit model (plain transformers)
 against base + adapter through peft, and each GGUF read back by transformers' GGUF loader against the
 merged model (llama.cpp's own read-back: `llamacpp.py`); every GGUF tensor against the merged weights; the
-GGUF's vocabulary and chat template against the training tokenizer. Logit checks load float32 copies, on a
-GPU whose free memory holds one with a third to spare, else on the CPU; where neither does, they are skipped
-and the weight checks stand in.
+GGUF's vocabulary and chat template against the training tokenizer (the GGUF file checks: `gguf_checks.py`).
+Logit checks load float32 copies, on a GPU whose free memory holds one with a third to spare, else on the
+CPU; where neither does, they are skipped and the weight checks stand in.
 
 Beside the tolerances, two measures of what the fine-tune keeps: `effect_kept`, the share of the adapter's own
-change to the probe logits that an export reproduces, and `accuracy_parity`, each export's multiple-choice
-accuracy against base + adapter's on the same questions, with the exact McNemar test.
+change to the probe logits that an export reproduces, and `parity.accuracy_parity`, each export's
+multiple-choice accuracy against base + adapter's on the same questions, with the exact McNemar test.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,9 +25,6 @@ import numpy as np
 # Tolerances, as stated in the export report. Logits: the largest |difference| relative to the
 # reference's logit range. Unquantized copies differ only by compute order and one 16-bit rounding.
 LOGIT_TOL = {"merged": 0.02, "f16": 0.01, "bf16": 0.02, "q8_0": 0.05, "q4_k_m": 0.25}
-# GGUF weights read back: RMS error relative to the tensor's RMS, per stored type.
-WEIGHT_TOL = {"F32": 1e-6, "F16": 1e-3, "BF16": 8e-3, "Q8_0": 0.02, "Q6_K": 0.04, "Q5_K": 0.08, "Q5_0": 0.08,
-              "Q5_1": 0.08, "Q4_K": 0.15, "Q4_0": 0.15, "Q4_1": 0.15}
 # Kinds whose greedy tokens must equal the reference's, except where the reference itself nearly tied: a
 # divergence is accepted only at a token whose reference margin over the candidate's pick is within
 # NEAR_TIE x the largest logit difference measured (so the measured difference can explain the flip).
@@ -255,44 +252,6 @@ def check_merged(merged_dir: Path, probes: list[Probe], own: list[Probe] | None 
     return result
 
 
-def logits_on(model, probes: list[Probe], known: list[Probe], logits: list[np.ndarray]) -> list[np.ndarray]:
-    """`model`'s logits over each of `probes`' sequences, taken from `logits` (over `known`'s sequences) where
-    the sequence is the same, else computed."""
-    have = {tuple(k.sequence): lg for k, lg in zip(known, logits)}
-    return [have[tuple(p.sequence)] if tuple(p.sequence) in have else hf_logits(model, p.sequence) for p in probes]
-
-
-def check_gguf_transformers(gguf_path: Path, probes: list[Probe], kind: str, parameters: int | None = None,
-                            adapter_probes: list[Probe] | None = None,
-                            on_model: OnModel | None = None) -> dict[str, Any]:
-    """transformers' GGUF loader reads the file back (dequantized to float32): its logits and greedy tokens
-    against `probes`, the file parsed once (`shared_gguf_reader`) and dequantized in threads. With
-    `adapter_probes` (base + adapter's, with the base's logits) the result carries `adapter_effect_kept`, not
-    judged here; `on_model` (if given) then gets the loaded model."""
-    import logging
-    import time
-
-    logging.getLogger("transformers.modeling_gguf_pytorch_utils").setLevel(logging.ERROR)
-    t0 = time.perf_counter()
-    with shared_gguf_reader(gguf_path), dequantize_in_threads() as dq:
-        model = load_float32(gguf_path.parent, gguf_path.name, parameters)
-    t1 = time.perf_counter()
-    logits, greedy = run_candidate(model, probes)
-    result = compare(probes, logits, greedy)
-    if adapter_probes:
-        result["adapter_effect_kept"] = effect_kept(adapter_probes, logits_on(model, adapter_probes, probes, logits))
-    seconds = {"load": round(t1 - t0, 1), "of which dequantizing": round(dq["seconds"], 1),
-               "logits and greedy tokens": round(time.perf_counter() - t1, 1)}
-    result = judge(kind, {"reader": "transformers GGUF loader", **result,
-                          "tensors_dequantized_in_threads": dq["tensors"], "seconds": seconds},
-                   f"{gguf_path.name} (transformers)")
-    if on_model is not None:
-        t2 = time.perf_counter()
-        on_model(model)
-        seconds["accuracy scoring"] = round(time.perf_counter() - t2, 1)
-    return result
-
-
 # ---- what an export keeps of the fine-tune -------------------------------------------------------
 
 def _centred(x: np.ndarray) -> np.ndarray:
@@ -343,287 +302,3 @@ def effect_kept(probes: list[Probe], logits: list[np.ndarray]) -> dict[str, Any]
     projection = sum(float(np.sum(m * e)) for m, e in zip(moved, effects)) / e2
     return {"share_kept": round(1 - float(np.sqrt(d2 / e2)), 4), "projection": round(projection, 4),
             "per_prompt": per_prompt, **out}
-
-
-EFFECT_RULE = "share kept = 1 - |exported - tuned| / |tuned - base| over the probe logits (centred per position)"
-
-
-def judge_effect(effect: dict[str, Any] | None, what: str, warn: float, minimum: float | None) -> dict[str, Any]:
-    """The share of the adapter's effect kept against export.effect_kept_min (raise below it) and
-    export.effect_kept_warn (a `warning` below it)."""
-    if effect is None:
-        return {"passed": True, "share_kept": None, "note": "not measured: no base + adapter reference"}
-    out = {**effect, "rule": EFFECT_RULE, "tolerance": f"warn below {warn:.0%}" + (
-        f"; fail below {minimum:.0%}" if minimum is not None else "; never fails (export.effect_kept_min unset)")}
-    share = effect.get("share_kept")
-    if share is not None and minimum is not None and share < minimum:
-        raise ExportCheckError(
-            f"{what} keeps {share:.1%} of the adapter's own effect on the probe logits (its difference from base + "
-            f"adapter has {1 - share:.0%} of the size of the adapter's change; projection on the adapter's direction "
-            f"{effect['projection']:.2f}), below export.effect_kept_min={minimum:g}: it behaves more like the base "
-            "model, or like noise, than like the fine-tune. Export it unquantized (float16 merge, f16 GGUF) or use "
-            "the adapter on the base model with peft; lower export.effect_kept_min only if you accept that.")
-    if share is not None and share < warn:
-        out["warning"] = (f"{what} keeps only {share:.1%} of the adapter's effect on the probe logits "
-                          f"(export.effect_kept_warn={warn:g}): its own error is comparable to what fine-tuning changed")
-    out["passed"] = True
-    return out
-
-
-def accuracy_advice(kind: str, dtype: str | None = None) -> str:
-    """What to do when an export of `kind` (merged | f16 | bf16 | q8_0 | q4_k_m) loses accuracy."""
-    if kind == "merged":
-        return (f"The merge into {dtype or '16-bit'} weights lost part of the adapter's effect: merge in float16 "
-                "(export.merged_dtype=float16), or keep the adapter and load it on the base model with peft, which "
-                "is what was trained and scored.")
-    if kind in ("q8_0", "q4_k_m"):
-        return (f"Quantizing to {kind} cost accuracy: export the GGUF in f16 (export.gguf=[\"f16\"]) or, when "
-                "q4_k_m is what failed, q8_0; or use the merged 16-bit model or the adapter, not a quantized file.")
-    return (f"A {kind} GGUF stores the merged weights without quantizing, so it should answer as the merged model "
-            "does: compare its weight check, export f16 rather than bf16, or use the merged 16-bit model.")
-
-
-def mcq_letters(model, tokenizer, rows: Sequence[dict[str, Any]]) -> list[str]:
-    """The option each row's most likely text belongs to (`evaluate.accuracy.answer_mcq`, option likelihood,
-    mean log-probability per token), in full float32."""
-    from r1helpers.evaluate.accuracy import answer_mcq
-
-    with full_float32():
-        return [a["likelihood_letter"] for a in answer_mcq(model, tokenizer, rows)]
-
-
-def correct(rows: Sequence[dict[str, Any]], letters: Sequence[str]) -> list[bool]:
-    return [letter == r["answer_idx"] for r, letter in zip(rows, letters)]
-
-
-def accuracy_parity(rows: Sequence[dict[str, Any]], reference: Sequence[str], candidate: Sequence[str],
-                    what: str, advice: str, source: str = "the multiple-choice set") -> dict[str, Any]:
-    """An export's answers (`candidate` letters) against base + adapter's (`reference`) on the same `rows`:
-    both accuracies and `evaluate.metrics.accuracy_summary` (exact McNemar on the paired right/wrong). A
-    significant drop (p < 0.05, fewer right) raises, with one paragraph naming `what` and ending in `advice`."""
-    from r1helpers.evaluate.metrics import ALPHA, accuracy_summary
-
-    if not (len(rows) == len(reference) == len(candidate)):
-        raise ValueError(f"{len(rows)} questions but {len(reference)} and {len(candidate)} answers")
-    s = accuracy_summary(correct(rows, reference), correct(rows, candidate))
-    n, test = s["n"], s["mcnemar"]
-    out = {"questions": n, "adapter_correct": s["before"]["correct"], "adapter_accuracy": round(s["before"]["accuracy"], 4),
-           "export_correct": s["after"]["correct"], "export_accuracy": round(s["after"]["accuracy"], 4),
-           "delta": round(s["delta"], 4), "delta_ci95": [round(x, 4) for x in s["delta_ci95"]],
-           "mcnemar": {"lost": test["b"], "gained": test["c"], "p_value": round(test["p_value"], 6)},
-           "answers_differ": sum(a != b for a, b in zip(reference, candidate)),
-           "detectable_change": None if s["detectable_change"] is None else round(s["detectable_change"], 4),
-           "verdict": s["verdict"],
-           "tolerance": f"no significant drop: fails when exact McNemar p < {ALPHA:g} with fewer right"}
-    if s["verdict"] == "worse":
-        raise ExportCheckError(
-            f"{what} answers fewer of the {n} multiple-choice questions of {source} right than base + adapter, "
-            f"on the same questions scored the same way (option likelihood): {s['after']['correct']}/{n} against "
-            f"{s['before']['correct']}/{n} ({100 * s['delta']:+.1f} points; {test['b']} questions lost, "
-            f"{test['c']} gained; exact McNemar p = {test['p_value']:.3g} < {ALPHA:g}), a significant drop, so it "
-            f"is not kept. {advice}")
-    out["passed"] = True
-    return out
-
-
-_SHARED_READERS: dict[str, Any] = {}  # resolved path -> the gguf.GGUFReader that `shared_gguf_reader` parsed
-
-
-@contextlib.contextmanager
-def shared_gguf_reader(path: Path) -> Iterator[Any]:
-    """While open, `gguf.GGUFReader(path)` returns one reader parsed once wherever it is called from, and
-    `gguf.get_tensor_name_map` is memoized. transformers' loader parses the file twice and builds the map once
-    per module; on the H200 machine, for the 8B q8_0 file, a parse took 11.9 s and the 423 maps 8.3 s."""
-    import functools
-
-    import gguf
-
-    key = str(Path(path).resolve())
-    if key in _SHARED_READERS:
-        yield _SHARED_READERS[key]
-        return
-    original_reader, original_map = gguf.GGUFReader, gguf.get_tensor_name_map
-    first = not _SHARED_READERS
-    reader = _SHARED_READERS[key] = original_reader(key)
-    if first:
-        def shared(file, *args, **kwargs):
-            found = _SHARED_READERS.get(str(Path(file).resolve()))
-            return found if found is not None and not args and not kwargs else original_reader(file, *args, **kwargs)
-
-        gguf.GGUFReader = shared
-        gguf.get_tensor_name_map = functools.lru_cache(maxsize=None)(original_map)
-    try:
-        yield reader
-    finally:
-        del _SHARED_READERS[key]
-        if first:
-            gguf.GGUFReader, gguf.get_tensor_name_map = original_reader, original_map
-
-
-@contextlib.contextmanager
-def dequantize_in_threads(workers: int | None = None) -> Iterator[dict[str, Any]]:
-    """While open, `gguf.dequantize` (transformers' loader calls it per tensor, in one thread) dequantizes
-    in pieces of rows on `workers` threads: the same numbers. Yields {"tensors", "seconds"} spent in it (0
-    tensors: transformers no longer calls it). 8B q8_0 on the H200 machine: 49 s in transformers' loop, 15.9 s."""
-    import time
-    from concurrent.futures import ThreadPoolExecutor
-
-    import gguf
-
-    from r1helpers.core.hardware import cpu_threads
-    from r1helpers.export.gguf import row_pieces
-
-    original = gguf.dequantize
-    plain = (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16)
-    counts = {"tensors": 0, "seconds": 0.0}
-    pool = ThreadPoolExecutor(cpu_threads(workers))
-
-    def threaded(data, qtype):
-        t0 = time.perf_counter()
-        counts["tensors"] += 1
-        spans = row_pieces(data)
-        try:
-            if qtype in plain or len(spans) < 2:
-                return original(data, qtype)
-            return np.concatenate(list(pool.map(lambda s: dequantize_piece(data[s[0]:s[1]], qtype), spans)))
-        finally:
-            counts["seconds"] += time.perf_counter() - t0
-
-    gguf.dequantize = threaded
-    try:
-        yield counts
-    finally:
-        gguf.dequantize = original
-        pool.shutdown(cancel_futures=True)
-
-
-# ---- weights and metadata, tensor by tensor --------------------------------------------------------
-
-def dequantize_piece(data, qtype) -> np.ndarray:
-    """gguf-py's dequantizing of some rows of a tensor (float32), in cache-sized calls of the type's
-    `dequantize_rows` instead of gguf-py's 16 rows at a time, which hold the GIL; the same numbers."""
-    import gguf
-
-    from r1helpers.export.gguf import row_pieces
-
-    quant = getattr(gguf.quants, qtype.name, None)  # gguf-py's class for the type: Q8_0, Q4_K, ...
-    if qtype in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16) or \
-            not hasattr(quant, "dequantize_rows"):
-        return gguf.quants.dequantize(data, qtype)
-    if hasattr(quant, "init_grid"):
-        quant.init_grid()  # as gguf.quants.dequantize does first (the i-quants' lookup grids)
-    spans = row_pieces(data)
-    if len(spans) < 2:
-        return quant.dequantize_rows(data)
-    return np.concatenate([quant.dequantize_rows(data[i:j]) for i, j in spans])  # cache-sized numpy calls
-
-
-def gguf_weight_check(gguf_path: Path, merged_dir: Path, workers: int | None = None) -> dict[str, Any]:
-    """Dequantize every GGUF tensor, undo llama.cpp's Q/K layout and compare with the merged weights: each
-    tensor's RMS error relative to its RMS, a few rows at a time on `workers` threads."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    import gguf
-    from safetensors import safe_open
-
-    from r1helpers.core.hardware import cpu_threads
-    from r1helpers.export.gguf import read_config, unpermute_qk
-    from r1helpers.export.merge import row_chunks, tensor_shapes, weight_files
-
-    config = read_config(merged_dir)
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config["num_hidden_layers"])
-    n_head, n_kv = config["num_attention_heads"], config.get("num_key_value_heads") or config["num_attention_heads"]
-    reader = gguf.GGUFReader(str(gguf_path))
-    files = weight_files(merged_dir)
-    by_gguf = {names.get_name(hf_name, try_suffixes=(".weight", ".bias")): hf_name
-               for hf_name in tensor_shapes(merged_dir)}
-    heads = {"q_proj.weight": n_head, "k_proj.weight": n_kv}
-    pieces = []  # (tensor, HF name, HF shape, first row, end row)
-    for t in reader.tensors:
-        hf_name = by_gguf.get(t.name)
-        if hf_name is None:
-            if t.name.startswith("rope_freqs"):
-                continue
-            raise ExportCheckError(f"{gguf_path.name}: unexpected tensor {t.name}")
-        shape = [int(d) for d in reversed(t.shape)]
-        whole = len(shape) < 2 or hf_name.endswith(tuple(heads))  # Q/K are un-permuted across all their rows
-        spans = [(0, shape[0])] if whole else row_chunks(shape[0], int(np.prod(shape[1:])))
-        pieces += [(t, hf_name, shape, i, j) for i, j in spans]
-
-    def squares(piece) -> tuple[float, float]:
-        """(sum of squared differences, sum of squared merged weights) over the piece's rows."""
-        t, hf_name, shape, i, j = piece
-        data = t.data if (i, j) == (0, shape[0]) else t.data[i:j]
-        w = dequantize_piece(data, t.tensor_type).reshape([j - i, *shape[1:]])
-        for suffix, n in heads.items():
-            if hf_name.endswith(suffix):
-                w = unpermute_qk(w, n)
-        with safe_open(str(files[hf_name]), framework="pt") as f:
-            ref = f.get_slice(hf_name)[i:j].float().numpy().reshape(w.shape)
-        diff = (w - ref).ravel()
-        return float(np.dot(diff, diff)), float(np.dot(ref.ravel(), ref.ravel()))
-
-    totals: dict[str, list[float]] = {}
-    pool = ThreadPoolExecutor(cpu_threads(workers))
-    try:
-        for (t, *_), (sq_diff, sq_ref) in zip(pieces, pool.map(squares, pieces)):
-            acc = totals.setdefault(t.name, [0.0, 0.0])
-            acc[0] += sq_diff
-            acc[1] += sq_ref
-    finally:
-        pool.shutdown(cancel_futures=True)
-    worst: dict[str, float] = {}
-    for t in reader.tensors:
-        if t.name not in totals:
-            continue
-        n = max(1, int(np.prod([int(d) for d in t.shape])))
-        sq_diff, sq_ref = totals[t.name]
-        rel = float(np.sqrt(sq_diff / n) / max(np.sqrt(sq_ref / n), 1e-12))
-        kind = t.tensor_type.name
-        worst[kind] = max(worst.get(kind, 0.0), rel)
-        if rel > WEIGHT_TOL.get(kind, 0.15):
-            raise ExportCheckError(f"{gguf_path.name}: {t.name} ({kind}) is off by {rel:.3%} RMS "
-                                   f"(allowed {WEIGHT_TOL.get(kind, 0.15):.1%})")
-    missing = set(by_gguf) - set(totals)
-    if missing:
-        raise ExportCheckError(f"{gguf_path.name}: tensors missing: {sorted(missing)[:4]}")
-    return {"tensors": len(totals), "worst_relative_rms_error_by_type": {k: round(v, 6) for k, v in worst.items()}}
-
-
-def render_template(template: str, question: str, bos: str, eos: str) -> str:
-    """Render a GGUF chat template as llama.cpp, LM Studio and Ollama's importers do (Jinja)."""
-    import jinja2
-
-    env = jinja2.Environment(trim_blocks=False, lstrip_blocks=False)
-    return env.from_string(template).render(messages=[{"role": "user", "content": question}],
-                                            add_generation_prompt=True, bos_token=bos, eos_token=eos)
-
-
-def gguf_metadata_check(gguf_path: Path, tokenizer, question: str) -> dict[str, Any]:
-    """Vocabulary, special ids and chat template: the GGUF must prompt exactly as training did."""
-    from r1helpers.core import prompts
-    from r1helpers.export.gguf import read_metadata
-
-    md = read_metadata(gguf_path)
-    vocab = tokenizer.get_vocab()
-    tokens = md["tokenizer.ggml.tokens"]
-    wrong = [t for t, i in vocab.items() if i >= len(tokens) or tokens[i] != t]
-    if wrong:
-        raise ExportCheckError(f"{gguf_path.name}: {len(wrong)} tokens differ from the tokenizer's, e.g. {wrong[:3]}")
-    for key, tid in (("bos", tokenizer.bos_token_id), ("eos", tokenizer.eos_token_id), ("padding", tokenizer.pad_token_id)):
-        if md.get(f"tokenizer.ggml.{key}_token_id") != tid:
-            raise ExportCheckError(f"{gguf_path.name}: {key} id {md.get(f'tokenizer.ggml.{key}_token_id')} != {tid}")
-    bos = prompts.adds_bos(tokenizer)
-    if md.get("tokenizer.ggml.add_bos_token") is not None and bool(md["tokenizer.ggml.add_bos_token"]) != bos:
-        raise ExportCheckError(f"{gguf_path.name}: add_bos_token={md['tokenizer.ggml.add_bos_token']} but the "
-                               f"training tokenizer {'adds' if bos else 'adds no'} BOS")
-    template = md.get("tokenizer.chat_template")
-    if template != prompts.chat_template(bos=bos):
-        raise ExportCheckError(f"{gguf_path.name}: tokenizer.chat_template is not the training prompt's template")
-    rendered = render_template(template, question, tokenizer.bos_token, tokenizer.eos_token)
-    if rendered != (tokenizer.bos_token if bos else "") + prompts.build_prompt(question):
-        raise ExportCheckError(f"{gguf_path.name}: the chat template renders another prompt than training used")
-    if tokenizer(rendered, add_special_tokens=False)["input_ids"] != prompts.encode_prompt(tokenizer, question):
-        raise ExportCheckError(f"{gguf_path.name}: the rendered template tokenizes differently from training")
-    return {"tokens": len(tokens), "pre_tokenizer": md.get("tokenizer.ggml.pre"), "adds_bos": bos,
-            "chat_template": f"prompts.chat_template(bos={bos}); renders the training prompt token for token"}

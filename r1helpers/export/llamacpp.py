@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from r1helpers.export import checks as ec
+from r1helpers.export import gguf_checks, parity
 from r1helpers.export.checks import ExportCheckError, Probe, compare, judge
 from r1helpers.export.gguf import QUANTIZER_KINDS, GGUFError, file_type
 
@@ -175,19 +176,19 @@ def check_one_gguf(job, path: Path, kind: str, merged: Path, probes) -> dict[str
 
     def weights() -> dict[str, Any]:
         with job.timed(f"GGUF {kind}: weight check"):
-            return ec.gguf_weight_check(path, merged)
+            return gguf_checks.gguf_weight_check(path, merged)
 
     with contextlib.ExitStack() as reading:
         with job.timed(f"GGUF {kind}: parse and metadata check"):
-            reading.enter_context(ec.shared_gguf_reader(path))  # parsed once for all the checks (12 s for the 8B)
-            checks: dict[str, Any] = {"metadata": ec.gguf_metadata_check(path, job.tokenizer, question)}
+            reading.enter_context(gguf_checks.shared_gguf_reader(path))  # parsed once for all the checks (12 s for the 8B)
+            checks: dict[str, Any] = {"metadata": gguf_checks.gguf_metadata_check(path, job.tokenizer, question)}
         with ThreadPoolExecutor(1) as pool:
             weight_check = pool.submit(weights)
             try:
                 if probes is not None:
                     score = job.score_into(name) if hasattr(job, "score_into") else None
                     with job.timed(f"GGUF {kind}: transformers read-back and logit check"):
-                        checks["transformers"] = ec.check_gguf_transformers(
+                        checks["transformers"] = gguf_checks.check_gguf_transformers(
                             path, probes, kind, ec.float32_parameters(merged),
                             adapter_probes=getattr(job, "probes", None), on_model=score)
             finally:
@@ -199,7 +200,7 @@ def check_one_gguf(job, path: Path, kind: str, merged: Path, probes) -> dict[str
         what = f"{path.name} (GGUF {kind}, read back by transformers)"
         checks["adapter_effect_kept"] = job.judge_kept(name, checks["transformers"].pop("adapter_effect_kept", None),
                                                        what)
-        checks["accuracy_vs_adapter"] = job.judge_parity(name, what, ec.accuracy_advice(kind))
+        checks["accuracy_vs_adapter"] = job.judge_parity(name, what, parity.accuracy_advice(kind))
     free_memory()
     if llama_cpp_available():
         with job.timed(f"GGUF {kind}: llama.cpp logit check"):

@@ -11,7 +11,7 @@ Beside each check's tolerance, two measures of what the fine-tune keeps (issue 2
 own effect on the probe logits that each export reproduces (`checks.effect_kept`; a warning below
 export.effect_kept_warn, a failure below export.effect_kept_min), and, on compare.mcq_source's first
 compare.mcq_rows questions, each export's option-likelihood accuracy against base + adapter's with the exact
-McNemar test (`checks.accuracy_parity`; a significant drop fails the export; export.accuracy_check).
+McNemar test (`parity.accuracy_parity`; a significant drop fails the export; export.accuracy_check).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from r1helpers.core.config import Config, validate
 from r1helpers.core.hardware import free_memory
 from r1helpers.core.runs import Run, atomic_dir, read_json, write_json_atomic, write_text_atomic
 from r1helpers.export import checks as ec
+from r1helpers.export import parity
 from r1helpers.export.base import fetch_base, locate_base
 from r1helpers.export.files import adapter_problem, with_chat_template
 from r1helpers.export.llamacpp import check_one_gguf
@@ -281,18 +282,18 @@ class ExportJob:
             with self.timed(f"accuracy: {name} on {len(self.mcq)} questions"):
                 if name == "adapter":
                     with model.disable_adapter():
-                        self.answers["base"] = ec.mcq_letters(model, self.tokenizer, self.mcq)
-                self.answers[name] = ec.mcq_letters(model, self.tokenizer, self.mcq)
+                        self.answers["base"] = parity.mcq_letters(model, self.tokenizer, self.mcq)
+                self.answers[name] = parity.mcq_letters(model, self.tokenizer, self.mcq)
 
         return score
 
     def judge_parity(self, name: str, what: str, advice: str) -> dict[str, Any] | str:
-        """`answers[name]` against the adapter's (`checks.accuracy_parity`): raises on a significant drop."""
+        """`answers[name]` against the adapter's (`parity.accuracy_parity`): raises on a significant drop."""
         if not self.mcq or name not in self.answers or "adapter" not in self.answers:
             return "skipped: " + ("no multiple-choice set is scored (see the notes)" if not self.mcq else
                                   "the model was not scored")
-        result = ec.accuracy_parity(self.mcq, self.answers["adapter"], self.answers[name], what, advice,
-                                    str(self.cfg.compare.mcq_source))
+        result = parity.accuracy_parity(self.mcq, self.answers["adapter"], self.answers[name], what, advice,
+                                        str(self.cfg.compare.mcq_source))
         self.parity[name] = result
         return result
 
@@ -300,7 +301,7 @@ class ExportJob:
         """The share of the adapter's effect `name` keeps, against export.effect_kept_min and _warn; a warning
         becomes a note (printed)."""
         e = self.cfg.export
-        result = ec.judge_effect(effect, what, e.effect_kept_warn, e.effect_kept_min)
+        result = parity.judge_effect(effect, what, e.effect_kept_warn, e.effect_kept_min)
         self.kept[name] = result
         if "warning" in result:
             self.notes.append(result["warning"])
@@ -398,7 +399,7 @@ class ExportJob:
         self.checks["loads_with_peft"] = {"passed": True, "how": "PeftModel.from_pretrained(base, this folder) loaded "
                                           "it; base + this adapter is the reference the merged model must match"}
         if "adapter" in self.answers:
-            n, ok = len(self.mcq), ec.correct
+            n, ok = len(self.mcq), parity.correct
             self.checks["accuracy"] = {
                 "questions": n, "source": str(self.cfg.compare.mcq_source), "scoring": "option likelihood",
                 "adapter_correct": sum(ok(self.mcq, self.answers["adapter"])),
@@ -432,7 +433,7 @@ class ExportJob:
                     logits = self.checks["logits_vs_adapter"] = ec.check_merged(
                         folder, self.probes, own=own, on_model=self.score_into(name))
                 self.checks["adapter_effect_kept"] = self.judge_kept(name, logits.pop("adapter_effect_kept", None), what)
-                self.checks["accuracy_vs_adapter"] = self.judge_parity(name, what, ec.accuracy_advice("merged", dtype))
+                self.checks["accuracy_vs_adapter"] = self.judge_parity(name, what, parity.accuracy_advice("merged", dtype))
             except ec.ExportCheckError as e:
                 failures.append(f"{dtype}: {e}")
                 print(f"merge in {dtype} failed its check ({e})", flush=True)
@@ -468,13 +469,13 @@ class ExportJob:
         """exported.json's `parity`: per artefact, the share of the adapter's effect kept and the multiple-choice
         accuracy beside the adapter's (and the base's) on the same questions, with each model's answers."""
         kept = {k: v.get("share_kept") for k, v in self.kept.items() if k in self._kept_artefacts()}
-        out: dict[str, Any] = {"effect_kept_rule": ec.EFFECT_RULE, "effect_kept": kept}
+        out: dict[str, Any] = {"effect_kept_rule": parity.EFFECT_RULE, "effect_kept": kept}
         if not self.mcq or "adapter" not in self.answers:
             out["accuracy"] = None
             return out
         n = len(self.mcq)
-        acc = {name: {"correct": sum(ec.correct(self.mcq, letters)), "accuracy": round(
-            sum(ec.correct(self.mcq, letters)) / n, 4)} for name, letters in self.answers.items()
+        acc = {name: {"correct": sum(parity.correct(self.mcq, letters)), "accuracy": round(
+            sum(parity.correct(self.mcq, letters)) / n, 4)} for name, letters in self.answers.items()
             if name in ("base", "adapter") or name in self.parity}
         for name, p in self.parity.items():
             acc[name].update(delta_vs_adapter=p["delta"], mcnemar_p=p["mcnemar"]["p_value"], verdict=p["verdict"])

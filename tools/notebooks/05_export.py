@@ -40,7 +40,7 @@ artefacts to `push`; whether each export's multiple-choice accuracy is compared 
 `overrides={"export.gguf": ["q8_0"]}` with papermill; the export is redone when its settings change."""),
     ("code", """import os
 from r1helpers.core import prompts, show
-from r1helpers.export import checks, hub, summary
+from r1helpers.export import gguf_checks, hub, summary
 from r1helpers.export.files import save_tokenizer, write_adapter
 from r1helpers.export.gguf import write_gguf_files
 from r1helpers.export.merge import merge_lora
@@ -85,7 +85,7 @@ chat mode and LM Studio all build the prompt the model was trained on. Here it i
 and LM Studio do (Jinja), for the recipe's example question:"""),
     ("code", """question = cfg.infer.example_questions[0]
 tokenizer = export.export_tokenizer(cfg)  # the training tokenizer with the template that follows its BOS (job.tokenizer)
-rendered = checks.render_template(tokenizer.chat_template, question, bos=tokenizer.bos_token, eos=tokenizer.eos_token)
+rendered = gguf_checks.render_template(tokenizer.chat_template, question, bos=tokenizer.bos_token, eos=tokenizer.eos_token)
 print(rendered)
 print("same token ids as the training prompt:",
       tokenizer(rendered, add_special_tokens=False)["input_ids"] == prompts.encode_prompt(tokenizer, question))"""),
