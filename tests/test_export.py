@@ -18,7 +18,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from r1helpers.workflow import export
+from r1helpers.workflow import export, export_setup
 from r1helpers.export import checks as export_checks
 from r1helpers.export import gguf_checks as export_gguf_checks
 from r1helpers.export import parity as export_parity
@@ -76,7 +76,7 @@ def exported(cfg, tokenizer, tmp_path_factory):
     question = data_stage.eval_questions(prepared, 1)[0]["question"]
     return SimpleNamespace(run=run, record=record, adapter=adapter, out=run.stage_dir("export"),
                            prompt=prompts.encode_prompt(tokenizer, question), question=question,
-                           probe_prompts=export.probe_prompts(cfg, prepared, tokenizer))
+                           probe_prompts=export_setup.probe_prompts(cfg, prepared, tokenizer))
 
 
 @pytest.fixture(scope="module")
@@ -436,7 +436,7 @@ def _reexport(cfg, run, adapter, monkeypatch, **kw):
 
 @pytest.mark.slow
 def test_every_artefact_records_the_adapter_it_came_from(exported):
-    trained = export.adapter_hash(exported.adapter)
+    trained = export_setup.adapter_hash(exported.adapter)
     arts = exported.record["artefacts"]
     assert {a["adapter_sha256"] for a in arts.values()} == {trained} and {"adapter", "merged", "gguf"} <= set(arts)
     assert exported.record["source"]["sha256"] == trained
@@ -463,7 +463,7 @@ def test_an_export_whose_adapter_was_replaced_is_made_again(exported, cfg, monke
     job = export.begin(cfg, run)
     assert not job.building and job.status.startswith("reused")
     assert job.finish() == json.loads(run.path("exported").read_text())
-    monkeypatch.setattr(export, "adapter_hash", lambda d: "another" if d == exported.adapter else "old")
+    monkeypatch.setattr(export_setup, "adapter_hash", lambda d: "another" if d == exported.adapter else "old")
     monkeypatch.setattr(export.ExportJob, "prepare_build", lambda self, prepared, force: None)
     job = export.begin(cfg, run)
     job.release()
@@ -477,13 +477,13 @@ def _job(exported, cfg, dtypes, mcq=False, **overrides):
 
     from r1helpers.export.files import write_adapter
 
-    tok = export.export_tokenizer(cfg)
+    tok = export_setup.export_tokenizer(cfg)
     out = exported.out.parent / "job-export"
     shutil.rmtree(out, ignore_errors=True)
     job = export.ExportJob(apply_overrides(cfg, {"export.save_merged_16bit": False, **overrides}), exported.run, out)
     base = export.locate_base(cfg.model.name, cfg.model.revision)
     job.adapter_dir, job.base_dir, job.tokenizer, job.stem = exported.adapter, export.fetch_base(base), tok, "tiny"
-    job.prompts, job.prompt_texts = export.probe_prompts(cfg, data_stage.prepare(cfg, exported.run), tok)
+    job.prompts, job.prompt_texts = export_setup.probe_prompts(cfg, data_stage.prepare(cfg, exported.run), tok)
     job.logits_ok, job.dtypes, job.dtype = export_checks.logits_fit(base.parameters), dtypes, dtypes[0]
     job.mcq = job.accuracy_plan(base.parameters, export_checks.check_device(base.parameters))[0] if mcq else None
     with job.writing("adapter") as folder:
@@ -533,7 +533,7 @@ def test_merge_falls_back_to_the_dtype_that_keeps_the_adapter(exported, cfg, mon
     assert tried[0].startswith("bfloat16: ") and "greedy tokens differ" in tried[0] and tried[1] == "float16: passed"
     assert "float16 passed" in job.notes[-1]
     assert len(references) == 1, "base + adapter is loaded once for both checks"
-    assert export.dtype_candidates("auto", "bfloat16")[0] == "float16"
+    assert export_setup.dtype_candidates("auto", "bfloat16")[0] == "float16"
     monkeypatch.setattr(ec, "check_merged", lambda folder, probes, **kw: (_ for _ in ()).throw(
         ec.ExportCheckError("greedy tokens differ")))
     job = _job(exported, cfg, ["float16", "bfloat16"])
@@ -638,19 +638,19 @@ def test_temporary_merges_a_killed_export_left_are_removed(tmp_path):
     import sys
 
     script = ("import time; from pathlib import Path; from r1helpers.core.runs import atomic_dir\n"
-              f"with atomic_dir(Path({str(tmp_path)!r}) / {export.MERGED_FOR_GGUF!r}) as tmp:\n"
+              f"with atomic_dir(Path({str(tmp_path)!r}) / {export_setup.MERGED_FOR_GGUF!r}) as tmp:\n"
               "    (tmp / 'model.safetensors').write_bytes(b'half'); print('writing', flush=True); time.sleep(60)\n")
     child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     assert child.stdout.readline().strip() == "writing"
     child.send_signal(signal.SIGKILL)
     child.wait()
     killed = [p.name for p in tmp_path.iterdir()]
-    assert len(killed) == 1 and killed[0].startswith(f".{export.MERGED_FOR_GGUF}.{child.pid}.")
+    assert len(killed) == 1 and killed[0].startswith(f".{export_setup.MERGED_FOR_GGUF}.{child.pid}.")
     older = ["..merged-for-gguf-abc123.4242.x1y2.tmp", ".merged-for-gguf-abc123"]
     for name in older:
         (tmp_path / name).mkdir()
     (tmp_path / "gguf").mkdir()
-    notes = export.remove_stale_merges(tmp_path)
+    notes = export_setup.remove_stale_merges(tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == ["gguf"]
     assert sorted(notes) == sorted(f"removed {n}, a temporary merge left by an interrupted export"
                                    for n in killed + older)

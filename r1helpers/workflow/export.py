@@ -29,91 +29,14 @@ from r1helpers.core.runs import Run, atomic_dir, read_json, write_json_atomic, w
 from r1helpers.export import checks as ec
 from r1helpers.export import parity
 from r1helpers.export.base import fetch_base, locate_base
-from r1helpers.export.files import adapter_problem, with_chat_template
 from r1helpers.export.llamacpp import check_one_gguf
 from r1helpers.export.space import ExportSpaceError, check_space, dir_bytes, plan_sizes
+from r1helpers.workflow import export_setup
+from r1helpers.workflow.export_parity import ExportParity
 
-__all__ = ["ExportJob", "ExportSpaceError", "begin", "export", "output_dir", "probe_prompts"]
+__all__ = ["ExportJob", "ExportSpaceError", "begin", "export"]
 
-# export.accuracy_check=auto scores the multiple-choice set on the CPU while parameters x questions stays within
-# this (SmolLM2-135M x 24 questions: 3.2e9, about a minute per model on two cores); on a GPU always.
-AUTO_ACCURACY_CPU_BUDGET = 5e9
-MERGED_FOR_GGUF = ".merged-for-gguf"  # the temporary merge GGUF is made from when merged_16bit is not kept
 FOLDERS = {"adapter": "adapter", "merged_16bit": "merged", "gguf": "gguf"}  # folder -> artefact (and card) kind
-
-
-def output_dir(cfg: Config, run: Run) -> Path:
-    """export.output_dir; unset, /kaggle/tmp on Kaggle (large files) and the run folder's export/ elsewhere."""
-    if cfg.export.output_dir:
-        return Path(cfg.export.output_dir).expanduser().resolve()
-    from r1helpers.core.kaggle_paths import large_output_dir
-
-    return large_output_dir(run.root.name) or run.stage_dir("export")
-
-
-def export_tokenizer(cfg: Config):
-    """The training tokenizer with pad distinct from EOS and the template that renders the training prompt."""
-    from r1helpers.inference.choose import load_tokenizer_for
-
-    return with_chat_template(load_tokenizer_for(cfg))
-
-
-def probe_prompts(cfg: Config, prepared, tokenizer) -> tuple[list[list[int]], list[str]]:
-    """The example question and two held-out ones, as the training prompt (ids with BOS, text without)."""
-    from r1helpers.core import prompts
-    from r1helpers.workflow.data_stage import eval_questions
-
-    questions = list(cfg.infer.example_questions[:1]) + [q["question"] for q in eval_questions(prepared, 2)]
-    questions = questions or ["What is fever?"]
-    return [prompts.encode_prompt(tokenizer, q) for q in questions], [prompts.build_prompt(q) for q in questions]
-
-
-def adapter_hash(adapter_dir: Path) -> str:
-    """sha256 of the adapter's weights: every export records the adapter it was made from."""
-    from r1helpers.export.hub import sha256
-
-    return sha256(Path(adapter_dir) / "adapter_model.safetensors")
-
-
-def dtype_candidates(requested: str, own: str) -> list[str]:
-    """16-bit types to merge in, in order. `auto`: float16 first (three more mantissa bits than bfloat16 keep a
-    small LoRA update that bfloat16 rounds away; a weight beyond its range fails the check), then the
-    checkpoint's own type."""
-    return [requested] if requested != "auto" else list(dict.fromkeys(["float16", own, "bfloat16"]))
-
-
-def remove_stale_merges(out: Path) -> list[str]:
-    """Delete temporary merges an interrupted export left in `out` (`.merged-for-gguf-*`, and atomic_dir's
-    `..merged-for-gguf*.<pid>.<rand>.tmp` around them): the caller holds the run folder's lock."""
-    stale = sorted(p for p in Path(out).glob(f"*{MERGED_FOR_GGUF}*") if p.is_dir())
-    for p in stale:
-        shutil.rmtree(p)
-    return [f"removed {p.name}, a temporary merge left by an interrupted export" for p in stale]
-
-
-def source_problem(run: Run, adapter_dir: Path) -> str | None:
-    """Why train/adapter cannot be exported (damaged: it does not load, or it is not the adapter this
-    training run recorded), or None. Checked before anything is replaced."""
-    problem = adapter_problem(adapter_dir)
-    if problem:
-        return problem
-    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-        source = read_json(run.path("exported"))["source"]
-        train = run.read_manifest("train") or {}
-        same_training = source["train_finished_at"] and source["train_finished_at"] == train.get("finished_at")
-        if same_training and adapter_hash(adapter_dir) != source["sha256"]:
-            return (f"its sha256 is not the {source['sha256'][:12]}… recorded when this training run's adapter "
-                    "was exported, and training has not run since")
-    return None
-
-
-def damaged_message(run: Run, out: Path, adapter_dir: Path, problem: str) -> str:
-    copy = out / "adapter" / "adapter_model.safetensors"
-    kept = f" The exported copy {copy} was left as it is." if copy.is_file() else ""
-    return (f"export refused: the trained adapter {Path(adapter_dir) / 'adapter_model.safetensors'} is damaged "
-            f"({problem}), so nothing was exported or replaced.{kept} Put the adapter back (copy "
-            f"{copy if copy.is_file() else 'a good copy'} into {adapter_dir}/ when it came from this training run) "
-            f"or train again (move {run.stage_dir('train')} aside and run stage 03), then run stage 05 again.")
 
 
 def begin(cfg: Config, run: Run, force: bool = False) -> "ExportJob":
@@ -126,14 +49,14 @@ def begin(cfg: Config, run: Run, force: bool = False) -> "ExportJob":
     from r1helpers.workflow.data_stage import prepare
 
     cfg = validate(cfg)
-    job = ExportJob(cfg, run, output_dir(cfg, run))
+    job = ExportJob(cfg, run, export_setup.output_dir(cfg, run))
     job.hold()
     try:
         prepared = prepare(cfg, run)
         job.adapter_dir = ensure_trained(cfg, run, prepared).adapter_dir
-        problem = source_problem(run, job.adapter_dir)
+        problem = export_setup.source_problem(run, job.adapter_dir)
         if problem:
-            raise ec.ExportCheckError(damaged_message(run, job.out, job.adapter_dir, problem))
+            raise ec.ExportCheckError(export_setup.damaged_message(run, job.out, job.adapter_dir, problem))
         if not force and run.is_current(cfg, "export"):
             why = job.differs_from_record()
             if why is None:
@@ -150,7 +73,7 @@ def begin(cfg: Config, run: Run, force: bool = False) -> "ExportJob":
         raise
 
 
-class ExportJob:
+class ExportJob(ExportParity):
     """One export of a run folder: where it goes, what it needs, what each step wrote and measured."""
 
     def __init__(self, cfg: Config, run: Run, out: Path):
@@ -194,12 +117,12 @@ class ExportJob:
             record = read_json(self.run.path("exported"))
         except (OSError, ValueError):
             return "exported.json is missing or unreadable"
-        trained = adapter_hash(self.adapter_dir)
+        trained = export_setup.adapter_hash(self.adapter_dir)
         for name, art in record.get("artefacts", {}).items():
             if art.get("adapter_sha256") != trained:
                 return f"{name} was made from another adapter than train/adapter"
         copy = record.get("artefacts", {}).get("adapter")
-        if copy and adapter_hash(Path(copy["path"])) != trained:
+        if copy and export_setup.adapter_hash(Path(copy["path"])) != trained:
             return f"{copy['path']} holds another adapter than train/adapter"
         return None
 
@@ -218,20 +141,20 @@ class ExportJob:
                                  key=lambda k: k == "q4_k_m")  # after the unquantized file it may be made from
         base = locate_base(cfg.model.name, cfg.model.revision)
         own = resolve_dtype("auto", base.folder) if base.folder else "bfloat16"
-        self.dtypes = dtype_candidates(cfg.export.merged_dtype, own)
+        self.dtypes = export_setup.dtype_candidates(cfg.export.merged_dtype, own)
         self.dtype = self.dtypes[0]
         self.space = self.check_space(base)
         moved = run.refuse_or_move_aside(cfg, "export", force)  # RunFolderConflict without overwrite
         if moved is not None and self.out != run.stage_dir("export"):
             self.move_outputs_aside(moved.name)
         self.out.mkdir(parents=True, exist_ok=True)
-        self.notes += remove_stale_merges(self.out)
+        self.notes += export_setup.remove_stale_merges(self.out)
         if self.out != run.stage_dir("export"):
             self.notes.append(f"large files in {self.out} (export.output_dir / Kaggle's /kaggle/tmp), records in "
                               "the run folder")
         self.base_dir = fetch_base(base, cfg.model.revision)
-        self.tokenizer = export_tokenizer(cfg)
-        self.prompts, self.prompt_texts = probe_prompts(cfg, prepared, self.tokenizer)
+        self.tokenizer = export_setup.export_tokenizer(cfg)
+        self.prompts, self.prompt_texts = export_setup.probe_prompts(cfg, prepared, self.tokenizer)
         where = ec.check_device(base.parameters)
         self.logits_ok = where == "cuda" or ec.logits_fit(base.parameters)
         self.notes.append(f"logit checks in float32 on the {where.upper()}" if self.logits_ok else
@@ -244,69 +167,6 @@ class ExportJob:
         load_secrets(ask=False)  # HF_TOKEN from Kaggle secrets, Colab or .env, for the push
         self.status = f"building: into {self.out}"
         print(self.status, flush=True)
-
-    def accuracy_plan(self, parameters: int, where: str) -> tuple[list[dict[str, Any]] | None, str]:
-        """The multiple-choice rows every model answers (export.accuracy_check), or None; and a note saying which."""
-        from r1helpers.workflow.generate_stage import mcq_rows
-
-        mode, c = self.cfg.export.accuracy_check, self.cfg.compare
-        if mode == "off":
-            return None, "accuracy check off (export.accuracy_check=off)"
-        if not self.logits_ok:
-            return None, "accuracy check skipped: a float32 copy of the model does not fit in memory"
-        if c.mcq_source is None:
-            return None, "accuracy check skipped: compare.mcq_source is null (no multiple-choice set)"
-        try:
-            rows = mcq_rows(self.cfg)
-        except (RuntimeError, ValueError, OSError) as e:
-            if mode == "on":
-                raise
-            return None, f"accuracy check skipped: {e}"
-        if not rows:
-            return None, f"accuracy check skipped: {c.mcq_source} has no questions"
-        rows = rows[:self.cfg.export.accuracy_rows or None]
-        if mode == "auto" and where != "cuda" and parameters * len(rows) > AUTO_ACCURACY_CPU_BUDGET:
-            return None, (f"accuracy check skipped (export.accuracy_check=auto): {len(rows)} questions x "
-                          f"{parameters / 1e9:.2g}B parameters on the CPU is beyond {AUTO_ACCURACY_CPU_BUDGET:.0e}; "
-                          "set export.accuracy_check=on to run it anyway, or fewer compare.mcq_rows")
-        return rows, (f"accuracy check: the first {len(rows)} questions of {c.mcq_source}, option likelihood, "
-                      "each export against base + adapter (exact McNemar; a significant drop fails the export)")
-
-    def score_into(self, name: str) -> ec.OnModel | None:
-        """A callback that answers the multiple-choice rows with a loaded model into `answers[name]`; None when
-        the accuracy check does not run. For the adapter (`name` "adapter"), the base's answers too."""
-        if not self.mcq:
-            return None
-
-        def score(model) -> None:
-            with self.timed(f"accuracy: {name} on {len(self.mcq)} questions"):
-                if name == "adapter":
-                    with model.disable_adapter():
-                        self.answers["base"] = parity.mcq_letters(model, self.tokenizer, self.mcq)
-                self.answers[name] = parity.mcq_letters(model, self.tokenizer, self.mcq)
-
-        return score
-
-    def judge_parity(self, name: str, what: str, advice: str) -> dict[str, Any] | str:
-        """`answers[name]` against the adapter's (`parity.accuracy_parity`): raises on a significant drop."""
-        if not self.mcq or name not in self.answers or "adapter" not in self.answers:
-            return "skipped: " + ("no multiple-choice set is scored (see the notes)" if not self.mcq else
-                                  "the model was not scored")
-        result = parity.accuracy_parity(self.mcq, self.answers["adapter"], self.answers[name], what, advice,
-                                        str(self.cfg.compare.mcq_source))
-        self.parity[name] = result
-        return result
-
-    def judge_kept(self, name: str, effect: dict[str, Any] | None, what: str) -> dict[str, Any]:
-        """The share of the adapter's effect `name` keeps, against export.effect_kept_min and _warn; a warning
-        becomes a note (printed)."""
-        e = self.cfg.export
-        result = parity.judge_effect(effect, what, e.effect_kept_warn, e.effect_kept_min)
-        self.kept[name] = result
-        if "warning" in result:
-            self.notes.append(result["warning"])
-            print("warning:", result["warning"], flush=True)
-        return result
 
     def check_space(self, base) -> dict[str, Any]:
         """The free-space check, with the settings that would make a refused export fit as its advice."""
@@ -359,7 +219,7 @@ class ExportJob:
         once the body (the step and its check) has finished: a failed or interrupted step leaves the previous
         folder. A merged model that is not kept goes to a temporary folder, deleted after the GGUF files."""
         kept = folder != "merged_16bit" or self.cfg.export.save_merged_16bit
-        target = self.out / (folder if kept else MERGED_FOR_GGUF)
+        target = self.out / (folder if kept else export_setup.MERGED_FOR_GGUF)
         self._discard, self.checks = False, {}
         try:
             with self.timed(f"{folder}: write and check"), atomic_dir(target) as tmp:
@@ -372,7 +232,8 @@ class ExportJob:
             return
         finally:
             free_memory()
-            if folder == "gguf" and self.merged_dir is not None and self.merged_dir.name == MERGED_FOR_GGUF:
+            temporary = self.merged_dir is not None and self.merged_dir.name == export_setup.MERGED_FOR_GGUF
+            if folder == "gguf" and temporary:
                 shutil.rmtree(self.merged_dir, ignore_errors=True)  # 16 GB for the 8B
         if folder == "merged_16bit":
             self.merged_dir = target
@@ -409,8 +270,8 @@ class ExportJob:
 
     def check_merged(self, folder: Path) -> None:
         """Every merged weight within one 16-bit rounding of base + B·A·scale, then the merged model (plain
-        transformers) against base + adapter. When that fails and `dtype_candidates` leaves another 16-bit type,
-        the merge is made again in it; when none passes, nothing merged is kept and the notes say so."""
+        transformers) against base + adapter. When that fails and `export_setup.dtype_candidates` leaves another
+        16-bit type, the merge is made again in it; when none passes, nothing merged is kept and the notes say so."""
         from r1helpers.export.files import save_tokenizer
         from r1helpers.export.merge import merge_lora, weight_check
 
@@ -465,28 +326,6 @@ class ExportJob:
         self.checks = {k: v["checks"] for k, v in checked.items()}
         self.extra["gguf"] = {"files": checked}
 
-    def parity_record(self) -> dict[str, Any]:
-        """exported.json's `parity`: per artefact, the share of the adapter's effect kept and the multiple-choice
-        accuracy beside the adapter's (and the base's) on the same questions, with each model's answers."""
-        kept = {k: v.get("share_kept") for k, v in self.kept.items() if k in self._kept_artefacts()}
-        out: dict[str, Any] = {"effect_kept_rule": parity.EFFECT_RULE, "effect_kept": kept}
-        if not self.mcq or "adapter" not in self.answers:
-            out["accuracy"] = None
-            return out
-        n = len(self.mcq)
-        acc = {name: {"correct": sum(parity.correct(self.mcq, letters)), "accuracy": round(
-            sum(parity.correct(self.mcq, letters)) / n, 4)} for name, letters in self.answers.items()
-            if name in ("base", "adapter") or name in self.parity}
-        for name, p in self.parity.items():
-            acc[name].update(delta_vs_adapter=p["delta"], mcnemar_p=p["mcnemar"]["p_value"], verdict=p["verdict"])
-        out["accuracy"] = {"source": str(self.cfg.compare.mcq_source), "split": self.cfg.compare.mcq_split,
-                           "questions": n, "scoring": "option likelihood (mean log-probability of each option's text)",
-                           "by_model": acc, "ids": [r["id"] for r in self.mcq],
-                           "gold": [r["answer_idx"] for r in self.mcq],
-                           "answers": {k: "".join(v) if all(len(x) == 1 for x in v) else v
-                                       for k, v in self.answers.items() if k in acc}}
-        return out
-
     def _kept_artefacts(self) -> set[str]:
         """The names (merged_16bit, gguf <kind>) of the artefacts that were kept."""
         names = {"merged_16bit"} if self.merged_dir is not None else set()  # kept, or the GGUF files' source
@@ -501,7 +340,7 @@ class ExportJob:
         try:
             if not self.building:
                 return read_json(self.run.path("exported"))
-            trained = adapter_hash(self.adapter_dir)
+            trained = export_setup.adapter_hash(self.adapter_dir)
             for art in self.artefacts.values():
                 art["adapter_sha256"] = trained
             train = self.run.read_manifest("train") or {}

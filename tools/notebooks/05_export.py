@@ -44,7 +44,7 @@ from r1helpers.export import gguf_checks, hub, summary
 from r1helpers.export.files import save_tokenizer, write_adapter
 from r1helpers.export.gguf import write_gguf_files
 from r1helpers.export.merge import merge_lora
-from r1helpers.workflow import export
+from r1helpers.workflow import export, export_setup
 show.config_table(cfg).filter(regex=r"^export\\.", axis=0)"""),
     ("md", """## Where the files go, and the disk space check
 
@@ -84,7 +84,7 @@ the training prompt's token ids, not one token more. So `tokenizer.apply_chat_te
 chat mode and LM Studio all build the prompt the model was trained on. Here it is rendered the way llama.cpp
 and LM Studio do (Jinja), for the recipe's example question:"""),
     ("code", """question = cfg.infer.example_questions[0]
-tokenizer = export.export_tokenizer(cfg)  # the training tokenizer with the template that follows its BOS (job.tokenizer)
+tokenizer = export_setup.export_tokenizer(cfg)  # the training tokenizer with the template that follows its BOS (job.tokenizer)
 rendered = gguf_checks.render_template(tokenizer.chat_template, question, bos=tokenizer.bos_token, eos=tokenizer.eos_token)
 print(rendered)
 print("same token ids as the training prompt:",
