@@ -338,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     try:
-        overrides = parse_sets(args.set)  # text; config._coerce reads it by each field's type
+        overrides = parse_sets(args.set)  # text; config_values._coerce reads it by each field's type
         stages = args.stages.split(",") if args.stages else None
         timings = run_notebooks(args.run_dir, args.profile, overrides, args.config, stages, args.kernel,
                                 overwrite=args.overwrite, verbose=args.verbose, dry_run=args.dry_run)
