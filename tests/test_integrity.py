@@ -267,10 +267,20 @@ def test_forced_online_wandb_without_network_logs_offline_with_a_note(monkeypatc
 # ---- 3: what the notebooks print reaches the console ------------------------------------------
 
 @pytest.mark.slow
-def test_notebook_output_reaches_the_console(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "r1helpers.pipeline", "--run-dir", str(tmp_path / "run"), "--profile", "cpu",
-         "--stages", "00"], cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True,
-        timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "run folder:" in proc.stdout + proc.stderr, "a line printed inside notebook 00 reaches the console"
+def test_notebook_output_reaches_the_console_with_verbose_and_the_log_always(tmp_path):
+    """The console is quiet by default (a progress bar and a result line per stage); what a notebook prints is
+    in the stage's log either way, and on the console with --verbose."""
+    def run(*extra):
+        return subprocess.run(
+            [sys.executable, "-m", "r1helpers.pipeline", "--run-dir", str(tmp_path / "run"), "--profile", "cpu",
+             "--stages", "00", *extra], cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True,
+            text=True, timeout=600)
+
+    quiet = run()
+    assert quiet.returncode == 0, quiet.stderr[-2000:]
+    assert "run folder:" not in quiet.stdout + quiet.stderr and "00 done" in quiet.stdout
+    logs = "".join(p.read_text() for p in (tmp_path / "run" / "notebooks").glob("00_*.log"))
+    assert "run folder:" in logs, "what notebook 00 printed is in its stage log"
+    verbose = run("--verbose")
+    assert verbose.returncode == 0, verbose.stderr[-2000:]
+    assert "run folder:" in verbose.stdout + verbose.stderr, "a line printed inside notebook 00 reaches the console"
