@@ -144,9 +144,11 @@ def keep_in_working(run_root: str | os.PathLike, environ: Mapping[str, str] = os
 
 def keep_model(run_root: str | os.PathLike, base_model: str, environ: MutableMapping[str, str] = os.environ,
                dry_run: bool = False) -> list[str]:
-    """After stage 05 on Kaggle: `keep_in_working`, then the adapter as a private Kaggle Model (or why not)."""
+    """After stage 05 on Kaggle: `keep_in_working`, then the adapter as a private Kaggle Model (or why not).
+    R1HELPERS_KAGGLE_DRY_RUN=1 (the pipeline's --dry-run) uploads nothing."""
     if not on_kaggle(environ):
         return []
+    dry_run = dry_run or environ.get("R1HELPERS_KAGGLE_DRY_RUN") == "1"
     lines = keep_in_working(run_root, environ)
     adapter = Path(run_root) / KEPT / "adapter"
     if not adapter.is_dir():

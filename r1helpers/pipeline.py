@@ -275,6 +275,8 @@ def run_notebooks(
     params = {"run_dir": str(run.root), "profile": profile, "config_file": config_file, "overrides": overrides,
               "overwrite": overwrite}
     os.environ["R1HELPERS_HEADLESS"] = "1"
+    if dry_run:  # notebook 05's keep_model reads it: no Kaggle Model upload
+        os.environ["R1HELPERS_KAGGLE_DRY_RUN"] = "1"
     # Headless logs get plain lines: the trainer's printer, not bars redrawn into a file.
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -316,11 +318,6 @@ def run_notebooks(
         os.replace(partial, final)
         timings[stage] = round(time.perf_counter() - t0, 1)
         print(result_line(run.root, stage, timings[stage]), flush=True)
-        if stage == "05":
-            from r1helpers.kaggle_model import keep_model
-
-            for line in keep_model(run.root, cfg.model.name, dry_run=dry_run or "adapter" not in cfg.export.push):
-                print(line, flush=True)
     write_json_atomic(run.root / "pipeline_timings.json", timings)
     return timings
 

@@ -50,3 +50,4 @@ def pipeline_env(monkeypatch):
                         ("HF_HUB_DISABLE_PROGRESS_BARS", "1"),
                         ("MPLBACKEND", "module://matplotlib_inline.backend_inline")):
         monkeypatch.setenv(name, os.environ.get(name, value))
+    monkeypatch.delenv("R1HELPERS_KAGGLE_DRY_RUN", raising=False)  # set by --dry-run; removed again after the test

@@ -238,6 +238,15 @@ out = model.generate(**ids, max_new_tokens=1200)
 
 Each folder's `README.md` model card repeats this, with the recipe, the comparison of chapter 04 and the
 export checks, and says plainly that the model is not for clinical decisions."""),
+    ("md", """## Keeping the model after the Kaggle session
+
+On Kaggle, `/kaggle/tmp` is gone when the session ends and `/kaggle/working` keeps about 19.5 GB with a saved
+version. `keep_model` copies the adapter and the largest GGUF file that fits into `/kaggle/working/.../kept/`, then
+keeps the adapter as a private Kaggle Model (`kagglehub.model_upload`) when Kaggle credentials are there, or says
+which to add. It does nothing off Kaggle; `export.push` without `adapter` (or the pipeline's `--dry-run`) skips the
+upload."""),
+    ("code", """from r1helpers.kaggle_model import keep_model
+show.lines(keep_model(run.root, cfg.model.name, dry_run="adapter" not in cfg.export.push) or ["not on Kaggle: nothing to keep"])"""),
     ("md", """## Results of this chapter
 
 Each artefact's path, size in MiB and which checks passed or were skipped (an artefact whose check fails is
