@@ -155,11 +155,17 @@ class TrainingJob:
         from r1helpers.core.hardware import choose_backend
 
         self.cfg, self.run, self.prepared, self.mode = cfg, run, prepared, mode
-        self.resume_from, self.checkpoint_dir = resume_from, checkpoint_dir
+        self.checkpoint, self.checkpoint_dir = resume_from, checkpoint_dir
         self.report_to, self.wandb_note = report_to or [], wandb_note
         self.backend = choose_backend(cfg)
         self._release = release or (lambda: None)
         self._t0, self._earlier = None, 0.0
+
+    @property
+    def resume_from(self) -> str | None:
+        """The checkpoint to resume from, as the text `trainer.train(resume_from_checkpoint=...)` takes; None: from
+        step 0."""
+        return str(self.checkpoint) if self.checkpoint else None
 
     @property
     def trains_here(self) -> bool:
@@ -204,7 +210,7 @@ class TrainingJob:
 
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
-        self._earlier = _elapsed_before(self.resume_from)
+        self._earlier = _elapsed_before(self.checkpoint)
         trainer.add_callback(elapsed_in_checkpoints(self._earlier))
         self._t0 = time.perf_counter()
         try:
@@ -238,7 +244,7 @@ class TrainingJob:
             "global_step": trainer.state.global_step,
             "seconds": round(seconds, 2),
             "seconds_this_session": round(self._session_seconds, 2),
-            "resumed_from": self.resume_from.name if self.resume_from else None,
+            "resumed_from": self.checkpoint.name if self.checkpoint else None,
             "final_train_loss": _rounded(last_value(history, "loss")),
             "final_eval_loss": _rounded(last_value(history, "eval_loss")),
             "tokens_per_second": round(tokens / seconds, 1) if tokens and seconds else None,
@@ -306,8 +312,8 @@ def train(cfg: Config, run: Run, loaded: Loaded, prepared, resume: bool | None =
     job = begin(cfg, run, prepared, resume=resume, announce=False)
     job.backend = loaded.backend
     print0(job.wandb_note)
-    if job.resume_from:
-        print0(f"resuming from {job.resume_from.name}")
+    if job.checkpoint:
+        print0(f"resuming from {job.checkpoint.name}")
     processes = world_size()
     plan = plan or plan_from_config(cfg, loaded.backend.name, gpu_memory_gib(), processes=processes)
     across = f" x {processes} processes" if processes > 1 else ""
@@ -316,7 +322,7 @@ def train(cfg: Config, run: Run, loaded: Loaded, prepared, resume: bool | None =
     trainer = make_trainer(loaded.model, loaded.tokenizer, prepared.trainer_columns("train"), job.eval_dataset,
                            job.sft_arguments(plan), token_budget=plan.token_budget)
     with job.session(trainer, plan):
-        output = trainer.train(resume_from_checkpoint=str(job.resume_from) if job.resume_from else None)
+        output = trainer.train(resume_from_checkpoint=job.resume_from)
     return job.save(trainer, loaded.model, loaded.tokenizer, plan, output)
 
 
