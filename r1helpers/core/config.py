@@ -153,17 +153,13 @@ class InferConfig:
     num_eval_questions: int = field(default=50, metadata={"help": "held-out questions generated besides the examples"})
     example_questions: list[str] = field(default_factory=lambda: [EXAMPLE_QUESTION], metadata={"help": "always asked"})
     stream: bool = field(default=False, metadata={"help": "print the first example's answer token by token as it is generated (in a notebook; never headless)"})
-    path: Literal["auto", "unsloth", "static_16bit", "dynamic"] = field(default="auto", metadata={"help": "auto (16-bit weights + a static KV cache, compiled, where they fit beside 32 rows of cache: measured fastest on the H200; else Unsloth's inference path where Unsloth is the backend; else the dynamic cache) | unsloth | static_16bit | dynamic; both generation stages use one path"})
-
-    attention: Literal["sdpa", "grouped_decode"] = field(default="grouped_decode", metadata={"help": "attention of a model loaded with transformers while it generates: grouped_decode (r1helpers.inference.attention: each decoding step reads each key/value head once, through SDPA; the same answers as sdpa on the tiny model) | sdpa (transformers' own, which copies each key/value head for its group of query heads at every step of a padded batch); Unsloth's path has its own"})
-
-    unsloth_decode_graphs: bool = field(default=True, metadata={"help": "unsloth path: decode with Unsloth's CUDA graphs, the KV cache sized once for prompt + max_new_tokens (r1helpers.modeling.load.unsloth_decode_graphs; Unsloth itself uses them only in its RL trainers); H200 capped at 15 GiB (a T4's plan), 8B shape, 24 rows x 1,200 tokens: 414 decoded tokens/s against 327, peak reserved 13.66 GiB against 14.06 | false: Unsloth's eager decoding"})
+    path: Literal["auto", "unsloth", "dynamic"] = field(default="auto", metadata={"help": "auto (Unsloth's inference path where Unsloth is the backend, else transformers' generate with the dynamic KV cache) | unsloth | dynamic; both generation stages use one path"})
+    unsloth_decode_graphs: bool = field(default=True, metadata={"help": "unsloth path: decode with Unsloth's CUDA graphs, the KV cache sized once for prompt + max_new_tokens (a T4's plan, 8B, 24 rows x 1,200 tokens: 414 decoded tokens/s against 327) | false: Unsloth's eager decoding"})
 
     def __post_init__(self) -> None:
         _check(self.max_new_tokens >= 1, "infer.max_new_tokens", "must be >= 1")
         _check(self.batch_size >= 0, "infer.batch_size", "must be >= 0 (0: auto)")
-        _one_of(self.path, "infer.path", ("auto", "unsloth", "static_16bit", "dynamic"))
-        _one_of(self.attention, "infer.attention", ("sdpa", "grouped_decode"))
+        _one_of(self.path, "infer.path", ("auto", "unsloth", "dynamic"))
         _check(self.temperature > 0.0, "infer.temperature", "must be > 0")
         _check(0.0 < self.top_p <= 1.0, "infer.top_p", "must be in (0, 1]")
         _check(self.num_eval_questions >= 0, "infer.num_eval_questions", "must be >= 0")

@@ -1,10 +1,5 @@
-"""Load the model and tokenizer through one interface over two backends.
-
-Unsloth where it imports and the GPU supports it (its fused kernels are the fast
-path); otherwise transformers + peft, with bitsandbytes 4-bit on CUDA and full
-precision on CPU. Both give a peft model with the same LoRA settings, so the
-trainer, generation and export code does not care which one ran.
-"""
+"""Load the model and tokenizer through one interface over two backends: Unsloth where it imports and the GPU
+supports it, else transformers + peft (bitsandbytes 4-bit on CUDA, full precision on CPU)."""
 
 from __future__ import annotations
 
@@ -14,7 +9,7 @@ from typing import Any
 
 from r1helpers.core.hardware import BackendChoice
 from r1helpers.modeling.local import resolve_model_path
-# The pad token's helpers live in modeling.tokens (gguf_source uses them too); load.* names them as before.
+# The pad token's helpers live in modeling.tokens; load.* names them as before.
 from r1helpers.modeling.tokens import PAD_CANDIDATES, ModelError, choose_pad_token, ensure_pad_token  # noqa: F401
 
 
@@ -25,9 +20,8 @@ def _torch_dtype(name: str):
 
 
 def load_tokenizer(name: str, revision: str | None = None, pad_token: str | None = None):
-    """The model's tokenizer, with a pad token distinct from EOS and left padding (for batched generation).
-
-    `pad_token`: the pad to use (model.pad_token); None picks one (`choose_pad_token`).
+    """The model's tokenizer, with a pad token distinct from EOS (`pad_token`: model.pad_token; None picks one)
+    and left padding (for batched generation).
 
         tok = load_tokenizer("unsloth/DeepSeek-R1-Distill-Llama-8B")
     """
@@ -62,12 +56,9 @@ def load_base(name: str, *, max_seq_length: int, load_in_4bit: bool, dtype: str,
               revision: str | None = None, pad_token: str | None = None) -> Loaded:
     """The base model and its tokenizer, ready for LoRA or inference.
 
-    `backend` is "unsloth" or "transformers" and `dtype` "bfloat16", "float16" or "float32":
-    decided values, not "auto" (`r1helpers.core.hardware.choose_backend(cfg)` decides them
-    from the GPU). `load_in_4bit` quantizes the weights to nf4 with bitsandbytes (CUDA only).
-    `pad_token` (model.pad_token): the pad token; None picks one that is not EOS (`choose_pad_token`).
-    The model's generation config gets the tokenizer's pad and EOS ids, so generation stops where
-    training taught it to.
+    `backend` ("unsloth" | "transformers") and `dtype` ("bfloat16" | "float16" | "float32") are decided values
+    (`core.hardware.choose_backend(cfg)`). `load_in_4bit`: nf4 with bitsandbytes (CUDA only). `pad_token`
+    (model.pad_token): None picks one that is not EOS. The generation config gets the tokenizer's pad and EOS ids.
 
         loaded = load_base("unsloth/DeepSeek-R1-Distill-Llama-8B", max_seq_length=2048,
                            load_in_4bit=True, dtype="float16", backend="unsloth")
@@ -87,10 +78,8 @@ def load_base(name: str, *, max_seq_length: int, load_in_4bit: bool, dtype: str,
 
 
 def prepare_tokens(model, tokenizer, pad_token: str | None = None) -> str:
-    """What the recipe needs of the tokenizer and the generation config, whichever backend loaded them: a pad
-    token distinct from EOS (`ensure_pad_token`), left padding for batched generation (the trainer's collator
-    pads itself), and the tokenizer's pad and EOS ids in the generation config (`keep_special_tokens`).
-    Returns the pad token's sentence.
+    """A pad token distinct from EOS (`ensure_pad_token`), left padding for batched generation, and the tokenizer's
+    pad and EOS ids in the generation config (`keep_special_tokens`); returns the pad token's sentence.
 
         model, tokenizer = FastLanguageModel.from_pretrained(...)
         print(prepare_tokens(model, tokenizer))   # pad token set to '<|finetune_right_pad_id|>' (was EOS)
@@ -102,11 +91,8 @@ def prepare_tokens(model, tokenizer, pad_token: str | None = None) -> str:
 
 
 def keep_special_tokens(model, tokenizer) -> None:
-    """The generation config takes the tokenizer's pad id, and its EOS id where it lacks it.
-
-    A generation config that lists several EOS ids (Llama-3 instruct models stop at either) keeps
-    them; the tokenizer's EOS, which every training example ends with, is added when missing.
-    """
+    """The generation config takes the tokenizer's pad id, and its EOS id (which every training example ends
+    with) added to the EOS ids it lists (Llama-3 instruct models stop at either)."""
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     eos = model.generation_config.eos_token_id
     listed = eos if isinstance(eos, list) else ([] if eos is None else [eos])
@@ -118,14 +104,9 @@ def keep_special_tokens(model, tokenizer) -> None:
 def add_lora(model, *, r: int, alpha: int, target_modules: list[str], dropout: float = 0.0, bias: str = "none",
              random_state: int = 3407, gradient_checkpointing: str = "false", backend: str = "transformers",
              load_in_4bit: bool = False, max_seq_length: int = 2048):
-    """Wrap a base model with trainable LoRA adapters; returns the peft model (the base's weights frozen).
-
-    Each linear layer named in `target_modules` gets a low-rank update W + (alpha / r) * B @ A,
-    with A (r x in) random and B (out x r) zero, so training starts from the base model's outputs.
-    `backend`: "unsloth" (its fused kernels; `model` from FastLanguageModel) or "transformers"
-    (peft; `load_in_4bit`: the base was loaded with bitsandbytes and is prepared for k-bit training).
-    `gradient_checkpointing`: "unsloth" (Unsloth's offloaded variant; plain checkpointing with
-    transformers) | "true" | "false". `random_state` seeds the adapters' initialisation.
+    """Wrap a base model with trainable LoRA adapters (W + (alpha / r) * B @ A, B zero at first, so training
+    starts from the base model's outputs); returns the peft model, the base's weights frozen.
+    `gradient_checkpointing`: "unsloth" (Unsloth's offloaded variant; plain with transformers) | "true" | "false".
     """
     from r1helpers.modeling.fast import language_model
 
@@ -183,8 +164,8 @@ def load_finetuned(adapter_dir: str | Path, *, name: str, max_seq_length: int, l
 
 
 def check_adapter_files(adapter_dir: str | Path) -> None:
-    """A saved adapter's weights must be whole: a file cut short (a full disk, a copy interrupted) is refused with
-    its path and the way to train it again, instead of safetensors' "incomplete metadata"."""
+    """Refuse a saved adapter cut short (a full disk, a copy interrupted) with its path and the way to train it
+    again, instead of safetensors' "incomplete metadata"."""
     adapter_dir = Path(adapter_dir)
     retrain = (f"Delete {adapter_dir} and run stage 03 again (it trains the adapter again, resuming from the last "
                "complete checkpoint in train/checkpoints), then this stage.")
@@ -206,29 +187,6 @@ def check_adapter_files(adapter_dir: str | Path) -> None:
                              f"saved adapter was cut short or altered. {retrain}") from None
 
 
-def adapter_to_dtype(model, dtype: str) -> int:
-    """Cast the LoRA weights inside `model` to `dtype` ("bfloat16", "float16", "float32"), in place; returns how
-    many tensors changed type.
-
-    peft keeps 16-bit adapter weights in float32 when it loads or creates them (`autocast_adapter_dtype`, for
-    stable training), and then casts each layer's input to float32 for the adapter's two small matmuls. Under
-    16-bit base weights that is 7 x 32 float32 matmul pairs a decoding step for the 8B, on kernels without tensor
-    cores (about 4 of a 32 ms step on the H200, BENCHMARKS.md). Training ran these matmuls in the compute type
-    too (Unsloth casts A and B to it), so generating with them in 16-bit is closer to training, not further.
-
-        adapter_to_dtype(model, "bfloat16")
-    """
-    import torch
-
-    want = getattr(torch, dtype)
-    changed = 0
-    for name, param in model.named_parameters():
-        if "lora_" in name and param.is_floating_point() and param.dtype != want:
-            param.data = param.data.to(want)
-            changed += 1
-    return changed
-
-
 def for_inference(loaded: Loaded) -> Loaded:
     """Switch to inference: Unsloth's fast generation path, eval mode and the KV cache."""
     if loaded.backend.name == "unsloth":
@@ -240,19 +198,15 @@ def for_inference(loaded: Loaded) -> Loaded:
     return loaded
 
 
-# Unsloth's CUDA-graph decoding (unsloth 2026.10: `unsloth.models._decode_graphs`). Unsloth turns it on by itself
-# only for the generate() calls of its RL trainers; plain generate() decodes eagerly, several hundred small kernel
-# launches a token, and grows each layer's KV cache by 512 positions at a time (`resize_`), so the freed smaller
-# caches stay reserved. With the graphs on and PREALLOC, each step is replayed and the cache is sized once for
-# prompt + max_new_tokens. Measured on the H200 capped at 15 GiB (a T4's plan, 8B shape, 24 rows x 1,200 tokens,
-# BENCHMARKS.md): 414 decoded tokens/s against 327, peak reserved 13.66 GiB against 14.06.
+# Unsloth's CUDA-graph decoding (unsloth 2026.10), which Unsloth itself turns on only in its RL trainers: each
+# decoding step replayed and the KV cache sized once for prompt + max_new_tokens (BENCHMARKS.md: 414 against 327
+# decoded tokens/s on a T4's memory).
 DECODE_GRAPHS = "unsloth.models._decode_graphs"
 
 
 def unsloth_decode_graphs(on: bool) -> bool:
-    """Switch Unsloth's CUDA-graph decoding, with the KV cache sized up front, on (or back to Unsloth's default)
-    for this process's later generate() calls of a model loaded through Unsloth; returns whether it is on. False
-    where Unsloth is not imported or has no such switch (then generation decodes as before)."""
+    """Switch Unsloth's CUDA-graph decoding on (or back to Unsloth's default) for later generate() calls; returns
+    whether it is on. False where Unsloth is not imported or has no such switch."""
     import importlib
     import os
     import sys
@@ -266,20 +220,18 @@ def unsloth_decode_graphs(on: bool) -> bool:
     if not (hasattr(graphs, "ENABLED") and hasattr(graphs, "PREALLOC")):
         return False
     graphs.ENABLED = True if on else None  # None: Unsloth's own choice (RL trainers only)
-    graphs.PREALLOC = on or os.environ.get("UNSLOTH_DECODE_GRAPH_PREALLOC", "0") == "1"
+    graphs.PREALLOC = on or os.environ.get("UNSLOTH_DECODE_GRAPH_PREALLOC", "0") == "1"  # the user's own setting
     return on
 
 
 def release_decode_memory(model) -> dict[str, Any]:
-    """Free the KV cache (and the captured decoding steps) that Unsloth's generate() leaves on the model's layers
-    after it returns, so that what runs next (scoring, training) gets that memory back; returns Unsloth's count
-    of captured and replayed steps ({} for a model that did not generate through Unsloth)."""
+    """Free the KV cache and captured steps Unsloth's generate() leaves on the model's layers; returns Unsloth's
+    count of captured and replayed steps ({} for a model that did not generate through Unsloth)."""
     import sys
 
     graphs = sys.modules.get(DECODE_GRAPHS)
     if graphs is None or not hasattr(graphs, "release_for_training"):
         return {}
-    # Unsloth keeps the counts on the CausalLM its decoding step runs on (under any peft wrapper)
     counts = next(filter(None, map(graphs.stats, model.modules())), {}) if hasattr(graphs, "stats") else {}
     graphs.release_for_training(model)
     return {k: counts[k] for k in ("captures", "replays", "eager_steps") if k in counts}

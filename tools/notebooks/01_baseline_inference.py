@@ -44,20 +44,14 @@ not part of the text."""),
     ("md", """## Loading the base model
 
 First, how to generate. `choose.generation_path(cfg, run, "baseline")` picks the generation path for this notebook
-and for notebook 04 (`infer.path`; `auto` takes the fastest one this GPU and the installed libraries offer, and
-says why):
+and for notebook 04 (`infer.path`; `auto` follows the training backend, and says why):
 
-- `static_16bit`: the base weights in 16-bit with a static KV cache, whose decoding step transformers compiles
-  (about a minute, once) and then runs as CUDA graphs. It needs room for 16-bit weights (about 16 GB for the 8B
-  model) beside the cache, so `auto` takes it on an A100 or H100, not on a 16 GB T4. The fine-tuned model later
-  gets the LoRA adapter as a separate module, not merged into the 16-bit weights. Measured on an H200 with the 8B
-  shape it decodes about 2.7 times as fast as Unsloth's path (BENCHMARKS.md). It compiles under torch's default
-  settings, not those Unsloth's import sets for training.
-- `unsloth`: the 4-bit weights through Unsloth's inference path: the choice on a T4.
-- `dynamic`: plain generation with the dynamic KV cache, on a CPU or where Unsloth is not available.
+- `unsloth`: the 4-bit weights through Unsloth's inference path (`FastLanguageModel.for_inference`): the choice
+  on a T4.
+- `dynamic`: plain transformers generation with the dynamic KV cache, on a CPU or where Unsloth is not available.
 
-Both models of the comparison use one path, with the same weights and cache: notebook 04 follows the path recorded
-here. `from_pretrained` then loads the model with arguments taken from that path:
+Both models of the comparison use one path, with the same weights and cache, chosen the same way in both
+notebooks. `from_pretrained` then loads the model with arguments taken from that path:
 
 - `model_name`: the Hub id or a local folder (`model.name`);
 - `max_seq_length`: the longest sequence Unsloth prepares the model for (`model.max_seq_length`); the transformers
@@ -74,7 +68,7 @@ from r1helpers.workflow import data_stage, generate_stage
 gen_path = choose.generation_path(cfg, run, "baseline")  # infer.path: how both models generate, and why
 print(f"generation path {gen_path.path}: {gen_path.reason}")"""),
     ("md", """Then the tutorial's loading call. `language_model(backend)` is Unsloth's `FastLanguageModel` where Unsloth
-runs; elsewhere (a CPU, or the `static_16bit` path, which loads with transformers) it is a small class with the
+runs; elsewhere (a CPU, or the `dynamic` path) it is a small class with the
 same calls on transformers + peft (`r1helpers/modeling/fast.py`), so this cell reads the same everywhere.
 `prepare_tokens` sets a pad token distinct from EOS (notebook 02 says why), left padding for batches, and the pad
 and EOS ids in the generation config; `for_inference` switches to evaluation with the KV cache on (with Unsloth,
@@ -131,9 +125,8 @@ same ones:
     ("md", """`generate_stage.baseline(cfg, run, prepared, loaded=...)` calls `generate` once for every question of this
 notebook: the recipe's example question(s), the first `infer.num_eval_questions` held-out questions, which training
 never sees, and, with `compare.mcq_generate` on (the default), notebook 04's multiple-choice questions
-(`compare.mcq_source`, the first `compare.mcq_rows`). One large batch keeps the GPU busy, and on the static-cache
-path the decoding step is compiled once for all of them (the example question is answered again there, so that
-both models' records come from one batched call). To ask a question of your own, outside the run folder:
+(`compare.mcq_source`, the first `compare.mcq_rows`). One large batch keeps the GPU busy (the example question is
+answered again there, so that both models' records come from one batched call). To ask a question of your own, outside the run folder:
 
 ```python
 from r1helpers.inference.generate import generate
@@ -141,22 +134,18 @@ mine = generate(model, tokenizer, ["A 45-year-old man presents with ..."],
                 max_new_tokens=i.max_new_tokens, do_sample=i.do_sample, stream=True)[0]
 ```
 
-Right before generating, both generation stages set the loaded model up in the same way
-(`choose.set_up_decoding`), whichever way it was loaded: its attention (`infer.attention`: `grouped_decode`, the
-default, reads each key/value head once for its four query heads at every decoding step, where transformers' `sdpa`
-copies it four times) and, on the static-cache path, the LoRA weights in 16-bit (peft keeps them in float32). On
-Unsloth's path (a T4), it turns on Unsloth's CUDA-graph decoding with the KV cache sized once for the longest
-prompt + `max_new_tokens` (`infer.unsloth_decode_graphs`). Unsloth's own `generate` keeps this for its RL
-trainers; otherwise it decodes eagerly and grows the cache 512 positions at a time. After generating, the stage
-frees the cache Unsloth leaves on the model's layers.
-The manifest records both, and notebook 04 checks that the fine-tuned model decoded the same way.
+Right before generating on Unsloth's path (a T4), both generation stages turn on Unsloth's CUDA-graph decoding
+with the KV cache sized once for the longest prompt + `max_new_tokens` (`infer.unsloth_decode_graphs`,
+`choose.set_up_decoding`). Unsloth's own `generate` keeps this for its RL trainers; otherwise it decodes eagerly
+and grows the cache 512 positions at a time. After generating, the stage frees the cache Unsloth leaves on the
+model's layers. The manifest records the path and the decoding, and notebook 04 checks that the fine-tuned model
+decoded the same way.
 
 It prints the path and the batch plan: with `infer.batch_size=0` the batch is the largest whose KV cache fits the
 GPU memory left after the weights (`inference.plan.plan_generation`), questions sorted by prompt length, longest
 first. A row that has finished still rides along, decoding padding, until every row of its batch has finished or
 reached `max_new_tokens` (the batch stops as soon as all rows have produced EOS); sorting keeps rows of similar
-length together. If the path fails (the compiled decoding step does not build, say), the stage falls back to the
-next path and records why. When the run folder already holds generations made with the same model, data and
+length together. When the run folder already holds generations made with the same model, data and
 `infer` settings, it reuses them instead, and the model passed in is not used. The held-out split comes from
 `data_stage.prepare`, which reuses notebook 02's output or builds it with the tokenizer already loaded.
 
@@ -193,8 +182,8 @@ Notebook 04 reports these shares for both models, because a mean over answers th
 
 How the base model's answers ended: how many questions, the share that closed `</think>`, the share that reached EOS
 (the rest were cut at `max_new_tokens`), the mean number of new tokens, the speed over the whole stage (new
-tokens per second of generation, all batches together, a compilation included), that speed taken apart (`speed`:
-the warm-up, of it the compiling, and the decoding steps' own tokens per second), and the generation plan the
+tokens per second of generation, all batches together), that speed taken apart (`speed`: the warm-up and the
+decoding steps' own tokens per second), and the generation plan the
 manifest recorded: path, batch and peak GPU memory reserved. Written to `results/01.json`."""),
     ("code", """from r1helpers.inference.generate import speed, summarize
 manifest = run.read_manifest("baseline")

@@ -107,7 +107,7 @@ from r1helpers.modeling.load import prepare_tokens
 from r1helpers.modeling.local import resolve_model_path
 from r1helpers.workflow import train_stage
 adapter_dir = train_stage.ensure_trained(cfg, run, prepared).adapter_dir
-gen_path = choose.generation_path(cfg, run, "finetuned")  # the path the base model's generations took
+gen_path = choose.generation_path(cfg, run, "finetuned")  # the path the base model's generations took too
 FastLanguageModel = language_model(gen_path.backend)
 model, tokenizer = FastLanguageModel.from_pretrained(
     model_name=resolve_model_path(cfg.model.name),
@@ -146,8 +146,8 @@ these settings, they are reused."""),
 tuned = generate_stage.finetuned(cfg, run, prepared, loaded=tuned_model)
 show.generations_table(tuned)"""),
     ("md", """A comparison is only fair when both models decoded the same way. Each generation stage recorded its
-`infer` settings, its generation path, the weights it ran on (4-bit or 16-bit) and the attention that ran in its
-manifest; the two columns below must be identical, and `compare_stage.compare` refuses to run when they are not (rerun chapter 01 and this one with
+`infer` settings, its generation path and the weights it ran on in its manifest; the two columns below must be
+identical, and `compare_stage.compare` refuses to run when they are not (rerun chapter 01 and this one with
 one setting). The batch may differ between the two (the adapter takes a little memory); it changes no setting."""),
     ("code", """import pandas as pd
 pd.DataFrame(compare_stage.decoding_used(run))"""),
