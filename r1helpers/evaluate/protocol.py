@@ -102,8 +102,7 @@ def generate_texts(model, tokenizer, texts: Sequence[str], *, max_new_tokens: in
     if batch_size == 0:
         batch_size = 8
         if device.type == "cuda":
-            from r1helpers.inference.generate import plan_for_model
-            from r1helpers.inference.choose import gpu_memory
+            from r1helpers.inference.generate import gpu_memory, plan_for_model
 
             gpu = gpu_memory()
             batch_size = plan_for_model(model, tok, list(texts), max_new_tokens=max_new_tokens,

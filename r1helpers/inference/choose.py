@@ -15,7 +15,7 @@ from typing import Any
 
 from r1helpers.core.config import Config, validate
 from r1helpers.core.hardware import BackendChoice, choose_backend, unsloth_importable
-from r1helpers.inference.generate import plan_for_model
+from r1helpers.inference.generate import gpu_memory, plan_for_model
 from r1helpers.inference.plan import GIB, GenerationPlan
 from r1helpers.modeling.load import Loaded
 
@@ -100,24 +100,6 @@ def apply_gpu_cap(cap_gib: float | None) -> bool:
         return False
     torch.cuda.set_per_process_memory_fraction(cap_gib * GIB / torch.cuda.mem_get_info()[1])
     return True
-
-
-@dataclass
-class GPUMemory:
-    total_gib: float  # the GPU's memory, or the cap when one is set
-    used_gib: float  # in use now: this process's tensors, the CUDA context, other processes
-
-
-def gpu_memory(cap_gib: float | None = None) -> GPUMemory | None:
-    """This process's GPU: its memory (or `cap_gib`, when smaller) and what is in use now; None without CUDA.
-    Blocks torch's caching allocator holds but does not use count as free."""
-    import torch
-
-    if not torch.cuda.is_available():
-        return None
-    free, total = torch.cuda.mem_get_info()
-    cached = torch.cuda.memory_reserved() - torch.cuda.memory_allocated()
-    return GPUMemory(min(total / GIB, cap_gib or total / GIB), max(0.0, (total - free - cached) / GIB))
 
 
 def load_tokenizer_for(cfg: Config):

@@ -12,11 +12,12 @@ batch so that every row's KV cache can reach the longest prompt + max_new_tokens
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from r1helpers.core import prompts
 from r1helpers.core.hardware import free_memory, headless, is_oom
-from r1helpers.inference.plan import GenerationPlan, kv_cache_bytes_for, order_by_length, plan_generation
+from r1helpers.inference.plan import GIB, GenerationPlan, kv_cache_bytes_for, order_by_length, plan_generation
 
 
 def row_streamer(tokenizer, row: int):
@@ -36,11 +37,29 @@ def prompt_lengths(tokenizer, questions: list[str]) -> list[int]:
     return [len(ids) for ids in enc["input_ids"]]
 
 
+@dataclass
+class GPUMemory:
+    total_gib: float  # the GPU's memory, or the cap when one is set
+    used_gib: float  # in use now: this process's tensors, the CUDA context, other processes
+
+
+def gpu_memory(cap_gib: float | None = None) -> GPUMemory | None:
+    """This process's GPU: its memory (or `cap_gib`, when smaller) and what is in use now; None without CUDA.
+    Blocks torch's caching allocator holds but does not use count as free."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    free, total = torch.cuda.mem_get_info()
+    cached = torch.cuda.memory_reserved() - torch.cuda.memory_allocated()
+    return GPUMemory(min(total / GIB, cap_gib or total / GIB), max(0.0, (total - free - cached) / GIB))
+
+
 def plan_for_model(model, tokenizer, questions: list[str], *, max_new_tokens: int, kv_slack_tokens: int = 0,
                    gpu_gib: float | None = None, used_gib: float = 0.0, max_batch: int = 128) -> GenerationPlan:
     """`plan.plan_generation` for this model and these questions: its KV bytes a token, the longest prompt, one
     step's fp32 logits and a prefill estimate per row. `gpu_gib`: the GPU's memory (or a cap; None: no GPU),
-    `used_gib`: what is in use now, weights included (`inference.choose.gpu_memory()` measures both).
+    `used_gib`: what is in use now, weights included (`gpu_memory()` measures both).
 
         plan = plan_for_model(model, tok, questions, max_new_tokens=1200, gpu_gib=15.0, used_gib=6.1)
     """
@@ -94,8 +113,6 @@ def generate(model, tokenizer, questions: list[str], *, max_new_tokens: int, bat
     device = next(model.parameters()).device
     on_cuda = device.type == "cuda"
     if batch_size == 0:
-        from r1helpers.inference.choose import gpu_memory
-
         gpu = gpu_memory() if on_cuda else None
         batch_size = plan_for_model(model, tok, questions, max_new_tokens=max_new_tokens, gpu_gib=gpu and gpu.total_gib,
                                     used_gib=gpu.used_gib if gpu else 0.0).batch_size
