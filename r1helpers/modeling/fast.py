@@ -1,16 +1,11 @@
-"""Unsloth's `FastLanguageModel` where it runs, else the same four calls on transformers + peft.
-
-The notebooks call the recipe as Unsloth's tutorials write it:
+"""Unsloth's `FastLanguageModel` where it runs, else the same four calls on transformers + peft, so the notebooks'
+cells read as Unsloth's tutorials write them on every machine:
 
     FastLanguageModel = language_model(backend)        # backend: choose_backend(cfg).name
     model, tokenizer = FastLanguageModel.from_pretrained(model_name=..., max_seq_length=2048,
                                                          dtype=torch.bfloat16, load_in_4bit=True)
     model = FastLanguageModel.get_peft_model(model, r=16, lora_alpha=16, lora_dropout=0, ...)
     FastLanguageModel.for_inference(model)
-
-Unsloth does not import without an NVIDIA GPU of compute capability 7.0+ (a CPU, a P100, DDP);
-there `TransformersLanguageModel` takes the same arguments and does what they mean with
-transformers, bitsandbytes (4-bit on CUDA) and peft, so the cells are one code path everywhere.
 """
 
 from __future__ import annotations
@@ -28,11 +23,8 @@ def language_model(backend: str):
 
 
 class TransformersLanguageModel:
-    """Unsloth's `FastLanguageModel` signatures on transformers + peft, for machines Unsloth does not run on.
-
-    Arguments Unsloth takes and this backend has no use for (`use_rslora`, `loftq_config`, `token`, ...) are
-    accepted and ignored; `max_seq_length` is a training limit here, not a load-time setting.
-    """
+    """Unsloth's `FastLanguageModel` signatures on transformers + peft (a CPU, a P100, DDP); arguments this
+    backend has no use for (`use_rslora`, `loftq_config`, `token`, ...) are accepted and ignored."""
 
     @staticmethod
     def from_pretrained(model_name: str, max_seq_length: int = 2048, dtype=None, load_in_4bit: bool = False,
@@ -68,12 +60,9 @@ class TransformersLanguageModel:
     def get_peft_model(model, r: int = 16, target_modules=None, lora_alpha: int = 16, lora_dropout: float = 0.0,
                        bias: str = "none", use_gradient_checkpointing: bool | str = False, random_state: int = 3407,
                        **_: Any):
-        """The peft model: LoRA (r, lora_alpha, lora_dropout, bias) on `target_modules`, the base frozen.
-
-        `use_gradient_checkpointing`: "unsloth" (Unsloth's offloaded variant) means plain checkpointing here;
-        a 4-bit base is prepared for k-bit training first. Non-reentrant checkpointing: the reentrant kind
-        breaks DDP's gradient hooks. `random_state` seeds A's initialisation (B starts at zero).
-        """
+        """The peft model: LoRA on `target_modules`, the base frozen, a 4-bit base prepared for k-bit training.
+        `use_gradient_checkpointing` "unsloth" means plain, non-reentrant checkpointing here (the reentrant kind
+        breaks DDP's gradient hooks)."""
         import torch
         from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 

@@ -13,12 +13,6 @@ from r1helpers.modeling.local import resolve_model_path
 from r1helpers.modeling.tokens import PAD_CANDIDATES, ModelError, choose_pad_token, ensure_pad_token  # noqa: F401
 
 
-def _torch_dtype(name: str):
-    import torch
-
-    return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[name]
-
-
 def load_tokenizer(name: str, revision: str | None = None, pad_token: str | None = None):
     """The model's tokenizer, with a pad token distinct from EOS (`pad_token`: model.pad_token; None picks one)
     and left padding (for batched generation).
@@ -67,11 +61,13 @@ def load_base(name: str, *, max_seq_length: int, load_in_4bit: bool, dtype: str,
         raise ModelError(f"backend={backend!r}: use one of {BACKENDS} (choose_backend(cfg) decides \"auto\")")
     if dtype not in DTYPES:
         raise ModelError(f"dtype={dtype!r}: use one of {DTYPES} (choose_backend(cfg) decides \"auto\")")
+    import torch
+
     from r1helpers.modeling.fast import language_model
 
     choice = BackendChoice(backend, f"load_base(backend={backend!r})", dtype, load_in_4bit)
     model, tok = language_model(backend).from_pretrained(
-        model_name=resolve_model_path(name), max_seq_length=max_seq_length, dtype=_torch_dtype(dtype),
+        model_name=resolve_model_path(name), max_seq_length=max_seq_length, dtype=getattr(torch, dtype),
         load_in_4bit=load_in_4bit, revision=revision)
     prepare_tokens(model, tok, pad_token)
     return Loaded(model, tok, choice)

@@ -43,12 +43,9 @@ def resolve_model_path(name: str) -> str:
 
 
 def model_dims(name: str, revision: str | None = None) -> SimpleNamespace:
-    """The model's `config.json` as attributes (`num_hidden_layers`, `hidden_size`, ...), read without importing
-    transformers: a local folder's file, or the Hub's through huggingface_hub's cache (a few kilobytes).
-
-    The plans need only the shapes; not importing transformers lets a notebook decide whether to import Unsloth
-    first (it patches transformers when imported before it). A multimodal config's `text_config` is used when
-    the top level has no layers.
+    """The model's `config.json` as attributes, read without importing transformers (so that Unsloth can still
+    be imported first): a local folder's file, or the Hub's through huggingface_hub's cache. A multimodal
+    config's `text_config` is used when the top level has no layers.
 
         model_dims("unsloth/DeepSeek-R1-Distill-Llama-8B").num_key_value_heads   # 8
     """

@@ -1,15 +1,7 @@
-"""A tiny Llama-architecture model and tokenizer, built locally for the CPU profile.
-
-No Hub is needed: the tokenizer is a byte-level BPE trained on the bundled sample
-data with the Llama-3 pre-tokenizer and the R1-distill special tokens, and the model
-is a randomly initialised `LlamaForCausalLM`. Everything downstream (LoRA, SFT,
-generation, merge, GGUF) runs on it exactly as on the 8B model.
-
-    python -c "from r1helpers.modeling.tiny import ensure_tiny_model; print(ensure_tiny_model())"
-
-Configs name it `r1helpers/tiny-llama` (core.recipes.TINY_MODEL); `r1helpers.modeling.local.resolve_model_path`
-maps that id to this folder.
-"""
+"""A tiny Llama-architecture model for the CPU profile (`r1helpers/tiny-llama`), built locally without the Hub:
+a byte-level BPE tokenizer trained on the bundled sample with the Llama-3 pre-tokenizer and the R1-distill
+special tokens, and a randomly initialised `LlamaForCausalLM`. LoRA, SFT, generation, merge and GGUF run on it
+exactly as on the 8B model."""
 
 from __future__ import annotations
 

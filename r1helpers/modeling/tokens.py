@@ -1,17 +1,9 @@
-"""The pad token: one that is not EOS, from the configuration or the tokenizer's own special tokens.
-
-An EOS pad is masked out of the loss by collators that mask padding by id, so the model would
-never learn to stop. Llama-3 / R1 tokenizers carry reserved pad tokens; others (SmolLM2) have
-another special token that is neither EOS nor BOS (`<|endoftext|>`); a tokenizer with neither needs
-`model.pad_token` or a new token. Plain functions over a tokenizer; `r1helpers.modeling.load`
-re-exports them.
-"""
+"""The pad token: one that is not EOS (collators mask padding out of the loss by id, so an EOS pad would keep
+the model from learning to stop), from the configuration or the tokenizer's own special tokens."""
 
 from __future__ import annotations
 
-# Llama-3 / R1 tokenizers carry reserved tokens that make a pad distinct from EOS without resizing
-# the embeddings (which 4-bit weights cannot do cheaply); other tokenizers fall back to another
-# existing special token (choose_pad_token).
+# Reserved pad tokens of Llama-3 / R1 tokenizers: no embedding resize (which 4-bit weights cannot do cheaply).
 PAD_CANDIDATES = ("<|finetune_right_pad_id|>", "<｜▁pad▁｜>", "<|reserved_special_token_0|>", "<|pad|>", "<pad>")
 
 
@@ -20,14 +12,8 @@ class ModelError(RuntimeError):
 
 
 def choose_pad_token(tokenizer, preferred: str | None = None) -> str:
-    """A pad token that differs from EOS and BOS (an EOS pad is masked out of the loss: the model never
-    learns to stop). Returns the token string; the caller sets `tokenizer.pad_token`.
-
-    Order: `preferred` (model.pad_token) if it is in the vocabulary and is not EOS/BOS; the
-    tokenizer's own pad if it differs from EOS; the Llama-3/R1 reserved names in PAD_CANDIDATES;
-    any other existing special token that is not EOS/BOS (SmolLM2: `<|endoftext|>`). None of them:
-    ModelError naming `model.pad_token`.
-    """
+    """A pad token that is neither EOS nor BOS: `preferred` (model.pad_token), else the tokenizer's own pad, a
+    reserved name of PAD_CANDIDATES, or any other special token (SmolLM2: `<|endoftext|>`); else ModelError."""
     vocab = tokenizer.get_vocab()
     taken = {tokenizer.eos_token_id, tokenizer.bos_token_id} - {None}
 
@@ -60,11 +46,8 @@ def choose_pad_token(tokenizer, preferred: str | None = None) -> str:
 
 
 def ensure_pad_token(tokenizer, pad_token: str | None = None) -> str:
-    """Make pad differ from EOS; otherwise EOS is masked out of the loss and generation never stops.
-
-    `pad_token` (model.pad_token) names the token to use; None picks one (`choose_pad_token`).
-    Changes `tokenizer` in place and returns a sentence saying what it did.
-    """
+    """Set a pad that differs from EOS (`pad_token`: model.pad_token; None picks one) on `tokenizer`, in place;
+    returns a sentence saying what it did."""
     before = tokenizer.pad_token
     was = "unset" if before is None else ("EOS" if tokenizer.pad_token_id == tokenizer.eos_token_id else repr(before))
     chosen = choose_pad_token(tokenizer, pad_token)
