@@ -289,8 +289,8 @@ model = AutoModelForCausalLM.from_pretrained({model_dir!r})
 
 @pytest.mark.slow
 def test_generate_copied(tmp_path, tiny_model_dir):
-    """Generation copied with what it needs (today: planning, generation paths, plain LoRA forward, hardware
-    checks and the prompt, from six modules)."""
+    """Generation copied with what it needs (today: planning, the GPU's memory, hardware checks and the prompt,
+    from four modules)."""
     from r1helpers.inference.generate import generate
 
     setup = TINY_MODEL.format(model_dir=str(tiny_model_dir))

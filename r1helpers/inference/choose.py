@@ -19,7 +19,6 @@ from r1helpers.inference.generate import gpu_memory, plan_for_model
 from r1helpers.inference.plan import GIB, GenerationPlan
 from r1helpers.modeling.load import Loaded
 
-PATHS = ("unsloth", "dynamic")
 # Unsloth's inference path grows its KV cache 512 tokens at a time (unsloth/models/llama.py KV_CACHE_INCREMENT).
 UNSLOTH_KV_INCREMENT = 512
 # Caps this process's GPU memory, as `python tools/bench_series.py --gpu-gib 15` does for a T4.
