@@ -256,66 +256,6 @@ def test_checks_fail_on_a_model_that_is_not_the_trained_one(exported, base_dir):
         export_gguf_checks.check_gguf_transformers(f16, base_probes, "f16")
 
 
-class FakeLlama:
-    """The part of llama_cpp.Llama the check's child uses, answered by transformers from the same GGUF file."""
-
-    model = None
-    tokenizer = None
-
-    def __init__(self, model_path, **kwargs):
-        self.ids: list[int] = []
-
-    def tokenize(self, text: bytes, add_bos: bool, special: bool) -> list[int]:
-        return self.tokenizer(text.decode("utf-8"), add_special_tokens=add_bos)["input_ids"]
-
-    def eval(self, ids) -> None:
-        self.ids += list(ids)
-        self.scores = _logits(self.model, self.ids).numpy()
-
-    @property
-    def n_tokens(self) -> int:
-        return len(self.ids)
-
-
-@pytest.mark.slow
-def test_llama_cpp_check_compares_logits_on_the_reference_tokens(exported, tokenizer, monkeypatch):
-    """Once a quantized file's greedy path leaves the reference's, its logits must still be taken on the
-    reference's tokens; over its own continuation they would compare two different texts."""
-    import subprocess
-    import sys
-
-    from r1helpers.export import llamacpp
-
-    files = exported.record["artefacts"]["gguf"]["files"]
-    q8 = exported.out / "gguf" / files["q8_0"]["file"]
-    FakeLlama.model, FakeLlama.tokenizer = _float32(q8.parent, gguf_file=q8.name), tokenizer
-    monkeypatch.setitem(sys.modules, "llama_cpp", SimpleNamespace(Llama=FakeLlama))
-
-    def child_in_process(cmd, **kwargs):
-        assert cmd[1:4] == ["-m", "r1helpers.export.llamacpp", "llama.cpp"]
-        return subprocess.CompletedProcess(cmd, llamacpp.main(cmd[3:]), "", "")
-
-    monkeypatch.setattr(subprocess, "run", child_in_process)
-    ids, texts = exported.probe_prompts
-    probes = export_checks.reference_probes(_float32(exported.out / "merged_16bit"), ids, 16)
-    result = llamacpp.check_gguf_llama_cpp(q8, probes, "q8_0", texts)
-    assert result["passed"] and result["tokenization_identical"]
-    assert not result["greedy_identical"], "this probe needs a file whose greedy path diverges"
-    same_reader = files["q8_0"]["checks"]["transformers"]
-    assert result["relative_logit_diff"] == pytest.approx(same_reader["relative_logit_diff"])
-
-
-@pytest.mark.slow
-def test_llama_cpp_runs_the_gguf_like_the_merged_model(exported):
-    """Only where llama-cpp-python is installed (it builds from source: about 10 minutes on 2 cores)."""
-    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
-    files = exported.record["artefacts"]["gguf"]["files"]
-    f16 = files["f16"]["checks"]["llama.cpp"]
-    assert f16["passed"] and f16["greedy_identical"] and f16["tokenization_identical"]
-    assert all(f["checks"]["llama.cpp"]["passed"] for f in files.values())
-    assert "q4_k_m" in files
-
-
 # ---- model card and Hub ------------------------------------------------------------------------------
 
 @pytest.mark.slow
@@ -743,15 +683,12 @@ def test_gguf_weight_and_readback_checks_run_side_by_side(monkeypatch, tmp_path)
 
     from r1helpers.core.config import load_config
 
-    from r1helpers.export import llamacpp
-
-    ec, wx = export_checks, llamacpp
+    ec, wx = export_checks, export_gguf_checks
     both = threading.Barrier(2, timeout=20)
     ctx = SimpleNamespace(cfg=load_config("cpu"), tokenizer=None, prompt_texts=[],
                           timed=lambda step: contextlib.nullcontext())
     monkeypatch.setattr(export_gguf_checks, "gguf_metadata_check", lambda *a: {"tokens": 1})
-    monkeypatch.setattr(ec, "float32_parameters", lambda *a: 1)
-    monkeypatch.setattr(llamacpp, "llama_cpp_available", lambda: False)
+    monkeypatch.setattr(export_gguf_checks, "float32_parameters", lambda *a: 1)
     parsed = []
 
     @contextlib.contextmanager

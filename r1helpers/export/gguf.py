@@ -1,12 +1,9 @@
 """Write a merged Llama checkpoint as GGUF, offline, with gguf-py.
 
-Written here because llama.cpp's `convert_hf_to_gguf.py` is not installable (it is a script of its repository,
-not on Kaggle's offline machines). A small converter for the architecture this project trains: Llama with a
-byte-level BPE tokenizer (Llama 3's `llama-bpe`, SmolLM2's `smollm`, GPT-2's `gpt2`; any other is refused,
-naming the script). As the script does: Q/K rows permuted into llama.cpp's rotary layout, added tokens
-CONTROL or USER_DEFINED, `add_bos_token` as the tokenizer adds BOS, Llama 3.1 rope scaling as `rope_freqs`,
-tied embeddings written once; the chat template is the training prompt's. One tensor at a time, so an 8B
-model never sits in memory. q4_k_m comes from llama.cpp's quantizer (`llamacpp.py`).
+Written here because llama.cpp's `convert_hf_to_gguf.py` is a script of its repository, not an installable package,
+so Kaggle's offline machines do not have it. It converts what this project trains: Llama with a byte-level BPE
+tokenizer (any other is refused, naming the script), as the script does, one tensor at a time so an 8B model never
+sits in memory. q4_k_m comes from llama.cpp's `llama-quantize` binary when one is found (`find_quantizer`).
 """
 
 from __future__ import annotations
@@ -14,6 +11,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
+import subprocess
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -406,11 +405,42 @@ def write_gguf(model_dir: str | os.PathLike, out_path: str | os.PathLike, kind: 
     return out_path
 
 
+# ---- llama.cpp's quantizer (q4_k_m) ---------------------------------------------------------------
+
+# Where Unsloth's GGUF path and a manual llama.cpp build leave the binary.
+QUANTIZE_BINARY_SPOTS = ("~/.unsloth/llama.cpp/llama-quantize", "~/.unsloth/llama.cpp/build/bin/llama-quantize",
+                         "llama.cpp/llama-quantize", "llama.cpp/build/bin/llama-quantize")
+
+
+def find_quantizer(configured: str | None = None) -> tuple[str | None, str]:
+    """The path of llama.cpp's `llama-quantize` (export.llama_quantize, PATH, Unsloth's build) and a sentence
+    saying where it was found, or (None, why there is none)."""
+    spots = [configured] if configured else [shutil.which("llama-quantize"), *QUANTIZE_BINARY_SPOTS]
+    for spot in filter(None, spots):
+        path = Path(spot).expanduser().resolve()
+        if path.is_file() and os.access(path, os.X_OK):
+            return str(path), f"llama-quantize at {path}"
+    if configured:
+        return None, f"export.llama_quantize={configured!r} is not an executable file"
+    return None, "no llama.cpp quantizer: put `llama-quantize` on PATH or set export.llama_quantize"
+
+
+def quantize(binary: str, src: Path, dst: Path, kind: str) -> None:
+    """llama.cpp's k-quants, in a child process: a crash in C cannot take the notebook's kernel with it."""
+    if kind not in QUANTIZER_KINDS:
+        raise GGUFError(f"{kind}: the quantizer makes {QUANTIZER_KINDS}")
+    proc = subprocess.run([binary, str(src), str(dst), kind.upper(), str(os.cpu_count() or 1)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0 or not dst.is_file():
+        tail = (proc.stdout + proc.stderr).strip().splitlines()[-8:]
+        raise GGUFError(f"llama-quantize failed for {kind}: " + " | ".join(tail))
+
+
 def write_gguf_files(model_dir: Path, folder: Path, kinds: list[str], stem: str, base_model: str | None = None,
                      chat_template: str | None = None, quantizer=None,
                      timed=None) -> dict[str, Path]:
     """Each type of `kinds` as `<folder>/<stem>-<KIND>.gguf`, and an Ollama `Modelfile` for the last.
-    q4_k_m comes from `quantizer`, from the unquantized file of the merged model's type (written for it and
+    q4_k_m comes from `quantizer` (a llama-quantize path), from the unquantized file of the merged model's type (written for it and
     deleted when not in `kinds`; list q4_k_m after it). `timed(step)`: a context manager timing each write."""
     import contextlib
 
@@ -425,7 +455,7 @@ def write_gguf_files(model_dir: Path, folder: Path, kinds: list[str], stem: str,
                 with timed(f"GGUF {source}: write (source of {kind})"):
                     write_gguf(model_dir, src, source, stem, base_model, chat_template)
             with timed(f"GGUF {kind}: llama.cpp quantize"):
-                quantizer.quantize(src, target, kind)
+                quantize(quantizer, src, target, kind)
             if source not in files:
                 src.unlink()
         else:

@@ -1,4 +1,5 @@
-"""Each GGUF file checked: its tensors against the merged weights, its vocabulary and template, its read-back."""
+"""Each GGUF file checked: its tensors against the merged weights, its vocabulary and template, and its read-back
+by transformers' GGUF loader (gguf-py's reader, independent of the writer) against the merged model."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from r1helpers.export.checks import (ExportCheckError, OnModel, Probe, compare, effect_kept, hf_logits, judge,
-                                     load_float32, run_candidate)
+from r1helpers.export import parity
+from r1helpers.export.checks import (ExportCheckError, OnModel, Probe, compare, effect_kept, float32_parameters,
+                                     hf_logits, judge, load_float32, run_candidate)
 
 # GGUF weights read back: RMS error relative to the tensor's RMS, per stored type.
 WEIGHT_TOL = {"F32": 1e-6, "F16": 1e-3, "BF16": 8e-3, "Q8_0": 0.02, "Q6_K": 0.04, "Q5_K": 0.08, "Q5_0": 0.08,
@@ -257,3 +259,44 @@ def check_gguf_transformers(gguf_path: Path, probes: list[Probe], kind: str, par
         on_model(model)
         seconds["accuracy scoring"] = round(time.perf_counter() - t2, 1)
     return result
+
+
+def check_one_gguf(job, path: Path, kind: str, merged: Path, probes) -> dict[str, Any]:
+    """One file, parsed once for all its checks: metadata, then the weight check (in a thread) beside transformers'
+    read-back; when both fail, the weights' error is raised. The read-back also gives the share of the adapter's
+    effect kept (`job.judge_kept`) and, when the job scores a multiple-choice set, the accuracy parity."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from r1helpers.core.hardware import free_memory
+
+    question = job.cfg.infer.example_questions[0] if job.cfg.infer.example_questions else "What is fever?"
+    name = f"gguf {kind}"
+
+    def weights() -> dict[str, Any]:
+        with job.timed(f"GGUF {kind}: weight check"):
+            return gguf_weight_check(path, merged)
+
+    with contextlib.ExitStack() as reading:
+        with job.timed(f"GGUF {kind}: parse and metadata check"):
+            reading.enter_context(shared_gguf_reader(path))
+            checks: dict[str, Any] = {"metadata": gguf_metadata_check(path, job.tokenizer, question)}
+        with ThreadPoolExecutor(1) as pool:
+            weight_check = pool.submit(weights)
+            try:
+                if probes is not None:
+                    score = job.score_into(name) if hasattr(job, "score_into") else None
+                    with job.timed(f"GGUF {kind}: transformers read-back and logit check"):
+                        checks["transformers"] = check_gguf_transformers(
+                            path, probes, kind, float32_parameters(merged),
+                            adapter_probes=getattr(job, "probes", None), on_model=score)
+            finally:
+                checks["weights"] = weight_check.result()  # its error first, if both fail
+    if probes is None:
+        checks["logits"] = "skipped: a float32 copy of the model does not fit in memory; weights checked instead"
+    elif hasattr(job, "judge_kept"):
+        what = f"{path.name} (GGUF {kind}, read back by transformers)"
+        checks["adapter_effect_kept"] = job.judge_kept(name, checks["transformers"].pop("adapter_effect_kept", None),
+                                                       what)
+        checks["accuracy_vs_adapter"] = job.judge_parity(name, what, parity.accuracy_advice(kind))
+    free_memory()
+    return checks

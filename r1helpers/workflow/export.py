@@ -29,7 +29,7 @@ from r1helpers.core.runs import Run, atomic_dir, read_json, write_json_atomic, w
 from r1helpers.export import checks as ec
 from r1helpers.export import parity
 from r1helpers.export.base import fetch_base, locate_base
-from r1helpers.export.llamacpp import check_one_gguf
+from r1helpers.export.gguf_checks import check_one_gguf
 from r1helpers.export.space import ExportSpaceError, check_space, dir_bytes, plan_sizes
 from r1helpers.workflow import export_setup
 from r1helpers.workflow.export_parity import ExportParity
@@ -129,7 +129,7 @@ class ExportJob(ExportParity):
     def prepare_build(self, prepared, force: bool) -> None:
         cfg, run = self.cfg, self.run
         from r1helpers.core.secrets import load_secrets
-        from r1helpers.export.llamacpp import find_quantizer
+        from r1helpers.export.gguf import find_quantizer
         from r1helpers.export.merge import resolve_dtype
         from r1helpers.workflow.hub import repo_base
 
@@ -313,7 +313,7 @@ class ExportJob(ExportParity):
 
     def check_gguf(self, files: dict[str, Path]) -> None:
         """Each GGUF file: metadata and chat template, every weight against the merged model, and transformers'
-        (and, when installed, llama.cpp's) read-back against the merged model's logits."""
+        read-back against the merged model's logits."""
         probes = None
         if self.logits_ok:  # the merged model's own, kept by its check, else taken now
             with self.timed("GGUF reference: the merged model's greedy tokens and logits"):
