@@ -799,9 +799,10 @@ def test_a_faithful_export_keeps_the_adapters_effect_and_its_accuracy(exported, 
     assert set(parity["effect_kept"]) == {"merged_16bit", "gguf f16", "gguf q8_0"}
     adapter_checks = record["artefacts"]["adapter"]["checks"]["accuracy"]
     assert adapter_checks["adapter_correct"] == acc["by_model"]["adapter"]["correct"]
-    table = summary.checks_table(record)
-    assert "keeps 99." in table.loc[("merged", "adapter_effect_kept"), "measured"]
-    assert "right vs base + adapter's" in table.loc[("gguf f16", "accuracy_vs_adapter"), "measured"]
+    table = summary.summary_table(record)
+    assert "keeps 99." in table.loc["merged", "checks"]
+    assert "accuracy_vs_adapter" in table.loc["gguf f16", "status"]
+    assert " vs the adapter's " in table.loc["gguf f16", "checks"]
     parity_rows = summary.parity_table(record)
     assert parity_rows.loc["merged_16bit", "adapter effect kept"] > 0.99
     assert parity_rows.loc["base + adapter (reference)", "right"] == f"{adapter_checks['adapter_correct']}/24"

@@ -141,9 +141,6 @@ if job.building:
 exported = job.finish(hub_result)  # exported.json, the manifest; the lock released
 print(exported["hub"]["message"])
 summary.summary_table(exported)"""),
-    ("md", """The free-space check's plan: every large file with its estimated size and the folder it goes to
-(a "temporary" file is deleted once the one made from it is written)."""),
-    ("code", """summary.space_table(exported)"""),
     ("md", """## The checks, and what they guarantee
 
 **Merged 16-bit.** Training may run on 4-bit weights, but the merge reads the base model's 16-bit checkpoint,
@@ -180,7 +177,6 @@ of the logit range with identical greedy tokens (near ties excepted, as above), 
 copy of the model; when that does not fit in memory (the 8B model on Kaggle) they are skipped with a note and
 the per-tensor checks stand in for them. q4_k_m needs llama.cpp's `llama-quantize` binary and is skipped, with a
 note, when none is found."""),
-    ("code", """summary.checks_table(exported)"""),
     ("md", """## What each export keeps of the fine-tune
 
 A tolerance on the logit range can pass an export that has lost much of what fine-tuning changed: the adapter
