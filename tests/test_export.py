@@ -687,20 +687,21 @@ def test_gguf_weight_and_readback_checks_run_side_by_side(monkeypatch, tmp_path)
     both = threading.Barrier(2, timeout=20)
     ctx = SimpleNamespace(cfg=load_config("cpu"), tokenizer=None, prompt_texts=[],
                           timed=lambda step: contextlib.nullcontext())
-    monkeypatch.setattr(export_gguf_checks, "gguf_metadata_check", lambda *a: {"tokens": 1})
+    monkeypatch.setattr(export_gguf_checks, "gguf_metadata_check", lambda *a: {"tokens": 1, "reader": a[-1]})
     monkeypatch.setattr(export_gguf_checks, "float32_parameters", lambda *a: 1)
+    import gguf
+
     parsed = []
 
-    @contextlib.contextmanager
-    def shared_reader(path):  # the real one parses the file; here there is none
+    def reader(path):  # the real one parses the file; here there is none
         parsed.append(path)
-        yield None
+        return f"parsed {path}"
 
-    monkeypatch.setattr(export_gguf_checks, "shared_gguf_reader", shared_reader)
+    monkeypatch.setattr(gguf, "GGUFReader", reader)
 
-    def weights(*a):
+    def weights(*a, reader=None):
         both.wait()
-        return {"tensors": 3}
+        return {"tensors": 3, "reader": reader}
 
     def readback(*a, **kw):
         both.wait()
@@ -709,10 +710,11 @@ def test_gguf_weight_and_readback_checks_run_side_by_side(monkeypatch, tmp_path)
     monkeypatch.setattr(export_gguf_checks, "gguf_weight_check", weights)
     monkeypatch.setattr(export_gguf_checks, "check_gguf_transformers", readback)
     checks = wx.check_one_gguf(ctx, tmp_path / "m.gguf", "q8_0", tmp_path, probes=["probe"])
-    assert checks["weights"] == {"tensors": 3} and checks["transformers"] == {"passed": True}
-    assert parsed == [tmp_path / "m.gguf"]  # one shared parse for all the checks of the file
+    assert checks["weights"]["tensors"] == 3 and checks["transformers"] == {"passed": True}
+    assert parsed == [str(tmp_path / "m.gguf")]  # one parse for all the checks of the file
+    assert checks["weights"]["reader"] == checks["metadata"]["reader"] == f"parsed {parsed[0]}"
 
-    def wrong_weights(*a):
+    def wrong_weights(*a, **kw):
         raise ec.ExportCheckError("blk.0.attn_q.weight is off")
 
     def wrong_readback(*a, **kw):
@@ -722,7 +724,7 @@ def test_gguf_weight_and_readback_checks_run_side_by_side(monkeypatch, tmp_path)
     monkeypatch.setattr(export_gguf_checks, "check_gguf_transformers", wrong_readback)
     with pytest.raises(ec.ExportCheckError, match="attn_q.weight is off"):
         wx.check_one_gguf(ctx, tmp_path / "m.gguf", "q8_0", tmp_path, probes=["probe"])
-    monkeypatch.setattr(export_gguf_checks, "gguf_weight_check", lambda *a: {"tensors": 3})
+    monkeypatch.setattr(export_gguf_checks, "gguf_weight_check", lambda *a, **kw: {"tensors": 3})
     with pytest.raises(ec.ExportCheckError, match="logits differ"):
         wx.check_one_gguf(ctx, tmp_path / "m.gguf", "q8_0", tmp_path, probes=["probe"])
 

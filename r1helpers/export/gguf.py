@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from r1helpers.core.hardware import cpu_threads
-from r1helpers.export.merge import row_chunks, tensor_shapes, weight_files
+from r1helpers.export.merge import tensor_shapes, weight_files
 
 
 LOCAL_KINDS, QUANTIZER_KINDS = ("f16", "bf16", "q8_0"), ("q4_k_m",)  # written by gguf-py here; by llama.cpp
@@ -331,44 +331,18 @@ def _add_tokenizer(w, model_dir: Path, config: dict[str, Any], chat_template: st
     special.add_to_gguf(w, quiet=True)
 
 
-# Rows gguf-py (de)quantizes in one numpy call: about a million numbers, cache-sized, numpy rather than Python
-# holding the time. Two 14336 x 4096 tensors on 2 threads (project CPU machine): q8_0 quantizing 0.58 s in
-# pieces of 1 M numbers against 0.68 tensor by tensor; dequantizing 0.28 s against 0.52.
-PIECE_NUMBERS = 1 << 20
-
-
-def row_pieces(data: np.ndarray) -> list[tuple[int, int]]:
-    """(start, stop) row ranges of `data` of about `PIECE_NUMBERS` numbers each; none for a 1-D array."""
-    return list(row_chunks(data.shape[0], int(np.prod(data.shape[1:])), PIECE_NUMBERS)) if data.ndim >= 2 else []
-
-
-def quantize_in_pieces(data: np.ndarray, qtype, pool: ThreadPoolExecutor) -> np.ndarray:
-    """`gguf.quants.quantize(data, qtype)`, the same bytes, made on `pool` in pieces of rows by the type's
-    own `quantize_rows`; plain float types, 1-D tensors and rows the type cannot take go through gguf-py itself."""
-    import gguf
-
-    quant = getattr(gguf.quants, qtype.name, None)  # gguf-py's class for the type: Q8_0, BF16, ...
-    plain = qtype in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16)
-    spans = row_pieces(data)
-    if plain or len(spans) < 2 or not hasattr(quant, "quantize_rows") or not quant.can_quantize(data):
-        return gguf.quants.quantize(data, qtype)
-    return np.concatenate(list(pool.map(lambda s: quant.quantize_rows(data[s[0]:s[1]]), spans)))
-
-
 def quantized_in_order(plan: list[PlannedTensor], arrays: Iterator[tuple[str, np.ndarray]], factors: np.ndarray | None,
                        workers: int) -> Iterator[np.ndarray]:
-    """Each planned tensor transformed and quantized, in plan order, `workers` tensors ahead (at most
-    `workers` + 1 held). q8_0 of the 8B: ~107 s in one thread on the project's CPU machine, 38.6-45.0 s on
-    the H200 machine's CPU with a tensor per thread, before tensors were cut into pieces."""
-
-    pieces = ThreadPoolExecutor(workers)
+    """Each planned tensor transformed and quantized, in plan order, a tensor per thread, `workers` tensors ahead
+    (at most `workers` + 1 held). q8_0 of the 8B: ~107 s in one thread, 38.6-45.0 s on the H200 machine's CPU."""
+    import gguf
 
     def job(t: PlannedTensor, data: np.ndarray) -> np.ndarray:
         if t.transform is not None:
             data = t.transform(data)
-        return quantize_in_pieces(np.ascontiguousarray(data, dtype=np.float32), t.qtype, pieces)
+        return gguf.quants.quantize(np.ascontiguousarray(data, dtype=np.float32), t.qtype)
 
-    with pieces, ThreadPoolExecutor(workers) as pool:
+    with ThreadPoolExecutor(workers) as pool:
         pending: deque = deque()
         for t in plan:
             data = factors if t.hf_name is None else next(arrays)[1]
@@ -470,9 +444,9 @@ def write_gguf_files(model_dir: Path, folder: Path, kinds: list[str], stem: str,
 
 # ---- reading back ----------------------------------------------------------------------------------
 
-def read_metadata(path: Path) -> dict[str, Any]:
-    """The GGUF's key-value fields as plain Python values (token lists included)."""
+def read_metadata(path) -> dict[str, Any]:
+    """The GGUF's key-value fields as plain Python values (token lists included); `path` may be a parsed reader."""
     from gguf import GGUFReader
 
-    reader = GGUFReader(str(path))
+    reader = path if isinstance(path, GGUFReader) else GGUFReader(str(path))
     return {k: f.contents() for k, f in reader.fields.items()}
