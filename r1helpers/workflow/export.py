@@ -2,7 +2,7 @@
 
 Notebook 05 runs the steps (`merge_lora`, `write_gguf_files`, `push`/`dry_run`), each followed by its check, on the
 `ExportJob` of `begin(cfg, run)`, which holds the run folder's lock until `job.finish(...)`. Finished exports are
-reused, or refused (with `overwrite` moved aside, never deleted); `export(cfg, run)` runs the same steps in one call.
+reused, or refused (with `overwrite` moved aside, never deleted).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from r1helpers.export.space import ExportSpaceError, check_space, dir_bytes, pla
 from r1helpers.workflow import export_setup
 from r1helpers.workflow.export_parity import ExportParity
 
-__all__ = ["ExportJob", "ExportSpaceError", "begin", "export"]
+__all__ = ["ExportJob", "ExportSpaceError", "begin"]
 
 FOLDERS = {"adapter": "adapter", "merged_16bit": "merged", "gguf": "gguf"}  # folder -> artefact (and card) kind
 
@@ -342,36 +342,3 @@ _HOLDING: ExportJob | None = None  # the job of this process that holds its run 
 
 class _Discarded(Exception):
     """The step's check kept nothing (no merge passed): the temporary folder is dropped, no error."""
-
-
-def export(cfg: Config, run: Run, force: bool = False) -> dict[str, Any]:
-    """Notebook 05's steps in one call: adapter, merged 16-bit model and GGUF files, each checked; then the Hub
-    push or its dry run."""
-    from r1helpers.export.files import save_tokenizer, write_adapter
-    from r1helpers.export.gguf import write_gguf_files
-    from r1helpers.export.merge import merge_lora
-    from r1helpers.workflow.hub import publish
-
-    job = begin(cfg, run, force)
-    if not job.building:
-        return job.finish()
-    try:
-        with job.writing("adapter") as folder:
-            write_adapter(job.adapter_dir, folder, job.tokenizer)
-            job.check_adapter(folder)
-        if cfg.export.save_merged_16bit or job.gguf_kinds:
-            with job.writing("merged_16bit") as folder:
-                merge_lora(job.base_dir, job.out / "adapter", folder, job.dtype)
-                save_tokenizer(job.tokenizer, folder)
-                job.check_merged(folder)
-        if job.gguf_kinds and job.merged_dir:
-            with job.writing("gguf") as folder:
-                files = write_gguf_files(job.merged_dir, folder, job.gguf_kinds, job.stem, cfg.model.name,
-                                         job.tokenizer.chat_template, job.quantizer, timed=job.timed)
-                job.check_gguf(files)
-        with job.timed("Hub: push or dry run"):
-            hub_result = publish(cfg, run, job.to_push())
-    except BaseException:
-        job.release()
-        raise
-    return job.finish(hub_result)
