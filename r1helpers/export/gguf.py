@@ -8,6 +8,7 @@ sits in memory. q4_k_m comes from llama.cpp's `llama-quantize` binary when one i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -109,16 +110,12 @@ def iter_tensors(model_dir: Path, names: list[str]) -> Iterator[tuple[str, np.nd
     from safetensors import safe_open
 
     files = weight_files(model_dir)
-    handles: dict[Path, Any] = {}
-    try:
+    with contextlib.ExitStack() as stack:
+        handles: dict[Path, Any] = {}
         for name in names:
-            path = files[name]
-            if path not in handles:
-                handles[path] = safe_open(str(path), framework="pt").__enter__()
-            yield name, handles[path].get_tensor(name).float().numpy()
-    finally:
-        for h in handles.values():
-            h.__exit__(None, None, None)
+            if files[name] not in handles:
+                handles[files[name]] = stack.enter_context(safe_open(str(files[name]), framework="pt"))
+            yield name, handles[files[name]].get_tensor(name).float().numpy()
 
 
 # ---- tensors ---------------------------------------------------------------------------------------
@@ -195,19 +192,9 @@ def plan_tensors(model_dir: Path, config: dict[str, Any], kind: str) -> list[Pla
 
 # ---- tokenizer ----------------------------------------------------------------------------------
 
-SPECIAL_LOOKS = (("<|", "|>"), ("<｜", "｜>"), ("<", ">"))
-
-
 def _looks_special(token: str) -> bool:
     """convert_hf_to_gguf marks <|...|>-style added tokens CONTROL even when not flagged special."""
-    return any(token.startswith(a) and token.endswith(b) for a, b in SPECIAL_LOOKS[:2])
-
-
-# Pre-tokenizers named for llama.cpp (`tokenizer.ggml.pre`) by their tokenizer.json steps: "llama-bpe" (Llama 3's
-# split regex, then byte-level), "smollm" (each digit alone, then byte-level with GPT-2's regex), "gpt2".
-PRE_TOKENIZERS = ("llama-bpe", "smollm", "gpt2")
-CONVERT_HF = ("llama.cpp's convert_hf_to_gguf.py (https://github.com/ggml-org/llama.cpp), which recognises many more "
-              "tokenizers")
+    return any(token.startswith(a) and token.endswith(b) for a, b in (("<|", "|>"), ("<｜", "｜>")))
 
 
 def _byte_level(step: dict[str, Any], regex: bool) -> bool:
@@ -216,7 +203,8 @@ def _byte_level(step: dict[str, Any], regex: bool) -> bool:
 
 
 def pretokenizer_name(tok_json: dict[str, Any]) -> str:
-    """llama.cpp's name for this tokenizer.json's pre-tokenizer (byte-level BPE, no normalizer), else GGUFError."""
+    """llama.cpp's name (`tokenizer.ggml.pre`) for this tokenizer.json's pre-tokenizer, else GGUFError: "llama-bpe"
+    (Llama 3's split regex, then byte-level), "smollm" (each digit alone, then GPT-2's byte-level) or "gpt2"."""
     from r1helpers.modeling.tiny import LLAMA3_SPLIT
 
     pre = tok_json.get("pre_tokenizer") or {}
@@ -235,8 +223,8 @@ def pretokenizer_name(tok_json: dict[str, Any]) -> str:
             name = "gpt2"
     if name is None:
         raise GGUFError("the tokenizer is not a byte-level BPE this converter can name for llama.cpp (Llama 3's "
-                        "'llama-bpe', SmolLM's 'smollm' or GPT-2's 'gpt2' pre-tokenizer); convert it with "
-                        f"{CONVERT_HF}.")
+                        "'llama-bpe', SmolLM's 'smollm' or GPT-2's 'gpt2' pre-tokenizer); convert it with llama.cpp's "
+                        "convert_hf_to_gguf.py (https://github.com/ggml-org/llama.cpp), which recognises many more.")
     return name
 
 
@@ -263,18 +251,15 @@ def vocab(model_dir: Path, vocab_size: int) -> tuple[list[str], list[int]]:
     if max(by_id) >= vocab_size:
         raise GGUFError(f"tokenizer has id {max(by_id)} but the model's vocab_size is {vocab_size}")
     T = gguf.TokenType
-    tokens, types = [], []
-    for i in range(vocab_size):
+
+    def token_type(i: int):
         if i not in by_id:
-            tokens.append(f"[PAD{i}]")
-            types.append(T.UNUSED)
-        elif i in added:
-            tokens.append(by_id[i])
-            types.append(T.CONTROL if added[i].get("special") or _looks_special(by_id[i]) else T.USER_DEFINED)
-        else:
-            tokens.append(by_id[i])
-            types.append(T.NORMAL)
-    return tokens, [int(t) for t in types]
+            return T.UNUSED
+        if i not in added:
+            return T.NORMAL
+        return T.CONTROL if added[i].get("special") or _looks_special(by_id[i]) else T.USER_DEFINED
+
+    return [by_id.get(i, f"[PAD{i}]") for i in range(vocab_size)], [int(token_type(i)) for i in range(vocab_size)]
 
 
 # ---- writing ------------------------------------------------------------------------------------
@@ -413,11 +398,9 @@ def quantize(binary: str, src: Path, dst: Path, kind: str) -> None:
 def write_gguf_files(model_dir: Path, folder: Path, kinds: list[str], stem: str, base_model: str | None = None,
                      chat_template: str | None = None, quantizer=None,
                      timed=None) -> dict[str, Path]:
-    """Each type of `kinds` as `<folder>/<stem>-<KIND>.gguf`, and an Ollama `Modelfile` for the last.
-    q4_k_m comes from `quantizer` (a llama-quantize path), from the unquantized file of the merged model's type (written for it and
-    deleted when not in `kinds`; list q4_k_m after it). `timed(step)`: a context manager timing each write."""
-    import contextlib
-
+    """Each type of `kinds` as `<folder>/<stem>-<KIND>.gguf`, and an Ollama `Modelfile` for the last. q4_k_m comes
+    from `quantizer` (a llama-quantize path), from the unquantized file of the merged model's type (written for it
+    and deleted when not in `kinds`; list q4_k_m after it). `timed(step)`: a context manager timing each write."""
     timed = timed or (lambda step: contextlib.nullcontext())
     source = source_kind(json.loads((Path(model_dir) / "config.json").read_text()).get("dtype", "float16"))
     files: dict[str, Path] = {}

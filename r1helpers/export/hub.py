@@ -53,7 +53,7 @@ def comparison_summary(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def _num(x: Any) -> str:
+def fmt_num(x: Any) -> str:
     return f"{x:.4g}" if isinstance(x, (int, float)) else "-"
 
 
@@ -62,8 +62,8 @@ def _metrics_table(summary: dict[str, Any]) -> list[str]:
     for m in summary["metrics"]:
         ci = m.get("ci") or []
         ci = f"[{ci[0]:+.4g}, {ci[1]:+.4g}]" if len(ci) == 2 else "-"
-        lines.append(f"| {m.get('label') or m.get('key')} | {m.get('n')} | {_num(m['before'])} | {_num(m.get('after'))} "
-                     f"| {_num(m.get('delta'))} | {ci} | {m.get('verdict') or '-'} |")
+        lines.append(f"| {m.get('label') or m.get('key')} | {m.get('n')} | {fmt_num(m['before'])} | "
+                     f"{fmt_num(m.get('after'))} | {fmt_num(m.get('delta'))} | {ci} | {m.get('verdict') or '-'} |")
     return lines
 
 
