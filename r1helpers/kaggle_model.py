@@ -1,17 +1,18 @@
-"""A model that outlives the Kaggle session: exports kept in /kaggle/working, the adapter as a Kaggle Model."""
+"""A model that outlives the Kaggle session: stage 05's adapter and the largest GGUF that fits are copied into
+`<run>/kept/` in /kaggle/working (kept with each saved version), and the adapter is kept as a private Kaggle Model
+(kagglehub) when Kaggle credentials exist; R1HELPERS_KAGGLE_MODEL names its handle."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shutil
 from pathlib import Path
 from typing import Mapping, MutableMapping
 
 from r1helpers.core.kaggle_paths import WORKING_USABLE_GB, on_kaggle, paths
 
-# Kaggle keeps /kaggle/working with each saved version and nothing else: after stage 05 the exported adapter and the
-# largest GGUF that fits are copied into the run folder (`kept/`), beside its results and report, and the adapter is
-# kept as a private Kaggle Model when Kaggle credentials exist. The handle is R1HELPERS_KAGGLE_MODEL when set.
 MODEL_ENV = "R1HELPERS_KAGGLE_MODEL"
 KEPT = "kept"
 KAGGLE_CREDENTIALS_HELP = ("add KAGGLE_USERNAME and KAGGLE_KEY (your kaggle.json's two values) under Add-ons > "
@@ -27,45 +28,35 @@ def kaggle_credentials(environ: MutableMapping[str, str] = os.environ) -> tuple[
         try:
             from kaggle_secrets import UserSecretsClient  # only inside a Kaggle kernel
 
-            client = UserSecretsClient()
-            found = {name: client.get_secret(name) for name in ("KAGGLE_USERNAME", "KAGGLE_KEY")}
+            found = {name: UserSecretsClient().get_secret(name) for name in ("KAGGLE_USERNAME", "KAGGLE_KEY")}
             if all(found.values()):
                 environ.update(found)
                 return "Kaggle secrets", found["KAGGLE_USERNAME"]
         except Exception:  # no such secret, or not switched on for this notebook
             pass
-    import json
-
-    folder = Path(environ.get("KAGGLE_CONFIG_DIR") or Path.home() / ".kaggle")
+    path = Path(environ.get("KAGGLE_CONFIG_DIR") or Path.home() / ".kaggle") / "kaggle.json"
     try:
-        data = json.loads((folder / "kaggle.json").read_text())
+        data = json.loads(path.read_text())
         if data.get("username") and data.get("key"):
-            return str(folder / "kaggle.json"), data["username"]
+            return str(path), data["username"]
     except (OSError, ValueError):
         pass
     return None, None
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:50]
-
-
 def model_handle(username: str, run_name: str, base_model: str, environ: Mapping[str, str] = os.environ) -> str:
-    """owner/model/framework/variation for kagglehub.model_upload: R1HELPERS_KAGGLE_MODEL, else
-    `<user>/<base model>-medical-lora/transformers/<run folder>`."""
-    if environ.get(MODEL_ENV):
-        return environ[MODEL_ENV]
-    return f"{username}/{_slug(base_model.split('/')[-1])}-medical-lora/transformers/{_slug(run_name) or 'default'}"
+    """R1HELPERS_KAGGLE_MODEL, else `<user>/<base model>-medical-lora/transformers/<run folder>`."""
+    slug = lambda text: re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:50]  # noqa: E731
+    return environ.get(MODEL_ENV) or \
+        f"{username}/{slug(base_model.split('/')[-1])}-medical-lora/transformers/{slug(run_name) or 'default'}"
 
 
 def upload_kaggle_model(folder: str | os.PathLike, handle: str | None = None, *, base_model: str = "model",
                         run_name: str = "default", dry_run: bool = False, version_notes: str = "",
                         license_name: str | None = None,
                         environ: MutableMapping[str, str] = os.environ) -> dict[str, object]:
-    """Keep `folder` (the exported adapter) as a private Kaggle Model with `kagglehub.model_upload`.
-
-    Uploads when Kaggle credentials exist and `dry_run` is False; otherwise uploads nothing and the message says
-    which settings to add. Returns {"uploaded", "handle", "message"}; a failed upload raises."""
+    """Keep `folder` (the exported adapter) as a private Kaggle Model with `kagglehub.model_upload`, when Kaggle
+    credentials exist and not `dry_run`; else the message says which settings to add. A failed upload raises."""
     folder = Path(folder)
     source, user = kaggle_credentials(environ)
     handle = handle or (model_handle(user, run_name, base_model, environ) if user else None)
@@ -80,60 +71,42 @@ def upload_kaggle_model(folder: str | os.PathLike, handle: str | None = None, *,
     except ModuleNotFoundError:
         return {"uploaded": False, "handle": handle, "message": "Kaggle Model upload skipped: kagglehub is not "
                 "installed (`pip install kagglehub`; Kaggle's image has it)"}
-    _local_kaggle_api(environ)
+    if environ.get("R1HELPERS_KAGGLE_API_ENDPOINT"):  # tests: kagglehub's calls go to that server
+        from kagglesdk import kaggle_env
+
+        os.environ["KAGGLE_API_ENVIRONMENT"] = "TEST"  # served under <endpoint>/api/v1/<service>/<method>
+        kaggle_env._env_to_endpoint[kaggle_env.KaggleEnv.TEST] = environ["R1HELPERS_KAGGLE_API_ENDPOINT"].rstrip("/")
     kagglehub.model_upload(handle, str(folder), license_name=license_name, version_notes=version_notes)
     return {"uploaded": True, "handle": handle,
             "message": f"adapter kept as the private Kaggle Model {handle} (credentials: {source})"}
-
-
-def _local_kaggle_api(environ: Mapping[str, str]) -> None:
-    """R1HELPERS_KAGGLE_API_ENDPOINT (tests): send kagglehub's calls to that server instead of api.kaggle.com."""
-    endpoint = environ.get("R1HELPERS_KAGGLE_API_ENDPOINT")
-    if not endpoint:
-        return
-    from kagglesdk import kaggle_env
-
-    os.environ["KAGGLE_API_ENVIRONMENT"] = "TEST"  # served under <endpoint>/api/v1/<service>/<method>
-    kaggle_env._env_to_endpoint[kaggle_env.KaggleEnv.TEST] = endpoint.rstrip("/")
-
-
-def _size(path: Path) -> int:
-    if path.is_file():
-        return path.stat().st_size
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else 0
 
 
 def keep_in_working(run_root: str | os.PathLike, environ: Mapping[str, str] = os.environ,
                     limit_bytes: int | None = None) -> list[str]:
     """On Kaggle, copy stage 05's adapter and the largest GGUF file that fits into `<run>/kept/`, so the saved
     version holds them (the exports are on /kaggle/tmp, which no version keeps). Returns lines to print."""
-    import json
-    import shutil
-
     run = Path(run_root)
     record = run / "export" / "exported.json"
     if not on_kaggle(environ) or not record.is_file():
         return []
-    out = Path(json.loads(record.read_text())["output_dir"])
-    kept = run / KEPT
+    out, kept = Path(json.loads(record.read_text())["output_dir"]), run / KEPT
     if out.resolve() == run.resolve() or run.resolve() in out.resolve().parents:
         return []  # the exports are already in the run folder, in /kaggle/working
-    working = paths(environ=environ).working
-    limit = limit_bytes if limit_bytes is not None else int(WORKING_USABLE_GB * 1e9)
     shutil.rmtree(kept, ignore_errors=True)
     lines = []
     if (out / "adapter").is_dir():
         shutil.copytree(out / "adapter", kept / "adapter")
         lines.append(f"Kaggle: the adapter is kept in {kept / 'adapter'} (saved with this version)")
-    free = limit - _size(working) - 200_000_000  # notebooks and logs still to come
+    working = sum(p.stat().st_size for p in paths(environ=environ).working.rglob("*") if p.is_file())
+    limit = limit_bytes if limit_bytes is not None else int(WORKING_USABLE_GB * 1e9)
+    free = limit - working - 200_000_000  # notebooks and logs still to come
     ggufs = sorted((out / "gguf").glob("*.gguf"), key=lambda p: p.stat().st_size, reverse=True)
     fitting = [g for g in ggufs if g.stat().st_size <= free]
     if fitting:
         (kept / "gguf").mkdir(parents=True, exist_ok=True)
-        shutil.copy2(fitting[0], kept / "gguf" / fitting[0].name)
-        for extra in ("Modelfile", "README.md"):
-            if (out / "gguf" / extra).is_file():
-                shutil.copy2(out / "gguf" / extra, kept / "gguf" / extra)
+        for path in (fitting[0], out / "gguf" / "Modelfile", out / "gguf" / "README.md"):
+            if path.is_file():
+                shutil.copy2(path, kept / "gguf" / path.name)
         lines.append(f"Kaggle: {fitting[0].name} ({fitting[0].stat().st_size / 1e9:.2f} GB), the largest GGUF that "
                      f"fits /kaggle/working's {WORKING_USABLE_GB} GB, is kept in {kept / 'gguf'}")
     elif ggufs:
@@ -148,11 +121,10 @@ def keep_model(run_root: str | os.PathLike, base_model: str, environ: MutableMap
     R1HELPERS_KAGGLE_DRY_RUN=1 (the pipeline's --dry-run) uploads nothing."""
     if not on_kaggle(environ):
         return []
-    dry_run = dry_run or environ.get("R1HELPERS_KAGGLE_DRY_RUN") == "1"
     lines = keep_in_working(run_root, environ)
     adapter = Path(run_root) / KEPT / "adapter"
     if not adapter.is_dir():
         adapter = Path(run_root) / "train" / "adapter"
-    result = upload_kaggle_model(adapter, base_model=base_model, run_name=Path(run_root).name, dry_run=dry_run,
-                                 environ=environ)
+    result = upload_kaggle_model(adapter, base_model=base_model, run_name=Path(run_root).name, environ=environ,
+                                 dry_run=dry_run or environ.get("R1HELPERS_KAGGLE_DRY_RUN") == "1")
     return lines + [str(result["message"])]

@@ -63,6 +63,36 @@ def _comparison(run: Run) -> None:
         "settings": {"held_out_rows_scored": 16, "held_out_questions_generated": 3}})
 
 
+def _export(cfg, run, force=False):
+    """Notebook 05's cells in order: adapter, merged 16-bit model and GGUF files, each checked; the Hub step."""
+    from r1helpers.export.files import save_tokenizer, write_adapter
+    from r1helpers.export.gguf import write_gguf_files
+    from r1helpers.export.merge import merge_lora
+
+    job = export.begin(cfg, run, force)
+    if not job.building:
+        return job.finish()
+    try:
+        with job.writing("adapter") as folder:
+            write_adapter(job.adapter_dir, folder, job.tokenizer)
+            job.check_adapter(folder)
+        if cfg.export.save_merged_16bit or job.gguf_kinds:
+            with job.writing("merged_16bit") as folder:
+                merge_lora(job.base_dir, job.out / "adapter", folder, job.dtype)
+                save_tokenizer(job.tokenizer, folder)
+                job.check_merged(folder)
+        if job.gguf_kinds and job.merged_dir:
+            with job.writing("gguf") as folder:
+                files = write_gguf_files(job.merged_dir, folder, job.gguf_kinds, job.stem, cfg.model.name,
+                                         job.tokenizer.chat_template, job.quantizer, timed=job.timed)
+                job.check_gguf(files)
+        hub_result = workflow_hub.publish(cfg, run, job.to_push())
+    except BaseException:
+        job.release()
+        raise
+    return job.finish(hub_result)
+
+
 @pytest.fixture(scope="module")
 def exported(cfg, tokenizer, tmp_path_factory):
     root = tmp_path_factory.mktemp("export")
@@ -72,7 +102,7 @@ def exported(cfg, tokenizer, tmp_path_factory):
     _comparison(run)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(train_stage, "ensure_trained", lambda *a, **k: train_stage.TrainResult(adapter, [], {}))
-        record = export.export(cfg, run, force=True)
+        record = _export(cfg, run, force=True)
     question = data_stage.eval_questions(prepared, 1)[0]["question"]
     return SimpleNamespace(run=run, record=record, adapter=adapter, out=run.stage_dir("export"),
                            prompt=prompts.encode_prompt(tokenizer, question), question=question,
@@ -256,66 +286,6 @@ def test_checks_fail_on_a_model_that_is_not_the_trained_one(exported, base_dir):
         export_gguf_checks.check_gguf_transformers(f16, base_probes, "f16")
 
 
-class FakeLlama:
-    """The part of llama_cpp.Llama the check's child uses, answered by transformers from the same GGUF file."""
-
-    model = None
-    tokenizer = None
-
-    def __init__(self, model_path, **kwargs):
-        self.ids: list[int] = []
-
-    def tokenize(self, text: bytes, add_bos: bool, special: bool) -> list[int]:
-        return self.tokenizer(text.decode("utf-8"), add_special_tokens=add_bos)["input_ids"]
-
-    def eval(self, ids) -> None:
-        self.ids += list(ids)
-        self.scores = _logits(self.model, self.ids).numpy()
-
-    @property
-    def n_tokens(self) -> int:
-        return len(self.ids)
-
-
-@pytest.mark.slow
-def test_llama_cpp_check_compares_logits_on_the_reference_tokens(exported, tokenizer, monkeypatch):
-    """Once a quantized file's greedy path leaves the reference's, its logits must still be taken on the
-    reference's tokens; over its own continuation they would compare two different texts."""
-    import subprocess
-    import sys
-
-    from r1helpers.export import llamacpp
-
-    files = exported.record["artefacts"]["gguf"]["files"]
-    q8 = exported.out / "gguf" / files["q8_0"]["file"]
-    FakeLlama.model, FakeLlama.tokenizer = _float32(q8.parent, gguf_file=q8.name), tokenizer
-    monkeypatch.setitem(sys.modules, "llama_cpp", SimpleNamespace(Llama=FakeLlama))
-
-    def child_in_process(cmd, **kwargs):
-        assert cmd[1:4] == ["-m", "r1helpers.export.llamacpp", "llama.cpp"]
-        return subprocess.CompletedProcess(cmd, llamacpp.main(cmd[3:]), "", "")
-
-    monkeypatch.setattr(subprocess, "run", child_in_process)
-    ids, texts = exported.probe_prompts
-    probes = export_checks.reference_probes(_float32(exported.out / "merged_16bit"), ids, 16)
-    result = llamacpp.check_gguf_llama_cpp(q8, probes, "q8_0", texts)
-    assert result["passed"] and result["tokenization_identical"]
-    assert not result["greedy_identical"], "this probe needs a file whose greedy path diverges"
-    same_reader = files["q8_0"]["checks"]["transformers"]
-    assert result["relative_logit_diff"] == pytest.approx(same_reader["relative_logit_diff"])
-
-
-@pytest.mark.slow
-def test_llama_cpp_runs_the_gguf_like_the_merged_model(exported):
-    """Only where llama-cpp-python is installed (it builds from source: about 10 minutes on 2 cores)."""
-    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
-    files = exported.record["artefacts"]["gguf"]["files"]
-    f16 = files["f16"]["checks"]["llama.cpp"]
-    assert f16["passed"] and f16["greedy_identical"] and f16["tokenization_identical"]
-    assert all(f["checks"]["llama.cpp"]["passed"] for f in files.values())
-    assert "q4_k_m" in files
-
-
 # ---- model card and Hub ------------------------------------------------------------------------------
 
 @pytest.mark.slow
@@ -431,7 +401,7 @@ def test_space_plan_counts_every_file_the_export_writes(exported):
 
 def _reexport(cfg, run, adapter, monkeypatch, **kw):
     monkeypatch.setattr(train_stage, "ensure_trained", lambda *a, **k: train_stage.TrainResult(adapter, [], {}))
-    return export.export(cfg, run, **kw)
+    return _export(cfg, run, **kw)
 
 
 @pytest.mark.slow
@@ -743,27 +713,25 @@ def test_gguf_weight_and_readback_checks_run_side_by_side(monkeypatch, tmp_path)
 
     from r1helpers.core.config import load_config
 
-    from r1helpers.export import llamacpp
-
-    ec, wx = export_checks, llamacpp
+    ec, wx = export_checks, export_gguf_checks
     both = threading.Barrier(2, timeout=20)
     ctx = SimpleNamespace(cfg=load_config("cpu"), tokenizer=None, prompt_texts=[],
                           timed=lambda step: contextlib.nullcontext())
-    monkeypatch.setattr(export_gguf_checks, "gguf_metadata_check", lambda *a: {"tokens": 1})
-    monkeypatch.setattr(ec, "float32_parameters", lambda *a: 1)
-    monkeypatch.setattr(llamacpp, "llama_cpp_available", lambda: False)
+    monkeypatch.setattr(export_gguf_checks, "gguf_metadata_check", lambda *a: {"tokens": 1, "reader": a[-1]})
+    monkeypatch.setattr(export_gguf_checks, "float32_parameters", lambda *a: 1)
+    import gguf
+
     parsed = []
 
-    @contextlib.contextmanager
-    def shared_reader(path):  # the real one parses the file; here there is none
+    def reader(path):  # the real one parses the file; here there is none
         parsed.append(path)
-        yield None
+        return f"parsed {path}"
 
-    monkeypatch.setattr(export_gguf_checks, "shared_gguf_reader", shared_reader)
+    monkeypatch.setattr(gguf, "GGUFReader", reader)
 
-    def weights(*a):
+    def weights(*a, reader=None):
         both.wait()
-        return {"tensors": 3}
+        return {"tensors": 3, "reader": reader}
 
     def readback(*a, **kw):
         both.wait()
@@ -772,10 +740,11 @@ def test_gguf_weight_and_readback_checks_run_side_by_side(monkeypatch, tmp_path)
     monkeypatch.setattr(export_gguf_checks, "gguf_weight_check", weights)
     monkeypatch.setattr(export_gguf_checks, "check_gguf_transformers", readback)
     checks = wx.check_one_gguf(ctx, tmp_path / "m.gguf", "q8_0", tmp_path, probes=["probe"])
-    assert checks["weights"] == {"tensors": 3} and checks["transformers"] == {"passed": True}
-    assert parsed == [tmp_path / "m.gguf"]  # one shared parse for all the checks of the file
+    assert checks["weights"]["tensors"] == 3 and checks["transformers"] == {"passed": True}
+    assert parsed == [str(tmp_path / "m.gguf")]  # one parse for all the checks of the file
+    assert checks["weights"]["reader"] == checks["metadata"]["reader"] == f"parsed {parsed[0]}"
 
-    def wrong_weights(*a):
+    def wrong_weights(*a, **kw):
         raise ec.ExportCheckError("blk.0.attn_q.weight is off")
 
     def wrong_readback(*a, **kw):
@@ -785,7 +754,7 @@ def test_gguf_weight_and_readback_checks_run_side_by_side(monkeypatch, tmp_path)
     monkeypatch.setattr(export_gguf_checks, "check_gguf_transformers", wrong_readback)
     with pytest.raises(ec.ExportCheckError, match="attn_q.weight is off"):
         wx.check_one_gguf(ctx, tmp_path / "m.gguf", "q8_0", tmp_path, probes=["probe"])
-    monkeypatch.setattr(export_gguf_checks, "gguf_weight_check", lambda *a: {"tensors": 3})
+    monkeypatch.setattr(export_gguf_checks, "gguf_weight_check", lambda *a, **kw: {"tensors": 3})
     with pytest.raises(ec.ExportCheckError, match="logits differ"):
         wx.check_one_gguf(ctx, tmp_path / "m.gguf", "q8_0", tmp_path, probes=["probe"])
 
@@ -862,9 +831,10 @@ def test_a_faithful_export_keeps_the_adapters_effect_and_its_accuracy(exported, 
     assert set(parity["effect_kept"]) == {"merged_16bit", "gguf f16", "gguf q8_0"}
     adapter_checks = record["artefacts"]["adapter"]["checks"]["accuracy"]
     assert adapter_checks["adapter_correct"] == acc["by_model"]["adapter"]["correct"]
-    table = summary.checks_table(record)
-    assert "keeps 99." in table.loc[("merged", "adapter_effect_kept"), "measured"]
-    assert "right vs base + adapter's" in table.loc[("gguf f16", "accuracy_vs_adapter"), "measured"]
+    table = summary.summary_table(record)
+    assert "keeps 99." in table.loc["merged", "checks"]
+    assert "accuracy_vs_adapter" in table.loc["gguf f16", "status"]
+    assert " vs the adapter's " in table.loc["gguf f16", "checks"]
     parity_rows = summary.parity_table(record)
     assert parity_rows.loc["merged_16bit", "adapter effect kept"] > 0.99
     assert parity_rows.loc["base + adapter (reference)", "right"] == f"{adapter_checks['adapter_correct']}/24"

@@ -218,7 +218,7 @@ class ExportConfig:
     save_merged_16bit: bool = field(default=True, metadata={"help": "keep the adapter merged into the 16-bit base weights (made anyway, then deleted, when GGUF needs it)"})
     merged_dtype: Literal["auto", "bfloat16", "float16"] = field(default="auto", metadata={"help": "auto (float16, then the checkpoint's own type: the first whose merge passes the check) | bfloat16 | float16"})
     gguf: list[GGUFKind] = field(default_factory=lambda: ["q8_0", "q4_k_m"], metadata={"help": "GGUF types to write: f16, bf16, q8_0 (written here), q4_k_m (needs llama.cpp's quantizer, else skipped with a note)"})
-    llama_quantize: str | None = field(default=None, metadata={"help": "path of llama.cpp's llama-quantize (None: PATH, Unsloth's build, then llama-cpp-python)"})
+    llama_quantize: str | None = field(default=None, metadata={"help": "path of llama.cpp's llama-quantize for q4_k_m (None: PATH, then Unsloth's build)"})
     check_tokens: int = field(default=16, metadata={"help": "greedy tokens compared per prompt when checking exported models"})
     hub_repo: str | None = field(default=None, metadata={"help": "Hub repo id to push to, e.g. you/r1-medical (None: write a dry run into the run folder)"})
     hub_private: bool = field(default=True, metadata={"help": "create Hub repos private"})

@@ -1,14 +1,6 @@
-"""Find the 16-bit base checkpoint the adapter is merged into, without downloading it first.
-
-The merge needs the base model's 16-bit safetensors (not the 4-bit copy training may
-have used). `locate_base` finds a local folder or a complete copy in the Hugging Face
-cache, and counts the parameters from the file headers; only when neither exists does
-it ask the Hub for the size, so the free-space check can run before the download.
-
-    from r1helpers.export.base import fetch_base, locate_base
-    base = locate_base("unsloth/DeepSeek-R1-Distill-Llama-8B")   # folder or Hub, parameters, download size
-    folder = fetch_base(base)                                     # downloads only when not local
-"""
+"""Find the 16-bit base checkpoint the adapter is merged into (not training's 4-bit copy): a local folder or a
+complete copy in the Hugging Face cache, its parameters counted from the file headers; else its size on the Hub,
+so the free-space check runs before the download (`fetch_base`)."""
 
 from __future__ import annotations
 
@@ -23,10 +15,8 @@ BASE_PATTERNS = ["*.safetensors", "*.safetensors.index.json", "config.json", "ge
 
 @dataclass
 class BaseCheckpoint:
-    """The 16-bit base weights the adapter is merged into: a local folder, or still on the Hub."""
-
     name: str
-    folder: Path | None
+    folder: Path | None  # None: still on the Hub
     parameters: int
     download_bytes: int
 

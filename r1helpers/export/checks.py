@@ -1,15 +1,8 @@
 """Check exported models against the model that was trained, before anything is kept.
 
-On the same prompts (the training prompt, token for token): the merged 16-bit model (plain transformers)
-against base + adapter through peft, and each GGUF read back by transformers' GGUF loader against the
-merged model (llama.cpp's own read-back: `llamacpp.py`); every GGUF tensor against the merged weights; the
-GGUF's vocabulary and chat template against the training tokenizer (the GGUF file checks: `gguf_checks.py`).
-Logit checks load float32 copies, on a GPU whose free memory holds one with a third to spare, else on the
-CPU; where neither does, they are skipped and the weight checks stand in.
-
-Beside the tolerances, two measures of what the fine-tune keeps: `effect_kept`, the share of the adapter's own
-change to the probe logits that an export reproduces, and `parity.accuracy_parity`, each export's
-multiple-choice accuracy against base + adapter's on the same questions, with the exact McNemar test.
+On the training prompt, in float32 (on the GPU when it fits there, else the CPU): the merged 16-bit model against
+base + adapter through peft, with the share of the adapter's effect it keeps (`effect_kept`). The GGUF files'
+checks are in `gguf_checks.py`, the accuracy parity in `parity.py`.
 """
 
 from __future__ import annotations
@@ -83,7 +76,7 @@ def full_float32() -> Iterator[None]:
 # ---- transformers side --------------------------------------------------------------------------
 
 def hf_greedy(model, prompt_ids: list[int], n: int) -> list[int]:
-    """`n` greedy tokens by argmax, EOS included and not stopping there (as llama.cpp's check takes them)."""
+    """`n` greedy tokens by argmax, EOS included and not stopping there."""
     import torch
 
     out: list[int] = []
@@ -255,31 +248,17 @@ def check_merged(merged_dir: Path, probes: list[Probe], own: list[Probe] | None 
 # ---- what an export keeps of the fine-tune -------------------------------------------------------
 
 def _centred(x: np.ndarray) -> np.ndarray:
-    """Each position's logits minus their mean: a constant added to every logit of a position changes no
-    probability, so it is not counted as a difference."""
+    """Each position's logits minus their mean: a constant shift changes no probability."""
     x = np.asarray(x, dtype=np.float64)
     return x - x.mean(axis=-1, keepdims=True)
 
 
 def effect_kept(probes: list[Probe], logits: list[np.ndarray]) -> dict[str, Any] | None:
-    """How much of the adapter's own change to the logits an export keeps, over the probes.
-
-    On every probe position (the prompt and base + adapter's greedy tokens) and every vocabulary entry, each
-    position's logits centred (`_centred`):
-
-        effect   E = tuned - base          base + adapter against the base alone (the adapter switched off)
-        residual D = exported - tuned      what the export changed on top of that
-        share_kept = 1 - ||D|| / ||E||     (Euclidean norms over all probe logits together)
-
-    1: the export reproduces base + adapter; 0: it is as far from base + adapter as the base model is (an
-    adapter scaled by 0, or a merge that rounds it all away); below 0: farther still (noise larger than the
-    adapter's effect). Beside it, `projection` = <exported - base, E> / ||E||^2, how far along the adapter's own
-    direction the export goes (1: all the way, 0: not at all): noise across the adapter's direction lowers
-    share_kept only, a shrunk adapter lowers both. `per_prompt`: share_kept of each prompt alone.
-
-    None when the probes carry no base logits (the reference is not base + adapter). `share_kept` is None, with
-    a note, when the adapter does not change the probe logits (nothing to keep).
-    """
+    """How much of the adapter's own change to the logits an export keeps, over all probe positions, each
+    position's logits centred: with E = tuned - base and D = exported - tuned, share_kept = 1 - ||D|| / ||E||
+    (1: base + adapter reproduced; 0: as far from it as the base model; below 0: noise larger than the effect).
+    `projection` = <exported - base, E> / ||E||^2: how far along the adapter's direction the export goes.
+    None without base logits; share_kept None, with a note, when the adapter changes nothing."""
     if not probes or any(p.base_logits is None for p in probes):
         return None
     effects = [_centred(p.logits) - _centred(p.base_logits) for p in probes]

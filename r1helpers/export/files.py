@@ -1,15 +1,5 @@
-"""Write the adapter and merged-model folders as downstream tools load them.
-
-Both folders get the training tokenizer with the chat template that renders the
-training prompt token for token (`prompts.template_for(tokenizer)`: with a leading
-`{{ bos_token }}` only when the tokenizer adds BOS, as the R1 distill does and SmolLM2
-does not) and a pad token distinct from EOS, so `apply_chat_template` + `generate`
-behave as in training.
-
-    tok = with_chat_template(tokenizer)
-    write_adapter("runs/default/train/adapter", "out/adapter", tok)          # PeftModel.from_pretrained
-    write_merged(base_dir, "out/adapter", "out/merged_16bit", tok, "bfloat16")  # AutoModelForCausalLM
-"""
+"""Write the adapter and merged-model folders as downstream tools load them: the training tokenizer with the chat
+template that renders the training prompt token for token (`prompts.template_for`), and pad distinct from EOS."""
 
 from __future__ import annotations
 
@@ -23,12 +13,8 @@ ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
 def with_chat_template(tokenizer):
-    """The tokenizer with the template that renders the training prompt (changed in place, returned).
-
-    The template starts with BOS exactly when the tokenizer adds BOS to the training text
-    (`prompts.adds_bos`), so rendering a question and tokenizing it without special tokens gives the
-    training prompt's ids.
-    """
+    """The tokenizer with the template that renders the training prompt, BOS included exactly when the tokenizer
+    adds it (changed in place, returned)."""
     from r1helpers.core import prompts
 
     tokenizer.chat_template = prompts.template_for(tokenizer)
@@ -72,10 +58,8 @@ def save_tokenizer(tokenizer, folder: Path) -> None:
 
 
 def write_merged(base_dir: Path, adapter_dir: Path, out_dir: Path, tokenizer, dtype: str) -> dict[str, Any]:
-    """Merge the adapter into the base's 16-bit weights in `out_dir`, add the tokenizer, check every weight.
-
-    Returns {"merge": MergeReport as a dict, "weights": merge.weight_check's result}.
-    """
+    """Merge the adapter into the base's 16-bit weights in `out_dir`, add the tokenizer, check every weight:
+    {"merge": the MergeReport as a dict, "weights": merge.weight_check's result}."""
     from r1helpers.export.merge import merge_lora, weight_check
 
     report = merge_lora(base_dir, adapter_dir, out_dir, dtype)

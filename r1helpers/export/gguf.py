@@ -1,19 +1,19 @@
 """Write a merged Llama checkpoint as GGUF, offline, with gguf-py.
 
-Written here because llama.cpp's `convert_hf_to_gguf.py` is not installable (it is a script of its repository,
-not on Kaggle's offline machines). A small converter for the architecture this project trains: Llama with a
-byte-level BPE tokenizer (Llama 3's `llama-bpe`, SmolLM2's `smollm`, GPT-2's `gpt2`; any other is refused,
-naming the script). As the script does: Q/K rows permuted into llama.cpp's rotary layout, added tokens
-CONTROL or USER_DEFINED, `add_bos_token` as the tokenizer adds BOS, Llama 3.1 rope scaling as `rope_freqs`,
-tied embeddings written once; the chat template is the training prompt's. One tensor at a time, so an 8B
-model never sits in memory. q4_k_m comes from llama.cpp's quantizer (`llamacpp.py`).
+Written here because llama.cpp's `convert_hf_to_gguf.py` is a script of its repository, not an installable package,
+so Kaggle's offline machines do not have it. It converts what this project trains: Llama with a byte-level BPE
+tokenizer (any other is refused, naming the script), as the script does, one tensor at a time so an 8B model never
+sits in memory. q4_k_m comes from llama.cpp's `llama-quantize` binary when one is found (`find_quantizer`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import shutil
+import subprocess
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from r1helpers.core.hardware import cpu_threads
-from r1helpers.export.merge import row_chunks, tensor_shapes, weight_files
+from r1helpers.export.merge import tensor_shapes, weight_files
 
 
 LOCAL_KINDS, QUANTIZER_KINDS = ("f16", "bf16", "q8_0"), ("q4_k_m",)  # written by gguf-py here; by llama.cpp
@@ -110,16 +110,12 @@ def iter_tensors(model_dir: Path, names: list[str]) -> Iterator[tuple[str, np.nd
     from safetensors import safe_open
 
     files = weight_files(model_dir)
-    handles: dict[Path, Any] = {}
-    try:
+    with contextlib.ExitStack() as stack:
+        handles: dict[Path, Any] = {}
         for name in names:
-            path = files[name]
-            if path not in handles:
-                handles[path] = safe_open(str(path), framework="pt").__enter__()
-            yield name, handles[path].get_tensor(name).float().numpy()
-    finally:
-        for h in handles.values():
-            h.__exit__(None, None, None)
+            if files[name] not in handles:
+                handles[files[name]] = stack.enter_context(safe_open(str(files[name]), framework="pt"))
+            yield name, handles[files[name]].get_tensor(name).float().numpy()
 
 
 # ---- tensors ---------------------------------------------------------------------------------------
@@ -196,19 +192,9 @@ def plan_tensors(model_dir: Path, config: dict[str, Any], kind: str) -> list[Pla
 
 # ---- tokenizer ----------------------------------------------------------------------------------
 
-SPECIAL_LOOKS = (("<|", "|>"), ("<｜", "｜>"), ("<", ">"))
-
-
 def _looks_special(token: str) -> bool:
     """convert_hf_to_gguf marks <|...|>-style added tokens CONTROL even when not flagged special."""
-    return any(token.startswith(a) and token.endswith(b) for a, b in SPECIAL_LOOKS[:2])
-
-
-# Pre-tokenizers named for llama.cpp (`tokenizer.ggml.pre`) by their tokenizer.json steps: "llama-bpe" (Llama 3's
-# split regex, then byte-level), "smollm" (each digit alone, then byte-level with GPT-2's regex), "gpt2".
-PRE_TOKENIZERS = ("llama-bpe", "smollm", "gpt2")
-CONVERT_HF = ("llama.cpp's convert_hf_to_gguf.py (https://github.com/ggml-org/llama.cpp), which recognises many more "
-              "tokenizers")
+    return any(token.startswith(a) and token.endswith(b) for a, b in (("<|", "|>"), ("<｜", "｜>")))
 
 
 def _byte_level(step: dict[str, Any], regex: bool) -> bool:
@@ -217,7 +203,8 @@ def _byte_level(step: dict[str, Any], regex: bool) -> bool:
 
 
 def pretokenizer_name(tok_json: dict[str, Any]) -> str:
-    """llama.cpp's name for this tokenizer.json's pre-tokenizer (byte-level BPE, no normalizer), else GGUFError."""
+    """llama.cpp's name (`tokenizer.ggml.pre`) for this tokenizer.json's pre-tokenizer, else GGUFError: "llama-bpe"
+    (Llama 3's split regex, then byte-level), "smollm" (each digit alone, then GPT-2's byte-level) or "gpt2"."""
     from r1helpers.modeling.tiny import LLAMA3_SPLIT
 
     pre = tok_json.get("pre_tokenizer") or {}
@@ -236,8 +223,8 @@ def pretokenizer_name(tok_json: dict[str, Any]) -> str:
             name = "gpt2"
     if name is None:
         raise GGUFError("the tokenizer is not a byte-level BPE this converter can name for llama.cpp (Llama 3's "
-                        "'llama-bpe', SmolLM's 'smollm' or GPT-2's 'gpt2' pre-tokenizer); convert it with "
-                        f"{CONVERT_HF}.")
+                        "'llama-bpe', SmolLM's 'smollm' or GPT-2's 'gpt2' pre-tokenizer); convert it with llama.cpp's "
+                        "convert_hf_to_gguf.py (https://github.com/ggml-org/llama.cpp), which recognises many more.")
     return name
 
 
@@ -264,18 +251,15 @@ def vocab(model_dir: Path, vocab_size: int) -> tuple[list[str], list[int]]:
     if max(by_id) >= vocab_size:
         raise GGUFError(f"tokenizer has id {max(by_id)} but the model's vocab_size is {vocab_size}")
     T = gguf.TokenType
-    tokens, types = [], []
-    for i in range(vocab_size):
+
+    def token_type(i: int):
         if i not in by_id:
-            tokens.append(f"[PAD{i}]")
-            types.append(T.UNUSED)
-        elif i in added:
-            tokens.append(by_id[i])
-            types.append(T.CONTROL if added[i].get("special") or _looks_special(by_id[i]) else T.USER_DEFINED)
-        else:
-            tokens.append(by_id[i])
-            types.append(T.NORMAL)
-    return tokens, [int(t) for t in types]
+            return T.UNUSED
+        if i not in added:
+            return T.NORMAL
+        return T.CONTROL if added[i].get("special") or _looks_special(by_id[i]) else T.USER_DEFINED
+
+    return [by_id.get(i, f"[PAD{i}]") for i in range(vocab_size)], [int(token_type(i)) for i in range(vocab_size)]
 
 
 # ---- writing ------------------------------------------------------------------------------------
@@ -332,44 +316,18 @@ def _add_tokenizer(w, model_dir: Path, config: dict[str, Any], chat_template: st
     special.add_to_gguf(w, quiet=True)
 
 
-# Rows gguf-py (de)quantizes in one numpy call: about a million numbers, cache-sized, numpy rather than Python
-# holding the time. Two 14336 x 4096 tensors on 2 threads (project CPU machine): q8_0 quantizing 0.58 s in
-# pieces of 1 M numbers against 0.68 tensor by tensor; dequantizing 0.28 s against 0.52.
-PIECE_NUMBERS = 1 << 20
-
-
-def row_pieces(data: np.ndarray) -> list[tuple[int, int]]:
-    """(start, stop) row ranges of `data` of about `PIECE_NUMBERS` numbers each; none for a 1-D array."""
-    return list(row_chunks(data.shape[0], int(np.prod(data.shape[1:])), PIECE_NUMBERS)) if data.ndim >= 2 else []
-
-
-def quantize_in_pieces(data: np.ndarray, qtype, pool: ThreadPoolExecutor) -> np.ndarray:
-    """`gguf.quants.quantize(data, qtype)`, the same bytes, made on `pool` in pieces of rows by the type's
-    own `quantize_rows`; plain float types, 1-D tensors and rows the type cannot take go through gguf-py itself."""
-    import gguf
-
-    quant = getattr(gguf.quants, qtype.name, None)  # gguf-py's class for the type: Q8_0, BF16, ...
-    plain = qtype in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16)
-    spans = row_pieces(data)
-    if plain or len(spans) < 2 or not hasattr(quant, "quantize_rows") or not quant.can_quantize(data):
-        return gguf.quants.quantize(data, qtype)
-    return np.concatenate(list(pool.map(lambda s: quant.quantize_rows(data[s[0]:s[1]]), spans)))
-
-
 def quantized_in_order(plan: list[PlannedTensor], arrays: Iterator[tuple[str, np.ndarray]], factors: np.ndarray | None,
                        workers: int) -> Iterator[np.ndarray]:
-    """Each planned tensor transformed and quantized, in plan order, `workers` tensors ahead (at most
-    `workers` + 1 held). q8_0 of the 8B: ~107 s in one thread on the project's CPU machine, 38.6-45.0 s on
-    the H200 machine's CPU with a tensor per thread, before tensors were cut into pieces."""
-
-    pieces = ThreadPoolExecutor(workers)
+    """Each planned tensor transformed and quantized, in plan order, a tensor per thread, `workers` tensors ahead
+    (at most `workers` + 1 held). q8_0 of the 8B: ~107 s in one thread, 38.6-45.0 s on the H200 machine's CPU."""
+    import gguf
 
     def job(t: PlannedTensor, data: np.ndarray) -> np.ndarray:
         if t.transform is not None:
             data = t.transform(data)
-        return quantize_in_pieces(np.ascontiguousarray(data, dtype=np.float32), t.qtype, pieces)
+        return gguf.quants.quantize(np.ascontiguousarray(data, dtype=np.float32), t.qtype)
 
-    with pieces, ThreadPoolExecutor(workers) as pool:
+    with ThreadPoolExecutor(workers) as pool:
         pending: deque = deque()
         for t in plan:
             data = factors if t.hf_name is None else next(arrays)[1]
@@ -406,14 +364,43 @@ def write_gguf(model_dir: str | os.PathLike, out_path: str | os.PathLike, kind: 
     return out_path
 
 
+# ---- llama.cpp's quantizer (q4_k_m) ---------------------------------------------------------------
+
+# Where Unsloth's GGUF path and a manual llama.cpp build leave the binary.
+QUANTIZE_BINARY_SPOTS = ("~/.unsloth/llama.cpp/llama-quantize", "~/.unsloth/llama.cpp/build/bin/llama-quantize",
+                         "llama.cpp/llama-quantize", "llama.cpp/build/bin/llama-quantize")
+
+
+def find_quantizer(configured: str | None = None) -> tuple[str | None, str]:
+    """The path of llama.cpp's `llama-quantize` (export.llama_quantize, PATH, Unsloth's build) and a sentence
+    saying where it was found, or (None, why there is none)."""
+    spots = [configured] if configured else [shutil.which("llama-quantize"), *QUANTIZE_BINARY_SPOTS]
+    for spot in filter(None, spots):
+        path = Path(spot).expanduser().resolve()
+        if path.is_file() and os.access(path, os.X_OK):
+            return str(path), f"llama-quantize at {path}"
+    if configured:
+        return None, f"export.llama_quantize={configured!r} is not an executable file"
+    return None, "no llama.cpp quantizer: put `llama-quantize` on PATH or set export.llama_quantize"
+
+
+def quantize(binary: str, src: Path, dst: Path, kind: str) -> None:
+    """llama.cpp's k-quants, in a child process: a crash in C cannot take the notebook's kernel with it."""
+    if kind not in QUANTIZER_KINDS:
+        raise GGUFError(f"{kind}: the quantizer makes {QUANTIZER_KINDS}")
+    proc = subprocess.run([binary, str(src), str(dst), kind.upper(), str(os.cpu_count() or 1)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0 or not dst.is_file():
+        tail = (proc.stdout + proc.stderr).strip().splitlines()[-8:]
+        raise GGUFError(f"llama-quantize failed for {kind}: " + " | ".join(tail))
+
+
 def write_gguf_files(model_dir: Path, folder: Path, kinds: list[str], stem: str, base_model: str | None = None,
                      chat_template: str | None = None, quantizer=None,
                      timed=None) -> dict[str, Path]:
-    """Each type of `kinds` as `<folder>/<stem>-<KIND>.gguf`, and an Ollama `Modelfile` for the last.
-    q4_k_m comes from `quantizer`, from the unquantized file of the merged model's type (written for it and
-    deleted when not in `kinds`; list q4_k_m after it). `timed(step)`: a context manager timing each write."""
-    import contextlib
-
+    """Each type of `kinds` as `<folder>/<stem>-<KIND>.gguf`, and an Ollama `Modelfile` for the last. q4_k_m comes
+    from `quantizer` (a llama-quantize path), from the unquantized file of the merged model's type (written for it
+    and deleted when not in `kinds`; list q4_k_m after it). `timed(step)`: a context manager timing each write."""
     timed = timed or (lambda step: contextlib.nullcontext())
     source = source_kind(json.loads((Path(model_dir) / "config.json").read_text()).get("dtype", "float16"))
     files: dict[str, Path] = {}
@@ -425,7 +412,7 @@ def write_gguf_files(model_dir: Path, folder: Path, kinds: list[str], stem: str,
                 with timed(f"GGUF {source}: write (source of {kind})"):
                     write_gguf(model_dir, src, source, stem, base_model, chat_template)
             with timed(f"GGUF {kind}: llama.cpp quantize"):
-                quantizer.quantize(src, target, kind)
+                quantize(quantizer, src, target, kind)
             if source not in files:
                 src.unlink()
         else:
@@ -440,9 +427,9 @@ def write_gguf_files(model_dir: Path, folder: Path, kinds: list[str], stem: str,
 
 # ---- reading back ----------------------------------------------------------------------------------
 
-def read_metadata(path: Path) -> dict[str, Any]:
-    """The GGUF's key-value fields as plain Python values (token lists included)."""
+def read_metadata(path) -> dict[str, Any]:
+    """The GGUF's key-value fields as plain Python values (token lists included); `path` may be a parsed reader."""
     from gguf import GGUFReader
 
-    reader = GGUFReader(str(path))
+    reader = path if isinstance(path, GGUFReader) else GGUFReader(str(path))
     return {k: f.contents() for k, f in reader.fields.items()}

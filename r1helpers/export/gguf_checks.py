@@ -1,100 +1,26 @@
-"""Each GGUF file checked: its tensors against the merged weights, its vocabulary and template, its read-back."""
+"""Each GGUF file checked: its tensors against the merged weights, its vocabulary and template, and its read-back
+by transformers' GGUF loader (gguf-py's reader, independent of the writer) against the merged model."""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from r1helpers.export.checks import (ExportCheckError, OnModel, Probe, compare, effect_kept, hf_logits, judge,
-                                     load_float32, run_candidate)
+from r1helpers.export import parity
+from r1helpers.export.checks import (ExportCheckError, OnModel, Probe, compare, effect_kept, float32_parameters,
+                                     hf_logits, judge, load_float32, run_candidate)
 
 # GGUF weights read back: RMS error relative to the tensor's RMS, per stored type.
 WEIGHT_TOL = {"F32": 1e-6, "F16": 1e-3, "BF16": 8e-3, "Q8_0": 0.02, "Q6_K": 0.04, "Q5_K": 0.08, "Q5_0": 0.08,
               "Q5_1": 0.08, "Q4_K": 0.15, "Q4_0": 0.15, "Q4_1": 0.15}
 
-_SHARED_READERS: dict[str, Any] = {}  # resolved path -> the gguf.GGUFReader that `shared_gguf_reader` parsed
 
-
-@contextlib.contextmanager
-def shared_gguf_reader(path: Path) -> Iterator[Any]:
-    """While open, `gguf.GGUFReader(path)` returns one reader parsed once wherever it is called from, and
-    `gguf.get_tensor_name_map` is memoized. transformers' loader parses the file twice and builds the map once
-    per module; on the H200 machine, for the 8B q8_0 file, a parse took 11.9 s and the 423 maps 8.3 s."""
-    import functools
-
+def dequantize_rows(data, qtype) -> np.ndarray:
+    """gguf-py's dequantizing of some rows of a tensor, in one numpy call of the type's `dequantize_rows` rather
+    than gguf-py's 16 rows at a time, which hold the GIL; the same float32 numbers."""
     import gguf
-
-    key = str(Path(path).resolve())
-    if key in _SHARED_READERS:
-        yield _SHARED_READERS[key]
-        return
-    original_reader, original_map = gguf.GGUFReader, gguf.get_tensor_name_map
-    first = not _SHARED_READERS
-    reader = _SHARED_READERS[key] = original_reader(key)
-    if first:
-        def shared(file, *args, **kwargs):
-            found = _SHARED_READERS.get(str(Path(file).resolve()))
-            return found if found is not None and not args and not kwargs else original_reader(file, *args, **kwargs)
-
-        gguf.GGUFReader = shared
-        gguf.get_tensor_name_map = functools.lru_cache(maxsize=None)(original_map)
-    try:
-        yield reader
-    finally:
-        del _SHARED_READERS[key]
-        if first:
-            gguf.GGUFReader, gguf.get_tensor_name_map = original_reader, original_map
-
-
-@contextlib.contextmanager
-def dequantize_in_threads(workers: int | None = None) -> Iterator[dict[str, Any]]:
-    """While open, `gguf.dequantize` (transformers' loader calls it per tensor, in one thread) dequantizes
-    in pieces of rows on `workers` threads: the same numbers. Yields {"tensors", "seconds"} spent in it (0
-    tensors: transformers no longer calls it). 8B q8_0 on the H200 machine: 49 s in transformers' loop, 15.9 s."""
-    import time
-    from concurrent.futures import ThreadPoolExecutor
-
-    import gguf
-
-    from r1helpers.core.hardware import cpu_threads
-    from r1helpers.export.gguf import row_pieces
-
-    original = gguf.dequantize
-    plain = (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16)
-    counts = {"tensors": 0, "seconds": 0.0}
-    pool = ThreadPoolExecutor(cpu_threads(workers))
-
-    def threaded(data, qtype):
-        t0 = time.perf_counter()
-        counts["tensors"] += 1
-        spans = row_pieces(data)
-        try:
-            if qtype in plain or len(spans) < 2:
-                return original(data, qtype)
-            return np.concatenate(list(pool.map(lambda s: dequantize_piece(data[s[0]:s[1]], qtype), spans)))
-        finally:
-            counts["seconds"] += time.perf_counter() - t0
-
-    gguf.dequantize = threaded
-    try:
-        yield counts
-    finally:
-        gguf.dequantize = original
-        pool.shutdown(cancel_futures=True)
-
-
-# ---- weights and metadata, tensor by tensor --------------------------------------------------------
-
-def dequantize_piece(data, qtype) -> np.ndarray:
-    """gguf-py's dequantizing of some rows of a tensor (float32), in cache-sized calls of the type's
-    `dequantize_rows` instead of gguf-py's 16 rows at a time, which hold the GIL; the same numbers."""
-    import gguf
-
-    from r1helpers.export.gguf import row_pieces
 
     quant = getattr(gguf.quants, qtype.name, None)  # gguf-py's class for the type: Q8_0, Q4_K, ...
     if qtype in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16) or \
@@ -102,15 +28,12 @@ def dequantize_piece(data, qtype) -> np.ndarray:
         return gguf.quants.dequantize(data, qtype)
     if hasattr(quant, "init_grid"):
         quant.init_grid()  # as gguf.quants.dequantize does first (the i-quants' lookup grids)
-    spans = row_pieces(data)
-    if len(spans) < 2:
-        return quant.dequantize_rows(data)
-    return np.concatenate([quant.dequantize_rows(data[i:j]) for i, j in spans])  # cache-sized numpy calls
+    return quant.dequantize_rows(data)
 
 
-def gguf_weight_check(gguf_path: Path, merged_dir: Path, workers: int | None = None) -> dict[str, Any]:
+def gguf_weight_check(gguf_path: Path, merged_dir: Path, workers: int | None = None, reader=None) -> dict[str, Any]:
     """Dequantize every GGUF tensor, undo llama.cpp's Q/K layout and compare with the merged weights: each
-    tensor's RMS error relative to its RMS, a few rows at a time on `workers` threads."""
+    tensor's RMS error relative to its RMS, a few rows at a time on `workers` threads. `reader`: the file parsed."""
     from concurrent.futures import ThreadPoolExecutor
 
     import gguf
@@ -123,7 +46,7 @@ def gguf_weight_check(gguf_path: Path, merged_dir: Path, workers: int | None = N
     config = read_config(merged_dir)
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config["num_hidden_layers"])
     n_head, n_kv = config["num_attention_heads"], config.get("num_key_value_heads") or config["num_attention_heads"]
-    reader = gguf.GGUFReader(str(gguf_path))
+    reader = reader or gguf.GGUFReader(str(gguf_path))
     files = weight_files(merged_dir)
     by_gguf = {names.get_name(hf_name, try_suffixes=(".weight", ".bias")): hf_name
                for hf_name in tensor_shapes(merged_dir)}
@@ -144,7 +67,7 @@ def gguf_weight_check(gguf_path: Path, merged_dir: Path, workers: int | None = N
         """(sum of squared differences, sum of squared merged weights) over the piece's rows."""
         t, hf_name, shape, i, j = piece
         data = t.data if (i, j) == (0, shape[0]) else t.data[i:j]
-        w = dequantize_piece(data, t.tensor_type).reshape([j - i, *shape[1:]])
+        w = dequantize_rows(data, t.tensor_type).reshape([j - i, *shape[1:]])
         for suffix, n in heads.items():
             if hf_name.endswith(suffix):
                 w = unpermute_qk(w, n)
@@ -189,12 +112,12 @@ def render_template(template: str, question: str, bos: str, eos: str) -> str:
                                             add_generation_prompt=True, bos_token=bos, eos_token=eos)
 
 
-def gguf_metadata_check(gguf_path: Path, tokenizer, question: str) -> dict[str, Any]:
+def gguf_metadata_check(gguf_path: Path, tokenizer, question: str, reader=None) -> dict[str, Any]:
     """Vocabulary, special ids and chat template: the GGUF must prompt exactly as training did."""
     from r1helpers.core import prompts
     from r1helpers.export.gguf import read_metadata
 
-    md = read_metadata(gguf_path)
+    md = read_metadata(reader or gguf_path)
     vocab = tokenizer.get_vocab()
     tokens = md["tokenizer.ggml.tokens"]
     wrong = [t for t, i in vocab.items() if i >= len(tokens) or tokens[i] != t]
@@ -232,28 +155,59 @@ def check_gguf_transformers(gguf_path: Path, probes: list[Probe], kind: str, par
                             adapter_probes: list[Probe] | None = None,
                             on_model: OnModel | None = None) -> dict[str, Any]:
     """transformers' GGUF loader reads the file back (dequantized to float32): its logits and greedy tokens
-    against `probes`, the file parsed once (`shared_gguf_reader`) and dequantized in threads. With
-    `adapter_probes` (base + adapter's, with the base's logits) the result carries `adapter_effect_kept`, not
-    judged here; `on_model` (if given) then gets the loaded model."""
+    against `probes`. With `adapter_probes` (base + adapter's, with the base's logits) the result carries
+    `adapter_effect_kept`, not judged here; `on_model` (if given) then gets the loaded model."""
     import logging
-    import time
 
     logging.getLogger("transformers.modeling_gguf_pytorch_utils").setLevel(logging.ERROR)
-    t0 = time.perf_counter()
-    with shared_gguf_reader(gguf_path), dequantize_in_threads() as dq:
-        model = load_float32(gguf_path.parent, gguf_path.name, parameters)
-    t1 = time.perf_counter()
+    model = load_float32(gguf_path.parent, gguf_path.name, parameters)
     logits, greedy = run_candidate(model, probes)
     result = compare(probes, logits, greedy)
     if adapter_probes:
         result["adapter_effect_kept"] = effect_kept(adapter_probes, logits_on(model, adapter_probes, probes, logits))
-    seconds = {"load": round(t1 - t0, 1), "of which dequantizing": round(dq["seconds"], 1),
-               "logits and greedy tokens": round(time.perf_counter() - t1, 1)}
-    result = judge(kind, {"reader": "transformers GGUF loader", **result,
-                          "tensors_dequantized_in_threads": dq["tensors"], "seconds": seconds},
-                   f"{gguf_path.name} (transformers)")
+    result = judge(kind, {"reader": "transformers GGUF loader", **result}, f"{gguf_path.name} (transformers)")
     if on_model is not None:
-        t2 = time.perf_counter()
         on_model(model)
-        seconds["accuracy scoring"] = round(time.perf_counter() - t2, 1)
     return result
+
+
+def check_one_gguf(job, path: Path, kind: str, merged: Path, probes) -> dict[str, Any]:
+    """One file, parsed once for all its checks: metadata, then the weight check (in a thread) beside transformers'
+    read-back; when both fail, the weights' error is raised. The read-back also gives the share of the adapter's
+    effect kept (`job.judge_kept`) and, when the job scores a multiple-choice set, the accuracy parity."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import gguf
+
+    from r1helpers.core.hardware import free_memory
+
+    question = job.cfg.infer.example_questions[0] if job.cfg.infer.example_questions else "What is fever?"
+    name = f"gguf {kind}"
+
+    def weights() -> dict[str, Any]:
+        with job.timed(f"GGUF {kind}: weight check"):
+            return gguf_weight_check(path, merged, reader=reader)
+
+    with job.timed(f"GGUF {kind}: parse and metadata check"):
+        reader = gguf.GGUFReader(str(path))  # parsed once for both checks (12 s for the 8B)
+        checks: dict[str, Any] = {"metadata": gguf_metadata_check(path, job.tokenizer, question, reader)}
+    with ThreadPoolExecutor(1) as pool:
+        weight_check = pool.submit(weights)
+        try:
+            if probes is not None:
+                score = job.score_into(name) if hasattr(job, "score_into") else None
+                with job.timed(f"GGUF {kind}: transformers read-back and logit check"):
+                    checks["transformers"] = check_gguf_transformers(
+                        path, probes, kind, float32_parameters(merged),
+                        adapter_probes=getattr(job, "probes", None), on_model=score)
+        finally:
+            checks["weights"] = weight_check.result()  # its error first, if both fail
+    if probes is None:
+        checks["logits"] = "skipped: a float32 copy of the model does not fit in memory; weights checked instead"
+    elif hasattr(job, "judge_kept"):
+        what = f"{path.name} (GGUF {kind}, read back by transformers)"
+        checks["adapter_effect_kept"] = job.judge_kept(name, checks["transformers"].pop("adapter_effect_kept", None),
+                                                       what)
+        checks["accuracy_vs_adapter"] = job.judge_parity(name, what, parity.accuracy_advice(kind))
+    free_memory()
+    return checks

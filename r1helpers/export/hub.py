@@ -1,14 +1,7 @@
 """Model cards, and the Hub push that happens only with a token, a repo id and a network.
 
-Each exported artefact (adapter, merged 16-bit model, GGUF files) goes to its own
-repository, private by default: `<repo>-lora`, `<repo>` and `<repo>-GGUF`. Without a
-token, a repo id or the Hub, nothing leaves the machine: `dry_run` writes
-`upload_plan.json` (every file with its size and sha256) and the card each repository
-would get. Plain helpers; `r1helpers.workflow.hub.publish(cfg, run, ...)` picks one.
-
-    card = model_card("adapter", "you/r1-medical-lora", [("adapter_model.safetensors", 168_000_000)],
-                      base_model="unsloth/DeepSeek-R1-Distill-Llama-8B", recipe=["- LoRA: r=16 ..."])
-    push({"adapter": Path("export/adapter")}, repo_ids("you/r1-medical"), private=True, token=token)
+Each artefact goes to its own repository, private by default: `<repo>-lora`, `<repo>` and `<repo>-GGUF`. Otherwise
+nothing leaves the machine: `dry_run` writes `upload_plan.json` (each file's size and sha256) and the cards.
 """
 
 from __future__ import annotations
@@ -50,36 +43,27 @@ def default_repo(model_name: str, run_name: str) -> str:
 # ---- what goes into the card --------------------------------------------------------------------
 
 def comparison_summary(path: Path) -> dict[str, Any] | None:
-    """Headline and per-metric rows of a saved comparison.json, read defensively: the card never fails on it."""
+    """Stage 04's comparison.json (headline, settings, the metrics that have a `before`), or None when unreadable:
+    the card never fails on it."""
     try:
         result = read_json(path)
-    except (OSError, ValueError):
+        metrics = [m for m in result.get("metrics") or [] if m.get("before") is not None]
+        return {"headline": result.get("headline"), "settings": result.get("settings") or {}, "metrics": metrics}
+    except (OSError, ValueError, AttributeError):
         return None
-    if not isinstance(result, dict):
-        return None
-    rows = []
-    for m in result.get("metrics") or []:
-        if not isinstance(m, dict) or m.get("before") is None:
-            continue
-        ci = m.get("ci") or []
-        rows.append({"metric": m.get("label") or m.get("key"), "n": m.get("n"), "before": m.get("before"),
-                     "after": m.get("after"), "delta": m.get("delta"),
-                     "ci": list(ci) if len(ci) == 2 else None, "verdict": m.get("verdict")})
-    return {"headline": result.get("headline"), "verdict": result.get("verdict"),
-            "primary_metric": result.get("primary_metric"), "metrics": rows,
-            "settings": result.get("settings") if isinstance(result.get("settings"), dict) else {}}
 
 
-def _num(x: Any) -> str:
+def fmt_num(x: Any) -> str:
     return f"{x:.4g}" if isinstance(x, (int, float)) else "-"
 
 
 def _metrics_table(summary: dict[str, Any]) -> list[str]:
     lines = ["| metric | n | before | after | delta | 95% CI | verdict |", "|---|---|---|---|---|---|---|"]
-    for r in summary["metrics"]:
-        ci = f"[{r['ci'][0]:+.4g}, {r['ci'][1]:+.4g}]" if r["ci"] else "-"
-        lines.append(f"| {r['metric']} | {r['n']} | {_num(r['before'])} | {_num(r['after'])} | "
-                     f"{_num(r['delta'])} | {ci} | {r['verdict'] or '-'} |")
+    for m in summary["metrics"]:
+        ci = m.get("ci") or []
+        ci = f"[{ci[0]:+.4g}, {ci[1]:+.4g}]" if len(ci) == 2 else "-"
+        lines.append(f"| {m.get('label') or m.get('key')} | {m.get('n')} | {fmt_num(m['before'])} | "
+                     f"{fmt_num(m.get('after'))} | {fmt_num(m.get('delta'))} | {ci} | {m.get('verdict') or '-'} |")
     return lines
 
 
@@ -131,11 +115,8 @@ def model_card(kind: str, repo: str, files: list[tuple[str, int]], *, base_model
                comparison: dict[str, Any] | None = None, checks: dict[str, Any] | None = None) -> str:
     """The README.md a repository gets: what it is, how it was made, how well it did, and what not to do.
 
-    `kind`: adapter | merged | gguf; `files`: (name, bytes) of the folder; `recipe`: markdown
-    bullet lines saying how it was trained; `comparison`: `comparison_summary(...)` of stage 04
-    (None: the card makes no quality claim); `checks`: the export checks, quoted as JSON.
-    What the base model is comes from the model itself (`modeling.local.model_origin`): the locally
-    built random tiny model, SmolLM2 (pretrained, from its GGUF), or a Hub model; not from the profile.
+    `kind`: adapter | merged | gguf; `files`: (name, bytes); `recipe`: markdown bullet lines; `comparison`:
+    `comparison_summary(...)` (None: no quality claim); `checks`: the export checks, quoted as JSON.
     """
     from r1helpers.core import prompts
     from r1helpers.modeling.local import model_origin
@@ -201,27 +182,6 @@ def upload_files(folder: Path) -> list[Path]:
     return sorted(p for p in Path(folder).rglob("*") if p.is_file() and not p.name.startswith("."))
 
 
-def sha256_all(files: list[Path], workers: int | None = None) -> dict[Path, str]:
-    """sha256 of each file, several files at once on `workers` threads (default: the CPU count, at most 8;
-    hashlib releases the GIL), the largest first so that the longest hash starts at once. On the H200
-    machine, the dry run of the 8B's export (23.6 GB) took 23.7 s with the files hashed one after another."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from r1helpers.core.hardware import cpu_threads
-
-    by_size = sorted(files, key=lambda p: -p.stat().st_size)
-    with ThreadPoolExecutor(cpu_threads(workers)) as pool:
-        return dict(zip(by_size, pool.map(sha256, by_size)))
-
-
-def listing(folder: Path, hashes: dict[Path, str] | None = None) -> list[dict[str, Any]]:
-    """Every file upload_folder would send: path relative to the folder, size and sha256 (from `hashes` when
-    given, else computed here)."""
-    files = upload_files(folder)
-    hashes = hashes if hashes is not None else sha256_all(files)
-    return [{"path": p.relative_to(folder).as_posix(), "size": p.stat().st_size, "sha256": hashes[p]} for p in files]
-
-
 def why_not_push(push: list[str], hub_repo: str | None) -> str | None:
     """None when a push can happen (something to push, a repo id, HF_TOKEN, the Hub reachable); else why not."""
     if not push:
@@ -240,11 +200,18 @@ def why_not_push(push: list[str], hub_repo: str | None) -> str | None:
 def dry_run(chosen: dict[str, Path], repos: dict[str, str], reason: str, out_dir: Path,
             private: bool = True) -> dict[str, Any]:
     """Write what would be uploaded into `out_dir`: upload_plan.json and each repository's README.md."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from r1helpers.core.hardware import cpu_threads
+
     out = Path(out_dir)
     plan = {"pushed": False, "reason": reason, "private": private, "repos": []}
-    hashes = sha256_all([f for folder in chosen.values() for f in upload_files(folder)])  # all folders at once
+    every = sorted((f for folder in chosen.values() for f in upload_files(folder)), key=lambda p: -p.stat().st_size)
+    with ThreadPoolExecutor(cpu_threads()) as pool:  # hashlib releases the GIL; the largest file first
+        hashes = dict(zip(every, pool.map(sha256, every)))
     for kind, folder in chosen.items():
-        files = listing(folder, hashes)
+        files = [{"path": p.relative_to(folder).as_posix(), "size": p.stat().st_size, "sha256": hashes[p]}
+                 for p in upload_files(folder)]
         card = folder / "README.md"
         if card.is_file():
             write_text_atomic(out / kind / "README.md", card.read_text(encoding="utf-8"))

@@ -1,15 +1,8 @@
 """Merge a LoRA adapter into the base model's 16-bit weights, one shard at a time.
 
-Written here, not peft's `merge_and_unload`: that needs the whole model loaded (16 GB for the 8B, more than a
-T4 or Kaggle's RAM spares) and merges in the dtype it was loaded in; this streams one shard at a time.
-
-Training may run on 4-bit weights; merging into those (dequantized) would bake their
-rounding into every merged layer. Here each base tensor is read from the 16-bit
-checkpoint, `W + scale * B @ A` is computed in float32 and rounded once to 16-bit,
-and the shard is written before the next is read. Memory stays at one shard (about
-5 GB for the 8B model), so no GPU is needed and a T4's 15 GB never has to hold 16 GB.
-
-    python -c "from r1helpers.export.merge import merge_lora; merge_lora('base', 'adapter', 'out', 'bfloat16')"
+Written here, not peft's `merge_and_unload`, which needs the whole model loaded (16 GB for the 8B, more than a T4
+or Kaggle's RAM spares). Each base tensor is read from the 16-bit checkpoint (never training's 4-bit copy),
+`W + scale * B @ A` is computed in float32 and rounded once to 16-bit; memory stays at one shard.
 """
 
 from __future__ import annotations
@@ -21,13 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# Files of a base checkpoint that describe it rather than hold weights.
-CONFIG_FILES = ("config.json", "generation_config.json")
 PEFT_PREFIX = "base_model.model."
-# Numbers per step when a tensor is merged or checked in float32: a few rows at a time (16 MB in float32), so the
-# temporaries are small and reused instead of a fresh allocation the size of the whole tensor for every operation
-# (the 8B's embeddings are 525 M numbers, 2 GB each in float32). Measured on this project's 2-core CPU machine,
-# 8B dimensions with 2 layers (1.49 B numbers): weight_check 42.2 s whole tensors, merge_lora 17.2 s.
+# Numbers per step when a tensor is merged or checked in float32 (16 MB): small temporaries, not one the size of
+# the tensor per operation (the 8B's embeddings are 525 M numbers).
 CHUNK_NUMBERS = 1 << 22
 
 
@@ -49,9 +38,8 @@ class LoraPair:
     scale: float
 
     def delta(self, start: int | None = None, stop: int | None = None):
-        """scale * B @ A in float32; with start/stop, only those rows (output features) of it. The product is
-        taken in float64: float32 matmul kernels sum in an order that depends on the matrix's size and the
-        threads, so a piece of rows could round differently from the same rows of the whole product."""
+        """scale * B @ A in float32, only rows start:stop of it when given. In float64, so a piece of rows rounds
+        as the same rows of the whole product (float32 kernels sum in a size-dependent order)."""
         b = self.b if start is None else self.b[start:stop]
         return ((b.double() @ self.a.double()) * self.scale).float()
 
@@ -126,23 +114,18 @@ def weight_files(model_dir: Path) -> dict[str, Path]:
     single = model_dir / "model.safetensors"
     if not single.is_file():
         raise MergeError(f"{model_dir}: no model.safetensors or index; the merge reads safetensors checkpoints")
-    return {k: single for k in _header(single)}
+    return {k: single for k in tensor_shapes(model_dir, [single])}
 
 
-def tensor_shapes(model_dir: Path) -> dict[str, tuple[int, ...]]:
+def tensor_shapes(model_dir: Path, paths: list[Path] | None = None) -> dict[str, tuple[int, ...]]:
     """Shapes from the safetensors headers, without reading any weights."""
+    from safetensors import safe_open
+
     out: dict[str, tuple[int, ...]] = {}
-    for path in sorted(set(weight_files(model_dir).values())):
-        out.update({k: tuple(v["shape"]) for k, v in _header(path).items()})
+    for path in paths or sorted(set(weight_files(model_dir).values())):
+        with safe_open(str(path), framework="pt") as f:
+            out.update({k: tuple(f.get_slice(k).get_shape()) for k in f.keys()})
     return out
-
-
-def _header(path: Path) -> dict[str, Any]:
-    """A safetensors file's tensor entries (dtype, shape, offsets), from its header alone."""
-    with open(path, "rb") as f:
-        header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
-    header.pop("__metadata__", None)
-    return header
 
 
 def merge_lora(base_dir: Path, adapter_dir: Path, out_dir: Path, dtype: str = "auto") -> MergeReport:
@@ -202,14 +185,9 @@ def _write_configs(base_dir: Path, out_dir: Path, dtype: str) -> None:
 
 
 def weight_check(base_dir: Path, adapter_dir: Path, merged_dir: Path) -> dict[str, Any]:
-    """Every merged tensor against base + scale * B @ A, read back from disk, tensor by tensor.
-
-    Memory-light, so it runs at any model size; the error must stay within one
-    16-bit rounding of the exact float32 sum. Also counts, among the weights the adapter
-    changes, the share whose 16-bit merged value equals the 16-bit base value: a LoRA update
-    smaller than half a rounding step of its weight is erased by the merge (bfloat16 keeps
-    8 significant bits, float16 11).
-    """
+    """Every merged tensor, read back, within one 16-bit rounding of base + scale * B @ A; and the share of the
+    weights the adapter changes that came out equal to the base's: a LoRA update under half a rounding step is
+    erased by the merge (bfloat16 keeps 8 significant bits, float16 11)."""
     import torch
     from safetensors import safe_open
 

@@ -1,17 +1,8 @@
 """Stage 05 from the config and the run folder: the guards, folders and record around the export's steps.
 
-Notebook 05 shows the steps (`merge_lora`, `write_gguf_files`, `push`/`dry_run`), each followed by its check,
-on an `ExportJob` from `begin(cfg, run)`: it holds the run folder's lock until `job.finish(...)`, reuses an
-export made with these settings from the adapter in train/adapter, redoes one made from another adapter,
-refuses (or with `overwrite` moves aside, never deletes) finished exports made with other settings, in the
-run folder and in `export.output_dir` alike, and stops before anything is replaced when train/adapter is
-damaged or the disks cannot hold the export. `export(cfg, run)` runs the same steps in one call.
-
-Beside each check's tolerance, two measures of what the fine-tune keeps (issue 26): the share of the adapter's
-own effect on the probe logits that each export reproduces (`checks.effect_kept`; a warning below
-export.effect_kept_warn, a failure below export.effect_kept_min), and, on compare.mcq_source's first
-compare.mcq_rows questions, each export's option-likelihood accuracy against base + adapter's with the exact
-McNemar test (`parity.accuracy_parity`; a significant drop fails the export; export.accuracy_check).
+Notebook 05 runs the steps (`merge_lora`, `write_gguf_files`, `push`/`dry_run`), each followed by its check, on the
+`ExportJob` of `begin(cfg, run)`, which holds the run folder's lock until `job.finish(...)`. Finished exports are
+reused, or refused (with `overwrite` moved aside, never deleted).
 """
 
 from __future__ import annotations
@@ -29,24 +20,22 @@ from r1helpers.core.runs import Run, atomic_dir, read_json, write_json_atomic, w
 from r1helpers.export import checks as ec
 from r1helpers.export import parity
 from r1helpers.export.base import fetch_base, locate_base
-from r1helpers.export.llamacpp import check_one_gguf
+from r1helpers.export.gguf_checks import check_one_gguf
 from r1helpers.export.space import ExportSpaceError, check_space, dir_bytes, plan_sizes
 from r1helpers.workflow import export_setup
 from r1helpers.workflow.export_parity import ExportParity
 
-__all__ = ["ExportJob", "ExportSpaceError", "begin", "export"]
+__all__ = ["ExportJob", "ExportSpaceError", "begin"]
 
 FOLDERS = {"adapter": "adapter", "merged_16bit": "merged", "gguf": "gguf"}  # folder -> artefact (and card) kind
 
 
 def begin(cfg: Config, run: Run, force: bool = False) -> "ExportJob":
-    """Take the run folder's lock (held until `job.finish`) and decide: reuse the recorded export, or build.
-
-    Trains first when needed. Stops with one paragraph, replacing and writing nothing, when train/adapter is
-    damaged, when finished exports made with other settings are there and `overwrite` is off
-    (`RunFolderConflict`), or when the disks cannot hold the export (`ExportSpaceError`)."""
-    from r1helpers.workflow.train_stage import ensure_trained
+    """Take the run folder's lock (held until `job.finish`), train first when needed, and decide: reuse the
+    recorded export, or build. Stops with one paragraph, replacing nothing, when train/adapter is damaged, when
+    finished exports made with other settings are there (`RunFolderConflict`) or the disks are too small."""
     from r1helpers.workflow.data_stage import prepare
+    from r1helpers.workflow.train_stage import ensure_trained
 
     cfg = validate(cfg)
     job = ExportJob(cfg, run, export_setup.output_dir(cfg, run))
@@ -60,8 +49,8 @@ def begin(cfg: Config, run: Run, force: bool = False) -> "ExportJob":
         if not force and run.is_current(cfg, "export"):
             why = job.differs_from_record()
             if why is None:
-                job.status = f"reused: {run.stage_dir('export')} holds an export made with these settings from this adapter"
                 job.building = False
+                job.status = f"reused: {run.stage_dir('export')} holds an export made with these settings from this adapter"
                 print(job.status, flush=True)
                 return job
             print(f"export: not reusing the recorded export: {why}; exporting again", flush=True)
@@ -78,17 +67,16 @@ class ExportJob(ExportParity):
 
     def __init__(self, cfg: Config, run: Run, out: Path):
         self.cfg, self.run, self.out = cfg, run, out
-        self.building, self.status = True, ""
-        self.notes: list[str] = []
-        self.seconds: dict[str, float] = {}  # each step's wall time, for exported.json
+        self.building, self.status, self.notes = True, "", []
+        self.seconds: dict[str, float] = {}  # each step's wall time
         self.artefacts: dict[str, Any] = {}
         self.merged_dir: Path | None = None
         self.probes = self.merged_probes = None  # base + adapter's greedy tokens and logits; the merged model's
-        self.mcq: list[dict[str, Any]] | None = None  # the multiple-choice rows every model answers, or None
-        self.answers: dict[str, list[str]] = {}  # base, adapter, each export: its option-likelihood letters
-        self.kept: dict[str, Any] = {}  # artefact -> its share of the adapter's effect kept
+        self.mcq: list[dict[str, Any]] | None = None  # the multiple-choice rows every model answers
+        self.answers: dict[str, list[str]] = {}  # model -> its option-likelihood letters
+        self.kept: dict[str, Any] = {}  # artefact -> the share of the adapter's effect it keeps
         self.parity: dict[str, Any] = {}  # artefact -> its accuracy against base + adapter
-        self.checks: dict[str, Any] = {}  # the step being written: its checks, then its record's
+        self.checks: dict[str, Any] = {}  # the step being written: its checks
         self.extra: dict[str, dict[str, Any]] = {}  # what a step's record holds besides path, bytes and checks
         self._lock: contextlib.ExitStack | None = None
         self._discard = False
@@ -127,21 +115,21 @@ class ExportJob(ExportParity):
         return None
 
     def prepare_build(self, prepared, force: bool) -> None:
-        cfg, run = self.cfg, self.run
         from r1helpers.core.secrets import load_secrets
-        from r1helpers.export.llamacpp import find_quantizer
+        from r1helpers.export.gguf import find_quantizer
         from r1helpers.export.merge import resolve_dtype
         from r1helpers.workflow.hub import repo_base
 
+        cfg, run = self.cfg, self.run
         self.quantizer = None
         if "q4_k_m" in cfg.export.gguf:
             self.quantizer, why = find_quantizer(cfg.export.llama_quantize)
             self.notes.append(f"q4_k_m: {why}" + ("" if self.quantizer else "; skipped"))
         self.gguf_kinds = sorted((k for k in cfg.export.gguf if k != "q4_k_m" or self.quantizer),
-                                 key=lambda k: k == "q4_k_m")  # after the unquantized file it may be made from
+                                 key=lambda k: k == "q4_k_m")  # after the unquantized file it is made from
         base = locate_base(cfg.model.name, cfg.model.revision)
-        own = resolve_dtype("auto", base.folder) if base.folder else "bfloat16"
-        self.dtypes = export_setup.dtype_candidates(cfg.export.merged_dtype, own)
+        self.dtypes = export_setup.dtype_candidates(cfg.export.merged_dtype,
+                                                    resolve_dtype("auto", base.folder) if base.folder else "bfloat16")
         self.dtype = self.dtypes[0]
         self.space = self.check_space(base)
         moved = run.refuse_or_move_aside(cfg, "export", force)  # RunFolderConflict without overwrite
@@ -164,22 +152,18 @@ class ExportJob(ExportParity):
         self.notes.append(why)
         self.stem = f"{Path(cfg.model.name).name}-medical-cot"
         self.repo = repo_base(cfg, run)  # export.hub_repo, or the dry run's placeholder
-        load_secrets(ask=False)  # HF_TOKEN from Kaggle secrets, Colab or .env, for the push
+        load_secrets(ask=False)  # HF_TOKEN for the push
         self.status = f"building: into {self.out}"
         print(self.status, flush=True)
 
     def check_space(self, base) -> dict[str, Any]:
         """The free-space check, with the settings that would make a refused export fit as its advice."""
-        download = None
-        if base.download_bytes:
-            from huggingface_hub.constants import HF_HUB_CACHE
-
-            download = Path(HF_HUB_CACHE)
+        from huggingface_hub.constants import HF_HUB_CACHE
 
         def plan(keep: bool, kinds: list[str]):
             return plan_sizes(self.out, base.parameters, dir_bytes(self.adapter_dir), keep_merged=keep,
                               gguf_kinds=kinds, merged_dtype=self.dtype, download_bytes=base.download_bytes,
-                              download_dir=download)
+                              download_dir=Path(HF_HUB_CACHE))
 
         keep, kinds = self.cfg.export.save_merged_16bit, self.gguf_kinds
         self.planned = plan(keep, kinds)
@@ -204,7 +188,7 @@ class ExportJob(ExportParity):
 
     @contextlib.contextmanager
     def timed(self, step: str):
-        """Add the block's wall time to `seconds[step]` and print it: where an export's minutes go."""
+        """Add the block's wall time to `seconds[step]` and print it."""
         t0 = time.perf_counter()
         try:
             yield
@@ -216,8 +200,8 @@ class ExportJob(ExportParity):
     @contextlib.contextmanager
     def writing(self, folder: str):
         """A temporary folder for `folder` (adapter | merged_16bit | gguf), renamed into place with its model card
-        once the body (the step and its check) has finished: a failed or interrupted step leaves the previous
-        folder. A merged model that is not kept goes to a temporary folder, deleted after the GGUF files."""
+        once the step and its check have passed: a failed step leaves the previous folder. A merged model that is
+        not kept goes to a temporary folder, deleted after the GGUF files."""
         kept = folder != "merged_16bit" or self.cfg.export.save_merged_16bit
         target = self.out / (folder if kept else export_setup.MERGED_FOR_GGUF)
         self._discard, self.checks = False, {}
@@ -232,8 +216,7 @@ class ExportJob(ExportParity):
             return
         finally:
             free_memory()
-            temporary = self.merged_dir is not None and self.merged_dir.name == export_setup.MERGED_FOR_GGUF
-            if folder == "gguf" and temporary:
+            if folder == "gguf" and self.merged_dir is not None and self.merged_dir.name == export_setup.MERGED_FOR_GGUF:
                 shutil.rmtree(self.merged_dir, ignore_errors=True)  # 16 GB for the 8B
         if folder == "merged_16bit":
             self.merged_dir = target
@@ -249,8 +232,8 @@ class ExportJob(ExportParity):
         write_text_atomic(folder / "README.md", card(self.cfg, self.run, kind, files, self.checks or None))
 
     def check_adapter(self, folder: Path) -> None:
-        """peft loads the copied adapter onto the base model (float32): base + adapter's greedy tokens and logits,
-        the merged model's reference, are taken from it."""
+        """peft loads the copied adapter onto the base model (float32): base + adapter's greedy tokens and logits
+        are the merged model's reference."""
         if not self.logits_ok:
             self.checks["loads_with_peft"] = "skipped: a float32 copy of the model does not fit in memory"
             return
@@ -265,13 +248,12 @@ class ExportJob(ExportParity):
                 "questions": n, "source": str(self.cfg.compare.mcq_source), "scoring": "option likelihood",
                 "adapter_correct": sum(ok(self.mcq, self.answers["adapter"])),
                 "base_correct": sum(ok(self.mcq, self.answers["base"])),
-                "how": "base + this adapter (float32, peft) and the base alone (adapter off): the reference every "
-                       "export's accuracy is compared with"}
+                "how": "base + this adapter and the base alone (adapter off): every export's reference"}
 
     def check_merged(self, folder: Path) -> None:
-        """Every merged weight within one 16-bit rounding of base + B·A·scale, then the merged model (plain
-        transformers) against base + adapter. When that fails and `export_setup.dtype_candidates` leaves another
-        16-bit type, the merge is made again in it; when none passes, nothing merged is kept and the notes say so."""
+        """Every merged weight within one 16-bit rounding of base + B·A·scale, then the merged model against
+        base + adapter. When that fails and another 16-bit type is left (`export_setup.dtype_candidates`), the
+        merge is made again in it; when none passes, nothing merged is kept and the notes say so."""
         from r1helpers.export.files import save_tokenizer
         from r1helpers.export.merge import merge_lora, weight_check
 
@@ -312,24 +294,18 @@ class ExportJob(ExportParity):
             self.notes.append(f"merged in {self.dtype}: " + "; ".join(failures) + f"; {self.dtype} passed")
 
     def check_gguf(self, files: dict[str, Path]) -> None:
-        """Each GGUF file: metadata and chat template, every weight against the merged model, and transformers'
-        (and, when installed, llama.cpp's) read-back against the merged model's logits."""
+        """Each GGUF file: metadata and chat template, every weight, and transformers' read-back against the
+        merged model's logits."""
         probes = None
         if self.logits_ok:  # the merged model's own, kept by its check, else taken now
             with self.timed("GGUF reference: the merged model's greedy tokens and logits"):
                 probes = self.merged_probes or ec.reference_probes(ec.load_float32(self.merged_dir), self.prompts,
                                                                    self.cfg.export.check_tokens)
-        checked = {}
-        for kind, path in files.items():
-            checked[kind] = {"file": path.name, "bytes": path.stat().st_size,
-                             "checks": check_one_gguf(self, path, kind, self.merged_dir, probes)}
+        checked = {kind: {"file": path.name, "bytes": path.stat().st_size,
+                          "checks": check_one_gguf(self, path, kind, self.merged_dir, probes)}
+                   for kind, path in files.items()}
         self.checks = {k: v["checks"] for k, v in checked.items()}
         self.extra["gguf"] = {"files": checked}
-
-    def _kept_artefacts(self) -> set[str]:
-        """The names (merged_16bit, gguf <kind>) of the artefacts that were kept."""
-        names = {"merged_16bit"} if self.merged_dir is not None else set()  # kept, or the GGUF files' source
-        return names | {f"gguf {k}" for k in self.artefacts.get("gguf", {}).get("files", {})}
 
     def to_push(self) -> dict[str, Path]:
         """The artefacts export.push names, by kind."""
@@ -343,13 +319,12 @@ class ExportJob(ExportParity):
             trained = export_setup.adapter_hash(self.adapter_dir)
             for art in self.artefacts.values():
                 art["adapter_sha256"] = trained
-            train = self.run.read_manifest("train") or {}
             hub = hub_result or {"message": "no Hub push or dry run was made"}
             print(hub["message"])
             record = {"output_dir": str(self.out), "artefacts": self.artefacts, "notes": self.notes,
                       "seconds": self.seconds, "hub": hub, "parity": self.parity_record(),
                       "source": {"adapter": str(self.adapter_dir), "sha256": trained,
-                                 "train_finished_at": train.get("finished_at")},
+                                 "train_finished_at": (self.run.read_manifest("train") or {}).get("finished_at")},
                       "space": {"planned": [{"what": i.what, "where": str(i.where), "bytes": i.bytes}
                                             for i in self.planned], "disks": self.space}}
             write_json_atomic(self.run.path("exported"), record)
@@ -367,36 +342,3 @@ _HOLDING: ExportJob | None = None  # the job of this process that holds its run 
 
 class _Discarded(Exception):
     """The step's check kept nothing (no merge passed): the temporary folder is dropped, no error."""
-
-
-def export(cfg: Config, run: Run, force: bool = False) -> dict[str, Any]:
-    """Notebook 05's steps in one call: adapter, merged 16-bit model and GGUF files, each checked; then the Hub
-    push or its dry run."""
-    from r1helpers.export.files import save_tokenizer, write_adapter
-    from r1helpers.export.gguf import write_gguf_files
-    from r1helpers.export.merge import merge_lora
-    from r1helpers.workflow.hub import publish
-
-    job = begin(cfg, run, force)
-    if not job.building:
-        return job.finish()
-    try:
-        with job.writing("adapter") as folder:
-            write_adapter(job.adapter_dir, folder, job.tokenizer)
-            job.check_adapter(folder)
-        if cfg.export.save_merged_16bit or job.gguf_kinds:
-            with job.writing("merged_16bit") as folder:
-                merge_lora(job.base_dir, job.out / "adapter", folder, job.dtype)
-                save_tokenizer(job.tokenizer, folder)
-                job.check_merged(folder)
-        if job.gguf_kinds and job.merged_dir:
-            with job.writing("gguf") as folder:
-                files = write_gguf_files(job.merged_dir, folder, job.gguf_kinds, job.stem, cfg.model.name,
-                                         job.tokenizer.chat_template, job.quantizer, timed=job.timed)
-                job.check_gguf(files)
-        with job.timed("Hub: push or dry run"):
-            hub_result = publish(cfg, run, job.to_push())
-    except BaseException:
-        job.release()
-        raise
-    return job.finish(hub_result)

@@ -14,8 +14,7 @@ AUTO_ACCURACY_CPU_BUDGET = 5e9
 
 class ExportParity:
     """Mixed into `ExportJob`: scores the multiple-choice set with each loaded model, judges each export against
-    base + adapter, and builds exported.json's `parity`. Uses the job's cfg, logits_ok, mcq, answers, kept,
-    parity, notes, tokenizer, timed and _kept_artefacts."""
+    base + adapter, and builds exported.json's `parity`."""
 
     def accuracy_plan(self, parameters: int, where: str) -> tuple[list[dict[str, Any]] | None, str]:
         """The multiple-choice rows every model answers (export.accuracy_check), or None; and a note saying which."""
@@ -83,15 +82,17 @@ class ExportParity:
     def parity_record(self) -> dict[str, Any]:
         """exported.json's `parity`: per artefact, the share of the adapter's effect kept and the multiple-choice
         accuracy beside the adapter's (and the base's) on the same questions, with each model's answers."""
-        kept = {k: v.get("share_kept") for k, v in self.kept.items() if k in self._kept_artefacts()}
+        names = {"merged_16bit"} if self.merged_dir is not None else set()  # kept, or the GGUF files' source
+        names |= {f"gguf {k}" for k in self.artefacts.get("gguf", {}).get("files", {})}
+        kept = {k: v.get("share_kept") for k, v in self.kept.items() if k in names}
         out: dict[str, Any] = {"effect_kept_rule": parity.EFFECT_RULE, "effect_kept": kept}
         if not self.mcq or "adapter" not in self.answers:
             out["accuracy"] = None
             return out
         n = len(self.mcq)
-        acc = {name: {"correct": sum(parity.correct(self.mcq, letters)), "accuracy": round(
-            sum(parity.correct(self.mcq, letters)) / n, 4)} for name, letters in self.answers.items()
-            if name in ("base", "adapter") or name in self.parity}
+        right = {name: sum(parity.correct(self.mcq, letters)) for name, letters in self.answers.items()
+                 if name in ("base", "adapter") or name in self.parity}
+        acc = {name: {"correct": r, "accuracy": round(r / n, 4)} for name, r in right.items()}
         for name, p in self.parity.items():
             acc[name].update(delta_vs_adapter=p["delta"], mcnemar_p=p["mcnemar"]["p_value"], verdict=p["verdict"])
         out["accuracy"] = {"source": str(self.cfg.compare.mcq_source), "split": self.cfg.compare.mcq_split,

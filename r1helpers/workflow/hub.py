@@ -1,9 +1,5 @@
-"""Model cards and the Hub push (or its dry run) for stage 05, from the config and the run folder.
-
-The cards and the upload are plain helpers in `r1helpers.export.hub`; this module fills
-them in from `cfg` (the recipe, `export.hub_repo`, `export.push`, `export.hub_private`)
-and the run folder (training metrics, the stage 04 comparison, `export/hub/` for a dry run).
-"""
+"""Model cards and the Hub push (or its dry run) for stage 05, filled in from `cfg` and the run folder (training
+metrics, the stage 04 comparison); the plain helpers are in `r1helpers.export.hub`."""
 
 from __future__ import annotations
 
@@ -21,17 +17,6 @@ def repo_base(cfg: Config, run: Run) -> str:
     return cfg.export.hub_repo or hub.default_repo(cfg.model.name, run.root.name)
 
 
-def _training_metrics(run: Run) -> dict[str, Any]:
-    try:
-        return read_json(run.path("train_metrics"))
-    except (OSError, ValueError):
-        return {}
-
-
-def _num(x: Any) -> str:
-    return f"{x:.4g}" if isinstance(x, (int, float)) else "-"
-
-
 def dataset_line(source: str) -> str:
     """The dataset as the card names it: a Hub id (or the bundled sample) as given; a local file by its name and
     sha256, a local folder by its name: never this machine's path."""
@@ -46,7 +31,7 @@ def dataset_line(source: str) -> str:
 def recipe_lines(cfg: Config, train_metrics: dict[str, Any] | None = None) -> list[str]:
     """How the model was trained, as the card's bullet lines."""
     d, lo, t, m = cfg.data, cfg.lora, cfg.train, cfg.model
-    train = train_metrics or {}
+    train, num = train_metrics or {}, hub.fmt_num
     lines = [
         f"- Base model: `{m.name}`" + (f" (revision `{m.revision}`)" if m.revision else ""),
         f"- Dataset: {dataset_line(d.source)}" + (f", config `{d.config_name}`" if d.config_name else "")
@@ -60,9 +45,9 @@ def recipe_lines(cfg: Config, train_metrics: dict[str, Any] | None = None) -> li
         "the adapter into the base model's 16-bit weights, not into dequantized 4-bit ones",
     ]
     if train.get("train_loss") is not None:
-        lines.append(f"- Training loss: {_num(train['train_loss'])} (mean per token of the logged training losses over "
+        lines.append(f"- Training loss: {num(train['train_loss'])} (mean per token of the logged training losses over "
                      f"all {t.max_steps} steps, prompt tokens included; {train.get('backend', '?')} backend, "
-                     f"{_num(train.get('seconds'))} s). Not comparable with the held-out completion NLL in the "
+                     f"{num(train.get('seconds'))} s). Not comparable with the held-out completion NLL in the "
                      "comparison, which scores only the completion")
     return lines
 
@@ -70,9 +55,13 @@ def recipe_lines(cfg: Config, train_metrics: dict[str, Any] | None = None) -> li
 def card(cfg: Config, run: Run, kind: str, files: list[tuple[str, int]],
          checks: dict[str, Any] | None = None) -> str:
     """The model card of one artefact (adapter | merged | gguf) of this run."""
+    try:
+        train_metrics = read_json(run.path("train_metrics"))
+    except (OSError, ValueError):
+        train_metrics = {}
     return hub.model_card(
         kind, hub.repo_ids(repo_base(cfg, run))[kind], files, base_model=cfg.model.name,
-        recipe=recipe_lines(cfg, _training_metrics(run)), dataset=cfg.data.source, train_rows=cfg.data.train_rows,
+        recipe=recipe_lines(cfg, train_metrics), dataset=cfg.data.source, train_rows=cfg.data.train_rows,
         max_steps=cfg.train.max_steps, comparison=hub.comparison_summary(run.path("comparison")), checks=checks)
 
 

@@ -114,12 +114,12 @@ temporary folder, deleted once they are written."""),
     ("md", """## The GGUF files
 
 One file per type in `cfg.export.gguf`, written from the merged model with gguf-py (q4_k_m by llama.cpp's
-quantizer, when one is installed), and an Ollama `Modelfile`. Each is then checked against the merged model."""),
+`llama-quantize`, when one is found), and an Ollama `Modelfile`. Each is then checked against the merged model."""),
     ("code", """if job.building and job.merged_dir:
     with job.writing("gguf") as folder:
         files = write_gguf_files(job.merged_dir, folder, job.gguf_kinds, job.stem, cfg.model.name,
                                  job.tokenizer.chat_template, job.quantizer, timed=job.timed)
-        job.check_gguf(files)  # metadata and template; every weight; transformers' (and llama.cpp's) read-back"""),
+        job.check_gguf(files)  # metadata and template; every weight; transformers' read-back"""),
     ("md", """## The Hub push, or its dry run
 
 Pushing needs two things: a Hugging Face token (`HF_TOKEN`, from the environment, Kaggle secrets or `.env`;
@@ -141,9 +141,6 @@ if job.building:
 exported = job.finish(hub_result)  # exported.json, the manifest; the lock released
 print(exported["hub"]["message"])
 summary.summary_table(exported)"""),
-    ("md", """The free-space check's plan: every large file with its estimated size and the folder it goes to
-(a "temporary" file is deleted once the one made from it is written)."""),
-    ("code", """summary.space_table(exported)"""),
     ("md", """## The checks, and what they guarantee
 
 **Merged 16-bit.** Training may run on 4-bit weights, but the merge reads the base model's 16-bit checkpoint,
@@ -173,14 +170,13 @@ into float16 (`cfg.export.merged_dtype = "float16"`, 11 significant bits) if the
 
 **GGUF.** Each file is checked three ways: its vocabulary, special token ids and chat template must match the
 training tokenizer and render the training prompt token for token; every tensor, dequantized, must be close to
-the merged weights (tolerance by type); and the file is read back by transformers' GGUF loader and, where
-`llama-cpp-python` is installed, by llama.cpp itself, and compared with the merged model: f16/bf16 within 1-2%
+the merged weights (tolerance by type); and the file is read back by transformers' GGUF loader (gguf-py's
+reader) and compared with the merged model: f16/bf16 within 1-2%
 of the logit range with identical greedy tokens (near ties excepted, as above), q8_0 within 5%, q4_k_m within
 25%. Logit checks load a float32
 copy of the model; when that does not fit in memory (the 8B model on Kaggle) they are skipped with a note and
-the per-tensor checks stand in for them. q4_k_m needs llama.cpp's quantizer and is skipped, with a note, when
-none is installed."""),
-    ("code", """summary.checks_table(exported)"""),
+the per-tensor checks stand in for them. q4_k_m needs llama.cpp's `llama-quantize` binary and is skipped, with a
+note, when none is found."""),
     ("md", """## What each export keeps of the fine-tune
 
 A tolerance on the logit range can pass an export that has lost much of what fine-tuning changed: the adapter
