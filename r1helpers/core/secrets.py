@@ -104,11 +104,17 @@ def read_dotenv(path: Path) -> dict[str, str]:
     return out
 
 
+def _dotenv_values(files: list[Path]) -> dict[str, str]:
+    """The values of these .env files, the nearest winning."""
+    values: dict[str, str] = {}
+    for path in reversed(files):
+        values.update(read_dotenv(path))
+    return values
+
+
 def _sources(files: list[Path]) -> list[tuple[str, str, Getter]]:
     """(label in the report, what was looked at, getter) in priority order."""
-    dotenv: dict[str, str] = {}
-    for path in reversed(files):  # nearest last, so it wins
-        dotenv.update(read_dotenv(path))
+    dotenv = _dotenv_values(files)
     where = ", ".join(str(p) for p in files) or f"no .env in the working folder or its parents, ${DOTENV_ENV} unset"
     return [
         ("environment", "environment variables", _from_env),
