@@ -210,23 +210,19 @@ def lora_table(lora) -> Any:
 
 
 def batch_plan_table(plan, processes: int = 1):
-    """A batch plan (a BatchPlan or the dict in train/metrics.json) as a table, with the effective batch."""
+    """A batch plan (a BatchPlan or the dict in train/metrics.json) as a table, with the effective batch
+    (micro-batch x accumulation x processes: the rows averaged into one optimizer step)."""
     from dataclasses import asdict, is_dataclass
 
     p = asdict(plan) if is_dataclass(plan) else dict(plan)
-    micro, acc = p["micro_batch"], p["accumulation"]
-    gc = p.get("gradient_checkpointing")
     rows = [
-        ("micro-batch", micro, "rows in one forward and backward pass"),
-        ("accumulation", acc, "micro-batches whose gradients are summed before one optimizer step"),
-        ("processes", processes, "DDP processes (one per GPU), each with its own micro-batches"),
-        ("effective batch", micro * acc * processes, "rows averaged into one optimizer step: micro-batch x "
-                                                     "accumulation x processes"),
-        ("padding-free", p["padding_free"], "rows concatenated without pad tokens, each attending only to itself"),
-        ("gradient checkpointing", gc or "as lora.gradient_checkpointing",
-         "set by the plan where the GPU has room to keep every activation"),
-        ("token budget", p.get("token_budget", 0) or "none", "most tokens one pass holds; a longer step runs in "
-                                                            "several passes that sum to the same gradient"),
-        ("why", p["reason"], ""),
+        ("micro-batch", p["micro_batch"]),
+        ("accumulation", p["accumulation"]),
+        ("processes", processes),
+        ("effective batch", p["micro_batch"] * p["accumulation"] * processes),
+        ("padding-free", p["padding_free"]),
+        ("gradient checkpointing", p.get("gradient_checkpointing") or "as lora.gradient_checkpointing"),
+        ("token budget", p.get("token_budget", 0) or "none"),
+        ("why", p["reason"]),
     ]
-    return _pd().DataFrame(rows, columns=["", "value", "meaning"]).set_index("")
+    return _pd().DataFrame(rows, columns=["", "value"]).set_index("")
