@@ -1,12 +1,6 @@
-"""Typed configuration for the whole notebook series, with named profiles.
-
-One dataclass tree holds every value of the seed recipe so that a notebook's
-`parameters` cell, a YAML file and the command line all override the same
-fields. Values are checked when set, so a bad `-p` reaches the user as an error
-naming the field before any model loads.
-
-    python -m r1helpers.pipeline --profile seed --set train.max_steps=30
-"""
+"""Typed configuration for the whole notebook series, with named profiles: one dataclass tree that a notebook's
+parameters, a YAML file and the command line all override, checked when set so that a bad value is an error
+naming the field before any model loads."""
 
 from __future__ import annotations
 
@@ -272,6 +266,7 @@ def _field_map(cls: type, prefix: str = "") -> dict[str, tuple[type, Any]]:
 
 
 FIELDS = _field_map(Config)
+SECTIONS = {f.name: f.default_factory for f in fields(Config) if f.name != "profile"}  # "model": ModelConfig, ...
 
 
 def resolve_key(key: str) -> str:
@@ -290,7 +285,7 @@ def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in d.items():
         full = f"{prefix}{k}"
-        if isinstance(v, Mapping) and full in {"model", "data", "lora", "train", "infer", "compare", "export"}:
+        if isinstance(v, Mapping) and full in SECTIONS:
             out.update(_flatten(v, f"{full}."))
         else:
             out[full] = v
@@ -313,29 +308,19 @@ def apply_overrides(cfg: Config, overrides: Mapping[str, Any] | None) -> Config:
 
 def from_dict(data: Mapping[str, Any]) -> Config:
     """Build a Config from a (possibly partial) nested dict, as saved in a run folder."""
-    hints = typing.get_type_hints(Config)
-    kwargs: dict[str, Any] = {}
-    for f in fields(Config):
-        if f.name not in data:
-            continue
-        tp = hints[f.name]
-        if dataclasses.is_dataclass(tp):
-            sub = dict(data[f.name] or {})
-            known = {x.name for x in fields(tp)}
-            unknown = set(sub) - known
-            if unknown:
-                raise ConfigError(f"{f.name}: unknown fields {sorted(unknown)}")
-            sub_hints = typing.get_type_hints(tp)
-            kwargs[f.name] = tp(**{k: _coerce(f"{f.name}.{k}", sub_hints[k], v) for k, v in sub.items()})
-        else:
-            kwargs[f.name] = data[f.name]
+    kwargs: dict[str, Any] = {"profile": data["profile"]} if "profile" in data else {}
+    for name, section in SECTIONS.items():
+        values = dict(data.get(name) or {})
+        unknown = sorted(k for k in values if f"{name}.{k}" not in FIELDS)
+        if unknown:
+            raise ConfigError(f"{name}: unknown fields {unknown}")
+        kwargs[name] = section(**{k: _coerce(f"{name}.{k}", FIELDS[f"{name}.{k}"][0], v) for k, v in values.items()})
     return Config(**kwargs)
 
 
 def validate(cfg: Config) -> Config:
-    """`cfg` checked again after assignments such as `cfg.train.max_steps = 30` in a notebook cell:
-    a new Config rebuilt from its values, so a bad one raises the usual ConfigError naming the field
-    (and "30" from a text box becomes 30)."""
+    """`cfg` rebuilt from its values, so that an assignment in a notebook cell (`cfg.train.max_steps = 30`)
+    is checked like a loaded value."""
     if not isinstance(cfg, Config):
         raise ConfigError(f"expected a Config, got {type(cfg).__name__}")
     return from_dict(cfg.to_dict())

@@ -1,8 +1,5 @@
-"""Facts about the process this code runs in under DDP (torchrun), and the few calls that differ.
-
-A single process is rank 0 of a world of one, so every helper here is a no-op there:
-training code calls them unconditionally. The launcher is `r1helpers.distributed`.
-"""
+"""Facts about this process under DDP (torchrun; launched by `r1helpers.distributed`) and the few calls that
+differ; in a single process (rank 0 of a world of one) each is a no-op."""
 
 from __future__ import annotations
 
@@ -15,8 +12,7 @@ from r1helpers.core.config import Config, per_process_accumulation
 
 DDP_BACKEND_NOTE = ("under DDP this project trains with transformers + peft (bitsandbytes 4-bit on CUDA, one whole "
                     "model per GPU); Unsloth's open-source multi-GPU support is not relied on")
-# Set by env.pin_first_gpu: the GPUs that were visible before it hid all but the first, so that
-# a launch from the same notebook can give every process its GPU back.
+# Set by hardware.pin_first_gpu: the GPUs visible before it hid all but the first (for the DDP launcher).
 GPUS_BEFORE_PIN_ENV = "R1HELPERS_GPUS_BEFORE_PIN"
 
 
@@ -60,11 +56,8 @@ def main_first() -> Iterator[None]:
 
 
 def cuda_device() -> int:
-    """The GPU this process trains on: its LOCAL_RANK under a launcher, else the current one.
-
-    With 4-bit weights the model must be placed on its process's GPU when it loads
-    (device_map={"": cuda_device()}); bitsandbytes weights cannot be moved afterwards.
-    """
+    """The GPU this process trains on: its LOCAL_RANK under a launcher, else the current one (4-bit weights
+    are placed there when they load; they cannot be moved afterwards)."""
     if "LOCAL_RANK" in os.environ:
         return int(os.environ["LOCAL_RANK"])
     import torch
@@ -73,11 +66,8 @@ def cuda_device() -> int:
 
 
 def init_process_group() -> bool:
-    """Join the launcher's process group (NCCL on CUDA, gloo on CPU) before the model loads.
-
-    Joining early gives `barrier` to the steps before the Trainer (data, checkpoint
-    folder); the Trainer finds the group and uses it.
-    """
+    """Join the launcher's process group (NCCL on CUDA, gloo on CPU) before the model loads, so that the steps
+    before the Trainer have `barrier`; the Trainer uses the same group."""
     if world_size() <= 1:
         return False
     import torch
@@ -95,12 +85,8 @@ def init_process_group() -> bool:
 
 
 def _load_onto_indexed_cpu() -> None:
-    """Let torch.load take map_location="cpu:0".
-
-    Resuming under CPU DDP, the Trainer loads the optimizer with map_location=args.device,
-    which accelerate makes torch.device("cpu", 0); torch.load knows only "cpu" and fails with
-    "don't know how to restore data location". CUDA devices ("cuda:N") load as they are.
-    """
+    """Let torch.load take map_location="cpu:0", which the Trainer passes when it resumes under CPU DDP
+    (torch.load alone fails: "don't know how to restore data location")."""
     import torch.serialization
 
     torch.serialization.register_package(
@@ -108,13 +94,8 @@ def _load_onto_indexed_cpu() -> None:
 
 
 def trainer_kwargs() -> dict[str, Any]:
-    """TrainingArguments for DDP; none in a single process.
-
-    Without CUDA, accelerate sets up DDP only with use_cpu=True (otherwise it trains N
-    independent copies), and then over gloo. Every LoRA weight gets a gradient every step,
-    so DDP need not search for unused parameters (that search also breaks with
-    gradient checkpointing).
-    """
+    """TrainingArguments for DDP; none in a single process. Without CUDA accelerate needs use_cpu=True (else
+    it trains N independent copies); every LoRA weight gets a gradient, so no search for unused parameters."""
     if world_size() <= 1:
         return {}
     import torch

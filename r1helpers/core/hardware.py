@@ -1,16 +1,7 @@
 """What machine this is, which backend and dtype suit it, and why.
 
-Users' reports show `torch.cuda.is_bf16_supported()` answering True on a T4, where
-bf16 is emulated and slow; bf16 is decided here by compute capability >= 8.0.
-Unsloth does not support the P100 (capability 6.0) and imports only on a
-supported NVIDIA GPU, so the transformers + peft path is the fallback. Below 7.0
-little else runs either: Kaggle has retired the P100 (kaggle CLI 2.2.5 lists
-NvidiaTeslaP100 as retired and runs such sessions on a T4), its image's torch
-(2.10.0+cu128) has no sm_60 kernels, and neither has the CUDA 12.8 library of
-bitsandbytes 0.50.2 (its CUDA 12.6 library has).
-
-Every decision takes a `Hardware` value, so tests inject a T4, T4 x2, P100, H100
-or CPU and check what a person on that machine would be told.
+bf16 is decided by compute capability >= 8.0, never by `torch.cuda.is_bf16_supported()` (True on a T4, where
+bf16 is emulated). Every decision takes a `Hardware` value, so tests can inject a T4, P100, H100 or CPU.
 """
 
 from __future__ import annotations
@@ -45,7 +36,7 @@ TRACKED_PACKAGES = (
 
 # Unsloth's kernels need Triton, which needs compute capability >= 7.0.
 UNSLOTH_MIN_CAPABILITY = (7, 0)
-# Why nothing GPU-related is installed or advised below capability 7.0 (said by setup() and the setup notes).
+# Why nothing GPU-related is installed or advised below capability 7.0 (said by setup() and the notes).
 BELOW_7_0 = ("Kaggle has retired the P100 (kaggle CLI 2.2.5 lists NvidiaTeslaP100 as retired; such sessions run "
              "on a T4), Kaggle's torch 2.10.0+cu128 has no sm_60 kernels, and neither has bitsandbytes 0.50.2's "
              "CUDA 12.8 library; Unsloth and Triton need 7.0+")
@@ -104,11 +95,8 @@ def detect_hardware() -> Hardware:
 
 
 def smi_gpus(run=subprocess.run) -> list[GPU]:
-    """The machine's GPUs from nvidia-smi, which (unlike torch) does not start CUDA in this process.
-
-    CUDA reads CUDA_VISIBLE_DEVICES once, when it starts; deciding which GPUs to use
-    must therefore happen before torch touches the GPU.
-    """
+    """The machine's GPUs from nvidia-smi, which (unlike torch) does not start CUDA, so that
+    CUDA_VISIBLE_DEVICES can still be set before it does."""
     query = ["nvidia-smi", "--query-gpu=name,compute_cap,memory.total", "--format=csv,noheader,nounits"]
     try:
         out = run(query, capture_output=True, text=True, timeout=30)
@@ -118,12 +106,9 @@ def smi_gpus(run=subprocess.run) -> list[GPU]:
         return []
     gpus = []
     for line in out.stdout.strip().splitlines():
-        parts = [p.strip() for p in line.split(",")]
-        if len(parts) != 3:
-            continue
-        name, cap, mib = parts
-        major, _, minor = cap.partition(".")
         try:
+            name, cap, mib = (p.strip() for p in line.split(","))
+            major, _, minor = cap.partition(".")
             gpus.append(GPU(name, (int(major), int(minor or 0)), round(float(mib) / 1024, 1)))
         except ValueError:
             continue
@@ -138,11 +123,8 @@ def distributed_launch(environ: Mapping[str, str] = os.environ) -> bool:
 def pin_first_gpu(gpus: list[GPU], environ: MutableMapping[str, str] = os.environ) -> str | None:
     """Show this process only its first GPU when it would see several and no launcher runs it.
 
-    With two visible GPUs and no launcher, the transformers Trainer multiplies the
-    per-device batch by the GPU count (and skips DataParallel for 4-bit models), so
-    the recipe's batch would silently double on GPU 0. A CUDA_VISIBLE_DEVICES that
-    already names one GPU is kept; one that names several is cut to its first. The full
-    list is kept in GPUS_BEFORE_PIN_ENV for the DDP launcher (r1helpers.distributed).
+    Otherwise the Trainer multiplies the per-device batch by the GPU count. The full list is kept in
+    GPUS_BEFORE_PIN_ENV for the DDP launcher (r1helpers.distributed).
     """
     listed = [d for d in environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
     visible = listed if "CUDA_VISIBLE_DEVICES" in environ else [str(i) for i in range(len(gpus))]
@@ -187,11 +169,8 @@ class BackendChoice:
 
 
 def torch_has_kernels(capability: tuple[int, int], arch_list: list[str]) -> bool:
-    """Whether this torch build can run on a GPU of `capability` (an empty arch list: assume yes).
-
-    A cubin built for sm_XY runs on sm_XZ with Z >= Y; PTX for compute_XY is
-    compiled at load time for any newer GPU.
-    """
+    """Whether this torch build runs on a GPU of `capability`: a cubin for sm_XY runs on sm_XZ with Z >= Y,
+    PTX for compute_XY on any newer GPU; an empty arch list: assume yes."""
     if not arch_list:
         return True
     for arch in arch_list:
@@ -210,9 +189,7 @@ def torch_has_kernels(capability: tuple[int, int], arch_list: list[str]) -> bool
 def no_kernels_message(hw: Hardware) -> str:
     """What to do when the installed torch has dropped this GPU (PyTorch's CUDA 12.8+ builds skip Pascal).
 
-    The advice names the local version (`+cu126`): a plain `torch==2.10.0` is already
-    satisfied by the installed 2.10.0+cu128, and pip would answer "Requirement already
-    satisfied" without installing anything.
+    It names the local version (`+cu126`): a plain `torch==2.10.0` is satisfied by 2.10.0+cu128 already.
     """
     gpu = hw.gpu
     sm = f"sm_{gpu.capability[0]}{gpu.capability[1]}"
@@ -229,124 +206,60 @@ def no_kernels_message(hw: Hardware) -> str:
 
 def choose_backend(cfg: Config, hw: Hardware | None = None, try_import: bool = True,
                    processes: int | None = None) -> BackendChoice:
-    """Pick Unsloth where it imports and the GPU supports it, else transformers + peft.
-
-    Under DDP (`processes`, default WORLD_SIZE, above 1) transformers + peft train: see
-    r1helpers.distributed.
-    """
+    """Pick Unsloth where it imports and the GPU supports it, else transformers + peft (always under DDP:
+    `processes`, default WORLD_SIZE, above 1)."""
     hw = hw or detect_hardware()
     processes = world_size() if processes is None else processes
     if hw.device == "cuda" and not torch_has_kernels(hw.gpu.capability, hw.arch_list):
         raise RuntimeError(no_kernels_message(hw))
     dtype = resolve_dtype(cfg.model.dtype, hw)
     four_bit = cfg.model.load_in_4bit and hw.device == "cuda"
-    note = "" if four_bit or not cfg.model.load_in_4bit else "; 4-bit needs CUDA, so full precision"
     requested = cfg.model.backend
-    if hw.device != "cuda":
+
+    def transformers(why: str, refusal: str | None = None) -> BackendChoice:
+        """The fallback, or the error `model.backend=unsloth` gets for the same reason."""
         if requested == "unsloth":
-            raise RuntimeError("model.backend=unsloth needs an NVIDIA GPU; this machine has none")
-        return BackendChoice("transformers", "no CUDA GPU: transformers + peft on CPU" + note, dtype, four_bit)
+            raise RuntimeError(refusal or f"model.backend=unsloth: {why}")
+        return BackendChoice("transformers", why, dtype, four_bit)
+
+    if hw.device != "cuda":
+        note = "; 4-bit needs CUDA, so full precision" if cfg.model.load_in_4bit else ""
+        return transformers("no CUDA GPU: transformers + peft on CPU" + note,
+                            "model.backend=unsloth needs an NVIDIA GPU; this machine has none")
     gpu = hw.gpu
     if gpu.capability < UNSLOTH_MIN_CAPABILITY:
-        why = (f"{gpu.name} has compute capability {gpu.capability[0]}.{gpu.capability[1]}; Unsloth and Triton "
-               f"need {UNSLOTH_MIN_CAPABILITY[0]}.{UNSLOTH_MIN_CAPABILITY[1]}+")
-        if requested == "unsloth":
-            raise RuntimeError(f"model.backend=unsloth: {why}")
-        return BackendChoice("transformers", f"{why}: transformers + peft + bitsandbytes", dtype, four_bit)
+        return transformers(f"{gpu.name} has compute capability {gpu.capability[0]}.{gpu.capability[1]}; Unsloth "
+                            f"and Triton need 7.0+: transformers + peft + bitsandbytes")
     if requested == "transformers":
-        return BackendChoice("transformers", "model.backend=transformers requested", dtype, four_bit)
+        return transformers("model.backend=transformers requested")
     if processes > 1:
-        if requested == "unsloth":
-            raise RuntimeError(f"model.backend=unsloth with {processes} DDP processes: {DDP_BACKEND_NOTE}; "
-                               "set model.backend=auto or transformers, or train in one process")
-        return BackendChoice("transformers", f"DDP over {processes} processes: {DDP_BACKEND_NOTE}", dtype, four_bit)
-    if try_import:
-        ok, why = unsloth_importable()
-        if not ok:
-            if requested == "unsloth":
-                raise RuntimeError(f"model.backend=unsloth: {why}")
-            return BackendChoice("transformers", f"{why}: transformers + peft + bitsandbytes", dtype, four_bit)
+        return transformers(f"DDP over {processes} processes: {DDP_BACKEND_NOTE}",
+                            f"model.backend=unsloth with {processes} DDP processes: {DDP_BACKEND_NOTE}; "
+                            "set model.backend=auto or transformers, or train in one process")
     if not try_import:
-        return BackendChoice("unsloth", f"{gpu.name} supports Unsloth (not imported in this process: it is imported "
-                             "where a model loads through it)", dtype, four_bit)
+        return BackendChoice("unsloth", f"{gpu.name} supports Unsloth (imported where a model loads through it)",
+                             dtype, four_bit)
+    ok, why = unsloth_importable()
+    if not ok:
+        return transformers(f"{why}: transformers + peft + bitsandbytes")
     return BackendChoice("unsloth", f"{gpu.name} supports Unsloth and it imported", dtype, four_bit)
 
 
-def model_billions(name: str) -> float | None:
-    """Parameter count from a Hub name such as "...-Llama-8B" (None when the name does not say)."""
-    found = re.findall(r"(?<![\w.])(\d+(?:\.\d+)?)[bB](?![\w])", name.replace("-", " ").replace("_", " "))
-    return float(found[-1]) if found else None
-
-
-def weights_gib(billions: float, four_bit: bool) -> float:
-    """Rough resident size of the weights: nf4 keeps embeddings and norms in 16-bit, hence ~0.7 GiB per billion."""
-    return billions * (0.7 if four_bit else 1.87)
-
-
-# Below this much GPU memory the recipe's micro-batch of 2 x 2048 tokens is near the edge.
-SMALL_GPU_GIB = 24.0
-
-
-def memory_notes(cfg: Config, hw: Hardware, four_bit: bool) -> list[str]:
-    """Whether the model fits on GPU 0 and what to change first when it does not."""
-    gpu, billions = hw.gpu, model_billions(cfg.model.name)
-    if gpu is None or billions is None:
-        return []
-    need = weights_gib(billions, four_bit)
-    size = f"{billions:g}B in {'4-bit' if four_bit else '16-bit'} (~{need:.0f} GiB of weights)"
-    if need > 0.9 * gpu.total_memory_gib:
-        fix = "set model.load_in_4bit=true" if not four_bit else "use a GPU with more memory"
-        return [f"{size} does not fit on {gpu.name} ({gpu.total_memory_gib:g} GiB): {fix}"]
-    notes = [f"{size} fits on {gpu.name} ({gpu.total_memory_gib:g} GiB)"]
-    if gpu.total_memory_gib < SMALL_GPU_GIB:
-        t = cfg.train
-        notes.append(
-            f"{gpu.total_memory_gib:g} GiB is tight for micro-batch {t.per_device_train_batch_size} x "
-            f"{cfg.model.max_seq_length} tokens; on CUDA out of memory set train.per_device_train_batch_size=1 "
-            f"and train.gradient_accumulation_steps={t.per_device_train_batch_size * t.gradient_accumulation_steps} "
-            "(same effective batch), then model.max_seq_length=1024"
-        )
-    return notes
-
-
-def multi_gpu_note(cfg: Config, hw: Hardware, four_bit: bool) -> str | None:
-    """Say which GPU trains, and that the model is not split across the others."""
-    if hw.gpu_count < 2 or hw.gpu is None:
-        return None
-    names = sorted({g.name for g in hw.gpus})
-    seen = f"{names[0]} x{hw.gpu_count}" if len(names) == 1 else " / ".join(names)
-    billions = model_billions(cfg.model.name)
-    fits = billions is None or weights_gib(billions, four_bit) <= 0.9 * hw.gpu.total_memory_gib
-    placement = ("no device_map across the GPUs: the model fits on GPU 0" if fits
-                 else "the model does not fit on GPU 0 alone (see the memory note)")
-    return (f"{hw.gpu_count} GPUs seen ({seen}); this notebook trains on GPU 0; train.processes=0 in notebook 03 "
-            f"(or python -m r1helpers.distributed --nproc {hw.gpu_count}) trains on all of them under DDP, one "
-            f"process per GPU; {placement}")
-
-
-def hardware_notes(cfg: Config, hw: Hardware, choice: BackendChoice | None = None, kaggle: bool = False) -> list[str]:
-    """The lines a person on this machine should read before anything loads."""
+def hardware_notes(cfg: Config, hw: Hardware, kaggle: bool = False) -> list[str]:
+    """What a person on this machine should read before anything loads (the machine table shows the rest)."""
     if hw.device != "cuda":
-        where = " (on Kaggle: Settings > Accelerator > 'GPU T4 x2', then run again)" if kaggle else ""
-        what = {"cpu": "the CPU profile (a tiny random model) checks the pipeline",
-                "seed": "its 8B model on a CPU is impractically slow; the CPU profile (--profile cpu, a tiny random "
-                        "model) checks the pipeline"}.get(
-            cfg.profile, f"the {cfg.profile} profile runs on the CPU ({cfg.model.name}), slowly but for real")
-        return [f"no CUDA GPU: the seed recipe needs one{where}; {what}"]
+        where = f" ({SWITCH_TO_T4})" if kaggle else ""
+        return [f"no CUDA GPU: the seed recipe needs one{where}; the CPU profile (a tiny model) checks the pipeline"]
     gpu = hw.gpu
     cap = f"{gpu.capability[0]}.{gpu.capability[1]}"
-    notes = []
-    if hw.bf16:
-        notes.append(f"{gpu.name} (capability {cap}): native bf16, training in bf16")
-    else:
-        notes.append(f"{gpu.name} (capability {cap}): no native bf16 (needs 8.0+), so fp16 weights and "
-                     "fp16 mixed-precision training")
+    notes = [f"{gpu.name} (capability {cap}): native bf16, training in bf16" if hw.bf16 else
+             f"{gpu.name} (capability {cap}): no native bf16 (needs 8.0+), so fp16 weights and fp16 mixed precision"]
     if gpu.capability < UNSLOTH_MIN_CAPABILITY:
-        notes.append(f"{gpu.name} (capability {cap}): {BELOW_7_0}; so setup() installs no GPU packages "
-                     f"here. Switch to T4 x2: {SWITCH_TO_T4}")
-    four_bit = choice.load_in_4bit if choice else cfg.model.load_in_4bit
-    multi = multi_gpu_note(cfg, hw, four_bit)
-    return notes + ([multi] if multi else []) + memory_notes(cfg, hw, four_bit)
+        notes.append(f"{BELOW_7_0}; so setup() installs no GPU packages here. Switch to T4 x2: {SWITCH_TO_T4}")
+    if hw.gpu_count > 1:
+        notes.append(f"{hw.gpu_count} GPUs seen; this notebook trains on GPU 0; train.processes=0 in notebook 03 "
+                     f"(or python -m r1helpers.distributed --nproc {hw.gpu_count}) trains on all of them under DDP")
+    return notes
 
 
 def package_versions() -> dict[str, str | None]:
@@ -368,14 +281,13 @@ def package_versions() -> dict[str, str | None]:
 def environment_report(cfg: Config, try_import: bool = True) -> dict[str, Any]:
     """Everything the setup notebook shows and the run folder records."""
     hw = detect_hardware()
-    choice = choose_backend(cfg, hw, try_import=try_import)
     return {
         "platform": platform.platform(),
         "python_executable": sys.executable,
         "kaggle": on_kaggle(),
         "hardware": hw.to_dict(),
-        "backend": asdict(choice),
-        "notes": hardware_notes(cfg, hw, choice, kaggle=on_kaggle()),
+        "backend": asdict(choose_backend(cfg, hw, try_import=try_import)),
+        "notes": hardware_notes(cfg, hw, kaggle=on_kaggle()),
         "profile": cfg.profile,
         "versions": package_versions(),
     }

@@ -1,13 +1,8 @@
 """Where things go on Kaggle: one answer to "am I on Kaggle?" and its folders.
 
-Kaggle keeps /kaggle/working (about 19.5 GB usable) with each saved version and
-nothing else, so run folders go there and caches and large exports go to
-/kaggle/tmp, the session's own disk. Attached datasets, models and other kernels'
-outputs are mounted read-only under /kaggle/input.
-
-Tests (and anyone simulating a kernel) move these folders with environment variables:
-R1HELPERS_KAGGLE_ROOT (instead of /kaggle), and R1HELPERS_KAGGLE_INPUT, _WORKING, _TMP for
-one folder each.
+Kaggle keeps only /kaggle/working (about 19.5 GB usable) with each saved version, so run folders go there and
+caches and large exports to /kaggle/tmp. Tests move the folders with R1HELPERS_KAGGLE_ROOT (instead of /kaggle)
+or R1HELPERS_KAGGLE_INPUT, _WORKING, _TMP for one folder each.
 """
 
 from __future__ import annotations
@@ -24,11 +19,6 @@ WORKING_LIMIT_GB = 20  # what Kaggle keeps of /kaggle/working with each saved ve
 WORKING_USABLE_GB = 19.5  # of which a version's files may take about this much
 
 
-def kaggle_root(environ: Mapping[str, str] = os.environ) -> Path:
-    """/kaggle, or R1HELPERS_KAGGLE_ROOT where a test simulates a kernel."""
-    return Path(environ.get(ROOT_ENV) or KAGGLE_ROOT)
-
-
 def on_kaggle(environ: Mapping[str, str] = os.environ) -> bool:
     """Kaggle sets KAGGLE_KERNEL_RUN_TYPE in every kernel ("Interactive" or "Batch")."""
     return "KAGGLE_KERNEL_RUN_TYPE" in environ
@@ -36,25 +26,9 @@ def on_kaggle(environ: Mapping[str, str] = os.environ) -> bool:
 
 @dataclass(frozen=True)
 class KagglePaths:
-    """Kaggle's folders and what each is for; `root` is injectable for tests."""
-
-    root: Path = KAGGLE_ROOT
-    overrides: tuple[tuple[str, str], ...] = ()  # (folder, path) from R1HELPERS_KAGGLE_INPUT/_WORKING/_TMP
-
-    def _folder(self, name: str) -> Path:
-        return Path(dict(self.overrides).get(name) or self.root / name)
-
-    @property
-    def input(self) -> Path:  # attached datasets, models and kernels' outputs, read-only
-        return self._folder("input")
-
-    @property
-    def working(self) -> Path:  # saved with the version, 20 GB at most: small outputs only
-        return self._folder("working")
-
-    @property
-    def tmp(self) -> Path:  # the session's own disk, not saved: caches and large files
-        return self._folder("tmp")
+    input: Path  # attached datasets, models and kernels' outputs, read-only
+    working: Path  # saved with the version, 20 GB at most: small outputs only
+    tmp: Path  # the session's own disk, not saved: caches and large files
 
     @property
     def run_dir(self) -> Path:
@@ -76,9 +50,9 @@ class KagglePaths:
 def paths(root: Path | None = None, environ: Mapping[str, str] = os.environ) -> KagglePaths:
     """Kaggle's folders: under `root` when given (tests), else /kaggle or what the environment says."""
     if root is not None:
-        return KagglePaths(Path(root))
-    chosen = tuple((name, environ[var]) for name, var in FOLDER_ENV.items() if environ.get(var))
-    return KagglePaths(kaggle_root(environ), chosen)
+        return KagglePaths(*(Path(root) / name for name in FOLDER_ENV))
+    base = Path(environ.get(ROOT_ENV) or KAGGLE_ROOT)
+    return KagglePaths(*(Path(environ.get(var) or base / name) for name, var in FOLDER_ENV.items()))
 
 
 def large_output_dir(run_name: str, environ: Mapping[str, str] = os.environ) -> Path | None:
@@ -88,11 +62,8 @@ def large_output_dir(run_name: str, environ: Mapping[str, str] = os.environ) -> 
 
 def resolve_run_dir(run_dir: str | os.PathLike, environ: Mapping[str, str] = os.environ,
                     root: Path | None = None) -> Path:
-    """On Kaggle, a run folder outside /kaggle/working or /kaggle/tmp moves to /kaggle/working/runs/<name>.
-
-    The notebooks' default "../runs/default" is right in a checkout, but on Kaggle it
-    lands in /kaggle/runs, which no version keeps.
-    """
+    """On Kaggle, a run folder outside /kaggle/working or /kaggle/tmp (the notebooks' "../runs/default" is
+    /kaggle/runs, which no version keeps) moves to /kaggle/working/runs/<name>."""
     path = Path(run_dir).expanduser()
     if not on_kaggle(environ):
         return path
@@ -109,8 +80,6 @@ def cache_env(environ: MutableMapping[str, str], root: Path | None = None) -> di
     p = paths(root, environ)
     chosen = {"HF_HOME": str(p.hf_home), "R1HELPERS_CACHE": str(p.cache)}
     return {k: environ.setdefault(k, v) for k, v in chosen.items()}
-
-
 
 
 def attached_runs(environ: Mapping[str, str] = os.environ, root: Path | None = None,

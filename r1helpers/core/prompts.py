@@ -1,13 +1,8 @@
-"""The one source of truth for the prompt used in training, inference and export.
-
-The tutorial this project follows used two different templates for training and
-inference; here the inference prompt is, by construction, the exact prefix of the
-training text, both as a string and as token ids (see `encode_example`).
-"""
+"""The one prompt of training, inference and export: the inference prompt is the exact prefix of the training
+text, as a string and as token ids (`encode_example`)."""
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 THINK_OPEN = "<think>"
@@ -43,12 +38,8 @@ def build_training_text(question: str, cot: str, response: str, eos_token: str) 
 
 
 def encode_example(tokenizer, question: str, cot: str, response: str) -> tuple[list[int], int]:
-    """Token ids of one training example and the length of its prompt part.
-
-    Prompt and completion are tokenized separately and concatenated so that the
-    inference prompt's ids are a prefix of the training ids whatever the
-    tokenizer's merges; EOS is appended as an id so no text form can drift.
-    """
+    """Token ids of one training example and the length of its prompt part: prompt and completion tokenized
+    apart (so the prompt's ids are a prefix whatever the merges), EOS appended as an id."""
     prompt_ids = tokenizer(build_prompt(question), add_special_tokens=True)["input_ids"]
     completion_ids = tokenizer(build_completion(cot, response), add_special_tokens=False)["input_ids"]
     return prompt_ids + completion_ids + [tokenizer.eos_token_id], len(prompt_ids)
@@ -65,30 +56,19 @@ class ParsedOutput:
     think_closed: bool
 
 
-_CLOSE_RE = re.compile(re.escape(THINK_CLOSE))
-
-
 def split_output(generated: str) -> ParsedOutput:
-    """Split generated text (what follows the prompt's <think>) into reasoning and answer.
-
-    A model may repeat the opening tag; it is dropped. Without a closing tag the whole
-    text is reasoning and the answer is empty: the model never finished thinking.
-    """
+    """Split generated text (what follows the prompt's <think>) into reasoning and answer; a repeated opening
+    tag is dropped, and without a closing tag all of it is reasoning and the answer is empty."""
     text = generated
     if text.lstrip().startswith(THINK_OPEN):
         text = text.lstrip()[len(THINK_OPEN):]
-    m = _CLOSE_RE.search(text)
-    if not m:
-        return ParsedOutput(reasoning=text.strip(), answer="", think_closed=False)
-    return ParsedOutput(reasoning=text[: m.start()].strip(), answer=text[m.end():].strip(), think_closed=True)
+    reasoning, closed, answer = text.partition(THINK_CLOSE)
+    return ParsedOutput(reasoning=reasoning.strip(), answer=answer.strip(), think_closed=bool(closed))
 
 
 def adds_bos(tokenizer) -> bool:
-    """Whether `tokenizer(text)` starts the ids with BOS (Llama-3 and the R1 distills: yes; SmolLM2: no).
-
-    The training prompt is tokenized with the tokenizer's own special tokens, so the chat template
-    must start with `{{ bos_token }}` exactly when the tokenizer adds one.
-    """
+    """Whether `tokenizer(text)` starts the ids with BOS (Llama-3 and the R1 distills: yes; SmolLM2: no), and so
+    whether the chat template must start with `{{ bos_token }}`."""
     bos = tokenizer.bos_token_id
     if bos is None:
         return False
@@ -98,14 +78,10 @@ def adds_bos(tokenizer) -> bool:
 
 
 def chat_template(bos: bool = True) -> str:
-    """A Jinja chat template that renders exactly `build_prompt` for one user turn with
-    add_generation_prompt=True, and the training text for a user + assistant pair.
+    """A Jinja chat template that renders exactly `build_prompt` for one user turn, and the training text for a
+    user + assistant pair; exports ship it (the R1 distill's own strips reasoning from assistant turns).
 
-    `bos`: start with `{{ bos_token }}`, for a tokenizer that adds BOS to the training text
-    (`adds_bos`); a tokenizer that adds none (SmolLM2) gets a template without it, or the rendered
-    prompt would carry a BOS the model never saw in training. The R1-distill tokenizer's own
-    template differs (it strips reasoning from assistant turns), so exports ship this one to keep
-    every runtime consistent.
+    `bos`: start with `{{ bos_token }}`, for a tokenizer that adds BOS to the training text (`adds_bos`).
     """
     return (
         ("{{ bos_token }}" if bos else "")

@@ -1,11 +1,5 @@
-"""The run folder every notebook shares, and the manifests that stop stale reuse.
-
-Each stage writes its outputs under `runs/<name>/<stage>/` with a `manifest.json`
-holding a fingerprint of exactly the settings that produced them. A later stage
-(or the same notebook opened alone) reuses an output only when the fingerprint
-matches the current config; otherwise it rebuilds, so nothing made with other
-settings is silently reused.
-"""
+"""The run folder every notebook shares: each stage's outputs with a manifest fingerprinting the settings
+that made them, reused only when the current config has the same fingerprint."""
 
 from __future__ import annotations
 
@@ -25,8 +19,7 @@ from r1helpers.core.config import Config
 
 T = TypeVar("T")
 
-# The multiple-choice questions that each generation stage answers by generation too (compare.mcq_generate),
-# in the same batches as the held-out questions.
+# The multiple-choice questions each generation stage also answers (compare.mcq_generate).
 MCQ_GENERATION = ("compare.mcq_source", "compare.mcq_split", "compare.mcq_rows", "compare.mcq_generate",
                   "compare.mcq_generate_rows")
 # Which config sections each stage's outputs depend on (upstream stages included).
@@ -41,8 +34,7 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
 }
 
 
-# Fields that change how a stage runs, never what it makes (metadata fingerprint=False): changing
-# them must neither discard checkpoints nor make finished outputs stale.
+# Fields that change how a stage runs, never what it makes (metadata fingerprint=False).
 NOT_FINGERPRINTED = [k for k, (_, f) in config_mod.FIELDS.items() if f.metadata.get("fingerprint") is False]
 
 
@@ -98,14 +90,8 @@ OLD_MARK = ".old-"  # `.<name>.old-<pid>-<ns>`: the previous output, moved aside
 
 
 def restore_moved_aside(folder: Path) -> list[Path]:
-    """Put back outputs that a kill between atomic_dir's two renames left moved aside.
-
-    Replacing a folder takes two renames (old output aside, new one in); a process killed
-    between them leaves no output at its path, only `.<name>.old-*`. Called when a run
-    folder opens and before each atomic_dir, so the previous good output is found again.
-    One killed while deleting the old output after the swap leaves a superseded copy: it
-    is deleted (merged models take gigabytes), never restored.
-    """
+    """Put back outputs that a kill between atomic_dir's two renames left moved aside (`.<name>.old-*`);
+    one whose new output did arrive is a superseded copy, and is deleted (merged models take gigabytes)."""
     restored = []
     folder = Path(folder)
     if not folder.is_dir():
@@ -130,23 +116,16 @@ def _writer_alive(pid_text: str) -> bool:
         os.kill(int(pid_text), 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
-    return True
+    return True  # running (PermissionError: someone else's)
 
 
 @contextlib.contextmanager
 def atomic_dir(final: Path) -> Iterator[Path]:
-    """Yield a temporary folder beside `final`; on success it replaces `final` in one rename.
-
-    The previous good output stays in place until the new one is complete.
-    """
+    """Yield a temporary folder beside `final`; on success it replaces `final`, which stays until then."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     restore_moved_aside(final.parent)
-    # A save killed outright leaves its temporary folder (gigabytes for a merged model; Kaggle's
-    # working folder holds ~19.5 GB): the next save of the same output clears it first, unless the
-    # process that made it (its pid is in the name) is still writing it.
+    # A killed save's temporary folder (gigabytes for a merged model) goes, unless its writer still runs.
     for stale in final.parent.glob(f".{glob.escape(final.name)}.*.tmp"):
         if stale.is_dir() and not _writer_alive(stale.name[len(final.name) + 2:].split(".", 1)[0]):
             shutil.rmtree(stale, ignore_errors=True)
@@ -167,8 +146,7 @@ def atomic_dir(final: Path) -> Iterator[Path]:
         raise
 
 
-# Every named output of a run folder, relative to its root: the one place that says where each
-# stage writes. Stages read and write them through `run.path(name)`.
+# Every named output of a run folder, relative to its root; stages use them through `run.path(name)`.
 OUTPUTS: dict[str, str] = {
     "dataset": "data/dataset",
     "data_stats": "data/stats.json",
@@ -195,9 +173,8 @@ STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
 }
 
 
-# Stages whose finished outputs cost real time (a trained adapter and its checkpoints, the exports):
-# a run folder never replaces them silently; other settings are refused unless `overwrite` is set,
-# and then the old outputs are moved aside under <run>/replaced/, never deleted.
+# Finished outputs that cost real time: other settings are refused unless `overwrite`, which moves them
+# aside under <run>/replaced/ (never deleted).
 PROTECTED_STAGES = ("train", "export")
 
 
@@ -211,11 +188,7 @@ class RunFolderBusy(RuntimeError):
 
 @dataclass
 class Run:
-    """Paths of one run folder. Create with `Run.open(run_dir)`.
-
-    `run.reuse_or_build(cfg, stage, build, load)` is the one check every stage makes:
-    reuse what was made with these settings, else build it.
-    """
+    """Paths of one run folder (`Run.open(run_dir)`); every stage goes through `reuse_or_build`."""
 
     root: Path
     overwrite: bool = False  # replace finished work made with other settings (moved aside, never deleted)
@@ -263,6 +236,8 @@ class Run:
             return None
         try:
             manifest = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(manifest, dict):
+                raise ValueError(f"it holds {type(manifest).__name__}, not an object")
         except (ValueError, UnicodeDecodeError) as e:
             raise RunFolderConflict(
                 f"{path} is not a readable manifest ({type(e).__name__}: {str(e)[:120]}; cut short or edited), so "
@@ -270,14 +245,11 @@ class Run:
                 f"that file to let the stage rebuild its outputs (or restore it from a copy of the run folder), then "
                 "run the same command again."
             ) from None
-        if not isinstance(manifest, dict):
-            raise RunFolderConflict(f"{path} holds {type(manifest).__name__}, not a manifest object; delete that file "
-                                    "to let the stage rebuild its outputs, then run the same command again.")
         return manifest
 
     def is_current(self, cfg: Config, stage: str) -> bool:
-        """True when the stage finished with the same settings as `cfg` and its outputs are all there
-        (those of STAGE_OUTPUTS, and any the manifest lists in `must_exist`, e.g. exports outside it)."""
+        """The stage finished with `cfg`'s settings and its outputs (STAGE_OUTPUTS, the manifest's `must_exist`)
+        are all there."""
         manifest = self.read_manifest(stage)
         return (bool(manifest) and manifest.get("fingerprint") == stage_fingerprint(cfg, stage)
                 and not self._missing(stage, manifest))
@@ -293,17 +265,13 @@ class Run:
         missing = self._missing(stage, manifest)
         if manifest.get("fingerprint") == stage_fingerprint(cfg, stage) and missing:
             return f"{stage}: {', '.join(missing)} missing"
-        old, new = manifest.get("settings", {}), stage_settings(cfg, stage)
-        changed = differing_fields(old, new)
+        changed = differing_fields(manifest.get("settings", {}), stage_settings(cfg, stage))
         return f"{stage}: made with other settings ({', '.join(changed[:6]) or 'unknown'})"
 
     def reuse_or_build(self, cfg: Config, stage: str, build: Callable[[], T], load: Callable[[], T],
                        force: bool = False, say: Callable[[str], None] | None = print) -> T:
-        """`load()` what this run folder holds when `stage` was made with these settings, else `build()`.
-
-        `build` writes the outputs and then the manifest (write_manifest), so an output
-        killed half-way never looks finished. `say` gets one line saying which it was and why.
-        """
+        """`load()` what `stage` holds when made with these settings, else `build()` (outputs, then the manifest,
+        so one killed half-way never looks finished); `say` gets one line saying which and why."""
         config_mod.validate(cfg)  # a notebook may have changed a value in place: same checks as when loaded
         with self.lock(stage):
             if not force and self.is_current(cfg, stage):
@@ -315,50 +283,34 @@ class Run:
                 say(f"{stage}: rebuilding (force=True)" if force else self.why_stale(cfg, stage) + ": building it")
             return build()
 
-    def finished_elsewise(self, cfg: Config, stage: str) -> list[str] | None:
-        """The settings that differ when `stage` holds finished work made with other settings; else None."""
-        manifest = self.read_manifest(stage)
-        if manifest is None or manifest.get("fingerprint") == stage_fingerprint(cfg, stage):
-            return None
-        return differing_fields(manifest.get("settings", {}), stage_settings(cfg, stage)) or ["unknown"]
-
     def refuse_or_move_aside(self, cfg: Config, stage: str, force: bool = False) -> Path | None:
-        """Before a protected stage is rebuilt over finished work: refuse, or with `overwrite` move it aside."""
-        if stage not in PROTECTED_STAGES:
-            return None
-        changed = self.finished_elsewise(cfg, stage)
-        if changed is None and not (force and self.read_manifest(stage)):
+        """Before a protected stage is rebuilt over finished work: refuse, or with `overwrite` move it aside
+        to <run>/replaced/<stage>-<time>/ (one rename; nothing is deleted)."""
+        manifest = self.read_manifest(stage)
+        same = manifest is not None and manifest.get("fingerprint") == stage_fingerprint(cfg, stage)
+        if stage not in PROTECTED_STAGES or manifest is None or (same and not force):
             return None
         if not self.overwrite:
             what = "a trained adapter and its checkpoints" if stage == "train" else "finished exports"
-            differ = ", ".join(changed[:8]) if changed else "none (a rebuild was forced)"
+            changed = differing_fields(manifest.get("settings", {}), stage_settings(cfg, stage))
+            differ = "none (a rebuild was forced)" if same else ", ".join(changed[:8]) or "unknown"
             raise RunFolderConflict(
                 f"{self.stage_dir(stage)} holds {what} made with other settings (fields that differ: {differ}), "
                 f"and this run folder belongs to that run, so it is not replaced. Either run with a new run folder "
                 f"(--run-dir, or run_dir in the notebook's parameters), or pass --overwrite (overwrite=True in the "
                 f"parameters) to move the old outputs aside to {self.root / 'replaced'}/ first; nothing is deleted."
             )
-        return self.move_aside(stage)
-
-    def move_aside(self, stage: str) -> Path | None:
-        """Move a stage's folder to <run>/replaced/<stage>-<time>/ (one rename; nothing is deleted)."""
-        src = self.stage_dir(stage)
-        if not src.exists():
-            return None
         dest = self.root / "replaced" / f"{stage}-{time.strftime('%Y%m%d-%H%M%S')}-{time.time_ns() % 10**9}"
         dest.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(src, dest)
+        os.replace(self.stage_dir(stage), dest)
         print(f"{stage}: the previous outputs (other settings) moved aside to {dest}", flush=True)
         return dest
 
     @contextlib.contextmanager
     def lock(self, what: str = "run") -> Iterator[None]:
-        """Hold the run folder's lock while a stage checks and writes its outputs.
+        """Hold the run folder's lock (filelock: a killed holder releases it) while a stage checks and writes.
 
-        A second process that wants to write the same run folder says who holds it (pid, start
-        time, command) and waits; it then finds the outputs made (and reuses them) or made with
-        other settings (and is refused). Re-entrant within a process; under DDP only rank 0 locks.
-        The lock is the operating system's (filelock), so a killed holder releases it.
+        A second process says who holds it and waits. Re-entrant; under DDP only rank 0 locks.
         """
         if int(os.environ.get("RANK") or 0) != 0:
             yield
@@ -401,10 +353,8 @@ class Run:
         return manifest
 
     def record_config(self, cfg: Config, stage: str) -> None:
-        """config.yaml describes what the folder holds: when `stage` has made its outputs, the sections they
-        depend on (STAGE_SECTIONS) take cfg's values and the rest stay as the stages that made them left them.
-        A run that was refused or failed changes nothing (r1helpers.start writes it only into a folder without one).
-        """
+        """Update config.yaml's sections that `stage` depends on (STAGE_SECTIONS) to cfg's values, so it
+        describes what the folder holds."""
         import yaml
 
         try:

@@ -1,13 +1,7 @@
 """Find the Hugging Face token and the W&B key without ever showing them.
 
-Sources, in order: environment variables, Kaggle secrets, Colab user data, a
-`.env` file (`$R1HELPERS_DOTENV`, else the current folder and its parents), and,
-only when a person is at the keyboard, a hidden prompt. Found values go into this
-process's environment (where huggingface_hub and wandb look) and nowhere else:
-never into a config, a log, a run folder or a notebook's output. Both secrets are
-optional; without them the run uses public models and logs W&B offline.
-
-    from r1helpers.core.secrets import load_secrets; print(*load_secrets().lines(), sep="\\n")
+Sources, in order: environment variables, Kaggle secrets, Colab user data, a `.env` file, and, only when a
+person is at the keyboard, a hidden prompt. Found values go into this process's environment and nowhere else.
 """
 
 from __future__ import annotations
@@ -27,7 +21,7 @@ SECRETS = {
                  "Hugging_Face_Token"),  # the last: the label the tutorial gives its Kaggle secret
     "WANDB_API_KEY": ("WANDB_API_KEY", "WANDB_KEY", "WANDB_TOKEN", "wandb"),  # wandb: the tutorial's Kaggle secret
 }
-# What each secret unlocks, shown when it is missing so the user can judge whether to add it.
+# What each secret unlocks, shown when it is missing.
 PURPOSE = {
     "HF_TOKEN": "gated models and pushing to the Hub",
     "WANDB_API_KEY": "online W&B logging (without it W&B logs offline)",
@@ -85,11 +79,8 @@ def _from_colab(alias: str) -> str | None:
 
 
 def dotenv_files(start: Path | None = None) -> list[Path]:
-    """`$R1HELPERS_DOTENV`, then `.env` in the folder and its parents (nearest first, two at most).
-
-    Notebooks run with their own folder as the working directory, so the
-    repository's `.env` one level up is found too.
-    """
+    """`$R1HELPERS_DOTENV`, then `.env` in the folder and its parents (nearest first, two at most: a
+    notebook's working folder and the repository above it)."""
     explicit = os.environ.get(DOTENV_ENV)
     out = [Path(explicit).expanduser()] if explicit and Path(explicit).expanduser().is_file() else []
     here = (start or Path.cwd()).resolve()
@@ -114,8 +105,9 @@ def read_dotenv(path: Path) -> dict[str, str]:
 
 
 def _dotenv_values(files: list[Path]) -> dict[str, str]:
+    """The values of these .env files, the nearest winning."""
     values: dict[str, str] = {}
-    for path in reversed(files):  # nearest last, so it wins
+    for path in reversed(files):
         values.update(read_dotenv(path))
     return values
 
@@ -133,14 +125,9 @@ def _sources(files: list[Path]) -> list[tuple[str, str, Getter]]:
 
 
 def _interactive() -> bool:
-    """A person can answer a prompt: a terminal, or a Jupyter front end that accepts input.
-
-    Papermill, nbclient and Kaggle's "Save & Run All" do not, and a prompt there
-    would hang or fail, so they are never asked.
-    """
-    if headless() or os.environ.get("CI"):
-        return False
-    if os.environ.get("KAGGLE_KERNEL_RUN_TYPE") == "Batch":
+    """A person can answer a prompt: a terminal, or a Jupyter front end that accepts input (papermill,
+    nbclient and Kaggle's "Save & Run All" do not)."""
+    if headless() or os.environ.get("CI") or os.environ.get("KAGGLE_KERNEL_RUN_TYPE") == "Batch":
         return False
     kernel = getattr(sys.modules.get("ipykernel.kernelbase"), "Kernel", None)
     if kernel is not None and kernel.initialized():

@@ -1,8 +1,5 @@
-"""Tables and plots for a person reading a notebook; nothing here computes results.
-
-Everything returns a pandas DataFrame or a matplotlib Figure, which notebooks
-display and headless runs save inside the executed notebook.
-"""
+"""Tables (pandas DataFrames) and plots (matplotlib Figures) for a person reading a notebook; nothing here
+computes results."""
 
 from __future__ import annotations
 
@@ -68,16 +65,6 @@ def secrets_table(env: dict[str, Any]):
     return _pd().DataFrame(rows, columns=["secret", "status", "needed for"]).set_index("secret")
 
 
-def environment_table(env: dict[str, Any]):
-    """The machine table with the profile on top and the package versions below."""
-    pd = _pd()
-    top = pd.DataFrame([("profile", f"{env['profile']} ({env.get('profile_reason', '')})")],
-                       columns=["what", "value"]).set_index("what")
-    versions = versions_table(env).rename(columns={"version": "value"})
-    versions.index = [f"version: {k}" for k in versions.index]
-    return pd.concat([top, machine_table(env), versions])
-
-
 def config_table(cfg: Config):
     """Every config field: its value, who set it (the seed recipe, the profile's recipe, or you), and what it means."""
     from r1helpers.core.config import FIELDS, load_config
@@ -114,8 +101,7 @@ def length_table(stats: dict[str, Any]):
 
 
 def png(fig, dpi: int = 100):
-    """A matplotlib figure as a PNG image, closed; shown by any notebook, also headless runs, whose Agg
-    backend displays no figure by itself."""
+    """A matplotlib figure as a PNG image, closed; also shown by headless runs (Agg displays no figure)."""
     import io
 
     import matplotlib.pyplot as plt
@@ -176,10 +162,7 @@ def lines(items: list[str]) -> None:
 
 
 def record_results(run, stage: str, values: dict[str, Any]):
-    """Write a stage's headline numbers to `<run>/results/<stage>.json` and return them as a one-column table.
-
-        record_results(run, "02", {"rows trained": 500, "rows held out": 50})
-    """
+    """Write a stage's headline numbers to `<run>/results/<stage>.json`; return them as a one-column table."""
     from r1helpers.core.runs import write_json_atomic
 
     values = dict(values)
@@ -209,58 +192,37 @@ def differences(before: dict[str, Any], after: dict[str, Any]):
 
 
 def lora_table(lora) -> Any:
-    """cfg.lora as a table: each setting, its value, and what it does, in a sentence."""
-    scale = lora.alpha / lora.r
+    """cfg.lora as a table: each setting, its value, and what it does."""
     gc = str(lora.gradient_checkpointing).lower()
     rows = [
-        ("r (rank)", lora.r,
-         f"Each adapted weight W (out x in) stays frozen and gets a trainable update B @ A, with A of shape "
-         f"{lora.r} x in and B of shape out x {lora.r}: {lora.r} x (in + out) numbers per matrix instead of "
-         "in x out. A higher rank can fit more, at more memory and more risk of overfitting few rows."),
-        ("alpha", lora.alpha,
-         f"The update is scaled by alpha / r = {lora.alpha} / {lora.r} = {scale:g}: the layer computes "
-         f"W x + {scale:g} * B A x. Changing r without alpha changes this scale, and so the effective step size."),
-        ("dropout", lora.dropout,
-         "Dropout on the adapter's input while training (0: none). The recipe uses 0, which is also what "
-         "Unsloth's fused LoRA kernels are fastest with; 60 steps over a few hundred rows barely repeat an example."),
-        ("bias", lora.bias, "Which biases train besides A and B (none: no biases; Llama's linear layers have none)."),
-        ("target_modules", ", ".join(lora.target_modules),
-         "The linear layers that get adapters, in every decoder block: q/k/v/o_proj are attention's projections, "
-         "gate/up/down_proj the MLP. All seven: the adapter can change both what tokens attend to and what the "
-         "MLP writes. Embeddings and the output head stay frozen."),
-        ("gradient_checkpointing", gc,
-         {"unsloth": "Activations are dropped in the forward pass and recomputed in the backward, Unsloth's "
-                     "variant offloading them to CPU memory: each layer's forward runs twice, but far less GPU memory is "
-                     "held (a T4 needs it at 2048 tokens). The transformers backend does plain recomputation.",
-          "true": "Activations are dropped in the forward pass and recomputed in the backward: slower, less memory.",
-          "false": "Every activation is kept for the backward pass: fastest, most memory."}[gc]
-         + " The batch plan below may turn it off where the GPU has room."),
-        ("random_state", lora.random_state,
-         "Seed of A's random initialisation; B starts at zero, so before the first step the model answers "
-         "exactly as the base model."),
+        ("r (rank)", lora.r, f"A is {lora.r} x in, B is out x {lora.r}: the trainable update B @ A of each frozen W"),
+        ("alpha", lora.alpha, f"the update is scaled by alpha / r = {lora.alpha} / {lora.r} = {lora.alpha / lora.r:g}"),
+        ("dropout", lora.dropout, "dropout on the adapter's input while training (0: none)"),
+        ("bias", lora.bias, "which biases train besides A and B"),
+        ("target_modules", ", ".join(lora.target_modules), "the linear layers of every block that get adapters"),
+        ("gradient_checkpointing", gc, {"unsloth": "activations recomputed in the backward pass, offloaded to CPU",
+                                        "true": "activations recomputed in the backward pass: slower, less memory",
+                                        "false": "every activation kept: fastest, most memory"}[gc]
+         + " (the batch plan may turn it off where the GPU has room)"),
+        ("random_state", lora.random_state, "seed of A's initialisation (B starts at zero)"),
     ]
     return _pd().DataFrame(rows, columns=["setting", "value", "what it does"]).set_index("setting")
 
 
 def batch_plan_table(plan, processes: int = 1):
-    """A batch plan (a BatchPlan or the dict recorded in train/metrics.json) as a table, with the
-    effective batch it keeps."""
+    """A batch plan (a BatchPlan or the dict in train/metrics.json) as a table, with the effective batch
+    (micro-batch x accumulation x processes: the rows averaged into one optimizer step)."""
     from dataclasses import asdict, is_dataclass
 
     p = asdict(plan) if is_dataclass(plan) else dict(plan)
-    micro, acc = p["micro_batch"], p["accumulation"]
-    gc = p.get("gradient_checkpointing")
     rows = [
-        ("micro-batch", micro, "rows in one forward and backward pass"),
-        ("accumulation", acc, "micro-batches whose gradients are summed before one optimizer step"),
-        ("processes", processes, "DDP processes (one per GPU), each with its own micro-batches"),
-        ("effective batch", micro * acc * processes, "rows averaged into one optimizer step: micro-batch x "
-                                                     "accumulation x processes"),
-        ("padding-free", p["padding_free"], "rows concatenated without pad tokens, each attending only to itself"),
-        ("gradient checkpointing", gc or "as lora.gradient_checkpointing",
-         "set by the plan where the GPU has room to keep every activation"),
-        ("token budget", p.get("token_budget", 0) or "none", "most tokens one pass holds; a longer step runs in "
-                                                            "several passes that sum to the same gradient"),
-        ("why", p["reason"], ""),
+        ("micro-batch", p["micro_batch"]),
+        ("accumulation", p["accumulation"]),
+        ("processes", processes),
+        ("effective batch", p["micro_batch"] * p["accumulation"] * processes),
+        ("padding-free", p["padding_free"]),
+        ("gradient checkpointing", p.get("gradient_checkpointing") or "as lora.gradient_checkpointing"),
+        ("token budget", p.get("token_budget", 0) or "none"),
+        ("why", p["reason"]),
     ]
-    return _pd().DataFrame(rows, columns=["", "value", "meaning"]).set_index("")
+    return _pd().DataFrame(rows, columns=["", "value"]).set_index("")
