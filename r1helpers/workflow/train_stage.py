@@ -398,13 +398,8 @@ def plan_for(cfg: Config, base: Loaded, prepared) -> BatchPlan:
 
 
 def training_preview(cfg: Config, run: Run, prepared, processes: int = 1) -> dict[str, Any]:
-    """What stage 03 will pass, before any model loads, when training in `processes` processes (one
-    of them: its share of the batch): the backend, the batch plan, the add_lora settings and the
-    SFTConfig arguments (under DDP each process adds r1helpers.core.ddp.trainer_kwargs()).
-
-    The plan estimates the weights' memory from the model's shapes where train() measures it after
-    loading, so on a GPU its token budget can differ a little from the recorded one; everything else
-    is computed as train() computes it."""
+    """What stage 03 will pass before any model loads (backend, batch plan, add_lora settings, SFTConfig
+    arguments) in `processes` processes; the weights' memory is estimated from the shapes, not measured."""
     from transformers import AutoConfig
 
     from r1helpers.core.hardware import choose_backend  # looked up here: tests fake it
