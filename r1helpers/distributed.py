@@ -135,14 +135,6 @@ def ensure_trained_anywhere(cfg: Config, run, prepared, processes: int | None = 
     return train_stage.load_result(run)
 
 
-def training_preview(cfg: Config, run, prepared) -> dict:
-    """train_stage.training_preview with train.processes resolved: what notebook 03 shows before training."""
-    from r1helpers.workflow import train_stage
-
-    cfg = validate(cfg)
-    return train_stage.training_preview(cfg, run, prepared, training_processes(cfg))
-
-
 def _worker(run_dir: str, config_path: str) -> None:
     """One rank: join the group, reuse the prepared splits, train; rank 0 writes the results."""
     import yaml
