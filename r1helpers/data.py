@@ -1,13 +1,5 @@
-"""Data preparation: check, split, tokenize, measure and save (reading the rows: `data_sources`).
-
-The recipe trains on the first `train_rows` rows; the held-out rows come right
-after them, so training data stays exactly the recipe's and evaluation data is
-never trained on. Examples are tokenized here, once, with the prompt and EOS as
-ids (see `prompts.encode_example`), so the EOS check and the count of rows that
-exceed max_seq_length are made on exactly what the trainer sees.
-
-    python -m r1helpers.pipeline --stages 02
-"""
+"""Data preparation: check, split and tokenize the rows (reading them: `data_sources`). The first `train_rows`
+rows train and the held-out rows come right after; tokenized once, as the trainer sees them."""
 
 from __future__ import annotations
 
@@ -97,10 +89,7 @@ def check_columns(column_names: list[str], columns: tuple[str, str, str] = COLUM
 
 
 def check_text_columns(ds, columns: tuple[str, ...], origin: str) -> None:
-    """Question, reasoning and answer must be text: numbers would train as "1" and "10" without a word.
-
-    A parquet or Hub column typed as integers, floats or lists is refused with its name and type.
-    """
+    """Question, reasoning and answer must be text: a parquet, CSV or Hub column of numbers or lists is refused."""
     features = getattr(ds, "features", None) or {}
     for col in columns:
         feature = features.get(col)
@@ -119,12 +108,9 @@ def check_text_columns(ds, columns: tuple[str, ...], origin: str) -> None:
 def select_rows(ds, *, train_rows: int, eval_rows: int, columns: tuple[str, str, str] = COLUMNS,
                 lenient: bool = False, origin: str = "the data",
                 report: Report | None = None) -> tuple[list[dict], list[dict]]:
-    """Check the columns and fields, then cut the training rows and the held-out rows.
-
-    The first `train_rows` usable rows train; the next `eval_rows` are held out, minus any whose
-    question (up to case and spacing) is also a training question. Rows come back with the
-    columns renamed to Question / Complex_CoT / Response and their `source_row` (from 0).
-    Without `lenient`, an empty field or a duplicate row is an error naming the row.
+    """The first `train_rows` usable rows and the next `eval_rows` (minus questions also in training), renamed
+    to Question / Complex_CoT / Response with their `source_row`. Without `lenient`, an empty field or a
+    duplicate row is an error naming the row.
 
         train, held = select_rows(ds, train_rows=500, eval_rows=50)
     """
@@ -193,12 +179,8 @@ def shared_questions(train: list[dict], held: list[dict]) -> list[str]:
 
 def tokenize_rows(rows: list[dict], tokenizer, *, max_seq_length: int, overlong: str = "drop", split: str = "train",
                   report: Report | None = None) -> list[dict]:
-    """Add `input_ids` (prompt + completion + EOS, as `prompts.encode_example`), `prompt_length`, `num_tokens`
-    and `text` to each row.
-
-    Rows longer than `max_seq_length`: `overlong="drop"` leaves them out, "truncate" cuts them (they
-    lose the end of the answer and their EOS), "error" refuses them; each is counted in `report`.
-    """
+    """Add `input_ids` (prompt + completion + EOS), `prompt_length`, `num_tokens` and `text` to each row. Rows
+    over `max_seq_length`: `overlong` "drop" leaves them out, "truncate" cuts them, "error" refuses them."""
     report = report if report is not None else Report(overlong_action=overlong)
     out = []
     for r in rows:
@@ -245,8 +227,7 @@ class ExampleView:
 
 
 def show_example(tokenizer, question: str, cot: str, response: str) -> ExampleView:
-    """Tokenize one example exactly as `tokenize_rows` does and decode it back, marking where the prompt
-    (what inference sends) ends and showing the last token as EOS with its id.
+    """One example tokenized as `tokenize_rows` does and decoded back, marking where the prompt ends and the EOS.
 
         print(show_example(tokenizer, "What causes scurvy?", "Vitamin C is needed for collagen...", "Vitamin C deficiency.").text)
     """

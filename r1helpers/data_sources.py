@@ -28,8 +28,7 @@ def _raw_bytes(path: Path) -> bytes:
     return raw
 
 
-# Compressed and archive files by their first bytes: read as text they only yield "not UTF-8" or, with
-# data.lenient, "holds no rows".
+# Compressed and archive files by their first bytes, named rather than read as text.
 MAGIC = {b"\x1f\x8b": ("gzip-compressed file", "gunzip -k {name}"), b"PK\x03\x04": ("zip archive", "unzip {name}"),
          b"BZh": ("bzip2-compressed file", "bunzip2 -k {name}"), b"\xfd7zXZ\x00": ("xz-compressed file", "unxz -k {name}"),
          b"\x28\xb5\x2f\xfd": ("zstd-compressed file", "unzstd {name}"), b"PAR1": ("parquet file", None)}
@@ -51,15 +50,6 @@ def _text_bytes(path: Path) -> bytes:
                         "read from it (data.lenient would drop every line); point data.source at the rows exported "
                         "as .jsonl, .json, .csv or .parquet")
     return raw
-
-
-def _read_text(path: Path) -> str:
-    raw = _text_bytes(path)
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise DataError(f"{path}: not UTF-8 (byte {e.start}, line {line}); re-save the file as UTF-8") from None
 
 
 def _decode_lines(path: Path, lenient: bool, report: Report | None) -> list[tuple[int, str]]:
@@ -98,7 +88,7 @@ def _read_jsonl(path: Path, lenient: bool = False, report: Report | None = None)
 
 
 def _read_json(path: Path, lenient: bool = False, report: Report | None = None) -> list[dict[str, Any]]:
-    text = _read_text(path)
+    text = "\n".join(line for _, line in _decode_lines(path, False, None))
     try:
         data = json.loads(text)
     except json.JSONDecodeError:
@@ -127,9 +117,8 @@ def _first_mixed(rows: list[dict[str, Any]]) -> tuple[str, int, str, str] | None
 
 
 def check_text_values(rows: list[dict[str, Any]], columns: tuple[str, ...] | None, path: Path | str) -> None:
-    """Question, reasoning and answer must be text in every row: a JSON number or boolean would train as "7" or
-    "True", a list or object as brackets. The first such value is refused with its file, column and row,
-    as `check_text_columns` refuses a typed parquet, CSV or Hub column."""
+    """Question, reasoning and answer must be text in every row: the first JSON number, boolean, list or object
+    there is refused with its file, column and row."""
     for i, row in enumerate(rows):
         for col in columns or ():
             v = row.get(col)
@@ -145,9 +134,8 @@ def check_text_values(rows: list[dict[str, Any]], columns: tuple[str, ...] | Non
 
 
 def _to_dataset(rows: list[dict[str, Any]], path: Path, columns: tuple[str, ...] | None = COLUMNS):
-    """Rows to a Dataset with every column any row has (so a misspelled key shows up as its own
-    column) and numbers as text outside the text `columns` (where any value but text is refused);
-    a column mixing text with lists or objects is named, with its row."""
+    """Rows to a Dataset with every column any row has (a misspelled key shows as its own) and numbers as text;
+    a column mixing types is named, with its row."""
     import datasets
 
     check_text_values(rows, columns, path)
@@ -200,13 +188,9 @@ def _missing_path(source: str) -> str:
 
 def load_rows(source: str, *, config_name: str | None = None, split: str = "train", lenient: bool = False,
               columns: tuple[str, str, str] | None = COLUMNS, report: Report | None = None):
-    """The source's rows as a `datasets.Dataset`, and where they came from, whatever form they come in.
-
-    `source`: a Hub dataset id (with `config_name` and `split`), a local .jsonl/.json/.csv/.parquet
-    file, a folder saved with `save_to_disk`, or "r1helpers/sample" (the bundled sample). `lenient`
-    drops (and counts in `report`) lines that are not valid JSON or not UTF-8 instead of failing.
-    `columns` (question, reasoning, answer) must exist; a missing one is named, with the close
-    spelling the file has (None: no check).
+    """The rows of a Hub dataset id, a local .jsonl/.json/.csv/.parquet file, a saved folder or "r1helpers/sample",
+    as a `datasets.Dataset`, and where they came from. `lenient` drops (and counts in `report`) lines that are
+    not valid JSON or not UTF-8; `columns` must exist (None: no check).
 
         rows, origin = load_rows("FreedomIntelligence/medical-o1-reasoning-SFT", config_name="en")
     """
@@ -243,7 +227,7 @@ def _load(source: str, config_name: str | None, split: str, lenient: bool, repor
             rows = _read_json(path, lenient, report)
         elif suffix in (".csv", ".parquet"):
             # Empty or not UTF-8: said plainly here rather than by the reader's traceback.
-            (_read_text if suffix == ".csv" else _raw_bytes)(path)
+            _decode_lines(path, False, None) if suffix == ".csv" else _raw_bytes(path)
             return _load_table(path, suffix[1:]), str(path)
         else:
             raise DataError(f"{path}: unsupported file type; use one of {LOCAL_SUFFIXES}")

@@ -1,23 +1,10 @@
-"""Train on several GPUs of one machine: PyTorch DDP, one process per GPU, started by torchrun.
-
-A notebook kernel is one process and drives one GPU; DDP needs one process per GPU, each
-running the same training code. So stage 03 starts
-
-    python -m torch.distributed.run --standalone --nproc_per_node N -m r1helpers.distributed --worker ...
-
-and streams its lines back; each worker reads the resolved config the launcher wrote and runs
-what stage 03 runs (`data.prepare`, `train.ensure_trained`). From a shell, the same:
+"""Train on several GPUs of one machine (Kaggle's T4 x2): PyTorch DDP, one process per GPU, started by torchrun.
 
     python -m r1helpers.distributed --run-dir runs/default --nproc 2
 
-Under DDP this project trains with transformers + peft (bitsandbytes 4-bit on CUDA, every
-process holding a whole copy of the model on its own GPU); Unsloth's open-source multi-GPU
-support is not relied on. The recipe's effective batch is kept: each of N processes
-accumulates gradient_accumulation_steps / N micro-batches, so one optimizer step still
-averages per_device_train_batch_size x gradient_accumulation_steps examples. Rank 0 alone
-logs to W&B and writes the run folder; the Trainer writes the checkpoints (weights and
-optimizer from rank 0, one RNG state file per rank). Without CUDA the processes talk over
-gloo on the CPU: slow, but the same code, which is how the tests check it.
+Each worker runs what stage 03 runs with transformers + peft; each of N processes accumulates
+gradient_accumulation_steps / N micro-batches, so the effective batch stays the recipe's. Rank 0 logs and
+writes the run folder. Without CUDA the processes talk over gloo: slow, but the same code (the tests).
 """
 
 from __future__ import annotations
@@ -33,8 +20,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Mapping
 
-from r1helpers.core.config import Config, ConfigError
-
+from r1helpers.core.config import Config, ConfigError, validate
 from r1helpers.core.ddp import (DDP_BACKEND_NOTE, GPUS_BEFORE_PIN_ENV, init_process_group, main_first,
                                per_process, print0, world_size)
 
@@ -72,8 +58,8 @@ def launch_command(run_dir: Path, config_path: Path, nproc: int) -> list[str]:
 
 
 def child_environment(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
-    """This process's environment (secrets travel here, never on the command line), with the GPUs
-    hidden by pin_first_gpu shown again and r1helpers importable from wherever it was imported."""
+    """This environment (secrets travel here, never on the command line), the GPUs pin_first_gpu hid shown again
+    and r1helpers importable from wherever it was imported."""
     env = dict(environ)
     if env.get(GPUS_BEFORE_PIN_ENV):
         env["CUDA_VISIBLE_DEVICES"] = env[GPUS_BEFORE_PIN_ENV]
@@ -87,28 +73,14 @@ def child_environment(environ: Mapping[str, str] = os.environ) -> dict[str, str]
     return env
 
 
-def launch_training(cfg_or_run_dir: Config | str | os.PathLike, run=None, nproc: int | None = None,
-                    echo: Callable[[str], None] | None = None, tail_lines: int = 80) -> None:
-    """Train under torchrun with `nproc` processes (default: one per visible GPU), printing the
-    processes' output line by line as it comes; raise DistributedError with its end on failure.
-
-    Pass a Config and its Run (a notebook), or a run folder whose config.yaml `r1helpers.start`
-    wrote. Afterwards `train_stage.load_result(run)` reads what rank 0 saved.
-    """
+def launch_training(cfg: Config, run, nproc: int | None = None, echo: Callable[[str], None] | None = None,
+                    tail_lines: int = 80) -> None:
+    """Train under torchrun with `nproc` processes (default: one per visible GPU), printing their lines as they
+    come; raise DistributedError with the last ones on failure. `train_stage.load_result(run)` reads the result."""
     from r1helpers.core import config as config_mod
-    from r1helpers.core.runs import Run
-
-    if isinstance(cfg_or_run_dir, Config):
-        if run is None:
-            raise TypeError("launch_training(cfg, run): a Config needs the Run it trains into")
-        cfg = cfg_or_run_dir
-    else:
-        run = Run.open(cfg_or_run_dir)
-        import yaml
-
-        cfg = config_mod.from_dict(yaml.safe_load(run.config_path.read_text()))
-    nproc = resolve_processes(nproc, visible_gpus())
     from r1helpers.training.plan import resolve_padding_free
+
+    nproc = resolve_processes(nproc, visible_gpus())
 
     per_process(cfg, nproc)  # bad settings fail here, before any process starts
     resolve_padding_free(cfg.train.padding_free, "transformers")
@@ -141,10 +113,19 @@ def launch_training(cfg_or_run_dir: Config | str | os.PathLike, run=None, nproc:
                                + "\n".join(tail))
 
 
-def train_with(cfg: Config, run, prepared, processes: int):
-    """Stage 03 with `processes` resolved: in this process for 1, else under torchrun."""
+def training_processes(cfg: Config) -> int:
+    """train.processes resolved: 1, N (at most one per visible GPU), or 0: every visible GPU."""
+    processes = cfg.train.processes
+    return processes if processes == 1 else resolve_processes(processes, visible_gpus())
+
+
+def ensure_trained_anywhere(cfg: Config, run, prepared, processes: int | None = None):
+    """What notebook 03 calls: `train_stage.ensure_trained` here for one process, else the same under torchrun.
+    `cfg` is checked again first, so values assigned in a notebook cell are what trains."""
     from r1helpers.workflow import train_stage
 
+    cfg = validate(cfg)
+    processes = training_processes(cfg) if processes is None else processes
     if processes == 1 or world_size() > 1:
         return train_stage.ensure_trained(cfg, run, prepared)
     if run.is_current(cfg, "train"):
@@ -154,39 +135,13 @@ def train_with(cfg: Config, run, prepared, processes: int):
     return train_stage.load_result(run)
 
 
-def training_processes(cfg: Config) -> int:
-    """train.processes resolved: 1, N (at most one per visible GPU), or 0: every visible GPU."""
-    processes = cfg.train.processes
-    return processes if processes == 1 else resolve_processes(processes, visible_gpus())
-
-
-def ensure_trained_anywhere(cfg: Config, run, prepared):
-    """What notebook 03 calls: `train_stage.ensure_trained` here when train.processes is 1, otherwise
-    the same under DDP over train.processes GPUs (0: all visible ones). `cfg` is checked again
-    first, so values assigned in a notebook cell are what trains."""
-    from r1helpers.core.config import validate
-
-    cfg = validate(cfg)
-    return train_with(cfg, run, prepared, training_processes(cfg))
-
-
-def training_preview(cfg: Config, run, prepared) -> dict:
-    """What ensure_trained_anywhere will pass to add_lora and SFTConfig, and the batch plan, before
-    any model loads (train_stage.training_preview with train.processes resolved)."""
-    from r1helpers.core.config import validate
-    from r1helpers.workflow import train_stage
-
-    cfg = validate(cfg)
-    return train_stage.training_preview(cfg, run, prepared, training_processes(cfg))
-
-
 def _worker(run_dir: str, config_path: str) -> None:
     """One rank: join the group, reuse the prepared splits, train; rank 0 writes the results."""
     import yaml
 
     from r1helpers.core import config as config_mod
-    from r1helpers.workflow import data_stage, train_stage
     from r1helpers.core.runs import Run
+    from r1helpers.workflow import data_stage, train_stage
 
     cfg = config_mod.from_dict(yaml.safe_load(Path(config_path).read_text()))
     run = Run(Path(run_dir).resolve())
@@ -222,15 +177,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg, run = r1helpers.start(args.run_dir, args.profile, parse_sets(args.set), args.config)
         processes = resolve_processes(args.nproc, visible_gpus())
-        per_process(cfg, processes)
-        prepared = data_stage.prepare(cfg, run)
-        result = train_with(cfg, run, prepared, processes)
-    except ConfigError as e:
+        per_process(cfg, processes)  # before the data is prepared
+        result = ensure_trained_anywhere(cfg, run, data_stage.prepare(cfg, run), processes)
+    except (ConfigError, DistributedError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
-    except DistributedError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(e, ConfigError) else 1
     print(f"adapter: {result.adapter_dir}")
     return 0
 

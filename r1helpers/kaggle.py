@@ -1,15 +1,5 @@
-"""Inside a Kaggle kernel: the notebooks' first cell calls `setup(pins)`.
-
-On Kaggle it pins training to one GPU, keeps caches and large files off
-/kaggle/working (20 GB, saved with each version) and installs the pinned packages
-that are missing, next to the image's own torch, then says which versions pip
-changed; anywhere else it installs nothing. Below compute capability 7.0 (the
-retired P100) it installs no GPU package: nothing there could use one.
-The pins are written into that cell from pyproject.toml when the notebooks are built
-(tools/build_notebooks.py), so a Kaggle user sees exactly what gets installed and a
-test checks the two agree. Building and pushing the kernels from a laptop is
-`python tools/kaggle_push.py` (`make kaggle`).
-"""
+"""The notebooks' first cell, `setup(pins)`: one GPU, Kaggle's folders and, on Kaggle only, the pinned
+packages its image lacks (from pyproject.toml, written into that cell by tools/build_notebooks.py)."""
 
 from __future__ import annotations
 
@@ -25,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, MutableMapping, Sequence
 
-from r1helpers.core.hardware import BELOW_7_0, GPU, SWITCH_TO_T4, UNSLOTH_MIN_CAPABILITY, pin_first_gpu, smi_gpus
+from r1helpers.core.hardware import (BELOW_7_0, GPU, HEADLESS_ENV, SWITCH_TO_T4, UNSLOTH_MIN_CAPABILITY,
+                                     pin_first_gpu, smi_gpus)
 from r1helpers.core.kaggle_paths import WORKING_LIMIT_GB, cache_env, on_kaggle, paths
-from r1helpers.core.hardware import HEADLESS_ENV
 
 # Extras Kaggle does not need: its image brings Jupyter and widgets, and the dev tools run in CI.
 SKIP_EXTRAS = ("notebooks", "dev", "kaggle")
@@ -36,13 +26,8 @@ KEEP_INSTALLED = ("torch", "torchvision", "torchaudio", "triton", "xformers", "t
 UNSLOTH_PACKAGES = ("unsloth", "unsloth-zoo")
 # Useful only on a GPU of capability 7.0+: bitsandbytes' CUDA 12.8 library starts at sm_70 too.
 GPU_PACKAGES = (*UNSLOTH_PACKAGES, "bitsandbytes")
-# What Unsloth pulls in besides the pins (unsloth: xformers>=0.0.27.post2; unsloth-zoo: torchao>=0.13.0), held
-# to builds made for the image's torch release when the image lacks them (Kaggle's has neither). Left alone,
-# pip takes the newest: an xformers wheel requires one torch release (METADATA `Requires-Dist: torch==2.10.0`
-# for 0.0.34; 0.0.35, built on torch's stable ABI: `torch>=2.10`), and torchao requires no torch at all but
-# loads its C++ kernels only on the torch it was built for (the table in torchao/__init__.py; 0.17+: torch
-# >= 2.11), skipping them with a log warning elsewhere. Checked in the wheels on PyPI; a torch release not
-# listed gets no constraint, and setup() says so.
+# The xformers and torchao builds Unsloth pulls in, held to the image's torch release when the image lacks them:
+# left alone pip takes the newest, built for another torch (checked in the wheels on PyPI).
 COMPANIONS = {
     "2.8.0": {"xformers": "0.0.32.post2", "torchao": "0.14.0"},
     "2.9.0": {"xformers": "0.0.33.post1", "torchao": "0.14.1"},
@@ -50,23 +35,8 @@ COMPANIONS = {
     "2.10.0": {"xformers": "0.0.34", "torchao": "0.16.0"},
     "2.11.0": {"xformers": "0.0.35", "torchao": "0.17.0"},
 }
-DATASET_SLUG = "r1helpers"
-PLACEHOLDER_USER = "YOUR_KAGGLE_USERNAME"
-# Kaggle's own secrets: like HF_TOKEN and WANDB_API_KEY (r1helpers.core.secrets), never written into build/kaggle/.
-KAGGLE_SECRETS = ("KAGGLE_KEY", "KAGGLE_API_TOKEN")
-# A Hugging Face token has this shape even where this process does not know its value.
-HF_TOKEN_PATTERN = re.compile(rb"hf_[A-Za-z0-9]{30,}")
-SECRETS_HELP = {
-    "HF_TOKEN": "Hugging Face token: gated or private models, and pushing exports to the Hub",
-    "WANDB_API_KEY": "Weights & Biases key: training curves online (without it W&B logs offline)",
-}
 
 Runner = Callable[..., subprocess.CompletedProcess]
-
-
-# ---------------------------------------------------------------- where things go on Kaggle
-
-# ---------------------------------------------------------------- pins and installing them
 
 
 def _canon(name: str) -> str:
@@ -77,17 +47,8 @@ def _req_name(spec: str) -> str:
     return _canon(re.split(r"[\s<>=!~;\[(@]", spec.strip(), maxsplit=1)[0])
 
 
-def pins_from_pyproject(pyproject: Path) -> list[str]:
-    """The requirements a Kaggle session installs: dependencies and extras, minus torch and SKIP_EXTRAS."""
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib
-    project = tomllib.loads(Path(pyproject).read_text())["project"]
-    specs = list(project["dependencies"])
-    for extra, reqs in project.get("optional-dependencies", {}).items():
-        if extra not in SKIP_EXTRAS:
-            specs += reqs
+def _keep(specs: Sequence[str]) -> list[str]:
+    """The specs a Kaggle session installs: without torch's family or repeats."""
     out: list[str] = []
     for spec in specs:
         spec = spec.strip()
@@ -96,23 +57,26 @@ def pins_from_pyproject(pyproject: Path) -> list[str]:
     return out
 
 
-def _spec_set(pins: Sequence[str]) -> set[tuple[str, str]]:
-    from packaging.requirements import Requirement
+def pins_from_pyproject(pyproject: Path) -> list[str]:
+    """The requirements a Kaggle session installs: dependencies and extras, minus torch and SKIP_EXTRAS."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    project = tomllib.loads(Path(pyproject).read_text())["project"]
+    extras = [r for extra, reqs in project.get("optional-dependencies", {}).items() if extra not in SKIP_EXTRAS
+              for r in reqs]
+    return _keep([*project["dependencies"], *extras])
 
-    return {(_canon(r.name), str(r.specifier)) for r in map(Requirement, pins)}
 
-
-def wheel_drift(pins: Sequence[str], requires: Sequence[str] | None) -> str | None:
-    """Whether the attached r1helpers wheel was built from another pyproject.toml than this notebook."""
-    if requires is None:
-        return None
+def default_pins() -> list[str]:
+    """This checkout's pyproject.toml, else the installed r1helpers wheel's requirements (written from it)."""
+    checkout = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    if checkout.is_file():
+        return pins_from_pyproject(checkout)
     extra = re.compile(r"""extra\s*==\s*["']([^"']+)["']""")
-    keep = [r.split(";")[0] for r in requires
-            if _req_name(r) not in KEEP_INSTALLED and not any(e in SKIP_EXTRAS for e in extra.findall(r))]
-    if _spec_set(keep) == _spec_set(pins):
-        return None
-    return ("the attached r1helpers dataset and this notebook were built from different pyproject.toml pins: "
-            "rebuild both with `make kaggle`")
+    requires = importlib.metadata.requires("r1helpers") or []
+    return _keep([r.split(";")[0] for r in requires if not any(e in SKIP_EXTRAS for e in extra.findall(r))])
 
 
 def for_hardware(pins: Sequence[str], gpus: Sequence[GPU]) -> tuple[list[str], str | None]:
@@ -137,30 +101,26 @@ def missing(pins: Sequence[str], version_of: Callable[[str], str] = importlib.me
         if req.marker is not None and not req.marker.evaluate():
             continue
         try:
-            installed = version_of(req.name)
+            if req.specifier.contains(version_of(req.name), prereleases=True):
+                continue
         except importlib.metadata.PackageNotFoundError:
-            out.append(pin)
-            continue
-        if not req.specifier.contains(installed, prereleases=True):
-            out.append(pin)
+            pass
+        out.append(pin)
     return out
 
 
 def companions(torch_version: str | None) -> dict[str, str] | None:
     """The xformers and torchao versions built for this torch release (local label ignored); None: not known."""
-    if not torch_version:
-        return None
     from packaging.version import InvalidVersion, Version
 
     try:
-        return COMPANIONS.get(Version(torch_version).public)
+        return COMPANIONS.get(Version(torch_version).public) if torch_version else None
     except InvalidVersion:
         return None
 
 
 def constraints(version_of: Callable[[str], str] = importlib.metadata.version) -> list[str]:
-    """`name==installed` for torch and the packages built against it, so pip may not swap the image's CUDA
-    build; for those the image lacks, the versions COMPANIONS gives for its torch."""
+    """`name==installed` for torch and the packages built against it; for those the image lacks, COMPANIONS'."""
     out, installed = [], {}
     for name in KEEP_INSTALLED:
         try:
@@ -194,24 +154,6 @@ def installed_versions() -> dict[str, str]:
     return {_canon(d.metadata["Name"] or ""): d.version for d in importlib.metadata.distributions()}
 
 
-def version_changes(before: Mapping[str, str], after: Mapping[str, str]) -> dict[str, tuple[str | None, str | None]]:
-    """{name: (before, after)} for the distributions pip installed, upgraded, downgraded or removed."""
-    return {n: (before.get(n), after.get(n)) for n in sorted(set(before) | set(after))
-            if before.get(n) != after.get(n)}
-
-
-def changes_lines(changes: Mapping[str, tuple[str | None, str | None]]) -> list[str]:
-    if not changes:
-        return ["Kaggle: pip changed no installed version"]
-    return [f"Kaggle: pip changed {len(changes)} packages (before -> after):"] + [
-        f"  {name}: {old or 'not installed'} -> {new or 'removed'}" for name, (old, new) in changes.items()]
-
-
-def pip_command(pins: Sequence[str], constraint_file: str) -> list[str]:
-    return [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-input",
-            "--constraint", constraint_file, *pins]
-
-
 def may_install(environ: Mapping[str, str] = os.environ) -> bool:
     """Only in a Kaggle kernel, never in CI, and not when R1HELPERS_NO_INSTALL=1."""
     return on_kaggle(environ) and not environ.get("CI") and environ.get("R1HELPERS_NO_INSTALL") != "1"
@@ -222,7 +164,8 @@ def _pip(pins: Sequence[str], run: Runner) -> subprocess.CompletedProcess:
     with os.fdopen(fd, "w") as f:
         f.write("\n".join(constraints()) + "\n")
     try:
-        return run(pip_command(pins, cfile), capture_output=True, text=True)
+        return run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-input",
+                    "--constraint", cfile, *pins], capture_output=True, text=True)
     finally:
         os.unlink(cfile)
 
@@ -254,14 +197,10 @@ def _stale_imports(before: Mapping[str, str], imported: set[str], after: Mapping
     return sorted({m for m, dists in top.items() if m in imported and changed & {_canon(d) for d in dists}})
 
 
-# ---------------------------------------------------------------- the first cell of every notebook
-
-
 @dataclass
 class SetupReport:
     lines: list[str] = field(default_factory=list)
     installed: list[str] = field(default_factory=list)
-    changed: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)  # name: (before, after)
     say: Callable[[str], None] | None = None  # prints each line as it comes: pip can take minutes
 
     def add(self, *lines: str | None) -> None:
@@ -290,10 +229,6 @@ def prepare(pins: Sequence[str], environ: MutableMapping[str, str] = os.environ,
     report.add(_tutorial_wandb_secret(environ))
     if environ.get("KAGGLE_KERNEL_RUN_TYPE") == "Batch":
         environ[HEADLESS_ENV] = "1"  # a saved version's log keeps lines, not redrawn bars
-    try:
-        report.add(wheel_drift(pins, importlib.metadata.requires("r1helpers")))
-    except importlib.metadata.PackageNotFoundError:
-        pass
     wanted, why = for_hardware(pins, gpus)
     report.add(why)
     todo = missing(wanted)
@@ -302,8 +237,19 @@ def prepare(pins: Sequence[str], environ: MutableMapping[str, str] = os.environ,
     elif not may_install(environ):
         report.add(f"Kaggle: not installing {len(todo)} missing packages (R1HELPERS_NO_INSTALL or CI is set)")
     else:
-        report.add(companions_note(todo))
-        _install_reporting(todo, run, report, imported, installed)
+        report.add(companions_note(todo), f"Kaggle: installing {', '.join(todo)} (a few minutes; later runs of "
+                                          "this session skip it)")
+        before, t0 = installed(), time.perf_counter()
+        report.add(*install(todo, run))
+        importlib.invalidate_caches()
+        after = installed()
+        report.installed = todo
+        changed = [f"{n} {before.get(n) or '-'} -> {after.get(n) or '-'}" for n in sorted({*before, *after})
+                   if before.get(n) != after.get(n)]
+        report.add(f"Kaggle: installed in {time.perf_counter() - t0:.0f} s; pip changed {', '.join(changed) or 'nothing'}")
+        stale = _stale_imports(before, imported, after)
+        if stale:
+            report.add(f"restart the kernel and run again: {', '.join(stale)} was imported before the update")
     return report
 
 
@@ -321,39 +267,6 @@ def _tutorial_wandb_secret(environ: MutableMapping[str, str]) -> str | None:
         return None
     environ["WANDB_API_KEY"] = value
     return "Kaggle: the secret labelled `wandb` is used as WANDB_API_KEY"
-
-
-def _install_reporting(todo: list[str], run: Runner, report: SetupReport, imported: set[str],
-                       installed: Callable[[], dict[str, str]]) -> None:
-    report.add(f"Kaggle: installing {', '.join(todo)} (a few minutes; later runs of this session skip it)")
-    before = installed()
-    t0 = time.perf_counter()
-    report.add(*install(todo, run))
-    importlib.invalidate_caches()
-    after = installed()
-    report.installed = todo
-    report.changed = version_changes(before, after)
-    report.add(f"Kaggle: installed in {time.perf_counter() - t0:.0f} s", *changes_lines(report.changed))
-    stale = _stale_imports(before, imported, after)
-    if stale:
-        report.add(f"restart the kernel and run again: {', '.join(stale)} was imported before the update")
-
-
-def default_pins() -> list[str]:
-    """What a session installs: this checkout's pyproject.toml, else the installed r1helpers wheel's
-    requirements (written from that pyproject.toml when the wheel was built)."""
-    checkout = Path(__file__).resolve().parents[1] / "pyproject.toml"
-    if checkout.is_file():
-        return pins_from_pyproject(checkout)
-    extra = re.compile(r"""extra\s*==\s*["']([^"']+)["']""")
-    requires = importlib.metadata.requires("r1helpers") or []
-    out = []
-    for r in requires:
-        spec = r.split(";")[0].strip()
-        if _req_name(spec) not in KEEP_INSTALLED and not any(e in SKIP_EXTRAS for e in extra.findall(r)) \
-                and spec not in out:
-            out.append(spec)
-    return out
 
 
 def setup(pins: Sequence[str] | None = None) -> None:

@@ -3,13 +3,9 @@
     python -m r1helpers.pipeline                       # all six, profile auto
     python -m r1helpers.pipeline --profile cpu --set train.max_steps=8 --stages 02,03
 
-The console gets one progress bar per stage (its cells) and the stage's result line;
-each cell's printed lines and the kernel's own messages go to the stage's log,
-`<run_dir>/notebooks/NN_name.kernel.log` (`--verbose` prints the cell lines too).
-Executed notebooks land in `<run_dir>/notebooks/`; a notebook that fails is kept
-there as `*.failed.ipynb` next to the last good one, which it never replaces.
-Installed from a wheel built by `make kaggle`, it runs the notebooks shipped inside
-the package (`r1helpers/notebooks/`); in a checkout, the repository's notebooks/.
+The console gets a progress bar and a result line per stage; the cells' lines and the kernel's messages go to
+`<run_dir>/notebooks/NN_name.kernel.log` (`--verbose`: the console too). A failed notebook is kept as
+`*.failed.ipynb` next to the last good one.
 """
 
 from __future__ import annotations
@@ -37,17 +33,10 @@ NOTEBOOKS = {
 }
 
 
-def repo_root() -> Path:
-    return Path(__file__).resolve().parents[1]
-
-
 def notebooks_dir() -> Path:
-    """The notebooks to run: those shipped inside the installed package (a wheel built by `make kaggle`),
-    else this checkout's notebooks/."""
+    """The notebooks shipped inside the installed package (a wheel built by `make kaggle`), else the checkout's."""
     packaged = Path(__file__).resolve().parent / "notebooks"
-    if (packaged / NOTEBOOKS["00"]).is_file():
-        return packaged
-    return repo_root() / "notebooks"
+    return packaged if (packaged / NOTEBOOKS["00"]).is_file() else Path(__file__).resolve().parents[1] / "notebooks"
 
 
 class StageFailed(RuntimeError):
@@ -70,8 +59,7 @@ def _tracked(folder: Path) -> list[str]:
 
 
 def unsafe_run_dir(root: Path, sources: Path | None = None) -> str | None:
-    """Why `root` must not be a run folder: its notebooks/ is the one being run, or it holds files git tracks
-    (the run writes notebooks/, config.yaml, data/, train/... into it). None when it is safe."""
+    """Why `root` must not be a run folder (its notebooks/ is the one being run, or git tracks files in it); None: safe."""
     sources = (sources or notebooks_dir()).resolve()
     fix = (" Use a run folder of its own, such as --run-dir runs/default (git ignores runs/); nothing was "
            "written.")
@@ -137,8 +125,7 @@ _KERNELS: list[Any] = []  # the kernel managers this process started: Ctrl-C sto
 
 
 def kernel_manager_logging_to(log: Path):
-    """A kernel manager whose kernel writes its own stderr (ipykernel's start-up warnings, a C library's
-    message as it exits) to `log`, not over the pipeline's console: cells' output still goes to the notebook."""
+    """A kernel manager whose kernel writes its own stderr to `log`, not over the pipeline's console."""
     from jupyter_client.manager import AsyncKernelManager
 
     class KernelLoggingToFile(AsyncKernelManager):
@@ -152,11 +139,8 @@ def kernel_manager_logging_to(log: Path):
 
 
 def _stop_kernels() -> None:
-    """Kill the kernels this process started (each leads its own session, so Ctrl-C did not reach it), with
-    whatever they started (a DataLoader's workers, torchrun's processes)."""
-    # nbclient's cell task, left pending by the interrupt, ends in DeadKernelError once the kernel is gone; asyncio
-    # would print its traceback ("Task exception was never retrieved") as the process exits.
-    logging.getLogger("asyncio").disabled = True
+    """Kill the kernels this process started, and what they started (each leads its own session: Ctrl-C missed it)."""
+    logging.getLogger("asyncio").disabled = True  # else it prints the pending cell task's DeadKernelError
     while _KERNELS:
         km = _KERNELS.pop()
         process = getattr(getattr(km, "provisioner", None), "process", None)
@@ -173,16 +157,12 @@ def _stop_kernels() -> None:
             pass
 
 
-def latest_checkpoint(run_root: Path) -> str | None:
-    steps = [int(p.name.split("-")[-1]) for p in (run_root / "train" / "checkpoints").glob("checkpoint-*")
-             if p.name.split("-")[-1].isdigit()]
-    return f"checkpoint-{max(steps)}" if steps else None
-
-
 def interrupted_line(stage: str, run_root: Path) -> str:
-    ckpt = latest_checkpoint(run_root) if stage == "03" else None
+    from r1helpers.training.sft import latest_checkpoint
+
+    ckpt = latest_checkpoint(run_root / "train" / "checkpoints") if stage == "03" else None
     if ckpt:
-        return f"interrupted; run the same command again to resume from {ckpt}"
+        return f"interrupted; run the same command again to resume from {ckpt.name}"
     return f"interrupted in stage {stage}; run the same command again: finished stages are reused"
 
 
@@ -205,13 +185,6 @@ def stage_log(log: Path, verbose: bool):
         logger.propagate = old[1]
 
 
-def _short(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    text = str(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
 def result_line(run_root: Path, stage: str, seconds: float) -> str:
     """The stage's result line: its time and the first values of results/NN.json."""
     import json
@@ -221,12 +194,10 @@ def result_line(run_root: Path, stage: str, seconds: float) -> str:
         data = json.loads((run_root / "results" / f"{stage}.json").read_text())
     except (OSError, ValueError):
         return line
-    if isinstance(data, dict):
-        rows = data.get("rows", data) if isinstance(data.get("rows", data), dict) else data
-        items = [f"{k}={_short(v)}" for k, v in rows.items() if isinstance(v, (int, float, str, bool))][:4]
-        if items:
-            line += ": " + ", ".join(items)
-    return line
+    rows = data.get("rows", data) if isinstance(data, dict) else {}
+    items = [f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={str(v)[:40]}"
+             for k, v in (rows if isinstance(rows, dict) else data).items() if isinstance(v, (int, float, str))][:4]
+    return line + (": " + ", ".join(items) if items else "")
 
 
 def run_notebooks(
@@ -241,15 +212,13 @@ def run_notebooks(
     verbose: bool = False,
     dry_run: bool = False,
 ) -> dict[str, float]:
-    """Execute the notebooks in order; returns seconds per stage. A stage that fails raises StageFailed;
-    Ctrl-C raises Interrupted, with no kernel left running and no `*.running.ipynb` left behind."""
+    """Execute the notebooks in order; returns seconds per stage. Raises StageFailed, or Interrupted on Ctrl-C."""
     import papermill as pm
     from nbclient.exceptions import DeadKernelError
 
     from r1helpers.core.kaggle_paths import resolve_run_dir
     from r1helpers.core.runs import Run, write_json_atomic
-    from r1helpers.workflow.session import (check_same_run, continue_attached_run, load_run_config, recorded_run,
-                                            resolve_profile)
+    from r1helpers.workflow.session import resolve_run
 
     overrides = dict(overrides or {})
     for stage in stages or []:
@@ -259,14 +228,10 @@ def run_notebooks(
     unsafe = unsafe_run_dir(root)
     if unsafe:
         raise ConfigError(unsafe)
-    continued = continue_attached_run(root)
+    cfg, _, why, continued = resolve_run(root, profile, overrides, config_file, overwrite)  # before any kernel
     if continued:
         print(f"continuing the attached run {continued} in {root}", flush=True)
-    recorded = recorded_run(root)
-    # `auto` is resolved here, once: every notebook gets the same concrete profile.
-    profile, why = resolve_profile(profile, recorded)
-    cfg = load_run_config(profile, overrides, config_file, root)  # fail before any kernel starts
-    check_same_run(cfg, recorded, root, overwrite)
+    profile = cfg.profile
     print(f"profile: {profile} ({why})", flush=True)
     # The kernels run in notebooks/: a relative --config must not be looked up there.
     config_file = str(Path(config_file).resolve()) if config_file else None
@@ -277,11 +242,9 @@ def run_notebooks(
     os.environ["R1HELPERS_HEADLESS"] = "1"
     if dry_run:  # notebook 05's keep_model reads it: no Kaggle Model upload
         os.environ["R1HELPERS_KAGGLE_DRY_RUN"] = "1"
-    # Headless logs get plain lines: the trainer's printer, not bars redrawn into a file.
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    # The kernels draw with the inline backend (no display needed), so plots are saved in the executed
-    # notebooks; Agg would draw them nowhere.
+    # The inline backend needs no display and saves the plots in the executed notebooks.
     os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     timings: dict[str, float] = {}
     for stage in stages or list(NOTEBOOKS):
@@ -299,20 +262,15 @@ def run_notebooks(
                     log_output=log_output, progress_bar=bar,
                     kernel_manager_class=kernel_manager_logging_to(kernel_log),
                 )
-        # A cell's error; a kernel that died; papermill unable to save the notebook (a full disk, a read-only folder).
-        except (pm.PapermillExecutionError, DeadKernelError, OSError) as e:
+        except (pm.PapermillExecutionError, DeadKernelError, OSError, KeyboardInterrupt) as e:
             cell_error = isinstance(e, pm.PapermillExecutionError)
             ename, evalue = (e.ename, e.evalue) if cell_error else (type(e).__name__, str(e))
-            if ename == "KeyboardInterrupt":  # the kernel got the interrupt itself
+            if ename == "KeyboardInterrupt":  # here, or in the kernel
                 _stop_kernels()
                 partial.unlink(missing_ok=True)
                 raise Interrupted(interrupted_line(stage, run.root)) from None
             kept = _keep_failed(partial, final.with_suffix(".failed.ipynb"))
             raise StageFailed(failure_paragraph(stage, ename, evalue, kept, kernel_log)) from None
-        except KeyboardInterrupt:
-            _stop_kernels()
-            partial.unlink(missing_ok=True)
-            raise Interrupted(interrupted_line(stage, run.root)) from None
         finally:
             _KERNELS.clear()
         os.replace(partial, final)

@@ -16,7 +16,6 @@ from r1helpers.modeling.load import (add_lora, estimated_weights_gib, expected_l
                                      trainable_parameters)
 from r1helpers.training.plan import (BatchPlan, activation_gib, activation_tokens, gpu_memory_gib, plan_batches,
                                      resolve_padding_free, token_budget_env, worst_micro_batch_tokens)
-from r1helpers.training import sft
 from r1helpers.training.sft import last_value, latest_checkpoint, make_trainer, sft_arguments, wandb_reachable
 
 ALL_SEVEN = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -211,7 +210,6 @@ def test_a_changed_value_is_what_the_trainer_gets(tmp_path):
     args = train_stage.sft_arguments_for(cfg, plan, tmp_path, backend="transformers", dtype="float32", on_gpu=False,
                                    report_to=[], has_eval=True, run_name="r")
     assert args["max_steps"] == 30 and train_stage.lora_arguments(cfg, plan)["r"] == 4
-    assert set(args) <= set(sft.ARGUMENT_SOURCES), "every argument says where it comes from"
 
 
 def test_tables_show_the_values(cpu_cfg):
@@ -239,29 +237,21 @@ def test_runners_check_the_config_before_anything_loads(tmp_path):
     assert not (run.root / "train").exists()
 
 
-def test_preview_on_a_t4_trains_in_fp16_with_the_recipes_batch(tmp_path, monkeypatch, tiny_model_dir):
-    """What notebook 03 previews on a 15 GiB GPU without bf16 (a T4), faked on the CPU: fp16 not bf16, the
-    effective batch of 8, and checkpointing as the plan says (the tiny model's activations fit, so none)."""
-    from r1helpers.core import hardware
-    from r1helpers.core.runs import Run
+def test_a_t4_trains_in_fp16_with_the_recipes_batch(tmp_path, tiny_model_dir):
+    """Notebook 03's plan and SFTConfig arguments on a 15 GiB GPU without bf16 (a T4), from the tiny model's shapes:
+    fp16 not bf16, the effective batch of 8, and checkpointing as the plan says (its activations fit, so none)."""
+    from transformers import AutoConfig
+
+    from r1helpers.modeling.load import estimated_weights_gib, expected_lora_parameters
     from r1helpers.workflow import train_stage
 
-    monkeypatch.setattr(train_stage, "gpu_memory_gib", lambda: 15.0)
-    monkeypatch.setattr(hardware, "choose_backend", lambda cfg, processes=1: hardware.BackendChoice(
-        "unsloth", "a T4 (faked)", "float16", True))
     cfg = load_config("cpu", {"train.per_device_train_batch_size": 2, "train.gradient_accumulation_steps": 4})
-    prepared = SimpleNamespace(train=_Columns({"num_tokens": [700] * 8}), eval=[1, 2])
-    preview = train_stage.training_preview(cfg, Run.open(tmp_path / "run"), prepared)
-    args, plan = preview["sft_arguments"], preview["plan"]
+    dims = AutoConfig.from_pretrained(tiny_model_dir)
+    plan = train_stage.plan_from_config(cfg, "unsloth", 15.0, lengths=[700] * 8, dims=dims,
+                                        base_gib=estimated_weights_gib(dims, True, "float16"))
+    args = train_stage.sft_arguments_for(cfg, plan, tmp_path, backend="unsloth", dtype="float16", on_gpu=True,
+                                         report_to=[], has_eval=True, run_name="r")
     assert (args["fp16"], args["bf16"]) == (True, False)
     assert plan.effective_batch == 8 and args["per_device_train_batch_size"] * args["gradient_accumulation_steps"] == 8
-    assert preview["expected_trainable_parameters"] == 2 * 16_384
+    assert expected_lora_parameters(dims, cfg.lora.r, cfg.lora.target_modules) == 2 * 16_384
     assert plan.gradient_checkpointing == "false" and args["gradient_checkpointing"] is False
-
-
-class _Columns(dict):
-    """A stand-in for a datasets.Dataset's columns."""
-
-    @property
-    def column_names(self):
-        return list(self)

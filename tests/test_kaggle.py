@@ -88,12 +88,6 @@ def test_pins_satisfy_unsloth_2026_10_9():
     assert str(pinned["unsloth"]) == "==2026.10.9" and str(pinned["bitsandbytes"]) == "==0.50.2"
 
 
-def test_wheel_drift_is_noticed():
-    requires = [*PINS, "torch>=2.4", 'pytest>=8; extra == "dev"']
-    assert kaggle.wheel_drift(PINS, requires) is None
-    assert "make kaggle" in kaggle.wheel_drift(PINS, [p.replace("5.17.0", "5.16.0") for p in requires])
-
-
 # ---------------------------------------------------------------- a session: no pip off Kaggle
 
 
@@ -237,7 +231,7 @@ def test_p100_session_installs_nothing_gpu_related(tmp_path):
 
 
 def test_setup_says_which_versions_pip_changed(tmp_path):
-    """A fake pip upgrades one package and adds two; setup() prints each change, before -> after."""
+    """A fake pip upgrades one package and adds two; setup() says each change, before -> after, in one line."""
     state = {"transformers": "5.0.0", "datasets": "4.0.0", "torch": "2.10.0+cu128"}
 
     def pip(cmd, **kwargs):
@@ -247,11 +241,10 @@ def test_setup_says_which_versions_pip_changed(tmp_path):
     said = []
     report = kaggle.prepare(["surely-not-installed-pkg==1.0"], environ=dict(KAGGLE), run=pip, gpus=[T4],
                             root=tmp_path, say=said.append, installed=lambda: dict(state))
-    assert report.changed == {"surely-not-installed-pkg": (None, "1.0"), "transformers": ("5.0.0", "5.17.0"),
-                              "trl": (None, "1.14.2")}
-    assert "Kaggle: pip changed 3 packages (before -> after):" in said
-    assert "  transformers: 5.0.0 -> 5.17.0" in said and "  trl: not installed -> 1.14.2" in said
-    assert not any("datasets" in line or "torch:" in line for line in said), "unchanged ones are not listed"
+    (line,) = [line for line in said if "pip changed" in line]
+    assert line.endswith("pip changed surely-not-installed-pkg - -> 1.0, transformers 5.0.0 -> 5.17.0, trl - -> 1.14.2")
+    assert "datasets" not in line and "torch" not in line, "unchanged ones are not listed"
+    assert report.installed == ["surely-not-installed-pkg==1.0"]
 
 
 def test_missing_reads_installed_versions():

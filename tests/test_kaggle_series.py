@@ -24,6 +24,7 @@ import pytest
 from r1helpers import kaggle, kaggle_model, pipeline
 from r1helpers.core import kaggle_paths
 from r1helpers.core.config import ConfigError
+from r1helpers.training.sft import latest_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -235,7 +236,7 @@ def test_ctrl_c_during_training_stops_with_one_line(tmp_path):
         r"interrupted; run the same command again to resume from checkpoint-\d+", lines[0]), err[-3000:]
     assert "Traceback" not in err + out
     assert not list((run_dir / "notebooks").glob("*.running.ipynb"))
-    assert lines[0].endswith(pipeline.latest_checkpoint(run_dir))
+    assert lines[0].endswith(latest_checkpoint(ckpts).name)
     kernels = subprocess.run(["pgrep", "-f", str(run_dir)], capture_output=True, text=True).stdout.split()
     assert not kernels, "the stage's kernel was stopped"
 

@@ -40,8 +40,18 @@ from typing import Any, Mapping, Sequence
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from r1helpers.core.kaggle_paths import WORKING_LIMIT_GB  # noqa: E402
-from r1helpers.kaggle import (DATASET_SLUG, HF_TOKEN_PATTERN, KAGGLE_SECRETS, PLACEHOLDER_USER, SECRETS_HELP,  # noqa: E402
-                              Runner)
+from r1helpers.kaggle import Runner  # noqa: E402
+
+DATASET_SLUG = "r1helpers"
+PLACEHOLDER_USER = "YOUR_KAGGLE_USERNAME"
+# Kaggle's own secrets: like HF_TOKEN and WANDB_API_KEY (r1helpers.core.secrets), never written into build/kaggle/.
+KAGGLE_SECRETS = ("KAGGLE_KEY", "KAGGLE_API_TOKEN")
+# A Hugging Face token has this shape even where this process does not know its value.
+HF_TOKEN_PATTERN = re.compile(rb"hf_[A-Za-z0-9]{30,}")
+SECRETS_HELP = {
+    "HF_TOKEN": "Hugging Face token: gated or private models, and pushing exports to the Hub",
+    "WANDB_API_KEY": "Weights & Biases key: training curves online (without it W&B logs offline)",
+}
 
 # kernel-metadata.json's `machine_shape` (what `kaggle kernels push --accelerator` overrides). The kaggle CLI
 # 2.2.5 help names NvidiaTeslaT4 for "GPU T4 x2" and lists NvidiaTeslaP100 as retired (its sessions run on a T4).

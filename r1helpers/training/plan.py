@@ -1,8 +1,5 @@
-"""The batch planner: micro-batch, accumulation, padding and recomputation for one GPU's memory.
-
-Plain values in, a `BatchPlan` out; the effective batch (micro-batch x accumulation) is always
-the one asked for. `r1helpers.workflow.train_stage.plan_for` calls it with the config's values, the
-loaded model's dimensions and the data's real token lengths.
+"""The batch planner: micro-batch, accumulation, padding and recomputation for one GPU's memory, keeping the
+effective batch asked for.
 
     plan_batches(2, 4, backend="unsloth", gpu_memory_gib=15.0, max_seq_length=2048)
 """
@@ -17,17 +14,11 @@ from typing import Any
 
 from r1helpers.core.config import ConfigError
 
-# GPUs with at least this much memory fold gradient accumulation into one larger
-# micro-batch (same effective batch, fewer and fuller kernel launches).
+# GPUs with at least this much memory fold accumulation into one larger micro-batch (the same effective batch).
 LARGE_GPU_GIB = 40.0
 MAX_MICRO_BATCH = 8
-# Activations a LoRA step keeps per token without gradient checkpointing, per layer and unit of
-# (hidden + intermediate) width, for each backend. Measured on the H100 in the 8B shape (BENCHMARKS.md),
-# peak allocated less ~6.5 GiB of weights over the largest pass:
-# - Unsloth (fused kernels and chunked loss): 3.6 MiB a token (43.1 GiB at passes of 10,240 tokens;
-#   35.5 at 8,153); 6 MiB for 32 x (4096 + 14336) keeps a margin for other GPUs and fragmentation.
-# - transformers + peft + bitsandbytes (full logits, unfused MLP): 10.2 MiB a token (47.2 GiB at
-#   padded micro-batches of 2 x 2048); 12 MiB.
+# Activations a LoRA step keeps per token without gradient checkpointing in the 8B shape, with a margin over
+# what the H100 measured (BENCHMARKS.md): Unsloth 3.6 MiB, transformers + peft 10.2 MiB.
 ACTIVATION_MIB_PER_TOKEN = {"unsloth": 6.0, "transformers": 12.0}
 LLAMA_8B_WIDTH_UNITS = 32 * (4096 + 14336)
 # Share of the GPU a plan without checkpointing may fill; the rest absorbs fragmentation and eval.
@@ -41,9 +32,7 @@ class BatchPlan:
     padding_free: bool
     reason: str
     gradient_checkpointing: str | None = None  # None: lora.gradient_checkpointing as configured
-    # Most tokens one forward/backward may hold: a step whose rows hold more runs as several passes over
-    # whole examples, each divided by the step's token count, so they sum to the unsplit loss and
-    # gradient (Unsloth's UNSLOTH_TOKEN_BUDGET). 0: never split.
+    # Most tokens one pass may hold; a longer step runs as several passes summing to its gradient. 0: never split.
     token_budget: int = 0
 
     @property
@@ -100,22 +89,13 @@ def plan_batches(per_device_batch: int, accumulation: int, *, backend: str, gpu_
                  max_seq_length: int, padding_free: str | bool = "auto", batch_plan: str = "auto",
                  token_budget: int = 0, lengths: list[int] | None = None, dims: Any = None,
                  base_gib: float | None = None, processes: int = 1) -> BatchPlan:
-    """The micro-batch, accumulation, padding and recomputation to train with, keeping the effective
-    batch `per_device_batch x accumulation` (one process's share under DDP).
+    """The micro-batch, accumulation, padding and recomputation to train with, keeping the effective batch
+    `per_device_batch x accumulation` (one process's share under DDP).
 
-    Padding-free batches drop pad tokens and keep examples apart (Unsloth's block mask);
-    transformers' SDPA lets them attend to each other, so that path stays padded.
-
-    Given the model's dimensions (`dims`: num_hidden_layers, hidden_size, intermediate_size) and the
-    memory its weights take (`base_gib`), a padding-free Unsloth run on one GPU takes each optimizer
-    step's rows as one micro-batch without gradient checkpointing and caps each forward at the tokens
-    whose activations fit (a token budget): a step of short rows runs in one pass, a step of long rows
-    in two or three, and no step can exceed the GPU whatever the lengths. That needs one full-length
-    row to fit. Otherwise, and for padded batches (the transformers backend), the largest micro-batch
-    whose longest possible batch fits runs without checkpointing; where none fits (a T4 at 2048 tokens)
-    the recipe's micro-batch and checkpointing stay. Measured on the H100 in BENCHMARKS.md.
-    `batch_plan="as_set"` keeps every value exactly as given (the seed recipe as written);
-    `token_budget` > 0 caps each pass at that many tokens instead of what fits.
+    Given the model's dimensions and its weights' memory (`dims`, `base_gib`), a padding-free Unsloth run on one
+    GPU takes each step's rows as one micro-batch without checkpointing, capping each pass at the tokens that
+    fit; otherwise the largest micro-batch whose longest batch fits runs without checkpointing, and where none
+    fits (a T4 at 2048 tokens) the recipe's values stay. `batch_plan="as_set"` keeps every value as given.
     """
     pf = resolve_padding_free(padding_free, backend)
     effective = per_device_batch * accumulation
@@ -170,9 +150,7 @@ TOKEN_BUDGET_ENV = "UNSLOTH_TOKEN_BUDGET"
 
 @contextlib.contextmanager
 def token_budget_env(budget: BatchPlan | int) -> Iterator[None]:
-    """Unsloth's SFTTrainer reads UNSLOTH_TOKEN_BUDGET when it is built (unsloth/utils/token_budget.py):
-    set it for the trainer being built, then put back what the user had. A plan (or budget) of 0
-    leaves the variable as the user set it."""
+    """UNSLOTH_TOKEN_BUDGET, which Unsloth's SFTTrainer reads when built, set for that while (0: as the user set it)."""
     tokens = budget.token_budget if isinstance(budget, BatchPlan) else int(budget or 0)
     before = os.environ.get(TOKEN_BUDGET_ENV)
     if tokens:

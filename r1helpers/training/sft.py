@@ -1,13 +1,5 @@
-"""LoRA supervised fine-tuning with TRL's SFTTrainer: its arguments, the trainer, checkpoints, W&B.
-
-Plain values in: `sft_arguments(...)` returns exactly the keyword arguments given to TRL's
-`SFTConfig`, and `make_trainer(model, tokenizer, train, eval, sft_args)` builds the trainer
-from them. `r1helpers.workflow.train_stage.train` calls both with the config's values and the batch
-plan (r1helpers.training.plan), and records the arguments in the run folder's train/metrics.json.
-
-Checkpoints go to the run folder every `save_steps`; `latest_checkpoint` finds the newest one
-that was fully written, which a rerun resumes from.
-"""
+"""LoRA fine-tuning with TRL's SFTTrainer: `sft_arguments` (exactly SFTConfig's keyword arguments, from plain
+values), the trainer, the checkpoint a rerun resumes from, W&B's reachability."""
 
 from __future__ import annotations
 
@@ -19,12 +11,7 @@ from typing import Any, Callable
 from r1helpers.training.plan import MAX_MICRO_BATCH, token_budget_env
 
 # TRL's SFTConfig values this project never changes; listed so the recorded arguments are complete.
-FIXED_ARGUMENTS = {
-    "save_total_limit": 2,  # two checkpoints of the seed recipe are ~0.5 GB
-    "packing": False,  # one example a row; padding-free batches drop the pads instead
-    "dataloader_num_workers": 0,
-    "remove_unused_columns": True,
-}
+FIXED_ARGUMENTS = {"save_total_limit": 2, "packing": False, "dataloader_num_workers": 0, "remove_unused_columns": True}
 
 
 def sft_arguments(*, output_dir: str | os.PathLike, per_device_train_batch_size: int,
@@ -36,11 +23,9 @@ def sft_arguments(*, output_dir: str | os.PathLike, per_device_train_batch_size:
                   progress_bars: bool = True, ddp: dict[str, Any] | None = None) -> dict[str, Any]:
     """The keyword arguments for `trl.SFTConfig`, as a plain dict (nothing imported, nothing built).
 
-    `gradient_checkpointing`: "unsloth" | "true" | "false" (or a bool): TRL turns checkpointing on by
-    default and the trainer then enables it on the model whatever add_lora chose, so it is always
-    passed. `mixed_precision`: "bfloat16" | "float16" on a GPU (bf16 needs compute capability 8.0;
-    a T4 gets float16), "no" on the CPU. `eval_steps` or `save_steps` 0: never. `ddp`: the DDP
-    settings of r1helpers.core.ddp.trainer_kwargs() under torchrun.
+    `gradient_checkpointing` is always passed (TRL would turn it on whatever add_lora chose). `mixed_precision`:
+    "bfloat16" | "float16" (a T4) on a GPU, "no" on the CPU. `eval_steps` or `save_steps` 0: never. `ddp`:
+    r1helpers.core.ddp.trainer_kwargs() under torchrun.
     """
     checkpointing = str(gradient_checkpointing).lower() != "false"
     eval_on = has_eval and eval_steps > 0
@@ -79,29 +64,6 @@ def sft_arguments(*, output_dir: str | os.PathLike, per_device_train_batch_size:
     }
 
 
-# Where each SFTConfig argument comes from when stage 03 fills sft_arguments from the config and the batch
-# plan (shown beside the values in notebook 03).
-ARGUMENT_SOURCES = {
-    "output_dir": "the run folder's train/checkpoints", "per_device_train_batch_size": "batch plan: micro-batch",
-    "per_device_eval_batch_size": "batch plan: micro-batch (at most 8)",
-    "gradient_accumulation_steps": "batch plan: accumulation", "padding_free": "batch plan (train.padding_free)",
-    "gradient_checkpointing": "batch plan, else lora.gradient_checkpointing",
-    "gradient_checkpointing_kwargs": "non-reentrant (DDP-safe) when checkpointing",
-    "learning_rate": "train.learning_rate", "warmup_steps": "train.warmup_steps", "max_steps": "train.max_steps",
-    "optim": "train.optim", "weight_decay": "train.weight_decay", "lr_scheduler_type": "train.lr_scheduler_type",
-    "seed": "train.seed", "data_seed": "train.seed (order of the rows)",
-    "bf16": "backend dtype bfloat16 on a GPU (compute capability >= 8.0)",
-    "fp16": "backend dtype float16 on a GPU (a T4, capability 7.5)", "max_length": "model.max_seq_length",
-    "logging_steps": "train.logging_steps", "eval_strategy": "train.eval_steps > 0 and held-out rows exist",
-    "eval_steps": "train.eval_steps", "save_strategy": "train.save_steps > 0", "save_steps": "train.save_steps",
-    "report_to": "train.wandb and a W&B key", "run_name": "the run folder's name",
-    "disable_tqdm": "headless (papermill) runs log plain lines", "save_total_limit": "fixed: two checkpoints kept",
-    "packing": "fixed: one example a row", "dataloader_num_workers": "fixed",
-    "remove_unused_columns": "fixed", "ddp_backend": "DDP: nccl on GPUs, gloo on CPU",
-    "ddp_find_unused_parameters": "DDP: every LoRA weight gets a gradient", "use_cpu": "DDP without CUDA",
-}
-
-
 def make_trainer(model, tokenizer, train_dataset, eval_dataset, sft_args: dict[str, Any], token_budget: int = 0):
     """TRL's SFTTrainer over a peft model and tokenized rows (an `input_ids` column), configured by
     `SFTConfig(**sft_args)`. `token_budget` > 0: Unsloth runs a step of more tokens in several passes."""
@@ -114,7 +76,7 @@ def make_trainer(model, tokenizer, train_dataset, eval_dataset, sft_args: dict[s
 
 
 def wandb_endpoint() -> str:
-    """host:port the W&B client talks to: WANDB_BASE_URL (a self-hosted server) or api.wandb.ai:443."""
+    """host:port the W&B client talks to: WANDB_BASE_URL or api.wandb.ai:443."""
     from urllib.parse import urlparse
 
     url = urlparse(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai")
@@ -134,17 +96,13 @@ def wandb_reachable(timeout: float = 3.0) -> bool:
     return True
 
 
-# What a resume reads besides the adapter and trainer_state.json: without the optimizer's moments, the
-# scheduler's position or the RNG states the resumed run silently diverges from an uninterrupted one.
+# Without these a resumed run silently diverges from an uninterrupted one.
 RESUME_STATE = ("optimizer.pt", "scheduler.pt", "rng_state*.pth")
 
 
 def checkpoint_problem(checkpoint: Path) -> str | None:
-    """Why `checkpoint` cannot be resumed from exactly, or None when it is complete.
-
-    The trainer writes trainer_state.json last (after adapter, optimizer, scheduler and RNG states), so a kill
-    mid-save leaves it missing or cut short; a file lost afterwards (a partial copy, a cleaned-up output folder)
-    is named by what is missing."""
+    """Why `checkpoint` cannot be resumed from exactly (trainer_state.json, written last, missing or cut short; a
+    file lost afterwards), or None when it is complete."""
     checkpoint = Path(checkpoint)
     try:
         state = json.loads((checkpoint / "trainer_state.json").read_text())
@@ -158,10 +116,6 @@ def checkpoint_problem(checkpoint: Path) -> str | None:
     if missing:
         return "no " + ", ".join(m.replace("*", "") for m in missing)
     return None
-
-
-def _complete(checkpoint: Path) -> bool:
-    return checkpoint_problem(checkpoint) is None
 
 
 def latest_checkpoint(ckpt_dir: Path, say: Callable[[str], None] | None = None) -> Path | None:

@@ -1,8 +1,4 @@
-"""The command-line options every entry point shares, so `--set` means the same everywhere.
-
-    python -m r1helpers.pipeline --profile seed --set train.max_steps=30
-    python -m r1helpers.distributed --nproc 2 --set train.max_steps=30
-"""
+"""The command-line options every entry point shares, so `--set` means the same everywhere."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""Stage 02 as the run folder sees it: the prepared splits, reused when made with these settings, else built
-(load, check, select, tokenize, measure) and saved."""
+"""Stage 02 in the run folder: the prepared splits, reused when made with these settings, else built and saved."""
 
 from __future__ import annotations
 
@@ -48,8 +47,7 @@ def build(cfg: Config, tokenizer) -> tuple[Any, dict[str, Any]]:
         raise DataError(f"{origin}: no training rows left after the checks ({'; '.join(report.lines())})"
                         + length_advice(all_lengths["train"], max_len, d.overlong))
     train_ds = datasets.Dataset.from_list(train)
-    # No held-out rows (data.eval_rows=0): an empty split with the training columns, so `source_row` and the
-    # rest exist and every later stage sees zero held-out rows rather than a table without columns.
+    # data.eval_rows=0: an empty split with the training columns, not a table without columns.
     held_ds = datasets.Dataset.from_list(held) if held else train_ds.select([])
     dd = datasets.DatasetDict({"train": train_ds, "eval": held_ds})
     stats = {
@@ -66,8 +64,7 @@ def build(cfg: Config, tokenizer) -> tuple[Any, dict[str, Any]]:
 
 
 def length_advice(lengths: list[int], max_len: int, overlong: str = "drop") -> str:
-    """What keeps the rows that model.max_seq_length drops: the longest row's length, and the values that keep all
-    of them or all but the longest tenth. Empty when no row is over the limit."""
+    """The model.max_seq_length values that keep every row, or all but the longest tenth ("": none is over)."""
     over = sorted(n for n in lengths if n > max_len)
     if not over:
         return ""
@@ -83,10 +80,8 @@ def length_advice(lengths: list[int], max_len: int, overlong: str = "drop") -> s
 
 
 def prepare(cfg: Config, run: Run, tokenizer=None, force: bool = False) -> Prepared:
-    """The run folder's prepared splits when made with these settings, else rebuilt (stage 02).
-
-    `tokenizer`: the model's, when already loaded (else it is loaded from cfg.model.name).
-    """
+    """The run folder's prepared splits when made with these settings, else rebuilt with `tokenizer` (default:
+    cfg.model.name's)."""
 
     def load() -> Prepared:
         dd = load_splits(run.path("dataset"))
@@ -104,8 +99,8 @@ def prepare(cfg: Config, run: Run, tokenizer=None, force: bool = False) -> Prepa
 
 
 def load_splits(path: Path):
-    """The DatasetDict saved by stage 02. `datasets.load_from_disk` cannot read back a split of zero rows (it
-    writes no data file for it), so such a split is rebuilt empty with the training split's columns."""
+    """The DatasetDict saved by stage 02; a split of zero rows, which `load_from_disk` cannot read back, is rebuilt
+    empty with the training split's columns."""
     import datasets
 
     path = Path(path)

@@ -36,9 +36,8 @@ RUN_RECORD = "run.json"  # the profile and model a run folder was made for, reso
 
 
 def recorded_run(root: Path) -> dict[str, Any] | None:
-    """The profile and model the run folder was made for: its run.json, or, where that is missing, what the
-    finished stages' manifests say (their model, and the recipe that uses it), so a run with another profile
-    is refused rather than recorded; None for a folder with neither."""
+    """The profile and model the run folder was made for: its run.json, else what the finished stages' manifests
+    say (None: neither)."""
     path = Path(root) / RUN_RECORD
     if path.is_file():
         try:
@@ -84,11 +83,8 @@ def derived_run(root: Path) -> dict[str, Any] | None:
 
 
 def resolve_profile(profile: str, recorded: dict[str, Any] | None) -> tuple[str, str]:
-    """`auto` is resolved once per run folder: by the GPU and the Hub the first time, then as recorded.
-
-    Probing again in every notebook would let one unanswered Hub request switch a later notebook
-    to the CPU profile and rebuild the run folder with the tiny model.
-    """
+    """`auto` is resolved once per run folder (by the GPU and the Hub), then read as recorded: one unanswered Hub
+    request must not switch a later notebook to the CPU profile."""
     if profile != "auto":
         return profile, f"profile={profile} requested"
     if recorded and recorded.get("profile"):
@@ -110,9 +106,8 @@ def check_same_run(cfg: Config, recorded: dict[str, Any] | None, root: Path, ove
 
 
 def continue_attached_run(root: Path, environ: Mapping[str, str] = os.environ) -> Path | None:
-    """On Kaggle, a run folder not yet begun here continues the run folder found in what is attached (the previous
-    notebook's kernel output, mounted read-only under /kaggle/input): it is copied into `root` (in /kaggle/working),
-    where every stage reuses what is current. Returns the folder continued, or None."""
+    """On Kaggle, a run folder not yet begun continues the attached one (the previous kernel's output under
+    /kaggle/input), copied into `root`, where every stage reuses what is current. Returns the folder continued."""
     import shutil
 
     from r1helpers.core.kaggle_paths import attached_runs, on_kaggle
@@ -134,8 +129,8 @@ def continue_attached_run(root: Path, environ: Mapping[str, str] = os.environ) -
 
 
 def load_run_config(profile: str, overrides: Mapping[str, Any], config_file: str | None, root: Path) -> Config:
-    """The config for a run folder. A run continued from an attached one starts from that run's recorded
-    config.yaml, so an override given in an earlier kernel holds here too; then config_file, then overrides."""
+    """The config for a run folder: a continued run starts from its recorded config.yaml (an earlier kernel's
+    overrides hold), then config_file, then overrides."""
     recorded = recorded_run(root)
     cfg_path = Path(root) / "config.yaml"
     if not (recorded and recorded.get("continued_from") and cfg_path.is_file()):
@@ -150,24 +145,29 @@ def load_run_config(profile: str, overrides: Mapping[str, Any], config_file: str
     return config_mod.apply_overrides(cfg, overrides)
 
 
-# Which notebooks load a model through Unsloth (importing it takes ~45 s on the H200, BENCHMARKS.md): setup checks
-# that it imports, training trains through it, data preparation and export never use it, and the two generation
-# notebooks only when their generation path is Unsloth's (a T4; `infer.path=auto` takes the static 16-bit path
-# where the weights fit).
+def resolve_run(root: Path, profile: str, overrides: Mapping[str, Any], config_file: str | None, overwrite: bool):
+    """(cfg, recorded run, why this profile, attached run continued): another profile or model is refused."""
+    continued = continue_attached_run(root)
+    recorded = recorded_run(root)
+    chosen, why = resolve_profile(profile, recorded)
+    cfg = load_run_config(chosen, overrides, config_file, root)
+    check_same_run(cfg, recorded, root, overwrite)
+    return cfg, recorded, why, continued
+
+
+# Which notebooks load a model through Unsloth (~45 s to import); 01 and 04 only on its generation path (a T4).
 UNSLOTH_STAGES = {"00": True, "02": False, "03": True, "05": False}
 GENERATION_STAGES = {"01": "baseline", "04": "finetuned"}
 
 
 def imports_unsloth(cfg: Config, run: Run, stage: str | None) -> bool:
-    """Whether notebook `stage` loads a model through Unsloth, decided before transformers is imported:
-    Unsloth patches transformers when it is imported first, so `start` imports it (or not) now.
-    `stage=None` (a script of your own): yes, as before."""
+    """Whether notebook `stage` loads a model through Unsloth (None, a script of your own: yes), decided before
+    transformers is imported, since Unsloth patches it when imported first."""
     if stage is None:
         return True
     if stage in GENERATION_STAGES:
         from r1helpers.inference.choose import generation_path
 
-        # imports Unsloth itself when the path is Unsloth's; reads the model's shapes without transformers
         return generation_path(cfg, run, GENERATION_STAGES[stage]).backend == "unsloth"
     if stage not in UNSLOTH_STAGES:
         raise ConfigError(f"stage: expected one of {sorted({*UNSLOTH_STAGES, *GENERATION_STAGES})} or None, "
@@ -185,29 +185,19 @@ def start(
     overwrite: bool = False,
     stage: str | None = None,
 ) -> tuple[Config, Run]:
-    """Check every parameter before anything heavy loads, then record config and environment.
-
-    `stage` ("00" ... "05", the calling notebook): import Unsloth only where that notebook loads a model through
-    it (`imports_unsloth`); None imports it wherever the GPU supports it."""
+    """Check every parameter before anything heavy loads, then record config and environment. `stage` ("00" ...
+    "05"): the calling notebook, which imports Unsloth only where it loads a model through it."""
     if not isinstance(run_dir, (str, os.PathLike)):
         raise ConfigError(f"run_dir: expected a folder path, got {run_dir!r}")
     from r1helpers.core.kaggle_paths import resolve_run_dir
 
     root = Path(resolve_run_dir(run_dir)).expanduser().resolve()
-    continued = continue_attached_run(root)
-    recorded = recorded_run(root)
-    chosen, why = resolve_profile(profile, recorded)
-    cfg = load_run_config(chosen, parse_overrides(overrides), config_file, root)
-    check_same_run(cfg, recorded, root, overwrite)
+    cfg, recorded, why, continued = resolve_run(root, profile, parse_overrides(overrides), config_file, overwrite)
     run = Run.open(root, overwrite=overwrite)
     if recorded is None or overwrite or not (run.root / RUN_RECORD).is_file():
-        # A folder whose run.json was lost gets it back from its outputs' manifests (checked above), never
-        # from the profile of whichever run opens it next.
         write_json_atomic(run.root / RUN_RECORD, {"profile": cfg.profile, "model": cfg.model.name, "why": why,
                                                   "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     if overwrite or not run.config_path.is_file():
-        # Otherwise config.yaml is saved when a stage finishes (Run.write_manifest): a run refused or failed
-        # later leaves it describing the folder's outputs.
         run.save_config(cfg)
     if secrets:
         from r1helpers.core.secrets import load_secrets
@@ -217,10 +207,9 @@ def start(
             for line in report.lines():
                 print(line)
     from r1helpers.core.hardware import environment_report
-
-    env = environment_report(cfg, try_import=imports_unsloth(cfg, run, stage))
     from r1helpers.training.plan import resolve_padding_free
 
+    env = environment_report(cfg, try_import=imports_unsloth(cfg, run, stage))
     resolve_padding_free(cfg.train.padding_free, env["backend"]["name"])  # refuses what the backend cannot train
     env["profile_reason"] = why
     env["secrets_found"] = dict(report.found) if secrets else {}  # where each was found, never its value

@@ -1,5 +1,4 @@
-"""W&B for stage 03: online with a key and a reachable server, else offline into the run folder (training never
-waits on W&B), or off; the run folder's train/wandb, project and run name set through W&B's environment."""
+"""W&B for stage 03: online with a key and a reachable server, else offline into the run folder, or off."""
 
 from __future__ import annotations
 
@@ -25,7 +24,6 @@ def wandb_choice(cfg: Config) -> tuple[str | None, str]:
     if mode == "auto":
         mode = "online" if os.environ.get("WANDB_API_KEY") and wandb_reachable() else "offline"
     elif mode == "online" and not wandb_reachable():
-        # Forced online without a network, the client retries for minutes and then fails the stage.
         from r1helpers.training.sft import wandb_endpoint
 
         return "offline", (f"W&B offline: train.wandb=online but {wandb_endpoint()} does not answer, so this run "
@@ -42,8 +40,7 @@ def wandb_choice(cfg: Config) -> tuple[str | None, str]:
 
 
 def wandb_setup(cfg: Config, run: Run) -> tuple[list[str], str]:
-    """Decide W&B's mode from the config and the presence of a key and set its environment
-    (the run folder's train/wandb, project, run name); returns (report_to, note)."""
+    """W&B's mode set in its environment (the run folder's train/wandb, project, run name): (report_to, note)."""
     mode, note = wandb_choice(cfg)
     if mode is None:
         return [], note

@@ -1,5 +1,4 @@
-"""Stage 03 as the run folder sees it: W&B, checkpoints and resume, the batch plan, the SFTConfig arguments,
-the adapter saved atomically with its metrics and manifest; reused when trained with these settings."""
+"""Stage 03 in the run folder: reuse, resume or train (`begin` -> TrainingJob), the adapter saved atomically."""
 
 from __future__ import annotations
 
@@ -13,31 +12,18 @@ from typing import Any
 from r1helpers.core.config import Config, validate
 from r1helpers.core.ddp import barrier, is_main_process, per_process, print0, trainer_kwargs, world_size
 from r1helpers.core.hardware import headless, is_oom
-from r1helpers.core.runs import (
-    Run,
-    RunFolderConflict,
-    atomic_dir,
-    differing_fields,
-    read_json,
-    stage_fingerprint,
-    stage_settings,
-    write_json_atomic,
-    write_text_atomic,
-)
+from r1helpers.core.runs import (Run, RunFolderConflict, atomic_dir, differing_fields, read_json, stage_fingerprint,
+                                 stage_settings, write_json_atomic, write_text_atomic)
 from r1helpers.inference.choose import load_base_for
-from r1helpers.workflow.tracking import wandb_choice, wandb_setup
-from r1helpers.modeling.load import Loaded, expected_lora_parameters, trainable_parameters
+from r1helpers.modeling.load import Loaded, trainable_parameters
 from r1helpers.training.plan import BatchPlan, gpu_memory_gib, plan_batches
 from r1helpers.training.sft import last_value, latest_checkpoint, make_trainer, sft_arguments
+from r1helpers.workflow.tracking import wandb_setup
 
 
 def _checkpoint_dir(cfg: Config, run: Run, resume: bool) -> tuple[Path, Path | None]:
-    """Rank 0 keeps the checkpoints, or moves them aside; every rank then resumes from the same one.
-
-    Checkpoints of an unfinished training made with other settings are refused (they may hold
-    45 minutes of a Kaggle T4), unless the run folder was opened with overwrite; then, and when
-    train.resume=false asks to start over, they are moved to <run>/replaced/, never deleted.
-    """
+    """Rank 0 keeps the checkpoints or moves them aside (to <run>/replaced/, never deleted); checkpoints made with
+    other settings are refused unless the run folder was opened with overwrite. Every rank resumes alike."""
     ckpt = run.path("checkpoints")
     stamp, recorded = ckpt / "fingerprint.txt", ckpt / "settings.json"
     fp = stage_fingerprint(cfg, "train")
@@ -138,16 +124,9 @@ def sft_arguments_for(cfg: Config, plan: BatchPlan, output_dir: Path, *, backend
 
 
 class TrainingJob:
-    """Stage 03 between the cells that train: what the run folder says to do, and what it records after.
-
-    `begin(cfg, run, prepared)` decides, holding the run folder's lock: reuse (an adapter trained with these
-    settings is there), resume (an unfinished training with these settings left a complete checkpoint), train
-    from step 0, or ddp (train.processes > 1: torchrun trains, `distributed.ensure_trained_anywhere`). A
-    finished adapter made with other settings is refused (RunFolderConflict) unless the run folder was opened
-    with overwrite, which moves it aside first. The notebook's cells then load, add LoRA, build the trainer and
-    call `trainer.train(resume_from_checkpoint=job.resume_from)` themselves; `save` writes the adapter to a
-    temporary folder, renames it, records the metrics and the manifest, and releases the lock.
-    """
+    """Stage 03 between the cells that train. `begin` decides, holding the run folder's lock: reuse, resume from
+    the latest complete checkpoint, train from step 0, or ddp (torchrun trains); `save` records the adapter and
+    releases the lock."""
 
     def __init__(self, cfg: Config, run: Run, prepared, mode: str, resume_from: Path | None = None,
                  checkpoint_dir: Path | None = None, report_to: list[str] | None = None, wandb_note: str = "",
@@ -163,8 +142,7 @@ class TrainingJob:
 
     @property
     def resume_from(self) -> str | None:
-        """The checkpoint to resume from, as the text `trainer.train(resume_from_checkpoint=...)` takes; None: from
-        step 0."""
+        """The checkpoint as `trainer.train(resume_from_checkpoint=...)` takes it; None: from step 0."""
         return str(self.checkpoint) if self.checkpoint else None
 
     @property
@@ -185,8 +163,7 @@ class TrainingJob:
         return p.trainer_columns("eval") if len(p.eval) > 0 and self.cfg.train.eval_steps > 0 else None
 
     def batch_plan(self, model) -> BatchPlan:
-        """This GPU's micro-batch x accumulation for the effective batch, from the loaded weights' memory and the
-        rows' real lengths (`training.plan.plan_batches`)."""
+        """This GPU's micro-batch x accumulation, from the loaded weights' memory and the rows' lengths."""
         return plan_for(self.cfg, Loaded(model, None, self.backend), self.prepared)
 
     def gradient_checkpointing(self, plan: BatchPlan):
@@ -204,8 +181,8 @@ class TrainingJob:
 
     @contextlib.contextmanager
     def session(self, trainer, plan: BatchPlan):
-        """Around `trainer.train(...)`: the interrupted sessions' time carried into each checkpoint, out of
-        memory turned into advice naming the values to change, W&B closed however it ends."""
+        """Around `trainer.train(...)`: earlier sessions' time carried on, out of memory turned into advice, W&B
+        closed however it ends."""
         import torch
 
         if torch.cuda.is_available():
@@ -227,8 +204,7 @@ class TrainingJob:
                 wandb.finish()
 
     def save(self, trainer, model, tokenizer, plan: BatchPlan, output) -> TrainResult:
-        """The adapter and tokenizer saved in the run folder (a temporary folder, then renamed), with
-        train/log_history.json, train/metrics.json and the manifest; releases the run folder's lock."""
+        """The adapter and tokenizer saved (a temporary folder, renamed), the log, metrics and manifest; unlocks."""
         import torch
 
         seconds = self._earlier + self._session_seconds
@@ -237,8 +213,7 @@ class TrainingJob:
         tokens = last_value(history, "num_tokens")  # TRL counts the tokens trained on (all ranks), from step 0
         metrics = {
             **{k: v for k, v in output.metrics.items() if isinstance(v, (int, float))},
-            # After a resume the trainer's train_loss and runtime cover only the resumed steps: the whole
-            # run's mean of the logged losses and its time over every session are what a reader expects.
+            # After a resume the trainer's own values cover only the resumed steps.
             "train_loss": _rounded(_mean_logged_loss(history)),
             "train_loss_this_session": _rounded(output.metrics.get("train_loss")),
             "global_step": trainer.state.global_step,
@@ -278,8 +253,8 @@ class TrainingJob:
 
 def begin(cfg: Config, run: Run, prepared, processes: int = 1, resume: bool | None = None,
           announce: bool = True) -> TrainingJob:
-    """What stage 03 does in this run folder (see TrainingJob); `resume` (default train.resume) False starts
-    over, moving the checkpoints aside. `cfg` is checked again first: a value set in a cell is what trains."""
+    """What stage 03 does in this run folder (see TrainingJob); `resume=False` (or train.resume) starts over.
+    `cfg` is checked again first: a value set in a cell is what trains."""
     cfg = validate(cfg)
     if processes > 1 and world_size() == 1:
         return TrainingJob(cfg, run, prepared, "ddp")
@@ -303,12 +278,8 @@ def begin(cfg: Config, run: Run, prepared, processes: int = 1, resume: bool | No
 
 def train(cfg: Config, run: Run, loaded: Loaded, prepared, resume: bool | None = None,
           plan: BatchPlan | None = None) -> TrainResult:
-    """Notebook 03's training cells as one function, for DDP's workers and the tests: fine-tune `loaded` (a
-    peft model from `with_lora`) and save the adapter and tokenizer in the run folder (TrainingJob.save).
-
-    `resume` (default: train.resume) continues from the latest complete checkpoint made with the same
-    settings; False starts over from step 0. Called inside `run.reuse_or_build`, which holds the lock.
-    """
+    """Notebook 03's training cells as one function, for DDP's workers and the tests: fine-tune `loaded` (a peft
+    model from `with_lora`) and save it (TrainingJob.save)."""
     job = begin(cfg, run, prepared, resume=resume, announce=False)
     job.backend = loaded.backend
     print0(job.wandb_note)
@@ -341,8 +312,7 @@ def _mean_logged_loss(history: list[dict[str, Any]]) -> float | None:
 
 
 def elapsed_in_checkpoints(earlier: float):
-    """A TrainerCallback that writes the training time so far into each checkpoint, so a resumed run
-    reports the whole run's time (transformers is imported here, not when this module loads)."""
+    """A TrainerCallback writing the training time so far into each checkpoint: a resumed run reports the whole."""
     from transformers import TrainerCallback
 
     t0 = time.perf_counter()
@@ -365,19 +335,13 @@ def load_result(run: Run) -> TrainResult:
 
 
 def ensure_trained(cfg: Config, run: Run, prepared, force: bool = False, resume: bool | None = None) -> TrainResult:
-    """The run folder's adapter when trained with these settings; otherwise train it, resuming an
-    interrupted run unless train.resume=false (or resume=False) says start over.
-
-    `cfg` is checked again first (validate), so a value assigned in a notebook cell is what trains,
-    and a bad one fails naming its field before any model loads.
-    """
+    """The run folder's adapter when trained with these settings; otherwise train it (resuming unless
+    train.resume=false). `cfg` is checked again first, so a value set in a notebook cell is what trains."""
     cfg = validate(cfg)
 
     def make() -> TrainResult:
-
         base = load_base_for(cfg)
         plan = plan_for(cfg, base, prepared)
-        # Recomputation is set when the adapters are added: with_lora passes the plan's choice.
         return train(cfg, run, with_lora(cfg, base, plan), prepared, resume=resume, plan=plan)
 
     return run.reuse_or_build(cfg, "train", make, lambda: load_result(run), force=force, say=print0)
@@ -395,33 +359,3 @@ def plan_for(cfg: Config, base: Loaded, prepared) -> BatchPlan:
     return plan_from_config(cfg, base.backend.name, gpu_memory_gib(), processes=world_size(),
                             lengths=_lengths(prepared), dims=base.model.config,
                             base_gib=torch.cuda.memory_allocated() / 2**30 if on_gpu else None)
-
-
-def training_preview(cfg: Config, run: Run, prepared, processes: int = 1) -> dict[str, Any]:
-    """What stage 03 will pass, before any model loads, when training in `processes` processes (one
-    of them: its share of the batch): the backend, the batch plan, the add_lora settings and the
-    SFTConfig arguments (under DDP each process adds r1helpers.core.ddp.trainer_kwargs()).
-
-    The plan estimates the weights' memory from the model's shapes where train() measures it after
-    loading, so on a GPU its token budget can differ a little from the recorded one; everything else
-    is computed as train() computes it."""
-    from transformers import AutoConfig
-
-    from r1helpers.core.hardware import choose_backend  # looked up here: tests fake it
-    from r1helpers.modeling.load import estimated_weights_gib
-    from r1helpers.modeling.local import resolve_model_path
-
-    cfg = validate(cfg)
-    backend = choose_backend(cfg, processes=processes)
-    gpu_gib = gpu_memory_gib()
-    dims = AutoConfig.from_pretrained(resolve_model_path(cfg.model.name), revision=cfg.model.revision)
-    base_gib = estimated_weights_gib(dims, backend.load_in_4bit, backend.dtype) if gpu_gib else None
-    plan = plan_from_config(cfg, backend.name, gpu_gib, processes=processes, lengths=_lengths(prepared),
-                            dims=dims, base_gib=base_gib)
-    mode, note = wandb_choice(cfg)
-    args = sft_arguments_for(cfg, plan, run.path("checkpoints"), backend=backend.name, dtype=backend.dtype,
-                             on_gpu=gpu_gib is not None, report_to=["wandb"] if mode else [],
-                             has_eval=len(prepared.eval) > 0, run_name=run.root.name)
-    return {"backend": backend.name, "backend_reason": backend.reason, "processes": processes, "plan": plan,
-            "lora": lora_arguments(cfg, plan), "sft_arguments": args, "wandb": note,
-            "expected_trainable_parameters": expected_lora_parameters(dims, cfg.lora.r, cfg.lora.target_modules)}

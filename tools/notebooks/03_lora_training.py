@@ -25,14 +25,14 @@ operations: 25-45 minutes at 10-15 of the T4's 65 fp16 TFLOP/s, what 4-bit train
 adapter trained with these settings, this notebook reuses it in seconds. Measured on an H200 with the 8B shape and
 random weights (not a T4; BENCHMARKS.md): 117.1 s for the stage."""),
     ("code", """import torch
+from transformers import AutoConfig
 from trl import SFTConfig, SFTTrainer
 
 from r1helpers import distributed
 from r1helpers.core import show
 from r1helpers.modeling.fast import language_model
-from r1helpers.modeling.load import prepare_tokens
+from r1helpers.modeling.load import expected_lora_parameters, prepare_tokens
 from r1helpers.modeling.local import resolve_model_path
-from r1helpers.training import sft
 from r1helpers.training.plan import token_budget_env
 from r1helpers.workflow import data_stage, train_stage"""),
     ("md", """## Changing a value
@@ -71,54 +71,6 @@ The table shows `cfg.lora`, the values `add_lora` receives, with what each one d
 r = 16, alpha = 16 (scale 1), no dropout, no bias, all seven linear layers of each block, and Unsloth's
 gradient checkpointing. The `cpu` profile uses r = 8, alpha = 16 (scale 2) on its tiny model."""),
     ("code", """show.lora_table(cfg.lora)"""),
-    ("md", """## The batch plan: how the effective batch of 8 is run
-
-The recipe averages the gradient of 8 rows into each optimizer step: `per_device_train_batch_size` 2 rows per
-forward and backward pass, `gradient_accumulation_steps` 4 passes summed before the step. The learning rate,
-the warm-up and the 60 steps were chosen with that effective batch; another one would change how far each step
-moves and how many rows 60 steps see (60 x 8 = 480, about one pass over 500 rows). So the plan never changes
-the effective batch, only how it is split, which changes memory use and speed but not what is learned (up to
-floating-point rounding).
-
-`plan_batches` decides from the GPU's memory, the weights' size and the rows' real token lengths:
-
-- **micro-batch x accumulation**: on a large GPU the 8 rows run as one pass (8 x 1); on a T4 (15 GiB) a
-  2048-token row does not fit without recomputation, so the recipe's 2 x 4 stays.
-- **padding-free**: with Unsloth the rows of a pass are concatenated without pad tokens, each attending only
-  to itself; transformers' attention would let them see each other, so that backend pads.
-- **gradient checkpointing**: kept where memory needs it, turned off where every activation fits (faster).
-- **token budget**: the most tokens one pass may hold; a step with more runs as several passes that sum to the
-  same gradient.
-
-Without a GPU the plan keeps the values as set; the `cpu` profile sets 4 x 1 (an effective batch of 4) to
-train its tiny model on 56 sample rows quickly, so the table below shows 4 there, not 8. Under DDP (`train.processes` > 1) each process takes its share
-of the accumulation, so micro-batch x accumulation x processes is still 8.
-
-This is a preview computed before any model loads, from the model's configuration and an estimate of its
-weights' memory; the training runner measures the memory after loading, so on a GPU its token budget can differ
-slightly. The plan actually used is recorded and shown after training."""),
-    ("code", """preview = distributed.training_preview(cfg, run, prepared)
-print(f"backend: {preview['backend']} ({preview['backend_reason']})")
-show.batch_plan_table(preview["plan"], preview["processes"])"""),
-    ("md", """## The SFT arguments
-
-These are the keyword arguments the trainer cell below passes to TRL's `SFTConfig`, computed by
-`training.sft.sft_arguments` from `cfg` and the plan; the `from` column says where each comes from. What they
-mean:
-
-- `learning_rate` 2e-4 is high next to full fine-tuning (~1e-5) because only the small LoRA matrices move,
-  starting from zero; `warmup_steps` 5 ramps it up from 0, then `lr_scheduler_type` linear brings it back to 0
-  at `max_steps`.
-- `optim` adamw_8bit keeps AdamW's two moment estimates in 8 bits (bitsandbytes, CUDA only; the `cpu` profile
-  uses adamw_torch); `weight_decay` 0.01 pulls the LoRA weights slightly toward zero.
-- `bf16` / `fp16`: the precision of the forward and backward passes. bf16 needs compute capability 8.0
-  (A100, H100, L4); a T4 (7.5) gets fp16 with loss scaling. The CPU trains in float32 (both false).
-- `max_length` is `model.max_seq_length`; rows longer than it were dropped or cut by notebook 02.
-- `logging_steps`, `eval_steps`, `save_steps`: how often the training loss is logged, the held-out loss is
-  computed and a checkpoint is written.
-- `seed` and `data_seed` fix the order in which rows are drawn (and any dropout), so a rerun with the same
-  settings gives the same adapter."""),
-    ("code", """show.values_table(preview["sft_arguments"], "SFTConfig argument", sft.ARGUMENT_SOURCES)"""),
     ("md", """## Training: what the run folder says to do
 
 `train_stage.begin` checks `cfg` again and looks at the run folder first, holding its lock until the adapter is
@@ -157,8 +109,9 @@ if job.trains_here:  # False when the adapter is reused or torchrun trains
     print(prepare_tokens(model, tokenizer, cfg.model.pad_token))"""),
     ("md", """## Adding LoRA
 
-`get_peft_model` wraps the frozen model with the adapters of the table above. The batch plan, now measured on
-the loaded weights, decides whether gradient checkpointing is needed (`use_gradient_checkpointing`)."""),
+`get_peft_model` wraps the frozen model with the adapters of the table above. The batch plan (shown after
+training), made from the loaded weights' memory, decides whether gradient checkpointing is needed
+(`use_gradient_checkpointing`)."""),
     ("code", """if job.trains_here:
     plan = job.batch_plan(model)  # micro-batch x accumulation for this GPU, from the weights and the rows' lengths
     model = FastLanguageModel.get_peft_model(
@@ -175,8 +128,8 @@ the loaded weights, decides whether gradient checkpointing is needed (`use_gradi
     ("md", """## The trainer
 
 TRL's `SFTTrainer` gets the peft model, the tokenizer, the training rows' token ids, the held-out rows (for the
-held-out loss) and `SFTConfig` with the arguments shown above (`job.sft_arguments(plan)`, the same values with
-the measured plan). `token_budget_env` tells Unsloth the most tokens one pass may hold (0: no limit)."""),
+held-out loss) and `SFTConfig` with `job.sft_arguments(plan)`: `cfg.train`'s values, the plan and the run
+folder's checkpoints (shown after training). `token_budget_env` tells Unsloth the most tokens one pass may hold (0: no limit)."""),
     ("code", """if job.trains_here:
     model.config.use_cache = False  # the KV cache is for generation; training recomputes every position
     with token_budget_env(plan.token_budget):
@@ -204,14 +157,51 @@ the run folder; with `train.processes` > 1 it trains here under torchrun, one pr
 result = distributed.ensure_trained_anywhere(cfg, run, prepared)
 used = result.metrics
 print(result.adapter_dir)"""),
-    ("md", """## What was used
+    ("md", """## The batch plan: how the effective batch of 8 is run
 
-The runner recorded its batch plan and its `SFTConfig` arguments in `train/metrics.json`. The first table is the
-plan it trained with; the second lists every argument that differs from the preview above ("none" when all
-agree). On a GPU the token budget may differ, since the runner measured the weights' memory instead of estimating
-it; an adapter reused from an earlier session can differ in `disable_tqdm` (headless or not)."""),
+The recipe averages the gradient of 8 rows into each optimizer step: `per_device_train_batch_size` 2 rows per
+forward and backward pass, `gradient_accumulation_steps` 4 passes summed before the step. The learning rate,
+the warm-up and the 60 steps were chosen with that effective batch; another one would change how far each step
+moves and how many rows 60 steps see (60 x 8 = 480, about one pass over 500 rows). So the plan never changes
+the effective batch, only how it is split, which changes memory use and speed but not what is learned (up to
+floating-point rounding).
+
+`plan_batches` decides from the GPU's memory, the weights' size and the rows' real token lengths:
+
+- **micro-batch x accumulation**: on a large GPU the 8 rows run as one pass (8 x 1); on a T4 (15 GiB) a
+  2048-token row does not fit without recomputation, so the recipe's 2 x 4 stays.
+- **padding-free**: with Unsloth the rows of a pass are concatenated without pad tokens, each attending only
+  to itself; transformers' attention would let them see each other, so that backend pads.
+- **gradient checkpointing**: kept where memory needs it, turned off where every activation fits (faster).
+- **token budget**: the most tokens one pass may hold; a step with more runs as several passes that sum to the
+  same gradient.
+
+Without a GPU the plan keeps the values as set; the `cpu` profile sets 4 x 1 (an effective batch of 4) to
+train its tiny model on 56 sample rows quickly, so the table below shows 4 there, not 8. Under DDP (`train.processes` > 1) each process takes its share
+of the accumulation, so micro-batch x accumulation x processes is still 8.
+
+The plan is made once the model has loaded (`job.batch_plan(model)` above), from the memory its weights take;
+the table is the plan the runner recorded in `train/metrics.json` and trained with."""),
     ("code", """show.batch_plan_table(used["batch_plan"], used["processes"])"""),
-    ("code", """show.differences(preview["sft_arguments"], used.get("sft_arguments", {}))"""),
+    ("md", """## The SFT arguments
+
+These are the keyword arguments the trainer cell passed to TRL's `SFTConfig` (`job.sft_arguments(plan)`,
+`training.sft.sft_arguments` with `cfg`'s values and the plan), as recorded in `train/metrics.json`. What they
+mean:
+
+- `learning_rate` 2e-4 is high next to full fine-tuning (~1e-5) because only the small LoRA matrices move,
+  starting from zero; `warmup_steps` 5 ramps it up from 0, then `lr_scheduler_type` linear brings it back to 0
+  at `max_steps`.
+- `optim` adamw_8bit keeps AdamW's two moment estimates in 8 bits (bitsandbytes, CUDA only; the `cpu` profile
+  uses adamw_torch); `weight_decay` 0.01 pulls the LoRA weights slightly toward zero.
+- `bf16` / `fp16`: the precision of the forward and backward passes. bf16 needs compute capability 8.0
+  (A100, H100, L4); a T4 (7.5) gets fp16 with loss scaling. The CPU trains in float32 (both false).
+- `max_length` is `model.max_seq_length`; rows longer than it were dropped or cut by notebook 02.
+- `logging_steps`, `eval_steps`, `save_steps`: how often the training loss is logged, the held-out loss is
+  computed and a checkpoint is written.
+- `seed` and `data_seed` fix the order in which rows are drawn (and any dropout), so a rerun with the same
+  settings gives the same adapter."""),
+    ("code", """show.values_table(used["sft_arguments"], "SFTConfig argument")"""),
     ("md", """## Trainable parameters
 
 Each adapted matrix of shape out x in gets `r x (in + out)` trainable numbers. For the seed recipe on the 8B
@@ -221,7 +211,9 @@ trainer saw should equal the one computed from the model's shapes. (In 4-bit, bi
 per byte, so the "all parameters" count of a 4-bit model reads about half the real number of weights.)"""),
     ("code", """show.values_table({
     "trainable (LoRA A and B)": used["trainable_parameters"],
-    "expected: r x (in + out), summed": preview["expected_trainable_parameters"],
+    "expected: r x (in + out), summed": expected_lora_parameters(
+        AutoConfig.from_pretrained(resolve_model_path(cfg.model.name), revision=cfg.model.revision),
+        cfg.lora.r, cfg.lora.target_modules),
     "all parameters": used["total_parameters"],
     "share that trains": f"{used['trainable_parameters'] / used['total_parameters']:.2%}",
 })"""),
