@@ -7,7 +7,7 @@ import json
 import pytest
 
 from r1helpers.evaluate import accuracy as acc
-from r1helpers.evaluate import metrics, more_sets, protocol
+from r1helpers.evaluate import metrics, more_sets, protocol, views
 
 ABCD = ["A", "B", "C", "D"]
 ABCDE = ["A", "B", "C", "D", "E"]
@@ -413,13 +413,13 @@ def test_mcq_comparison_by_hand():
     assert (gen["before"]["exact_match"], gen["before"]["think_closed"]) == (1, 3)
     assert (gen["after"]["correct"], gen["after"]["unparsed"]) == (3, 1)
     assert out["items"][3]["base"]["generated_by"] == "text"
-    rows_out = acc.summary_rows(out)
+    rows_out = views.accuracy_rows(out)
     assert [r["scoring"] for r in rows_out] == ["likelihood", "generated", "generated, lenient read"]
     assert rows_out[0]["before"] == "2/5 = 40.0%" and rows_out[0]["change (points)"] == "+40.0"
     assert rows_out[1]["unparseable before / after"] == "2 / 1" and rows_out[0]["unparseable before / after"] == "-"
     # lenient: base reads B (q0), A (q1), none (q2: "thinking"), B (q3, by text), none (q4); tuned B, B, B, C, none.
     assert (gen["lenient"]["before"]["correct"], gen["lenient"]["after"]["correct"]) == (2, 3)
-    assert acc.summary_rows(None) == []
+    assert views.accuracy_rows(None) == []
 
 
 def test_mcq_comparison_without_generation_and_mismatches():
