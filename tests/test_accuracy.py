@@ -348,7 +348,7 @@ def test_option_loglikelihoods_match_unpadded_scores(tiny_lm):
         assert scores["mean"][letter] == pytest.approx(scores["sum"][letter] / scores["tokens"][letter], abs=1e-6)
     for norm in ("mean", "sum"):
         best = max(scores[norm], key=scores[norm].get)
-        assert acc.predict_by_likelihood(model, tokenizer, prompt, options, normalize=norm) == best
+        assert acc.best_letter(acc.option_loglikelihoods(model, tokenizer, prompt, options, normalize=norm)[norm]) == best
 
     lettered = acc.option_loglikelihoods(model, tokenizer, prompt, options, template=" {letter} {text}")
     assert lettered["tokens"]["B"] == 6  # "B" is one more (unknown) word
@@ -470,7 +470,7 @@ def test_answer_mcq_uses_the_recipe_prompt_and_generate(tiny_lm):
     answers = acc.answer_mcq(model, tokenizer, rows, decoding=decoding)
     for row, a in zip(rows, answers):
         prompt = prompts.build_prompt(acc.mcq_question(row))
-        assert a["likelihood_letter"] == acc.predict_by_likelihood(model, tokenizer, prompt, row["options"])
+        assert a["likelihood_letter"] == acc.best_letter(acc.option_loglikelihoods(model, tokenizer, prompt, row["options"])["mean"])
         assert set(a["likelihood_scores"]) == set(row["options"])
     gens = generate(model, tokenizer, [acc.mcq_question(r) for r in rows], **decoding)
     assert [a["generated"] for a in answers] == [g["generated"] for g in gens]

@@ -457,7 +457,7 @@ def test_tables_and_key_numbers_show_more_sets_protocol_and_contamination(cfg, t
     assert keys["correctness: questions left out as contaminated"] == "1 of 25"
     assert keys["more sets: MedMCQA, validation by likelihood before"] == 1.0
     assert keys["authors' protocol: lenient accuracy before"] == 1.0
-    assert keys["authors' protocol: strict unparseable before / after"] == "0 / 8"
+    assert keys["authors' protocol: strict accuracy unparseable before / after"] == "0 / 8"
     assert "not reproduced here" in keys["published: HuatuoGPT-o1-8B on MedQA"]
     assert list(views.protocol_table(result).index)[0].startswith("HuatuoGPT-o1's lenient matcher")
     assert len(views.more_sets_table(result)) == 2

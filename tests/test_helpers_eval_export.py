@@ -35,12 +35,12 @@ def test_bootstrap_ci_of_constant_differences_is_that_constant():
 
 def test_score_generation_reads_think_eos_and_the_limit():
     closed = metrics.score_generation("Reasoning here.\n</think>\nAnswer text.", True, "Answer text.", words)
-    assert closed.think_closed and closed.eos and not closed.cut_at_limit
-    assert closed.answer_tokens == 2 and closed.rouge_l == pytest.approx(1.0)
+    assert closed["think_closed"] and closed["eos"] and not closed["cut_at_limit"]
+    assert closed["answer_tokens"] == 2 and closed["rouge_l"] == pytest.approx(1.0)
     cut = metrics.score_generation("still thinking and thinking", False, "Answer text.", words, new_tokens=48)
-    assert not cut.think_closed and cut.cut_at_limit and cut.empty_answer
-    assert cut.reasoning_tokens == 48 and cut.rouge_l == 0.0
-    assert metrics.score_generation("x\n</think>\ny", True, None, words).rouge_l is None
+    assert not cut["think_closed"] and cut["cut_at_limit"] and cut["empty_answer"]
+    assert cut["reasoning_tokens"] == 48 and cut["rouge_l"] == 0.0
+    assert metrics.score_generation("x\n</think>\ny", True, None, words)["rouge_l"] is None
 
 
 def test_rouge_l_is_word_lcs_f1():

@@ -108,6 +108,7 @@ def option_loglikelihoods(model, tokenizer, prompt: str, options: dict[str, str]
     {"sum": {letter: log-prob}, "mean": {letter: per-token mean}, "tokens": {letter: count}}.
     """
     import torch
+    from torch.nn.utils.rnn import pad_sequence
 
     if normalize not in ("sum", "mean"):
         raise ValueError(f"normalize must be 'sum' or 'mean', got {normalize!r}")
@@ -124,21 +125,15 @@ def option_loglikelihoods(model, tokenizer, prompt: str, options: dict[str, str]
             raise ValueError(f"option {letter} encodes to no tokens; it cannot be scored")
         conts.append(ids)
 
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    pad_id = 0 if pad_id is None else pad_id
-    p = len(prompt_ids)
-    width = p + max(len(c) for c in conts)
-    input_ids = torch.full((len(conts), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(conts), width), dtype=torch.long)
-    for i, c in enumerate(conts):
-        seq = prompt_ids + c
-        input_ids[i, : len(seq)] = torch.tensor(seq)
-        mask[i, : len(seq)] = 1
+    pad_id = next((t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id) if t is not None), 0)
+    seqs = [torch.tensor(prompt_ids + c) for c in conts]
     device = getattr(model, "device", None) or next(model.parameters()).device
-    input_ids, mask = input_ids.to(device), mask.to(device)
+    input_ids = pad_sequence(seqs, batch_first=True, padding_value=pad_id).to(device)  # right-padded
+    mask = pad_sequence([torch.ones(len(x), dtype=torch.long) for x in seqs], batch_first=True).to(device)
 
     # Only the positions that predict option tokens need logits (a 128k vocabulary is large).
-    keep = width - p + 1
+    p = len(prompt_ids)
+    keep = input_ids.shape[1] - p + 1
     os.environ.setdefault("UNSLOTH_RETURN_LOGITS", "1")  # Unsloth returns no logits otherwise (as in compare.py)
     was_training = getattr(model, "training", False)
     model.eval()
@@ -165,13 +160,6 @@ def option_loglikelihoods(model, tokenizer, prompt: str, options: dict[str, str]
 def best_letter(scores: dict[str, float]) -> str:
     """The letter with the highest score; ties go to the earliest letter."""
     return max(scores, key=lambda k: (scores[k], -list(scores).index(k)))
-
-
-def predict_by_likelihood(model, tokenizer, prompt: str, options: dict[str, str], normalize: str = "mean",
-                          template: str = " {text}") -> str:
-    """The option with the highest log-likelihood under `normalize` ("mean" or "sum")."""
-    scores = option_loglikelihoods(model, tokenizer, prompt, options, normalize=normalize, template=template)
-    return best_letter(scores[normalize])
 
 
 # ---- free-text answers --------------------------------------------------------------------------

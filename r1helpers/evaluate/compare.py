@@ -271,6 +271,15 @@ def _fit_key(result: dict[str, Any]) -> str:
     return result["primary_metric"] if result["primary_metric"] not in ACCURACY_KEYS else "completion_nll"
 
 
+def _accuracy_numbers(name: str, s: dict[str, Any]) -> dict[str, Any]:
+    """One `accuracy_summary`'s numbers under keys starting with `name`."""
+    return {f"{name} before": s["before"]["accuracy"], f"{name} after": s["after"]["accuracy"], f"{name} n": s["n"],
+            f"{name} change 95% CI": "[{:+.3f}, {:+.3f}]".format(*s["delta_ci95"]),
+            f"{name} McNemar p": s["mcnemar"]["p_value"], f"{name} detectable change": s["detectable_change"],
+            f"{name} unparseable before / after": f"{s['before']['unparsed']} / {s['after']['unparsed']}",
+            f"{name} verdict": s["verdict"]}
+
+
 def key_numbers(result: dict[str, Any]) -> dict[str, Any]:
     """The few numbers a reader keeps from a comparison (the notebook's last table, results/04.json)."""
     fit = metric(result, _fit_key(result))
@@ -287,42 +296,20 @@ def key_numbers(result: dict[str, Any]) -> dict[str, Any]:
                     f"behaviour: {name} verdict": m["verdict"]})
     out["behaviour: n (held-out questions generated)"] = result["settings"].get("held_out_questions_generated")
     mcq = result.get("accuracy") or {}
-    out["correctness: n (multiple-choice questions)"] = mcq.get("n", 0)
     for scoring, s in (mcq.get("scorings") or {"likelihood": None, "generated": None}).items():
-        name = f"by {'likelihood' if scoring == 'likelihood' else 'stated letter'}"
-        if s is None:
-            out[f"correctness: accuracy {name}"] = "not measured"
-            continue
-        out.update({f"correctness: accuracy {name} before": s["before"]["accuracy"],
-                    f"correctness: accuracy {name} after": s["after"]["accuracy"],
-                    f"correctness: change {name}, 95% CI": "[{:+.3f}, {:+.3f}]".format(*s["delta_ci95"]),
-                    f"correctness: McNemar p {name}": s["mcnemar"]["p_value"],
-                    f"correctness: detectable change {name}": s["detectable_change"],
-                    f"correctness: verdict {name}": s["verdict"]})
-        if scoring == "generated":
-            for side in ("before", "after"):
-                out[f"correctness: unparseable {name} {side}"] = s[side]["unparsed"]
-                out[f"correctness: lenient accuracy {name} {side}"] = s["lenient"][side]["accuracy"]
+        name = f"correctness: accuracy by {'likelihood' if scoring == 'likelihood' else 'stated letter'}"
+        out.update({name: "not measured"} if s is None else _accuracy_numbers(name, s))
+        if s is not None and scoring == "generated":
+            out.update(_accuracy_numbers("correctness: lenient read of the stated letter", s["lenient"]))
     if mcq.get("contamination"):
         out["correctness: questions left out as contaminated"] = "{excluded} of {checked}".format(**mcq["contamination"])
     for m in result.get("more_sets") or []:
-        s = m["likelihood"]
-        if s is None:
-            out[f"more sets: {m['name']}"] = m["note"]
-            continue
-        out.update({f"more sets: {m['name']} by likelihood, n": m["n"],
-                    f"more sets: {m['name']} by likelihood before": s["before"]["accuracy"],
-                    f"more sets: {m['name']} by likelihood after": s["after"]["accuracy"],
-                    f"more sets: {m['name']} McNemar p": s["mcnemar"]["p_value"],
-                    f"more sets: {m['name']} verdict": s["verdict"]})
-    p = result.get("protocol")
-    if p and p["n"]:
-        for read in ("lenient", "strict"):
-            s = p["scorings"][read]
-            out[f"authors' protocol: {read} accuracy before"] = s["before"]["accuracy"]
-            out[f"authors' protocol: {read} accuracy after"] = s["after"]["accuracy"]
-            out[f"authors' protocol: {read} unparseable before / after"] = f"{s['before']['unparsed']} / {s['after']['unparsed']}"
-        out["authors' protocol: n"] = p["n"]
+        name = f"more sets: {m['name']} by likelihood"
+        out.update({name: m["note"]} if m["likelihood"] is None else _accuracy_numbers(name, m["likelihood"]))
+    p = result.get("protocol") or {"n": 0}
+    for read in ("lenient", "strict") if p["n"] else ():
+        out.update(_accuracy_numbers(f"authors' protocol: {read} accuracy", p["scorings"][read]))
+    if p["n"]:
         out["authors' protocol: lenient guesses (most similar option) before / after"] = "{} / {}".format(
             *(p["scorings"]["lenient"][side]["matched_by"]["most_similar"] for side in ("before", "after")))
         for pub in p["published"]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Callable, Sequence
 
@@ -44,29 +44,12 @@ def perplexity(nll: float | None) -> float | None:
     return None if nll is None else math.exp(min(nll, 700.0))
 
 
-@dataclass
-class GenerationScores:
-    """What one generated answer did, judged from its text and whether EOS came."""
-
-    think_opened: bool
-    think_closed: bool
-    eos: bool
-    cut_at_limit: bool
-    empty_answer: bool
-    reasoning_tokens: int
-    answer_tokens: int
-    rouge_l: float | None
-    repetition: float | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
 def score_generation(
     generated: str, finished: bool, reference_answer: str | None, count_tokens: Callable[[str], int],
     new_tokens: int | None = None,
-) -> GenerationScores:
-    """Score one generation (the text after the prompt's `<think>`).
+) -> dict[str, Any]:
+    """Score one generation (the text after the prompt's `<think>`): think_opened, think_closed, eos, cut_at_limit,
+    empty_answer, reasoning_tokens, answer_tokens, rouge_l, repetition.
 
     Without EOS the text was cut at max_new_tokens. ROUGE-L needs a reference (else None); `repetition` is
     `repeated_ngram_share` of reasoning and answer without the tags. Lengths are `count_tokens` of the text,
@@ -77,17 +60,11 @@ def score_generation(
     reasoning_tokens = count_tokens(parsed.reasoning) if parsed.reasoning else 0
     if not parsed.think_closed and new_tokens is not None:
         reasoning_tokens = max(new_tokens - int(bool(finished)), 0)
-    return GenerationScores(
-        think_opened=opened,
-        think_closed=parsed.think_closed,
-        eos=bool(finished),
-        cut_at_limit=not finished,
-        empty_answer=not parsed.answer,
-        reasoning_tokens=reasoning_tokens,
-        answer_tokens=count_tokens(parsed.answer) if parsed.answer else 0,
-        rouge_l=None if reference_answer is None else rouge_l(parsed.answer, reference_answer),
-        repetition=repeated_ngram_share(f"{parsed.reasoning}\n{parsed.answer}"),
-    )
+    return {"think_opened": opened, "think_closed": parsed.think_closed, "eos": bool(finished),
+            "cut_at_limit": not finished, "empty_answer": not parsed.answer, "reasoning_tokens": reasoning_tokens,
+            "answer_tokens": count_tokens(parsed.answer) if parsed.answer else 0,
+            "rouge_l": None if reference_answer is None else rouge_l(parsed.answer, reference_answer),
+            "repetition": repeated_ngram_share(f"{parsed.reasoning}\n{parsed.answer}")}
 
 
 @dataclass(frozen=True)

@@ -123,7 +123,7 @@ def question_rows(pairs, nll: dict[str, list[dict]], count_tokens: Callable[[str
         row: dict[str, Any] = {"id": b["id"], "question": b["question"], "reference_answer": b["reference_answer"]}
         for model, rec in zip(MODELS, (b, t)):
             scores = score_generation(rec["generated"], rec["finished"], b["reference_answer"], count_tokens,
-                                      rec.get("new_tokens")).as_dict()
+                                      rec.get("new_tokens"))
             for key in ("cot_nll", "answer_nll", "completion_nll"):
                 scores[key] = nll_by_id[model].get(b["id"], {}).get(key)
             row[model] = {"answer": rec["answer"], "reasoning": rec["reasoning"], "new_tokens": rec["new_tokens"], **scores}
