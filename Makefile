@@ -25,8 +25,8 @@ $(VENV)/.installed: pyproject.toml
 	@echo "  pip, then $(TORCH_SPEC)"
 	@$(PIP) install --upgrade pip $(QUIET)
 	@$(PIP) install "$(TORCH_SPEC)" $(QUIET)
-	@echo "  r1helpers and its extras (notebooks, tracking, export, eval, dev)"
-	@$(PIP) install -e ".[notebooks,tracking,export,eval,dev]" $(QUIET)
+	@echo "  r1helpers and its extras (notebooks, tracking, export, dev)"
+	@$(PIP) install -e ".[notebooks,tracking,export,dev]" $(QUIET)
 	@$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	@touch $@
 

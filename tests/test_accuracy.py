@@ -7,7 +7,7 @@ import json
 import pytest
 
 from r1helpers.evaluate import accuracy as acc
-from r1helpers.evaluate import metrics, more_sets, protocol
+from r1helpers.evaluate import metrics, more_sets, protocol, views
 
 ABCD = ["A", "B", "C", "D"]
 ABCDE = ["A", "B", "C", "D", "E"]
@@ -348,7 +348,7 @@ def test_option_loglikelihoods_match_unpadded_scores(tiny_lm):
         assert scores["mean"][letter] == pytest.approx(scores["sum"][letter] / scores["tokens"][letter], abs=1e-6)
     for norm in ("mean", "sum"):
         best = max(scores[norm], key=scores[norm].get)
-        assert acc.predict_by_likelihood(model, tokenizer, prompt, options, normalize=norm) == best
+        assert acc.best_letter(acc.option_loglikelihoods(model, tokenizer, prompt, options, normalize=norm)[norm]) == best
 
     lettered = acc.option_loglikelihoods(model, tokenizer, prompt, options, template=" {letter} {text}")
     assert lettered["tokens"]["B"] == 6  # "B" is one more (unknown) word
@@ -413,13 +413,13 @@ def test_mcq_comparison_by_hand():
     assert (gen["before"]["exact_match"], gen["before"]["think_closed"]) == (1, 3)
     assert (gen["after"]["correct"], gen["after"]["unparsed"]) == (3, 1)
     assert out["items"][3]["base"]["generated_by"] == "text"
-    rows_out = acc.summary_rows(out)
+    rows_out = views.accuracy_rows(out)
     assert [r["scoring"] for r in rows_out] == ["likelihood", "generated", "generated, lenient read"]
     assert rows_out[0]["before"] == "2/5 = 40.0%" and rows_out[0]["change (points)"] == "+40.0"
     assert rows_out[1]["unparseable before / after"] == "2 / 1" and rows_out[0]["unparseable before / after"] == "-"
     # lenient: base reads B (q0), A (q1), none (q2: "thinking"), B (q3, by text), none (q4); tuned B, B, B, C, none.
     assert (gen["lenient"]["before"]["correct"], gen["lenient"]["after"]["correct"]) == (2, 3)
-    assert acc.summary_rows(None) == []
+    assert views.accuracy_rows(None) == []
 
 
 def test_mcq_comparison_without_generation_and_mismatches():
@@ -470,7 +470,7 @@ def test_answer_mcq_uses_the_recipe_prompt_and_generate(tiny_lm):
     answers = acc.answer_mcq(model, tokenizer, rows, decoding=decoding)
     for row, a in zip(rows, answers):
         prompt = prompts.build_prompt(acc.mcq_question(row))
-        assert a["likelihood_letter"] == acc.predict_by_likelihood(model, tokenizer, prompt, row["options"])
+        assert a["likelihood_letter"] == acc.best_letter(acc.option_loglikelihoods(model, tokenizer, prompt, row["options"])["mean"])
         assert set(a["likelihood_scores"]) == set(row["options"])
     gens = generate(model, tokenizer, [acc.mcq_question(r) for r in rows], **decoding)
     assert [a["generated"] for a in answers] == [g["generated"] for g in gens]

@@ -1,4 +1,4 @@
-"""The comparison stage: token spans, assembly, the HTML report, and real before/after verdicts.
+"""The comparison stage: token spans, assembly, the notebook's tables, and real before/after verdicts.
 
     HF_HUB_OFFLINE=1 .venv/bin/python -m pytest -q tests/test_compare.py
 """
@@ -6,13 +6,11 @@
 from __future__ import annotations
 
 import json
-import re
-
 import pytest
 
 from r1helpers.evaluate import compare
 from r1helpers import data_sources
-from r1helpers.evaluate import plots, report, views
+from r1helpers.evaluate import plots, views
 from r1helpers.core.config import apply_overrides
 from r1helpers.core.runs import read_jsonl, Run
 from r1helpers.inference import choose
@@ -54,7 +52,7 @@ def test_spans_are_cut_at_max_seq_length_as_in_training(tokenizer):
     assert len(cut.ids) == sp.cot.start + 3 and len(cut.cot) == 3 and len(cut.answer) == 0
 
 
-# ---- assembly and report, with hand-made scores ---------------------------------------------------
+# ---- assembly and tables, with hand-made scores ---------------------------------------------------
 
 def _record(qid, question, ref, generated, finished=True):
     from r1helpers.core.prompts import split_output
@@ -114,7 +112,6 @@ def test_comparison_excludes_example_questions_from_reference_metrics(cfg):
     assert rouge["n"] == 6 and rouge["before"] == 0.0 and rouge["after"] == pytest.approx(1.0)
     assert rouge["verdict"] == "better" and rouge["win_tie_loss"] == {"wins": 6, "ties": 0, "losses": 0}
     assert _metric(result, "eos")["before"] == 0.0 and _metric(result, "cut_at_limit")["after"] == 0.0
-    assert _metric(result, "semantic_similarity")["verdict"] == "no data"
 
 
 def test_lower_nll_alone_is_never_called_helped(cfg):
@@ -212,10 +209,10 @@ def test_four_gained_none_lost_of_68_is_no_evidence(cfg, tmp_path):
         "exact McNemar p=0.12, detectable change ±8.8 points")
     m = _metric(result, "accuracy_likelihood")
     assert m["verdict"] == "no significant change" and m["ci"] == s["delta_ci95"] and m["p_value"] == pytest.approx(0.125)
-    saved = json.loads(compare.write_outputs(result, tmp_path)[0].read_text())["accuracy"]["scorings"]["likelihood"]
+    saved = json.loads(compare.write_outputs(result, tmp_path).read_text())["accuracy"]["scorings"]["likelihood"]
     assert saved["detectable_change"] == pytest.approx(6 / 68) and saved["power"]["power"] == 0.8
-    page = (tmp_path / "report.html").read_text()
-    assert "detectable change (points, 80% power)" in page and "±8.8" in page and "exact McNemar p" in page
+    row = views.accuracy_table(result).loc["likelihood"]
+    assert row["detectable change (points, 80% power)"] == "±8.8" and row["exact McNemar p"] == 0.125
 
 
 def test_closing_think_alone_is_reported_as_a_format_change(cfg):
@@ -256,40 +253,15 @@ def test_mismatched_question_sets_are_refused(cfg):
         compare.pair_generations(base, [_record("eval-1", "Another Q?", "A", "x")])
 
 
-def assert_self_contained(page: str) -> None:
-    """Opens from disk with no server and no network: no scripts, links, imports or remote resources."""
-    lower = page.lower()
-    for needle in ("<script", "<link", "<iframe", "<object", "@import", "url(", "http://", "https://"):
-        assert needle not in lower, needle
-    targets = re.findall(r"\b(src|href)\s*=\s*['\"]?([^'\"\s>]*)", lower)
-    assert targets and all(v.startswith("data:image/png;base64,") for _, v in targets), "every src is inline"
-
-
-def test_report_is_self_contained_and_escapes_model_text(cfg, tmp_path):
-    result = _fake(cfg, -0.2)
-    json_path, html_path = compare.write_outputs(result, tmp_path)
-    assert json.loads(json_path.read_text())["verdict"] == "correctness not measured"
-    page = html_path.read_text()
-    assert "Verdict: correctness not measured." in page
-    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
-    assert "&lt;b&gt;question&lt;/b&gt;" in page
-    assert_self_contained(page)
-    assert page.count("data:image/png;base64,") == 4  # NLL, generations, deltas, loss
-    assert "(no answer: the reasoning never closed before max_new_tokens)" in page
-    for q in ("1. Fits the data?", "2. Behaves as trained?", "3. More often right?"):
-        assert q in page
-
-
-def test_report_shows_the_accuracy_table(cfg, tmp_path):
+def test_comparison_json_holds_what_the_notebook_shows(cfg, tmp_path):
     result = _fake(cfg, -0.2, _mcq(6, 20, generated=("x\n</think>\n<script>B</script>", "y")))
-    _, html_path = compare.write_outputs(result, tmp_path)
-    page = html_path.read_text()
-    assert "Verdict: helped." in page
-    assert page.count("data:image/png;base64,") == 5  # and the accuracy figure
-    for text in ("6/24 = 25.0%", "20/24 = 83.3%", "McNemar p", "before 95% Wilson", "unparseable before / after",
-                 "every multiple-choice question", "&lt;script&gt;B&lt;/script&gt;"):
-        assert text in page, text
-    assert_self_contained(page)
+    saved = json.loads(compare.write_outputs(result, tmp_path).read_text())
+    assert saved["verdict"] == "helped" and saved["headline"] == result["headline"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["comparison.json"]
+    table = views.accuracy_rows(saved["accuracy"])
+    assert (table[0]["before"], table[0]["after"]) == ("6/24 = 25.0%", "20/24 = 83.3%")
+    assert {"exact McNemar p", "before 95% Wilson", "unparseable before / after"} <= set(table[0])
+    assert list(views.findings_table(saved).index) == ["Fits the data?", "Behaves as trained?", "More often right?"]
 
 
 def test_tables_for_the_notebook(cfg):
@@ -298,7 +270,7 @@ def test_tables_for_the_notebook(cfg):
     assert list(table.columns[:5]) == ["n", "before", "after", "delta", "95% CI"]
     assert len(table) == len(compare.SPECS)
     assert list(views.summary_table(result, "fit").index) == [m.label for m in compare.TEACHER_FORCED]
-    assert set(views.summary_table(result, "behaviour")["n"]) == {6, 0}  # semantic similarity: no embedder
+    assert set(views.summary_table(result, "behaviour")["n"]) == {6}
     acc_table = views.accuracy_table(result)
     assert list(acc_table.index) == ["likelihood", "generated", "generated, lenient read"]
     assert set(acc_table["n"]) == {24}
@@ -310,23 +282,6 @@ def test_tables_for_the_notebook(cfg):
     side = views.side_by_side(result)
     assert list(side.columns[:4]) == ["question", "reference", "base answer", "fine-tuned answer"]
     assert len(side) == 7
-
-
-# ---- semantic similarity --------------------------------------------------------------------------
-
-def test_embedder_skips_with_a_note_when_unavailable():
-    assert compare.load_embedder(None) == (None, "semantic similarity skipped: compare.embedding_model is not set")
-    model, note = compare.load_embedder("no-such-org/no-such-embedding-model")
-    assert model is None and note.startswith("semantic similarity skipped")
-
-
-def test_semantic_similarity_of_identical_disjoint_and_empty_answers(cfg):
-    embedder, note = compare.load_embedder(cfg.compare.embedding_model)
-    if embedder is None:
-        pytest.skip(note)
-    ref = "Avoid nitroglycerin in right ventricular infarction."
-    sims = compare.semantic_similarity(embedder, [ref, "The capital of France is Paris.", ""], [ref] * 3)
-    assert sims[0] == pytest.approx(1.0, abs=1e-4) and sims[1] < 0.3 and sims[2] == 0.0
 
 
 # ---- real models ----------------------------------------------------------------------------------
@@ -354,7 +309,7 @@ def test_zero_step_adapter_shows_no_significant_change(cfg, prepared_run, tmp_pa
     items = result["accuracy"]["items"]
     assert all(it["base"]["generated"] == it["tuned"]["generated"] for it in items)
     assert result["verdict"] == "no evidence of better answers"
-    assert "Verdict: no evidence of better answers." in compare_stage.report_path(run).read_text()
+    assert json.loads(run.path("comparison").read_text())["verdict"] == "no evidence of better answers"
     assert not run.is_current(cfg, "compare"), "a foreign adapter never marks the stage current"
 
 
@@ -401,10 +356,6 @@ def test_trained_tiny_model_fits_better_but_is_not_called_helped(cfg, trained_co
     assert "; fits the held-out data better" in result["headline"] and "helped" not in result["headline"]
     saved = json.loads((run.stage_dir("compare") / "comparison.json").read_text())
     assert saved["verdict"] == "no evidence of better answers" and saved["findings"]["fit"]["answer"]
-    page = compare_stage.report_path(run).read_text()
-    assert "Verdict: no evidence of better answers." in page and page.count("data:image/png;base64,") == 5
-    assert_self_contained(page)
-    assert any(n.startswith("semantic similarity") for n in result["notes"])
     assert any(n.startswith("multiple-choice: 23 questions") for n in result["notes"])
     assert mcq["contamination"]["checked"] == 24 and mcq["contamination"]["span"] == 64
     assert [h["id"] for h in mcq["contamination"]["items"]] == ["sample_mcq-4"]
@@ -441,7 +392,7 @@ def test_figures_render_for_the_notebook(trained_comparison):
 
     _, result = trained_comparison
     figs = plots.figures(result)
-    assert set(figs) == {"teacher-forced", "generation", "deltas", "accuracy", "loss"}
+    assert set(figs) == {"deltas", "accuracy", "loss"}
     for fig in figs.values():
         plt.close(fig)
 
@@ -494,21 +445,19 @@ def _extras(result):
     return result
 
 
-def test_report_and_key_numbers_show_more_sets_protocol_and_contamination(cfg, tmp_path):
+def test_tables_and_key_numbers_show_more_sets_protocol_and_contamination(cfg, tmp_path):
     result = _extras(_fake(cfg, -0.2, _mcq(6, 20)))
-    _, html_path = compare.write_outputs(result, tmp_path)
-    page = html_path.read_text()
-    for text in ("1 of 25 multiple-choice questions share 64 characters", "MedMCQA, validation", "8/8 = 100.0%",
-                 "0/8 = 0.0%", "skipped: it did not load", "HuatuoGPT-o1-8B: 72.6%", "about 55.0%",
-                 "as reported by MedReason repository", "not reproduced here", "lenient matcher",
-                 "temperature 0.5, top_p 0.9, at most 2000 new tokens"):
+    compare.write_outputs(result, tmp_path)
+    page = views.more_sets_table(result).to_string() + views.protocol_table(result).to_string(max_colwidth=1000)
+    for text in ("MedMCQA, validation", "8/8 = 100.0%", "0/8 = 0.0%", "skipped: it did not load",
+                 "HuatuoGPT-o1-8B: 72.6%", "about 55.0%", "as reported by MedReason repository", "not reproduced here",
+                 "lenient matcher"):
         assert text in page, text
-    assert_self_contained(page)
     keys = compare.key_numbers(result)
     assert keys["correctness: questions left out as contaminated"] == "1 of 25"
     assert keys["more sets: MedMCQA, validation by likelihood before"] == 1.0
     assert keys["authors' protocol: lenient accuracy before"] == 1.0
-    assert keys["authors' protocol: strict unparseable before / after"] == "0 / 8"
+    assert keys["authors' protocol: strict accuracy unparseable before / after"] == "0 / 8"
     assert "not reproduced here" in keys["published: HuatuoGPT-o1-8B on MedQA"]
     assert list(views.protocol_table(result).index)[0].startswith("HuatuoGPT-o1's lenient matcher")
     assert len(views.more_sets_table(result)) == 2

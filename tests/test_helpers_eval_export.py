@@ -35,12 +35,12 @@ def test_bootstrap_ci_of_constant_differences_is_that_constant():
 
 def test_score_generation_reads_think_eos_and_the_limit():
     closed = metrics.score_generation("Reasoning here.\n</think>\nAnswer text.", True, "Answer text.", words)
-    assert closed.think_closed and closed.eos and not closed.cut_at_limit
-    assert closed.answer_tokens == 2 and closed.rouge_l == pytest.approx(1.0)
+    assert closed["think_closed"] and closed["eos"] and not closed["cut_at_limit"]
+    assert closed["answer_tokens"] == 2 and closed["rouge_l"] == pytest.approx(1.0)
     cut = metrics.score_generation("still thinking and thinking", False, "Answer text.", words, new_tokens=48)
-    assert not cut.think_closed and cut.cut_at_limit and cut.empty_answer
-    assert cut.reasoning_tokens == 48 and cut.rouge_l == 0.0
-    assert metrics.score_generation("x\n</think>\ny", True, None, words).rouge_l is None
+    assert not cut["think_closed"] and cut["cut_at_limit"] and cut["empty_answer"]
+    assert cut["reasoning_tokens"] == 48 and cut["rouge_l"] == 0.0
+    assert metrics.score_generation("x\n</think>\ny", True, None, words)["rouge_l"] is None
 
 
 def test_rouge_l_is_word_lcs_f1():
@@ -102,29 +102,7 @@ def test_write_outputs_round_trips_the_comparison(tmp_path):
     nll, base, tuned = _fit_better_answer_worse(4)
     result = compare.build_comparison(nll, base, tuned, words, bootstrap_samples=100, seed=0,
                                       settings={"model": "tiny"})
-    json_path, html_path = compare.write_outputs(result, tmp_path)
-    assert json.loads(json_path.read_text())["headline"] == result["headline"]
-    assert "Verdict: correctness not measured." in html_path.read_text()
-
-
-class LetterEmbedder:
-    """Stands in for a sentence-transformers model: letter counts, normalised."""
-
-    def encode(self, texts, normalize_embeddings=True, convert_to_numpy=True):
-        v = np.array([[t.lower().count(c) for c in "abcdefghijklmnopqrstuvwxyz"] for t in texts], dtype=float)
-        return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
-
-
-def test_answer_similarities_pair_questions_with_a_reference():
-    ref = "avoid nitrates"
-    base = [_record("example-0", "Ex?", None, "x\n</think>\nanything"),
-            _record("eval-1", "Q1?", ref, "x\n</think>\navoid nitrates"), _record("eval-2", "Q2?", ref, "no answer")]
-    tuned = [_record("eval-2", "Q2?", ref, "x\n</think>\nzzz"), _record("eval-1", "Q1?", ref, "x\n</think>\n"),
-             _record("example-0", "Ex?", None, "x")]
-    sims = compare.answer_similarities(LetterEmbedder(), base, tuned)
-    assert sims["base"][0] == pytest.approx(1.0) and sims["base"][1] == 0.0  # identical; no answer
-    assert sims["tuned"][0] == 0.0 and sims["tuned"][1] == pytest.approx(0.0)  # empty; disjoint letters
-    assert compare.answer_similarities(None, base, tuned) is None
+    assert json.loads(compare.write_outputs(result, tmp_path).read_text()) == json.loads(json.dumps(result))
 
 
 # ---- teacher-forced NLL on the tiny model -----------------------------------------------------------

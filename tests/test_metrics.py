@@ -41,34 +41,34 @@ def test_rouge_l_agrees_with_rouge_score_package():
 
 def test_unclosed_think_is_all_reasoning_and_no_answer():
     s = score_generation("The patient has chest pain and hypotension, so", False, "Avoid nitroglycerin.", words)
-    assert s.think_opened and not s.think_closed
-    assert s.empty_answer and s.answer_tokens == 0 and s.reasoning_tokens == 8
-    assert s.rouge_l == 0.0
+    assert s["think_opened"] and not s["think_closed"]
+    assert s["empty_answer"] and s["answer_tokens"] == 0 and s["reasoning_tokens"] == 8
+    assert s["rouge_l"] == 0.0
 
 
 def test_empty_answer_after_closed_reasoning():
     s = score_generation("Inferior MI with RV involvement.\n</think>\n", True, "Avoid nitroglycerin.", words)
-    assert s.think_closed and s.eos and not s.cut_at_limit
-    assert s.empty_answer and s.rouge_l == 0.0
+    assert s["think_closed"] and s["eos"] and not s["cut_at_limit"]
+    assert s["empty_answer"] and s["rouge_l"] == 0.0
 
 
 def test_answer_cut_at_token_limit_is_flagged():
     s = score_generation("RV infarct.\n</think>\nAvoid nitroglycerin because the right", False, "Avoid nitroglycerin.", words)
-    assert s.think_closed and not s.eos and s.cut_at_limit
-    assert not s.empty_answer and s.answer_tokens == 5
-    assert 0.0 < s.rouge_l < 1.0
+    assert s["think_closed"] and not s["eos"] and s["cut_at_limit"]
+    assert not s["empty_answer"] and s["answer_tokens"] == 5
+    assert 0.0 < s["rouge_l"] < 1.0
 
 
 def test_finished_answer_identical_to_reference_scores_one():
     s = score_generation("Think.\n</think>\nAvoid nitroglycerin.", True, "Avoid nitroglycerin.", words)
-    assert s.rouge_l == pytest.approx(1.0) and s.eos and not s.empty_answer
+    assert s["rouge_l"] == pytest.approx(1.0) and s["eos"] and not s["empty_answer"]
 
 
 def test_repeated_open_tag_and_empty_generation():
     s = score_generation("<think>\n</think>\nAnswer.", True, None, words)
-    assert s.think_opened and s.think_closed and s.rouge_l is None and s.reasoning_tokens == 0
+    assert s["think_opened"] and s["think_closed"] and s["rouge_l"] is None and s["reasoning_tokens"] == 0
     empty = score_generation("", True, "x", words)
-    assert not empty.think_opened and not empty.think_closed and empty.empty_answer
+    assert not empty["think_opened"] and not empty["think_closed"] and empty["empty_answer"]
 
 
 def test_bootstrap_interval_of_constant_differences_is_that_constant():
@@ -136,8 +136,8 @@ def test_repeated_4gram_share_by_hand():
 
 def test_score_generation_measures_repetition_without_the_tags():
     looping = score_generation("the dose the dose the dose the dose\n</think>\nthe dose", True, None, words)
-    assert looping.repetition == pytest.approx(metrics.repeated_ngram_share("the dose " * 5))
-    assert looping.repetition > 0.5
+    assert looping["repetition"] == pytest.approx(metrics.repeated_ngram_share("the dose " * 5))
+    assert looping["repetition"] > 0.5
     varied = score_generation("Check airway, breathing, circulation.\n</think>\nGive epinephrine now.", True, None, words)
-    assert varied.repetition == 0.0
-    assert score_generation("short\n</think>\nyes", True, None, words).repetition is None
+    assert varied["repetition"] == 0.0
+    assert score_generation("short\n</think>\nyes", True, None, words)["repetition"] is None

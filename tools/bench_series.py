@@ -45,7 +45,7 @@ def build_model(out: Path) -> Path:
 
 def series_overrides(model: Path, eval_rows: int, extra: list[str]) -> list[str]:
     sets = [f"model.name={model}", "data.source=r1helpers/sample", "data.config_name=null",
-            f"data.train_rows={72 - eval_rows}", f"data.eval_rows={eval_rows}", "compare.embedding_model=null",
+            f"data.train_rows={72 - eval_rows}", f"data.eval_rows={eval_rows}",
             "train.wandb=off", *extra]
     return [x for s in sets for x in ("--set", s)]
 

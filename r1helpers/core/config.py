@@ -159,17 +159,15 @@ class InferConfig:
         _check(self.num_eval_questions >= 0, "infer.num_eval_questions", "must be >= 0")
 
 
-PRIMARY_METRICS = ("completion_nll", "cot_nll", "answer_nll", "rouge_l", "semantic_similarity", "accuracy_likelihood",
-                   "accuracy_generated")
+PRIMARY_METRICS = ("completion_nll", "cot_nll", "answer_nll", "rouge_l", "accuracy_likelihood", "accuracy_generated")
 
 
 @dataclass
 class CompareConfig:
     nll_rows: int = field(default=50, metadata={"help": "held-out rows scored teacher-forced (0: all)"})
-    embedding_model: str | None = field(default="sentence-transformers/all-MiniLM-L6-v2", metadata={"help": "sentence-embedding model for semantic similarity: Hub id or local folder (None: skip)"})
     bootstrap_samples: int = field(default=1000, metadata={"help": "resamples for confidence intervals"})
     seed: int = field(default=3407, metadata={"help": "bootstrap seed"})
-    primary_metric: Literal["completion_nll", "cot_nll", "answer_nll", "rouge_l", "semantic_similarity", "accuracy_likelihood", "accuracy_generated"] = field(default="completion_nll", metadata={"help": "fit metric the headline quotes: completion_nll | cot_nll | answer_nll | rouge_l | semantic_similarity; or the one accuracy that decides the verdict: accuracy_likelihood | accuracy_generated (else either accuracy can)"})
+    primary_metric: Literal["completion_nll", "cot_nll", "answer_nll", "rouge_l", "accuracy_likelihood", "accuracy_generated"] = field(default="completion_nll", metadata={"help": "fit metric the headline quotes: completion_nll | cot_nll | answer_nll | rouge_l; or the one accuracy that decides the verdict: accuracy_likelihood | accuracy_generated (else either accuracy can)"})
     mcq_source: str | None = field(default="GBaker/MedQA-USMLE-4-options", metadata={"help": "multiple-choice set for accuracy before/after: Hub id, local .jsonl/.json/.parquet, or r1helpers/sample-mcq (bundled 24 questions); None: correctness not measured"})
     mcq_split: str = field(default="test", metadata={"help": "split of a Hub mcq_source"})
     mcq_rows: int = field(default=0, metadata={"help": "multiple-choice questions scored by option likelihood, the first N (0: all; MedQA-USMLE's test split is 1,273 questions, about 39 T4 minutes for both models)"})
@@ -178,7 +176,7 @@ class CompareConfig:
     mcq_more: list[str] = field(default_factory=lambda: ["openlifescienceai/medmcqa@validation", "qiaojin/PubMedQA:pqa_labeled@train"], metadata={"help": "further multiple-choice sets scored by option likelihood, each reported on its own: Hub id[:config][@split] or a local file (MedQA, MedMCQA or PubMedQA schema); one that does not load is skipped with a note"})
     mcq_more_rows: int = field(default=1000, metadata={"help": "questions of each mcq_more set, the first N (0: all); 1,000 MedMCQA questions take about 13 T4 minutes, PubMedQA's 1,000 about 27"})
     mcq_protocol_rows: int = field(default=110, metadata={"help": "questions of mcq_source answered under the dataset authors' protocol (HuatuoGPT-o1: their prompt in the chat template, temperature 0.5, top_p 0.9, 2,000 new tokens, their lenient matcher beside the strict parser), the first N (0: off); 110 is what both models answer in 30 T4 minutes"})
-    mcq_protocol_max_new_tokens: int = field(default=2000, metadata={"help": "new tokens per protocol answer (the authors': 2000; the CPU profiles use fewer and the report says so)"})
+    mcq_protocol_max_new_tokens: int = field(default=2000, metadata={"help": "new tokens per protocol answer (the authors': 2000; the CPU profiles use fewer and the protocol table says so)"})
     contamination_span: int = field(default=64, metadata={"help": "characters a multiple-choice question must share with a training row's question to be counted as contaminated and left out of the accuracy (64, as HuatuoGPT-o1's authors checked; 0: no check)"})
 
     def __post_init__(self) -> None:

@@ -159,7 +159,6 @@ OUTPUTS: dict[str, str] = {
     "finetuned": "finetuned/generations.jsonl",
     "finetuned_mcq": "finetuned/mcq_generations.jsonl",
     "comparison": "compare/comparison.json",
-    "report": "compare/report.html",
     "exported": "export/exported.json",
 }
 # What must exist, besides a manifest with matching settings, for a stage to count as done.
@@ -168,7 +167,7 @@ STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
     "baseline": ("baseline",),
     "train": ("adapter", "log_history", "train_metrics"),
     "finetuned": ("finetuned",),
-    "compare": ("comparison", "report"),
+    "compare": ("comparison",),
     "export": ("exported",),
 }
 

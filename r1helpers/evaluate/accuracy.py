@@ -1,18 +1,6 @@
-"""Multiple-choice accuracy before and after fine-tuning, with honest error bars.
-
-The free-text comparison (ROUGE, NLL, similarity) says whether answers look more like the
-references; a multiple-choice set such as MedQA-USMLE says whether the model picks the right
-answer more often, question by question. Plain functions, plain values; torch and datasets are
-imported only inside the functions that need them:
-
-    rows = acc.load_mcq_rows("r1helpers/sample-mcq")            # or "GBaker/MedQA-USMLE-4-options"
-    answers = acc.answer_mcq_before_after(peft_model, tok, rows, decoding=dict(max_new_tokens=1200))
-    acc.mcq_comparison(rows, **answers)["scorings"]["likelihood"]["verdict"]
-
-Two scorings: the option whose text is most probable after the prompt (no generation), and the
-letter a generated answer states after `</think>` (strict), read beside a lenient read of the
-letter stated anywhere. Unparseable answers are COUNTED AS WRONG, never dropped: dropping them
-would reward a model for failing to answer. Statistics are `metrics.accuracy_summary`'s.
+"""Multiple-choice accuracy before and after fine-tuning: by option likelihood and by the letter stated after
+`</think>` (read strictly, and leniently anywhere). Unparseable answers are COUNTED AS WRONG, never dropped;
+the statistics are `metrics.accuracy_summary`'s.
 """
 
 from __future__ import annotations
@@ -34,11 +22,7 @@ def _letters_phrase(letters: Sequence[str]) -> str:
 
 
 def mcq_prompt(question: str, options: dict[str, str]) -> str:
-    """The question, its lettered options one per line, and a line asking for the letter.
-
-    Not wrapped in the recipe's template: pass it where the recipe puts the question,
-    e.g. `prompts.build_prompt(mcq_prompt(q, opts))`.
-    """
+    """The question, its lettered options one per line, and a line asking for the letter (not yet in the template)."""
     lines = [question.strip(), ""]
     lines += [f"{letter}. {str(text).strip()}" for letter, text in options.items()]
     lines += ["", f"Answer with the letter of the correct option ({_letters_phrase(list(options))})."]
@@ -88,15 +72,10 @@ def _last(patterns: list[re.Pattern], text: str) -> str | None:
 
 
 def parse_answer_letter(generated: str, letters: Sequence[str], think_close: str | None = THINK_CLOSE) -> str | None:
-    """The option letter the model states after its reasoning, or None.
+    """The option letter stated after the last `think_close` (None if it never came; think_close=None reads all).
 
-    Only the text after the last `think_close` counts; if it never appears the
-    reasoning was not closed and the answer is None (pass think_close=None to read
-    the whole text, for models that do not reason in tags). Recognised forms: "B",
-    "(B)", "B.", "B) text", "**B**", "option B", "Answer: B", "The answer is B",
-    "B is correct". Letters are matched upper-case only. If different letters are
-    stated, the first explicit "answer is X" / "Answer: X" wins, else the first
-    standalone letter. None means unparseable, and callers must count it as wrong.
+    Forms: "B", "(B)", "B.", "B) text", "**B**", "option B", "Answer: B", "The answer is B", "B is correct",
+    upper-case only; the first explicit "answer is X" wins, else the first standalone letter. None is unparseable.
     """
     if not generated or not letters:
         return None
@@ -109,13 +88,8 @@ def parse_answer_letter(generated: str, letters: Sequence[str], think_close: str
 
 
 def parse_lenient_letter(generated: str, letters: Sequence[str]) -> str | None:
-    """The option letter stated anywhere in the text, as lenient matchers (HuatuoGPT-o1's) read it; or None.
-
-    The whole generation counts, reasoning included and `</think>` or not: the last explicit
-    "answer is X" / "Answer: X", else the last standalone form `parse_answer_letter` knows, else
-    the last bare option letter standing as a word (not "A" before a lower-case word: the article).
-    Beside the strict read it tells a model that knows more from one that only closes `</think>`.
-    """
+    """The option letter stated anywhere in the text, reasoning included: the last explicit "answer is X", else
+    the last standalone form, else the last bare letter (not the article "A"); or None."""
     if not generated or not letters:
         return None
     letters = [str(x) for x in letters]
@@ -128,22 +102,13 @@ def parse_lenient_letter(generated: str, letters: Sequence[str]) -> str | None:
 
 def option_loglikelihoods(model, tokenizer, prompt: str, options: dict[str, str], normalize: str = "mean",
                           template: str = " {text}") -> dict[str, dict[str, float]]:
-    """Teacher-forced log-likelihood of each option's text after `prompt`, in one batch.
+    """Teacher-forced log-likelihood of each option's `template` text after `prompt`, in one right-padded batch.
 
-    The scored continuation is `template.format(letter=..., text=...)`; the default
-    " {text}" scores the option's words only, so the model's preference for a letter
-    does not enter (use " {letter}. {text}" to score the lettered line). Prompt and
-    continuation are tokenized separately (the prompt with special tokens such as
-    BOS, the continuation without) and concatenated, so every option is scored on
-    exactly its own tokens after identical prompt ids. The batch is right-padded
-    with an attention mask: padding sits after every scored token, so it cannot
-    change a score.
-
-    Returns {"sum": {letter: total log-prob}, "mean": {letter: per-token mean},
-    "tokens": {letter: token count}}. `normalize` is only checked here; it is the
-    key `predict_by_likelihood` ranks by ("mean" does not favour short options).
+    The default " {text}" scores the option's words only, not the model's liking for a letter. Returns
+    {"sum": {letter: log-prob}, "mean": {letter: per-token mean}, "tokens": {letter: count}}.
     """
     import torch
+    from torch.nn.utils.rnn import pad_sequence
 
     if normalize not in ("sum", "mean"):
         raise ValueError(f"normalize must be 'sum' or 'mean', got {normalize!r}")
@@ -160,21 +125,15 @@ def option_loglikelihoods(model, tokenizer, prompt: str, options: dict[str, str]
             raise ValueError(f"option {letter} encodes to no tokens; it cannot be scored")
         conts.append(ids)
 
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    pad_id = 0 if pad_id is None else pad_id
-    p = len(prompt_ids)
-    width = p + max(len(c) for c in conts)
-    input_ids = torch.full((len(conts), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(conts), width), dtype=torch.long)
-    for i, c in enumerate(conts):
-        seq = prompt_ids + c
-        input_ids[i, : len(seq)] = torch.tensor(seq)
-        mask[i, : len(seq)] = 1
+    pad_id = next((t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id) if t is not None), 0)
+    seqs = [torch.tensor(prompt_ids + c) for c in conts]
     device = getattr(model, "device", None) or next(model.parameters()).device
-    input_ids, mask = input_ids.to(device), mask.to(device)
+    input_ids = pad_sequence(seqs, batch_first=True, padding_value=pad_id).to(device)  # right-padded
+    mask = pad_sequence([torch.ones(len(x), dtype=torch.long) for x in seqs], batch_first=True).to(device)
 
     # Only the positions that predict option tokens need logits (a 128k vocabulary is large).
-    keep = width - p + 1
+    p = len(prompt_ids)
+    keep = input_ids.shape[1] - p + 1
     os.environ.setdefault("UNSLOTH_RETURN_LOGITS", "1")  # Unsloth returns no logits otherwise (as in compare.py)
     was_training = getattr(model, "training", False)
     model.eval()
@@ -203,13 +162,6 @@ def best_letter(scores: dict[str, float]) -> str:
     return max(scores, key=lambda k: (scores[k], -list(scores).index(k)))
 
 
-def predict_by_likelihood(model, tokenizer, prompt: str, options: dict[str, str], normalize: str = "mean",
-                          template: str = " {text}") -> str:
-    """The option with the highest log-likelihood under `normalize` ("mean" or "sum")."""
-    scores = option_loglikelihoods(model, tokenizer, prompt, options, normalize=normalize, template=template)
-    return best_letter(scores[normalize])
-
-
 # ---- free-text answers --------------------------------------------------------------------------
 
 def exact_match(pred: str | None, gold: str) -> bool:
@@ -234,12 +186,8 @@ def option_from_text(answer: str, options: dict[str, str]) -> str | None:
 def grade_mcq_generation(generated: str, row: dict[str, Any], think_close: str | None = THINK_CLOSE) -> dict[str, Any]:
     """How one generated answer to a multiple-choice row is scored.
 
-    The letter is `parse_answer_letter` (text after the last `think_close` only). When
-    no letter can be read, an answer whose whole text is one option's text (after
-    `normalise_text`, e.g. "Iron deficiency anemia.") counts as that option. `exact_match`
-    says whether the answer text equals the row's gold answer string after normalisation.
-    `unparsed` answers are wrong: never dropped. `lenient_letter` is that letter, or else
-    `parse_lenient_letter` of the whole text; `lenient_correct` grades it.
+    The letter is `parse_answer_letter`'s, else the option whose whole text the answer is; `unparsed` answers are
+    wrong, never dropped. `lenient_letter` is that letter, else `parse_lenient_letter` of the whole text.
     """
     generated = generated or ""
     if think_close:
@@ -263,17 +211,9 @@ GENERATED_FIELDS = ("generated", "think_closed", "finished", "new_tokens")
 
 def answer_mcq(model, tokenizer, rows: Sequence[dict[str, Any]], *, decoding: dict[str, Any] | None = None,
                normalize: str = "mean", generate_rows: int | None = None) -> list[dict[str, Any]]:
-    """One model's answers to multiple-choice rows, in their order.
-
-    Per row: `likelihood_letter`, the option whose text is most probable right after the
-    recipe's prompt around `mcq_question(row)` (`option_loglikelihoods`, ranked by
-    `normalize`; no generation), with the scores. With `decoding` (the keyword arguments
-    of `r1helpers.inference.generate.generate`, e.g. max_new_tokens, batch_size,
-    do_sample, seed) the model also answers by generation from the same prompt:
-    `generated`, `think_closed`, `finished`, `new_tokens`; only the first `generate_rows` rows
-    when given (the generated scoring's subset). Grading is left to
-    `mcq_comparison`, which needs no model.
-    """
+    """One model's answers to multiple-choice rows, in their order: `likelihood_letter` (the most probable option
+    after the recipe's prompt) with its scores; with `decoding` (`inference.generate.generate`'s keyword arguments)
+    also a generated answer to the first `generate_rows` rows. `mcq_comparison` grades them."""
     from r1helpers.core import prompts
 
     out = []
@@ -293,11 +233,8 @@ def answer_mcq(model, tokenizer, rows: Sequence[dict[str, Any]], *, decoding: di
 
 
 def attach_generations(answers: Sequence[dict[str, Any]], generated: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """`answer_mcq` results (likelihood only) with generated answers made elsewhere, e.g. in the same batches
-    as other questions: each `generated` record (id, generated, think_closed, finished, new_tokens) joins the
-    answer with its id. The generated answers are for the first questions of `answers` (all of them, or the
-    generated scoring's subset), in the same order.
-    """
+    """`answer_mcq` results (likelihood only) joined with generated answers made elsewhere, for their first
+    questions in the same order."""
     if [a["id"] for a in answers[: len(generated)]] != [g["id"] for g in generated]:
         raise ValueError("the generated answers are for other questions, or in another order, than the scored ones")
     return [{**a, **{k: g[k] for k in GENERATED_FIELDS}} for a, g in zip(answers, generated)] + list(answers[len(generated):])
@@ -306,11 +243,7 @@ def attach_generations(answers: Sequence[dict[str, Any]], generated: Sequence[di
 def answer_mcq_before_after(model, tokenizer, rows: Sequence[dict[str, Any]], *,
                             decoding: dict[str, Any] | None = None, normalize: str = "mean",
                             generate_rows: int | None = None) -> dict[str, list]:
-    """`answer_mcq` with the LoRA adapter off (the base model) and on, from one loaded peft model.
-
-    Disabling a LoRA adapter gives exactly the base weights (as for the teacher-forced
-    NLL), so no second model loads and both sides get the same prompts and decoding.
-    """
+    """`answer_mcq` with the LoRA adapter off (exactly the base model) and on, from one loaded peft model."""
     os.environ.setdefault("UNSLOTH_RETURN_LOGITS", "1")
     with model.disable_adapter():
         base = answer_mcq(model, tokenizer, rows, decoding=decoding, normalize=normalize, generate_rows=generate_rows)
@@ -326,12 +259,8 @@ LENIENT = "letter stated anywhere in the generated answer, reasoning included (l
 
 
 def judge_reads(strict: dict[str, Any], lenient: dict[str, Any]) -> str:
-    """The stated-letter verdict from its strict and lenient reads (`accuracy_summary` results).
-
-    A significant change in the strict read (after `</think>`) that the lenient read (the letter
-    anywhere) does not show the same way is a "format change": the model changed whether it closes
-    its reasoning and states a letter after it, not how often its letter is right.
-    """
+    """The stated-letter verdict: a significant strict change that the lenient read does not show the same way is a
+    "format change" (the model changed whether it closes </think> and states a letter, not what it knows)."""
     if strict["verdict"] in ("better", "worse") and lenient["verdict"] != strict["verdict"]:
         return "format change"
     return strict["verdict"]
@@ -354,15 +283,9 @@ def _graded_item(r: dict[str, Any], b: dict[str, Any], t: dict[str, Any]) -> dic
 
 def mcq_comparison(rows: Sequence[dict[str, Any]], base: Sequence[dict[str, Any]],
                    tuned: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Accuracy before and after, per scoring: `accuracy_summary` (Wilson intervals, exact McNemar, the
-    change's interval, the detectable change, the verdict) of each.
-
-    `base` and `tuned` are `answer_mcq` results for `rows` (same order). The generated scoring is
-    over the questions both sides answered by generation (all, or a subset: its own n); it carries its counts (by_text, exact_match,
-    think_closed, eos per side), its "lenient" read's summary, its "strict_verdict" and a verdict
-    from `judge_reads`. Returns {"n", "scorings": {"likelihood": ..., "generated": ... or None},
-    "items": per question}.
-    """
+    """`accuracy_summary` per scoring of `answer_mcq` results for `rows`: {"n", "scorings": {"likelihood",
+    "generated" (its own n: the questions answered by generation; with its "lenient" read and `judge_reads`'s
+    verdict) or None}, "items"}."""
     rows = list(rows)
     if not (len(rows) == len(base) == len(tuned)):
         raise ValueError(f"{len(rows)} questions but {len(base)} base and {len(tuned)} fine-tuned answers; "
@@ -394,35 +317,3 @@ def mcq_comparison(rows: Sequence[dict[str, Any]], base: Sequence[dict[str, Any]
         scorings["generated"] = {"label": SCORINGS["generated"], **summary, "strict_verdict": summary["verdict"],
                                  "verdict": judge_reads(summary, lenient), "lenient": lenient}
     return {"n": len(items), "scorings": scorings, "items": items}
-
-
-def _points(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:+.1f}"
-
-
-def summary_rows(mcq: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """One row per scoring of `mcq_comparison`'s result (the stated letter's lenient read its own row):
-    before and after with 95% Wilson intervals, the change in points with its 95% interval, the exact
-    McNemar p and discordant counts, the detectable change, unparseable counts, n and the verdict."""
-    if not mcq:
-        return []
-    rows = []
-    for scoring, s in mcq["scorings"].items():
-        reads = [] if s is None else [(scoring, s)] + ([("generated, lenient read", s["lenient"])] if "lenient" in s else [])
-        for name, r in reads:
-            b, a, mc = r["before"], r["after"], r["mcnemar"]
-            rows.append({
-                "scoring": name, "n": r["n"],
-                "before": f"{b['correct']}/{r['n']} = {b['accuracy']:.1%}",
-                "before 95% Wilson": "[{:.1%}, {:.1%}]".format(*b["ci95"]),
-                "after": f"{a['correct']}/{r['n']} = {a['accuracy']:.1%}",
-                "after 95% Wilson": "[{:.1%}, {:.1%}]".format(*a["ci95"]),
-                "change (points)": _points(r["delta"]),
-                "change 95% CI (exact, paired)": "[{}, {}]".format(*map(_points, r["delta_ci95"])),
-                "exact McNemar p": round(mc["p_value"], 4), "lost / gained": f"{mc['b']} / {mc['c']}",
-                "detectable change (points, 80% power)": "none at this n" if r["detectable_change"] is None
-                else f"±{100 * r['detectable_change']:.1f}",
-                "unparseable before / after": f"{b['unparsed']} / {a['unparsed']}" if name == "generated" else "-",
-                "verdict": {"no clear change": "no significant change"}.get(r["verdict"], r["verdict"]),
-            })
-    return rows

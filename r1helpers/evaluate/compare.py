@@ -1,23 +1,8 @@
-"""Before/after comparison: three questions about the fine-tuned model, answered separately.
+"""Before/after comparison, three questions answered apart: fits the data? (teacher-forced NLL of held-out
+references), behaves as trained? (what the generated answers do), more often right? (multiple-choice accuracy,
+`accuracy.mcq_comparison`). The verdict is "helped" only when accuracy improves by the exact McNemar test.
 
-1. *Fits the data?* Teacher-forced NLL of the held-out reference reasoning and answer
-   (no generation). Lower held-out loss says the model fits the data's style better;
-   it does not say the answers are better.
-2. *Behaves as trained?* What the generated held-out answers do: reasoning closed,
-   EOS reached, cut at the limit, lengths, repeated 4-grams, ROUGE-L and semantic
-   similarity to the reference.
-3. *More often right?* Multiple-choice accuracy before and after on the same
-   questions (`accuracy.mcq_comparison`), scored by option likelihood and by the letter
-   stated after the reasoning (read strictly and leniently), with the exact McNemar test,
-   the interval of the change and the smallest change the set could detect.
-
-Both models are judged with the same prompts and decoding. Every aggregate has a 95%
-paired interval and the number of questions it rests on. The overall verdict is
-"helped" only when accuracy improves by the exact McNemar test (p < 0.05).
-
-    python -m r1helpers.pipeline --stages 04
-
-Writes `compare/comparison.json` and a self-contained `compare/report.html`.
+Writes `compare/comparison.json`; notebook 04 shows it as tables (`views`) and figures (`plots`).
 """
 
 from __future__ import annotations
@@ -25,12 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
+from r1helpers.core.runs import write_json_atomic
 from r1helpers.evaluate import accuracy as acc
 from r1helpers.evaluate.metrics import MetricSpec, aggregate, perplexity
-from r1helpers.core.runs import write_json_atomic, write_text_atomic
-from r1helpers.evaluate.scoring import (Spans, answer_similarities, completion_nll, completion_spans,  # noqa: F401
-                                        MODELS, embedding_source, load_embedder, pair_generations, question_rows,
-                                        semantic_similarity, teacher_forced)
+from r1helpers.evaluate.scoring import (completion_nll, completion_spans, pair_generations,  # noqa: F401
+                                        question_rows, teacher_forced)
 
 TEACHER_FORCED = [
     MetricSpec("cot_nll", "reasoning NLL (nats per token of the reference chain of thought; prompt not scored)", "lower", "teacher-forced"),
@@ -47,7 +31,6 @@ GENERATION = [
     MetricSpec("answer_tokens", "answer length (tokens)", None, "generation"),
     MetricSpec("repetition", "repeated 4-grams (share of the generated text's word 4-grams)", "lower", "generation"),
     MetricSpec("rouge_l", "ROUGE-L F1 of the answer vs the reference", "higher", "generation"),
-    MetricSpec("semantic_similarity", "semantic similarity of the answer vs the reference", "higher", "generation"),
 ]
 CORRECTNESS = [
     MetricSpec("accuracy_likelihood", "MCQ accuracy: most probable option (log-likelihood)", "higher", "correctness"),
@@ -57,16 +40,12 @@ SPECS = {s.key: s for s in TEACHER_FORCED + GENERATION + CORRECTNESS}
 ACCURACY_KEYS = {"accuracy_likelihood": "likelihood", "accuracy_generated": "generated"}
 KEYS = {scoring: key for key, scoring in ACCURACY_KEYS.items()}
 WAYS = {"likelihood": "by option likelihood", "generated": "by stated letter"}
-
-# The three questions the comparison answers, and the metrics that answer each.
 FINDINGS = {
     "fit": ("Fits the data?", [m.key for m in TEACHER_FORCED]),
     "behaviour": ("Behaves as trained?", [m.key for m in GENERATION]),
     "correctness": ("More often right?", [m.key for m in CORRECTNESS]),
 }
 
-
-# ---- assembling the comparison ------------------------------------------------------------------
 
 def _aggregates(nll: dict[str, list[dict]], rows: list[dict], mcq: dict[str, Any] | None, samples: int,
                 seed: int) -> list[dict[str, Any]]:
@@ -99,8 +78,16 @@ def _pct(x: float) -> str:
     return f"{100 * x:.0f}%"
 
 
+def _points(x: float) -> str:
+    return f"{100 * x:+.1f}"
+
+
 def _num(x: float) -> str:
     return f"{x:.4g}" if abs(x) >= 1e-3 or x == 0 else f"{x:.2e}"
+
+
+def _capital(text: str) -> str:
+    return text[0].upper() + text[1:]
 
 
 def fit_clause(m: dict[str, Any]) -> str:
@@ -111,33 +98,26 @@ def fit_clause(m: dict[str, Any]) -> str:
     phrase = {
         "better": "Fits the held-out data better" if teacher else "Answers closer to the references",
         "worse": "Fits the held-out data worse" if teacher else "Answers further from the references",
-        "no significant change": ("No clear change in fit to the held-out data" if teacher
-                                  else "No clear change in closeness to the references"),
+        "no significant change": f"No clear change in {'fit to the held-out data' if teacher else 'closeness to the references'}",
     }.get(m["verdict"], "Too few held-out questions to judge the fit")
-    ci = m["ci"] or [float("nan")] * 2
-    short = m["label"].split(" (")[0]
-    return (f"{phrase} ({short} {_num(m['before'])} → {_num(m['after'])}, delta {m['delta']:+.3g}, "
-            f"95% CI [{ci[0]:+.3g}, {ci[1]:+.3g}], n={m['n']})")
+    lo, hi = m["ci"] or [float("nan")] * 2
+    return (f"{phrase} ({m['label'].split(' (')[0]} {_num(m['before'])} → {_num(m['after'])}, "
+            f"delta {m['delta']:+.3g}, 95% CI [{lo:+.3g}, {hi:+.3g}], n={m['n']})")
 
 
 def behaviour_clause(result: dict[str, Any]) -> str:
     """The generated answers' format: </think> closed, EOS, repetition (with a word where the change is clear)."""
+    n = metric(result, "think_closed")["n"]
+    if n == 0:
+        return "behaviour not measured (no generated held-out answers with references)"
     parts = []
     for key, name in (("think_closed", "</think> closed"), ("eos", "EOS reached"), ("repetition", "repeated 4-grams")):
         m = metric(result, key)
-        if m["before"] is None:
-            continue
-        mark = f" ({m['verdict']})" if m["verdict"] in ("better", "worse") else ""
-        value = _pct if key != "repetition" else (lambda x: f"{x:.2f}")
-        parts.append(f"{name} {value(m['before'])} → {value(m['after'])}{mark}")
-    n = metric(result, "think_closed")["n"]
-    if not parts or n == 0:
-        return "behaviour not measured (no generated held-out answers with references)"
+        if m["before"] is not None:
+            value = _pct if key != "repetition" else (lambda x: f"{x:.2f}")
+            mark = f" ({m['verdict']})" if m["verdict"] in ("better", "worse") else ""
+            parts.append(f"{name} {value(m['before'])} → {value(m['after'])}{mark}")
     return f"behaviour on {n} generated held-out answers: " + ", ".join(parts)
-
-
-def _change(x: float) -> str:
-    return f"{100 * x:+.1f}"
 
 
 def _detectable(s: dict[str, Any]) -> str:
@@ -147,20 +127,17 @@ def _detectable(s: dict[str, Any]) -> str:
 
 def _scoring_phrase(s: dict[str, Any], scoring: str) -> str:
     """One scoring's numbers: accuracies, gained/lost, the change with its interval, p, detectable change."""
-    way = WAYS[scoring]
     mc, (lo, hi) = s["mcnemar"], s["delta_ci95"]
-    text = (f"{way}, accuracy {_pct(s['before']['accuracy'])} → {_pct(s['after']['accuracy'])} of {s['n']} "
-            f"questions ({mc['c']} gained, {mc['b']} lost), change {_change(s['delta'])} points, "
-            f"95% CI [{_change(lo)}, {_change(hi)}], exact McNemar p={mc['p_value']:.2g}, "
+    text = (f"{WAYS[scoring]}, accuracy {_pct(s['before']['accuracy'])} → {_pct(s['after']['accuracy'])} of {s['n']} "
+            f"questions ({mc['c']} gained, {mc['b']} lost), change {_points(s['delta'])} points, "
+            f"95% CI [{_points(lo)}, {_points(hi)}], exact McNemar p={mc['p_value']:.2g}, "
             f"detectable change {_detectable(s)}")
     if scoring == "generated":
         le = s["lenient"]
         text += (f", unparseable {s['before']['unparsed']} → {s['after']['unparsed']}, lenient read (letter "
-                 f"anywhere) {_pct(le['before']['accuracy'])} → {_pct(le['after']['accuracy'])} "
-                 f"p={le['mcnemar']['p_value']:.2g}")
+                 f"anywhere) {_pct(le['before']['accuracy'])} → {_pct(le['after']['accuracy'])}")
         if s["verdict"] == "format change":
-            text += (": a format change (the read after </think> moved, the letter stated anywhere did not), "
-                     "not a change in what the model knows")
+            text += ": a format change, not a change in what the model knows"
     return text
 
 
@@ -175,27 +152,21 @@ def _judged_scorings(result: dict[str, Any]) -> list[str]:
 
 
 def overall_verdict(result: dict[str, Any]) -> str:
-    """"helped" / "hurt" only from accuracy that changed by the exact McNemar test (p < 0.05).
-
-    "helped": some judged scoring is better and none worse; "hurt": the reverse; "no
-    evidence of better answers" otherwise (a stated-letter "format change" included);
-    "correctness not measured" without a multiple-choice set. Lower NLL never gives "helped".
-    """
+    """"helped" / "hurt" when a judged accuracy scoring changed by the exact McNemar test and none the other way;
+    else "no evidence of better answers" (a "format change" included), or "correctness not measured"."""
     judged = _judged_scorings(result)
     if not judged:
         return "correctness not measured"
-    verdicts = {s: metric(result, k)["verdict"] for k, s in ACCURACY_KEYS.items() if s in judged}
-    better = [s for s, v in verdicts.items() if v == "better"]
-    worse = [s for s, v in verdicts.items() if v == "worse"]
-    if better and not worse:
+    verdicts = [metric(result, KEYS[s])["verdict"] for s in judged]
+    if "better" in verdicts and "worse" not in verdicts:
         return "helped"
-    if worse and not better:
+    if "worse" in verdicts and "better" not in verdicts:
         return "hurt"
     return "no evidence of better answers"
 
 
 def correctness_clause(result: dict[str, Any]) -> str:
-    """What the multiple-choice accuracy shows, naming the scorings that decided (the improving one first)."""
+    """What the multiple-choice accuracy shows, naming the scorings that decided (the deciding one first)."""
     mcq = result.get("accuracy")
     judged = _judged_scorings(result)
     if not judged:
@@ -206,14 +177,13 @@ def correctness_clause(result: dict[str, Any]) -> str:
     verdicts = {s: metric(result, KEYS[s])["verdict"] for s in judged}
     v = result["verdict"]
     wanted = {"helped": "better", "hurt": "worse"}.get(v)
-    order = [s for s in judged if verdicts[s] == wanted] + [s for s in judged if verdicts[s] != wanted]
+    order = sorted(judged, key=lambda s: verdicts[s] != wanted)
     text = "; ".join(_scoring_phrase(mcq["scorings"][s], s) for s in order)
     if v in ("helped", "hurt"):
         return f"{'more' if v == 'helped' else 'less'} often right ({text})"
     if "better" in verdicts.values():
         return f"correctness unclear, the scorings disagree ({text})"
-    sizes = [(_detectable(mcq["scorings"][s]), s) for s in judged]
-    could = ", ".join(d if len(sizes) == 1 else f"{d} {WAYS[s]}" for d, s in sizes)
+    could = ", ".join(_detectable(mcq["scorings"][s]) + ("" if len(judged) == 1 else f" {WAYS[s]}") for s in judged)
     only = ", only a format change" if "format change" in verdicts.values() else ""
     return f"no evidence of better answers{only} (this set could only detect changes of {could}): {text}"
 
@@ -221,28 +191,22 @@ def correctness_clause(result: dict[str, Any]) -> str:
 def headline(result: dict[str, Any]) -> str:
     """One sentence with the three answers; "helped"/"hurt" appear only when accuracy says so."""
     fit = fit_clause(metric(result, _fit_key(result)))
-    behaviour = behaviour_clause(result)
-    right = correctness_clause(result)
-    v = result["verdict"]
+    behaviour, right, v = behaviour_clause(result), correctness_clause(result), result["verdict"]
     if v in ("helped", "hurt"):
         return f"Fine-tuning {v}: {right}; {fit[0].lower() + fit[1:]}; {behaviour}."
     if v == "no evidence of better answers":
-        return f"{right[0].upper() + right[1:]}; {fit[0].lower() + fit[1:]}; {behaviour}."
+        return f"{_capital(right)}; {fit[0].lower() + fit[1:]}; {behaviour}."
     return f"{fit}; {behaviour}; {right}."
 
 
 def findings(result: dict[str, Any]) -> dict[str, Any]:
     """The three questions, each with its answer in words, its metrics' verdicts and n."""
-    fit_key = _fit_key(result)
-    answers = {"fit": fit_clause(metric(result, fit_key)), "behaviour": behaviour_clause(result),
+    answers = {"fit": fit_clause(metric(result, _fit_key(result))), "behaviour": behaviour_clause(result),
                "correctness": correctness_clause(result)}
-    answers = {k: v[0].upper() + v[1:] for k, v in answers.items()}
-    out = {}
-    for name, (question, keys) in FINDINGS.items():
-        out[name] = {"question": question, "answer": answers[name],
-                     "metrics": {k: {"verdict": metric(result, k)["verdict"], "n": metric(result, k)["n"]}
-                                 for k in keys}}
-    out["fit"]["judged_by"] = fit_key
+    out = {name: {"question": question, "answer": _capital(answers[name]),
+                  "metrics": {k: {"verdict": metric(result, k)["verdict"], "n": metric(result, k)["n"]} for k in keys}}
+           for name, (question, keys) in FINDINGS.items()}
+    out["fit"]["judged_by"] = _fit_key(result)
     out["correctness"]["judged_by"] = [KEYS[s] for s in _judged_scorings(result)]
     out["correctness"]["verdict"] = result["verdict"]
     return out
@@ -251,25 +215,17 @@ def findings(result: dict[str, Any]) -> dict[str, Any]:
 def build_comparison(
     nll: dict[str, list[dict]], baseline: list[dict], tuned: list[dict], count_tokens: Callable[[str], int], *,
     primary_metric: str = "completion_nll", bootstrap_samples: int = 1000, seed: int = 3407,
-    settings: dict[str, Any] | None = None, sims: dict[str, list[float]] | None = None,
-    notes: list[str] | None = None, log_history: list[dict] | None = None,
+    settings: dict[str, Any] | None = None, notes: list[str] | None = None, log_history: list[dict] | None = None,
     mcq_rows: list[dict[str, Any]] | None = None, mcq_answers: dict[str, list[dict]] | None = None,
     contamination: dict[str, Any] | None = None, more_sets: list[dict[str, Any]] | None = None,
     protocol: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Everything the JSON, the tables and the HTML report show; no model needed.
+    """Everything comparison.json holds and the notebook's tables show; no model needed.
 
-    `nll` is `teacher_forced`'s result, `baseline`/`tuned` the generation records of the same
-    questions, `count_tokens` the tokenizer's length of a text. `mcq_rows` (from
-    `accuracy.load_mcq_rows`) and `mcq_answers` (`accuracy.answer_mcq_before_after`'s result)
-    give the accuracy; without them correctness is "not measured". The overall verdict comes
-    from accuracy only (`overall_verdict`); `primary_metric` (a key of SPECS) picks the fit
-    metric the headline quotes, or, when it is an accuracy, the one scoring that decides.
-    `settings` (model, decoding, ...) is recorded as given, with the counts and bootstrap
-    settings added. `contamination` (`contamination.drop_contaminated`'s record of the questions left
-    out before scoring) goes under accuracy["contamination"]; `more_sets` (`more_sets.more_set_result`
-    per further set) and `protocol` (`protocol.protocol_comparison`) are reported beside the main
-    set's accuracy and do not change the verdict.
+    `nll` is `teacher_forced`'s result, `baseline`/`tuned` the generation records of the same questions.
+    `mcq_rows` and `mcq_answers` (`accuracy.answer_mcq_before_after`) give the accuracy, which alone decides
+    the verdict; `primary_metric` picks the fit metric the headline quotes, or the one accuracy that decides.
+    `contamination`, `more_sets` and `protocol` are reported beside the main set and do not change the verdict.
     """
     if primary_metric not in SPECS or SPECS[primary_metric].better is None:
         raise ValueError(f"primary_metric={primary_metric!r}: choose a metric with a better direction from "
@@ -280,9 +236,9 @@ def build_comparison(
     if mcq is not None:
         mcq["contamination"] = contamination
     pairs = pair_generations(baseline, tuned)
-    rows = question_rows(pairs, nll, sims, count_tokens)
+    rows = question_rows(pairs, nll, count_tokens)
     examples = [{"id": b["id"], "question": b["question"],
-                 **{f"{m}_{k}": r[k] for m, r in zip(MODELS, (b, t)) for k in ("answer", "reasoning", "think_closed", "finished")}}
+                 **{f"{m}_{k}": r[k] for m, r in (("base", b), ("tuned", t)) for k in ("answer", "reasoning", "think_closed", "finished")}}
                 for b, t in pairs if b.get("reference_answer") is None]
     result: dict[str, Any] = {
         "primary_metric": primary_metric,
@@ -296,8 +252,7 @@ def build_comparison(
         "notes": list(notes or []),
         "settings": {**(settings or {}), "held_out_rows_scored": len(nll["base"]),
                      "held_out_questions_generated": len(rows), "mcq_questions": mcq["n"] if mcq else 0,
-                     "bootstrap_samples": bootstrap_samples,
-                     "bootstrap_seed": seed, "confidence_level": 0.95,
+                     "bootstrap_samples": bootstrap_samples, "bootstrap_seed": seed, "confidence_level": 0.95,
                      "accuracy_test": "exact McNemar, two-sided p < 0.05; detectable change at 80% power"},
         "log_history": [r for r in (log_history or []) if "loss" in r or "eval_loss" in r],
     }
@@ -316,61 +271,45 @@ def _fit_key(result: dict[str, Any]) -> str:
     return result["primary_metric"] if result["primary_metric"] not in ACCURACY_KEYS else "completion_nll"
 
 
+def _accuracy_numbers(name: str, s: dict[str, Any]) -> dict[str, Any]:
+    """One `accuracy_summary`'s numbers under keys starting with `name`."""
+    return {f"{name} before": s["before"]["accuracy"], f"{name} after": s["after"]["accuracy"], f"{name} n": s["n"],
+            f"{name} change 95% CI": "[{:+.3f}, {:+.3f}]".format(*s["delta_ci95"]),
+            f"{name} McNemar p": s["mcnemar"]["p_value"], f"{name} detectable change": s["detectable_change"],
+            f"{name} unparseable before / after": f"{s['before']['unparsed']} / {s['after']['unparsed']}",
+            f"{name} verdict": s["verdict"]}
+
+
 def key_numbers(result: dict[str, Any]) -> dict[str, Any]:
-    """The few numbers a reader keeps from a comparison (the notebook's last table), question by question."""
+    """The few numbers a reader keeps from a comparison (the notebook's last table, results/04.json)."""
     fit = metric(result, _fit_key(result))
-    ci = fit["ci"] or [None, None]
+    lo, hi = fit["ci"] or [None, None]
     out: dict[str, Any] = {
         "verdict": result["verdict"], "headline": result["headline"],
         "fit: metric": f"{fit['label']} ({fit['key']}, {fit['better']} is better)",
         "fit: before": fit["before"], "fit: after": fit["after"], "fit: delta": fit["delta"],
-        "fit: 95% CI low": ci[0], "fit: 95% CI high": ci[1], "fit: verdict": fit["verdict"], "fit: n": fit["n"],
+        "fit: 95% CI low": lo, "fit: 95% CI high": hi, "fit: verdict": fit["verdict"], "fit: n": fit["n"],
     }
-    for key, name in (("think_closed", "closed </think> rate"), ("eos", "EOS rate"),
-                      ("repetition", "repeated 4-gram share")):
+    for key, name in (("think_closed", "closed </think> rate"), ("eos", "EOS rate"), ("repetition", "repeated 4-gram share")):
         m = metric(result, key)
-        out[f"behaviour: {name} before"], out[f"behaviour: {name} after"] = m["before"], m["after"]
-        out[f"behaviour: {name} verdict"] = m["verdict"]
+        out.update({f"behaviour: {name} before": m["before"], f"behaviour: {name} after": m["after"],
+                    f"behaviour: {name} verdict": m["verdict"]})
     out["behaviour: n (held-out questions generated)"] = result["settings"].get("held_out_questions_generated")
-    mcq = result.get("accuracy")
-    out["correctness: n (multiple-choice questions)"] = mcq["n"] if mcq else 0
-    for scoring, name in (("likelihood", "by likelihood"), ("generated", "by stated letter")):
-        s = (mcq or {}).get("scorings", {}).get(scoring)
-        if s is None:
-            out[f"correctness: accuracy {name}"] = "not measured"
-            continue
-        out[f"correctness: accuracy {name} before"] = s["before"]["accuracy"]
-        out[f"correctness: accuracy {name} after"] = s["after"]["accuracy"]
-        out[f"correctness: change {name}, 95% CI"] = "[{:+.3f}, {:+.3f}]".format(*s["delta_ci95"])
-        out[f"correctness: McNemar p {name}"] = s["mcnemar"]["p_value"]
-        out[f"correctness: detectable change {name}"] = s["detectable_change"]
-        out[f"correctness: verdict {name}"] = s["verdict"]
-        if scoring == "generated":
-            out[f"correctness: unparseable {name} before"] = s["before"]["unparsed"]
-            out[f"correctness: unparseable {name} after"] = s["after"]["unparsed"]
-            out[f"correctness: lenient accuracy {name} before"] = s["lenient"]["before"]["accuracy"]
-            out[f"correctness: lenient accuracy {name} after"] = s["lenient"]["after"]["accuracy"]
-    checked = (mcq or {}).get("contamination")
-    if checked:
-        out["correctness: questions left out as contaminated"] = f"{checked['excluded']} of {checked['checked']}"
+    mcq = result.get("accuracy") or {}
+    for scoring, s in (mcq.get("scorings") or {"likelihood": None, "generated": None}).items():
+        name = f"correctness: accuracy by {'likelihood' if scoring == 'likelihood' else 'stated letter'}"
+        out.update({name: "not measured"} if s is None else _accuracy_numbers(name, s))
+        if s is not None and scoring == "generated":
+            out.update(_accuracy_numbers("correctness: lenient read of the stated letter", s["lenient"]))
+    if mcq.get("contamination"):
+        out["correctness: questions left out as contaminated"] = "{excluded} of {checked}".format(**mcq["contamination"])
     for m in result.get("more_sets") or []:
-        s = m["likelihood"]
-        if s is None:
-            out[f"more sets: {m['name']}"] = m["note"]
-            continue
-        out[f"more sets: {m['name']} by likelihood, n"] = m["n"]
-        out[f"more sets: {m['name']} by likelihood before"] = s["before"]["accuracy"]
-        out[f"more sets: {m['name']} by likelihood after"] = s["after"]["accuracy"]
-        out[f"more sets: {m['name']} McNemar p"] = s["mcnemar"]["p_value"]
-        out[f"more sets: {m['name']} verdict"] = s["verdict"]
-    p = result.get("protocol")
-    if p and p["n"]:
-        for read in ("lenient", "strict"):
-            s = p["scorings"][read]
-            out[f"authors' protocol: {read} accuracy before"] = s["before"]["accuracy"]
-            out[f"authors' protocol: {read} accuracy after"] = s["after"]["accuracy"]
-            out[f"authors' protocol: {read} unparseable before / after"] = f"{s['before']['unparsed']} / {s['after']['unparsed']}"
-        out["authors' protocol: n"] = p["n"]
+        name = f"more sets: {m['name']} by likelihood"
+        out.update({name: m["note"]} if m["likelihood"] is None else _accuracy_numbers(name, m["likelihood"]))
+    p = result.get("protocol") or {"n": 0}
+    for read in ("lenient", "strict") if p["n"] else ():
+        out.update(_accuracy_numbers(f"authors' protocol: {read} accuracy", p["scorings"][read]))
+    if p["n"]:
         out["authors' protocol: lenient guesses (most similar option) before / after"] = "{} / {}".format(
             *(p["scorings"]["lenient"][side]["matched_by"]["most_similar"] for side in ("before", "after")))
         for pub in p["published"]:
@@ -379,13 +318,8 @@ def key_numbers(result: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-# ---- writing ----------------------------------------------------------------------------------
-
-def write_outputs(result: dict[str, Any], out: Path) -> tuple[Path, Path]:
-    from r1helpers.evaluate.report import build_report
-
-    page = build_report(result)  # a failure while drawing leaves the previous pair untouched
+def write_outputs(result: dict[str, Any], out: Path) -> Path:
+    """Write `out`/comparison.json (atomically: a failed write leaves the previous one whole)."""
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "comparison.json", result)
-    write_text_atomic(out / "report.html", page)
-    return out / "comparison.json", out / "report.html"
+    return out / "comparison.json"

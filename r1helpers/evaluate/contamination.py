@@ -1,14 +1,8 @@
-"""Evaluation questions that overlap the training rows, found before anything is scored.
+"""Evaluation questions that share a 64-character span with a training question (HuatuoGPT-o1's authors' check),
+found before anything is scored, counted and left out.
 
-HuatuoGPT-o1's authors checked their evaluation sets for contamination by looking for a long
-shared character span (64 characters) between an evaluation question and the training data. The
-same check here: after lower-casing and collapsing white space, an evaluation question is
-contaminated when some 64-character span of it also occurs in a training row's question. Such
-questions are counted and left out of the accuracy, and the report says how many.
-
-Exact and cheap: the training texts are cut into aligned chunks of `span // 2` characters; any
-shared span of `span` characters contains a whole chunk, so each position of an evaluation
-question is looked up once and only chunk hits are extended to their full shared length.
+Training texts are cut into aligned chunks of `span // 2` characters: any shared span of `span` characters holds
+a whole chunk, so each position of a question is looked up once and only chunk hits are extended.
 """
 
 from __future__ import annotations
@@ -38,8 +32,7 @@ class SpanIndex:
                 self.where.setdefault(text[start : start + self.chunk], []).append((row, start))
 
     def shared_span(self, text: str) -> tuple[int, int] | None:
-        """(training row, shared length) of the first training text sharing at least `span` characters with
-        `text` (normalised), or None."""
+        """(training row, shared length) of the first training text sharing `span` characters with `text`, or None."""
         q = normalise(text)
         k = self.chunk
         for i in range(0, len(q) - k + 1):
@@ -58,8 +51,7 @@ class SpanIndex:
 
 def contaminated(questions: Sequence[dict[str, Any]], training_questions: Iterable[str],
                  span: int = SPAN) -> list[dict[str, Any]]:
-    """The multiple-choice rows whose question shares `span` characters with a training question:
-    [{"id", "train_row" (index into training_questions), "shared_chars"}], in the rows' order."""
+    """[{"id", "train_row", "shared_chars"}] of the rows whose question shares `span` characters with a training one."""
     index = SpanIndex(training_questions, span)
     out = []
     for r in questions:

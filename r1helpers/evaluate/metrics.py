@@ -1,22 +1,18 @@
-"""Pure metric functions for the before/after comparison: no model, no torch.
-
-Kept apart from the stage (`compare.py`) so each can be checked on hand-made
-cases: an unclosed <think>, an empty answer, an answer cut at the token limit,
-identical and disjoint texts.
-"""
+"""Metric functions for the before/after comparison, no model needed; the statistics are scipy's and statsmodels'."""
 
 from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Callable, Sequence
 
 from r1helpers.core import prompts
 
-# A difference smaller than this is a tie: float noise is not a win.
-TIE_TOLERANCE = 1e-9
+TIE_TOLERANCE = 1e-9  # a difference smaller than this is a tie: float noise is not a win
+ALPHA = 0.05          # two-sided significance level of every accuracy verdict
+POWER = 0.80          # the power at which `detectable_change` is stated
 
 
 @lru_cache(maxsize=1)
@@ -32,11 +28,9 @@ def rouge_l(prediction: str, reference: str) -> float:
 
 
 def repeated_ngram_share(text: str, n: int = 4) -> float | None:
-    """Share of the text's word n-grams that repeat an earlier one (0: none repeats; near 1: a loop).
+    """Share of the text's word n-grams that repeat an earlier one (near 1: a loop); None under n words.
 
-    Words are as `rouge_l` reads them (lower-cased alphanumeric runs). Of the k n-grams in the
-    text, the share is (k - number of distinct n-grams) / k: "a b c d a b c d" has five
-    4-grams, four distinct, so 1/5. A text of fewer than n words has no n-grams: None.
+    "a b c d a b c d" has five 4-grams, four distinct: (5 - 4) / 5.
     """
     words = _rouge()[1].tokenize(text or "")
     grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
@@ -47,61 +41,30 @@ def repeated_ngram_share(text: str, n: int = 4) -> float | None:
 
 def perplexity(nll: float | None) -> float | None:
     """exp(mean NLL); capped so a diverged model gives a large number, not an overflow."""
-    if nll is None:
-        return None
-    return math.exp(min(nll, 700.0))
-
-
-@dataclass
-class GenerationScores:
-    """What one generated answer did, judged from its text and whether EOS came."""
-
-    think_opened: bool
-    think_closed: bool
-    eos: bool
-    cut_at_limit: bool
-    empty_answer: bool
-    reasoning_tokens: int
-    answer_tokens: int
-    rouge_l: float | None
-    repetition: float | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    return None if nll is None else math.exp(min(nll, 700.0))
 
 
 def score_generation(
     generated: str, finished: bool, reference_answer: str | None, count_tokens: Callable[[str], int],
     new_tokens: int | None = None,
-) -> GenerationScores:
-    """Score one generation (the text after the prompt's `<think>`).
+) -> dict[str, Any]:
+    """Score one generation (the text after the prompt's `<think>`): think_opened, think_closed, eos, cut_at_limit,
+    empty_answer, reasoning_tokens, answer_tokens, rouge_l, repetition.
 
-    The prompt opens the reasoning block, so "opened" means the model wrote
-    reasoning inside it (or re-opened it itself); "closed" means it reached
-    `</think>`. Without EOS the text was cut at max_new_tokens, and any answer
-    it holds is partial. ROUGE-L needs a reference: None without one. `repetition` is
-    `repeated_ngram_share` of the reasoning and answer together, without the tags (lower
-    is better: a model stuck in a loop repeats its 4-grams).
-
-    Lengths are the text re-encoded by `count_tokens`, except an unclosed block
-    given `new_tokens`: every generated token was reasoning then, so that count is exact.
+    Without EOS the text was cut at max_new_tokens. ROUGE-L needs a reference (else None); `repetition` is
+    `repeated_ngram_share` of reasoning and answer without the tags. Lengths are `count_tokens` of the text,
+    except an unclosed block given `new_tokens`: every generated token was reasoning then.
     """
     parsed = prompts.split_output(generated or "")
     opened = bool(parsed.reasoning) or (generated or "").lstrip().startswith(prompts.THINK_OPEN)
     reasoning_tokens = count_tokens(parsed.reasoning) if parsed.reasoning else 0
     if not parsed.think_closed and new_tokens is not None:
         reasoning_tokens = max(new_tokens - int(bool(finished)), 0)
-    return GenerationScores(
-        think_opened=opened,
-        think_closed=parsed.think_closed,
-        eos=bool(finished),
-        cut_at_limit=not finished,
-        empty_answer=not parsed.answer,
-        reasoning_tokens=reasoning_tokens,
-        answer_tokens=count_tokens(parsed.answer) if parsed.answer else 0,
-        rouge_l=None if reference_answer is None else rouge_l(parsed.answer, reference_answer),
-        repetition=repeated_ngram_share(f"{parsed.reasoning}\n{parsed.answer}"),
-    )
+    return {"think_opened": opened, "think_closed": parsed.think_closed, "eos": bool(finished),
+            "cut_at_limit": not finished, "empty_answer": not parsed.answer, "reasoning_tokens": reasoning_tokens,
+            "answer_tokens": count_tokens(parsed.answer) if parsed.answer else 0,
+            "rouge_l": None if reference_answer is None else rouge_l(parsed.answer, reference_answer),
+            "repetition": repeated_ngram_share(f"{parsed.reasoning}\n{parsed.answer}")}
 
 
 @dataclass(frozen=True)
@@ -114,13 +77,9 @@ class MetricSpec:
     group: str
 
 
-def bootstrap_ci(
-    diffs: Sequence[float], samples: int, seed: int, level: float = 0.95
-) -> tuple[float, float] | None:
-    """Percentile interval of the mean paired difference (`scipy.stats.bootstrap`, seeded).
+def bootstrap_ci(diffs: Sequence[float], samples: int, seed: int, level: float = 0.95) -> tuple[float, float] | None:
+    """Percentile interval of the mean paired difference over questions (`scipy.stats.bootstrap`, seeded).
 
-    Questions, not tokens, are resampled: they are the independent units, so the
-    interval says how much the mean would move on another draw of held-out questions.
     One difference gives that difference twice; none gives None.
     """
     if len(diffs) < 2:
@@ -154,43 +113,27 @@ def verdict(ci: tuple[float, float] | None, better: str | None, n: int) -> str:
         return "no significant change"
     if better is None:
         return "higher" if lo > 0 else "lower"
-    improved = (lo > 0) == (better == "higher")
-    return "better" if improved else "worse"
+    return "better" if (lo > 0) == (better == "higher") else "worse"
 
 
-def aggregate(
-    spec: MetricSpec, before: Sequence[float | bool | None], after: Sequence[float | bool | None],
-    samples: int, seed: int,
-) -> dict[str, Any]:
-    """Before, after, delta, bootstrap interval, verdict and win/tie/loss over paired questions.
-
-    Pairs where either side is missing are left out, so both means cover the same questions.
-    """
+def aggregate(spec: MetricSpec, before: Sequence[float | bool | None], after: Sequence[float | bool | None],
+              samples: int, seed: int) -> dict[str, Any]:
+    """Before, after, delta, bootstrap interval, verdict and win/tie/loss over the questions scored on both sides."""
     pairs = [(float(b), float(a)) for b, a in zip(before, after) if b is not None and a is not None]
-    n = len(pairs)
-    out: dict[str, Any] = {"key": spec.key, "label": spec.label, "better": spec.better, "group": spec.group, "n": n}
-    if n == 0:
+    out: dict[str, Any] = {"key": spec.key, "label": spec.label, "better": spec.better, "group": spec.group,
+                           "n": len(pairs)}
+    if not pairs:
         return {**out, "before": None, "after": None, "delta": None, "ci": None, "verdict": "no data",
                 "win_tie_loss": None}
     b, a = [p[0] for p in pairs], [p[1] for p in pairs]
     diffs = [y - x for x, y in pairs]
     ci = bootstrap_ci(diffs, samples, seed)
-    return {
-        **out,
-        "before": statistics.fmean(b),
-        "after": statistics.fmean(a),
-        "delta": statistics.fmean(diffs),
-        "ci": list(ci) if ci else None,
-        "verdict": verdict(ci, spec.better, n),
-        "win_tie_loss": win_tie_loss(b, a, spec.better),
-    }
+    return {**out, "before": statistics.fmean(b), "after": statistics.fmean(a),
+            "delta": statistics.fmean(diffs), "ci": list(ci) if ci else None,
+            "verdict": verdict(ci, spec.better, len(pairs)), "win_tie_loss": win_tie_loss(b, a, spec.better)}
 
 
 # ---- paired right/wrong outcomes (multiple-choice accuracy) -------------------------------------
-
-ALPHA = 0.05   # two-sided significance level of every accuracy verdict
-POWER = 0.80   # the power at which `detectable_change` is stated
-
 
 def wilson_interval(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
     """Wilson score interval for k of n (statsmodels' `proportion_confint`); (0, 1) when n is 0."""
@@ -212,15 +155,10 @@ def _paired(before: Sequence[bool], after: Sequence[bool]) -> tuple[list[bool], 
 
 
 def mcnemar(before: Sequence[bool], after: Sequence[bool]) -> dict[str, Any]:
-    """Exact McNemar test on paired right/wrong outcomes (statsmodels, exact=True).
-
-    b: right before and wrong after (lost); c: wrong before and right after (gained). Under no
-    change b ~ Binomial(b + c, 1/2); the p-value is the exact two-sided binomial one.
-    """
+    """Exact McNemar test (statsmodels) on paired right/wrong outcomes; b: right only before (lost), c: gained."""
     from statsmodels.stats.contingency_tables import mcnemar as exact_mcnemar
 
-    before, after = _paired(before, after)
-    pairs = list(zip(before, after))
+    pairs = list(zip(*_paired(before, after)))
     table = [[pairs.count((True, True)), pairs.count((True, False))],
              [pairs.count((False, True)), pairs.count((False, False))]]
     (both_right, b), (c, both_wrong) = table
@@ -229,12 +167,9 @@ def mcnemar(before: Sequence[bool], after: Sequence[bool]) -> dict[str, Any]:
 
 
 def change_interval(b: int, c: int, n: int, level: float = 0.95) -> tuple[float, float]:
-    """Interval of the accuracy change (c - b) / n that the exact McNemar test inverts.
+    """Interval of the accuracy change (c - b) / n that the exact McNemar test inverts, so the two never disagree.
 
-    Given the m = b + c questions on which the models disagree, c ~ Binomial(m, π) and the change is
-    m (2π - 1) / n; the Clopper-Pearson interval of π (statsmodels, method="beta") maps onto it. It
-    excludes 0 exactly when the exact McNemar p is below 1 - level, so the interval and the verdict
-    never disagree. It is conditional on m: with no discordant question it is [0, 0].
+    c ~ Binomial(b + c, π): the Clopper-Pearson interval of π (statsmodels, "beta") mapped onto (b + c)(2π - 1) / n.
     """
     m = b + c
     if m == 0:
@@ -248,13 +183,10 @@ def change_interval(b: int, c: int, n: int, level: float = 0.95) -> tuple[float,
 def detectable_change(n: int, discordant: int, alpha: float = ALPHA, power: float = POWER) -> float | None:
     """Smallest accuracy change (a share, either way) a paired comparison of n questions detects.
 
-    Connor's (1987) normal approximation for McNemar's test, at the observed share of discordant
-    questions psi = discordant / n: the change d detected with `power` at two-sided `alpha` solves
-    sqrt(n) d = z_a sqrt(psi) + z_b sqrt(psi - d^2), with z_a = z(1 - alpha/2) and z_b = z(power), so
-        d = sqrt(psi) (z_a sqrt(n) + z_b sqrt(n - z_a^2 + z_b^2)) / (n + z_b^2).
-    The exact test adds a floor: with m discordant questions all going one way its p is 2^(1 - m), so
-    fewer than m_min (the smallest m with 2^(1 - m) < alpha: 6 at 0.05) never reach significance and
-    d >= m_min / n. None when even n questions all gained could not (n < m_min).
+    Connor's (1987) normal approximation for McNemar's test at the observed discordant share psi:
+    d = sqrt(psi) (z_a sqrt(n) + z_b sqrt(n - z_a^2 + z_b^2)) / (n + z_b^2), never below the exact test's
+    floor m_min / n (m_min = 6 at alpha 0.05: fewer discordant questions never reach significance).
+    None when n < m_min.
     """
     from scipy.stats import norm
 
@@ -268,12 +200,10 @@ def detectable_change(n: int, discordant: int, alpha: float = ALPHA, power: floa
 
 def accuracy_summary(before_correct: Sequence[bool], after_correct: Sequence[bool], before_unparsed: int = 0,
                      after_unparsed: int = 0) -> dict[str, Any]:
-    """Accuracy of both models on the same questions, the change, its interval, power and a verdict.
+    """Accuracy of both models on the same questions: Wilson intervals, the change and its `change_interval`,
+    the exact McNemar test, the `detectable_change` and the verdict ("better"/"worse" when p < ALPHA).
 
     Unparseable answers must already be in the lists as wrong; their counts are reported alongside.
-    The verdict follows the exact McNemar test: "better" or "worse" when p < ALPHA, else "no clear
-    change". Beside it: Wilson intervals of each accuracy, the change's `change_interval` (it agrees
-    with the test) and the `detectable_change` at this n and discordance (two-sided ALPHA, POWER).
     """
     before, after = _paired(before_correct, after_correct)
     n = len(before)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -17,6 +18,8 @@ PROTOCOL = {
     "prompt": "Please answer the following multiple-choice question:\n{question}\n{options}",
     "do_sample": True, "temperature": 0.5, "top_p": 0.9, "max_new_tokens": 2000,
 }
+MATCH_RULES = ("answer_is", "letter", "option_text", "most_similar", "empty")
+_ANSWER_IS = re.compile(r"answer is\s*\**\s*\(?\s*(?P<L>[A-Z])(?![A-Za-z])", re.IGNORECASE)
 
 
 def protocol_question(row: dict[str, Any]) -> str:
@@ -26,9 +29,8 @@ def protocol_question(row: dict[str, Any]) -> str:
 
 
 def protocol_prompt(tokenizer, row: dict[str, Any]) -> tuple[str, str]:
-    """(text the model is given, how it was wrapped): `protocol_question` in the tokenizer's own chat template
-    (one user turn, generation prompt added), as the authors ran it; the recipe's template when the tokenizer
-    has none (the CPU profiles' models)."""
+    """(prompt text, how it was wrapped): `protocol_question` in the tokenizer's chat template, as the authors ran
+    it; the recipe's template when the tokenizer has none (the CPU profiles' models)."""
     question = protocol_question(row)
     if getattr(tokenizer, "chat_template", None):
         text = tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
@@ -39,50 +41,33 @@ def protocol_prompt(tokenizer, row: dict[str, Any]) -> tuple[str, str]:
     return prompts.build_prompt(question), "the recipe's prompt template (the tokenizer has no chat template)"
 
 
-_ANSWER_IS = re.compile(r"answer is\s*\**\s*\(?\s*(?P<L>[A-Z])(?![A-Za-z])", re.IGNORECASE)
-
-
-def _bare_letter(letters: Sequence[str]) -> re.Pattern:
-    L = "|".join(re.escape(x) for x in letters)
-    # an option letter standing alone: after the start, a space, punctuation, "*", "(" or "#", before a non-word
-    # character or the end; never the article "A " / "a "
-    return re.compile(r"(?:^|(?<=[^A-Za-z0-9]))(?!A )(?P<L>" + L + r")(?=[^A-Za-z0-9]|$)")
-
-
 def match_choice_lenient(text: str, options: dict[str, str], pick: str = "first") -> tuple[str | None, str]:
-    """The option a generated answer names, read as HuatuoGPT-o1's lenient scorer reads it: (letter, rule).
+    """The option a generated answer names, as HuatuoGPT-o1's lenient scorer reads it: (letter, rule).
 
-    Implemented from the authors' description of `scorer.py` (their code was not available here),
-    the rules in order, the first that finds something deciding:
-      1. "answer_is": an "answer is X" statement (any case, "**", "(" allowed before the letter);
-      2. "letter": a bare option letter standing alone ("B", "(B)", "B.", "**B**"), not the article "A";
-      3. "option_text": an option's text found in the answer (lower case);
-      4. "most_similar": the option whose text is most similar to the answer (difflib's ratio):
-         never unparseable, so this rule's count says how many answers were guesses.
-    Only the final response counts when the reasoning is closed (the text after the last `</think>`),
-    as the authors' scorer keeps only the final response of a reasoning model. `pick`: "first" or "last"
-    match within a rule. An empty text is (None, "empty").
+    Written from the authors' description of `scorer.py`; the first rule that finds something decides:
+    "answer_is" ("answer is X"), "letter" (a bare option letter, never the article "A"), "option_text"
+    (an option's text in the answer), "most_similar" (difflib's ratio: a guess, never unparseable).
+    Only the text after the last `</think>` counts; `pick` is "first" or "last" within a rule; "" is (None, "empty").
     """
     if pick not in ("first", "last"):
         raise ValueError(f"pick must be 'first' or 'last', got {pick!r}")
     text = (text or "").rsplit(THINK_CLOSE, 1)[-1].strip()
     if not text or not options:
         return None, "empty"
-    letters = [k for k in options]
+    letters = list(options)
     choose = (lambda hits: hits[0]) if pick == "first" else (lambda hits: hits[-1])
     hits = [m.group("L").upper() for m in _ANSWER_IS.finditer(text) if m.group("L").upper() in letters]
     if hits:
         return choose(hits), "answer_is"
-    hits = [m.group("L") for m in _bare_letter(letters).finditer(text)]
+    bare = re.compile(r"(?:^|(?<=[^A-Za-z0-9]))(?!A )(?P<L>" + "|".join(map(re.escape, letters)) + r")(?=[^A-Za-z0-9]|$)")
+    hits = [m.group("L") for m in bare.finditer(text)]
     if hits:
         return choose(hits), "letter"
     low = text.lower()
     found = sorted((low.find(v.lower()) if pick == "first" else low.rfind(v.lower()), k)
                    for k, v in options.items() if v.strip() and v.lower() in low)
     if found:
-        return (found[0] if pick == "first" else found[-1])[1], "option_text"
-    import difflib
-
+        return choose(found)[1], "option_text"
     ratios = [(difflib.SequenceMatcher(None, v.lower(), low).ratio(), -i, k) for i, (k, v) in enumerate(options.items())]
     return max(ratios)[2], "most_similar"
 
@@ -90,15 +75,13 @@ def match_choice_lenient(text: str, options: dict[str, str], pick: str = "first"
 def generate_texts(model, tokenizer, texts: Sequence[str], *, max_new_tokens: int, batch_size: int = 0,
                    do_sample: bool = True, temperature: float = 0.5, top_p: float = 0.9,
                    seed: int = 3407) -> list[dict[str, Any]]:
-    """Generate from ready-made prompt texts (not the recipe's template): per text `generated`,
-    `think_closed`, `finished` (EOS came), `new_tokens`, in the input order. Batches of similar length,
-    left-padded; `batch_size` 0 plans the batch from the GPU's free memory (8 on a CPU)."""
+    """Generate from ready-made prompt texts (not the recipe's template), in batches of similar length: per text
+    `generated`, `think_closed`, `finished` (EOS came), `new_tokens`. `batch_size` 0 plans it from GPU memory."""
     import torch
 
     tok = tokenizer
     tok.padding_side = "left"
     device = next(model.parameters()).device
-    lengths = [len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts]
     if batch_size == 0:
         batch_size = 8
         if device.type == "cuda":
@@ -107,7 +90,7 @@ def generate_texts(model, tokenizer, texts: Sequence[str], *, max_new_tokens: in
             gpu = gpu_memory()
             batch_size = plan_for_model(model, tok, list(texts), max_new_tokens=max_new_tokens,
                                         gpu_gib=gpu.total_gib, used_gib=gpu.used_gib).batch_size
-    order = sorted(range(len(texts)), key=lambda i: -lengths[i])
+    order = sorted(range(len(texts)), key=lambda i: -len(tok(texts[i], add_special_tokens=False)["input_ids"]))
     sampling = dict(temperature=temperature, top_p=top_p) if do_sample else dict(temperature=None, top_p=None, top_k=None)
     out: dict[int, dict[str, Any]] = {}
     for start in range(0, len(order), batch_size):
@@ -131,8 +114,8 @@ def generate_texts(model, tokenizer, texts: Sequence[str], *, max_new_tokens: in
 
 def answer_protocol(model, tokenizer, rows: Sequence[dict[str, Any]], *, max_new_tokens: int = PROTOCOL["max_new_tokens"],
                     batch_size: int = 0, seed: int = 3407) -> list[dict[str, Any]]:
-    """One model's answers to `rows` under the authors' protocol (`PROTOCOL`: their prompt in the chat
-    template, temperature 0.5, top_p 0.9), per row its id, the prompt's wrapping and the generation."""
+    """One model's answers to `rows` under the authors' protocol: per row its id, the prompt's wrapping and the
+    generation."""
     wrapped = [protocol_prompt(tokenizer, r) for r in rows]
     gens = generate_texts(model, tokenizer, [w[0] for w in wrapped], max_new_tokens=max_new_tokens,
                           batch_size=batch_size, do_sample=PROTOCOL["do_sample"], temperature=PROTOCOL["temperature"],
@@ -140,20 +123,17 @@ def answer_protocol(model, tokenizer, rows: Sequence[dict[str, Any]], *, max_new
     return [{"id": r["id"], "wrapped_in": w[1], **g} for r, w, g in zip(rows, wrapped, gens)]
 
 
-def answer_protocol_before_after(model, tokenizer, rows: Sequence[dict[str, Any]], **kwargs) -> dict[str, list]:
-    """`answer_protocol` with the LoRA adapter off (the base model) and on, from one loaded peft model."""
+def protocol_before_after(model, tokenizer, rows: Sequence[dict[str, Any]], *, source: str | None,
+                          max_new_tokens: int = PROTOCOL["max_new_tokens"], seed: int = 3407) -> dict[str, Any]:
+    """`answer_protocol` with the LoRA adapter off (the base model) and on, graded by `protocol_comparison`."""
     with model.disable_adapter():
-        base = answer_protocol(model, tokenizer, rows, **kwargs)
-    return {"base": base, "tuned": answer_protocol(model, tokenizer, rows, **kwargs)}
-
-
-MATCH_RULES = ("answer_is", "letter", "option_text", "most_similar", "empty")
+        base = answer_protocol(model, tokenizer, rows, max_new_tokens=max_new_tokens, seed=seed)
+    tuned = answer_protocol(model, tokenizer, rows, max_new_tokens=max_new_tokens, seed=seed)
+    return protocol_comparison(rows, base, tuned, source=source, decoding={"max_new_tokens": max_new_tokens, "seed": seed})
 
 
 def grade_protocol(generated: str, row: dict[str, Any]) -> dict[str, Any]:
-    """One protocol answer graded two ways: the authors' lenient matcher (`match_choice_lenient`) and this
-    project's strict parser (`parse_answer_letter`: the letter stated after `</think>`; else an answer that is
-    exactly one option's text)."""
+    """One protocol answer graded by the authors' lenient matcher and by this project's strict parser."""
     lenient, rule = match_choice_lenient(generated, row["options"])
     strict = grade_mcq_generation(generated, row)
     return {"lenient_letter": lenient, "lenient_rule": rule,
@@ -163,21 +143,17 @@ def grade_protocol(generated: str, row: dict[str, Any]) -> dict[str, Any]:
 
 def protocol_comparison(rows: Sequence[dict[str, Any]], base: Sequence[dict[str, Any]], tuned: Sequence[dict[str, Any]],
                         source: str | None = None, decoding: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Accuracy before and after under the authors' protocol, read by their lenient matcher and by the strict
-    parser (`accuracy_summary` of each, unparseable counts beside both: the lenient matcher's "empty" answers and
-    its "most_similar" guesses), with the published figures for the set `source` is, cited as reported."""
+    """Accuracy before and after under the authors' protocol, read by their lenient matcher (with the count of
+    answers each rule decided) and by the strict parser, beside the published figures for the set `source` is."""
     rows = list(rows)
     if not (len(rows) == len(base) == len(tuned)) or any(not (r["id"] == b["id"] == t["id"])
                                                          for r, b, t in zip(rows, base, tuned)):
         raise ValueError("protocol answers are for other questions, or in another order, than the rows")
-    items = []
-    for r, b, t in zip(rows, base, tuned):
-        item = {"id": r["id"], "gold": r["answer_idx"]}
-        for side, rec in (("base", b), ("tuned", t)):
-            item[side] = {"generated": rec["generated"], "finished": bool(rec.get("finished")),
-                          "think_closed": bool(rec.get("think_closed")), "new_tokens": rec.get("new_tokens"),
-                          **grade_protocol(rec["generated"], r)}
-        items.append(item)
+    items = [{"id": r["id"], "gold": r["answer_idx"],
+              **{side: {"generated": rec["generated"], "finished": bool(rec.get("finished")),
+                        "think_closed": bool(rec.get("think_closed")), "new_tokens": rec.get("new_tokens"),
+                        **grade_protocol(rec["generated"], r)} for side, rec in (("base", b), ("tuned", t))}}
+             for r, b, t in zip(rows, base, tuned)]
     if not items:
         return {"n": 0, "scorings": {}, "items": [], "published": []}
 

@@ -1,10 +1,7 @@
 """Multiple-choice questions from a local file, the bundled sample or the Hub, checked row by row.
 
-Every row becomes {"id", "question", "options": {letter: text}, "answer_idx", "answer"}; a row
-that cannot be scored raises ValueError naming the file, the row and the field, with the fix.
-Three schemas are read, from the Hub or from a local file alike: MedQA-USMLE's (question,
-options, answer_idx, answer), MedMCQA's (question, opa-opd, cop 0-3) and PubMedQA's labelled
-set (question, context.contexts, final_decision yes/no/maybe, as three options).
+Every row becomes {"id", "question", "options": {letter: text}, "answer_idx", "answer"}, from MedQA-USMLE's,
+MedMCQA's or PubMedQA's schema; a row that cannot be scored raises ValueError naming the file, row and field.
 """
 
 from __future__ import annotations
@@ -40,17 +37,9 @@ def _read_local(path: Path) -> list[tuple[str, dict[str, Any]]]:
             data = json.loads(text)
         except json.JSONDecodeError:
             data = None  # many ".json" files are JSON lines
-        if data is not None:
-            if isinstance(data, dict):
-                lists = [v for v in data.values() if isinstance(v, list)]
-                if len(lists) != 1:
-                    raise ValueError(f"{path}: expected a JSON list of question objects, or an object holding "
-                                     "exactly one such list; found an object with "
-                                     f"{len(lists)} lists. Save the questions as a list or as JSON lines.")
-                data = lists[0]
-            if not isinstance(data, list):
-                raise ValueError(f"{path}: expected a JSON list of question objects; save the questions as a "
-                                 "list or as JSON lines (one object per line).")
+        if isinstance(data, dict):  # {"data": [...]}: the list it holds
+            data = next((v for v in data.values() if isinstance(v, list)), data)
+        if isinstance(data, list):
             return [(f"row {i}", r) for i, r in enumerate(data, start=1)]
     out, n = [], 0
     for line_no, line in enumerate(text.split("\n"), start=1):
@@ -107,10 +96,7 @@ PUBMEDQA_OPTIONS = {"A": "yes", "B": "no", "C": "maybe"}
 
 
 def parse_source(source: str, split: str | None = None) -> tuple[str, str | None, str]:
-    """(Hub id, config, split) of a source written "id", "id:config", "id@split" or "id:config@split".
-
-    What the text leaves out comes from `split`, then from KNOWN_SETS, then "test".
-    """
+    """(Hub id, config, split) of "id[:config][@split]"; what it leaves out comes from `split`, KNOWN_SETS, "test"."""
     text = str(source)
     text, _, named_split = text.partition("@")
     hub_id, _, config = text.partition(":")
@@ -133,8 +119,7 @@ def _from_medmcqa(row: dict[str, Any], bad) -> dict[str, Any]:
 
 
 def _from_pubmedqa(row: dict[str, Any], bad) -> dict[str, Any]:
-    """A PubMedQA row (question, context.contexts, final_decision) as a three-option question: the abstract's
-    context paragraphs, then the question; options yes, no, maybe."""
+    """A PubMedQA row as a three-option question (yes, no, maybe): the abstract's context paragraphs, then the question."""
     decision = str(row.get("final_decision") or "").strip().lower()
     gold = {v: k for k, v in PUBMEDQA_OPTIONS.items()}.get(decision)
     if gold is None:
@@ -213,15 +198,9 @@ def _normalise_row(row: Any, label: str, where: str, default_id: str) -> dict[st
 def load_mcq_rows(source: str | os.PathLike, split: str | None = "test", limit: int | None = None) -> list[dict[str, Any]]:
     """Multiple-choice questions as {"id", "question", "options": {letter: text}, "answer_idx", "answer"}.
 
-    `source` is a local .jsonl, .json or .parquet file (`split` is then ignored),
-    "r1helpers/sample-mcq" (the bundled 24-question sample), or
-    a Hub dataset id read with `datasets.load_dataset(id, config, split=split)`, e.g.
-    "GBaker/MedQA-USMLE-4-options", written "id[:config][@split]" to name a config or split
-    (`parse_source`; "qiaojin/PubMedQA" reads pqa_labeled's train split by default, split None: the
-    set's own default). MedMCQA and PubMedQA rows are converted (`row_schema`). Options may be a dict of letter -> text, a list
-    of {"key", "value"} records (as some MedQA copies on the Hub store them), or a
-    list of texts (lettered A, B, ...). `limit` keeps the first rows. A row that
-    cannot be scored raises ValueError naming the file, the row and the field.
+    `source`: a local .jsonl, .json or .parquet file, "r1helpers/sample-mcq" (the bundled 24 questions), or a Hub
+    dataset "id[:config][@split]" (`parse_source`). Options may be {letter: text}, a list of {"key", "value"}
+    records or a list of texts. `limit` keeps the first rows.
     """
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be None or >= 0, got {limit}")

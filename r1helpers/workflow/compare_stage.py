@@ -1,30 +1,18 @@
 """Stage 04's comparison as the run folder sees it: check both stages decoded alike, score both models on the
-held-out rows and the multiple-choice set, write comparison.json and report.html."""
+held-out rows and the multiple-choice sets, write comparison.json."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from r1helpers.core.config import Config
 from r1helpers.core.runs import Run, read_json
 from r1helpers.evaluate import accuracy, more_sets, protocol
-from r1helpers.evaluate.compare import (
-    answer_similarities,
-    build_comparison,
-    load_embedder,
-    pair_generations,
-    teacher_forced,
-    write_outputs,
-)
-from r1helpers.workflow.generate_stage import (
-    FinetunedModel,
-    mcq_clean,
-    mcq_decoding,
-    mcq_generations,
-    mcq_more_sets,
-    mcq_rows,
-)
+from r1helpers.evaluate.compare import build_comparison, pair_generations, teacher_forced, write_outputs
+from r1helpers.workflow.generate_stage import (FinetunedModel, mcq_clean, mcq_decoding, mcq_generations,
+                                               mcq_more_sets, mcq_rows)
 
 
 def nll_rows(cfg: Config, prepared) -> list[dict[str, Any]]:
@@ -34,23 +22,19 @@ def nll_rows(cfg: Config, prepared) -> list[dict[str, Any]]:
 
 
 def decoding_used(run: Run) -> dict[str, dict[str, Any] | None]:
-    """The infer settings each generation stage recorded in its manifest, with its generation path and
-    weights (None: not generated yet)."""
-    out = {}
-    for stage in ("baseline", "finetuned"):
-        manifest = run.read_manifest(stage)
+    """Each generation stage's recorded infer settings, generation path and weights (None: not generated yet)."""
+    def used(manifest: dict[str, Any] | None) -> dict[str, Any] | None:
         if manifest is None or manifest["settings"].get("infer") is None:
-            out[stage] = None
-            continue
+            return None
         gen = manifest.get("generation") or {}
-        out[stage] = {**manifest["settings"]["infer"], "generation_path": manifest.get("generation_path"),
-                      "weights": gen.get("weights"), "attention": gen.get("attention")}
-    return out
+        return {**manifest["settings"]["infer"], "generation_path": manifest.get("generation_path"),
+                "weights": gen.get("weights"), "attention": gen.get("attention")}
+
+    return {stage: used(run.read_manifest(stage)) for stage in ("baseline", "finetuned")}
 
 
 def check_same_decoding(run: Run) -> None:
-    """Both generation stages must have used one decoding setup and one generation path (same weights,
-    same KV cache), or the comparison is not fair."""
+    """Refuse a comparison whose two generation stages decoded differently or took different generation paths."""
     used = decoding_used(run)
     if any(v is None for v in used.values()):
         return
@@ -68,32 +52,23 @@ def check_same_decoding(run: Run) -> None:
 
 def comparison_settings(cfg: Config) -> dict[str, Any]:
     """What the comparison records about how it was made (build_comparison adds counts and bootstrap)."""
-    i = cfg.infer
+    i, c = cfg.infer, cfg.compare
     decoding = {"do_sample": i.do_sample, "max_new_tokens": i.max_new_tokens, "seed": i.seed}
     if i.do_sample:
         decoding.update(temperature=i.temperature, top_p=i.top_p)
-    c = cfg.compare
-    mcq: dict[str, Any] = {"source": c.mcq_source}
+    mcq = {k: v for k, v in asdict(c).items() if k.startswith("mcq_") or k == "contamination_span"}
     if c.mcq_source is None:
         mcq["reason"] = "compare.mcq_source is null"
-    else:
-        mcq.update(split=c.mcq_split, rows=c.mcq_rows, generate=c.mcq_generate, generate_rows=c.mcq_generate_rows,
-                   likelihood="mean log-probability per token of each option's text after the prompt",
-                   more=list(c.mcq_more), more_rows=c.mcq_more_rows, protocol_rows=c.mcq_protocol_rows,
-                   protocol_max_new_tokens=c.mcq_protocol_max_new_tokens, contamination_span=c.contamination_span)
     return {"model": cfg.model.name, "profile": cfg.profile, "max_seq_length": cfg.model.max_seq_length,
-            "decoding": decoding, "embedding_model": c.embedding_model, "mcq": mcq}
+            "decoding": decoding, "mcq": mcq}
 
 
-def compare(cfg: Config, run: Run, prepared, baseline: list[dict], tuned: list[dict],
-            force: bool = False, adapter_dir: Path | None = None,
-            loaded: FinetunedModel | None = None) -> dict[str, Any]:
-    """Score both models on the held-out split; write compare/comparison.json and compare/report.html.
+def compare(cfg: Config, run: Run, prepared, baseline: list[dict], tuned: list[dict], force: bool = False,
+            adapter_dir: Path | None = None, loaded: FinetunedModel | None = None) -> dict[str, Any]:
+    """Score both models; write compare/comparison.json, or reuse it when made with these settings.
 
-    Reuses the saved comparison when made with these settings. `loaded` (the FinetunedModel that
-    `finetuned` used) avoids a second load; it is released after scoring. `adapter_dir` scores
-    another adapter than the run's own (then nothing is marked current in the run folder).
-    """
+    `loaded` (the FinetunedModel `finetuned` used) avoids a second load and is released after scoring;
+    `adapter_dir` scores another adapter than the run's own (then nothing is marked current)."""
     if adapter_dir is not None:
         return _compare(cfg, run, prepared, baseline, tuned, FinetunedModel(cfg, run, prepared, adapter_dir))
     model = loaded if loaded is not None else FinetunedModel(cfg, run, prepared)
@@ -112,11 +87,10 @@ def _compare(cfg: Config, run: Run, prepared, baseline: list[dict], tuned: list[
     lm = model.get()
     tok, backend = lm.tokenizer, lm.backend.name
     nll = teacher_forced(lm.model, tok, nll_rows(cfg, prepared), cfg.model.max_seq_length)
-    # Both sides from the one loaded model: the adapter disabled is the base model, as for the NLL. The generated
-    # answers come from stages 01 and 04, which answered these questions in their generation batches.
-    gen_rows = None if mcq is None else mcq[: c.mcq_generate_rows or None]
-    generated = mcq_generations(cfg, run, gen_rows) if mcq is not None and c.mcq_generate and model.own_adapter \
-        else None
+    # the stated letters were generated in stages 01 and 04's batches; both sides come from one loaded model
+    generated = None
+    if mcq is not None and c.mcq_generate and model.own_adapter:
+        generated = mcq_generations(cfg, run, mcq[: c.mcq_generate_rows or None])
     answers = None if mcq is None else accuracy.answer_mcq_before_after(
         lm.model, tok, mcq, decoding=None if generated else mcq_decoding(cfg), generate_rows=c.mcq_generate_rows or None)
     if generated:
@@ -124,25 +98,16 @@ def _compare(cfg: Config, run: Run, prepared, baseline: list[dict], tuned: list[
     more_results = [_more_set(lm.model, tok, m) for m in more]
     protocol = _protocol(cfg, lm.model, tok, mcq)
     del lm
-    model.release()  # nothing below needs the model; the embedder runs on the CPU
+    model.release()
     notes = [f"adapter: {model.adapter_dir}", f"backend: {backend}"]
     if mcq is not None:
-        notes.append(f"multiple-choice: {len(mcq)} questions of {cfg.compare.mcq_source}, scored by option "
-                     "likelihood" + (" and by the letter stated in a generated answer" if cfg.compare.mcq_generate
-                                     else " only (compare.mcq_generate is false)"))
-    if contamination is not None:
-        notes.append(f"contamination: {contamination['excluded']} of {contamination['checked']} multiple-choice "
-                     f"questions share {contamination['span']} characters with a training question and are left out")
+        notes.append(f"multiple-choice: {len(mcq)} questions of {c.mcq_source}, scored by option likelihood"
+                     + (" and by the stated letter" if c.mcq_generate else " only (compare.mcq_generate is false)"))
     notes += [m["note"] for m in more]
-    if protocol is not None:
-        notes.append(f"authors' protocol (HuatuoGPT-o1): {protocol['n']} questions, both models, "
-                     f"{protocol['protocol']['max_new_tokens']} new tokens, prompt in {', '.join(protocol['wrapped_in'])}")
-    sims, note = _similarities(cfg, baseline, tuned)
-    notes.append(note)
     result = build_comparison(
         nll, baseline, tuned, lambda s: len(tok(s, add_special_tokens=False)["input_ids"]),
         primary_metric=c.primary_metric, bootstrap_samples=c.bootstrap_samples, seed=c.seed,
-        settings=comparison_settings(cfg), sims=sims, notes=notes, log_history=model.log_history,
+        settings=comparison_settings(cfg), notes=notes, log_history=model.log_history,
         mcq_rows=mcq, mcq_answers=answers, contamination=contamination, more_sets=more_results, protocol=protocol)
     write_outputs(result, run.stage_dir("compare"))
     if model.own_adapter:
@@ -152,10 +117,8 @@ def _compare(cfg: Config, run: Run, prepared, baseline: list[dict], tuned: list[
 
 def _more_set(model, tok, entry: dict[str, Any]) -> dict[str, Any]:
     """One further set scored by option likelihood, both models: `more_sets.more_set_result`."""
-    if not entry["rows"]:
-        return more_sets.more_set_result(entry["source"], None, None, entry["contamination"], entry["note"])
-    answers = accuracy.answer_mcq_before_after(model, tok, entry["rows"])
-    return more_sets.more_set_result(entry["source"], entry["rows"], answers, entry["contamination"], entry["note"])
+    answers = accuracy.answer_mcq_before_after(model, tok, entry["rows"]) if entry["rows"] else None
+    return more_sets.more_set_result(entry["source"], entry["rows"] or None, answers, entry["contamination"], entry["note"])
 
 
 def _protocol(cfg: Config, model, tok, mcq: list[dict[str, Any]] | None) -> dict[str, Any] | None:
@@ -163,17 +126,5 @@ def _protocol(cfg: Config, model, tok, mcq: list[dict[str, Any]] | None) -> dict
     c = cfg.compare
     if not mcq or not c.mcq_protocol_rows:
         return None
-    rows = mcq[: c.mcq_protocol_rows]
-    answers = protocol.answer_protocol_before_after(model, tok, rows, max_new_tokens=c.mcq_protocol_max_new_tokens,
-                                                    seed=cfg.infer.seed)
-    return protocol.protocol_comparison(rows, answers["base"], answers["tuned"], source=c.mcq_source,
-                                        decoding={"max_new_tokens": c.mcq_protocol_max_new_tokens, "seed": cfg.infer.seed})
-
-
-def _similarities(cfg: Config, baseline: list[dict], tuned: list[dict]) -> tuple[dict[str, list[float]] | None, str]:
-    embedder, note = load_embedder(cfg.compare.embedding_model)
-    return answer_similarities(embedder, baseline, tuned), note
-
-
-def report_path(run: Run) -> Path:
-    return run.path("report")
+    return protocol.protocol_before_after(model, tok, mcq[: c.mcq_protocol_rows], source=c.mcq_source,
+                                          max_new_tokens=c.mcq_protocol_max_new_tokens, seed=cfg.infer.seed)

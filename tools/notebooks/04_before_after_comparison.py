@@ -31,9 +31,9 @@ loads, and answers the first 110 MedQA questions again under the dataset authors
 so the base model's figure can be set beside published ones. Before anything is scored, every question that
 shares a 64-character span with a training question is counted and left out.
 
-**What it writes.** `finetuned/generations.jsonl` (the fine-tuned model's answers), `compare/comparison.json`
-(every number below, per question too) and `compare/report.html`, one page that opens in any browser without a
-network. The last cell writes `results/04.json`.
+**What it writes.** `finetuned/generations.jsonl` (the fine-tuned model's answers) and `compare/comparison.json`
+(every number below, per question too); this notebook's tables and figures are the report. The last cell writes
+`results/04.json`.
 
 **How long on a Kaggle T4.** Estimates, not measurements, from the card's specification
 (`r1helpers.evaluate.budget`): a forward pass costs 2 x 8.03e9 FLOPs a token, taken at 25 TFLOPS effective (40%
@@ -61,8 +61,7 @@ Two config sections decide everything below. `infer` is the decoding, shared by 
 (`do_sample=False`) or sampling with `temperature`/`top_p`, at most `max_new_tokens` per answer, `batch_size`
 questions at once (0: as many as the GPU's memory holds), the generation `path` (chapter 01 explains the
 choice), the recipe's `example_questions` plus the first `num_eval_questions` held-out questions. `compare` is
-the scoring: `nll_rows` held-out rows scored teacher-forced (0: all), the `embedding_model` for semantic
-similarity, the `bootstrap_samples` and their `seed`, the multiple-choice set (`mcq_source`, `mcq_split`,
+the scoring: `nll_rows` held-out rows scored teacher-forced (0: all), the `bootstrap_samples` and their `seed`, the multiple-choice set (`mcq_source`, `mcq_split`,
 `mcq_rows`, 0: all), whether the models also answer it by generation (`mcq_generate`) and on how many of its
 questions (`mcq_generate_rows`), the further sets scored by likelihood (`mcq_more`, `mcq_more_rows`), the questions
 answered under the authors' protocol (`mcq_protocol_rows`, `mcq_protocol_max_new_tokens`), the contamination check
@@ -80,7 +79,7 @@ folder was made with, so a changed value is what this chapter uses: changing `in
 answers (the comparison must use one decoding), changing `compare` only rescores.
 
 `primary_metric` does not make the verdict "helped" by itself. A fit metric (`completion_nll`, `cot_nll`,
-`answer_nll`, `rouge_l`, `semantic_similarity`) only chooses which number the headline quotes for question 1.
+`answer_nll`, `rouge_l`) only chooses which number the headline quotes for question 1.
 `accuracy_likelihood` or `accuracy_generated` makes that one accuracy scoring decide the verdict alone; by
 default either scoring can."""),
     ("md", """## The inputs: held-out rows and the base model's answers
@@ -164,7 +163,7 @@ receives it.
 one the adapter has seen. Before anything is scored, each multiple-choice question (of every set) is compared with
 the training rows' `Question` text: one that shares a span of `compare.contamination_span` characters (64, as the
 HuatuoGPT-o1 authors checked) after lower-casing and collapsing white space is counted and left out of the
-accuracy; the report says how many and which. The bundled CPU sample has one such question (74 shared characters
+accuracy; the tables below say how many and which. The bundled CPU sample has one such question (74 shared characters
 with a bundled training row), so the CPU profile scores 23 of its 24."""),
     ("code", """preview = generate_stage.mcq_preview(cfg)
 print(preview.pop("first prompt"))
@@ -181,7 +180,7 @@ references' wording and structure better. It says nothing about whether what the
 **2. Behaves as trained?** On the generated held-out answers (`infer.num_eval_questions`, 50 by default):
 the share that closed the reasoning block, that reached EOS, that were cut at `max_new_tokens`, that had an empty
 answer; reasoning and answer lengths in tokens (no "better" direction); the share of repeated word 4-grams in
-the text (a model stuck in a loop repeats its 4-grams; lower is better); and ROUGE-L and semantic similarity of
+the text (a model stuck in a loop repeats its 4-grams; lower is better); and ROUGE-L of
 the answer to the reference (closeness to one reference text, not correctness). *Read it as:* did fine-tuning
 teach the format: think, close `</think>`, answer, stop? A model that never closes `</think>` has given no answer.
 
@@ -255,7 +254,7 @@ print("left out as contaminated:", "no check" if not contamination else
       f"{contamination['excluded']} of {contamination['checked']} ({[h['id'] for h in contamination['items']]})")"""),
     ("md", """The dataset authors' protocol on the first `compare.mcq_protocol_rows` questions: their lenient read and
 the strict read of the same answers, with the unparseable counts, the rules that decided the lenient read, and the
-published figures for this set (as reported by their sources, not reproduced here)."""),
+published figures for this set (as reported by their sources, not reproduced here) and how the prompt was wrapped."""),
     ("code", """views.protocol_table(comparison)"""),
     ("md", """The further sets, by option likelihood: each set's accuracy before and after, the change, McNemar's p, the
 detectable change, the questions left out as contaminated, the estimated T4 minutes and the published figures
@@ -285,12 +284,10 @@ tiny model is the extreme case: its NLL falls on every held-out row, yet it is a
 nothing, and its verdict reads accordingly."""),
     ("md", """## Figures
 
-The first figure shows mean NLL per token for both models and, per question, the base NLL against the
-fine-tuned NLL (points below the diagonal improved). The second shows the generation rates and mean lengths. The
-third draws every delta with its 95% interval: an interval crossing the vertical zero line is no evidence either
-way; green is better, red worse. The accuracy figure shows both scorings with Wilson intervals (the dotted line
-is chance) and the change in points with its paired interval. The last is chapter 03's training and held-out
-loss."""),
+The first figure draws every NLL and generation delta with its 95% interval: an interval crossing the vertical
+zero line is no evidence either way; green is better, red worse. The accuracy figure shows both scorings with
+Wilson intervals and the change in points with its paired interval. The last is chapter 03's training and
+held-out loss."""),
     ("code", """%matplotlib inline
 views.figures(comparison);"""),
     ("md", """## Side by side
@@ -299,12 +296,6 @@ Numbers hide what changed in the text. Each held-out question with its reference
 answer and the fine-tuned model's answer, with the answer's ROUGE-L and completion NLL; the example question
 follows with no reference. An empty answer means the reasoning never closed within `max_new_tokens`."""),
     ("code", """views.side_by_side(comparison)"""),
-    ("md", """## The report
-
-The same three sections, tables, figures and answers (each model's reasoning folded under its answer, every
-multiple-choice question with both models' picks) are in one HTML file in the run folder. It has no scripts and
-no links, plots are embedded, and model text is escaped, so it is safe to open and to share."""),
-    ("code", """print("report:", compare_stage.report_path(run).as_uri())"""),
     ("md", """## Results of this chapter
 
 The verdict and headline; for question 1 the fit metric before and after with its delta, 95% interval and `n`;
