@@ -132,3 +132,25 @@ def test_a_temporary_folder_another_live_process_is_writing_is_left_alone(tmp_pa
     finally:
         writer.kill()
         writer.wait()
+
+
+def test_a_lock_held_past_the_timeout_ends_in_one_paragraph(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    from r1helpers.core.runs import RunFolderBusy
+
+    run = Run.open(tmp_path / "run")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import time; from filelock import FileLock; "
+         f"lock = FileLock({str(run.root / '.run.lock')!r}); lock.acquire(); print('held', flush=True); time.sleep(30)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        monkeypatch.setenv("R1HELPERS_LOCK_TIMEOUT", "0.3")
+        with pytest.raises(RunFolderBusy, match="still being written .* R1HELPERS_LOCK_TIMEOUT=0.3 s"):
+            with run.lock("train"):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()

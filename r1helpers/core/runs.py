@@ -324,7 +324,14 @@ class Run:
             info = read_json(holder) if holder.is_file() else {}
             print(f"{what}: the run folder {self.root} is being written by pid {info.get('pid', '?')} since "
                   f"{info.get('since', '?')} ({info.get('command', '?')}); waiting for it to finish", flush=True)
-            lock.acquire(timeout=float(os.environ.get("R1HELPERS_LOCK_TIMEOUT", "-1")))
+            try:
+                lock.acquire(timeout=float(os.environ.get("R1HELPERS_LOCK_TIMEOUT", "-1")))
+            except Timeout:
+                raise RunFolderBusy(
+                    f"{what}: the run folder {self.root} is still being written by pid {info.get('pid', '?')} after "
+                    f"R1HELPERS_LOCK_TIMEOUT={os.environ.get('R1HELPERS_LOCK_TIMEOUT')} s. Wait for that process to "
+                    f"finish (or stop it), or use another run folder, then run the same command again."
+                ) from None
         try:
             if lock.lock_counter == 1:
                 import sys
